@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit bench crds clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fleetflow up examples/quickstart --simulate 20 --duration 30 --data-dir fleetflow-data
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check services operator tests
+	$(BIN)/ruff format --check services operator tests
+	$(BIN)/mypy services/fleetflow operator/fleetflow
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/fleetflow bench --devices 200 --batch 100 --protocol http --duration 60
+
+crds: $(STAMP)
+	$(BIN)/fleetflow crds --write crds
+
+clean:
+	rm -rf $(VENV) fleetflow-data

@@ -1,0 +1,181 @@
+"""The DeviceFleet resource: how a fleet of devices connects, authenticates, and is buffered in JetStream."""
+
+import re
+from typing import Annotated, Literal, Self
+
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
+
+from fleetflow.api import identifiers, quantities
+from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"regular expression {text!r} does not compile: {exc}") from None
+    return text
+
+
+Regex = Annotated[str, AfterValidator(_regex), WithJsonSchema({"type": "string", "minLength": 1})]
+
+
+class LabelRule(Model):
+    """Devices whose id matches `match` carry `labels` (used by pipeline filters and grouped windows)."""
+
+    match: Regex
+    labels: dict[str, str]
+
+
+class DeviceRules(Model):
+    id_pattern: Regex = Field(
+        default=identifiers.DEVICE_ID.pattern,
+        description="Regular expression every device id must match, on top of the built-in safe-identifier "
+        f"rule ({identifiers.DEVICE_ID_RULE}).",
+    )
+    labels: list[LabelRule] = Field(default_factory=list, description="Labels assigned to devices by id.")
+
+    def labels_of(self, device: str) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for rule in self.labels:
+            if re.search(rule.match, device):
+                merged.update(rule.labels)
+        return merged
+
+
+class AuthSpec(Model):
+    """Per-device bearer tokens derived from one fleet secret (HMAC-SHA256 of fleet and device id).
+
+    On a cluster the secret is read from `secretRef` (default: Secret `<fleet>-device-secret`, key `secret`);
+    locally it lives in `<data-dir>/secrets/<fleet>.key`."""
+
+    mode: Literal["token"] = "token"
+    secret_ref: SecretKeyRef | None = None
+
+
+class RateLimit(Model):
+    readings_per_second: float = Field(default=0, ge=0, description="Per device; 0 means unlimited.")
+    burst: int = Field(default=10000, ge=1, description="Readings a device may send at once above the rate.")
+
+
+class GatewaySpec(Model):
+    replicas: int = Field(default=1, ge=0, le=100)
+    max_batch_readings: int = Field(default=1000, ge=1, le=100000, description="Readings per request.")
+    max_body_bytes: int = Field(default=1048576, ge=1024, le=67108864, description="Request body limit.")
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+
+
+class ExternalNats(Model):
+    url: str = Field(pattern=r"^(nats|tls|ws|wss)://[^\s]+$")
+
+
+class ManagedNats(Model):
+    replicas: Literal[1, 3] = 1
+    storage_size: Size = "10Gi"
+    storage_class_name: str | None = None
+
+
+class NatsSpec(Model):
+    """Either the operator manages a NATS JetStream cluster (`managed`) or the fleet uses `external`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!(has(self.external) && has(self.managed))",
+                 "message": "set either nats.external or nats.managed, not both"}
+            ]
+        }
+    )  # fmt: skip
+
+    external: ExternalNats | None = None
+    managed: ManagedNats | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if self.external is not None and self.managed is not None:
+            raise ValueError("set either nats.external or nats.managed, not both")
+        return self
+
+    @property
+    def managed_or_default(self) -> ManagedNats:
+        return self.managed or ManagedNats()
+
+
+class StreamSpec(Model):
+    """Retention of the fleet's JetStream streams."""
+
+    max_age: Duration = "7d"
+    max_bytes: Size = "10Gi"
+    replicas: Literal[1, 3] = 1
+    duplicate_window: Duration = Field(default="2m", description="How long a retried batch is recognised.")
+    partitions: int = Field(
+        default=8, ge=1, le=256, description="Telemetry partitions; processor replicas each take a share."
+    )
+
+    @property
+    def max_age_seconds(self) -> float:
+        return quantities.parse_duration(self.max_age)
+
+    @property
+    def duplicate_window_seconds(self) -> float:
+        return quantities.parse_duration(self.duplicate_window)
+
+    @property
+    def max_bytes_value(self) -> int:
+        return quantities.parse_bytes(self.max_bytes)
+
+
+class DeviceFleetSpec(Model):
+    devices: DeviceRules = Field(default_factory=DeviceRules)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    nats: NatsSpec = Field(default_factory=NatsSpec)
+    streams: StreamSpec = Field(default_factory=StreamSpec)
+
+    @model_validator(mode="after")
+    def _stream_replicas_fit(self) -> Self:
+        if self.nats.external is None and self.streams.replicas > self.nats.managed_or_default.replicas:
+            raise ValueError(
+                f"streams.replicas {self.streams.replicas} exceeds nats.managed.replicas "
+                f"{self.nats.managed_or_default.replicas}: a stream cannot have more replicas than servers"
+            )
+        return self
+
+
+class GatewayStatus(Model):
+    replicas: int = 0
+    ready_replicas: int = 0
+    endpoints: dict[str, str] = Field(default_factory=dict)
+
+
+class StreamStatus(Model):
+    name: str
+    messages: int = 0
+    bytes: int = 0
+    state: str = "Unknown"
+
+
+class ComponentStatus(Model):
+    name: str
+    ready: bool = False
+    message: str = ""
+
+
+class DeviceFleetStatus(Model):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    gateway: GatewayStatus = Field(default_factory=GatewayStatus)
+    streams: list[StreamStatus] = Field(default_factory=list)
+    components: list[ComponentStatus] = Field(default_factory=list)
+
+
+class DeviceFleet(Model):
+    api_version: Literal["fleetflow.io/v1alpha1"] = "fleetflow.io/v1alpha1"
+    kind: Literal["DeviceFleet"] = "DeviceFleet"
+    metadata: Metadata
+    spec: DeviceFleetSpec = Field(default_factory=DeviceFleetSpec)
+    status: DeviceFleetStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

@@ -1,0 +1,43 @@
+"""`fleetflow gateway`: serve the device API for one fleet until SIGTERM, then drain."""
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from fleetflow.gateway.http import TelemetryApi
+from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.runtime import credentials, jetstream, logs, ops, service, telemetry
+from fleetflow.runtime.settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
+    fleet = settings.fleet
+    meter = telemetry.configure("gateway", fleet=fleet.name)
+    nc = await jetstream.connect(settings.nats_url, f"fleetflow-gateway-{fleet.name}")
+    js = nc.jetstream()
+    await jetstream.provision_fleet(js, fleet)
+    publisher = TelemetryPublisher(js, meter, settings.max_publishes_in_flight)
+    api = TelemetryApi(fleet, credentials.read_secret(settings.secret_file), publisher, meter)
+
+    def ready() -> tuple[bool, str]:
+        return (True, "connected") if nc.is_connected else (False, "NATS is not connected")
+
+    ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
+    api_runner, api_port = await ops.start_site(api.app(), settings.listen_host, settings.listen_port)
+    service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port})
+    log.info("gateway ready", http_port=api_port, ops_port=ops_port)
+    await stop.wait()
+    log.info("gateway stopping: no new requests, finishing those in flight")
+    await api_runner.cleanup()  # stops listening, then waits for in-flight requests
+    await nc.drain()
+    await ops_runner.cleanup()
+    log.info("gateway stopped")
+
+
+def main(config: Path | None) -> int:
+    settings = GatewaySettings.load(config)
+    logs.configure(settings.log_level, settings.log_format, service="gateway", fleet=settings.fleet.name)
+    return service.run(lambda stop: serve(settings, stop))

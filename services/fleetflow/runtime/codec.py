@@ -1,0 +1,146 @@
+"""The reading codec: device request bodies in, the batch messages that travel through JetStream.
+
+msgspec validates types while it decodes, so one pass checks and parses a request."""
+
+import math
+from datetime import datetime
+
+import msgspec
+
+# Timestamps outside this range are almost always a unit mistake (seconds or microseconds sent as ms).
+MIN_TS_MS = 946684800000  # 2000-01-01T00:00:00Z
+MAX_TS_MS = 4102444800000  # 2100-01-01T00:00:00Z
+
+
+class ReadingIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One reading as a device sends it: `ts` in epoch milliseconds or RFC 3339."""
+
+    seq: int
+    ts: int | str
+    metrics: dict[str, float]
+
+
+class TelemetryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    readings: list[ReadingIn]
+
+
+class Reading(msgspec.Struct, array_like=True):
+    """A validated reading: `ts` in epoch milliseconds. Encoded as [seq, ts, metrics] to keep messages small."""
+
+    seq: int
+    ts: int
+    metrics: dict[str, float]
+
+
+class ReadingBatch(msgspec.Struct, kw_only=True):
+    """The unit that travels from gateway to store: one device's readings from one request."""
+
+    fleet: str
+    device: str
+    readings: list[Reading]
+    received_ms: int
+
+
+_request_decoder = msgspec.json.Decoder(TelemetryRequest)
+_batch_decoder = msgspec.json.Decoder(ReadingBatch)
+_encoder = msgspec.json.Encoder()
+
+
+class CodecError(ValueError):
+    """A body that is not a valid telemetry request; `reason` is a short machine-readable label."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(detail)
+
+
+def decode_request(body: bytes) -> TelemetryRequest:
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise CodecError("invalid_reading", f"{exc}") from None
+    except msgspec.DecodeError as exc:
+        raise CodecError("malformed_json", f"body is not valid JSON: {exc}") from None
+
+
+def parse_ts(value: int | str, where: str) -> int:
+    """Epoch milliseconds from an integer or an RFC 3339 string with a UTC offset."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise CodecError("invalid_timestamp", f"{where}.ts {value!r} is not an RFC 3339 timestamp") from None
+        if parsed.tzinfo is None:
+            raise CodecError("invalid_timestamp", f"{where}.ts {value!r} has no UTC offset; add Z or +hh:mm")
+        ms = int(parsed.timestamp() * 1000)
+    else:
+        ms = value
+    if not MIN_TS_MS <= ms < MAX_TS_MS:
+        raise CodecError(
+            "invalid_timestamp",
+            f"{where}.ts {value!r} is outside 2000-01-01..2100-01-01; send epoch milliseconds or RFC 3339",
+        )
+    return ms
+
+
+def check_finite(metrics: dict[str, float], where: str) -> None:
+    for name, number in metrics.items():
+        if not math.isfinite(number):
+            raise CodecError("non_finite_number", f"{where}.metrics.{name} is {number}; only finite numbers")
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_batch(data: bytes) -> ReadingBatch:
+    return _batch_decoder.decode(data)
+
+
+class WindowAggregate(msgspec.Struct, kw_only=True):
+    """One closed event-time window of one metric for one group (a device, or a label group).
+
+    Keyed by (fleet, pipeline, step, group, metric, window_start_ms): re-emitting a window rewrites its row."""
+
+    fleet: str
+    pipeline: str
+    step: str
+    group: str  # "device=<id>" or "<label>=<value>[,<label>=<value>...]"
+    metric: str
+    window_start_ms: int
+    window_end_ms: int
+    count: int
+    min: float
+    max: float
+    mean: float
+    sum: float
+    last: float
+    percentiles: dict[str, float] = {}  # e.g. {"p95": 31.5}
+
+
+class AlertEvent(msgspec.Struct, kw_only=True):
+    """A transition of one device's alert state. Keyed by (fleet, pipeline, rule, device, ts_ms, state)."""
+
+    fleet: str
+    pipeline: str
+    rule: str
+    device: str
+    state: str  # "firing" or "resolved"
+    severity: str
+    ts_ms: int  # event time of the reading that caused the transition
+    values: dict[str, float] = {}
+    message: str = ""
+
+
+class Command(msgspec.Struct, kw_only=True):
+    """A control signal to one device. `id` is deterministic where the sender can make it so."""
+
+    id: str
+    fleet: str
+    device: str
+    name: str
+    params: dict[str, msgspec.Raw | float | int | str | bool | None] = {}
+    created_ms: int
+    ttl_ms: int
+    source: str = "api"  # "api", "cli" or "pipeline/<name>/<rule>"

@@ -1,0 +1,58 @@
+"""Pure functions from custom resources to service configuration.
+
+The operator renders these into ConfigMaps and local mode into files, so a service behaves the same in both."""
+
+from pathlib import Path
+from typing import Any
+
+from fleetflow.api import DeviceFleet, Pipeline
+
+
+def _resource(resource: DeviceFleet | Pipeline) -> dict[str, Any]:
+    """The resource's spec and identity; status and server-managed metadata stay out of service config."""
+    data = resource.to_k8s()
+    data.pop("status", None)
+    data["metadata"] = {"name": resource.metadata.name}
+    if resource.metadata.namespace:
+        data["metadata"]["namespace"] = resource.metadata.namespace
+    return data
+
+
+def _common(nats_url: str, ops_port: int) -> dict[str, Any]:
+    return {"nats_url": nats_url, "ops_port": ops_port}
+
+
+def gateway_config(
+    fleet: DeviceFleet, *, nats_url: str, secret_file: Path, listen_port: int = 8080, ops_port: int = 8081
+) -> dict[str, Any]:
+    return {
+        **_common(nats_url, ops_port),
+        "fleet": _resource(fleet),
+        "listen_port": listen_port,
+        "secret_file": str(secret_file),
+    }
+
+
+def processor_config(
+    fleet: DeviceFleet, pipeline: Pipeline, *, nats_url: str, replica: int = 0, ops_port: int = 8081
+) -> dict[str, Any]:
+    return {
+        **_common(nats_url, ops_port),
+        "fleet": _resource(fleet),
+        "pipeline": _resource(pipeline),
+        "replica": replica,
+    }
+
+
+def writer_config(
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    *,
+    nats_url: str,
+    sqlite_path: Path | None = None,
+    ops_port: int = 8081,
+) -> dict[str, Any]:
+    config = {**_common(nats_url, ops_port), "fleet": _resource(fleet), "pipeline": _resource(pipeline)}
+    if sqlite_path is not None:
+        config["sqlite_path"] = str(sqlite_path)
+    return config

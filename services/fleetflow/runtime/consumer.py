@@ -1,0 +1,109 @@
+"""Pulling batches from a durable JetStream consumer, with dead-lettering of messages that keep failing.
+
+A handler gets a list of messages and returns, per message, whether it succeeded; success is acked, failure
+is redelivered with a growing delay until max_deliver, and then the message goes to the dead-letter stream
+with the reason in a header. Nothing is dropped silently and nothing loops forever."""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from fleetflow.runtime import subjects
+
+log = structlog.get_logger(__name__)
+
+ERROR_HEADER = "Fleetflow-Error"
+SOURCE_HEADERS = ("Fleetflow-Source-Stream", "Fleetflow-Source-Subject")
+
+
+@dataclass
+class Failure:
+    """Why a message could not be handled; `poison` ones are dead-lettered at once (retrying cannot help)."""
+
+    reason: str
+    poison: bool = False
+
+
+Handler = Callable[[Sequence[Msg]], Awaitable[Sequence[Failure | None]]]
+
+
+def redelivery_delay(attempt: int) -> float:
+    """Capped exponential backoff: 0.5 s, 1 s, 2 s ... 30 s."""
+    return float(min(30.0, 0.5 * 2 ** max(0, attempt - 1)))
+
+
+class DeadLetters:
+    def __init__(self, js: JetStreamContext, fleet: str, source: str):
+        self.js = js
+        self.subject = subjects.dead_letter_subject(fleet, source)
+
+    async def send(self, msg: Msg, reason: str) -> None:
+        headers = {ERROR_HEADER: reason[:1000], SOURCE_HEADERS[1]: msg.subject}
+        if msg.metadata and msg.metadata.stream:
+            headers[SOURCE_HEADERS[0]] = msg.metadata.stream
+            headers["Nats-Msg-Id"] = f"dlq/{msg.metadata.stream}/{msg.metadata.sequence.stream}"
+        await self.js.publish(self.subject, msg.data, headers=headers)
+        log.warning("message dead-lettered", subject=msg.subject, reason=reason)
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        handler: Handler,
+        dead_letters: DeadLetters,
+        max_deliver: int,
+        batch: int = 256,
+    ):
+        self.js, self.stream, self.durable = js, stream, durable
+        self.handler, self.dead_letters = handler, dead_letters
+        self.max_deliver, self.batch = max_deliver, batch
+        self.subscribed = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and handle until `stop` is set; the batch in hand is finished before returning."""
+        sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        self.subscribed = True
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self.batch, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                log.warning("fetch failed; retrying", error=str(exc), consumer=self.durable)
+                await asyncio.sleep(0.5)
+                continue
+            await self._settle(msgs, await self._handle(msgs))
+        await sub.unsubscribe()
+
+    async def _handle(self, msgs: Sequence[Msg]) -> Sequence[Failure | None]:
+        try:
+            return await self.handler(msgs)
+        except Exception as exc:  # a bug or an outage must not kill the loop; the messages are retried
+            log.exception("handler failed", consumer=self.durable)
+            return [Failure(f"{type(exc).__name__}: {exc}")] * len(msgs)
+
+    async def _settle(self, msgs: Sequence[Msg], outcomes: Sequence[Failure | None]) -> None:
+        for msg, failure in zip(msgs, outcomes, strict=True):
+            try:
+                await self._settle_one(msg, failure)
+            except nats.errors.Error as exc:  # the message will be redelivered after ack_wait
+                log.warning("could not settle message", error=str(exc), subject=msg.subject)
+
+    async def _settle_one(self, msg: Msg, failure: Failure | None) -> None:
+        if failure is None:
+            await msg.ack()
+            return
+        attempt = msg.metadata.num_delivered if msg.metadata else 1
+        if failure.poison or attempt >= self.max_deliver:
+            await self.dead_letters.send(msg, f"{failure.reason} (delivery {attempt} of {self.max_deliver})")
+            await msg.ack()
+        else:
+            await msg.nak(delay=redelivery_delay(attempt))

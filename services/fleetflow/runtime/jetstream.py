@@ -1,0 +1,213 @@
+"""NATS connection and idempotent provisioning of a fleet's streams and a pipeline's durable consumers."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+)
+from nats.js.errors import NotFoundError
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.runtime import subjects
+
+log = structlog.get_logger(__name__)
+
+
+async def connect(url: str, name: str, on_state: Callable[[bool], Awaitable[None] | None] | None = None) -> Client:
+    """Connect with unlimited reconnects; `on_state(connected)` hears about outages."""
+
+    async def disconnected() -> None:
+        log.warning("nats disconnected", url=url)
+        if on_state:
+            await _maybe_await(on_state(False))
+
+    async def reconnected() -> None:
+        log.info("nats reconnected", url=url)
+        if on_state:
+            await _maybe_await(on_state(True))
+
+    async def error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+        pending_size=64 * 1024 * 1024,
+    )
+
+
+async def _maybe_await(value: Awaitable[None] | None) -> None:
+    if value is not None:
+        await value
+
+
+def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
+    """The fleet's streams: telemetry (partitioned by device), commands, alerts and dead letters."""
+    name, spec = fleet.name, fleet.spec.streams
+    common: dict[str, Any] = {
+        "retention": RetentionPolicy.LIMITS,
+        "storage": StorageType.FILE,
+        "num_replicas": spec.replicas,
+        "max_age": spec.max_age_seconds,
+        "discard": DiscardPolicy.OLD,
+        "duplicate_window": spec.duplicate_window_seconds,
+    }
+    # The stream rewrites ff.<fleet>.tm.<device> to ff.<fleet>.tm.p<N>.<device>, so every device's readings
+    # land in one partition and each processor replica can filter on its own partitions.
+    partition = SubjectTransform(
+        src=f"ff.{name}.{subjects.TELEMETRY}.*",
+        dest=f"ff.{name}.{subjects.TELEMETRY}.p{{{{partition({spec.partitions},1)}}}}.{{{{wildcard(1)}}}}",
+    )
+    return [
+        StreamConfig(
+            name=subjects.telemetry_stream(name),
+            description=f"Telemetry batches of fleet {name}",
+            subjects=[f"ff.{name}.{subjects.TELEMETRY}.*"],
+            subject_transform=partition,
+            max_bytes=spec.max_bytes_value,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.commands_stream(name),
+            description=f"Commands to devices of fleet {name}",
+            subjects=[f"ff.{name}.cmd.>"],
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.alerts_stream(name),
+            description=f"Alert events of fleet {name}",
+            subjects=[f"ff.{name}.alert.>"],
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.dead_letter_stream(name),
+            description=f"Messages of fleet {name} that could not be processed, with the reason in a header",
+            subjects=[f"ff.{name}.dlq.>"],
+            **common,
+        ),
+    ]
+
+
+def pipeline_streams(fleet: DeviceFleet, pipeline: Pipeline) -> list[StreamConfig]:
+    """The stream that carries a pipeline's processed records to its writer."""
+    spec = fleet.spec.streams
+    return [
+        StreamConfig(
+            name=subjects.pipeline_stream(fleet.name, pipeline.name),
+            description=f"Processed records of pipeline {pipeline.name}",
+            subjects=[f"ff.{fleet.name}.pl.{pipeline.name}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=spec.replicas,
+            max_age=spec.max_age_seconds,
+            max_bytes=spec.max_bytes_value,
+            duplicate_window=spec.duplicate_window_seconds,
+        )
+    ]
+
+
+def partitions_of(replica: int, replicas: int, partitions: int) -> list[int]:
+    """The telemetry partitions a processor replica owns: every partition p with p % replicas == replica."""
+    return [p for p in range(partitions) if p % replicas == replica]
+
+
+def processor_consumer(fleet: DeviceFleet, pipeline: Pipeline, replica: int) -> ConsumerConfig:
+    delivery = pipeline.spec.delivery
+    owned = partitions_of(replica, pipeline.spec.processor.replicas, fleet.spec.streams.partitions)
+    return ConsumerConfig(
+        durable_name=subjects.processor_consumer(pipeline.name, replica),
+        description=f"Processor replica {replica} of pipeline {pipeline.name}",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=delivery.ack_wait_seconds,
+        max_deliver=delivery.max_deliver,
+        max_ack_pending=delivery.max_ack_pending,
+        filter_subjects=[subjects.telemetry_partition_filter(fleet.name, p) for p in owned],
+    )
+
+
+def writer_consumer(fleet: DeviceFleet, pipeline: Pipeline) -> ConsumerConfig:
+    delivery = pipeline.spec.delivery
+    return ConsumerConfig(
+        durable_name=subjects.writer_consumer(pipeline.name),
+        description=f"Writer of pipeline {pipeline.name}",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=delivery.ack_wait_seconds,
+        max_deliver=delivery.max_deliver,
+        max_ack_pending=delivery.max_ack_pending,
+        filter_subject=f"ff.{fleet.name}.pl.{pipeline.name}.>",
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
+    """Create the stream or bring it to `config`; returns "created", "updated" or "unchanged"."""
+    assert config.name is not None
+    try:
+        current = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("stream created", stream=config.name)
+        return "created"
+    if _differs(current.config.as_dict(), config.as_dict()):
+        await js.update_stream(config)
+        log.info("stream updated", stream=config.name)
+        return "updated"
+    return "unchanged"
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> str:
+    """Create the durable consumer or bring it to `config`; returns "created", "updated" or "unchanged"."""
+    assert config.durable_name is not None
+    try:
+        current = await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        await js.add_consumer(stream, config)
+        log.info("consumer created", stream=stream, consumer=config.durable_name)
+        return "created"
+    if _differs(current.config.as_dict(), config.as_dict()):
+        # Adding a consumer with an existing durable name updates its editable fields.
+        await js.add_consumer(stream, config)
+        log.info("consumer updated", stream=stream, consumer=config.durable_name)
+        return "updated"
+    return "unchanged"
+
+
+def _differs(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return any(current.get(key) != value for key, value in wanted.items() if value is not None)
+
+
+async def provision_fleet(js: JetStreamContext, fleet: DeviceFleet) -> dict[str, str]:
+    return {cfg.name or "": await ensure_stream(js, cfg) for cfg in fleet_streams(fleet)}
+
+
+async def provision_pipeline(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> dict[str, str]:
+    """The pipeline's stream, one processor consumer per replica, and the writer consumer."""
+    outcome = {cfg.name or "": await ensure_stream(js, cfg) for cfg in pipeline_streams(fleet, pipeline)}
+    telemetry = subjects.telemetry_stream(fleet.name)
+    for replica in range(pipeline.spec.processor.replicas):
+        config = processor_consumer(fleet, pipeline, replica)
+        outcome[f"{telemetry}/{config.durable_name}"] = await ensure_consumer(js, telemetry, config)
+    out_stream = subjects.pipeline_stream(fleet.name, pipeline.name)
+    config = writer_consumer(fleet, pipeline)
+    outcome[f"{out_stream}/{config.durable_name}"] = await ensure_consumer(js, out_stream, config)
+    return outcome

@@ -1,0 +1,39 @@
+"""The life of a service process: an event loop, signals that start a graceful stop, a ready file."""
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run `main(stop)` on uvloop where available; SIGTERM and SIGINT set `stop` instead of killing."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional (e.g. on Windows)
+        pass
+    return asyncio.run(_with_signals(main))
+
+
+async def _with_signals(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await main(stop)
+    return 0
+
+
+def write_status(path: Path | None, status: dict[str, Any]) -> None:
+    """Atomically publish what a supervisor needs to know (bound ports, pid) once the service is ready."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({**status, "pid": os.getpid()}))
+    tmp.replace(path)

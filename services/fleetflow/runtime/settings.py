@@ -1,0 +1,87 @@
+"""Service settings: a config file rendered from the custom resources, overridden by FLEETFLOW_* variables."""
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import pydantic
+import yaml
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.api.errors import describe
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads. `FLEETFLOW_CONFIG` names the rendered config file (YAML or JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEETFLOW_", extra="forbid", env_nested_delimiter="__")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    ops_host: str = "127.0.0.1"
+    ops_port: int = pydantic.Field(default=8081, ge=0, le=65535)
+    status_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console", "auto"] = "json"
+    drain_timeout: float = pydantic.Field(default=20.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the rendered file, as a pod's env overrides its ConfigMap.
+        return env_settings, init_settings
+
+    @classmethod
+    def load(cls, path: Path | None) -> Self:
+        """Settings from `path` (or $FLEETFLOW_CONFIG) plus the environment; SettingsError names the problem."""
+        values = read_config_file(path) if path else {}
+        try:
+            return cls(**values)
+        except pydantic.ValidationError as exc:
+            raise SettingsError(f"{path or 'environment'}: " + "; ".join(describe(exc))) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise SettingsError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+class GatewaySettings(ServiceSettings):
+    fleet: DeviceFleet
+    listen_host: str = "127.0.0.1"
+    listen_port: int = pydantic.Field(default=8080, ge=0, le=65535)
+    secret_file: Path
+    max_publishes_in_flight: int = pydantic.Field(default=1024, ge=1)
+
+
+class ProcessorSettings(ServiceSettings):
+    fleet: DeviceFleet
+    pipeline: Pipeline
+    replica: int = pydantic.Field(default=0, ge=0)
+    fetch_batch: int = pydantic.Field(default=256, ge=1)
+
+
+class WriterSettings(ServiceSettings):
+    fleet: DeviceFleet
+    pipeline: Pipeline
+    sqlite_path: Path | None = None
+    cassandra_credentials_dir: Path | None = None

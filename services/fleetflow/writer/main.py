@@ -1,0 +1,68 @@
+"""`fleetflow writer`: store a pipeline's records until SIGTERM, acknowledging only what was committed."""
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import structlog
+
+from fleetflow.runtime import jetstream, logs, ops, service, subjects, telemetry
+from fleetflow.runtime.consumer import BatchConsumer, DeadLetters
+from fleetflow.runtime.settings import WriterSettings
+from fleetflow.writer.persist import ReadingWriter
+from fleetflow.writer.stores import TelemetryStore, open_store
+
+log = structlog.get_logger(__name__)
+EXPIRY_INTERVAL = 60.0
+
+
+async def expire_periodically(store: TelemetryStore, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        removed = await store.expire(int(time.time() * 1000))
+        if removed:
+            log.info("expired readings past the sink's ttl", rows=removed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL)
+
+
+async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
+    fleet, pipeline = settings.fleet, settings.pipeline
+    meter = telemetry.configure("writer", fleet=fleet.name, pipeline=pipeline.name)
+    store = open_store(pipeline, settings.sqlite_path)
+    await store.open()
+    nc = await jetstream.connect(settings.nats_url, f"fleetflow-writer-{pipeline.name}")
+    js = nc.jetstream()
+    await jetstream.provision_fleet(js, fleet)
+    await jetstream.provision_pipeline(js, fleet, pipeline)
+    consumer = BatchConsumer(
+        js,
+        subjects.pipeline_stream(fleet.name, pipeline.name),
+        subjects.writer_consumer(pipeline.name),
+        ReadingWriter(store, meter).handle,
+        DeadLetters(js, fleet.name, f"writer-{pipeline.name}"),
+        pipeline.spec.delivery.max_deliver,
+        pipeline.spec.writer.batch_messages,
+    )
+
+    def ready() -> tuple[bool, str]:
+        if not nc.is_connected:
+            return False, "NATS is not connected"
+        return (True, "consuming") if consumer.subscribed else (False, "not yet subscribed")
+
+    ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
+    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(expire_periodically(store, stop))]
+    service.write_status(settings.status_file, {"ops_port": ops_port})
+    log.info("writer ready", ops_port=ops_port, sink=pipeline.spec.sink.kind)
+    await asyncio.gather(*tasks)
+    await nc.drain()
+    await store.close()
+    await ops_runner.cleanup()
+    log.info("writer stopped")
+
+
+def main(config: Path | None) -> int:
+    settings = WriterSettings.load(config)
+    logs.configure(settings.log_level, settings.log_format, service="writer",
+                   fleet=settings.fleet.name, pipeline=settings.pipeline.name)  # fmt: skip
+    return service.run(lambda stop: serve(settings, stop))

@@ -1,0 +1,215 @@
+"""The embedded store: one SQLite file in WAL mode, written in batches inside transactions.
+
+Table names come from the Pipeline's sink, where the API models validated them as plain identifiers; that
+is what makes it safe to put them into SQL text. Values always travel as parameters."""
+
+import asyncio
+import base64
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from fleetflow.api.identifiers import check_table_name
+from fleetflow.api.pipeline import Tables
+from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
+from fleetflow.writer.stores.base import Page, ReadingQuery, StoredReading, StoreUnavailable, TelemetryStore
+
+T = TypeVar("T")
+_metrics_decoder = msgspec.json.Decoder(dict[str, float])
+
+
+def migrations(tables: Tables) -> list[list[str]]:
+    """Schema versions in order; version N is the list at index N-1. Only ever append."""
+    readings, latest = check_table_name(tables.readings), check_table_name(tables.latest)
+    aggregates, alerts = check_table_name(tables.aggregates), check_table_name(tables.alerts)
+    return [
+        [
+            f"""CREATE TABLE IF NOT EXISTS {readings} (
+                fleet TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+                metrics TEXT NOT NULL, stored_ms INTEGER NOT NULL,
+                PRIMARY KEY (fleet, device, seq)) WITHOUT ROWID""",
+            f"CREATE INDEX IF NOT EXISTS {readings}_by_time ON {readings} (fleet, device, ts DESC, seq DESC)",
+            f"""CREATE TABLE IF NOT EXISTS {latest} (
+                fleet TEXT NOT NULL, device TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+                metrics TEXT NOT NULL, stored_ms INTEGER NOT NULL,
+                PRIMARY KEY (fleet, device)) WITHOUT ROWID""",
+            f"""CREATE TABLE IF NOT EXISTS {aggregates} (
+                fleet TEXT NOT NULL, pipeline TEXT NOT NULL, step TEXT NOT NULL, grp TEXT NOT NULL,
+                metric TEXT NOT NULL, window_start_ms INTEGER NOT NULL, window_end_ms INTEGER NOT NULL,
+                record TEXT NOT NULL,
+                PRIMARY KEY (fleet, pipeline, step, grp, metric, window_start_ms)) WITHOUT ROWID""",
+            f"""CREATE TABLE IF NOT EXISTS {alerts} (
+                fleet TEXT NOT NULL, pipeline TEXT NOT NULL, rule TEXT NOT NULL, device TEXT NOT NULL,
+                ts_ms INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL,
+                PRIMARY KEY (fleet, pipeline, rule, device, ts_ms, state)) WITHOUT ROWID""",
+        ]
+    ]
+
+
+class SqliteStore(TelemetryStore):
+    def __init__(self, path: Path, tables: Tables, ttl_seconds: float):
+        self.path = path
+        self.tables = tables
+        self.ttl_ms = int(ttl_seconds * 1000)
+        # One thread owns the connection: SQLite connections are not to be shared across threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+        r, latest = tables.readings, tables.latest
+        self._upsert_reading = f"""INSERT INTO {r} (fleet, device, seq, ts, metrics, stored_ms)
+            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, seq) DO UPDATE SET
+            ts = excluded.ts, metrics = excluded.metrics, stored_ms = excluded.stored_ms"""
+        self._upsert_latest = f"""INSERT INTO {latest} (fleet, device, seq, ts, metrics, stored_ms)
+            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device) DO UPDATE SET
+            seq = excluded.seq, ts = excluded.ts, metrics = excluded.metrics, stored_ms = excluded.stored_ms
+            WHERE excluded.ts > {latest}.ts OR (excluded.ts = {latest}.ts AND excluded.seq >= {latest}.seq)"""
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._db is None:
+                raise StoreUnavailable(f"store {self.path} is not open")
+            try:
+                return fn(self._db)
+            except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: worth retrying
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a batch acknowledged to JetStream must survive a power cut, not only a crash.
+            db.execute("PRAGMA synchronous=FULL")
+            self._migrate(db)
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")  # serialises writers that start together
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS fleetflow_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT max(version) FROM fleetflow_schema").fetchone()
+            current = row[0] or 0
+            for version, statements in enumerate(migrations(self.tables), start=1):
+                if version > current:
+                    for statement in statements:
+                        db.execute(statement)
+                    db.execute("INSERT INTO fleetflow_schema (version) VALUES (?)", (version,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=True)
+
+    async def write_readings(self, batches: Sequence[ReadingBatch]) -> None:
+        now = int(time.time() * 1000)
+        rows: list[tuple[Any, ...]] = []
+        newest: dict[tuple[str, str], tuple[Any, ...]] = {}
+        encode = msgspec.json.encode
+        for batch in batches:
+            for r in batch.readings:
+                rows.append((batch.fleet, batch.device, r.seq, r.ts, encode(r.metrics).decode(), now))
+            last = max(batch.readings, key=lambda r: (r.ts, r.seq))
+            key = (batch.fleet, batch.device)
+            candidate = (batch.fleet, batch.device, last.seq, last.ts, encode(last.metrics).decode(), now)
+            if key not in newest or (last.ts, last.seq) > (newest[key][3], newest[key][2]):
+                newest[key] = candidate
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(self._upsert_reading, rows)
+            db.executemany(self._upsert_latest, list(newest.values()))
+
+        await self._run(lambda db: _in_transaction(db, lambda: write(db)))
+
+    async def write_aggregates(self, aggregates: Sequence[WindowAggregate]) -> None:
+        rows = [(a.fleet, a.pipeline, a.step, a.group, a.metric, a.window_start_ms, a.window_end_ms,
+                 msgspec.json.encode(a).decode()) for a in aggregates]  # fmt: skip
+        sql = f"INSERT OR REPLACE INTO {self.tables.aggregates} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        await self._run(lambda db: _in_transaction(db, lambda: db.executemany(sql, rows)))
+
+    async def write_alerts(self, events: Sequence[AlertEvent]) -> None:
+        rows = [(e.fleet, e.pipeline, e.rule, e.device, e.ts_ms, e.state, msgspec.json.encode(e).decode())
+                for e in events]  # fmt: skip
+        sql = f"INSERT OR REPLACE INTO {self.tables.alerts} VALUES (?, ?, ?, ?, ?, ?, ?)"
+        await self._run(lambda db: _in_transaction(db, lambda: db.executemany(sql, rows)))
+
+    async def aggregates(self, fleet: str, pipeline: str, group: str | None = None) -> list[WindowAggregate]:
+        sql = f"""SELECT record FROM {self.tables.aggregates} WHERE fleet = ? AND pipeline = ?
+            AND (? IS NULL OR grp = ?) ORDER BY window_start_ms, grp, metric"""
+        rows = await self._run(lambda db: db.execute(sql, (fleet, pipeline, group, group)).fetchall())
+        return [msgspec.json.decode(row[0], type=WindowAggregate) for row in rows]
+
+    async def alerts(self, fleet: str, pipeline: str, device: str | None = None) -> list[AlertEvent]:
+        sql = f"""SELECT record FROM {self.tables.alerts} WHERE fleet = ? AND pipeline = ?
+            AND (? IS NULL OR device = ?) ORDER BY ts_ms, device, rule"""
+        rows = await self._run(lambda db: db.execute(sql, (fleet, pipeline, device, device)).fetchall())
+        return [msgspec.json.decode(row[0], type=AlertEvent) for row in rows]
+
+    async def readings(self, query: ReadingQuery) -> Page:
+        before_ts, before_seq = _decode_token(query.page_token) if query.page_token else (2**62, 2**62)
+        sql = f"""SELECT fleet, device, seq, ts, metrics, stored_ms FROM {self.tables.readings}
+            WHERE fleet = ? AND device = ? AND ts >= ? AND ts < ? AND (ts < ? OR (ts = ? AND seq < ?))
+            ORDER BY ts DESC, seq DESC LIMIT ?"""
+        params = (query.fleet, query.device, query.since_ms, query.until_ms,
+                  before_ts, before_ts, before_seq, query.limit + 1)  # fmt: skip
+        rows = await self._run(lambda db: db.execute(sql, params).fetchall())
+        items = [_stored(row) for row in rows[: query.limit]]
+        token = _encode_token(items[-1].ts, items[-1].seq) if len(rows) > query.limit else None
+        return Page(items, token)
+
+    async def latest(self, fleet: str, device: str) -> StoredReading | None:
+        sql = f"SELECT fleet, device, seq, ts, metrics, stored_ms FROM {self.tables.latest} " \
+              "WHERE fleet = ? AND device = ?"  # fmt: skip
+        row = await self._run(lambda db: db.execute(sql, (fleet, device)).fetchone())
+        return _stored(row) if row else None
+
+    async def count_readings(self, fleet: str) -> int:
+        sql = f"SELECT count(*) FROM {self.tables.readings} WHERE fleet = ?"
+        return int((await self._run(lambda db: db.execute(sql, (fleet,)).fetchone()))[0])
+
+    async def expire(self, now_ms: int) -> int:
+        cutoff = now_ms - self.ttl_ms
+        sql = f"DELETE FROM {self.tables.readings} WHERE ts < ?"
+        return int(await self._run(lambda db: db.execute(sql, (cutoff,)).rowcount))
+
+
+def _in_transaction(db: sqlite3.Connection, work: Callable[[], object]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        work()
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _stored(row: tuple[Any, ...]) -> StoredReading:
+    fleet, device, seq, ts, metrics, stored_ms = row
+    return StoredReading(fleet, device, seq, ts, _metrics_decoder.decode(metrics), stored_ms)
+
+
+def _encode_token(ts: int, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{ts}:{seq}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[int, int]:
+    try:
+        ts, seq = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        return int(ts), int(seq)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"page token {token!r} is not one this store issued") from None
