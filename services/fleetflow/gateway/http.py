@@ -55,8 +55,12 @@ class TelemetryApi:
             answer = await self._ingest(request)
         except Rejection as rejection:
             self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})
-            log.info("request rejected", reason=rejection.reason, detail=rejection.detail,
-                     device=request.match_info.get("device"))  # fmt: skip
+            log.info(
+                "request rejected",
+                reason=rejection.reason,
+                detail=rejection.detail,
+                device=request.match_info.get("device"),
+            )
             return web.json_response(rejection.body(), status=rejection.status, headers=rejection.headers)
         finally:
             self.request_duration.record(time.perf_counter() - started, PROTOCOL)
@@ -65,8 +69,9 @@ class TelemetryApi:
     async def _ingest(self, request: web.Request) -> dict[str, object]:
         fleet, device = request.match_info["fleet"], request.match_info["device"]
         if fleet != self.fleet.name:
-            raise Rejection(404, "unknown_fleet", f"fleet {fleet!r} is not served here; this is fleet "
-                            f"{self.fleet.name!r}")  # fmt: skip
+            raise Rejection(
+                404, "unknown_fleet", f"fleet {fleet!r} is not served here; this is fleet {self.fleet.name!r}"
+            )
         check_device_id(self.fleet, device, self.id_pattern)
         self.auth.authenticate(device, request.headers.get("Authorization"))
         batch = self.validator.validate(device, await self._body(request), int(time.time() * 1000))

@@ -49,8 +49,7 @@ class BatchValidator:
 
     def _check_size(self, count: int) -> None:
         if count == 0:
-            raise Rejection(400, "empty_batch", "readings is empty; send between 1 and "
-                            f"{self.max_readings} readings")  # fmt: skip
+            raise Rejection(400, "empty_batch", f"readings is empty; send between 1 and {self.max_readings} readings")
         if count > self.max_readings:
             raise Rejection(
                 413,

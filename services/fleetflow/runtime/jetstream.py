@@ -71,11 +71,11 @@ def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
         "discard": DiscardPolicy.OLD,
         "duplicate_window": spec.duplicate_window_seconds,
     }
-    # The stream rewrites ff.<fleet>.tm.<device> to ff.<fleet>.tm.p<N>.<device>, so every device's readings
-    # land in one partition and each processor replica can filter on its own partitions.
+    # The stream rewrites ff.<fleet>.tm.<device> to ff.<fleet>.tm.<partition>.<device>, so every device's
+    # readings land in one partition and each processor replica can filter on its own partitions.
     partition = SubjectTransform(
         src=f"ff.{name}.{subjects.TELEMETRY}.*",
-        dest=f"ff.{name}.{subjects.TELEMETRY}.p{{{{partition({spec.partitions},1)}}}}.{{{{wildcard(1)}}}}",
+        dest=f"ff.{name}.{subjects.TELEMETRY}.{{{{partition({spec.partitions},1)}}}}.{{{{wildcard(1)}}}}",
     )
     return [
         StreamConfig(

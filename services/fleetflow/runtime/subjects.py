@@ -9,7 +9,7 @@ def telemetry_subject(fleet: str, device: str) -> str:
 
 
 def telemetry_partition_filter(fleet: str, partition: int) -> str:
-    return f"ff.{fleet}.{TELEMETRY}.p{partition}.*"
+    return f"ff.{fleet}.{TELEMETRY}.{partition}.*"
 
 
 def telemetry_stream(fleet: str) -> str:

@@ -1,0 +1,5 @@
+import sys
+
+from fleetflow.cli.main import main
+
+sys.exit(main())

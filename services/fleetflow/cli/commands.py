@@ -1,0 +1,198 @@
+"""The work behind each `fleetflow` subcommand (parsing lives in main.py)."""
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import yaml
+
+from fleetflow.api import SpecError
+from fleetflow.api.crds import all_crds
+from fleetflow.api.identifiers import check_device_id, check_resource_name
+from fleetflow.cli.up import UpOptions, run_up
+from fleetflow.device.simulator import simulate
+from fleetflow.local.resources import load_resources
+from fleetflow.runtime import credentials
+from fleetflow.writer.stores import ReadingQuery, open_store
+
+
+class UsageError(ValueError):
+    """A command-line value that is not acceptable; the message says what would be."""
+
+
+def up(args: argparse.Namespace) -> int:
+    resources = load_resources(args.paths)
+    if args.simulate < 0:
+        raise UsageError(f"--simulate {args.simulate}: give a number of devices, 0 or more")
+    options = UpOptions(args.data_dir, args.simulate, args.duration, args.batch, args.interval, args.nats_port)
+    return asyncio.run(run_up(resources, options))
+
+
+def _identifiers(fleet: str, device: str | None = None) -> None:
+    try:
+        check_resource_name(fleet, "fleet")
+        if device is not None:
+            check_device_id(device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def token(args: argparse.Namespace) -> int:
+    _identifiers(args.fleet, args.device)
+    secret = credentials.ensure_local_secret(args.data_dir, args.fleet)
+    print(credentials.device_token(secret, args.fleet, args.device))
+    return 0
+
+
+_RELATIVE = re.compile(r"^([0-9]+)(s|m|h|d)$")
+
+
+def parse_time(text: str, flag: str) -> int:
+    """Epoch ms from RFC 3339, epoch ms, or a duration back from now ("15m", "2h")."""
+    if text.isdigit():
+        return int(text)
+    match = _RELATIVE.match(text)
+    if match:
+        seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return int((time.time() - seconds) * 1000)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: use RFC 3339 (2026-11-23T10:00:00Z), epoch ms, or 15m/2h/7d") from None
+    if parsed.tzinfo is None:
+        raise UsageError(f"{flag} {text!r} has no UTC offset; add Z or +hh:mm")
+    return int(parsed.timestamp() * 1000)
+
+
+def _pipeline_store(data_dir: Path, fleet: str, name: str | None) -> tuple[Any, Path]:
+    """The pipeline whose store holds `fleet`'s readings, from the YAML `fleetflow up` last ran."""
+    endpoints = _endpoints(data_dir, required=False)
+    stores = endpoints.get("stores", {}) if endpoints else {}
+    if name and name not in stores and stores:
+        raise UsageError(f"--pipeline {name!r}: not running here; running: {', '.join(stores)}")
+    chosen = name or next(iter(stores), None)
+    path = Path(stores[chosen]["path"]) if chosen in stores else data_dir / "store.sqlite3"
+    if not path.exists():
+        raise UsageError(f"no store at {path}: run `fleetflow up --data-dir {data_dir}` first")
+    from fleetflow.api import Pipeline
+
+    pipeline = Pipeline.model_validate({"metadata": {"name": chosen or "local"}, "spec": {"fleetRef": {"name": fleet}}})
+    return pipeline, path
+
+
+async def query(args: argparse.Namespace) -> int:
+    _identifiers(args.fleet, args.device)
+    since = parse_time(args.since, "--since") if args.since else 0
+    until = parse_time(args.until, "--until") if args.until else 2**62
+    pipeline, path = _pipeline_store(args.data_dir, args.fleet, args.pipeline)
+    store = open_store(pipeline, path)
+    await store.open()
+    try:
+        page = await store.readings(ReadingQuery(args.fleet, args.device, since, until, args.limit))
+    finally:
+        await store.close()
+    for item in page.items:
+        if args.json:
+            print(json.dumps({"device": item.device, "seq": item.seq, "ts": item.ts, "metrics": item.metrics}))
+        else:
+            when = datetime.fromtimestamp(item.ts / 1000).astimezone().isoformat(timespec="milliseconds")
+            metrics = "  ".join(f"{k}={v:g}" for k, v in sorted(item.metrics.items()))
+            print(f"{when}  seq {item.seq}  {metrics}")
+    if not page.items:
+        print(f"no readings of device {args.device!r} in fleet {args.fleet!r} in that range", file=sys.stderr)
+    return 0
+
+
+def _endpoints(data_dir: Path, required: bool = True) -> dict[str, Any]:
+    path = data_dir / "endpoints.json"
+    if not path.exists():
+        if required:
+            raise UsageError(f"nothing is running with data dir {data_dir} ({path} is missing); start `fleetflow up`")
+        return {}
+    return dict(json.loads(path.read_text()))
+
+
+async def status(args: argparse.Namespace) -> int:
+    endpoints = _endpoints(args.data_dir)
+    healthy = True
+    print("services:")
+    async with aiohttp.ClientSession() as session:
+        for name, svc in endpoints["services"].items():
+            try:
+                async with session.get(svc["health"], timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    body = await r.json()
+                    state = "ready" if r.status == 200 else f"not ready ({body.get('reason')})"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                state = f"unreachable ({type(exc).__name__})"
+            healthy = healthy and state == "ready"
+            print(f"  {name:<32} {state}")
+    await _print_streams(endpoints["nats"]["url"])
+    return 0 if healthy else 1
+
+
+async def _print_streams(url: str) -> None:
+    nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        print("streams:")
+        for stream in await js.streams_info():
+            name = stream.config.name or ""
+            print(f"  {name:<32} {stream.state.messages:>10,} msgs {stream.state.bytes:>14,} bytes")
+            for consumer in await js.consumers_info(name):
+                print(
+                    f"    consumer {consumer.name:<24} pending {consumer.num_pending:>8,}  "
+                    f"unacked {consumer.num_ack_pending:>6,}  redelivered {consumer.num_redelivered:>6,}"
+                )
+    finally:
+        await nc.close()
+
+
+async def simulate_load(args: argparse.Namespace) -> int:
+    _identifiers(args.fleet)
+    if args.secret_file:
+        secret = credentials.read_secret(args.secret_file)
+    else:
+        path = credentials.local_secret_path(args.data_dir, args.fleet)
+        if not path.exists():
+            raise UsageError(f"no secret for fleet {args.fleet!r} at {path}; pass --secret-file or --data-dir")
+        secret = credentials.read_secret(path)
+    tokens = {f"sim-{i:04d}": credentials.device_token(secret, args.fleet, f"sim-{i:04d}") for i in range(args.devices)}
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(args.duration, stop.set)
+    report = await simulate(args.url, args.fleet, tokens, stop, args.batch, args.interval)
+    print(
+        f"sent {report.sent:,} readings, {report.acknowledged:,} acknowledged, {report.retried:,} re-sent "
+        f"({report.duplicates:,} recognised as duplicates), {report.rejected:,} refused {report.rejections or ''}"
+    )
+    return 0 if report.rejected == 0 else 1
+
+
+def crds(args: argparse.Namespace) -> int:
+    documents = all_crds()
+    if args.write is None:
+        print("---\n".join(yaml.safe_dump(crd, sort_keys=False) for crd in documents.values()), end="")
+        return 0
+    args.write.mkdir(parents=True, exist_ok=True)
+    for name, crd in documents.items():
+        (args.write / name).write_text(yaml.safe_dump(crd, sort_keys=False))
+        print(f"wrote {args.write / name}")
+    return 0
+
+
+def operator(args: argparse.Namespace) -> int:
+    try:
+        from fleetflow.operator.main import run  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise UsageError(f"the operator is not installed in this build: {exc}") from None
+    return int(run(namespaces=None if args.all_namespaces else args.namespaces))
+
+
+__all__ = ["SpecError", "UsageError"]

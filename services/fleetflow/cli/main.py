@@ -1,0 +1,138 @@
+"""`fleetflow`: run the platform locally, inspect it, and run each service or the operator."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fleetflow.api import SpecError
+from fleetflow.runtime.settings import SettingsError
+
+DEFAULT_DATA_DIR = Path("fleetflow-data")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"local platform state (default: ./{DEFAULT_DATA_DIR})"
+    )
+
+
+def _service(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, text: str) -> None:
+    parser = sub.add_parser(name, help=text)
+    parser.add_argument("--config", type=Path, help="rendered config file (default: $FLEETFLOW_CONFIG)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run DeviceFleet/Pipeline YAML locally: embedded NATS, gateway, processor, writer")
+    up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="YAML files or folders")
+    _data_dir(up)
+    up.add_argument("--simulate", type=int, default=0, metavar="N", help="simulate N devices")
+    up.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
+    up.add_argument("--batch", type=positive_int, default=10, help="readings per simulated request (default 10)")
+    up.add_argument("--interval", type=positive_float, default=1.0, help="seconds between a device's requests")
+    up.add_argument("--nats-port", type=positive_int, help="port of the embedded NATS (default: a free one)")
+
+    token = sub.add_parser("token", help="print a device's bearer token")
+    token.add_argument("fleet")
+    token.add_argument("device")
+    _data_dir(token)
+
+    query = sub.add_parser("query", help="print a device's stored readings, newest first")
+    query.add_argument("fleet")
+    query.add_argument("device")
+    _data_dir(query)
+    query.add_argument("--pipeline", help="which pipeline's store (default: the only one, or the first)")
+    query.add_argument("--since", help="RFC 3339 time, epoch ms, or a duration back from now such as 15m or 2h")
+    query.add_argument("--until", help="same forms as --since (default: now)")
+    query.add_argument("--limit", type=positive_int, default=20)
+    query.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    status = sub.add_parser("status", help="health of each local service and state of each stream and consumer")
+    _data_dir(status)
+
+    simulate = sub.add_parser("simulate", help="load any gateway with simulated devices")
+    simulate.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080")
+    simulate.add_argument("--fleet", required=True)
+    simulate.add_argument("--devices", type=positive_int, default=10)
+    simulate.add_argument("--batch", type=positive_int, default=10)
+    simulate.add_argument("--interval", type=positive_float, default=1.0)
+    simulate.add_argument("--duration", type=positive_float, default=10.0)
+    secret = simulate.add_mutually_exclusive_group()
+    secret.add_argument("--secret-file", type=Path, help="the fleet secret the gateway uses")
+    secret.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="take the secret from here")
+
+    crds = sub.add_parser("crds", help="print the CustomResourceDefinitions, or write them to a folder")
+    crds.add_argument("--write", type=Path, metavar="DIR")
+
+    _service(sub, "gateway", "run the device gateway (as a pod or a local child process does)")
+    _service(sub, "processor", "run a pipeline processor replica")
+    _service(sub, "writer", "run a pipeline writer")
+
+    operator = sub.add_parser("operator", help="run the Kubernetes operator")
+    where = operator.add_mutually_exclusive_group()
+    where.add_argument("--namespace", "-n", action="append", dest="namespaces", help="watch this namespace (repeat)")
+    where.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    return parser
+
+
+def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        import os
+
+        module = importlib.import_module(f"fleetflow.{name}.main")
+        config = args.config or (Path(os.environ["FLEETFLOW_CONFIG"]) if "FLEETFLOW_CONFIG" in os.environ else None)
+        return int(module.main(config))
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fleetflow.cli import commands
+
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "up": commands.up,
+        "token": commands.token,
+        "query": lambda a: asyncio.run(commands.query(a)),
+        "status": lambda a: asyncio.run(commands.status(a)),
+        "simulate": lambda a: asyncio.run(commands.simulate_load(a)),
+        "crds": commands.crds,
+        "gateway": _run_service("gateway"),
+        "processor": _run_service("processor"),
+        "writer": _run_service("writer"),
+        "operator": commands.operator,
+    }
+    try:
+        return handlers[args.command](args)
+    except (SpecError, SettingsError, commands.UsageError) as exc:
+        print(f"fleetflow {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

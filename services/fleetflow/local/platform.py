@@ -1,0 +1,189 @@
+"""The local platform: embedded NATS JetStream plus the gateway, processor and writer as child processes."""
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.errors import NotFoundError
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.local.natsserver import EmbeddedNats
+from fleetflow.local.processes import ServiceProcess, supervise
+from fleetflow.local.resources import ResourceSet
+from fleetflow.runtime import config, credentials, jetstream, subjects
+
+
+@dataclass
+class ConsumerState:
+    stream: str
+    consumer: str
+    pending: int
+    ack_pending: int
+    redelivered: int
+
+    @property
+    def lag(self) -> int:
+        return self.pending + self.ack_pending
+
+
+class LocalPlatform:
+    def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None):
+        self.resources = resources
+        self.data_dir = data_dir.resolve()
+        self.nats = EmbeddedNats(self.data_dir, nats_port)
+        self.services: list[ServiceProcess] = []
+        self._stop_supervising = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.data_dir / "endpoints.json"
+
+    def store_path(self, pipeline: Pipeline) -> Path:
+        sink = pipeline.spec.sink
+        return Path(sink.sqlite.path) if sink.sqlite and sink.sqlite.path else self.data_dir / "store.sqlite3"
+
+    async def start(self) -> dict[str, Any]:
+        """Start everything, wait until each service is ready, and write endpoints.json."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.endpoints_file.unlink(missing_ok=True)
+        await self.nats.start()
+        await self._provision()
+        self.services = self._gateways() + self._pipeline_services()
+        for service in self.services:
+            service.spawn()
+        for service in self.services:
+            await service.wait_ready()
+        self._supervisor = asyncio.create_task(supervise(self.services, self._stop_supervising))
+        endpoints = self.endpoints()
+        self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
+        return endpoints
+
+    async def _provision(self) -> None:
+        nc = await nats.connect(self.nats.url)
+        try:
+            js = nc.jetstream()
+            for fleet in self.resources.fleets.values():
+                await jetstream.provision_fleet(js, fleet)
+            for pipeline in self.resources.pipelines.values():
+                await jetstream.provision_pipeline(js, self.resources.fleet_of(pipeline), pipeline)
+        finally:
+            await nc.close()
+
+    def _run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    def _gateways(self) -> list[ServiceProcess]:
+        gateways = []
+        for fleet in self.resources.fleets.values():
+            credentials.ensure_local_secret(self.data_dir, fleet.name)
+            cfg = config.gateway_config(
+                fleet,
+                nats_url=self.nats.url,
+                secret_file=credentials.local_secret_path(self.data_dir, fleet.name),
+                listen_port=0,
+                ops_port=0,
+            )
+            gateways.append(ServiceProcess(f"gateway-{fleet.name}", "gateway", cfg, self._run_dir()))
+        return gateways
+
+    def _pipeline_services(self) -> list[ServiceProcess]:
+        services = []
+        for pipeline in self.resources.pipelines.values():
+            fleet = self.resources.fleet_of(pipeline)
+            for replica in range(pipeline.spec.processor.replicas):
+                cfg = config.processor_config(fleet, pipeline, nats_url=self.nats.url, replica=replica, ops_port=0)
+                name = f"processor-{pipeline.name}-{replica}"
+                services.append(ServiceProcess(name, "processor", cfg, self._run_dir()))
+            cfg = config.writer_config(
+                fleet, pipeline, nats_url=self.nats.url, sqlite_path=self.store_path(pipeline), ops_port=0
+            )
+            services.append(ServiceProcess(f"writer-{pipeline.name}", "writer", cfg, self._run_dir()))
+        return services
+
+    def service(self, name: str) -> ServiceProcess:
+        return next(s for s in self.services if s.name == name)
+
+    def gateway_url(self, fleet: DeviceFleet) -> str:
+        return f"http://127.0.0.1:{self.service(f'gateway-{fleet.name}').status['http_port']}"
+
+    def endpoints(self) -> dict[str, Any]:
+        return {
+            "nats": {"url": self.nats.url, "monitor": self.nats.monitor_url},
+            "fleets": {
+                name: {
+                    "http": self.gateway_url(fleet),
+                    "secretFile": str(credentials.local_secret_path(self.data_dir, name)),
+                }
+                for name, fleet in self.resources.fleets.items()
+            },
+            "services": {
+                s.name: {
+                    "kind": s.kind,
+                    "metrics": f"http://127.0.0.1:{s.status['ops_port']}/metrics",
+                    "health": f"http://127.0.0.1:{s.status['ops_port']}/readyz",
+                    "log": str(s.log_file),
+                }
+                for s in self.services
+            },
+            "stores": {
+                name: {"kind": p.spec.sink.kind, "path": str(self.store_path(p))}
+                for name, p in self.resources.pipelines.items()
+            },
+        }
+
+    async def consumer_states(self) -> list[ConsumerState]:
+        """Where every pipeline's durable consumers stand: unprocessed and unacknowledged messages."""
+        nc = await nats.connect(self.nats.url, connect_timeout=2, max_reconnect_attempts=1)
+        try:
+            js = nc.jetstream()
+            return [await _state(js, stream, durable) for stream, durable in self._consumers()]
+        finally:
+            await nc.close()
+
+    def _consumers(self) -> list[tuple[str, str]]:
+        found = []
+        for pipeline in self.resources.pipelines.values():
+            fleet = pipeline.fleet
+            for replica in range(pipeline.spec.processor.replicas):
+                found.append((subjects.telemetry_stream(fleet), subjects.processor_consumer(pipeline.name, replica)))
+            found.append((subjects.pipeline_stream(fleet, pipeline.name), subjects.writer_consumer(pipeline.name)))
+        return found
+
+    async def wait_drained(self, timeout: float) -> bool:
+        """Wait until every consumer has processed and acknowledged everything, or `timeout` passes."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        settled = 0
+        while asyncio.get_running_loop().time() < deadline:
+            # Twice in a row: a processor may publish to the writer's stream just after it was read.
+            settled = settled + 1 if all(s.lag == 0 for s in await self.consumer_states()) else 0
+            if settled >= 2:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def stop_gateways(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.services if s.kind == "gateway"))
+
+    async def stop(self, drain_timeout: float = 60.0) -> bool:
+        """Stop intake, let the pipelines drain, then stop the rest; True if everything drained."""
+        self._stop_supervising.set()
+        if self._supervisor:
+            await self._supervisor
+        await self.stop_gateways()
+        drained = await self.wait_drained(drain_timeout) if self.nats.process else True
+        await asyncio.gather(*(s.stop() for s in self.services if s.kind != "gateway"))
+        await self.nats.stop()
+        self.endpoints_file.unlink(missing_ok=True)
+        return drained
+
+
+async def _state(js: Any, stream: str, durable: str) -> ConsumerState:
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return ConsumerState(stream, durable, 0, 0, 0)
+    return ConsumerState(stream, durable, info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)

