@@ -5,6 +5,7 @@ from pathlib import Path
 
 import structlog
 
+from fleetflow.gateway.connectivity import Connectivity
 from fleetflow.gateway.http import TelemetryApi
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.runtime import credentials, jetstream, logs, ops, service, telemetry
@@ -20,18 +21,22 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
     publisher = TelemetryPublisher(js, meter, settings.max_publishes_in_flight)
-    api = TelemetryApi(fleet, credentials.read_secret(settings.secret_file), publisher, meter)
+    links = await Connectivity.start(settings, nc, publisher, meter)  # commands, gRPC, MQTT, buffer
+    api = TelemetryApi(fleet, credentials.read_secret(settings.secret_file), links.publisher, meter)
+    app = api.app()
+    links.add_routes(app)
 
     def ready() -> tuple[bool, str]:
         return (True, "connected") if nc.is_connected else (False, "NATS is not connected")
 
     ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
-    api_runner, api_port = await ops.start_site(api.app(), settings.listen_host, settings.listen_port)
-    service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port})
+    api_runner, api_port = await ops.start_site(app, settings.listen_host, settings.listen_port)
+    service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)
     await stop.wait()
     log.info("gateway stopping: no new requests, finishing those in flight")
     await api_runner.cleanup()  # stops listening, then waits for in-flight requests
+    await links.close()
     await nc.drain()
     await ops_runner.cleanup()
     log.info("gateway stopped")

@@ -71,6 +71,12 @@ class GatewaySettings(ServiceSettings):
     listen_port: int = pydantic.Field(default=8080, ge=0, le=65535)
     secret_file: Path
     max_publishes_in_flight: int = pydantic.Field(default=1024, ge=1)
+    # Device connectivity beyond HTTP (see docs/devices.md): None turns a listener or the buffer off.
+    grpc_port: int | None = pydantic.Field(default=None, ge=0, le=65535)
+    tls_cert_file: Path | None = None  # with tls_key_file: gRPC over TLS
+    tls_key_file: Path | None = None
+    buffer_dir: Path | None = None  # store-and-forward while NATS is unreachable
+    buffer_max_bytes: int = pydantic.Field(default=256 * 1024 * 1024, ge=4096)
 
 
 class ProcessorSettings(ServiceSettings):

@@ -1,0 +1,427 @@
+"""Commands to devices: the durable command stream, each command's state with its history, delivery claims.
+
+A command is one message on `ff.<fleet>.cmd.<device>` in the fleet's command stream (its id is the
+Nats-Msg-Id, so a resend is a duplicate JetStream drops). Its state lives in the JetStream key-value bucket
+`ff-<fleet>-command-state` under `<device>.<id>`: the current state plus every transition with its time.
+Transitions are compare-and-set on the entry's revision, so several gateway replicas (or a device that
+reconnects over another protocol) can never deliver the same command twice.
+
+    queued ──▶ delivered ──▶ succeeded | failed | rejected
+       └──────▶ expired (the TTL passed before a device took it)
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import nats.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from fleetflow.runtime import subjects
+from fleetflow.runtime.codec import Command
+
+log = structlog.get_logger(__name__)
+
+QUEUED, DELIVERED, EXPIRED = "queued", "delivered", "expired"
+RESULTS = ("succeeded", "failed", "rejected")
+STATES = (QUEUED, DELIVERED, *RESULTS, EXPIRED)
+TERMINAL = frozenset((*RESULTS, EXPIRED))
+
+COMMAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+COMMAND_NAME_RULE = "a letter, then up to 63 letters, digits, '_', '.' or '-'"
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_=-]{1,100}$")
+MAX_TTL_MS = 7 * 24 * 3600 * 1000
+DEFAULT_TTL_MS = 3600 * 1000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CommandError(ValueError):
+    """A command request that cannot be honoured; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, reason: str, detail: str):
+        self.status, self.reason, self.detail = status, reason, detail
+        super().__init__(detail)
+
+
+class Transition(msgspec.Struct, kw_only=True):
+    state: str
+    at_ms: int
+    detail: str = ""
+
+
+class CommandRecord(msgspec.Struct, kw_only=True):
+    """A command with its current state and every state it went through, oldest first."""
+
+    command: Command
+    state: str
+    history: list[Transition]
+    revision: int = 0  # of the key-value entry this was read from; not stored
+
+    @property
+    def expires_ms(self) -> int:
+        return self.command.created_ms + self.command.ttl_ms
+
+    def moved_to(self, state: str, at_ms: int, detail: str = "") -> "CommandRecord":
+        return CommandRecord(
+            command=self.command, state=state, history=[*self.history, Transition(state=state, at_ms=at_ms,
+                                                                                  detail=detail)]
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        """The application's view: camelCase, as the HTTP API and `fleetflow command show` print it."""
+        cmd = self.command
+        return {
+            "id": cmd.id,
+            "fleet": cmd.fleet,
+            "device": cmd.device,
+            "name": cmd.name,
+            "params": cmd.params,
+            "source": cmd.source,
+            "createdMs": cmd.created_ms,
+            "ttlMs": cmd.ttl_ms,
+            "expiresMs": self.expires_ms,
+            "state": self.state,
+            "history": [{"state": t.state, "atMs": t.at_ms, "detail": t.detail} for t in self.history],
+        }
+
+
+def device_view(command: Command) -> dict[str, Any]:
+    """What a device receives, over any protocol."""
+    return {
+        "id": command.id,
+        "name": command.name,
+        "params": command.params,
+        "createdMs": command.created_ms,
+        "expiresMs": command.created_ms + command.ttl_ms,
+    }
+
+
+_record_encoder = msgspec.json.Encoder()
+_record_decoder = msgspec.json.Decoder(CommandRecord)
+_command_decoder = msgspec.json.Decoder(Command)
+
+
+def state_bucket(fleet: str) -> str:
+    return f"ff-{fleet}-command-state"
+
+
+def record_key(device: str, command_id: str) -> str:
+    """`<device>.<id>`; ids with characters a key cannot hold are replaced by a digest of themselves."""
+    if _SAFE_KEY.match(command_id):
+        return f"{device}.{command_id}"
+    return f"{device}.h{hashlib.sha256(command_id.encode()).hexdigest()[:40]}"
+
+
+def new_command(
+    fleet: str,
+    device: str,
+    name: str,
+    params: dict[str, Any] | None = None,
+    ttl_ms: int = DEFAULT_TTL_MS,
+    source: str = "api",
+    command_id: str | None = None,
+) -> Command:
+    """A validated command; CommandError says which field is wrong and what is accepted."""
+    if not COMMAND_NAME.match(name):
+        raise CommandError(400, "invalid_command", f"command name {name!r} is not valid: use {COMMAND_NAME_RULE}")
+    if not 1000 <= ttl_ms <= MAX_TTL_MS:
+        raise CommandError(400, "invalid_command", f"ttl of {ttl_ms} ms is out of range: use 1 s to 7 days")
+    if command_id is not None and not _SAFE_KEY.match(command_id):
+        raise CommandError(400, "invalid_command", f"command id {command_id!r} is not valid: use 1 to 100 "
+                           "letters, digits, '_', '=' or '-'")  # fmt: skip
+    values = params or {}
+    for key, value in values.items():
+        if not isinstance(value, bool | int | float | str | None):
+            raise CommandError(400, "invalid_command", f"params.{key} is a {type(value).__name__}; parameter "
+                               "values must be strings, numbers, booleans or null")  # fmt: skip
+    return Command(
+        id=command_id or uuid.uuid4().hex,
+        fleet=fleet,
+        device=device,
+        name=name,
+        params=values,
+        created_ms=now_ms(),
+        ttl_ms=ttl_ms,
+        source=source,
+    )
+
+
+class CommandStore:
+    """Commands' state records in the fleet's key-value bucket."""
+
+    def __init__(self, kv: KeyValue, fleet: str):
+        self.kv = kv
+        self.fleet = fleet
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, fleet: str) -> "CommandStore":
+        """The fleet's state bucket, created on first use (records stay as long as the commands stream)."""
+        bucket = state_bucket(fleet)
+        try:
+            kv = await js.key_value(bucket)
+        except (NotFoundError, BadRequestError):
+            config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=MAX_TTL_MS / 1000 * 2,
+                                    description=f"State of the commands to devices of fleet {fleet}")  # fmt: skip
+            kv = await js.create_key_value(config)
+        return cls(kv, fleet)
+
+    async def get(self, device: str, command_id: str) -> CommandRecord | None:
+        try:
+            entry = await self.kv.get(record_key(device, command_id))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if entry.value is None:
+            return None
+        record = _record_decoder.decode(entry.value)
+        record.revision = entry.revision or 0
+        return record
+
+    async def ensure_queued(self, command: Command) -> CommandRecord:
+        """The command's record, created as `queued` at its creation time if it has none yet."""
+        record = CommandRecord(
+            command=command, state=QUEUED, history=[Transition(state=QUEUED, at_ms=command.created_ms)]
+        )
+        try:
+            record.revision = await self.kv.create(record_key(command.device, command.id), _encode(record))
+            return record
+        except KeyWrongLastSequenceError:
+            existing = await self.get(command.device, command.id)
+            if existing is None:  # deleted between the two calls; extremely rare, try once more
+                return await self.ensure_queued(command)
+            return existing
+
+    async def transition(
+        self, device: str, command_id: str, to_state: str, allowed_from: frozenset[str], detail: str = "",
+        at_ms: int | None = None,
+    ) -> CommandRecord:  # fmt: skip
+        """Move the command to `to_state` if it is in one of `allowed_from`, atomically; CommandError if not."""
+        while True:
+            record = await self.get(device, command_id)
+            if record is None:
+                raise CommandError(404, "unknown_command", f"no command {command_id!r} for device {device!r}")
+            if record.state not in allowed_from:
+                raise CommandError(409, "state_conflict", f"command {command_id!r} is {record.state}; it can "
+                                   f"become {to_state} only from {' or '.join(sorted(allowed_from))}")  # fmt: skip
+            moved = record.moved_to(to_state, at_ms if at_ms is not None else now_ms(), detail)
+            try:
+                moved.revision = await self.kv.update(record_key(device, command_id), _encode(moved), record.revision)
+                return moved
+            except KeyWrongLastSequenceError:
+                continue  # someone else moved it meanwhile: look again
+
+    async def claim(self, command: Command, protocol: str) -> CommandRecord | None:
+        """Take a queued command for delivery: returns it as `delivered`, or None if it is not deliverable
+        (already delivered or finished, or expired — which this records)."""
+        record = await self.ensure_queued(command)
+        if record.state != QUEUED:
+            return None
+        if now_ms() >= record.expires_ms:
+            await self.expire(command)
+            return None
+        try:
+            return await self.transition(command.device, command.id, DELIVERED, frozenset({QUEUED}), f"via {protocol}")
+        except CommandError:
+            return None
+
+    async def expire(self, command: Command) -> bool:
+        """Record that the TTL passed (at the moment it did); False if the command had left `queued` first."""
+        try:
+            await self.transition(command.device, command.id, EXPIRED, frozenset({QUEUED}), "ttl passed",
+                                  at_ms=command.created_ms + command.ttl_ms)  # fmt: skip
+        except CommandError:
+            return False
+        return True
+
+    async def report(self, device: str, command_id: str, status: str, detail: str = "") -> CommandRecord:
+        """A device's result. Reporting the same result again is accepted and changes nothing."""
+        if status not in RESULTS:
+            raise CommandError(400, "invalid_result", f"status {status!r} is not a result: use one of "
+                               f"{', '.join(RESULTS)}")  # fmt: skip
+        try:
+            return await self.transition(device, command_id, status, frozenset({DELIVERED}), detail[:1000])
+        except CommandError as exc:
+            record = await self.get(device, command_id)
+            if exc.status == 409 and record is not None and record.state == status:
+                return record
+            raise
+
+    async def list(self, device: str | None = None, state: str | None = None) -> list[CommandRecord]:
+        """Records of one device (or of the fleet), oldest first, optionally only those in `state`."""
+        watcher = await self.kv.watch(f"{device}.>" if device else ">", ignore_deletes=True)
+        records = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value:
+                    records.append(_record_decoder.decode(entry.value))
+                if entry.delta == 0:
+                    break
+        finally:
+            await watcher.stop()
+        records = [r for r in records if state is None or r.state == state]
+        return sorted(records, key=lambda r: (r.command.created_ms, r.command.id))
+
+    async def find(self, command_id: str) -> CommandRecord | None:
+        """A command by id alone, whichever device it is for."""
+        probe = record_key("x", command_id).split(".", 1)[1]
+        watcher = await self.kv.watch(f"*.{probe}", ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None or entry.value is None:
+                    return None
+                return _record_decoder.decode(entry.value)
+        finally:
+            await watcher.stop()
+        return None
+
+
+def _encode(record: CommandRecord) -> bytes:
+    # The revision is where the record was read from, not part of it.
+    return _record_encoder.encode(CommandRecord(command=record.command, state=record.state, history=record.history))
+
+
+async def send_command(js: JetStreamContext, store: CommandStore, command: Command) -> CommandRecord:
+    """Publish the command to the durable stream (its id is the dedupe id) and record it as queued."""
+    await js.publish(
+        subjects.command_subject(command.fleet, command.device),
+        msgspec.json.encode(command),
+        headers={"Nats-Msg-Id": command.id},
+        timeout=5,
+    )
+    return await store.ensure_queued(command)
+
+
+class CommandFeed:
+    """One device's commands from the stream, oldest first, each claimed for delivery exactly once.
+
+    Reads the device's subject from the start of the stream (commands older than the stream's max age are
+    gone; a TTL is at most 7 days), skipping those already delivered, finished or expired, then follows new
+    ones for as long as the feed is open."""
+
+    def __init__(self, js: JetStreamContext, store: CommandStore, device: str, protocol: str):
+        self.js, self.store, self.device, self.protocol = js, store, device, protocol
+        self._messages: asyncio.Queue[Command] = asyncio.Queue()
+        self._caught_up = asyncio.Event()
+        self._sub: Any = None
+
+    async def __aenter__(self) -> "CommandFeed":
+        subject = subjects.command_subject(self.store.fleet, self.device)
+        self._sub = await self.js.subscribe(
+            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_message,
+            stream=subjects.commands_stream(self.store.fleet),
+        )  # fmt: skip
+        info = await self._sub.consumer_info()
+        if info.num_pending == 0 and info.delivered.stream_seq == 0:
+            self._caught_up.set()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        # If the connection is gone, so is the subscription.
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._sub.unsubscribe()
+
+    async def _on_message(self, msg: Any) -> None:
+        try:
+            self._messages.put_nowait(_command_decoder.decode(msg.data))
+        except msgspec.DecodeError:
+            log.warning("command message is not a command; skipped", subject=msg.subject)
+        if msg.metadata.num_pending == 0:
+            self._caught_up.set()
+
+    async def wait_caught_up(self, timeout: float = 5.0) -> None:
+        await asyncio.wait_for(self._caught_up.wait(), timeout)
+
+    async def next(self, timeout: float | None = None) -> CommandRecord | None:
+        """The next deliverable command (now claimed as delivered), or None when `timeout` passes first."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                command = await asyncio.wait_for(self._messages.get(), remaining)
+            except TimeoutError:
+                return None
+            claimed = await self.store.claim(command, self.protocol)
+            if claimed is not None:
+                return claimed
+
+    async def pending(self) -> list[CommandRecord]:
+        """Every command deliverable right now, claimed, in order (waits until the backlog was read)."""
+        await self.wait_caught_up()
+        claimed = []
+        while not self._messages.empty():
+            record = await self.store.claim(self._messages.get_nowait(), self.protocol)
+            if record is not None:
+                claimed.append(record)
+        return claimed
+
+    async def __aiter__(self) -> AsyncIterator[CommandRecord]:
+        while True:
+            record = await self.next()
+            if record is not None:
+                yield record
+
+
+class CommandExpirer:
+    """Moves queued commands to `expired` when their TTL passes, whether or not their device ever connects.
+
+    Follows the whole command stream (so it also sees commands the processor published directly), records a
+    `queued` state for any command that has none, and keeps a timer per queued command. Idempotent across
+    gateway replicas: the transition is compare-and-set."""
+
+    def __init__(self, js: JetStreamContext, store: CommandStore):
+        self.js, self.store = js, store
+        self._deadlines: dict[tuple[str, str], Command] = {}
+
+    async def run(self, stop: asyncio.Event, tick: float = 0.25) -> None:
+        sub = await self.js.subscribe(
+            f"ff.{self.store.fleet}.cmd.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+            cb=self._on_message, stream=subjects.commands_stream(self.store.fleet),
+        )  # fmt: skip
+        try:
+            while not stop.is_set():
+                await self._expire_due()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), tick)
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await sub.unsubscribe()
+
+    async def _on_message(self, msg: Any) -> None:
+        try:
+            command = _command_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        try:
+            record = await self.store.ensure_queued(command)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not record command state; will expire it on time anyway", error=str(exc))
+            record = None
+        if record is None or record.state == QUEUED:
+            self._deadlines[(command.device, command.id)] = command
+
+    async def _expire_due(self) -> None:
+        now = now_ms()
+        due = [c for c in self._deadlines.values() if c.created_ms + c.ttl_ms <= now]
+        for command in due:
+            try:
+                if await self.store.expire(command):
+                    log.info("command expired", command=command.id, device=command.device)
+            except (nats.errors.Error, TimeoutError):
+                continue  # NATS is away; try again on the next tick
+            self._deadlines.pop((command.device, command.id), None)

@@ -1,0 +1,51 @@
+"""Everything the gateway offers devices besides HTTP telemetry: commands, their expiry, and the other
+protocols. `serve()` in main.py starts it once and closes it on shutdown."""
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from nats.aio.client import Client
+from opentelemetry.metrics import Meter
+
+from fleetflow.gateway.command_api import CommandApi
+from fleetflow.gateway.commands import CommandExpirer, CommandStore
+from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.runtime import credentials
+from fleetflow.runtime.settings import GatewaySettings
+
+
+@dataclass
+class Connectivity:
+    publisher: TelemetryPublisher  # what every protocol publishes telemetry through
+    commands: CommandApi
+    ports: dict[str, int] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _closers: list[Any] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def start(
+        cls, settings: GatewaySettings, nc: Client, publisher: TelemetryPublisher, meter: Meter
+    ) -> "Connectivity":
+        fleet = settings.fleet
+        js = nc.jetstream()
+        secret = credentials.read_secret(settings.secret_file)
+        store = await CommandStore.open(js, fleet.name)
+        links = cls(publisher=publisher, commands=CommandApi(fleet, secret, js, store, meter))
+        links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
+        return links
+
+    def add_routes(self, app: web.Application) -> None:
+        self.commands.add_routes(app)
+
+    async def close(self) -> None:
+        """Stop listening and finish what is in flight (protocol servers first, then background tasks)."""
+        for closer in reversed(self._closers):
+            await closer()
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)
