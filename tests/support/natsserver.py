@@ -8,13 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetflow.local.natsserver import nats_server_binary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from fleetflow.local.natsserver import free_port, nats_server_binary
 
 
 @dataclass

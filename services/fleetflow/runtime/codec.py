@@ -59,6 +59,8 @@ def decode_request(body: bytes) -> TelemetryRequest:
     try:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
+        if str(exc).startswith("Number out of range"):  # 1e999 and the like: JSON's only way to say inf
+            raise CodecError("non_finite_number", f"{exc}; metric values must be finite numbers") from None
         raise CodecError("invalid_reading", f"{exc}") from None
     except msgspec.DecodeError as exc:
         raise CodecError("malformed_json", f"body is not valid JSON: {exc}") from None

@@ -1,0 +1,165 @@
+"""The gateway's HTTP ingest against a real nats-server: acks after JetStream, and every bad input refused."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+
+from fleetflow.api import DeviceFleet
+from fleetflow.gateway.main import serve
+from fleetflow.runtime import credentials, subjects
+from fleetflow.runtime.settings import GatewaySettings
+from tests.support.natsserver import NatsServer
+
+NOW_MS = 1_763_900_000_000
+
+
+@dataclass
+class Gateway:
+    url: str
+    secret: bytes
+    nats_url: str
+
+    def token(self, device: str) -> str:
+        return credentials.device_token(self.secret, "demo", device)
+
+    async def post(self, device: str, body: Any, token: str | None = "auto", fleet: str = "demo",
+                   raw: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
+        headers = {"Content-Type": "application/json"}
+        if token == "auto":
+            token = self.token(device)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else json.dumps(body).encode()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{self.url}/v1/fleets/{fleet}/devices/{device}/telemetry", data=data, headers=headers
+            ) as response,
+        ):
+            return response.status, await response.json(), dict(response.headers)
+
+    async def stored_messages(self) -> int:
+        nc = await nats.connect(self.nats_url)
+        try:
+            return (await nc.jetstream().stream_info(subjects.telemetry_stream("demo"))).state.messages
+        finally:
+            await nc.close()
+
+
+def readings(*seqs: int, **metrics: float) -> dict[str, Any]:
+    return {"readings": [{"seq": s, "ts": NOW_MS + s, "metrics": metrics or {"temp": 21.5}} for s in seqs]}
+
+
+@pytest.fixture
+async def gateway(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Gateway]:
+    secret = credentials.ensure_local_secret(tmp_path, "demo")
+    fleet = DeviceFleet.model_validate(
+        {"metadata": {"name": "demo"},
+         "spec": {"gateway": {"maxBatchReadings": 5, "maxBodyBytes": 2048,
+                              "rateLimit": {"readingsPerSecond": 1, "burst": 20}},
+                  "devices": {"idPattern": "^dev-"}}}
+    )  # fmt: skip
+    status = tmp_path / "status.json"
+    settings = GatewaySettings(
+        fleet=fleet, nats_url=nats_server.url, secret_file=credentials.local_secret_path(tmp_path, "demo"),
+        listen_port=0, ops_port=0, status_file=status,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    async with asyncio.timeout(15):
+        while not status.exists():
+            await asyncio.sleep(0.02)
+    port = json.loads(status.read_text())["http_port"]
+    yield Gateway(f"http://127.0.0.1:{port}", secret, nats_server.url)
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+async def test_accepts_a_batch_only_after_jetstream_has_it(gateway: Gateway) -> None:
+    status, body, _ = await gateway.post("dev-1", readings(1, 2, 3))
+    assert (status, body) == (202, {"accepted": 3, "duplicate": False, "firstSeq": 1, "lastSeq": 3})
+    assert await gateway.stored_messages() == 1  # one message per batch, not per reading
+
+
+async def test_a_retried_batch_is_recognised_and_stored_once(gateway: Gateway) -> None:
+    await gateway.post("dev-1", readings(1, 2))
+    status, body, _ = await gateway.post("dev-1", readings(1, 2))
+    assert status == 202 and body["duplicate"] is True
+    assert await gateway.stored_messages() == 1
+
+
+async def test_rfc3339_timestamps_are_accepted(gateway: Gateway) -> None:
+    body = {"readings": [{"seq": 1, "ts": "2026-11-23T10:00:00.123Z", "metrics": {"t": 1}}]}
+    assert (await gateway.post("dev-1", body))[0] == 202
+
+
+BAD_INPUTS = [
+    ("malformed JSON", dict(raw=b'{"readings": [}'), 400, "malformed_json", "body is not valid JSON"),
+    ("wrong type", dict(body={"readings": [{"seq": "one", "ts": NOW_MS, "metrics": {"t": 1}}]}), 400,
+     "invalid_reading", "Expected `int`, got `str` - at `$.readings[0].seq`"),
+    ("missing field", dict(body={"readings": [{"seq": 1, "metrics": {"t": 1}}]}), 400, "invalid_reading",
+     "missing required field `ts`"),
+    ("unknown field", dict(body={"readings": [{"seq": 1, "ts": NOW_MS, "metrics": {"t": 1}, "x": 1}]}), 400,
+     "invalid_reading", "unknown field `x`"),
+    ("non-finite number", dict(raw=b'{"readings": [{"seq": 1, "ts": 1763900000000, "metrics": {"t": 1e999}}]}'),
+     400, "non_finite_number", "Number out of range - at `$.readings[0].metrics[...]`; metric values must be finite"),
+    ("bad timestamp", dict(body={"readings": [{"seq": 1, "ts": 1763900000, "metrics": {"t": 1}}]}), 400,
+     "invalid_timestamp", "outside 2000-01-01..2100-01-01"),
+    ("timestamp without offset", dict(body={"readings": [{"seq": 1, "ts": "2026-11-23T10:00:00", "metrics": {"t": 1}}]}),
+     400, "invalid_timestamp", "has no UTC offset"),
+    ("bad metric name", dict(body=readings(1, **{"temp.c": 1.0})), 400, "invalid_metric_name", "'temp.c'"),
+    ("seq not increasing", dict(body=readings(2, 1)), 400, "seq_not_increasing", "seq 1 follows seq 2"),
+    ("negative seq", dict(body=readings(-1)), 400, "invalid_reading", "seq must be an integer >= 0"),
+    ("empty batch", dict(body={"readings": []}), 400, "empty_batch", "readings is empty"),
+    ("batch too large", dict(body=readings(1, 2, 3, 4, 5, 6)), 413, "batch_too_large",
+     "6 readings in one request; at most 5 accepted"),
+    ("body too large", dict(raw=b" " * 4096 + b"{}"), 413, "body_too_large", "exceeds 2048 bytes"),
+    ("missing token", dict(body=readings(1), token=None), 401, "missing_token", "no Authorization header"),
+    ("bad token", dict(body=readings(1), token="nope"), 401, "invalid_token", "not valid for device 'dev-1'"),
+    ("unknown fleet", dict(body=readings(1), fleet="other"), 404, "unknown_fleet", "fleet 'other' is not served"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "request_args", "status", "reason", "detail"), BAD_INPUTS,
+                         ids=[case[0] for case in BAD_INPUTS])  # fmt: skip
+async def test_bad_input_is_refused_with_a_reason_and_stores_nothing(
+    gateway: Gateway, case: str, request_args: dict[str, Any], status: int, reason: str, detail: str
+) -> None:
+    args = {"body": None, **request_args}
+    got_status, body, _ = await gateway.post("dev-1", args.pop("body"), **args)
+    assert got_status == status, body
+    assert body["error"] == reason
+    assert detail in body["detail"]
+    assert await gateway.stored_messages() == 0
+    # the gateway keeps serving
+    assert (await gateway.post("dev-2", readings(1)))[0] == 202
+
+
+async def test_another_devices_token_is_refused(gateway: Gateway) -> None:
+    status, body, _ = await gateway.post("dev-1", readings(1), token=gateway.token("dev-2"))
+    assert (status, body["error"]) == (401, "invalid_token")
+    assert await gateway.stored_messages() == 0
+
+
+@pytest.mark.parametrize(("device", "detail"), [("dev.1", "device id 'dev.1' is not valid"),
+                                                ("meter-1", "does not match fleet demo's idPattern '^dev-'")])  # fmt: skip
+async def test_invalid_device_ids_are_refused(gateway: Gateway, device: str, detail: str) -> None:
+    status, body, _ = await gateway.post(device, readings(1), token="x")
+    assert (status, body["error"]) == (400, "invalid_device_id")
+    assert detail in body["detail"]
+
+
+async def test_rate_limit_answers_429_with_retry_after(gateway: Gateway) -> None:
+    for first in range(1, 20, 5):
+        assert (await gateway.post("dev-9", readings(*range(first, first + 5))))[0] == 202
+    status, body, headers = await gateway.post("dev-9", readings(21, 22, 23, 24, 25))
+    assert (status, body["error"]) == (429, "rate_limited")
+    assert int(headers["Retry-After"]) >= 1
+    assert await gateway.stored_messages() == 4

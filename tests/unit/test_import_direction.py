@@ -1,0 +1,42 @@
+"""The import direction of DESIGN.md: each package imports only the packages below it."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ALLOWED = {
+    "api": set(),
+    "runtime": {"api"},
+    "device": {"api"},
+    "gateway": {"api", "runtime"},
+    "processor": {"api", "runtime"},
+    "writer": {"api", "runtime"},
+    "operator": {"api", "runtime"},
+    "local": {"api", "runtime", "device", "gateway", "processor", "writer"},
+    "cli": {"api", "runtime", "device", "gateway", "processor", "writer", "operator", "local"},
+}
+
+
+def fleetflow_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        found.update(name.split(".")[1] for name in names if name.startswith("fleetflow.") and name.count(".") >= 1)
+    return found
+
+
+def test_packages_import_only_downwards() -> None:
+    violations = []
+    files = [*ROOT.glob("services/fleetflow/*/**/*.py"), *ROOT.glob("operator/fleetflow/*/**/*.py")]
+    assert files, "no sources found"
+    for path in files:
+        package = path.relative_to(ROOT).parts[2]
+        assert package in ALLOWED, f"{path}: package fleetflow.{package} is not in DESIGN.md's table"
+        for imported in fleetflow_imports(path) - {package}:
+            if imported not in ALLOWED[package]:
+                violations.append(f"{path.relative_to(ROOT)} imports fleetflow.{imported}")
+    assert not violations, "\n".join(violations)
