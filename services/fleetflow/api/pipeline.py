@@ -1,12 +1,13 @@
 """The Pipeline resource: what happens to one fleet's telemetry and where the results are stored."""
 
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
 from fleetflow.api import quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, ObjectRef, SecretKeyRef, TableName
 from fleetflow.api.devicefleet import ComponentStatus
+from fleetflow.api.steps import Step, check_steps
 
 
 class Tables(Model):
@@ -38,13 +39,17 @@ class SinkSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.kind != 'cassandra' || has(self.cassandra)",
-                 "message": "sink.kind is 'cassandra' but sink.cassandra is missing"},
-                {"rule": "self.kind == 'cassandra' || !has(self.cassandra)",
-                 "message": "sink.cassandra is set but sink.kind is 'sqlite'"},
+                {
+                    "rule": "self.kind != 'cassandra' || has(self.cassandra)",
+                    "message": "sink.kind is 'cassandra' but sink.cassandra is missing",
+                },
+                {
+                    "rule": "self.kind == 'cassandra' || !has(self.cassandra)",
+                    "message": "sink.cassandra is set but sink.kind is 'sqlite'",
+                },
             ]
         }
-    )  # fmt: skip
+    )
 
     kind: Literal["sqlite", "cassandra"] = "sqlite"
     ttl: Duration = Field(default="30d", description="How long stored rows live.")
@@ -80,6 +85,10 @@ class DeliverySpec(Model):
     max_deliver: int = Field(default=5, ge=1, le=1000)
     ack_wait: Duration = "30s"
     max_ack_pending: int = Field(default=4096, ge=1, le=1000000)
+    delete_on_removal: bool = Field(
+        default=False,
+        description="Delete the pipeline's stream and durable consumers when the Pipeline is deleted.",
+    )
 
     @property
     def ack_wait_seconds(self) -> float:
@@ -88,13 +97,16 @@ class DeliverySpec(Model):
 
 class PipelineSpec(Model):
     fleet_ref: ObjectRef
-    steps: list[dict[str, Any]] = Field(
-        default_factory=list, json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}}
-    )
+    steps: list[Step] = Field(default_factory=list, description="What happens to each reading, in order.")
     sink: SinkSpec = Field(default_factory=SinkSpec)
     processor: ProcessorSpec = Field(default_factory=ProcessorSpec)
     writer: WriterSpec = Field(default_factory=WriterSpec)
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> Self:
+        check_steps(self.steps, self.processor.replicas)
+        return self
 
 
 class PipelineStatus(Model):

@@ -1,0 +1,261 @@
+"""The step engine: a pure function of the readings it is given, in order, and its state (no NATS here).
+
+Each reading runs through the steps in order. A filter or dedupe can drop it; a derive changes its metrics;
+window, alert and command steps observe it and pass it on. What survives every step is the processed
+reading. The whole state is one msgspec struct, so the service can checkpoint and restore it."""
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import cel
+import msgspec
+
+from fleetflow.api import identifiers
+from fleetflow.processor import alerts, commands, dedupe
+from fleetflow.processor.alerts import AlertState
+from fleetflow.processor.compiler import CompiledPipeline, CompiledStep
+from fleetflow.processor.dedupe import SeenSeqs
+from fleetflow.processor.expressions import EvaluationError, Expression
+from fleetflow.processor.windows import KeyWindows, WindowOperator, group_key
+from fleetflow.runtime.codec import AlertEvent, Command, Reading, ReadingBatch, WindowAggregate
+
+
+class EngineState(msgspec.Struct):
+    """Everything the engine remembers, keyed by step name; `applied_seq` is the last input applied."""
+
+    applied_seq: int = 0
+    windows: dict[str, dict[str, KeyWindows]] = msgspec.field(default_factory=dict)
+    alerts: dict[str, dict[str, AlertState]] = msgspec.field(default_factory=dict)
+    commands: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    dedupe: dict[str, dict[str, SeenSeqs]] = msgspec.field(default_factory=dict)
+
+
+@dataclass
+class Outputs:
+    """What processing produced. `late` maps a window step to the readings it could no longer place."""
+
+    readings: list[ReadingBatch] = field(default_factory=list)
+    aggregates: list[WindowAggregate] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    late: dict[str, list[Reading]] = field(default_factory=dict)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (step, outcome) -> readings
+
+    def __bool__(self) -> bool:
+        return bool(self.readings or self.aggregates or self.alerts or self.commands or self.late)
+
+
+class ReadingScope:
+    """One reading as CEL sees it; the CEL context is rebuilt only after a derive changed the metrics."""
+
+    def __init__(self, device: str, labels: dict[str, str], reading: Reading):
+        self.device, self.labels, self.reading = device, labels, reading
+        self.metrics = dict(reading.metrics)
+        self._context: Any = None
+
+    def context(self) -> Any:
+        if self._context is None:
+            self._context = cel.Context(
+                variables={
+                    "device": self.device,
+                    "ts": self.reading.ts,
+                    "seq": self.reading.seq,
+                    "metrics": self.metrics,
+                    "labels": self.labels,
+                }
+            )
+        return self._context
+
+    def set_metric(self, name: str, value: float) -> None:
+        self.metrics[name] = value
+        self._context = None
+
+    def processed(self) -> Reading:
+        return Reading(self.reading.seq, self.reading.ts, self.metrics)
+
+
+def evaluate_bool(expr: Expression, scope: ReadingScope) -> bool:
+    value = expr.evaluate(scope.context())
+    if not isinstance(value, bool):
+        raise EvaluationError("not_boolean", f"{expr.path}: {expr.source!r} gave {value!r}, not true or false")
+    return value
+
+
+def evaluate_number(expr: Expression, scope: ReadingScope) -> float:
+    value = expr.evaluate(scope.context())
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EvaluationError("not_a_number", f"{expr.path}: {expr.source!r} gave {value!r}, not a finite number")
+    return float(value)
+
+
+class Engine:
+    def __init__(self, pipeline: CompiledPipeline, state: EngineState | None = None, now_ms: int = 0):
+        self.pipeline = pipeline
+        self.state = state or EngineState()
+        self.windows = {
+            step.name: WindowOperator(
+                pipeline.fleet,
+                pipeline.pipeline,
+                step.name,
+                step.spec.window,
+                self.state.windows.setdefault(step.name, {}),
+            )
+            for step in pipeline.steps
+            if step.spec.window is not None
+        }
+        for operator in self.windows.values():
+            operator.restored(now_ms)
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state)
+
+    @classmethod
+    def restore(cls, pipeline: CompiledPipeline, data: bytes, now_ms: int) -> "Engine":
+        return cls(pipeline, msgspec.msgpack.decode(data, type=EngineState), now_ms)
+
+    def process(self, batch: ReadingBatch, now_ms: int) -> Outputs:
+        """Run one device's batch through the steps; `now_ms` is the wall clock (idle timers and TTLs)."""
+        out = Outputs()
+        labels = self.pipeline.labels_of(batch.device)
+        survivors = []
+        for reading in batch.readings:
+            scope = ReadingScope(batch.device, labels, reading)
+            if all(self._run(step, scope, now_ms, out) for step in self.pipeline.steps):
+                survivors.append(scope.processed())
+        if survivors:
+            out.readings.append(
+                ReadingBatch(fleet=batch.fleet, device=batch.device, readings=survivors, received_ms=batch.received_ms)
+            )
+        return out
+
+    def advance(self, now_ms: int) -> Outputs:
+        """Close the windows of devices and groups that went quiet (by the wall clock)."""
+        out = Outputs()
+        for operator in self.windows.values():
+            out.aggregates.extend(operator.close_idle(now_ms))
+        return out
+
+    def _run(self, step: CompiledStep, scope: ReadingScope, now_ms: int, out: Outputs) -> bool:
+        """Apply one step to one reading; False drops the reading from the following steps and the output."""
+        try:
+            return self._apply(step, scope, now_ms, out)
+        except EvaluationError as exc:
+            out.counts[(step.name, exc.reason)] += 1
+            # A filter or derive that cannot compute its result must not pass a reading it did not judge.
+            return step.kind not in ("filter", "derive")
+
+    def _apply(self, step: CompiledStep, scope: ReadingScope, now_ms: int, out: Outputs) -> bool:
+        kind = step.kind
+        if kind == "dedupe":
+            return self._dedupe(step, scope, out)
+        if kind == "filter":
+            kept = evaluate_bool(step.expr("condition"), scope)
+            out.counts[(step.name, "passed" if kept else "dropped")] += 1
+            return kept
+        if kind == "derive":
+            return self._derive(step, scope, out)
+        if kind == "window":
+            self._window(step, scope, now_ms, out)
+        elif kind == "alert":
+            self._alert(step, scope, out)
+        elif kind == "command":
+            self._command(step, scope, now_ms, out)
+        return True
+
+    def _dedupe(self, step: CompiledStep, scope: ReadingScope, out: Outputs) -> bool:
+        assert step.spec.dedupe is not None
+        seen = self.state.dedupe.setdefault(step.name, {}).setdefault(scope.device, SeenSeqs())
+        new = dedupe.first_time(seen, scope.reading.seq, scope.reading.ts, step.spec.dedupe.horizon_ms)
+        out.counts[(step.name, "passed" if new else "duplicate")] += 1
+        return new
+
+    def _derive(self, step: CompiledStep, scope: ReadingScope, out: Outputs) -> bool:
+        spec = step.spec.derive
+        assert spec is not None
+        for name in spec.metrics:
+            scope.set_metric(name, evaluate_number(step.expr(f"metrics.{name}"), scope))
+        for old, new in spec.rename.items():
+            if old in scope.metrics:
+                scope.set_metric(new, scope.metrics.pop(old))
+        for name in spec.drop:
+            if scope.metrics.pop(name, None) is not None:
+                scope._context = None
+        out.counts[(step.name, "derived")] += 1
+        return True
+
+    def _window(self, step: CompiledStep, scope: ReadingScope, now_ms: int, out: Outputs) -> None:
+        assert step.spec.window is not None
+        key = group_key(step.spec.window, scope.device, scope.labels)
+        if key is None:
+            out.counts[(step.name, "ungrouped")] += 1
+            return
+        operator = self.windows[step.name]
+        placement = operator.add(key, scope.reading.ts, scope.reading.seq, scope.metrics, now_ms)
+        if placement.missed:
+            out.counts[(step.name, "late")] += 1
+            out.late.setdefault(step.name, []).append(scope.processed())
+        else:
+            out.counts[(step.name, "windowed")] += 1
+        out.aggregates.extend(operator.close_passed(key))
+
+    def _alert(self, step: CompiledStep, scope: ReadingScope, out: Outputs) -> None:
+        spec = step.spec.alert
+        assert spec is not None
+        condition = evaluate_bool(step.expr("condition"), scope)
+        clear = evaluate_bool(step.expr("clear"), scope) if spec.clear is not None else not condition
+        state = self.state.alerts.setdefault(step.name, {}).setdefault(scope.device, AlertState())
+        transition = alerts.step_alert(spec, state, scope.reading.ts, condition, clear)
+        if transition is None:
+            return
+        out.counts[(step.name, transition.state)] += 1
+        out.alerts.append(
+            AlertEvent(
+                fleet=self.pipeline.fleet,
+                pipeline=self.pipeline.pipeline,
+                rule=step.name,
+                device=scope.device,
+                state=transition.state,
+                severity=spec.severity,
+                ts_ms=transition.ts_ms,
+                values=dict(scope.metrics),
+                message=spec.message,
+            )
+        )
+
+    def _command(self, step: CompiledStep, scope: ReadingScope, now_ms: int, out: Outputs) -> None:
+        spec = step.spec.command
+        assert spec is not None
+        if not evaluate_bool(step.expr("condition"), scope):
+            return
+        target = step.expr("target").evaluate(scope.context())
+        if not isinstance(target, str) or not identifiers.DEVICE_ID.match(target):
+            raise EvaluationError("bad_target", f"{step.name}: target {target!r} is not a device id")
+        last_sent = self.state.commands.setdefault(step.name, {})
+        decision = commands.decide(spec, last_sent, target, scope.reading.ts, now_ms)
+        out.counts[(step.name, f"command_{decision}")] += 1
+        if decision != "send":
+            return
+        params: dict[str, Any] = dict(spec.params)
+        for name in spec.computed_params:
+            params[name] = _plain(step.expr(f"computedParams.{name}").evaluate(scope.context()))
+        out.commands.append(
+            Command(
+                id=commands.command_id(self.pipeline.pipeline, step.name, target, scope.reading.ts),
+                fleet=self.pipeline.fleet,
+                device=target,
+                name=spec.command,
+                params=params,
+                created_ms=scope.reading.ts,
+                ttl_ms=spec.ttl_ms,
+                source=f"pipeline/{self.pipeline.pipeline}/{step.name}",
+            )
+        )
+
+
+def _plain(value: Any) -> float | int | str | bool | None:
+    """A computed parameter as JSON scalar; anything richer (lists, maps, timestamps) becomes its text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

@@ -1,0 +1,132 @@
+"""CEL expressions: compiled once when a pipeline loads, checked for unknown names, evaluated per reading.
+
+`common-expression-language` parses at compile time but resolves names only when evaluating, so an unknown
+variable or function would surface on the hot path; `compile_expression` looks at the names a program
+references and refuses the ones no reading will ever provide."""
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import cel
+
+VARIABLES = ("device", "ts", "seq", "metrics", "labels")
+# The functions the library provides (operators appear as `_x_`, `@x` or `!_` and are always allowed).
+FUNCTIONS = frozenset(
+    {
+        "size",
+        "has",
+        "matches",
+        "startsWith",
+        "endsWith",
+        "contains",
+        "int",
+        "uint",
+        "double",
+        "string",
+        "bytes",
+        "timestamp",
+        "duration",
+        "type",
+        "dyn",
+        "exists",
+        "all",
+        "exists_one",
+        "map",
+        "filter",
+        "getFullYear",
+        "getMonth",
+        "getDate",
+        "getDayOfMonth",
+        "getDayOfWeek",
+        "getDayOfYear",
+        "getHours",
+        "getMinutes",
+        "getSeconds",
+        "getMilliseconds",
+    }
+)
+_COMPREHENSION = re.compile(r"\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+_PARSE_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*)")
+# The parser lists every token it would accept; after an operator that list says no more than this.
+_EXPECTING = re.compile(r"expecting \{[^}]*IDENTIFIER\}")
+
+
+@dataclass(frozen=True)
+class ExpressionError:
+    """One bad expression: where it sits in the spec, its text, the 1-based line:column, and why."""
+
+    path: str
+    expression: str
+    line: int
+    column: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.expression!r} at {self.line}:{self.column}: {self.reason}"
+
+
+class EvaluationError(Exception):
+    """An expression failed on one reading (e.g. a metric it reads is missing); `reason` labels a counter."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        super().__init__(detail)
+
+
+@dataclass(frozen=True)
+class Expression:
+    path: str
+    source: str
+    program: Any
+
+    def evaluate(self, context: Any) -> Any:
+        """The expression's value for one reading's `cel.Context`; EvaluationError if it cannot be computed."""
+        try:
+            return self.program.execute(context)
+        except KeyError as exc:
+            raise EvaluationError("missing_field", f"{self.path}: {self.source!r}: no field {exc}") from None
+        except (TypeError, ValueError, RuntimeError, ZeroDivisionError, OverflowError) as exc:
+            raise EvaluationError("evaluation_error", f"{self.path}: {self.source!r}: {exc}") from None
+
+
+def compile_expression(path: str, source: str) -> Expression | ExpressionError:
+    """Compile `source`; an ExpressionError says where and why when it cannot run on a reading."""
+    try:
+        program = cel.compile(source)
+    except (ValueError, RuntimeError) as exc:
+        return _parse_error(path, source, str(exc))
+    bound = set(_COMPREHENSION.findall(source))
+    for name in program.variables():
+        if name not in VARIABLES and name not in bound:
+            line, column = _position_of(source, name)
+            return ExpressionError(
+                path,
+                source,
+                line,
+                column,
+                f"unknown variable {name!r}; a reading provides {', '.join(VARIABLES)} (a metric is metrics.{name})",
+            )
+    for name in program.functions():
+        if name[0].isalpha() and name not in FUNCTIONS:
+            line, column = _position_of(source, name)
+            return ExpressionError(
+                path, source, line, column, f"unknown function {name!r}; available: {', '.join(sorted(FUNCTIONS))}"
+            )
+    return Expression(path, source, program)
+
+
+def _parse_error(path: str, source: str, text: str) -> ExpressionError:
+    """The first `<input>:line:col: reason` of the library's message, without its echo of the source."""
+    match = _PARSE_POSITION.search(text)
+    if match is None:
+        return ExpressionError(path, source, 1, 1, text.splitlines()[0] if text else "does not parse")
+    reason = _EXPECTING.sub("expecting an operand (a number, string, name, '(', '[' or '{')", match.group(3).strip())
+    return ExpressionError(path, source, int(match.group(1)), int(match.group(2)), reason)
+
+
+def _position_of(source: str, name: str) -> tuple[int, int]:
+    match = re.search(rf"(?<![A-Za-z0-9_.]){re.escape(name)}\b", source) or re.search(re.escape(name), source)
+    offset = match.start() if match else 0
+    line = source.count("\n", 0, offset) + 1
+    return line, offset - (source.rfind("\n", 0, offset) + 1) + 1
