@@ -1,0 +1,1 @@
+"""The fleetflow operator: kopf handlers (thin), pure builders of Kubernetes objects, and reconcile steps."""

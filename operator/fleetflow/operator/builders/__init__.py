@@ -1,0 +1,1 @@
+"""Pure functions from a custom resource to the Kubernetes objects that run it (plain dicts)."""

@@ -1,0 +1,186 @@
+"""A fleet's gateway: ConfigMap, device-credentials Secret, Deployment, Service, PodDisruptionBudget and HPA."""
+
+import base64
+from pathlib import Path
+
+from fleetflow.api import DeviceFleet
+from fleetflow.api.common import SecretKeyRef
+from fleetflow.operator.builders import nats
+from fleetflow.operator.builders.common import (
+    CONFIG_KEY,
+    JsonObject,
+    config_hash,
+    config_map,
+    fleet_labels,
+    metadata,
+    namespace_of,
+    pod_template,
+    render_config,
+    selector_labels,
+    service_container,
+    service_volumes,
+)
+from fleetflow.runtime.config import gateway_config
+
+HTTP_PORT = 8080
+GRPC_PORT = 9090
+SECRET_DIR = "/var/run/fleetflow/device-secret"
+
+
+def name(fleet: DeviceFleet) -> str:
+    """The Deployment, Service, PodDisruptionBudget and HorizontalPodAutoscaler share this name."""
+    return f"{fleet.name}-gateway"
+
+
+def config_map_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-gateway-config"
+
+
+def device_secret_ref(fleet: DeviceFleet) -> SecretKeyRef:
+    """The Secret holding the fleet secret all device tokens derive from (default `<fleet>-device-secret`)."""
+    return fleet.spec.auth.secret_ref or SecretKeyRef(name=f"{fleet.name}-device-secret", key="secret")
+
+
+def operator_generates_secret(fleet: DeviceFleet) -> bool:
+    """Without `auth.secretRef` the operator creates the Secret once and never rewrites it."""
+    return fleet.spec.auth.secret_ref is None
+
+
+def device_secret(fleet: DeviceFleet, value: bytes) -> JsonObject:
+    """The generated device-credentials Secret; `value` is the fleet secret (random, made by the caller)."""
+    ref = device_secret_ref(fleet)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(ref.name, namespace_of(fleet), fleet_labels(fleet, "gateway")),
+        "type": "Opaque",
+        "data": {ref.key: base64.b64encode(value).decode()},
+    }
+
+
+def rendered_config(fleet: DeviceFleet) -> str:
+    secret_file = Path(SECRET_DIR) / device_secret_ref(fleet).key
+    return render_config(
+        gateway_config(fleet, nats_url=nats.nats_url(fleet), secret_file=secret_file, listen_port=HTTP_PORT)
+    )
+
+
+def gateway_config_map(fleet: DeviceFleet) -> JsonObject:
+    return config_map(
+        config_map_name(fleet),
+        namespace_of(fleet),
+        fleet_labels(fleet, "gateway"),
+        {CONFIG_KEY: rendered_config(fleet)},
+    )
+
+
+def gateway_deployment(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
+    ref = device_secret_ref(fleet)
+    container = service_container(
+        "gateway",
+        image,
+        pull_policy,
+        resources,
+        ports=[
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
+        env=[{"name": "FLEETFLOW_LISTEN_HOST", "value": "0.0.0.0"}],
+    )
+    container["volumeMounts"].append({"name": "device-secret", "mountPath": SECRET_DIR, "readOnly": True})
+    volumes = [
+        *service_volumes(config_map_name(fleet)),
+        {"name": "device-secret", "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]}},
+    ]
+    spec: JsonObject = {
+        "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
+        # A new pod must be ready before an old one goes, so devices never meet a gateway-less fleet.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": pod_template(
+            fleet_labels(fleet, "gateway"),
+            [container],
+            volumes,
+            config_hash(rendered_config(fleet)),
+            terminationGracePeriodSeconds=30,
+        ),
+    }
+    if fleet.spec.gateway.autoscaling is None:
+        spec = {"replicas": fleet.spec.gateway.replicas, **spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
+        "spec": spec,
+    }
+
+
+def gateway_service(fleet: DeviceFleet) -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(fleet.name, "gateway"),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def gateway_pdb(fleet: DeviceFleet) -> JsonObject:
+    """At most one gateway pod is evicted at a time; with one replica, a drain is still possible."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(fleet.name, "gateway")}},
+    }
+
+
+def gateway_hpa(fleet: DeviceFleet) -> JsonObject | None:
+    scaling = fleet.spec.gateway.autoscaling
+    if scaling is None:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name(fleet)},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def endpoints(fleet: DeviceFleet) -> dict[str, str]:
+    """Where devices and services reach the fleet, as shown in `status.gateway.endpoints`."""
+    host = f"{name(fleet)}.{namespace_of(fleet)}.svc"
+    found = {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
+    if fleet.spec.nats.external is None:
+        found["mqtt"] = nats.mqtt_endpoint(fleet)
+    return found
+
+
+def gateway_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> list[JsonObject]:
+    """The gateway's objects in apply order (the device Secret is handled apart: it is created, never patched)."""
+    objects = [
+        gateway_config_map(fleet),
+        gateway_service(fleet),
+        gateway_deployment(fleet, image, pull_policy, resources),
+        gateway_pdb(fleet),
+    ]
+    hpa = gateway_hpa(fleet)
+    return [*objects, hpa] if hpa else objects

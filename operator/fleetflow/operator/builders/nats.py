@@ -1,0 +1,228 @@
+"""A fleet's managed NATS JetStream: server config, StatefulSet (1 or 3 servers) and its two Services."""
+
+from fleetflow.api import DeviceFleet
+from fleetflow.api.quantities import parse_bytes
+from fleetflow.operator.builders.common import (
+    JsonObject,
+    config_hash,
+    config_map,
+    container_security_context,
+    fleet_labels,
+    http_probe,
+    metadata,
+    namespace_of,
+    pod_security_context,
+    selector_labels,
+)
+
+CLIENT_PORT = 4222
+CLUSTER_PORT = 6222
+MONITOR_PORT = 8222
+MQTT_PORT = 1883
+NATS_UID = 1000
+STORE_DIR = "/data/jetstream"
+PID_FILE = "/var/run/nats/nats.pid"
+# JetStream leaves a little of the volume free for its own metadata and compaction.
+STORE_SHARE = 0.9
+
+
+def statefulset_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-nats"
+
+
+def client_service_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-nats"
+
+
+def headless_service_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-nats-headless"
+
+
+def config_map_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-nats-config"
+
+
+def nats_url(fleet: DeviceFleet) -> str:
+    """Where the services reach the fleet's NATS: the external URL, or the managed cluster's client Service."""
+    if fleet.spec.nats.external is not None:
+        return fleet.spec.nats.external.url
+    return f"nats://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{CLIENT_PORT}"
+
+
+def mqtt_endpoint(fleet: DeviceFleet) -> str:
+    return f"mqtt://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{MQTT_PORT}"
+
+
+def server_config(fleet: DeviceFleet) -> str:
+    """nats-server.conf; `$POD_NAME` is expanded by nats-server from the environment."""
+    managed = fleet.spec.nats.managed_or_default
+    store_bytes = int(parse_bytes(managed.storage_size) * STORE_SHARE)
+    lines = [
+        f"port: {CLIENT_PORT}",
+        f"http_port: {MONITOR_PORT}",
+        "server_name: $POD_NAME",
+        f'pid_file: "{PID_FILE}"',
+        "lame_duck_duration: 30s",
+        "lame_duck_grace_period: 10s",
+        "jetstream {",
+        f'  store_dir: "{STORE_DIR}"',
+        f"  max_file_store: {store_bytes}",
+        "}",
+        "mqtt {",
+        f"  port: {MQTT_PORT}",
+        "}",
+    ]
+    if managed.replicas > 1:
+        headless = f"{headless_service_name(fleet)}.{namespace_of(fleet)}.svc"
+        routes = [
+            f"    nats://{statefulset_name(fleet)}-{i}.{headless}:{CLUSTER_PORT}" for i in range(managed.replicas)
+        ]
+        lines += [
+            "cluster {",
+            f'  name: "{fleet.name}"',
+            f"  port: {CLUSTER_PORT}",
+            "  routes: [",
+            *routes,
+            "  ]",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def nats_config_map(fleet: DeviceFleet) -> JsonObject:
+    return config_map(
+        config_map_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats"), {"nats.conf": server_config(fleet)}
+    )
+
+
+def _ports() -> list[JsonObject]:
+    return [
+        {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
+        {"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"},
+        {"name": "monitor", "containerPort": MONITOR_PORT, "protocol": "TCP"},
+        {"name": "mqtt", "containerPort": MQTT_PORT, "protocol": "TCP"},
+    ]
+
+
+def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
+    return {
+        "name": "nats",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "args": ["--config", "/etc/nats-config/nats.conf"],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": _ports(),
+        "startupProbe": http_probe("/healthz", "monitor", period=5, failures=60),
+        # Ready only once JetStream is up: a server still catching up with its peers takes no clients.
+        "readinessProbe": http_probe("/healthz?js-enabled-only=true", "monitor", period=10, failures=3),
+        "livenessProbe": http_probe("/healthz?js-enabled-only=true", "monitor", period=30, failures=3),
+        # Lame-duck mode moves clients to the other servers before this one stops.
+        "lifecycle": {"preStop": {"exec": {"command": ["nats-server", f"-sl=ldm={PID_FILE}"]}}},
+        "resources": resources,
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/nats-config", "readOnly": True},
+            {"name": "pid", "mountPath": "/var/run/nats"},
+            {"name": "data", "mountPath": "/data"},
+        ],
+    }
+
+
+def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
+    managed = fleet.spec.nats.managed_or_default
+    pod_labels = fleet_labels(fleet, "nats")
+    claim_spec: JsonObject = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(managed.storage_size)}},
+    }
+    if managed.storage_class_name:
+        claim_spec["storageClassName"] = managed.storage_class_name
+    config_text = server_config(fleet)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(statefulset_name(fleet), namespace_of(fleet), pod_labels),
+        "spec": {
+            "replicas": managed.replicas,
+            "serviceName": headless_service_name(fleet),
+            # All servers start together so that a 3-server cluster can form its JetStream meta group.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(fleet.name, "nats")},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {"fleetflow.io/config-hash": config_hash(config_text)},
+                },
+                "spec": {
+                    "securityContext": pod_security_context(NATS_UID),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [_container(fleet, image, pull_policy, resources)],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": config_map_name(fleet)}},
+                        {"name": "pid", "emptyDir": {}},
+                    ],
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": selector_labels(fleet.name, "nats")},
+                        }
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [
+                {"metadata": {"name": "data", "labels": pod_labels}, "spec": claim_spec},
+            ],
+        },
+    }
+
+
+def nats_headless_service(fleet: DeviceFleet) -> JsonObject:
+    """Gives every server a stable DNS name for the cluster routes; lists servers before they are ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(headless_service_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats")),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(fleet.name, "nats"),
+            "ports": [
+                {"name": "client", "port": CLIENT_PORT, "targetPort": "client"},
+                {"name": "cluster", "port": CLUSTER_PORT, "targetPort": "cluster"},
+                {"name": "monitor", "port": MONITOR_PORT, "targetPort": "monitor"},
+            ],
+        },
+    }
+
+
+def nats_client_service(fleet: DeviceFleet) -> JsonObject:
+    """What the gateway, processor, writer and MQTT devices connect to."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(client_service_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats")),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(fleet.name, "nats"),
+            "ports": [
+                {"name": "client", "port": CLIENT_PORT, "targetPort": "client"},
+                {"name": "mqtt", "port": MQTT_PORT, "targetPort": "mqtt"},
+            ],
+        },
+    }
+
+
+def nats_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> list[JsonObject]:
+    """Everything a managed NATS needs, in apply order; empty when the fleet uses an external NATS."""
+    if fleet.spec.nats.external is not None:
+        return []
+    return [
+        nats_config_map(fleet),
+        nats_headless_service(fleet),
+        nats_client_service(fleet),
+        nats_statefulset(fleet, image, pull_policy, resources),
+    ]

@@ -1,0 +1,172 @@
+"""A pipeline's processor (a StatefulSet: each pod's ordinal picks its partitions) and writer (a Deployment)."""
+
+from pathlib import Path
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.operator.builders import nats
+from fleetflow.operator.builders.common import (
+    CONFIG_KEY,
+    JsonObject,
+    config_hash,
+    config_map,
+    metadata,
+    namespace_of,
+    pipeline_labels,
+    pod_template,
+    render_config,
+    selector_labels,
+    service_container,
+    service_volumes,
+)
+from fleetflow.runtime.config import processor_config, writer_config
+
+# Kubernetes 1.28+ labels every StatefulSet pod with its ordinal; the processor reads it as its replica number.
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+STORE_DIR = "/var/lib/fleetflow"
+CASSANDRA_CREDENTIALS_DIR = "/var/run/fleetflow/cassandra"
+
+
+def processor_name(pipeline: Pipeline) -> str:
+    return f"{pipeline.name}-processor"
+
+
+def processor_config_map_name(pipeline: Pipeline) -> str:
+    return f"{pipeline.name}-processor-config"
+
+
+def writer_name(pipeline: Pipeline) -> str:
+    return f"{pipeline.name}-writer"
+
+
+def writer_config_map_name(pipeline: Pipeline) -> str:
+    return f"{pipeline.name}-writer-config"
+
+
+def processor_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
+    return render_config(processor_config(fleet, pipeline, nats_url=nats.nats_url(fleet)))
+
+
+def sqlite_path(pipeline: Pipeline) -> Path | None:
+    """On a cluster a SQLite sink lives in the writer pod's own volume: for trying things out, not for keeps."""
+    if pipeline.spec.sink.kind != "sqlite":
+        return None
+    configured = pipeline.spec.sink.sqlite.path if pipeline.spec.sink.sqlite else None
+    return Path(configured) if configured else Path(STORE_DIR) / "store.sqlite3"
+
+
+def writer_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
+    config = writer_config(fleet, pipeline, nats_url=nats.nats_url(fleet), sqlite_path=sqlite_path(pipeline))
+    if pipeline.spec.sink.cassandra and pipeline.spec.sink.cassandra.credentials_secret_ref:
+        config["cassandra_credentials_dir"] = CASSANDRA_CREDENTIALS_DIR
+    return render_config(config)
+
+
+def processor_config_map(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
+    data = {CONFIG_KEY: processor_rendered_config(fleet, pipeline)}
+    return config_map(
+        processor_config_map_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "processor"), data
+    )
+
+
+def writer_config_map(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
+    data = {CONFIG_KEY: writer_rendered_config(fleet, pipeline)}
+    return config_map(
+        writer_config_map_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "writer"), data
+    )
+
+
+def processor_service(pipeline: Pipeline) -> JsonObject:
+    """The headless Service a StatefulSet requires; it also gives each replica's metrics a stable name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(processor_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "processor")),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(pipeline.name, "processor"),
+            "ports": [{"name": "ops", "port": 8081, "targetPort": "ops", "protocol": "TCP"}],
+        },
+    }
+
+
+def processor_statefulset(
+    fleet: DeviceFleet, pipeline: Pipeline, image: str, pull_policy: str, resources: JsonObject
+) -> JsonObject:
+    """One pod per partition share; pod N consumes the partitions p with p % replicas == N."""
+    replica_env = {
+        "name": "FLEETFLOW_REPLICA",
+        "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
+    }
+    container = service_container("processor", image, pull_policy, resources, ports=[], env=[replica_env])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(processor_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "processor")),
+        "spec": {
+            "replicas": pipeline.spec.processor.replicas,
+            "serviceName": processor_name(pipeline),
+            # Replicas share nothing but the stream, so they need not start one after another.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(pipeline.name, "processor")},
+            "template": pod_template(
+                pipeline_labels(pipeline, "processor"),
+                [container],
+                service_volumes(processor_config_map_name(pipeline)),
+                config_hash(processor_rendered_config(fleet, pipeline)),
+                terminationGracePeriodSeconds=30,
+            ),
+        },
+    }
+
+
+def _writer_volumes(pipeline: Pipeline) -> tuple[list[JsonObject], list[JsonObject]]:
+    """Extra (volumes, mounts) of the writer: a SQLite directory or the Cassandra credentials."""
+    sink = pipeline.spec.sink
+    if sink.kind == "sqlite":
+        path = sqlite_path(pipeline)
+        assert path is not None
+        return [{"name": "store", "emptyDir": {}}], [{"name": "store", "mountPath": str(path.parent)}]
+    if sink.cassandra and sink.cassandra.credentials_secret_ref:
+        ref = sink.cassandra.credentials_secret_ref
+        volume = {"name": "cassandra-credentials", "secret": {"secretName": ref.name}}
+        return [volume], [{"name": "cassandra-credentials", "mountPath": CASSANDRA_CREDENTIALS_DIR, "readOnly": True}]
+    return [], []
+
+
+def writer_deployment(
+    fleet: DeviceFleet, pipeline: Pipeline, image: str, pull_policy: str, resources: JsonObject
+) -> JsonObject:
+    """The writer migrates its store's schema at start, then persists the pipeline's records."""
+    container = service_container("writer", image, pull_policy, resources, ports=[], env=[])
+    volumes, mounts = _writer_volumes(pipeline)
+    container["volumeMounts"].extend(mounts)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(writer_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "writer")),
+        "spec": {
+            "replicas": pipeline.spec.writer.replicas,
+            "selector": {"matchLabels": selector_labels(pipeline.name, "writer")},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": pod_template(
+                pipeline_labels(pipeline, "writer"),
+                [container],
+                [*service_volumes(writer_config_map_name(pipeline)), *volumes],
+                config_hash(writer_rendered_config(fleet, pipeline)),
+                terminationGracePeriodSeconds=30,
+            ),
+        },
+    }
+
+
+def pipeline_objects(
+    fleet: DeviceFleet, pipeline: Pipeline, image: str, pull_policy: str, resources: dict[str, JsonObject]
+) -> list[JsonObject]:
+    """The processor's and the writer's objects in apply order."""
+    return [
+        processor_config_map(fleet, pipeline),
+        processor_service(pipeline),
+        processor_statefulset(fleet, pipeline, image, pull_policy, resources["processor"]),
+        writer_config_map(fleet, pipeline),
+        writer_deployment(fleet, pipeline, image, pull_policy, resources["writer"]),
+    ]

@@ -1,0 +1,160 @@
+"""Thin kopf handlers: each one hands the resource to the reconcile chain or the cleanup, nothing more."""
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+import structlog
+from kubernetes import client as k8s_client
+
+from fleetflow.api import GROUP, VERSION, DeviceFleet, Pipeline, SpecError, parse_resource
+from fleetflow.operator import conditions, streams
+from fleetflow.operator.builders import nats
+from fleetflow.operator.fleet_steps import FLEET_STEPS
+from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref
+from fleetflow.operator.options import OperatorOptions
+from fleetflow.operator.pipeline_steps import PIPELINE_STEPS
+from fleetflow.operator.reconcile import (
+    Context,
+    PipelineCompiler,
+    Step,
+    build_status,
+    paused_status,
+    resource_document,
+    run_steps,
+    write_status,
+)
+
+log = structlog.get_logger(__name__)
+
+RESOURCES: dict[str, tuple[str, list[tuple[str, Step]]]] = {
+    "DeviceFleet": ("devicefleets", FLEET_STEPS),
+    "Pipeline": ("pipelines", PIPELINE_STEPS),
+}
+# Give up cleaning up streams after this many failed attempts, so that an unreachable NATS cannot keep
+# a custom resource from being deleted forever.
+CLEANUP_ATTEMPTS = 5
+
+
+def plain(body: Mapping[str, Any]) -> JsonObject:
+    """kopf hands out read-only views; steps get a private deep copy."""
+    return {key: copy.deepcopy(value) for key, value in body.items()}
+
+
+@dataclass
+class Operator:
+    api: KubeApi
+    options: OperatorOptions
+    compile_pipeline: PipelineCompiler | None = None
+    retry_delay: float = 10.0
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def _lock(self, body: JsonObject) -> asyncio.Lock:
+        # A change handler and the timer may fire together for one resource; they take turns.
+        uid = str(body["metadata"].get("uid") or body["metadata"]["name"])
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    async def reconcile(self, kind: str, raw: Mapping[str, Any]) -> None:
+        body = plain(raw)
+        async with self._lock(body):
+            fresh = await self.api.get_or_none(Ref.of({**body, "kind": kind}))
+            if fresh is None:
+                return  # deleted meanwhile
+            body = fresh
+            if conditions.is_paused(body):
+                await write_status(self.api, body, paused_status(body))
+                return
+            ctx = Context(self.api, self.options, body, self.compile_pipeline)
+            await run_steps(ctx, RESOURCES[kind][1])
+            try:
+                await write_status(self.api, body, build_status(ctx, body.get("status")))
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        if ctx.outcome.retry:
+            raise kopf.TemporaryError("; ".join(p.message for p in ctx.outcome.problems), delay=self.retry_delay)
+
+    async def cleanup(self, kind: str, raw: Mapping[str, Any], retry: int) -> None:
+        """Runs before the CR goes (its children follow through their owner references). Streams and consumers
+        are deleted only when `deleteOnRemoval` asks for it: by default the data stays."""
+        body = plain(raw)
+        try:
+            resource = parse_resource(resource_document(body), source=f"{kind} {body['metadata'].get('name')}")
+        except SpecError:
+            return  # never provisioned anything
+        try:
+            await self._remove_streams(resource)
+        except (streams.StreamError, ApiError) as exc:
+            if retry + 1 >= CLEANUP_ATTEMPTS:
+                log.warning("giving up removing streams; delete them by hand", resource=kind, error=str(exc))
+                return
+            raise kopf.TemporaryError(str(exc), delay=self.retry_delay) from exc
+
+    async def _remove_streams(self, resource: DeviceFleet | Pipeline) -> None:
+        timeout = self.options.nats_timeout_seconds
+        if isinstance(resource, DeviceFleet):
+            if resource.spec.streams.delete_on_removal:
+                removed = await streams.delete_fleet_streams(nats.nats_url(resource), resource, timeout)
+                log.info("fleet streams deleted", fleet=resource.name, streams=removed)
+            return
+        if not resource.spec.delivery.delete_on_removal:
+            return
+        namespace = resource.metadata.namespace or "default"
+        fleet_body = await self.api.get_or_none(Ref(f"{GROUP}/{VERSION}", "DeviceFleet", namespace, resource.fleet))
+        if fleet_body is None:
+            log.warning("fleet gone: the pipeline's consumers cannot be reached", pipeline=resource.name)
+            return
+        fleet = parse_resource(resource_document(fleet_body))
+        assert isinstance(fleet, DeviceFleet)
+        removed = await streams.delete_pipeline_streams(nats.nats_url(fleet), fleet, resource, timeout)
+        log.info("pipeline streams and consumers deleted", pipeline=resource.name, removed=removed)
+
+
+def connection_info(configuration: k8s_client.Configuration) -> kopf.ConnectionInfo:
+    """kopf connects with the same credentials as the operator's own client."""
+    token = configuration.get_api_key_with_prefix("authorization") or ""
+    scheme, _, value = token.partition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=value or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+def build_registry(operator: Operator, configuration: k8s_client.Configuration) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(configuration)
+
+    for kind, (plural, _) in RESOURCES.items():
+        _register(registry, operator, kind, plural)
+    return registry
+
+
+def _register(registry: kopf.OperatorRegistry, operator: Operator, kind: str, plural: str) -> None:
+    resource = (GROUP, VERSION, plural)
+    backoff = operator.retry_delay
+
+    @kopf.on.resume(*resource, id=f"{plural}-resume", registry=registry, backoff=backoff)
+    @kopf.on.create(*resource, id=f"{plural}-create", registry=registry, backoff=backoff)
+    @kopf.on.update(*resource, id=f"{plural}-update", registry=registry, backoff=backoff)
+    async def changed(body: kopf.Body, **_: Any) -> None:
+        await operator.reconcile(kind, body)
+
+    @kopf.timer(*resource, id=f"{plural}-resync", interval=operator.options.resync_seconds, registry=registry)
+    async def resync(body: kopf.Body, **_: Any) -> None:
+        # Level-triggered: a deleted or edited child, or a stream deleted in NATS, returns to the spec.
+        await operator.reconcile(kind, body)
+
+    @kopf.on.delete(*resource, id=f"{plural}-cleanup", registry=registry, backoff=backoff)
+    async def deleted(body: kopf.Body, retry: int, **_: Any) -> None:
+        await operator.cleanup(kind, body, retry)

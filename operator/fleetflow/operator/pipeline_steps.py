@@ -1,0 +1,100 @@
+"""The Pipeline reconcile, as an ordered list of small named idempotent steps."""
+
+from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
+from fleetflow.operator import streams
+from fleetflow.operator.builders import nats, pipeline
+from fleetflow.operator.builders.resources import resources_of
+from fleetflow.operator.conditions import Problem
+from fleetflow.operator.kube import Ref
+from fleetflow.operator.readiness import Readiness, workload
+from fleetflow.operator.reconcile import Context, Step, Stop, parse_problem, resource_document
+
+
+def pipeline_of(ctx: Context) -> Pipeline:
+    assert ctx.pipeline is not None, "parse_spec runs first"
+    return ctx.pipeline
+
+
+def fleet_of(ctx: Context) -> DeviceFleet:
+    assert ctx.fleet is not None, "read_fleet runs first"
+    return ctx.fleet
+
+
+async def parse_spec(ctx: Context) -> None:
+    try:
+        resource = parse_resource(resource_document(ctx.body), source=f"Pipeline {ctx.namespace}/{ctx.name}")
+    except SpecError as exc:
+        raise Stop(parse_problem(exc, "Pipeline"), invalid=True) from None
+    assert isinstance(resource, Pipeline)
+    ctx.pipeline = resource
+
+
+async def compile_steps(ctx: Context) -> None:
+    """CEL and the other checks only the processor can make; its compiler is handed in by `fleetflow operator`
+    (the operator does not import the processor). Its error message names the step and the field."""
+    if ctx.compile_pipeline is None:
+        return
+    try:
+        ctx.compile_pipeline(pipeline_of(ctx))
+    except ValueError as exc:
+        raise Stop(parse_problem(exc, "Pipeline"), invalid=True) from None
+
+
+async def read_fleet(ctx: Context) -> None:
+    name = pipeline_of(ctx).fleet
+    body = await ctx.api.get_or_none(Ref("fleetflow.io/v1alpha1", "DeviceFleet", ctx.namespace, name))
+    if body is None:
+        message = f"spec.fleetRef.name = {name!r}: no DeviceFleet of that name in namespace {ctx.namespace!r}"
+        raise Stop(Problem("FleetNotFound", message))
+    try:
+        fleet = parse_resource(resource_document(body), source=f"DeviceFleet {ctx.namespace}/{name}")
+    except SpecError as exc:
+        message = f"spec.fleetRef.name = {name!r}: that DeviceFleet is invalid ({exc})"
+        raise Stop(Problem("FleetInvalid", message)) from None
+    assert isinstance(fleet, DeviceFleet)
+    ctx.fleet = fleet
+
+
+async def apply_workloads(ctx: Context) -> None:
+    opts = ctx.options
+    table = {c: resources_of(opts.resources, c) for c in ("processor", "writer")}
+    for obj in pipeline.pipeline_objects(fleet_of(ctx), pipeline_of(ctx), opts.image, opts.image_pull_policy, table):
+        await ctx.apply_owned(obj)
+
+
+async def provision_consumers(ctx: Context) -> None:
+    fleet = fleet_of(ctx)
+    if fleet.spec.nats.external is None:
+        servers = await ctx.api.get_or_none(Ref("apps/v1", "StatefulSet", ctx.namespace, nats.statefulset_name(fleet)))
+        nats_ready = workload("nats", servers)
+        if not nats_ready.ready:
+            ctx.wait_for(Readiness("consumers", False, f"waiting for the fleet's NATS ({nats_ready.message})"))
+            return
+    try:
+        outcome = await streams.provision_pipeline(
+            nats.nats_url(fleet), fleet, pipeline_of(ctx), ctx.options.nats_timeout_seconds
+        )
+    except streams.StreamError as exc:
+        ctx.outcome.problems.append(Problem("StreamProvisioningFailed", str(exc)))
+        ctx.outcome.retry = True
+        ctx.components.append(Readiness("consumers", False, str(exc)))
+        return
+    ctx.wait_for(Readiness("consumers", True, f"{len(outcome)} streams and consumers provisioned"))
+
+
+async def observe_workloads(ctx: Context) -> None:
+    pl = pipeline_of(ctx)
+    processor = await ctx.api.get_or_none(Ref("apps/v1", "StatefulSet", ctx.namespace, pipeline.processor_name(pl)))
+    writer = await ctx.api.get_or_none(Ref("apps/v1", "Deployment", ctx.namespace, pipeline.writer_name(pl)))
+    ctx.wait_for(workload("processor", processor))
+    ctx.wait_for(workload("writer", writer))
+
+
+PIPELINE_STEPS: list[tuple[str, Step]] = [
+    ("parse-spec", parse_spec),
+    ("compile-steps", compile_steps),
+    ("read-fleet", read_fleet),
+    ("apply-workloads", apply_workloads),
+    ("provision-consumers", provision_consumers),
+    ("observe-workloads", observe_workloads),
+]

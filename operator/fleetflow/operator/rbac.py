@@ -1,0 +1,22 @@
+"""Exactly the API access the operator uses, as PolicyRules; the chart's ClusterRole is held against this."""
+
+from typing import Any
+
+from fleetflow.api import GROUP
+
+CHILD_VERBS = ["get", "create", "patch", "delete"]
+
+RULES: list[dict[str, Any]] = [
+    # The custom resources: kopf lists and watches them, patches finalizers and its annotations.
+    {"apiGroups": [GROUP], "resources": ["devicefleets", "pipelines"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": ["devicefleets/status", "pipelines/status"], "verbs": ["get", "patch"]},
+    # The children, created and patched back to the spec, deleted when the spec stops asking for them.
+    {"apiGroups": [""], "resources": ["configmaps", "services", "secrets"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": CHILD_VERBS},
+    # kopf: events about handler outcomes, the namespaces to watch, and the CRDs it serves.
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+]

@@ -1,0 +1,139 @@
+"""The reconcile machinery: a context, an ordered chain of small named idempotent steps, and the status
+write at the end. The steps themselves live in fleet_steps.py and pipeline_steps.py."""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.operator import conditions
+from fleetflow.operator.apply import apply, remove, with_retries
+from fleetflow.operator.builders.common import owned
+from fleetflow.operator.conditions import Outcome, Problem
+from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref
+from fleetflow.operator.options import OperatorOptions
+from fleetflow.operator.readiness import Readiness
+
+log = structlog.get_logger(__name__)
+
+PipelineCompiler = Callable[[Pipeline], object]
+
+
+class Stop(Exception):
+    """A step found a problem that the following steps cannot work around."""
+
+    def __init__(self, problem: Problem, invalid: bool = False):
+        self.problem = problem
+        self.invalid = invalid
+        super().__init__(problem.message)
+
+
+@dataclass
+class Context:
+    """Everything a step may read; steps record what they find in `outcome` and `status`."""
+
+    api: KubeApi
+    options: OperatorOptions
+    body: JsonObject
+    compile_pipeline: PipelineCompiler | None = None
+    outcome: Outcome = field(init=False)
+    status: JsonObject = field(default_factory=dict)
+    components: list[Readiness] = field(default_factory=list)
+    fleet: DeviceFleet | None = None
+    pipeline: Pipeline | None = None
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(generation=self.body.get("metadata", {}).get("generation"))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    async def apply_owned(self, desired: JsonObject, *, create_only: bool = False) -> JsonObject:
+        _, stored = await apply(self.api, owned(desired, self.body), create_only=create_only)
+        return stored
+
+    async def remove_owned(self, api_version: str, kind: str, name: str) -> None:
+        """Delete a child the spec no longer asks for, but only one this resource owns."""
+        ref = Ref(api_version, kind, self.namespace, name)
+        current = await with_retries(lambda: self.api.get_or_none(ref), f"get {ref}")
+        if current is None:
+            return
+        owners = current.get("metadata", {}).get("ownerReferences") or []
+        if any(o.get("uid") == self.body["metadata"].get("uid") for o in owners):
+            await remove(self.api, ref)
+            log.info("child no longer in the spec deleted", object=str(ref))
+
+    def wait_for(self, readiness: Readiness) -> None:
+        self.components.append(readiness)
+        if not readiness.ready:
+            self.outcome.waiting.append(f"{readiness.name}: {readiness.message}")
+
+
+Step = Callable[[Context], Awaitable[None]]
+
+
+async def run_steps(ctx: Context, steps: list[tuple[str, Step]]) -> None:
+    """Run the steps in order. A Stop ends the chain with its problem; an API error that outlived its retries
+    ends it too, and asks the caller to retry later with backoff."""
+    for name, step in steps:
+        try:
+            await step(ctx)
+        except Stop as stop:
+            if stop.invalid:
+                ctx.outcome.invalid = stop.problem
+            else:
+                ctx.outcome.problems.append(stop.problem)
+            log.info("reconcile stopped", step=name, reason=stop.problem.reason, message=stop.problem.message)
+            return
+        except ApiError as exc:
+            ctx.outcome.problems.append(Problem("KubernetesApiError", f"step {name}: {exc}"))
+            ctx.outcome.retry = True
+            log.warning("reconcile step failed", step=name, error=str(exc))
+            return
+
+
+def build_status(ctx: Context, previous: JsonObject | None) -> JsonObject:
+    """The complete status; conditions keep their lastTransitionTime while their status holds."""
+    previous = previous or {}
+    wanted = conditions.derive(ctx.outcome)
+    status = {
+        **ctx.status,
+        "observedGeneration": ctx.outcome.generation,
+        "conditions": conditions.merge(previous.get("conditions") or [], wanted, conditions.now()),
+        "components": [c.to_status() for c in ctx.components],
+    }
+    return {key: value for key, value in status.items() if value is not None}
+
+
+def paused_status(body: JsonObject) -> JsonObject:
+    """While paused only the Paused condition changes; everything else keeps its last reconciled value."""
+    previous = body.get("status") or {}
+    generation = body.get("metadata", {}).get("generation")
+    paused = conditions.paused_condition(True, generation)
+    return {**previous, "conditions": conditions.merge(previous.get("conditions") or [], [paused], conditions.now())}
+
+
+async def write_status(api: KubeApi, body: JsonObject, status: JsonObject) -> None:
+    """Merge-patch the status subresource, skipping the write when nothing changed (no needless events)."""
+    if (body.get("status") or {}) == status:
+        return
+    ref = Ref.of(body)
+    await with_retries(lambda: api.merge_patch(ref, {"status": status}, subresource="status"), f"status of {ref}")
+
+
+def parse_problem(exc: ValueError, kind: str) -> Problem:
+    """A SpecError lists one line per field; each line already names the field, the value and the rule."""
+    problems: list[str] = getattr(exc, "problems", None) or [str(exc)]
+    return Problem("InvalidSpec", f"{kind} spec is invalid: " + "; ".join(problems))
+
+
+def resource_document(body: JsonObject) -> dict[str, Any]:
+    """The CR as the API models read it: server-managed metadata passes through, status stays out."""
+    return {key: value for key, value in body.items() if key != "status"}

@@ -1,0 +1,123 @@
+"""The fleet's JetStream streams and a pipeline's durable consumers, provisioned through the NATS API."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.runtime import jetstream, subjects
+
+log = structlog.get_logger(__name__)
+
+
+class StreamError(Exception):
+    """NATS could not be reached or refused a stream or consumer; the message names the URL or the stream."""
+
+
+@asynccontextmanager
+async def connected(url: str, timeout: float) -> AsyncIterator[JetStreamContext]:
+    """One short connection per reconcile: the operator holds no NATS state between reconciles."""
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(url, name="fleetflow-operator", connect_timeout=timeout, allow_reconnect=False),
+            timeout=timeout * 2,
+        )
+    except Exception as exc:  # nats-py raises many unrelated types for an unreachable server
+        raise StreamError(f"cannot connect to NATS at {url}: {exc!r}") from exc
+    try:
+        yield nc.jetstream(timeout=timeout)
+    finally:
+        await nc.close()
+
+
+async def _states(js: JetStreamContext, names: list[str]) -> list[dict[str, Any]]:
+    states = []
+    for name in names:
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            states.append({"name": name, "messages": 0, "bytes": 0, "state": "Missing"})
+            continue
+        states.append({"name": name, "messages": info.state.messages, "bytes": info.state.bytes, "state": "Ready"})
+    return states
+
+
+async def provision_fleet(url: str, fleet: DeviceFleet, timeout: float) -> list[dict[str, Any]]:
+    """Create, update or re-create the fleet's streams; returns each stream's state for the status."""
+    try:
+        async with connected(url, timeout) as js:
+            outcome = await jetstream.provision_fleet(js, fleet)
+            recreated = [name for name, result in outcome.items() if result == "created"]
+            if recreated:
+                log.info("streams created", fleet=fleet.name, streams=recreated)
+            return await _states(js, list(outcome))
+    except StreamError:
+        raise
+    except Exception as exc:
+        raise StreamError(f"provisioning the streams of fleet {fleet.name!r} at {url} failed: {exc!r}") from exc
+
+
+async def provision_pipeline(url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float) -> dict[str, str]:
+    """The fleet's streams first (the consumers live on the telemetry stream), then the pipeline's stream
+    and consumers; processor consumers of replicas that no longer exist are removed."""
+    try:
+        async with connected(url, timeout) as js:
+            await jetstream.provision_fleet(js, fleet)
+            outcome = await jetstream.provision_pipeline(js, fleet, pipeline)
+            await _remove_surplus_processors(js, fleet, pipeline)
+            return outcome
+    except StreamError:
+        raise
+    except Exception as exc:
+        raise StreamError(f"provisioning pipeline {pipeline.name!r} at {url} failed: {exc!r}") from exc
+
+
+async def _remove_surplus_processors(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> None:
+    stream = subjects.telemetry_stream(fleet.name)
+    wanted = {subjects.processor_consumer(pipeline.name, r) for r in range(pipeline.spec.processor.replicas)}
+    prefix = subjects.processor_consumer(pipeline.name, 0).rsplit("-", 1)[0] + "-"
+    for info in await js.consumers_info(stream):
+        name = info.name
+        if name.startswith(prefix) and name[len(prefix) :].isdigit() and name not in wanted:
+            await js.delete_consumer(stream, name)
+            log.info("surplus processor consumer removed", stream=stream, consumer=name)
+
+
+async def delete_fleet_streams(url: str, fleet: DeviceFleet, timeout: float) -> list[str]:
+    """Remove the fleet's streams and their data; returns the names that existed."""
+    async with connected(url, timeout) as js:
+        return [cfg.name for cfg in jetstream.fleet_streams(fleet) if cfg.name and await _delete_stream(js, cfg.name)]
+
+
+async def delete_pipeline_streams(url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float) -> list[str]:
+    """Remove the pipeline's processor and writer consumers and its output stream."""
+    removed = []
+    async with connected(url, timeout) as js:
+        telemetry = subjects.telemetry_stream(fleet.name)
+        prefix = subjects.processor_consumer(pipeline.name, 0).rsplit("-", 1)[0] + "-"
+        try:
+            consumers = await js.consumers_info(telemetry)
+        except NotFoundError:
+            consumers = []
+        for info in consumers:
+            if info.name.startswith(prefix) and info.name[len(prefix) :].isdigit():
+                await js.delete_consumer(telemetry, info.name)
+                removed.append(f"{telemetry}/{info.name}")
+        out = subjects.pipeline_stream(fleet.name, pipeline.name)
+        if await _delete_stream(js, out):
+            removed.append(out)
+    return removed
+
+
+async def _delete_stream(js: JetStreamContext, name: str) -> bool:
+    try:
+        await js.delete_stream(name)
+    except NotFoundError:
+        return False
+    return True
