@@ -58,8 +58,36 @@ class RateLimit(Model):
     burst: int = Field(default=10000, ge=1, description="Readings a device may send at once above the rate.")
 
 
+class AutoscalingSpec(Model):
+    """A HorizontalPodAutoscaler for the gateway; while set, it (not `gateway.replicas`) decides the replicas."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+                    "message": "gateway.autoscaling.minReplicas must not exceed maxReplicas",
+                }
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    max_replicas: int = Field(default=4, ge=1, le=100)
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100, description="Average CPU, percent of requests.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"gateway.autoscaling.minReplicas {self.min_replicas} exceeds maxReplicas {self.max_replicas}"
+            )
+        return self
+
+
 class GatewaySpec(Model):
     replicas: int = Field(default=1, ge=0, le=100)
+    autoscaling: AutoscalingSpec | None = None
     max_batch_readings: int = Field(default=1000, ge=1, le=100000, description="Readings per request.")
     max_body_bytes: int = Field(default=1048576, ge=1024, le=67108864, description="Request body limit.")
     rate_limit: RateLimit = Field(default_factory=RateLimit)
@@ -81,11 +109,13 @@ class NatsSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "!(has(self.external) && has(self.managed))",
-                 "message": "set either nats.external or nats.managed, not both"}
+                {
+                    "rule": "!(has(self.external) && has(self.managed))",
+                    "message": "set either nats.external or nats.managed, not both",
+                }
             ]
         }
-    )  # fmt: skip
+    )
 
     external: ExternalNats | None = None
     managed: ManagedNats | None = None
@@ -110,6 +140,9 @@ class StreamSpec(Model):
     duplicate_window: Duration = Field(default="2m", description="How long a retried batch is recognised.")
     partitions: int = Field(
         default=8, ge=1, le=256, description="Telemetry partitions; processor replicas each take a share."
+    )
+    delete_on_removal: bool = Field(
+        default=False, description="Delete the fleet's streams (and their data) when the DeviceFleet is deleted."
     )
 
     @property
