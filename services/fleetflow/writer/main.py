@@ -10,7 +10,7 @@ import structlog
 from fleetflow.runtime import jetstream, logs, ops, service, subjects, telemetry
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters
 from fleetflow.runtime.settings import WriterSettings
-from fleetflow.writer.persist import ReadingWriter
+from fleetflow.writer.persist import RecordWriter
 from fleetflow.writer.stores import TelemetryStore, open_store
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,7 @@ async def expire_periodically(store: TelemetryStore, stop: asyncio.Event) -> Non
 async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
     fleet, pipeline = settings.fleet, settings.pipeline
     meter = telemetry.configure("writer", fleet=fleet.name, pipeline=pipeline.name)
-    store = open_store(pipeline, settings.sqlite_path)
+    store = open_store(pipeline, settings.sqlite_path, settings.cassandra_credentials_dir)
     await store.open()
     nc = await jetstream.connect(settings.nats_url, f"fleetflow-writer-{pipeline.name}")
     js = nc.jetstream()
@@ -39,7 +39,7 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         js,
         subjects.pipeline_stream(fleet.name, pipeline.name),
         subjects.writer_consumer(pipeline.name),
-        ReadingWriter(store, meter).handle,
+        RecordWriter(store, meter).handle,
         DeadLetters(js, fleet.name, f"writer-{pipeline.name}"),
         pipeline.spec.delivery.max_deliver,
         pipeline.spec.writer.batch_messages,

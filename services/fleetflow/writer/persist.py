@@ -1,31 +1,97 @@
-"""The writer's handler: decode a fetched batch of messages, write them in one go, report per message."""
+"""The writer's handler: route a fetched batch of messages by record type, write each kind in one go.
 
+The processor publishes to `ff.<fleet>.pl.<pipeline>.<record>.<device>`; the record token says what the
+message holds. Readings and late readings (arrived after their window closed; still readings) carry a
+ReadingBatch, aggregates one WindowAggregate, alerts one AlertEvent. The consumer acks a message only after
+this handler reports it committed; a message that cannot be decoded, or names an unknown record type, is
+dead-lettered at once with the reason, since no retry can fix it."""
+
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from opentelemetry.metrics import Meter
 
-from fleetflow.runtime import codec
-from fleetflow.runtime.codec import ReadingBatch
+from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
 from fleetflow.runtime.consumer import Failure
 from fleetflow.writer.stores import StoreUnavailable, TelemetryStore
 
+READINGS, LATE, AGGREGATES, ALERTS = "readings", "late", "aggregates", "alerts"
+RECORDS = (READINGS, LATE, AGGREGATES, ALERTS)
+_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    READINGS: msgspec.json.Decoder(ReadingBatch),
+    LATE: msgspec.json.Decoder(ReadingBatch),
+    AGGREGATES: msgspec.json.Decoder(WindowAggregate),
+    ALERTS: msgspec.json.Decoder(AlertEvent),
+}
 
-class ReadingWriter:
+
+def record_of(subject: str) -> tuple[str, str] | None:
+    """(fleet, record) of a pipeline output subject `ff.<fleet>.pl.<pipeline>.<record>.<device>`, else None."""
+    tokens = subject.split(".")
+    if len(tokens) != 6 or tokens[0] != "ff" or tokens[2] != "pl":
+        return None
+    return tokens[1], tokens[4]
+
+
+@dataclass
+class Decoded:
+    """The messages of one batch that decoded, by record type, with their positions in the batch."""
+
+    readings: list[tuple[int, ReadingBatch]] = field(default_factory=list)
+    late: list[tuple[int, ReadingBatch]] = field(default_factory=list)
+    aggregates: list[tuple[int, WindowAggregate]] = field(default_factory=list)
+    alerts: list[tuple[int, AlertEvent]] = field(default_factory=list)
+
+
+def decode(msg: Msg, into: Decoded, index: int) -> Failure | None:
+    """Decode `msg` into `into`; a poison Failure saying why if it cannot be stored."""
+    parsed = record_of(msg.subject)
+    if parsed is None:
+        return Failure(f"subject {msg.subject!r} is not ff.<fleet>.pl.<pipeline>.<record>.<device>", poison=True)
+    fleet, record = parsed
+    decoder = _decoders.get(record)
+    if decoder is None:
+        return Failure(
+            f"unknown record type {record!r} in subject {msg.subject!r}; accepted: {', '.join(RECORDS)}", poison=True
+        )
+    try:
+        value = decoder.decode(msg.data)
+    except msgspec.DecodeError as exc:
+        return Failure(f"{record} message on {msg.subject!r} is not a valid {decoder.type.__name__}: {exc}", True)
+    if value.fleet != fleet:
+        return Failure(f"{record} message on {msg.subject!r} belongs to fleet {value.fleet!r}, not {fleet!r}", True)
+    getattr(into, record).append((index, value))
+    return None
+
+
+class RecordWriter:
     def __init__(self, store: TelemetryStore, meter: Meter):
         self.store = store
+        self.stored = meter.create_counter(
+            "fleetflow_writer_records_stored",
+            unit="1",
+            description="Records written, by record type: readings (late ones included), aggregates, alerts",
+        )
         self.rows = meter.create_counter(
             "fleetflow_writer_readings_stored",
             unit="1",
             description="Readings written (rewrites of redeliveries included)",
         )
+        self.late = meter.create_counter(
+            "fleetflow_writer_late_readings_stored",
+            unit="1",
+            description="Readings stored that arrived after their window had closed",
+        )
         self.errors = meter.create_counter(
-            "fleetflow_writer_write_errors", unit="1", description="Failed store writes, by reason"
+            "fleetflow_writer_write_errors", unit="1", description="Failed store writes, by record type and reason"
         )
         self.write_duration = meter.create_histogram(
-            "fleetflow_writer_write_duration_seconds", unit="s", description="One batched store write"
+            "fleetflow_writer_write_duration_seconds", unit="s", description="One batched store write, by record"
         )
         self.batch_size = meter.create_histogram(
             "fleetflow_writer_batch_readings", unit="1", description="Readings per store write"
@@ -33,35 +99,58 @@ class ReadingWriter:
         self.e2e_latency = meter.create_histogram(
             "fleetflow_end_to_end_latency_seconds",
             unit="s",
-            description="Device timestamp of a batch's newest reading to its commit in the store",
+            description="Device timestamp of a batch's newest reading to its commit in the store (late excluded)",
         )
 
     async def handle(self, msgs: Sequence[Msg]) -> list[Failure | None]:
         outcomes: list[Failure | None] = [None] * len(msgs)
-        batches: list[ReadingBatch] = []
+        decoded = Decoded()
         for index, msg in enumerate(msgs):
-            try:
-                batches.append(codec.decode_batch(msg.data))
-            except msgspec.DecodeError as exc:
-                outcomes[index] = Failure(f"not a reading batch: {exc}", poison=True)
-        if batches:
-            failure = await self._write(batches)
-            if failure is not None:
-                outcomes = [outcome or failure for outcome in outcomes]
+            outcomes[index] = decode(msg, decoded, index)
+        readings = decoded.readings + decoded.late
+        writes: list[tuple[list[int], Awaitable[Failure | None]]] = []
+        if readings:
+            writes.append(([i for i, _ in readings], self._write_readings(decoded)))
+        if decoded.aggregates:
+            aggregates = [a for _, a in decoded.aggregates]
+            call = self._write(AGGREGATES, len(aggregates), lambda: self.store.write_aggregates(aggregates))
+            writes.append(([i for i, _ in decoded.aggregates], call))
+        if decoded.alerts:
+            alerts = [a for _, a in decoded.alerts]
+            call = self._write(ALERTS, len(alerts), lambda: self.store.write_alerts(alerts))
+            writes.append(([i for i, _ in decoded.alerts], call))
+        failures = await asyncio.gather(*(call for _, call in writes))
+        for (indexes, _), failure in zip(writes, failures, strict=True):
+            for index in indexes:
+                outcomes[index] = failure
         return outcomes
 
-    async def _write(self, batches: list[ReadingBatch]) -> Failure | None:
-        started = time.perf_counter()
-        try:
-            await self.store.write_readings(batches)
-        except StoreUnavailable as exc:
-            self.errors.add(1, {"reason": "unavailable"})
-            return Failure(f"store unavailable: {exc}")
-        self.write_duration.record(time.perf_counter() - started)
+    async def _write_readings(self, decoded: Decoded) -> Failure | None:
+        batches = [b for _, b in decoded.readings] + [b for _, b in decoded.late]
         count = sum(len(b.readings) for b in batches)
+        failure = await self._write(READINGS, count, lambda: self.store.write_readings(batches))
+        if failure is not None:
+            return failure
         self.rows.add(count)
+        self.late.add(sum(len(b.readings) for _, b in decoded.late))
         self.batch_size.record(count)
         now_ms = time.time() * 1000
-        for batch in batches:
-            self.e2e_latency.record(max(0.0, (now_ms - batch.readings[-1].ts) / 1000))
+        for _, batch in decoded.readings:
+            if batch.readings:
+                self.e2e_latency.record(max(0.0, (now_ms - max(r.ts for r in batch.readings)) / 1000))
+        return None
+
+    async def _write(self, record: str, count: int, write: Callable[[], Awaitable[None]]) -> Failure | None:
+        """Run one store write; a (retryable) Failure naming the record type and the error if it fails."""
+        started = time.perf_counter()
+        try:
+            await write()
+        except StoreUnavailable as exc:
+            self.errors.add(1, {"record": record, "reason": "unavailable"})
+            return Failure(f"store unavailable while writing {record}: {exc}")
+        except Exception as exc:  # a store bug or a rejected statement: retried, then dead-lettered with it
+            self.errors.add(1, {"record": record, "reason": type(exc).__name__})
+            return Failure(f"writing {record} failed: {type(exc).__name__}: {exc}")
+        self.write_duration.record(time.perf_counter() - started, {"record": record})
+        self.stored.add(count, {"record": record})
         return None

@@ -3,11 +3,22 @@
 from pathlib import Path
 
 from fleetflow.api import Pipeline
-from fleetflow.writer.stores.base import Page, ReadingQuery, StoredReading, StoreUnavailable, TelemetryStore
+from fleetflow.writer.stores.base import (
+    AggregateQuery,
+    AlertQuery,
+    CommandQuery,
+    Page,
+    ReadingQuery,
+    StoredReading,
+    StoreUnavailable,
+    TelemetryStore,
+)
 
 
-def open_store(pipeline: Pipeline, sqlite_path: Path | None) -> TelemetryStore:
-    """The store the pipeline's sink names (not yet opened)."""
+def open_store(
+    pipeline: Pipeline, sqlite_path: Path | None, cassandra_credentials_dir: Path | None = None
+) -> TelemetryStore:
+    """The store the pipeline's sink names (not yet opened); ValueError naming a bad sink setting."""
     sink = pipeline.spec.sink
     if sink.kind == "sqlite":
         from fleetflow.writer.stores.sqlite import SqliteStore
@@ -16,7 +27,22 @@ def open_store(pipeline: Pipeline, sqlite_path: Path | None) -> TelemetryStore:
         if path is None:
             raise ValueError("the sqlite sink needs a database path: set sink.sqlite.path or the data dir")
         return SqliteStore(path, sink.tables, sink.ttl_seconds)
-    raise ValueError(f"sink.kind {sink.kind!r} is not available in this build; accepted: 'sqlite'")
+    if sink.kind == "cassandra":
+        # Imported here so that SQLite-only installs never load the driver's C extensions.
+        from fleetflow.writer.stores.cassandra import CassandraStore
+
+        return CassandraStore(sink, cassandra_credentials_dir)
+    raise ValueError(f"sink.kind {sink.kind!r} is not supported; accepted: 'sqlite', 'cassandra'")
 
 
-__all__ = ["Page", "ReadingQuery", "StoreUnavailable", "StoredReading", "TelemetryStore", "open_store"]
+__all__ = [
+    "AggregateQuery",
+    "AlertQuery",
+    "CommandQuery",
+    "Page",
+    "ReadingQuery",
+    "StoreUnavailable",
+    "StoredReading",
+    "TelemetryStore",
+    "open_store",
+]

@@ -3,8 +3,12 @@
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
+from fleetflow.runtime.codec import AlertEvent, Command, ReadingBatch, WindowAggregate
+
+T = TypeVar("T")
+FOREVER_MS = 2**62
 
 
 class StoreUnavailable(Exception):
@@ -28,14 +32,56 @@ class ReadingQuery:
     fleet: str
     device: str
     since_ms: int = 0
-    until_ms: int = 2**62
+    until_ms: int = FOREVER_MS
     limit: int = 100
     page_token: str | None = None
 
 
 @dataclass(frozen=True)
-class Page:
-    items: list[StoredReading] = field(default_factory=list)
+class AggregateQuery:
+    """A pipeline's closed windows with since_ms <= window_start_ms < until_ms, oldest first within a group.
+
+    Without `group`, windows of every group are returned; their order across groups is store-specific."""
+
+    fleet: str
+    pipeline: str
+    group: str | None = None
+    since_ms: int = 0
+    until_ms: int = FOREVER_MS
+    limit: int = 500
+    page_token: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    """A pipeline's alert transitions with since_ms <= ts_ms < until_ms, oldest first; one device's if given."""
+
+    fleet: str
+    pipeline: str
+    device: str | None = None
+    since_ms: int = 0
+    until_ms: int = FOREVER_MS
+    limit: int = 500
+    page_token: str | None = None
+
+
+@dataclass(frozen=True)
+class CommandQuery:
+    """Commands sent to a device with since_ms <= created_ms < until_ms, newest first."""
+
+    fleet: str
+    device: str
+    since_ms: int = 0
+    until_ms: int = FOREVER_MS
+    limit: int = 100
+    page_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a query's results; pass `next_page_token` back for the next page (None: no more)."""
+
+    items: list[T] = field(default_factory=list)
     next_page_token: str | None = None
 
 
@@ -62,15 +108,46 @@ class TelemetryStore(abc.ABC):
         """Upsert alert transitions keyed by (fleet, pipeline, rule, device, ts_ms, state)."""
 
     @abc.abstractmethod
-    async def readings(self, query: ReadingQuery) -> Page: ...
+    async def write_commands(self, commands: Sequence[Command]) -> None:
+        """Upsert commands into the command log keyed by (fleet, device, created_ms, id)."""
 
     @abc.abstractmethod
+    async def readings(self, query: ReadingQuery) -> Page[StoredReading]:
+        """One page of a device's readings, newest first."""
+
+    @abc.abstractmethod
+    async def aggregate_page(self, query: AggregateQuery) -> Page[WindowAggregate]:
+        """One page of a pipeline's stored windows."""
+
+    @abc.abstractmethod
+    async def alert_page(self, query: AlertQuery) -> Page[AlertEvent]:
+        """One page of a pipeline's stored alert transitions."""
+
+    @abc.abstractmethod
+    async def command_page(self, query: CommandQuery) -> Page[Command]:
+        """One page of the commands sent to a device."""
+
     async def aggregates(self, fleet: str, pipeline: str, group: str | None = None) -> list[WindowAggregate]:
-        """Stored windows of a pipeline, oldest first; only those of `group` when given."""
+        """Every stored window of a pipeline (all pages); only those of `group` when given."""
+        items: list[WindowAggregate] = []
+        query = AggregateQuery(fleet, pipeline, group)
+        while True:
+            page = await self.aggregate_page(query)
+            items.extend(page.items)
+            if page.next_page_token is None:
+                return items
+            query = AggregateQuery(fleet, pipeline, group, page_token=page.next_page_token)
 
-    @abc.abstractmethod
     async def alerts(self, fleet: str, pipeline: str, device: str | None = None) -> list[AlertEvent]:
-        """Stored alert transitions of a pipeline, oldest first; only those of `device` when given."""
+        """Every stored alert transition of a pipeline (all pages), oldest first; only `device`'s when given."""
+        items: list[AlertEvent] = []
+        query = AlertQuery(fleet, pipeline, device)
+        while True:
+            page = await self.alert_page(query)
+            items.extend(page.items)
+            if page.next_page_token is None:
+                return items
+            query = AlertQuery(fleet, pipeline, device, page_token=page.next_page_token)
 
     @abc.abstractmethod
     async def latest(self, fleet: str, device: str) -> StoredReading | None:
@@ -82,4 +159,6 @@ class TelemetryStore(abc.ABC):
 
     @abc.abstractmethod
     async def expire(self, now_ms: int) -> int:
-        """Remove rows older than the sink's TTL where the store does not do it itself; rows removed."""
+        """Remove rows older than the sink's TTL where the store does not do it itself; rows removed.
+
+        SQLite expires by event time (ts older than now - ttl); Cassandra's native TTL counts from the write."""

@@ -4,7 +4,6 @@ Table names come from the Pipeline's sink, where the API models validated them a
 is what makes it safe to put them into SQL text. Values always travel as parameters."""
 
 import asyncio
-import base64
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -16,8 +15,18 @@ import msgspec
 
 from fleetflow.api.identifiers import check_table_name
 from fleetflow.api.pipeline import Tables
-from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
-from fleetflow.writer.stores.base import Page, ReadingQuery, StoredReading, StoreUnavailable, TelemetryStore
+from fleetflow.runtime.codec import AlertEvent, Command, ReadingBatch, WindowAggregate
+from fleetflow.writer.stores.base import (
+    AggregateQuery,
+    AlertQuery,
+    CommandQuery,
+    Page,
+    ReadingQuery,
+    StoredReading,
+    StoreUnavailable,
+    TelemetryStore,
+)
+from fleetflow.writer.stores.paging import decode_token, encode_token
 
 T = TypeVar("T")
 _metrics_decoder = msgspec.json.Decoder(dict[str, float])
@@ -27,6 +36,7 @@ def migrations(tables: Tables) -> list[list[str]]:
     """Schema versions in order; version N is the list at index N-1. Only ever append."""
     readings, latest = check_table_name(tables.readings), check_table_name(tables.latest)
     aggregates, alerts = check_table_name(tables.aggregates), check_table_name(tables.alerts)
+    commands = check_table_name(tables.commands)
     return [
         [
             f"""CREATE TABLE IF NOT EXISTS {readings} (
@@ -47,7 +57,14 @@ def migrations(tables: Tables) -> list[list[str]]:
                 fleet TEXT NOT NULL, pipeline TEXT NOT NULL, rule TEXT NOT NULL, device TEXT NOT NULL,
                 ts_ms INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL,
                 PRIMARY KEY (fleet, pipeline, rule, device, ts_ms, state)) WITHOUT ROWID""",
-        ]
+        ],
+        [
+            f"CREATE INDEX IF NOT EXISTS {alerts}_by_time ON {alerts} (fleet, pipeline, ts_ms, device, rule, state)",
+            f"""CREATE TABLE IF NOT EXISTS {commands} (
+                fleet TEXT NOT NULL, device TEXT NOT NULL, created_ms INTEGER NOT NULL, id TEXT NOT NULL,
+                record TEXT NOT NULL,
+                PRIMARY KEY (fleet, device, created_ms, id)) WITHOUT ROWID""",
+        ],
     ]
 
 
@@ -148,20 +165,43 @@ class SqliteStore(TelemetryStore):
         sql = f"INSERT OR REPLACE INTO {self.tables.alerts} VALUES (?, ?, ?, ?, ?, ?, ?)"
         await self._run(lambda db: _in_transaction(db, lambda: db.executemany(sql, rows)))
 
-    async def aggregates(self, fleet: str, pipeline: str, group: str | None = None) -> list[WindowAggregate]:
-        sql = f"""SELECT record FROM {self.tables.aggregates} WHERE fleet = ? AND pipeline = ?
-            AND (? IS NULL OR grp = ?) ORDER BY window_start_ms, grp, metric"""
-        rows = await self._run(lambda db: db.execute(sql, (fleet, pipeline, group, group)).fetchall())
-        return [msgspec.json.decode(row[0], type=WindowAggregate) for row in rows]
+    async def write_commands(self, commands: Sequence[Command]) -> None:
+        rows = [(c.fleet, c.device, c.created_ms, c.id, msgspec.json.encode(c).decode()) for c in commands]
+        sql = f"INSERT OR REPLACE INTO {self.tables.commands} VALUES (?, ?, ?, ?, ?)"
+        await self._run(lambda db: _in_transaction(db, lambda: db.executemany(sql, rows)))
 
-    async def alerts(self, fleet: str, pipeline: str, device: str | None = None) -> list[AlertEvent]:
-        sql = f"""SELECT record FROM {self.tables.alerts} WHERE fleet = ? AND pipeline = ?
-            AND (? IS NULL OR device = ?) ORDER BY ts_ms, device, rule"""
-        rows = await self._run(lambda db: db.execute(sql, (fleet, pipeline, device, device)).fetchall())
-        return [msgspec.json.decode(row[0], type=AlertEvent) for row in rows]
+    async def aggregate_page(self, query: AggregateQuery) -> Page[WindowAggregate]:
+        after = decode_token(query.page_token, 4) if query.page_token else [-(2**62), "", "", ""]
+        sql = f"""SELECT record, window_start_ms, grp, step, metric FROM {self.tables.aggregates}
+            WHERE fleet = ? AND pipeline = ? AND (? IS NULL OR grp = ?) AND window_start_ms >= ?
+            AND window_start_ms < ? AND (window_start_ms, grp, step, metric) > (?, ?, ?, ?)
+            ORDER BY window_start_ms, grp, step, metric LIMIT ?"""
+        params = (query.fleet, query.pipeline, query.group, query.group, query.since_ms, query.until_ms,
+                  *after, query.limit + 1)  # fmt: skip
+        rows = await self._run(lambda db: db.execute(sql, params).fetchall())
+        return _page(rows, query.limit, WindowAggregate)
 
-    async def readings(self, query: ReadingQuery) -> Page:
-        before_ts, before_seq = _decode_token(query.page_token) if query.page_token else (2**62, 2**62)
+    async def alert_page(self, query: AlertQuery) -> Page[AlertEvent]:
+        after = decode_token(query.page_token, 4) if query.page_token else [-(2**62), "", "", ""]
+        sql = f"""SELECT record, ts_ms, device, rule, state FROM {self.tables.alerts}
+            WHERE fleet = ? AND pipeline = ? AND (? IS NULL OR device = ?) AND ts_ms >= ? AND ts_ms < ?
+            AND (ts_ms, device, rule, state) > (?, ?, ?, ?) ORDER BY ts_ms, device, rule, state LIMIT ?"""
+        params = (query.fleet, query.pipeline, query.device, query.device, query.since_ms, query.until_ms,
+                  *after, query.limit + 1)  # fmt: skip
+        rows = await self._run(lambda db: db.execute(sql, params).fetchall())
+        return _page(rows, query.limit, AlertEvent)
+
+    async def command_page(self, query: CommandQuery) -> Page[Command]:
+        before = decode_token(query.page_token, 2) if query.page_token else [2**62, ""]
+        sql = f"""SELECT record, created_ms, id FROM {self.tables.commands}
+            WHERE fleet = ? AND device = ? AND created_ms >= ? AND created_ms < ? AND (created_ms, id) < (?, ?)
+            ORDER BY created_ms DESC, id DESC LIMIT ?"""
+        params = (query.fleet, query.device, query.since_ms, query.until_ms, *before, query.limit + 1)
+        rows = await self._run(lambda db: db.execute(sql, params).fetchall())
+        return _page(rows, query.limit, Command)
+
+    async def readings(self, query: ReadingQuery) -> Page[StoredReading]:
+        before_ts, before_seq = decode_token(query.page_token, 2) if query.page_token else (2**62, 2**62)
         sql = f"""SELECT fleet, device, seq, ts, metrics, stored_ms FROM {self.tables.readings}
             WHERE fleet = ? AND device = ? AND ts >= ? AND ts < ? AND (ts < ? OR (ts = ? AND seq < ?))
             ORDER BY ts DESC, seq DESC LIMIT ?"""
@@ -169,7 +209,7 @@ class SqliteStore(TelemetryStore):
                   before_ts, before_ts, before_seq, query.limit + 1)  # fmt: skip
         rows = await self._run(lambda db: db.execute(sql, params).fetchall())
         items = [_stored(row) for row in rows[: query.limit]]
-        token = _encode_token(items[-1].ts, items[-1].seq) if len(rows) > query.limit else None
+        token = encode_token([items[-1].ts, items[-1].seq]) if len(rows) > query.limit else None
         return Page(items, token)
 
     async def latest(self, fleet: str, device: str) -> StoredReading | None:
@@ -184,8 +224,21 @@ class SqliteStore(TelemetryStore):
 
     async def expire(self, now_ms: int) -> int:
         cutoff = now_ms - self.ttl_ms
-        sql = f"DELETE FROM {self.tables.readings} WHERE ts < ?"
-        return int(await self._run(lambda db: db.execute(sql, (cutoff,)).rowcount))
+        t = self.tables
+        statements = [
+            f"DELETE FROM {t.readings} WHERE ts < ?",
+            f"DELETE FROM {t.aggregates} WHERE window_end_ms < ?",
+            f"DELETE FROM {t.alerts} WHERE ts_ms < ?",
+            f"DELETE FROM {t.commands} WHERE created_ms < ?",
+        ]
+
+        def delete(db: sqlite3.Connection) -> int:
+            removed = 0
+            for sql in statements:
+                removed += db.execute(sql, (cutoff,)).rowcount
+            return removed
+
+        return await self._run(delete)
 
 
 def _in_transaction(db: sqlite3.Connection, work: Callable[[], object]) -> None:
@@ -203,13 +256,8 @@ def _stored(row: tuple[Any, ...]) -> StoredReading:
     return StoredReading(fleet, device, seq, ts, _metrics_decoder.decode(metrics), stored_ms)
 
 
-def _encode_token(ts: int, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{ts}:{seq}".encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[int, int]:
-    try:
-        ts, seq = base64.urlsafe_b64decode(token.encode()).decode().split(":")
-        return int(ts), int(seq)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"page token {token!r} is not one this store issued") from None
+def _page(rows: list[tuple[Any, ...]], limit: int, kind: type[T]) -> Page[T]:
+    """Rows are (record JSON, *sort key); one row beyond `limit` means there is a next page."""
+    items = [msgspec.json.decode(row[0], type=kind) for row in rows[:limit]]
+    token = encode_token(list(rows[limit - 1][1:])) if len(rows) > limit else None
+    return Page(items, token)
