@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SOURCES := $(wildcard services operator tests)
+PACKAGES := $(wildcard services/fleetflow operator/fleetflow)
 
 .PHONY: demo test lint unit bench crds clean
 
@@ -19,9 +21,9 @@ test: $(STAMP) lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check services operator tests
-	$(BIN)/ruff format --check services operator tests
-	$(BIN)/mypy services/fleetflow operator/fleetflow
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy $(PACKAGES)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
