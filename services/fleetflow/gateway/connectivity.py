@@ -8,10 +8,12 @@ from typing import Any
 
 from aiohttp import web
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from opentelemetry.metrics import Meter
 
 from fleetflow.gateway.command_api import CommandApi
 from fleetflow.gateway.commands import CommandExpirer, CommandStore
+from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.runtime import credentials
 from fleetflow.runtime.settings import GatewaySettings
@@ -36,7 +38,21 @@ class Connectivity:
         store = await CommandStore.open(js, fleet.name)
         links = cls(publisher=publisher, commands=CommandApi(fleet, secret, js, store, meter))
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
+        if settings.grpc_port is not None:
+            await links._start_grpc(settings, secret, js, store, meter)
         return links
+
+    async def _start_grpc(self, settings: GatewaySettings, secret: bytes, js: JetStreamContext,
+                          store: CommandStore, meter: Meter) -> None:  # fmt: skip
+        tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file)
+        service = DeviceGatewayService(settings.fleet, secret, self.publisher, js, store, meter)
+        server, port = await start_server(service, settings.listen_host, settings.grpc_port or 0, tls)
+        self.ports["grpc_port"] = port
+
+        async def stop_grpc() -> None:
+            await server.stop(grace=settings.drain_timeout / 2)
+
+        self._closers.append(stop_grpc)
 
     def add_routes(self, app: web.Application) -> None:
         self.commands.add_routes(app)

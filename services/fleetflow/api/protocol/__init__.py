@@ -1,0 +1,1 @@
+"""Generated gRPC code of the device protocol (package fleetflow.device.v1)."""

@@ -1,0 +1,195 @@
+"""The device API over gRPC (package fleetflow.device.v1): a bidirectional Connect stream and a unary
+PublishTelemetry. Telemetry goes through the same validation, rate limit and publisher as HTTP."""
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import msgspec
+import structlog
+from google.protobuf import json_format, struct_pb2
+from nats.js import JetStreamContext
+from opentelemetry.metrics import Meter
+
+from fleetflow.api import DeviceFleet
+from fleetflow.api.protocol import device_pb2 as pb
+from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
+from fleetflow.gateway.auth import DeviceAuthenticator
+from fleetflow.gateway.commands import CommandError, CommandFeed, CommandRecord, CommandStore
+from fleetflow.gateway.errors import Rejection
+from fleetflow.gateway.ingest import BatchValidator, check_device_id
+from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.ratelimit import DeviceRateLimiter
+
+log = structlog.get_logger(__name__)
+PROTOCOL = {"protocol": "grpc"}
+
+_STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+_RESULTS = {pb.CommandResult.SUCCEEDED: "succeeded", pb.CommandResult.FAILED: "failed",
+            pb.CommandResult.REJECTED: "rejected"}  # fmt: skip
+
+
+def batch_body(batch: pb.TelemetryBatch) -> bytes:
+    """The batch as the JSON body HTTP devices send, so one validator checks every protocol."""
+    readings = [{"seq": r.seq, "ts": r.ts_ms, "metrics": dict(r.metrics)} for r in batch.readings]
+    return msgspec.json.encode({"readings": readings})
+
+
+def command_message(record: CommandRecord) -> pb.GatewayMessage:
+    params = struct_pb2.Struct()
+    params.update(record.command.params)
+    command = pb.Command(id=record.command.id, name=record.command.name, params=params,
+                         created_ms=record.command.created_ms, expires_ms=record.expires_ms)  # fmt: skip
+    return pb.GatewayMessage(command=command)
+
+
+def _error(rejection: Rejection | CommandError) -> pb.Error:
+    status = rejection.status
+    return pb.Error(status=status, reason=rejection.reason, detail=rejection.detail)
+
+
+class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
+    def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, publisher: TelemetryPublisher,
+                 js: JetStreamContext, store: CommandStore, meter: Meter):  # fmt: skip
+        self.fleet = fleet
+        self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
+        self.auth = DeviceAuthenticator(fleet.name, fleet_secret)
+        self.validator = BatchValidator(fleet)
+        self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
+        self.publisher, self.js, self.store = publisher, js, store
+        self.readings_accepted = meter.create_counter(
+            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
+        )
+        self.requests_rejected = meter.create_counter(
+            "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by reason"
+        )
+        self.streams_open = meter.create_up_down_counter(
+            "fleetflow_gateway_grpc_streams", unit="1", description="Open gRPC Connect streams"
+        )
+
+    def _device(self, context: grpc.aio.ServicerContext) -> str:
+        """The authenticated device id of the call; Rejection(401/400/404) otherwise."""
+        metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+        fleet, device = metadata.get("fleetflow-fleet", ""), metadata.get("fleetflow-device", "")
+        if fleet != self.fleet.name:
+            raise Rejection(404, "unknown_fleet", f"metadata fleetflow-fleet {fleet!r} is not served here; this is "
+                            f"fleet {self.fleet.name!r}")  # fmt: skip
+        check_device_id(self.fleet, device, self.id_pattern)
+        self.auth.authenticate(device, metadata.get("authorization"))
+        return device
+
+    async def _ingest(self, device: str, batch: pb.TelemetryBatch) -> pb.TelemetryAck:
+        """Validate, rate-limit and publish one batch; a refusal is an ack carrying the error."""
+        first = batch.readings[0].seq if batch.readings else 0
+        last = batch.readings[-1].seq if batch.readings else 0
+        try:
+            validated = self.validator.validate(device, batch_body(batch), int(time.time() * 1000))
+            self.limiter.admit(device, len(validated.readings))
+            duplicate = await self.publisher.publish(validated)
+        except Rejection as rejection:
+            self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})
+            return pb.TelemetryAck(first_seq=first, last_seq=last, error=_error(rejection))
+        if not duplicate:
+            self.readings_accepted.add(len(validated.readings), PROTOCOL)
+        return pb.TelemetryAck(first_seq=first, last_seq=last, accepted=len(validated.readings), duplicate=duplicate)
+
+    async def PublishTelemetry(self, request: pb.TelemetryBatch, context: grpc.aio.ServicerContext) -> pb.TelemetryAck:
+        try:
+            device = self._device(context)
+        except Rejection as rejection:
+            await context.abort(_STATUS_CODES[rejection.status], rejection.detail)
+        ack = await self._ingest(device, request)
+        if ack.HasField("error"):
+            await context.abort(_STATUS_CODES.get(ack.error.status, grpc.StatusCode.UNKNOWN),
+                                f"{ack.error.reason}: {ack.error.detail}")  # fmt: skip
+        return ack
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.DeviceMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GatewayMessage]:
+        try:
+            device = self._device(context)
+        except Rejection as rejection:
+            await context.abort(_STATUS_CODES[rejection.status], rejection.detail)
+        outbound: asyncio.Queue[pb.GatewayMessage | None] = asyncio.Queue(maxsize=1024)
+        self.streams_open.add(1)
+        log.info("device connected", device=device, protocol="grpc")
+        try:
+            async with CommandFeed(self.js, self.store, device, "grpc") as feed:
+                reader = asyncio.create_task(self._read(device, request_iterator, outbound))
+                pusher = asyncio.create_task(self._push(feed, outbound))
+                try:
+                    while (message := await outbound.get()) is not None:
+                        yield message
+                finally:
+                    for task in (pusher, reader):
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
+        finally:
+            self.streams_open.add(-1)
+            log.info("device disconnected", device=device, protocol="grpc")
+
+    async def _read(self, device: str, requests: AsyncIterator[pb.DeviceMessage],
+                    outbound: asyncio.Queue[pb.GatewayMessage | None]) -> None:  # fmt: skip
+        """Handle the device's messages in order: each batch is acked before the next one is read."""
+        try:
+            async for message in requests:
+                if message.HasField("telemetry"):
+                    await outbound.put(pb.GatewayMessage(ack=await self._ingest(device, message.telemetry)))
+                elif message.HasField("result"):
+                    await outbound.put(pb.GatewayMessage(result_ack=await self._result(device, message.result)))
+        finally:
+            await outbound.put(None)
+
+    async def _result(self, device: str, result: pb.CommandResult) -> pb.CommandResultAck:
+        status = _RESULTS.get(result.status, "")
+        try:
+            record = await self.store.report(device, result.command_id, status, result.detail)
+        except CommandError as exc:
+            return pb.CommandResultAck(command_id=result.command_id, error=_error(exc))
+        return pb.CommandResultAck(command_id=result.command_id, state=record.state)
+
+    @staticmethod
+    async def _push(feed: CommandFeed, outbound: asyncio.Queue[pb.GatewayMessage | None]) -> None:
+        async for record in feed:
+            await outbound.put(command_message(record))
+
+
+def tls_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.ServerCredentials | None:
+    """Server credentials from PEM files, or None for plaintext (both files or neither must be given)."""
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise ValueError(f"gRPC TLS needs both tls_cert_file and tls_key_file; got cert {cert_file} and key {key_file}")
+    return grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())])
+
+
+async def start_server(service: DeviceGatewayService, host: str, port: int,
+                       tls: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:  # fmt: skip
+    """Serve the device API (over TLS when `tls` is given); returns the server and the port it bound."""
+    server = grpc.aio.server(options=[("grpc.keepalive_permit_without_calls", 1),
+                                      ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])  # fmt: skip
+    pb_grpc.add_DeviceGatewayServicer_to_server(service, server)
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
+    await server.start()
+    return server, bound
+
+
+def params_of(command: pb.Command) -> dict[str, Any]:
+    """A pushed command's parameters as plain Python values (numbers arrive as floats)."""
+    return json_format.MessageToDict(command.params)
