@@ -1,0 +1,246 @@
+"""The builders: what each rendered object says, and that every object of every variant is valid Kubernetes."""
+
+import base64
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.operator.builders import common, gateway, nats, pipeline
+from fleetflow.operator.builders.resources import DEFAULT_RESOURCES
+from fleetflow.runtime.settings import GatewaySettings, ProcessorSettings, WriterSettings
+from tests.operator.variants import FULL_FLEET_SPEC, fleet, fleet_doc, pipeline_doc, variants
+from tests.operator.variants import pipeline as pipeline_of
+
+KUBERNETES_VERSION = "1.30.0"
+IMAGE = "registry.example/fleetflow:test"
+OWNER = {"apiVersion": "fleetflow.io/v1alpha1", "kind": "DeviceFleet",
+         "metadata": {"name": "cold", "uid": "0f1e2d3c-0000-4000-8000-000000000001"}}  # fmt: skip
+
+
+def rendered(f: DeviceFleet, p: Pipeline) -> list[dict[str, Any]]:
+    objects = [
+        *nats.nats_objects(f, "nats:2.10-alpine", "IfNotPresent", DEFAULT_RESOURCES["nats"]),
+        *gateway.gateway_objects(f, IMAGE, "IfNotPresent", DEFAULT_RESOURCES["gateway"]),
+        gateway.device_secret(f, b"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"),
+        *pipeline.pipeline_objects(f, p, IMAGE, "IfNotPresent", DEFAULT_RESOURCES),
+    ]
+    return [common.owned(obj, OWNER) for obj in objects]
+
+
+@pytest.mark.parametrize("variant", list(variants()))
+def test_every_rendered_object_validates_against_the_kubernetes_openapi_schema(variant: str) -> None:
+    f, p = variants()[variant]
+    objects = rendered(f, p)
+    assert len(objects) >= 9
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{variant}: {obj['kind']} {obj['metadata']['name']} is invalid: {exc}")
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def container(obj: dict[str, Any]) -> dict[str, Any]:
+    containers = obj["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+# --- NATS -----------------------------------------------------------------------------------------------
+
+
+def test_single_nats_server_has_jetstream_mqtt_and_no_cluster_block() -> None:
+    f = fleet(fleet_doc())
+    conf = nats.server_config(f)
+    assert "jetstream {" in conf and 'store_dir: "/data/jetstream"' in conf
+    assert "mqtt {\n  port: 1883\n}" in conf
+    assert "cluster" not in conf
+    assert "server_name: $POD_NAME" in conf
+
+
+def test_three_nats_servers_route_to_each_other_through_the_headless_service() -> None:
+    f = fleet(fleet_doc(nats={"managed": {"replicas": 3}}))
+    conf = nats.server_config(f)
+    for i in range(3):
+        assert f"nats://cold-nats-{i}.cold-nats-headless.ns1.svc:6222" in conf
+    statefulset = nats.nats_statefulset(f, "nats:x", "Always", DEFAULT_RESOURCES["nats"])
+    assert statefulset["spec"]["replicas"] == 3
+    assert statefulset["spec"]["serviceName"] == "cold-nats-headless"
+
+
+def test_nats_statefulset_probes_prestop_storage_and_security() -> None:
+    f = fleet(fleet_doc(nats={"managed": {"storageSize": "20Gi", "storageClassName": "fast"}}))
+    statefulset = nats.nats_statefulset(f, "nats:x", "IfNotPresent", DEFAULT_RESOURCES["nats"])
+    c = container(statefulset)
+    assert c["image"] == "nats:x"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz?js-enabled-only=true", "port": "monitor"}
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "-sl=ldm=/var/run/nats/nats.pid"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    claim = statefulset["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["storageClassName"] == "fast"
+    assert "max_file_store: 19327352832" in nats.server_config(f)  # 90% of 20Gi
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "cold-nats-config"
+
+
+def test_nats_services_and_config_map() -> None:
+    f = fleet(fleet_doc())
+    headless = nats.nats_headless_service(f)
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    client = nats.nats_client_service(f)
+    assert {p["name"]: p["port"] for p in client["spec"]["ports"]} == {"client": 4222, "mqtt": 1883}
+    assert nats.nats_config_map(f)["data"]["nats.conf"] == nats.server_config(f)
+    assert nats.nats_url(f) == "nats://cold-nats.ns1.svc:4222"
+
+
+def test_external_nats_means_no_nats_objects_and_its_url_everywhere() -> None:
+    f = fleet(fleet_doc(nats={"external": {"url": "nats://shared:4222"}}))
+    assert nats.nats_objects(f, "nats:x", "IfNotPresent", {}) == []
+    assert nats.nats_url(f) == "nats://shared:4222"
+    assert "mqtt" not in gateway.endpoints(f)
+    assert yaml.safe_load(gateway.rendered_config(f))["nats_url"] == "nats://shared:4222"
+
+
+# --- gateway --------------------------------------------------------------------------------------------
+
+
+def test_gateway_config_map_is_the_runtime_config_the_gateway_loads() -> None:
+    f = fleet(fleet_doc(gateway={"maxBatchReadings": 77}))
+    data = yaml.safe_load(gateway.gateway_config_map(f)["data"][common.CONFIG_KEY])
+    settings = GatewaySettings(**data)
+    assert settings.fleet.spec.gateway.max_batch_readings == 77
+    assert str(settings.secret_file) == "/var/run/fleetflow/device-secret/secret"
+    assert settings.listen_port == gateway.HTTP_PORT
+    assert settings.nats_url == "nats://cold-nats.ns1.svc:4222"
+
+
+def test_gateway_deployment_runs_the_one_image_with_probes_and_a_locked_down_pod() -> None:
+    f = fleet(fleet_doc(gateway={"replicas": 2}))
+    deployment = gateway.gateway_deployment(f, IMAGE, "IfNotPresent", DEFAULT_RESOURCES["gateway"])
+    assert deployment["spec"]["replicas"] == 2
+    c = container(deployment)
+    assert c["command"] == ["fleetflow"]
+    assert c["args"] == ["gateway", "--config", "/etc/fleetflow/config.yaml"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    assert c["resources"] == DEFAULT_RESOURCES["gateway"]
+    assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == common.SERVICE_UID
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FLEETFLOW_LISTEN_HOST"] == "0.0.0.0" and env["FLEETFLOW_OPS_HOST"] == "0.0.0.0"
+    secret = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["device-secret"]
+    assert secret["secret"]["secretName"] == "cold-device-secret"
+
+
+def test_a_changed_spec_changes_the_config_hash_so_pods_roll() -> None:
+    one = gateway.gateway_deployment(fleet(fleet_doc()), IMAGE, "Always", {})
+    two = gateway.gateway_deployment(fleet(fleet_doc(gateway={"maxBodyBytes": 4096})), IMAGE, "Always", {})
+    key = common.CONFIG_HASH_ANNOTATION
+    assert (
+        one["spec"]["template"]["metadata"]["annotations"][key]
+        != two["spec"]["template"]["metadata"]["annotations"][key]
+    )
+
+
+def test_autoscaling_adds_an_hpa_and_leaves_replicas_to_it() -> None:
+    f = fleet(fleet_doc(**FULL_FLEET_SPEC))
+    hpa = gateway.gateway_hpa(f)
+    assert hpa is not None
+    assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 8
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert "replicas" not in gateway.gateway_deployment(f, IMAGE, "Always", {})["spec"]
+    assert gateway.gateway_hpa(fleet(fleet_doc())) is None
+    assert [o["kind"] for o in gateway.gateway_objects(f, IMAGE, "Always", {})][-1] == "HorizontalPodAutoscaler"
+
+
+def test_device_secret_is_generated_only_without_a_secret_ref() -> None:
+    plain = fleet(fleet_doc())
+    assert gateway.operator_generates_secret(plain)
+    secret = gateway.device_secret(plain, b"abc")
+    assert secret["metadata"]["name"] == "cold-device-secret"
+    assert base64.b64decode(secret["data"]["secret"]) == b"abc"
+    named = fleet(fleet_doc(**FULL_FLEET_SPEC))
+    assert not gateway.operator_generates_secret(named)
+    assert gateway.device_secret_ref(named).name == "cold-tokens"
+    deployment = gateway.gateway_deployment(named, IMAGE, "Always", {})
+    volume = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["device-secret"]
+    assert volume["secret"] == {"secretName": "cold-tokens", "items": [{"key": "fleet-secret", "path": "fleet-secret"}]}
+
+
+def test_gateway_service_pdb_and_endpoints() -> None:
+    f = fleet(fleet_doc())
+    service = gateway.gateway_service(f)
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "grpc": 9090}
+    assert gateway.gateway_pdb(f)["spec"]["maxUnavailable"] == 1
+    assert gateway.endpoints(f) == {
+        "http": "http://cold-gateway.ns1.svc:8080",
+        "grpc": "cold-gateway.ns1.svc:9090",
+        "nats": "nats://cold-nats.ns1.svc:4222",
+        "mqtt": "mqtt://cold-nats.ns1.svc:1883",
+    }
+
+
+# --- processor and writer --------------------------------------------------------------------------------
+
+
+def test_processor_is_a_statefulset_whose_pod_index_is_the_replica() -> None:
+    f = fleet(fleet_doc(streams={"partitions": 2}))
+    p = pipeline_of(pipeline_doc(processor={"replicas": 2}))
+    statefulset = pipeline.processor_statefulset(f, p, IMAGE, "Always", DEFAULT_RESOURCES["processor"])
+    assert statefulset["spec"]["replicas"] == 2
+    assert statefulset["spec"]["serviceName"] == pipeline.processor_service(p)["metadata"]["name"]
+    env = {e["name"]: e for e in container(statefulset)["env"]}
+    assert env["FLEETFLOW_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert container(statefulset)["args"][0] == "processor"
+    data = yaml.safe_load(pipeline.processor_config_map(f, p)["data"][common.CONFIG_KEY])
+    settings = ProcessorSettings(**data)
+    assert settings.pipeline.spec.processor.replicas == 2 and settings.fleet.spec.streams.partitions == 2
+
+
+def test_writer_with_sqlite_gets_a_volume_for_its_database() -> None:
+    f, p = fleet(fleet_doc()), pipeline_of(pipeline_doc(writer={"replicas": 1}))
+    deployment = pipeline.writer_deployment(f, p, IMAGE, "Always", DEFAULT_RESOURCES["writer"])
+    mounts = {m["name"]: m["mountPath"] for m in container(deployment)["volumeMounts"]}
+    assert mounts["store"] == "/var/lib/fleetflow"
+    settings = WriterSettings(**yaml.safe_load(pipeline.writer_config_map(f, p)["data"][common.CONFIG_KEY]))
+    assert str(settings.sqlite_path) == "/var/lib/fleetflow/store.sqlite3"
+
+
+def test_writer_with_cassandra_mounts_the_credentials_secret() -> None:
+    f, p = variants()["full"]
+    deployment = pipeline.writer_deployment(f, p, IMAGE, "Always", DEFAULT_RESOURCES["writer"])
+    assert deployment["spec"]["replicas"] == 2
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["cassandra-credentials"]["secret"]["secretName"] == "cassandra-credentials"
+    settings = WriterSettings(**yaml.safe_load(pipeline.writer_config_map(f, p)["data"][common.CONFIG_KEY]))
+    assert settings.sqlite_path is None
+    assert str(settings.cassandra_credentials_dir) == pipeline.CASSANDRA_CREDENTIALS_DIR
+    assert settings.pipeline.spec.sink.cassandra is not None
+    assert settings.pipeline.spec.sink.cassandra.local_dc == "dc1"
+
+
+def test_every_child_is_labelled_and_owned() -> None:
+    f, p = variants()["minimal"]
+    for obj in rendered(f, p):
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "fleetflow-operator"
+        assert labels["fleetflow.io/fleet"] == "cold"
+        assert obj["metadata"]["namespace"] == "ns1"
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref["uid"] == OWNER["metadata"]["uid"] and ref["controller"] is True
+
+
+def test_the_schema_check_really_rejects_a_wrong_object() -> None:
+    deployment = gateway.gateway_deployment(variants()["minimal"][0], IMAGE, "Always", {})
+    deployment["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)

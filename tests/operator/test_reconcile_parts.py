@@ -1,0 +1,106 @@
+"""Unit tests of the pieces the reconcile is made of: drift detection, conditions, readiness, RBAC rules."""
+
+from fleetflow.api.devicefleet import DeviceFleetStatus
+from fleetflow.operator import conditions, kube, rbac
+from fleetflow.operator.apply import covers, drift_patch
+from fleetflow.operator.conditions import Outcome, Problem
+from fleetflow.operator.readiness import workload
+
+
+def test_server_defaults_are_not_drift_but_changed_values_are() -> None:
+    desired = {"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "gateway", "image": "a"}]}}}}
+    current = {
+        "spec": {
+            "replicas": 2,
+            "revisionHistoryLimit": 10,
+            "template": {
+                "spec": {
+                    "containers": [{"name": "gateway", "image": "a", "terminationMessagePath": "/dev/termination-log"}]
+                }
+            },
+        }
+    }
+    assert covers(current, desired)
+    current["spec"]["replicas"] = 5
+    assert not covers(current, desired)
+    current["spec"]["replicas"] = 2
+    current["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert not covers(current, desired), "an extra list item is drift: lists travel whole"
+
+
+def test_drift_patch_carries_spec_labels_and_owners_but_no_identity() -> None:
+    desired = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "n",
+               "labels": {"a": "b"}, "ownerReferences": [{"uid": "u"}]}, "data": {"k": "v"}}  # fmt: skip
+    assert drift_patch(desired) == {
+        "data": {"k": "v"},
+        "metadata": {"labels": {"a": "b"}, "ownerReferences": [{"uid": "u"}]},
+    }
+
+
+def test_ready_when_nothing_waits_and_nothing_is_wrong() -> None:
+    by_type = {c["type"]: c for c in conditions.derive(Outcome(generation=3))}
+    assert by_type["Ready"]["status"] == "True" and by_type["Ready"]["observedGeneration"] == 3
+    assert by_type["Reconciling"]["status"] == "False"
+    assert by_type["Degraded"]["status"] == "False"
+    assert by_type["Paused"]["status"] == "False"
+
+
+def test_waiting_components_make_ready_false_and_reconciling_true() -> None:
+    by_type = {c["type"]: c for c in conditions.derive(Outcome(generation=1, waiting=["gateway: 0/2 replicas ready"]))}
+    assert by_type["Ready"] == {"type": "Ready", "status": "False", "reason": "ComponentsNotReady",
+                                "message": "gateway: 0/2 replicas ready", "observedGeneration": 1}  # fmt: skip
+    assert by_type["Reconciling"]["status"] == "True"
+
+
+def test_an_invalid_spec_is_named_in_ready_and_degraded() -> None:
+    problem = Problem("InvalidSpec", "spec.gateway.replicas = 500: Input should be less than or equal to 100")
+    by_type = {c["type"]: c for c in conditions.derive(Outcome(generation=2, invalid=problem))}
+    assert by_type["Ready"]["reason"] == "InvalidSpec" and "spec.gateway.replicas" in by_type["Ready"]["message"]
+    assert by_type["Degraded"]["status"] == "True"
+    assert by_type["Reconciling"]["status"] == "False"
+
+
+def test_last_transition_time_moves_only_when_the_status_does() -> None:
+    first = conditions.merge([], conditions.derive(Outcome(1, waiting=["x"])), "2026-01-01T00:00:00Z")
+    same = conditions.merge(first, conditions.derive(Outcome(1, waiting=["y"])), "2026-01-01T00:01:00Z")
+    flipped = conditions.merge(same, conditions.derive(Outcome(1)), "2026-01-01T00:02:00Z")
+    ready = [{c["type"]: c for c in conds}["Ready"] for conds in (first, same, flipped)]
+    assert [r["lastTransitionTime"] for r in ready] == [
+        "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "2026-01-01T00:02:00Z"]  # fmt: skip
+    assert ready[1]["message"] == "y"
+
+
+def test_conditions_fit_the_status_model_of_the_crd() -> None:
+    conds = conditions.merge([], conditions.derive(Outcome(1, problems=[Problem("FleetNotFound", "m")])), "t")
+    status = DeviceFleetStatus.model_validate({"observedGeneration": 1, "conditions": conds})
+    assert len(status.conditions) == 4
+
+
+def test_paused_annotation() -> None:
+    assert conditions.is_paused({"metadata": {"annotations": {"fleetflow.io/paused": "true"}}})
+    assert not conditions.is_paused({"metadata": {"annotations": {"fleetflow.io/paused": "false"}}})
+    assert not conditions.is_paused({"metadata": {}})
+
+
+def test_workload_readiness_reads_the_controller_status() -> None:
+    assert workload("gateway", None).message == "not created yet"
+    rolling = {
+        "metadata": {"generation": 3},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": 2, "readyReplicas": 2},
+    }
+    assert not workload("gateway", rolling).ready and "rolling out" in workload("gateway", rolling).message
+    short = {"spec": {"replicas": 2}, "status": {"readyReplicas": 1}}
+    assert workload("gateway", short).message == "1/2 replicas ready" and not workload("gateway", short).ready
+    assert workload("gateway", {"spec": {"replicas": 2}, "status": {"readyReplicas": 2}}).ready
+
+
+def test_rbac_rules_cover_every_kind_the_client_writes_with_exactly_its_verbs() -> None:
+    granted = {(group, resource): set(rule["verbs"]) for rule in rbac.RULES for group in rule["apiGroups"]
+               for resource in rule["resources"]}  # fmt: skip
+    for (api_version, _), plural in kube.PLURALS.items():
+        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+        assert (group, plural) in granted, f"no rule for {group}/{plural}"
+    assert granted[("apps", "deployments")] == {"get", "create", "patch", "delete"}
+    assert granted[("fleetflow.io", "devicefleets/status")] == {"get", "patch"}
+    assert "update" not in set().union(*granted.values()), "the operator only patches"

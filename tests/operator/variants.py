@@ -1,0 +1,80 @@
+"""DeviceFleet and Pipeline documents the operator tests render: minimal, full, external NATS, 3-server NATS
+and a pipeline with two processor partitions."""
+
+from typing import Any
+
+from fleetflow.api import DeviceFleet, Pipeline, parse_resource
+
+API_VERSION = "fleetflow.io/v1alpha1"
+
+
+def fleet_doc(name: str = "cold", namespace: str = "ns1", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "DeviceFleet", "metadata": {"name": name, "namespace": namespace},
+            "spec": spec}  # fmt: skip
+
+
+def pipeline_doc(name: str = "store", namespace: str = "ns1", fleet: str = "cold", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "Pipeline", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"fleetRef": {"name": fleet}, **spec}}  # fmt: skip
+
+
+FULL_FLEET_SPEC: dict[str, Any] = {
+    "devices": {"idPattern": "^[a-z][a-z0-9-]{1,62}$", "labels": [{"match": "^sim-", "labels": {"site": "lab"}}]},
+    "auth": {"mode": "token", "secretRef": {"name": "cold-tokens", "key": "fleet-secret"}},
+    "gateway": {
+        "replicas": 3,
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 8, "targetCpuUtilization": 60},
+        "maxBatchReadings": 500,
+        "maxBodyBytes": 2097152,
+        "rateLimit": {"readingsPerSecond": 50, "burst": 200},
+    },
+    "nats": {"managed": {"replicas": 3, "storageSize": "20Gi", "storageClassName": "fast-ssd"}},
+    "streams": {"maxAge": "3d", "maxBytes": "5Gi", "replicas": 3, "duplicateWindow": "5m", "partitions": 16,
+                "deleteOnRemoval": True},
+}  # fmt: skip
+
+FULL_PIPELINE_SPEC: dict[str, Any] = {
+    "sink": {
+        "kind": "cassandra",
+        "ttl": "90d",
+        "cassandra": {
+            "contactPoints": ["cassandra-0.cassandra", "cassandra-1.cassandra"],
+            "localDc": "dc1",
+            "keyspace": "telemetry",
+            "replication": {"dc1": 3},
+            "credentialsSecretRef": {"name": "cassandra-credentials", "key": "password"},
+        },
+    },
+    "processor": {"replicas": 4},
+    "writer": {"replicas": 2, "batchMessages": 512},
+    "delivery": {"maxDeliver": 10, "ackWait": "1m", "maxAckPending": 1000, "deleteOnRemoval": True},
+}
+
+
+def fleet(doc: dict[str, Any]) -> DeviceFleet:
+    resource = parse_resource(doc)
+    assert isinstance(resource, DeviceFleet)
+    return resource
+
+
+def pipeline(doc: dict[str, Any]) -> Pipeline:
+    resource = parse_resource(doc)
+    assert isinstance(resource, Pipeline)
+    return resource
+
+
+def variants() -> dict[str, tuple[DeviceFleet, Pipeline]]:
+    """Name -> (fleet, pipeline) for every variant the rendered objects are validated in."""
+    return {
+        "minimal": (fleet(fleet_doc()), pipeline(pipeline_doc())),
+        "full": (fleet(fleet_doc(**FULL_FLEET_SPEC)), pipeline(pipeline_doc(**FULL_PIPELINE_SPEC))),
+        "external-nats": (
+            fleet(fleet_doc(nats={"external": {"url": "nats://nats.shared.svc:4222"}})),
+            pipeline(pipeline_doc()),
+        ),
+        "nats-3": (fleet(fleet_doc(nats={"managed": {"replicas": 3}})), pipeline(pipeline_doc())),
+        "two-partitions": (
+            fleet(fleet_doc(streams={"partitions": 2})),
+            pipeline(pipeline_doc(processor={"replicas": 2})),
+        ),
+    }
