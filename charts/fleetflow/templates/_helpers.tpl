@@ -57,3 +57,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- define "fleetflow.watchesAll" -}}
 {{- if empty .Values.operator.watchNamespaces -}}true{{- end -}}
 {{- end -}}
+
+{{/* Series labels the dashboards filter on, taken from the labels the operator puts on its pods. */}}
+{{- define "fleetflow.metricRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_pod_label_fleetflow_io_fleet]
+  targetLabel: fleet
+- sourceLabels: [__meta_kubernetes_pod_label_fleetflow_io_pipeline]
+  targetLabel: pipeline
+- sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
+  regex: fleetflow-(.+)
+  targetLabel: component
+{{- end -}}
+
+{{/* Where the monitors look: the watched namespaces, or all of them. */}}
+{{- define "fleetflow.monitorNamespaceSelector" -}}
+{{- if include "fleetflow.watchesAll" . -}}
+any: true
+{{- else -}}
+matchNames:
+  {{- toYaml .Values.operator.watchNamespaces | nindent 2 }}
+{{- end -}}
+{{- end -}}
