@@ -1,0 +1,97 @@
+"""The Grafana dashboards query only metrics the services really export, filtered by fleet and pipeline."""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.packaging import chart
+
+DASHBOARDS = sorted((chart.CHART / "dashboards").glob("*.json"))
+SERVICES = chart.REPO / "services" / "fleetflow"
+INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge)\(\s*\"(fleetflow_\w+)\"")
+METRIC = re.compile(r"\bfleetflow_\w+")
+
+
+def exported_series() -> set[str]:
+    """Prometheus series names of every OpenTelemetry instrument the services create.
+
+    The Prometheus exporter adds `_total` to counters and `_bucket`, `_sum`, `_count` to histograms;
+    the unit is already part of each name (`..._seconds`)."""
+    series: set[str] = set()
+    for path in SERVICES.rglob("*.py"):
+        for kind, name in INSTRUMENT.findall(path.read_text()):
+            if kind == "histogram":
+                series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            elif kind == "counter":
+                series.add(f"{name}_total")
+            else:
+                series.add(name)
+    return series
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for panel in dashboard["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))
+    return found
+
+
+def expressions(dashboard: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
+
+
+def test_there_is_a_fleet_overview() -> None:
+    assert [p.name for p in DASHBOARDS] == ["fleet-overview.json"]
+
+
+def test_instrument_scan_finds_the_services_metrics() -> None:
+    """Guards the scan below: if instruments moved to another form, the check would pass vacuously."""
+    series = exported_series()
+    assert "fleetflow_gateway_readings_accepted_total" in series
+    assert "fleetflow_writer_write_duration_seconds_bucket" in series
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_queried_metric_is_exported_by_a_service(path: Path) -> None:
+    exported = exported_series()
+    dashboard = json.loads(path.read_text())
+    queried = {
+        m for text in [*expressions(dashboard), json.dumps(dashboard["templating"])] for m in METRIC.findall(text)
+    }
+    assert queried, "no fleetflow metric queried at all"
+    assert not queried - exported, f"{path.name} queries metrics no service exports: {sorted(queried - exported)}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_panels_use_the_datasource_variable_and_filter_by_fleet(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["fleet"]["type"] == "query" and variables["fleet"]["includeAll"]
+    assert variables["pipeline"]["type"] == "query"
+    for panel in panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert 'fleet=~"$fleet"' in target["expr"], f"{panel['title']}: {target['expr']}"
+            if "fleetflow_processor" in target["expr"] or "fleetflow_writer" in target["expr"]:
+                assert 'pipeline=~"$pipeline"' in target["expr"], f"{panel['title']}: {target['expr']}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_is_well_formed_for_grafana(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    assert dashboard["uid"].startswith("fleetflow-") and len(dashboard["uid"]) <= 40
+    ids = [p["id"] for p in panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels(dashboard):
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, f"{panel['title']} overflows the 24-column grid"
+        if panel["type"] != "row":
+            assert panel.get("description"), f"{panel['title']} has no description"
