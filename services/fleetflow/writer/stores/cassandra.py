@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import structlog
+from cassandra import UnresolvableContactPoints
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, Session
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement
 
@@ -120,7 +121,11 @@ class CassandraStore(TelemetryStore):
         return f"cassandra {','.join(self.options.contact_points)}:{self.options.port} (dc {self.layout.local_dc})"
 
     async def open(self) -> None:
-        cluster = build_cluster(self.layout, self.options, self.credentials)
+        try:
+            # Contact points are resolved here: a DNS name not (yet) resolvable is an outage, not a bug.
+            cluster = build_cluster(self.layout, self.options, self.credentials)
+        except UnresolvableContactPoints as exc:
+            raise StoreUnavailable(f"{self.where}: no contact point resolves: {describe(exc)}") from exc
         try:
             session = await asyncio.to_thread(cluster.connect)
             await migrate(session, self.layout, self.text, self.lease)
@@ -147,6 +152,7 @@ class CassandraStore(TelemetryStore):
         if self._cluster is not None:
             await asyncio.to_thread(self._cluster.shutdown)
         self._cluster = self._session = None
+        self._prepared.clear()
 
     def _session_or_fail(self) -> Session:
         if self._session is None:
@@ -176,6 +182,8 @@ class CassandraStore(TelemetryStore):
                 raise result
 
     def _bind(self, name: str, values: Sequence[Any]) -> Statement:
+        if name not in self._prepared:
+            raise StoreUnavailable(f"{self.where} is not open")
         return self._prepared[name].bind(values)
 
     async def _write_rows(self, rows: Sequence[tuple[tuple[Any, ...], Statement]], what: str) -> None:
