@@ -42,6 +42,8 @@ class Outputs:
     commands: list[Command] = field(default_factory=list)
     late: dict[str, list[Reading]] = field(default_factory=dict)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (step, outcome) -> readings
+    device: str = ""  # the input batch's device and receive time, for the late-reading batches
+    received_ms: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.readings or self.aggregates or self.alerts or self.commands or self.late)
@@ -117,7 +119,7 @@ class Engine:
 
     def process(self, batch: ReadingBatch, now_ms: int) -> Outputs:
         """Run one device's batch through the steps; `now_ms` is the wall clock (idle timers and TTLs)."""
-        out = Outputs()
+        out = Outputs(device=batch.device, received_ms=batch.received_ms)
         labels = self.pipeline.labels_of(batch.device)
         survivors = []
         for reading in batch.readings:

@@ -1,0 +1,60 @@
+"""What the processor publishes: subjects, deterministic message ids and bodies for every kind of output.
+
+Every id is derived from the input's id or from the identity of the result (a window, an alert transition,
+a command's trigger), so reprocessing after a crash publishes duplicates that JetStream drops within the
+duplicate window, and the writer's upserts absorb after it."""
+
+import re
+from dataclasses import dataclass
+
+from fleetflow.processor.engine import Outputs
+from fleetflow.runtime import codec, subjects
+
+RECORD_HEADER = "Fleetflow-Record"
+_UNSAFE_TOKEN = re.compile(r"[^A-Za-z0-9_=,-]")
+
+
+@dataclass(frozen=True)
+class Message:
+    subject: str
+    data: bytes
+    msg_id: str
+    record: str  # readings, late, aggregates, alerts, alert-events or commands
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Nats-Msg-Id": self.msg_id, RECORD_HEADER: self.record}
+
+
+def subject_token(group: str) -> str:
+    """A window group as one subject token: "device=<id>" becomes the id, label groups keep "site=north"."""
+    if group.startswith("device="):
+        return group.removeprefix("device=")
+    return _UNSAFE_TOKEN.sub("_", group)[:200] or "_"
+
+
+def messages(fleet: str, pipeline: str, input_id: str | None, out: Outputs) -> list[Message]:
+    """The messages of one input's outputs (input_id None for outputs of the idle timer)."""
+    found: list[Message] = []
+    for batch in out.readings:
+        found.append(Message(subjects.pipeline_subject(fleet, pipeline, "readings", batch.device),
+                             codec.encode(batch), f"{pipeline}/readings/{input_id}", "readings"))  # fmt: skip
+    for step, readings in out.late.items():
+        late = codec.ReadingBatch(fleet=fleet, device=out.device, readings=readings, received_ms=out.received_ms)
+        subject = subjects.pipeline_subject(fleet, pipeline, "late", out.device)
+        found.append(Message(subject, codec.encode(late), f"{pipeline}/late/{step}/{input_id}", "late"))
+    for agg in out.aggregates:
+        msg_id = f"{pipeline}/aggregates/{agg.step}/{agg.group}/{agg.metric}/{agg.window_start_ms}"
+        subject = subjects.pipeline_subject(fleet, pipeline, "aggregates", subject_token(agg.group))
+        found.append(Message(subject, codec.encode(agg), msg_id, "aggregates"))
+    for event in out.alerts:
+        msg_id = f"{pipeline}/alerts/{event.rule}/{event.device}/{event.ts_ms}/{event.state}"
+        body = codec.encode(event)
+        found.append(
+            Message(subjects.pipeline_subject(fleet, pipeline, "alerts", event.device), body, msg_id, "alerts")
+        )
+        found.append(Message(subjects.alert_subject(fleet, event.device), body, msg_id, "alert-events"))
+    for command in out.commands:
+        found.append(Message(subjects.command_subject(fleet, command.device), codec.encode(command), command.id,
+                             "commands"))  # fmt: skip
+    return found

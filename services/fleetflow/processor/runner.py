@@ -1,0 +1,263 @@
+"""Running a pipeline on one replica's share of the telemetry: in order, with checkpoints and catch-up.
+
+The processor reads its durable consumer in stream order, runs each batch through the engine, publishes the
+outputs (waiting for JetStream's acks), then acknowledges the input. Every few seconds it checkpoints the
+engine state with the stream sequence of the last input applied (see checkpoint.py). On start it restores
+the checkpoint and replays, straight from the stream, every input after that sequence up to what the durable
+consumer had already delivered; later redeliveries of those are recognised by their sequence and skipped.
+So a crash anywhere replays the same inputs in the same order into the same state, and the outputs come out
+with the same ids. docs/processor.md explains the choice."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.metrics import Meter
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.processor import records
+from fleetflow.processor.checkpoint import CheckpointStore
+from fleetflow.processor.compiler import CompiledPipeline
+from fleetflow.processor.engine import Engine, Outputs
+from fleetflow.runtime import codec, jetstream, subjects
+from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_ATTEMPTS = 8
+PUBLISH_CHUNK = 512
+ADVANCE_INTERVAL = 1.0
+
+
+class PublishFailed(Exception):
+    """Outputs could not be published after retries; the process must restart from its checkpoint."""
+
+
+def input_id(msg: Msg) -> str:
+    """The input's JetStream message id (the gateway's fleet/device/seq range), else its stream position."""
+    found = (msg.headers or {}).get("Nats-Msg-Id")
+    if found is None and msg.metadata is not None:
+        found = f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"
+    return str(found)
+
+
+class Runner:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        fleet: DeviceFleet,
+        pipeline: Pipeline,
+        compiled: CompiledPipeline,
+        replica: int,
+        meter: Meter,
+        fetch_batch: int = 256,
+        checkpoint_interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.js, self.compiled, self.replica = js, compiled, replica
+        self.fleet, self.pipeline = fleet.name, pipeline.name
+        self.stream = subjects.telemetry_stream(fleet.name)
+        self.durable = subjects.processor_consumer(pipeline.name, replica)
+        owned = jetstream.partitions_of(replica, pipeline.spec.processor.replicas, fleet.spec.streams.partitions)
+        self.filters = [subjects.telemetry_partition_filter(fleet.name, p) for p in owned]
+        self.fetch_batch, self.checkpoint_interval, self.clock = fetch_batch, checkpoint_interval, clock
+        self.checkpoints = CheckpointStore(js, fleet.name, pipeline, replica, fleet.spec.streams.replicas)
+        self.dead_letters = DeadLetters(js, fleet.name, f"processor-{pipeline.name}")
+        self.engine = Engine(compiled, now_ms=self._now_ms())
+        self.ready = False
+        self._saved_seq = -1
+        self._next_checkpoint = 0.0
+        self._next_advance = 0.0
+        self._metrics(meter)
+
+    def _metrics(self, meter: Meter) -> None:
+        self.step_readings = meter.create_counter(
+            "fleetflow_processor_step_readings", unit="1", description="Readings seen by each step, by outcome"
+        )
+        self.batches = meter.create_counter(
+            "fleetflow_processor_batches", unit="1", description="Telemetry batches handled, by outcome"
+        )
+        self.published = meter.create_counter(
+            "fleetflow_processor_records_published", unit="1", description="Output messages, by record kind"
+        )
+        self.checkpoint_bytes = meter.create_histogram(
+            "fleetflow_processor_checkpoint_bytes", unit="By", description="Size of each state checkpoint"
+        )
+        self.checkpoint_duration = meter.create_histogram(
+            "fleetflow_processor_checkpoint_duration_seconds", unit="s", description="Writing one checkpoint"
+        )
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def start(self) -> int:
+        """Restore the checkpoint and replay what was delivered after it; returns the inputs replayed."""
+        state = await self.checkpoints.load()
+        if state is not None:
+            self.engine = Engine(self.compiled, state, now_ms=self._now_ms())
+            self._saved_seq = state.applied_seq
+        replayed = await self._catch_up()
+        log.info("processor state restored", applied_seq=self.engine.state.applied_seq, replayed=replayed,
+                 from_checkpoint=state is not None)  # fmt: skip
+        self.ready = True
+        return replayed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop`; the batch in hand is finished and a last checkpoint written."""
+        sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self.fetch_batch, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except nats.errors.Error as exc:
+                log.warning("fetch failed; retrying", error=str(exc), consumer=self.durable)
+                await asyncio.sleep(0.5)
+                continue
+            if msgs:
+                await self.handle(msgs, ack=True)
+            await self.tick()
+        await self.checkpoint()
+        await sub.unsubscribe()
+
+    async def handle(self, msgs: Sequence[Msg], ack: bool) -> None:
+        """Apply `msgs` in order, publish their outputs, then (if `ack`) acknowledge them."""
+        outgoing: list[records.Message] = []
+        now_ms = self._now_ms()
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream if msg.metadata else 0
+            if seq <= self.engine.state.applied_seq:
+                self.batches.add(1, {"outcome": "already_applied"})
+                continue
+            try:
+                batch = codec.decode_batch(msg.data)
+            except msgspec.DecodeError as exc:
+                self.batches.add(1, {"outcome": "invalid"})
+                await self.dead_letters.send(msg, f"not a telemetry batch: {exc}")
+                self.engine.state.applied_seq = seq
+                continue
+            out = self.engine.process(batch, now_ms)
+            self._count(out)
+            outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out)
+            self.engine.state.applied_seq = seq
+            self.batches.add(1, {"outcome": "processed"})
+        await self.publish(outgoing)
+        if ack:
+            for msg in msgs:
+                try:
+                    await msg.ack()
+                except nats.errors.Error as exc:  # redelivered later, then skipped as already applied
+                    log.warning("could not ack input", error=str(exc), subject=msg.subject)
+
+    async def tick(self) -> None:
+        """Close idle windows and checkpoint, each on its own interval."""
+        now = self.clock()
+        if now >= self._next_advance:
+            self._next_advance = now + ADVANCE_INTERVAL
+            out = self.engine.advance(int(now * 1000))
+            if out:
+                await self.publish(records.messages(self.fleet, self.pipeline, None, out))
+                self._saved_seq = -1  # the state changed without a new input
+        if now >= self._next_checkpoint:
+            self._next_checkpoint = now + self.checkpoint_interval
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        if self._saved_seq == self.engine.state.applied_seq:
+            return
+        started = time.perf_counter()
+        try:
+            size = await self.checkpoints.save(self.engine.state)
+        except (nats.errors.Error, OSError) as exc:  # the next tick tries again; replay covers the gap
+            log.warning("checkpoint failed", error=str(exc))
+            return
+        self._saved_seq = self.engine.state.applied_seq
+        self.checkpoint_bytes.record(size)
+        self.checkpoint_duration.record(time.perf_counter() - started)
+
+    async def publish(self, messages: list[records.Message]) -> None:
+        """Publish and wait for every ack, retrying failures; PublishFailed if JetStream keeps refusing."""
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            await self._publish_chunk(messages[start : start + PUBLISH_CHUNK])
+
+    async def _publish_chunk(self, messages: list[records.Message]) -> None:
+        remaining = messages
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            results = await asyncio.gather(
+                *(self.js.publish(m.subject, m.data, headers=m.headers, timeout=10) for m in remaining),
+                return_exceptions=True,
+            )
+            failed = []
+            for message, result in zip(remaining, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed.append((message, result))
+                else:
+                    self.published.add(1, {"record": message.record, "duplicate": str(result.duplicate).lower()})
+            if not failed:
+                return
+            remaining = [message for message, _ in failed]
+            log.warning("publish failed; retrying", failed=len(failed), attempt=attempt, error=str(failed[0][1]),
+                        subject=failed[0][0].subject)  # fmt: skip
+            await asyncio.sleep(redelivery_delay(attempt))
+        raise PublishFailed(f"{len(remaining)} outputs, e.g. to {remaining[0].subject}, were not accepted")
+
+    def _count(self, out: Outputs) -> None:
+        for (step, outcome), n in out.counts.items():
+            self.step_readings.add(n, {"step": step, "outcome": outcome})
+
+    async def _catch_up(self) -> int:
+        """Replay inputs after the checkpoint that the durable consumer had delivered before we started."""
+        info = await self.js.consumer_info(self.stream, self.durable)
+        target = info.delivered.stream_seq or 0
+        start = self.engine.state.applied_seq + 1
+        if target < start:
+            return 0
+        name = f"{self.durable}-replay-{uuid.uuid4().hex[:8]}"
+        config = ConsumerConfig(
+            name=name,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.NONE,
+            filter_subjects=self.filters,
+            inactive_threshold=60.0,
+            mem_storage=True,
+        )
+        await self.js.add_consumer(self.stream, config)
+        try:
+            return await self._replay(name, target)
+        finally:
+            try:
+                await self.js.delete_consumer(self.stream, name)
+            except nats.errors.Error as exc:  # it expires by itself after inactive_threshold
+                log.warning("could not delete replay consumer", consumer=name, error=str(exc))
+
+    async def _replay(self, consumer: str, target: int) -> int:
+        sub = await self.js.pull_subscribe_bind(consumer, self.stream)
+        replayed, expected = 0, 1
+        try:
+            while ((await sub.consumer_info()).num_pending or 0) > 0:
+                try:
+                    msgs = await sub.fetch(self.fetch_batch, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                for msg in msgs:
+                    assert msg.metadata is not None
+                    if msg.metadata.sequence.consumer != expected:  # without acks, a lost message is a gap
+                        raise RuntimeError(f"replay of {self.stream} skipped from {expected} "
+                                           f"to {msg.metadata.sequence.consumer}; restart to replay again")  # fmt: skip
+                    expected += 1
+                due = [m for m in msgs if m.metadata and m.metadata.sequence.stream <= target]
+                await self.handle(due, ack=False)
+                replayed += len(due)
+                if len(due) < len(msgs) or (due and due[-1].metadata and due[-1].metadata.sequence.stream >= target):
+                    break
+            return replayed
+        finally:
+            await sub.unsubscribe()
