@@ -58,7 +58,7 @@ def test_full_values_file_sets_every_value_the_chart_has() -> None:
         ({"image": {"digest": "sha256:abc"}}, "/image/digest", "does not match pattern"),
         ({"operator": {"watchNamespaces": ["Plant_A"]}}, "/operator/watchNamespaces/0", "'Plant_A' does not match"),
         ({"operator": {"resyncSeconds": 0}}, "/operator/resyncSeconds", "minimum: got 0, want 1"),
-        ({"operator": {"healthPort": 70000}}, "/operator/healthPort", "maximum: got 70,000, want 65,535"),
+        ({"networkPolicy": {"natsPort": 70000}}, "/networkPolicy/natsPort", "maximum: got 70,000, want 65,535"),
         ({"otlp": {"endpoint": "otel-collector:4317"}}, "/otlp/endpoint", "does not match pattern"),
         ({"resources": {"requests": {"memory": "lots"}}}, "/resources/requests/memory", "lots"),
         ({"extraVolumeMounts": [{"name": "ca"}]}, "/extraVolumeMounts/0", "missing property 'mountPath'"),

@@ -114,7 +114,6 @@ def test_extra_env_volumes_and_scheduling_values_reach_the_pod() -> None:
     assert container["envFrom"] == FULL["extraEnvFrom"]
     assert FULL["extraVolumes"][0] in pod["volumes"]
     assert FULL["extraVolumeMounts"][0] in container["volumeMounts"]
-    assert container["ports"] == [{"name": "health", "containerPort": 9090, "protocol": "TCP"}]
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets"):
         assert pod[key] == FULL[key], key
     (spread,) = pod["topologySpreadConstraints"]
@@ -169,3 +168,16 @@ def test_notes_tell_the_next_commands_with_the_release_names() -> None:
     assert f"kubectl -n {chart.NAMESPACE} rollout status deployment/ff-fleetflow-operator" in notes
     assert "kubectl get devicefleets,pipelines -A" in notes
     assert "port-forward service/<fleet>-gateway 8080:8080" in notes
+
+
+def test_probes_point_at_the_liveness_endpoint_the_operator_serves() -> None:
+    import inspect
+    from urllib.parse import urlsplit
+
+    from fleetflow.operator.main import run
+
+    served = urlsplit(inspect.signature(run).parameters["liveness_endpoint"].default)
+    container = operator_container(chart.objects())
+    (port,) = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("health", served.port)
+    assert container["livenessProbe"]["httpGet"]["path"] == served.path
