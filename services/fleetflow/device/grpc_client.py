@@ -60,6 +60,7 @@ class GrpcDevice:
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        self._closed_because: StreamClosed | None = None
 
     async def __aenter__(self) -> "GrpcDevice":
         await self.connect()
@@ -118,22 +119,29 @@ class GrpcDevice:
 
     async def _write(self, message: pb.DeviceMessage, waiting: collections.deque[Any], future: Any) -> None:
         if not self.connected:
-            raise StreamClosed("the Connect stream is not open")
+            raise self._closed_because or StreamClosed("the Connect stream is not open")
         async with self._send_lock:  # acks come back in the order of the writes
             waiting.append(future)
             try:
                 await self._call.write(message)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                raise StreamClosed(f"writing to the Connect stream failed: {exc}") from None
+                if self._reader is not None:  # the reader learns why the stream ended: say that, not "write failed"
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._reader
+                if future.done() and not future.cancelled():
+                    future.exception()  # this caller gets the error raised below instead
+                future.cancel()
+                raise self._closed_because or StreamClosed(f"writing to the Connect stream failed: {exc}") from None
 
     async def _read(self) -> None:
-        error: Exception = StreamClosed("the gateway ended the stream")
+        error = StreamClosed("the gateway ended the stream")
         try:
             async for message in self._call:
                 self._dispatch(message)
         except grpc.aio.AioRpcError as exc:
             error = StreamClosed(f"{exc.code().name}: {exc.details()}")
         finally:
+            self._closed_because = error
             self._fail_pending(error)
 
     def _dispatch(self, message: pb.GatewayMessage) -> None:
