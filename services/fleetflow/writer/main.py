@@ -11,10 +11,11 @@ from fleetflow.runtime import jetstream, logs, ops, service, subjects, telemetry
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters
 from fleetflow.runtime.settings import WriterSettings
 from fleetflow.writer.persist import RecordWriter
-from fleetflow.writer.stores import TelemetryStore, open_store
+from fleetflow.writer.stores import StoreUnavailable, TelemetryStore, open_store
 
 log = structlog.get_logger(__name__)
 EXPIRY_INTERVAL = 60.0
+STORE_RETRY_CAP = 30.0
 
 
 async def expire_periodically(store: TelemetryStore, stop: asyncio.Event) -> None:
@@ -26,11 +27,43 @@ async def expire_periodically(store: TelemetryStore, stop: asyncio.Event) -> Non
             await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL)
 
 
+async def open_until_stopped(store: TelemetryStore, stop: asyncio.Event) -> bool:
+    """Open the store, retrying with capped backoff while it is unavailable; False if stopped first.
+
+    A Cassandra that is still starting (or briefly down) must not crash-loop the writer: it waits, not ready."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await store.open()
+            return True
+        except StoreUnavailable as exc:
+            log.warning("store unavailable; retrying", error=str(exc), retry_in=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(STORE_RETRY_CAP, delay * 2)
+    return False
+
+
 async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
     fleet, pipeline = settings.fleet, settings.pipeline
     meter = telemetry.configure("writer", fleet=fleet.name, pipeline=pipeline.name)
     store = open_store(pipeline, settings.sqlite_path, settings.cassandra_credentials_dir)
-    await store.open()
+    consumer: BatchConsumer | None = None
+    nc = None
+
+    def ready() -> tuple[bool, str]:
+        if consumer is None:
+            return False, f"opening the {pipeline.spec.sink.kind} store"
+        if nc is None or not nc.is_connected:
+            return False, "NATS is not connected"
+        return (True, "consuming") if consumer.subscribed else (False, "not yet subscribed")
+
+    # Health endpoints come up first, so a writer waiting for its store is alive but not ready.
+    ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
+    service.write_status(settings.status_file, {"ops_port": ops_port})
+    if not await open_until_stopped(store, stop):
+        await ops_runner.cleanup()
+        return
     nc = await jetstream.connect(settings.nats_url, f"fleetflow-writer-{pipeline.name}")
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
@@ -44,15 +77,7 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         pipeline.spec.delivery.max_deliver,
         pipeline.spec.writer.batch_messages,
     )
-
-    def ready() -> tuple[bool, str]:
-        if not nc.is_connected:
-            return False, "NATS is not connected"
-        return (True, "consuming") if consumer.subscribed else (False, "not yet subscribed")
-
-    ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
     tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(expire_periodically(store, stop))]
-    service.write_status(settings.status_file, {"ops_port": ops_port})
     log.info("writer ready", ops_port=ops_port, sink=pipeline.spec.sink.kind)
     await asyncio.gather(*tasks)
     await nc.drain()

@@ -17,7 +17,15 @@ from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 
 from fleetflow.writer.stores.cassandra_cluster import Unavailable, execute
-from fleetflow.writer.stores.cql import Layout, Migration, Statements, keyspace_cql, ledger_cql, migrations
+from fleetflow.writer.stores.cql import (
+    LEDGER,
+    Layout,
+    Migration,
+    Statements,
+    keyspace_cql,
+    ledger_cql,
+    migrations,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +43,15 @@ class Lease:
 async def migrate(session: Session, lay: Layout, text: Statements, lease: Lease | None = None) -> list[int]:
     """Bring the keyspace and tables to the newest version; the versions this writer applied itself."""
     lease = lease or Lease()
-    await ddl(session, keyspace_cql(lay), lease)
-    await ddl(session, ledger_cql(lay), lease)
+    # Skip DDL for what exists: a writer role may lack CREATE permission on a keyspace an operator made,
+    # and Cassandra checks permissions before IF NOT EXISTS.
+    keyspace = session.cluster.metadata.keyspaces.get(lay.keyspace)
+    if keyspace is None:
+        await ddl(session, keyspace_cql(lay), lease)
+    else:
+        warn_on_replication_drift(lay, keyspace)
+    if keyspace is None or LEDGER not in keyspace.tables:
+        await ddl(session, ledger_cql(lay), lease)
     ledger = await Ledger.prepare(session, text, lay.scope)
     owner = uuid.uuid4()
     applied = []
@@ -44,6 +59,19 @@ async def migrate(session: Session, lay: Layout, text: Statements, lease: Lease 
         if await ensure_applied(session, ledger, migration, owner, lease):
             applied.append(migration.version)
     return applied
+
+
+def warn_on_replication_drift(lay: Layout, keyspace: Any) -> None:
+    """Replication is never altered automatically: a change needs a repair, which an operator schedules."""
+    strategy = keyspace.replication_strategy
+    current = {dc: int(n) for dc, n in (getattr(strategy, "dc_replication_factors", None) or {}).items()}
+    if current != lay.replication:
+        log.warning(
+            "keyspace replication differs from sink.cassandra.replication; run ALTER KEYSPACE and a repair",
+            keyspace=lay.keyspace,
+            current=current or str(strategy),
+            wanted=lay.replication,
+        )
 
 
 async def ddl(session: Session, statement: str, lease: Lease) -> None:
