@@ -1,6 +1,7 @@
 """Fixtures: the KMock-based API server on a real port, and the real operator in its own thread."""
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ import pytest
 from kubernetes import client as k8s_client
 
 from fleetflow.api.crds import all_crds
-from fleetflow.operator.main import operate
+from fleetflow.operator.main import kopf_settings, operate
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.apiserver import ApiServerEmulator
 
@@ -37,11 +38,23 @@ async def running_operator(url: str, namespaces: list[str] | None, **kwargs: Any
     stop, ready = threading.Event(), threading.Event()
     failure: list[BaseException] = []
     options = kwargs.pop("options", OperatorOptions(image="fleetflow:test", resync_seconds=0.5))
+    settings = kopf_settings()
+    # The tests start and stop an operator each.
+    settings.queueing.exit_timeout = 0.1
+
+    async def until_stopped() -> None:
+        # Cancelling (as kopf's own signal handling ends in) stops its timers at once; a stop flag waits 5 s.
+        task = asyncio.create_task(operate(namespaces, options=options, configuration=configuration,
+                                           retry_delay=0.5, ready_flag=ready, settings=settings, **kwargs))  # fmt: skip
+        while not stop.is_set() and not task.done():
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def main() -> None:
         try:
-            asyncio.run(operate(namespaces, options=options, configuration=configuration, retry_delay=0.5,
-                                stop_flag=stop, ready_flag=ready, **kwargs))  # fmt: skip
+            asyncio.run(until_stopped())
         except BaseException as exc:  # reported to the test below
             failure.append(exc)
 

@@ -36,6 +36,7 @@ async def operate(
     compile_pipeline: PipelineCompiler | None = None,
     liveness_endpoint: str | None = None,
     retry_delay: float = 10.0,
+    settings: kopf.OperatorSettings | None = None,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
@@ -46,7 +47,7 @@ async def operate(
     try:
         await kopf.operator(
             registry=build_registry(operator, configuration),
-            settings=kopf_settings(),
+            settings=settings or kopf_settings(),
             clusterwide=not namespaces,
             namespaces=list(namespaces or []),
             standalone=True,

@@ -35,7 +35,7 @@ async def compile_steps(ctx: Context) -> None:
     if ctx.compile_pipeline is None:
         return
     try:
-        ctx.compile_pipeline(pipeline_of(ctx))
+        ctx.compile_pipeline(pipeline_of(ctx), fleet_of(ctx))
     except ValueError as exc:
         raise Stop(parse_problem(exc, "Pipeline"), invalid=True) from None
 
@@ -92,8 +92,8 @@ async def observe_workloads(ctx: Context) -> None:
 
 PIPELINE_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
-    ("compile-steps", compile_steps),
     ("read-fleet", read_fleet),
+    ("compile-steps", compile_steps),
     ("apply-workloads", apply_workloads),
     ("provision-consumers", provision_consumers),
     ("observe-workloads", observe_workloads),

@@ -18,7 +18,9 @@ from fleetflow.operator.readiness import Readiness
 
 log = structlog.get_logger(__name__)
 
-PipelineCompiler = Callable[[Pipeline], object]
+# `fleetflow.processor.compiler.compile_pipeline`, handed in by `fleetflow operator` (the operator may not import
+# the processor): raises a ValueError whose `problems` name each offending field.
+PipelineCompiler = Callable[[Pipeline, DeviceFleet], object]
 
 
 class Stop(Exception):
