@@ -145,8 +145,8 @@ class Engine:
             return self._apply(step, scope, now_ms, out)
         except EvaluationError as exc:
             out.counts[(step.name, exc.reason)] += 1
-            # A filter or derive that cannot compute its result must not pass a reading it did not judge.
-            return step.kind not in ("filter", "derive")
+            # A filter that cannot judge a reading must not pass it; other steps leave it as it is.
+            return step.kind != "filter"
 
     def _apply(self, step: CompiledStep, scope: ReadingScope, now_ms: int, out: Outputs) -> bool:
         kind = step.kind
@@ -177,7 +177,10 @@ class Engine:
         spec = step.spec.derive
         assert spec is not None
         for name in spec.metrics:
-            scope.set_metric(name, evaluate_number(step.expr(f"metrics.{name}"), scope))
+            try:
+                scope.set_metric(name, evaluate_number(step.expr(f"metrics.{name}"), scope))
+            except EvaluationError as exc:  # this metric is missing from the reading; the others still count
+                out.counts[(step.name, exc.reason)] += 1
         for old, new in spec.rename.items():
             if old in scope.metrics:
                 scope.set_metric(new, scope.metrics.pop(old))

@@ -39,11 +39,12 @@ def test_filter_derive_rename_drop_and_dedupe() -> None:
     )
     [processed] = out.readings
     assert [(r.seq, r.metrics) for r in processed.readings] == [
-        (1, {"voltage": 12.5, "power_w": 25.0, "temp_f": 86.0, "temp_c": 30.0})
+        (1, {"voltage": 12.5, "power_w": 25.0, "temp_f": 86.0, "temp_c": 30.0}),
+        (3, {"voltage": 13.0, "temp_f": 86.0, "temp_c": 30.0}),  # no current: no power_w, the rest is kept
     ]
     assert out.counts[("once", "duplicate")] == 1
     assert out.counts[("sane", "dropped")] == 1
-    assert out.counts[("power", "missing_field")] == 1  # seq 3 has no current: not passed on half-derived
+    assert out.counts[("power", "missing_field")] == 1
 
 
 def test_a_filter_that_does_not_give_a_boolean_drops_and_counts() -> None:
