@@ -39,15 +39,15 @@ def problems(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity >= 2]
 
 
-def render(values: Obj | None = None) -> dict[str, str]:
+def render(values: Obj | None = None, release: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
     """Template path -> rendered text, as `helm template ff charts/fleetflow -n fleetflow-system` prints it."""
-    return dict(helm.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE, is_install=True))
+    return dict(helm.Chart.load(CHART).render(values, name=release, namespace=namespace, is_install=True))
 
 
-def objects(values: Obj | None = None) -> list[Obj]:
+def objects(values: Obj | None = None, release: str = RELEASE, namespace: str = NAMESPACE) -> list[Obj]:
     """Every Kubernetes object the chart's templates render (NOTES.txt excluded)."""
     found: list[Obj] = []
-    for path, text in sorted(render(values).items()):
+    for path, text in sorted(render(values, release, namespace).items()):
         if path.endswith(".txt"):
             continue
         found.extend(doc for doc in yaml.safe_load_all(text) if doc)
