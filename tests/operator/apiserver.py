@@ -53,6 +53,19 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _age(timestamp: Any) -> Any:
+    """Date columns are shown as an age, as the real API server's table converter does."""
+    try:
+        then = datetime.datetime.strptime(str(timestamp), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return timestamp
+    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * 2:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
 def _jsonpath(obj: Any, path: str) -> Any:
     """The JSONPath subset printer columns use: `.a.b`, and `.a[?(@.k=="v")].b`."""
     value = obj
@@ -356,11 +369,16 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         definitions = [{"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}]
         definitions += [{"name": c["name"], "type": c["type"], "format": "", "description": "", "priority": 0}
                         for c in columns]  # fmt: skip
-        rows = [{"cells": [o["metadata"]["name"], *[_jsonpath(o, c["jsonPath"]) for c in columns]],
+        rows = [{"cells": [o["metadata"]["name"], *[self._cell(o, c) for c in columns]],
                  "object": {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
                             "metadata": o["metadata"]}} for o in items]  # fmt: skip
         return {"apiVersion": "meta.k8s.io/v1", "kind": "Table", "metadata": {"resourceVersion": str(self.revision)},
                 "columnDefinitions": definitions, "rows": rows}  # fmt: skip
+
+    @staticmethod
+    def _cell(obj: JsonObject, column: JsonObject) -> Any:
+        value = _jsonpath(obj, column["jsonPath"])
+        return _age(value) if column["type"] == "date" else value
 
     async def _watch(
         self, raw: aiohttp.web.BaseRequest, rkey: tuple[str, str, str], ns: str | None

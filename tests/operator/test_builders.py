@@ -149,6 +149,17 @@ def test_a_changed_spec_changes_the_config_hash_so_pods_roll() -> None:
     )
 
 
+def test_scaling_the_gateway_does_not_restart_its_pods() -> None:
+    key = common.CONFIG_HASH_ANNOTATION
+    hashes = {
+        gateway.gateway_deployment(fleet(fleet_doc(gateway=spec)), IMAGE, "Always", {})["spec"]["template"]["metadata"][
+            "annotations"
+        ][key]
+        for spec in ({"replicas": 1}, {"replicas": 5}, {"autoscaling": {"maxReplicas": 9}})
+    }
+    assert len(hashes) == 1
+
+
 def test_autoscaling_adds_an_hpa_and_leaves_replicas_to_it() -> None:
     f = fleet(fleet_doc(**FULL_FLEET_SPEC))
     hpa = gateway.gateway_hpa(f)

@@ -65,6 +65,15 @@ def rendered_config(fleet: DeviceFleet) -> str:
     )
 
 
+def rollout_hash(fleet: DeviceFleet) -> str:
+    """The config hash on the pod template, blind to the replica count: `kubectl scale` (or the HPA) changes
+    how many gateways run, which must not restart the running ones."""
+    unscaled = fleet.spec.gateway.model_copy(update={"replicas": 0, "autoscaling": None})
+    return config_hash(
+        rendered_config(fleet.model_copy(update={"spec": fleet.spec.model_copy(update={"gateway": unscaled})}))
+    )
+
+
 def gateway_config_map(fleet: DeviceFleet) -> JsonObject:
     return config_map(
         config_map_name(fleet),
@@ -100,7 +109,7 @@ def gateway_deployment(fleet: DeviceFleet, image: str, pull_policy: str, resourc
             fleet_labels(fleet, "gateway"),
             [container],
             volumes,
-            config_hash(rendered_config(fleet)),
+            rollout_hash(fleet),
             terminationGracePeriodSeconds=30,
         ),
     }
