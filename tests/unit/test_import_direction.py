@@ -13,7 +13,8 @@ ALLOWED = {
     "writer": {"api", "runtime"},
     "operator": {"api", "runtime"},
     "local": {"api", "runtime", "device", "gateway", "processor", "writer"},
-    "cli": {"api", "runtime", "device", "gateway", "processor", "writer", "operator", "local"},
+    "bench": {"api", "runtime", "device", "writer", "local"},
+    "cli": {"api", "runtime", "device", "gateway", "processor", "writer", "operator", "local", "bench"},
 }
 
 

@@ -175,6 +175,30 @@ async def simulate_load(args: argparse.Namespace) -> int:
     return 0 if report.rejected == 0 else 1
 
 
+def bench(args: argparse.Namespace) -> int:
+    from fleetflow.bench.report import healthy, summary, table
+    from fleetflow.bench.run import BenchOptions, run_bench
+
+    rate = None if args.rate == "max" else _rate(args.rate)
+    if args.cassandra and not re.fullmatch(r"[^:\s]+(:[0-9]{1,5})?", args.cassandra):
+        raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
+    options = BenchOptions(args.devices, args.batch, args.protocol, args.duration, args.warmup, rate,
+                           args.processors, args.baseline_seconds, args.data_dir, args.cassandra)  # fmt: skip
+    report = summary(asyncio.run(run_bench(options)))
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    return 0 if healthy(report) else 1
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise UsageError(f"--rate {text!r}: give readings per second (e.g. 50000) or max") from None
+    if rate <= 0:
+        raise UsageError(f"--rate {text!r}: must be more than 0, or max")
+    return rate
+
+
 def crds(args: argparse.Namespace) -> int:
     documents = all_crds()
     if args.write is None:

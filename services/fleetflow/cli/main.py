@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--secret-file", type=Path, help="the fleet secret the gateway uses")
     secret.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="take the secret from here")
 
+    bench = sub.add_parser("bench", help="measure the local platform under device load, next to raw JetStream")
+    bench.add_argument("--devices", type=positive_int, default=200)
+    bench.add_argument("--batch", type=positive_int, default=100, help="readings per request")
+    bench.add_argument("--protocol", choices=["http"], default="http")
+    bench.add_argument("--duration", type=positive_float, default=60.0, help="measured seconds")
+    bench.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
+    bench.add_argument("--rate", default="max", help="readings/s over all devices, or max (default)")
+    bench.add_argument("--processors", type=positive_int, default=1, help="processor replicas")
+    bench.add_argument("--baseline-seconds", type=positive_float, default=5.0, help="raw JetStream publish time")
+    bench.add_argument("--cassandra", metavar="HOST:PORT", help="store into this Cassandra instead of SQLite")
+    bench.add_argument("--data-dir", type=Path, help="keep the platform's data here (default: a temporary dir)")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions, or write them to a folder")
     crds.add_argument("--write", type=Path, metavar="DIR")
 
@@ -122,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": lambda a: asyncio.run(commands.status(a)),
         "simulate": lambda a: asyncio.run(commands.simulate_load(a)),
         "crds": commands.crds,
+        "bench": commands.bench,
         "gateway": _run_service("gateway"),
         "processor": _run_service("processor"),
         "writer": _run_service("writer"),

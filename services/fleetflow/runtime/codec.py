@@ -2,22 +2,32 @@
 
 msgspec validates types while it decodes, so one pass checks and parses a request."""
 
-import math
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+
+from fleetflow.api.identifiers import METRIC_NAME, METRIC_NAME_RULE
 
 # Timestamps outside this range are almost always a unit mistake (seconds or microseconds sent as ms).
 MIN_TS_MS = 946684800000  # 2000-01-01T00:00:00Z
 MAX_TS_MS = 4102444800000  # 2100-01-01T00:00:00Z
+TS_RULE = "send epoch milliseconds between 2000-01-01 and 2100-01-01, or RFC 3339 with an offset"
+
+# The constraints live in the types, so msgspec checks them in C while it decodes: no per-reading Python.
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+EpochMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]
+# Metric names are not constrained here: msgspec checks patterns in Python, once per key, which costs more
+# than decoding. The gateway checks each distinct name of a batch instead (see check_metric_names).
+Metrics = Annotated[dict[str, float], msgspec.Meta(min_length=1)]
 
 
 class ReadingIn(msgspec.Struct, forbid_unknown_fields=True):
     """One reading as a device sends it: `ts` in epoch milliseconds or RFC 3339."""
 
-    seq: int
-    ts: int | str
-    metrics: dict[str, float]
+    seq: Seq
+    ts: EpochMs | str
+    metrics: Metrics
 
 
 class TelemetryRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -59,37 +69,47 @@ def decode_request(body: bytes) -> TelemetryRequest:
     try:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        if str(exc).startswith("Number out of range"):  # 1e999 and the like: JSON's only way to say inf
-            raise CodecError("non_finite_number", f"{exc}; metric values must be finite numbers") from None
-        raise CodecError("invalid_reading", f"{exc}") from None
+        raise _explain(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise CodecError("malformed_json", f"body is not valid JSON: {exc}") from None
 
 
-def parse_ts(value: int | str, where: str) -> int:
-    """Epoch milliseconds from an integer or an RFC 3339 string with a UTC offset."""
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise CodecError("invalid_timestamp", f"{where}.ts {value!r} is not an RFC 3339 timestamp") from None
-        if parsed.tzinfo is None:
-            raise CodecError("invalid_timestamp", f"{where}.ts {value!r} has no UTC offset; add Z or +hh:mm")
-        ms = int(parsed.timestamp() * 1000)
-    else:
-        ms = value
+def _explain(message: str) -> CodecError:
+    """A reason label and a hint for msgspec's message, which already names the value's path."""
+    if message.startswith("Number out of range"):  # 1e999 and the like: JSON's only way to say inf
+        return CodecError("non_finite_number", f"{message}; metric values must be finite numbers")
+    if (message.endswith("].ts`") and "Expected `int`" in message and ">=" in message) or "<" in message:
+        return CodecError("invalid_timestamp", f"{message}; {TS_RULE}")
+    if message.endswith("].seq`"):
+        return CodecError("invalid_reading", f"{message}; seq must be an integer >= 0")
+    if message.endswith("].metrics`") and "length" in message:
+        return CodecError("invalid_reading", f"{message}; send at least one metric")
+    return CodecError("invalid_reading", message)
+
+
+def check_metric_names(readings: list[ReadingIn], known: set[str]) -> None:
+    """Every metric name must be an identifier; `known` remembers names already seen valid."""
+    names = set().union(*(r.metrics for r in readings))
+    for name in names - known:
+        if not METRIC_NAME.match(name):
+            where = next(i for i, r in enumerate(readings) if name in r.metrics)
+            raise CodecError("invalid_metric_name", f"readings[{where}].metrics name {name!r}: use {METRIC_NAME_RULE}")
+        if len(known) < 100_000:  # a bound, so a device inventing names cannot grow the gateway without limit
+            known.add(name)
+
+
+def parse_rfc3339(value: str, where: str) -> int:
+    """Epoch milliseconds from an RFC 3339 timestamp with a UTC offset."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise CodecError("invalid_timestamp", f"{where}.ts {value!r} is not an RFC 3339 timestamp; {TS_RULE}") from None
+    if parsed.tzinfo is None:
+        raise CodecError("invalid_timestamp", f"{where}.ts {value!r} has no UTC offset; add Z or +hh:mm")
+    ms = int(parsed.timestamp() * 1000)
     if not MIN_TS_MS <= ms < MAX_TS_MS:
-        raise CodecError(
-            "invalid_timestamp",
-            f"{where}.ts {value!r} is outside 2000-01-01..2100-01-01; send epoch milliseconds or RFC 3339",
-        )
+        raise CodecError("invalid_timestamp", f"{where}.ts {value!r} is out of range; {TS_RULE}")
     return ms
-
-
-def check_finite(metrics: dict[str, float], where: str) -> None:
-    for name, number in metrics.items():
-        if not math.isfinite(number):
-            raise CodecError("non_finite_number", f"{where}.metrics.{name} is {number}; only finite numbers")
 
 
 def encode(value: msgspec.Struct) -> bytes:

@@ -1,0 +1,1 @@
+"""`fleetflow bench`: the local platform under generated device load, next to the raw JetStream transport."""

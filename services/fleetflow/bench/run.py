@@ -1,0 +1,143 @@
+"""Running one benchmark: the local platform, the device load, the measurements, the transport baseline."""
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.bench.baseline import BaselineResult, transport_baseline
+from fleetflow.bench.load import LoadResult, batch_body, run_load
+from fleetflow.bench.procstats import ProcessSample, percentile, sample
+from fleetflow.local.platform import LocalPlatform
+from fleetflow.local.progress import scrape, stored_readings
+from fleetflow.local.resources import ResourceSet
+from fleetflow.runtime import codec, credentials
+
+FLEET = "bench"
+STORED_METRIC = "fleetflow_writer_readings_stored_total"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    devices: int = 200
+    batch: int = 100
+    protocol: str = "http"
+    duration: float = 60.0
+    warmup: float = 5.0
+    rate: float | None = None  # readings/s over all devices; None is as fast as the platform answers
+    processors: int = 1
+    baseline_seconds: float = 5.0
+    data_dir: Path | None = None
+    cassandra: str | None = None  # host:port of an external Cassandra
+
+
+def bench_resources(options: BenchOptions) -> ResourceSet:
+    fleet = DeviceFleet.model_validate({
+        "metadata": {"name": FLEET},
+        "spec": {"gateway": {"maxBatchReadings": max(1000, options.batch), "maxBodyBytes": 16 * 1024 * 1024},
+                 "streams": {"maxAge": "1h", "maxBytes": "8Gi", "partitions": 4}},
+    })  # fmt: skip
+    sink: dict[str, Any] = {"kind": "sqlite", "ttl": "1d"}
+    if options.cassandra:
+        host, _, port = options.cassandra.partition(":")
+        sink = {"kind": "cassandra", "ttl": "1d", "cassandra": {
+            "contactPoints": [host], "port": int(port or 9042), "localDc": "datacenter1",
+            "keyspace": "fleetflow_bench", "replication": {"datacenter1": 1}, "consistency": "LOCAL_ONE"}}  # fmt: skip
+    pipeline = Pipeline.model_validate({
+        "metadata": {"name": FLEET},
+        "spec": {"fleetRef": {"name": FLEET}, "sink": sink, "processor": {"replicas": options.processors},
+                 "writer": {"batchMessages": 512}},
+    })  # fmt: skip
+    return ResourceSet({FLEET: fleet}, {FLEET: pipeline})
+
+
+@dataclass
+class Window:
+    """Counters and CPU at the start and the end of the measured window."""
+
+    stored: float
+    cpu: dict[str, ProcessSample]
+    wall_ms: int
+
+
+@dataclass
+class BenchResult:
+    options: BenchOptions
+    load: LoadResult
+    start: Window
+    end: Window
+    lag_at_end: int
+    stored_total: int
+    store_latencies_ms: dict[str, float]
+    peak_rss: dict[str, int]
+    baseline: BaselineResult
+    cores: int
+
+
+async def _window(platform: LocalPlatform) -> Window:
+    writer = platform.service(f"writer-{FLEET}")
+    stored = (await scrape(f"http://127.0.0.1:{writer.status['ops_port']}/metrics")).get(STORED_METRIC, 0.0)
+    return Window(stored, _cpu(platform), int(time.time() * 1000))
+
+
+def _cpu(platform: LocalPlatform) -> dict[str, ProcessSample]:
+    pids = {s.name: s.process.pid for s in platform.services if s.process and s.process.poll() is None}
+    if platform.nats.process:
+        pids["nats-server"] = platform.nats.process.pid
+    pids["load generator"] = os.getpid()
+    return {name: sample(pid) for name, pid in pids.items()}
+
+
+def _store_latencies(platform: LocalPlatform, start_ms: int, end_ms: int) -> dict[str, float]:
+    """Device timestamp to stored row, over the readings sent in the measured window (SQLite only)."""
+    pipeline = platform.resources.pipelines[FLEET]
+    if pipeline.spec.sink.kind != "sqlite":
+        return {}
+    with sqlite3.connect(f"file:{platform.store_path(pipeline)}?mode=ro", uri=True) as db:
+        sql = f"SELECT stored_ms - ts FROM {pipeline.spec.sink.tables.readings} WHERE fleet = ? AND ts BETWEEN ? AND ?"
+        values = sorted(float(row[0]) for row in db.execute(sql, (FLEET, start_ms, end_ms)))
+    return {name: percentile(values, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+
+
+async def run_bench(options: BenchOptions) -> BenchResult:
+    with tempfile.TemporaryDirectory(prefix="fleetflow-bench-") as scratch:
+        platform = LocalPlatform(bench_resources(options), options.data_dir or Path(scratch))
+        try:
+            await platform.start()
+            return await _measure(platform, options)
+        finally:
+            await platform.stop()
+
+
+async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResult:
+    fleet = platform.resources.fleets[FLEET]
+    secret = credentials.ensure_local_secret(platform.data_dir, FLEET)
+    tokens = {f"d{i:05d}": credentials.device_token(secret, FLEET, f"d{i:05d}") for i in range(options.devices)}
+    load_task = asyncio.create_task(
+        run_load(platform.gateway_url(fleet), FLEET, tokens, options.batch, options.rate, options.warmup,
+                 options.duration)
+    )  # fmt: skip
+    await asyncio.sleep(options.warmup)
+    start = await _window(platform)
+    load = await load_task
+    end = await _window(platform)
+    lag = sum(state.lag for state in await platform.consumer_states())
+    await platform.wait_drained(120)
+    peak = {name: s.peak_rss_bytes for name, s in _cpu(platform).items()}
+    baseline = await transport_baseline(platform.nats.url, _sample_message(options.batch), options.baseline_seconds)
+    stored_total = await stored_readings(platform.resources.pipelines[FLEET], platform.store_path(
+        platform.resources.pipelines[FLEET]))  # fmt: skip
+    latencies = _store_latencies(platform, start.wall_ms, end.wall_ms)
+    return BenchResult(options, load, start, end, lag, stored_total, latencies, peak, baseline, os.cpu_count() or 1)
+
+
+def _sample_message(batch: int) -> bytes:
+    """The bytes of one telemetry message as the gateway publishes it, for the transport baseline."""
+    request = codec.decode_request(batch_body(1, batch, int(time.time() * 1000)))
+    readings = [codec.Reading(r.seq, int(r.ts), r.metrics) for r in request.readings]
+    return codec.encode(codec.ReadingBatch(fleet=FLEET, device="d00000", readings=readings, received_ms=0))
