@@ -159,6 +159,19 @@ class StreamSpec(Model):
 
 
 class DeviceFleetSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.streams) || !has(self.streams.replicas) || self.streams.replicas == 1 || "
+                    "(has(self.nats) && (has(self.nats.external) || (has(self.nats.managed) && "
+                    "has(self.nats.managed.replicas) && self.nats.managed.replicas == 3)))",
+                    "message": "streams.replicas 3 needs nats.managed.replicas 3 (or an external NATS)",
+                }
+            ]
+        }
+    )
+
     devices: DeviceRules = Field(default_factory=DeviceRules)
     auth: AuthSpec = Field(default_factory=AuthSpec)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
