@@ -97,6 +97,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     history: list[tuple[int, tuple[str, str, str], JsonObject]] = attrs.field(factory=list)
     watchers: list[tuple[tuple[str, str, str], asyncio.Queue[tuple[int, JsonObject]]]] = attrs.field(factory=list)
     revision: int = 1
+    # (HTTP method, plural) -> how many of the next such requests fail with 503, as a busy server's would.
+    failures: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    failed: list[tuple[str, str]] = attrs.field(factory=list)
     state_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
     # --- registration ---------------------------------------------------------------------------------
@@ -198,6 +201,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         self, request: rendering.Request, rkey: tuple[str, str, str], raw: aiohttp.web.BaseRequest
     ) -> aiohttp.web.StreamResponse:
         method, name, ns, sub = raw.method, request.name, request.namespace, request.subresource
+        if self.failures.get((method, rkey[2]), 0) > 0:
+            self.failures[(method, rkey[2])] -= 1
+            self.failed.append((method, rkey[2]))
+            raise ApiError(503, "ServiceUnavailable", "the emulator was told to fail this request")
         if method == "GET" and raw.query.get("watch") in ("true", "1"):
             return await self._watch(raw, rkey, ns)
         if method == "GET" and name is None:

@@ -318,3 +318,18 @@ async def test_the_operator_watches_the_namespaces_it_is_given(
         else:
             await asyncio.sleep(1.0)  # two resync periods
             assert emulator.get("apps/v1", "deployments", "ns2", "cold-gateway") is None
+
+
+async def test_transient_api_errors_are_retried_until_the_children_exist(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    emulator.failures[("POST", "deployments")] = 5  # more than one reconcile's retries: kopf's backoff takes over
+    emulator.failures[("PATCH", "devicefleets")] = 1
+    async with start_operator():
+        await create(emulator, fleet_doc())
+        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), timeout=10,
+                         what="the Deployment despite the failures")  # fmt: skip
+        assert emulator.failed.count(("POST", "deployments")) == 5
+        await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Degraded", "False"),
+                         what="no lingering problem")  # fmt: skip
