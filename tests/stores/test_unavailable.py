@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import nats
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from opentelemetry.metrics import get_meter
+from opentelemetry.metrics import Meter, get_meter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.runtime import codec, jetstream, subjects
@@ -122,7 +124,9 @@ class Writer:
 
 
 @asynccontextmanager
-async def running_writer(server: NatsServer, stores: Stores, max_deliver: int) -> AsyncIterator[Writer]:
+async def running_writer(
+    server: NatsServer, stores: Stores, max_deliver: int, meter: Meter | None = None
+) -> AsyncIterator[Writer]:
     """Provision the fleet and pipeline as the writer does, and run its consumer on a switched store."""
     name = unique_fleet()
     fleet = DeviceFleet.model_validate({"metadata": {"name": name}, "spec": {}})
@@ -136,7 +140,7 @@ async def running_writer(server: NatsServer, stores: Stores, max_deliver: int) -
         js,
         subjects.pipeline_stream(name, pipeline.name),
         subjects.writer_consumer(pipeline.name),
-        RecordWriter(store, get_meter("test")).handle,
+        RecordWriter(store, meter or get_meter("test")).handle,
         DeadLetters(js, name, f"writer-{pipeline.name}"),
         max_deliver,
         batch=64,
@@ -236,3 +240,37 @@ async def test_unknown_or_undecodable_records_are_dead_lettered_at_once(
         assert "belongs to fleet 'otherfleet'" in errors[w.subject("readings", "d1")]
         assert "(delivery 1 of 5)" in errors[w.subject("readings", "d1")]
         assert await w.store.count_readings(fleet) == 2
+
+
+def counted(reader: InMemoryMetricReader, name: str) -> dict[str, int]:
+    """Sum of a counter by its `record` attribute ("" without one)."""
+    totals: dict[str, int] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        key = str((point.attributes or {}).get("record", ""))
+                        totals[key] = totals.get(key, 0) + int(point.value)
+    return totals
+
+
+async def test_late_readings_are_stored_as_readings_and_counted(nats_server: NatsServer, stores: Stores) -> None:
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("writer-test")
+    async with running_writer(nats_server, stores, max_deliver=5, meter=meter) as w:
+        w.store.down = False
+        fleet = w.fleet.name
+        await w.js.publish(w.subject("readings", "d1"), codec.encode(batch(fleet, "d1", range(10, 15))))
+        await w.js.publish(w.subject("late", "d1"), codec.encode(batch(fleet, "d1", range(1, 4))))
+
+        async def stored() -> bool:
+            return (await w.consumer()).ack_floor.stream_seq == 2
+
+        await eventually(stored, 10, "both messages were acknowledged")
+        page = await w.store.readings(ReadingQuery(fleet, "d1"))
+        assert [r.seq for r in page.items] == [14, 13, 12, 11, 10, 3, 2, 1]
+        assert counted(reader, "fleetflow_writer_late_readings_stored") == {"": 3}
+        assert counted(reader, "fleetflow_writer_readings_stored") == {"": 8}
+        assert counted(reader, "fleetflow_writer_records_stored") == {"readings": 8}
