@@ -238,7 +238,8 @@ class Engine:
         if not isinstance(target, str) or not identifiers.DEVICE_ID.match(target):
             raise EvaluationError("bad_target", f"{step.name}: target {target!r} is not a device id")
         last_sent = self.state.commands.setdefault(step.name, {})
-        decision = commands.decide(spec, last_sent, target, scope.reading.ts, now_ms)
+        key = commands.cooldown_key(scope.device, target)
+        decision = commands.decide(spec, last_sent, key, scope.reading.ts, now_ms)
         out.counts[(step.name, f"command_{decision}")] += 1
         if decision != "send":
             return
@@ -247,7 +248,7 @@ class Engine:
             params[name] = _plain(step.expr(f"computedParams.{name}").evaluate(scope.context()))
         out.commands.append(
             Command(
-                id=commands.command_id(self.pipeline.pipeline, step.name, target, scope.reading.ts),
+                id=commands.command_id(self.pipeline.pipeline, step.name, scope.device, target, scope.reading.ts),
                 fleet=self.pipeline.fleet,
                 device=target,
                 name=spec.command,

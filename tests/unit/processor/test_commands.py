@@ -42,7 +42,7 @@ def test_condition_sends_one_command_per_cooldown() -> None:
         ("cooler-depot1", 130),
     ]
     first = sent[0]
-    assert first.id == f"chain/cool/cooler-depot1/{T0}"
+    assert first.id == f"chain/cool/box-7/cooler-depot1/{T0}"
     assert (first.name, first.ttl_ms, first.source, first.fleet) == (
         "set_cooling",
         30000,
@@ -52,11 +52,15 @@ def test_condition_sends_one_command_per_cooldown() -> None:
     assert first.params == {"mode": "max", "excess": 1.0}
 
 
-def test_cooldown_is_per_target() -> None:
-    e = engine(rule(target="device"), LABELS)
+def test_cooldown_is_per_triggering_device_and_target() -> None:
+    e = engine(rule(), LABELS)
     a = e.process(batch("box-1", (1, 0, {"t": 9.0})), T0).commands
     b = e.process(batch("box-2", (1, 1000, {"t": 9.0})), T0 + 1000).commands
-    assert [c.device for c in a + b] == ["box-1", "box-2"]
+    again = e.process(batch("box-1", (2, 2000, {"t": 9.0})), T0 + 2000).commands
+    assert [(c.device, c.id) for c in a + b + again] == [
+        ("cooler-depot1", f"chain/cool/box-1/cooler-depot1/{T0}"),
+        ("cooler-depot1", f"chain/cool/box-2/cooler-depot1/{T0 + 1000}"),
+    ]
 
 
 def test_readings_older_than_the_ttl_trigger_nothing() -> None:
@@ -70,7 +74,8 @@ def test_readings_older_than_the_ttl_trigger_nothing() -> None:
 def test_replaying_the_same_readings_gives_the_same_command_ids() -> None:
     first = feed(engine(rule(), LABELS), (0, 9.0), (70, 9.0))
     again = feed(engine(rule(), LABELS), (0, 9.0), (70, 9.0))
-    assert [c.id for c in first] == [c.id for c in again] == [f"chain/cool/cooler-depot1/{T0 + s}" for s in (0, 70000)]
+    ids = [f"chain/cool/box-7/cooler-depot1/{T0 + s}" for s in (0, 70000)]
+    assert [c.id for c in first] == [c.id for c in again] == ids
 
 
 def test_a_target_that_is_not_a_device_id_is_counted() -> None:
