@@ -33,6 +33,7 @@ bench: $(STAMP)
 
 crds: $(STAMP)
 	$(BIN)/fleetflow crds --write crds
+	$(BIN)/fleetflow crds --write charts/fleetflow/crds
 
 clean:
 	rm -rf $(VENV) fleetflow-data

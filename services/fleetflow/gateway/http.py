@@ -5,6 +5,7 @@ import time
 
 import structlog
 from aiohttp import web
+from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
@@ -13,9 +14,12 @@ from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import BatchValidator, check_device_id
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.runtime import telemetry
 
 log = structlog.get_logger(__name__)
 PROTOCOL = {"protocol": "http"}
+ROUTE = "/v1/fleets/{fleet}/devices/{device}/telemetry"
+tracer = telemetry.tracer("gateway")
 
 
 class TelemetryApi:
@@ -46,25 +50,32 @@ class TelemetryApi:
     def app(self) -> web.Application:
         # The body limit is enforced here, with a JSON answer, rather than by aiohttp's plain-text 413.
         app = web.Application(client_max_size=self.max_body + 1)
-        app.router.add_post("/v1/fleets/{fleet}/devices/{device}/telemetry", self.post_telemetry)
+        app.router.add_post(ROUTE, self.post_telemetry)
         return app
 
     async def post_telemetry(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        try:
-            answer = await self._ingest(request)
-        except Rejection as rejection:
-            self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})
-            log.info(
-                "request rejected",
-                reason=rejection.reason,
-                detail=rejection.detail,
-                device=request.match_info.get("device"),
-            )
-            return web.json_response(rejection.body(), status=rejection.status, headers=rejection.headers)
-        finally:
-            self.request_duration.record(time.perf_counter() - started, PROTOCOL)
-        return web.json_response(answer, status=202)
+        attributes = {"http.request.method": "POST", "http.route": ROUTE, "url.path": request.path,
+                      "fleetflow.device": request.match_info["device"]}  # fmt: skip
+        with tracer.start_as_current_span(f"POST {ROUTE}", context=telemetry.extract(request.headers),
+                                          kind=trace.SpanKind.SERVER, attributes=attributes) as span:  # fmt: skip
+            try:
+                answer = await self._ingest(request)
+            except Rejection as rejection:
+                self._rejected(span, rejection, request.match_info["device"])
+                return web.json_response(rejection.body(), status=rejection.status, headers=rejection.headers)
+            finally:
+                self.request_duration.record(time.perf_counter() - started, PROTOCOL)
+            span.set_attribute("http.response.status_code", 202)
+            return web.json_response(answer, status=202)
+
+    def _rejected(self, span: trace.Span, rejection: Rejection, device: str) -> None:
+        self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})
+        span.set_attribute("http.response.status_code", rejection.status)
+        span.set_attribute("error.type", rejection.reason)
+        if rejection.status >= 500:
+            span.set_status(trace.StatusCode.ERROR, rejection.detail)
+        log.info("request rejected", reason=rejection.reason, detail=rejection.detail, device=device)
 
     async def _ingest(self, request: web.Request) -> dict[str, object]:
         fleet, device = request.match_info["fleet"], request.match_info["device"]
