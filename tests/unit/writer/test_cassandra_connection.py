@@ -17,7 +17,7 @@ from cassandra.io.libevreactor import LibevConnection
 from cassandra.policies import ConstantSpeculativeExecutionPolicy, DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from fleetflow.writer.stores import StoreUnavailable, open_store
-from fleetflow.writer.stores.cassandra import CassandraStore, Partition, _resume
+from fleetflow.writer.stores.cassandra import CassandraStore
 from fleetflow.writer.stores.cassandra_auth import Credentials, read_credentials
 from fleetflow.writer.stores.cassandra_cluster import (
     READS,
@@ -199,16 +199,6 @@ def test_backoff_is_capped_exponential() -> None:
     backoff = Backoff(attempts=10, base=0.1, cap=1.0)
     for attempt, ceiling in ((1, 0.1), (2, 0.2), (3, 0.4), (5, 1.0), (9, 1.0)):
         assert all(0 <= backoff.delay(attempt) <= ceiling for _ in range(50))
-
-
-def test_paging_resumes_at_the_partition_or_the_next_one_in_page_order() -> None:
-    descending = [Partition((b,), ()) for b in (300, 200, 100)]
-    assert _resume(descending, (200,), descending=True) == 1
-    assert _resume(descending, (250,), descending=True) == 1  # bucket 250 expired: go on with 200
-    assert _resume(descending, (50,), descending=True) == 3
-    ascending = [Partition((b, g), ()) for b, g in ((100, "a"), (100, "b"), (200, "a"))]
-    assert _resume(ascending, (100, "b"), descending=False) == 1
-    assert _resume(ascending, (100, "c"), descending=False) == 2
 
 
 def test_reactor_choice_does_not_touch_the_event_loop() -> None:

@@ -9,11 +9,9 @@ Reads use a partition index: the buckets (and aggregate groups) that hold data, 
 many buckets reads only partitions that exist, and paging resumes at a (partition, driver paging state)."""
 
 import asyncio
-import base64
-import binascii
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -52,7 +50,7 @@ from fleetflow.writer.stores.cassandra_cluster import (
     with_retries,
 )
 from fleetflow.writer.stores.cassandra_schema import Lease, migrate
-from fleetflow.writer.stores.paging import decode_token, encode_token
+from fleetflow.writer.stores.partition_pages import Fetch, Partition, from_list, parse_token, read_page
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -69,14 +67,6 @@ _scalar = msgspec.json.Decoder(float | int | str | bool | None)
 
 def _ms(value: datetime) -> int:
     return round((value - EPOCH) / timedelta(milliseconds=1))
-
-
-@dataclass(frozen=True)
-class Partition:
-    """One partition to read: its position in the page order and the values that bind its key."""
-
-    key: tuple[Any, ...]
-    params: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -243,7 +233,8 @@ class CassandraStore(TelemetryStore):
         entries: set[IndexEntry] = set()
         for a in aggregates:
             b = cql.bucket_of(a.window_start_ms, bucket)
-            entries.add(IndexEntry(table, a.fleet, a.pipeline, b, a.group))
+            entries.add(IndexEntry(table, a.fleet, a.pipeline, b))
+            entries.add(IndexEntry(table, a.fleet, _bucket_scope(a.pipeline, b), b, a.group))
             entries.add(IndexEntry(table, a.fleet, _group_scope(a.pipeline, a.group), b))
             values = (
                 a.fleet,
@@ -319,112 +310,70 @@ class CassandraStore(TelemetryStore):
         except Unavailable as exc:
             raise StoreUnavailable(f"{self.where}: {exc}") from exc
 
-    async def _paged(
-        self,
-        partitions: list[Partition],
-        statement_name: str,
-        extra: tuple[Any, ...],
-        convert: Callable[[dict[str, Any]], T],
-        limit: int,
-        token: str | None,
-        descending: bool,
-        keep: Callable[[T], bool] = lambda _: True,
-    ) -> Page[T]:
-        """Up to `limit` rows read partition after partition, resuming where `token` left off."""
-        arity = len(partitions[0].key) + 1 if partitions else 0
-        start, paging_state = 0, None
-        if token is not None:
-            position = decode_token(token, arity) if partitions else None
-            if position is None:
-                return Page([], None)
-            start, paging_state = _resume(partitions, tuple(position[:-1]), descending), _unpack(position[-1], token)
-            if start < len(partitions) and partitions[start].key != tuple(position[:-1]):
-                paging_state = None  # that partition is gone (expired); start the next one from its beginning
-        items: list[T] = []
-        for index in range(start, len(partitions)):
-            partition = partitions[index]
-            while len(items) < limit:
-                statement = self._bind(statement_name, (*partition.params, *extra))
-                # Never fetch more than the page still needs: every fetched row is returned or filtered out,
-                # so the driver's paging state is exactly where the next page starts.
-                statement.fetch_size = limit - len(items)
-                result = await self._page_of(statement, paging_state, f"read {statement_name}")
-                items.extend(item for item in map(convert, result.current_rows) if keep(item))
-                paging_state = result.paging_state
-                if paging_state is None:
-                    break
-            if len(items) >= limit:
-                if paging_state is not None:
-                    return Page(items, _token(partition.key, paging_state))
-                if index + 1 < len(partitions):
-                    return Page(items, _token(partitions[index + 1].key, None))
-                return Page(items, None)
-        return Page(items, None)
+    def _fetcher(self, name: str, extra: tuple[Any, ...], convert: Callable[[dict[str, Any]], T]) -> Fetch[T]:
+        """Fetch rows of one partition with statement `name`, bound to the partition's key and `extra`."""
+
+        async def fetch(partition: Partition, size: int, state: bytes | None) -> tuple[list[T], bytes | None]:
+            statement = self._bind(name, (*partition.params, *extra))
+            statement.fetch_size = size
+            result = await self._page_of(statement, state, f"read {name}")
+            return [convert(row) for row in result.current_rows], result.paging_state
+
+        return fetch
 
     async def readings(self, query: ReadingQuery) -> Page[StoredReading]:
         table = self.layout.tables.readings
         index = await self._index(table, query.fleet, query.device, query.since_ms, query.until_ms)
         partitions = [Partition((b,), (query.fleet, query.device, b)) for b, _ in reversed(index)]
-        return await self._paged(
-            partitions,
-            "select_readings",
-            (query.since_ms, query.until_ms),
-            _reading,
-            query.limit,
-            query.page_token,
-            descending=True,
-        )
+        fetch = self._fetcher("select_readings", (query.since_ms, query.until_ms), _reading)
+        return await read_page(from_list(partitions), fetch, query.limit, query.page_token, 1, descending=True)
 
     async def aggregate_page(self, query: AggregateQuery) -> Page[WindowAggregate]:
-        table = self.layout.tables.aggregates
-        if query.group is None:
-            index = await self._index(table, query.fleet, query.pipeline, query.since_ms, query.until_ms)
-        else:
+        fetch = self._fetcher("select_aggregates", (query.since_ms, query.until_ms), _aggregate)
+        if query.group is not None:
             scope = _group_scope(query.pipeline, query.group)
-            index = [
-                (b, query.group)
-                for b, _ in await self._index(table, query.fleet, scope, query.since_ms, query.until_ms)
-            ]
-        partitions = [Partition((b, g), (query.fleet, query.pipeline, g, b)) for b, g in index]
-        return await self._paged(
-            partitions,
-            "select_aggregates",
-            (query.since_ms, query.until_ms),
-            _aggregate,
-            query.limit,
-            query.page_token,
-            descending=False,
-        )
+            index = await self._index(self.layout.tables.aggregates, query.fleet, scope, query.since_ms, query.until_ms)
+            partitions = from_list(
+                Partition((b, query.group), (query.fleet, query.pipeline, query.group, b)) for b, _ in index
+            )
+        else:
+            partitions = self._aggregate_partitions(query)
+        return await read_page(partitions, fetch, query.limit, query.page_token, 2, descending=False)
+
+    async def _aggregate_partitions(self, query: AggregateQuery) -> AsyncIterator[Partition]:
+        """Every group's partition, bucket by bucket; the groups of a bucket are listed only when reached."""
+        table = self.layout.tables.aggregates
+        first = parse_token(query.page_token, 2)[0][0] if query.page_token else None
+        for b, _ in await self._index(table, query.fleet, query.pipeline, query.since_ms, query.until_ms):
+            if first is not None and b < first:
+                continue  # read by earlier pages
+            for _, group in await self._index(table, query.fleet, _bucket_scope(query.pipeline, b), b, b + 1):
+                yield Partition((b, group), (query.fleet, query.pipeline, group, b))
 
     async def alert_page(self, query: AlertQuery) -> Page[AlertEvent]:
-        table = self.layout.tables.alerts
-        index = await self._index(table, query.fleet, query.pipeline, query.since_ms, query.until_ms)
+        index = await self._index(
+            self.layout.tables.alerts, query.fleet, query.pipeline, query.since_ms, query.until_ms
+        )
         partitions = [Partition((b,), (query.fleet, query.pipeline, b)) for b, _ in index]
+        fetch = self._fetcher("select_alerts", (query.since_ms, query.until_ms), _alert)
         device = query.device
-        return await self._paged(
-            partitions,
-            "select_alerts",
-            (query.since_ms, query.until_ms),
-            _alert,
+        return await read_page(
+            from_list(partitions),
+            fetch,
             query.limit,
             query.page_token,
+            1,
             descending=False,
             keep=lambda e: device is None or e.device == device,
         )
 
     async def command_page(self, query: CommandQuery) -> Page[Command]:
-        table = self.layout.tables.commands
-        index = await self._index(table, query.fleet, query.device, query.since_ms, query.until_ms)
-        partitions = [Partition((b,), (query.fleet, query.device, b)) for b, _ in reversed(index)]
-        return await self._paged(
-            partitions,
-            "select_commands",
-            (query.since_ms, query.until_ms),
-            _command,
-            query.limit,
-            query.page_token,
-            descending=True,
+        index = await self._index(
+            self.layout.tables.commands, query.fleet, query.device, query.since_ms, query.until_ms
         )
+        partitions = [Partition((b,), (query.fleet, query.device, b)) for b, _ in reversed(index)]
+        fetch = self._fetcher("select_commands", (query.since_ms, query.until_ms), _command)
+        return await read_page(from_list(partitions), fetch, query.limit, query.page_token, 1, descending=True)
 
     async def latest(self, fleet: str, device: str) -> StoredReading | None:
         result = await self._page_of(self._bind("select_latest", (fleet, device)), None, "read latest")
@@ -468,29 +417,13 @@ def _single_partition_batch(statements: list[Statement]) -> Statement:
 
 
 def _group_scope(pipeline: str, group: str) -> str:
+    """Index scope listing the buckets that hold one group's windows."""
     return f"{pipeline}/{group}"
 
 
-def _resume(partitions: list[Partition], key: tuple[Any, ...], descending: bool) -> int:
-    """Index of the partition `key` names, or of the first one after it in page order if it is gone."""
-    for index, partition in enumerate(partitions):
-        if partition.key == key or (partition.key < key if descending else partition.key > key):
-            return index
-    return len(partitions)
-
-
-def _token(key: tuple[Any, ...], paging_state: bytes | None) -> str:
-    state = base64.urlsafe_b64encode(paging_state).decode() if paging_state is not None else None
-    return encode_token([*key, state])
-
-
-def _unpack(state: Any, token: str) -> bytes | None:
-    if state is None:
-        return None
-    try:
-        return base64.urlsafe_b64decode(str(state).encode())
-    except (ValueError, binascii.Error):
-        raise ValueError(f"page token {token!r} is not one this store issued; omit it to start over") from None
+def _bucket_scope(pipeline: str, bucket: int) -> str:
+    """Index scope listing the groups with windows in one bucket: a partition per bucket stays small."""
+    return f"{pipeline}#{bucket}"
 
 
 def _reading(row: dict[str, Any]) -> StoredReading:
