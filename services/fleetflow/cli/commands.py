@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 import time
@@ -32,6 +33,12 @@ def up(args: argparse.Namespace) -> int:
     resources = load_resources(args.paths)
     if args.simulate < 0:
         raise UsageError(f"--simulate {args.simulate}: give a number of devices, 0 or more")
+    if args.otlp_endpoint:
+        if not re.fullmatch(r"https?://[^\s/]+(:[0-9]+)?/?", args.otlp_endpoint):
+            raise UsageError(f"--otlp-endpoint {args.otlp_endpoint!r}: use http://HOST:PORT (OTLP over gRPC)")
+        # The services inherit the environment and follow the standard OTEL_* variables.
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_INSECURE", str(args.otlp_endpoint.startswith("http://")).lower())
     options = UpOptions(args.data_dir, args.simulate, args.duration, args.batch, args.interval, args.nats_port)
     return asyncio.run(run_up(resources, options))
 

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--batch", type=positive_int, default=10, help="readings per simulated request (default 10)")
     up.add_argument("--interval", type=positive_float, default=1.0, help="seconds between a device's requests")
     up.add_argument("--nats-port", type=positive_int, help="port of the embedded NATS (default: a free one)")
+    up.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="send the services' traces and metrics over OTLP/gRPC, e.g. http://127.0.0.1:4317",
+    )
 
     token = sub.add_parser("token", help="print a device's bearer token")
     token.add_argument("fleet")
