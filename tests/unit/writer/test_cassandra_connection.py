@@ -182,6 +182,29 @@ async def test_retries_stop_after_the_last_attempt_naming_the_error() -> None:
     assert attempts == 3
 
 
+async def test_retries_stop_when_their_budget_is_spent() -> None:
+    attempts = 0
+
+    async def down() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise cassandra.OperationTimedOut("client-side timeout")
+
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="write readings failed"):
+        await with_retries(down, "write readings", Backoff(attempts=1000, base=0.02, cap=0.02, budget=0.3))
+    assert time.monotonic() - started < 1.0 and 2 <= attempts < 100
+
+
+def test_the_retry_budget_is_half_the_ack_wait(tmp_path: Path) -> None:
+    spec = pipeline("sqlite", tmp_path, delivery={"ackWait": "40s"}).to_k8s()["spec"]
+    spec["sink"] = {"kind": "cassandra", "cassandra": {"contactPoints": ["127.0.0.1"], "localDc": "dc1"}}
+    from fleetflow.api import Pipeline
+
+    store = open_store(Pipeline.model_validate({"metadata": {"name": "p1"}, "spec": spec}), None)
+    assert isinstance(store, CassandraStore) and store.backoff.budget == 20.0
+
+
 async def test_errors_a_retry_cannot_fix_are_not_retried() -> None:
     attempts = 0
 

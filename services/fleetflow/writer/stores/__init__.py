@@ -30,8 +30,11 @@ def open_store(
     if sink.kind == "cassandra":
         # Imported here so that SQLite-only installs never load the driver's C extensions.
         from fleetflow.writer.stores.cassandra import CassandraStore
+        from fleetflow.writer.stores.cassandra_cluster import Backoff
 
-        return CassandraStore(sink, cassandra_credentials_dir)
+        # Give up on a statement well within the ack wait, so JetStream does not redeliver meanwhile.
+        budget = pipeline.spec.delivery.ack_wait_seconds / 2
+        return CassandraStore(sink, cassandra_credentials_dir, backoff=Backoff(budget=budget))
     raise ValueError(f"sink.kind {sink.kind!r} is not supported; accepted: 'sqlite', 'cassandra'")
 
 

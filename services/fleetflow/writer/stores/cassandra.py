@@ -151,13 +151,12 @@ class CassandraStore(TelemetryStore):
 
     # Writes
 
-    async def _run(self, statement: Statement, params: Sequence[Any] | None, what: str, read: bool = False) -> Any:
+    async def _run(self, statement: Statement, params: Sequence[Any] | None, what: str) -> Any:
         session = self._session_or_fail()
-        profile = READS if read else EXEC_PROFILE_DEFAULT
 
         async def once() -> Any:
             async with self._in_flight:
-                return await execute(session, statement, params, profile=profile)
+                return await execute(session, statement, params, profile=EXEC_PROFILE_DEFAULT)
 
         try:
             return await with_retries(once, what, self.backoff)

@@ -5,6 +5,7 @@ The driver runs its own I/O thread; `execute` bridges a driver ResponseFuture to
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -150,11 +151,16 @@ async def execute(
 
 @dataclass(frozen=True)
 class Backoff:
-    """Capped exponential backoff with full jitter, for statements that failed with a RETRYABLE error."""
+    """Capped exponential backoff with full jitter, for statements that failed with a RETRYABLE error.
+
+    `budget` bounds the seconds spent retrying one statement: it is kept below the JetStream ack wait, so
+    the writer reports the failure (and the message is redelivered on schedule) rather than JetStream
+    redelivering a message whose write is still being retried."""
 
     attempts: int = 6
     base: float = 0.1
     cap: float = 3.0
+    budget: float = 15.0
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
@@ -165,14 +171,15 @@ class Unavailable(Exception):
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], what: str, backoff: Backoff) -> T:
-    """`call()` retried on RETRYABLE errors; Unavailable after `backoff.attempts` tries."""
+    """`call()` retried on RETRYABLE errors; Unavailable after `backoff.attempts` tries or its budget."""
+    deadline = time.monotonic() + backoff.budget
     for attempt in range(1, backoff.attempts + 1):
         try:
             return await call()
         except RETRYABLE as exc:
-            if attempt == backoff.attempts:
-                raise Unavailable(f"{what} failed {attempt} times; last: {describe(exc)}") from exc
             delay = backoff.delay(attempt)
+            if attempt == backoff.attempts or time.monotonic() + delay > deadline:
+                raise Unavailable(f"{what} failed {attempt} times; last: {describe(exc)}") from exc
             log.info("cassandra retry", what=what, attempt=attempt, delay=round(delay, 3), error=describe(exc))
             await asyncio.sleep(delay)
     raise AssertionError("unreachable: the loop returns or raises")
