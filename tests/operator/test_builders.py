@@ -10,6 +10,7 @@ import yaml
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.operator.builders import common, gateway, nats, pipeline
 from fleetflow.operator.builders.resources import DEFAULT_RESOURCES
+from fleetflow.operator.options import OperatorOptions
 from fleetflow.runtime.settings import GatewaySettings, ProcessorSettings, WriterSettings
 from tests.operator.variants import FULL_FLEET_SPEC, fleet, fleet_doc, pipeline_doc, variants
 from tests.operator.variants import pipeline as pipeline_of
@@ -137,6 +138,33 @@ def test_gateway_deployment_runs_the_one_image_with_probes_and_a_locked_down_pod
     assert env["FLEETFLOW_LISTEN_HOST"] == "0.0.0.0" and env["FLEETFLOW_OPS_HOST"] == "0.0.0.0"
     secret = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["device-secret"]
     assert secret["secret"]["secretName"] == "cold-device-secret"
+
+
+def test_the_operators_log_level_and_otlp_endpoint_reach_every_service() -> None:
+    options = OperatorOptions(image=IMAGE, log_level="debug", otlp_endpoint="http://otel:4317")
+    f, p = variants()["minimal"]
+    workloads = [
+        *gateway.gateway_objects(f, IMAGE, "Always", {}, options.service_env()),
+        *pipeline.pipeline_objects(f, p, IMAGE, "Always", DEFAULT_RESOURCES, options.service_env()),
+    ]
+    containers = [container(o) for o in workloads if o["kind"] in ("Deployment", "StatefulSet")]
+    assert len(containers) == 3
+    for c in containers:
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["FLEETFLOW_LOG_LEVEL"] == "debug"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4317"
+        assert env["OTEL_SERVICE_NAME"] == f"fleetflow-{c['name']}"
+
+
+def test_operator_options_come_from_the_charts_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETFLOW_OPERATOR_IMAGE", "registry.example/ff:1")
+    monkeypatch.setenv("FLEETFLOW_OPERATOR_RESYNC_SECONDS", "12")
+    monkeypatch.setenv("FLEETFLOW_LOG_LEVEL", "warning")
+    options = OperatorOptions.from_environment()
+    assert (options.image, options.resync_seconds, options.log_level) == ("registry.example/ff:1", 12.0, "warning")
+    monkeypatch.setenv("FLEETFLOW_OPERATOR_RESYNC_SECONDS", "soon")
+    with pytest.raises(ValueError, match="FLEETFLOW_OPERATOR_RESYNC_SECONDS = 'soon'"):
+        OperatorOptions.from_environment()
 
 
 def test_a_changed_spec_changes_the_config_hash_so_pods_roll() -> None:

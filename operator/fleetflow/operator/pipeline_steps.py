@@ -58,7 +58,10 @@ async def read_fleet(ctx: Context) -> None:
 async def apply_workloads(ctx: Context) -> None:
     opts = ctx.options
     table = {c: resources_of(opts.resources, c) for c in ("processor", "writer")}
-    for obj in pipeline.pipeline_objects(fleet_of(ctx), pipeline_of(ctx), opts.image, opts.image_pull_policy, table):
+    objects = pipeline.pipeline_objects(
+        fleet_of(ctx), pipeline_of(ctx), opts.image, opts.image_pull_policy, table, opts.service_env()
+    )
+    for obj in objects:
         await ctx.apply_owned(obj)
 
 

@@ -123,6 +123,7 @@ def service_container(
             {"name": "FLEETFLOW_LOG_FORMAT", "value": "json"},
             {"name": "FLEETFLOW_OPS_HOST", "value": "0.0.0.0"},
             {"name": "FLEETFLOW_OPS_PORT", "value": str(OPS_PORT)},
+            {"name": "OTEL_SERVICE_NAME", "value": f"fleetflow-{component}"},
             *env,
         ],
         "ports": [*ports, {"name": "ops", "containerPort": OPS_PORT, "protocol": "TCP"}],

@@ -1,6 +1,7 @@
 """A fleet's gateway: ConfigMap, device-credentials Secret, Deployment, Service, PodDisruptionBudget and HPA."""
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 
 from fleetflow.api import DeviceFleet
@@ -83,7 +84,9 @@ def gateway_config_map(fleet: DeviceFleet) -> JsonObject:
     )
 
 
-def gateway_deployment(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
+def gateway_deployment(
+    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, env: Sequence[JsonObject] = ()
+) -> JsonObject:
     ref = device_secret_ref(fleet)
     container = service_container(
         "gateway",
@@ -94,7 +97,7 @@ def gateway_deployment(fleet: DeviceFleet, image: str, pull_policy: str, resourc
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
         ],
-        env=[{"name": "FLEETFLOW_LISTEN_HOST", "value": "0.0.0.0"}],
+        env=[{"name": "FLEETFLOW_LISTEN_HOST", "value": "0.0.0.0"}, *env],
     )
     container["volumeMounts"].append({"name": "device-secret", "mountPath": SECRET_DIR, "readOnly": True})
     volumes = [
@@ -183,12 +186,14 @@ def endpoints(fleet: DeviceFleet) -> dict[str, str]:
     return found
 
 
-def gateway_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> list[JsonObject]:
+def gateway_objects(
+    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, env: Sequence[JsonObject] = ()
+) -> list[JsonObject]:
     """The gateway's objects in apply order (the device Secret is handled apart: it is created, never patched)."""
     objects = [
         gateway_config_map(fleet),
         gateway_service(fleet),
-        gateway_deployment(fleet, image, pull_policy, resources),
+        gateway_deployment(fleet, image, pull_policy, resources, env),
         gateway_pdb(fleet),
     ]
     hpa = gateway_hpa(fleet)

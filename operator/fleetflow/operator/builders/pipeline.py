@@ -1,5 +1,6 @@
 """A pipeline's processor (a StatefulSet: each pod's ordinal picks its partitions) and writer (a Deployment)."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from fleetflow.api import DeviceFleet, Pipeline
@@ -90,14 +91,19 @@ def processor_service(pipeline: Pipeline) -> JsonObject:
 
 
 def processor_statefulset(
-    fleet: DeviceFleet, pipeline: Pipeline, image: str, pull_policy: str, resources: JsonObject
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    env: Sequence[JsonObject] = (),
 ) -> JsonObject:
     """One pod per partition share; pod N consumes the partitions p with p % replicas == N."""
     replica_env = {
         "name": "FLEETFLOW_REPLICA",
         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
     }
-    container = service_container("processor", image, pull_policy, resources, ports=[], env=[replica_env])
+    container = service_container("processor", image, pull_policy, resources, ports=[], env=[replica_env, *env])
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -134,10 +140,15 @@ def _writer_volumes(pipeline: Pipeline) -> tuple[list[JsonObject], list[JsonObje
 
 
 def writer_deployment(
-    fleet: DeviceFleet, pipeline: Pipeline, image: str, pull_policy: str, resources: JsonObject
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    env: Sequence[JsonObject] = (),
 ) -> JsonObject:
     """The writer migrates its store's schema at start, then persists the pipeline's records."""
-    container = service_container("writer", image, pull_policy, resources, ports=[], env=[])
+    container = service_container("writer", image, pull_policy, resources, ports=[], env=list(env))
     volumes, mounts = _writer_volumes(pipeline)
     container["volumeMounts"].extend(mounts)
     return {
@@ -160,13 +171,18 @@ def writer_deployment(
 
 
 def pipeline_objects(
-    fleet: DeviceFleet, pipeline: Pipeline, image: str, pull_policy: str, resources: dict[str, JsonObject]
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    image: str,
+    pull_policy: str,
+    resources: dict[str, JsonObject],
+    env: Sequence[JsonObject] = (),
 ) -> list[JsonObject]:
     """The processor's and the writer's objects in apply order."""
     return [
         processor_config_map(fleet, pipeline),
         processor_service(pipeline),
-        processor_statefulset(fleet, pipeline, image, pull_policy, resources["processor"]),
+        processor_statefulset(fleet, pipeline, image, pull_policy, resources["processor"], env),
         writer_config_map(fleet, pipeline),
-        writer_deployment(fleet, pipeline, image, pull_policy, resources["writer"]),
+        writer_deployment(fleet, pipeline, image, pull_policy, resources["writer"], env),
     ]
