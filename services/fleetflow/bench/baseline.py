@@ -1,7 +1,6 @@
 """The raw transport: nats-py publishing the same message bytes to JetStream with acks, then pull-consuming
 them with acks at the same fetch size as fleetflow's consumers. fleetflow can at best approach these rates."""
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ async def _consume(js: nats.js.JetStreamContext, expected: int, fetch: int) -> f
     while consumed < expected:
         try:
             msgs = await sub.fetch(fetch, timeout=2)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             break
         for msg in msgs:
             await msg.ack()

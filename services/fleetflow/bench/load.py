@@ -1,6 +1,7 @@
 """Generated device load over HTTP: closed-loop devices (rate `max`) or paced to a target rate."""
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -32,15 +33,22 @@ _encoder = msgspec.json.Encoder()
 
 def batch_body(seq: int, size: int, now_ms: int) -> bytes:
     """One request body; readings carry the send time as `ts`, so the store can tell end-to-end latency."""
-    readings = [{"seq": seq + i, "ts": now_ms, "metrics": {"temperature": 20.0 + (i % 7), "voltage": 3.7}}
-                for i in range(size)]  # fmt: skip
+    readings = [
+        {"seq": seq + i, "ts": now_ms, "metrics": {"temperature": 20.0 + (i % 7), "voltage": 3.7}} for i in range(size)
+    ]
     return _encoder.encode({"readings": readings})
 
 
 async def device_loop(
-    session: aiohttp.ClientSession, url: str, token: str, batch: int, interval: float,
-    result: LoadResult, warmup_end: float, stop: asyncio.Event,
-) -> None:  # fmt: skip
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    batch: int,
+    interval: float,
+    result: LoadResult,
+    warmup_end: float,
+    stop: asyncio.Event,
+) -> None:
     """Send batches until `stop`; a failed batch is re-sent until it is acknowledged (at-least-once)."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     seq = 1
@@ -53,16 +61,19 @@ async def device_loop(
             next_send += interval
             delay = next_send - time.monotonic()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
 
 
 async def _send_until_acknowledged(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, batch: int,
-    result: LoadResult, warmup_end: float,
-) -> None:  # fmt: skip
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    batch: int,
+    result: LoadResult,
+    warmup_end: float,
+) -> None:
     for attempt in range(50):
         started = time.monotonic()
         try:
@@ -87,9 +98,14 @@ async def _send_until_acknowledged(
 
 
 async def run_load(
-    gateway: str, fleet: str, tokens: dict[str, str], batch: int, rate: float | None,
-    warmup: float, duration: float,
-) -> LoadResult:  # fmt: skip
+    gateway: str,
+    fleet: str,
+    tokens: dict[str, str],
+    batch: int,
+    rate: float | None,
+    warmup: float,
+    duration: float,
+) -> LoadResult:
     """Drive one coroutine per device for warmup + duration seconds."""
     result = LoadResult()
     stop = asyncio.Event()
@@ -100,10 +116,20 @@ async def run_load(
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks = [
-            asyncio.create_task(device_loop(session, f"{gateway}/v1/fleets/{fleet}/devices/{device}/telemetry",
-                                            token, batch, interval, result, result.measure_start, stop))
+            asyncio.create_task(
+                device_loop(
+                    session,
+                    f"{gateway}/v1/fleets/{fleet}/devices/{device}/telemetry",
+                    token,
+                    batch,
+                    interval,
+                    result,
+                    result.measure_start,
+                    stop,
+                )
+            )
             for device, token in tokens.items()
-        ]  # fmt: skip
+        ]
         await asyncio.sleep(warmup + duration)
         result.measure_end = time.monotonic()
         stop.set()

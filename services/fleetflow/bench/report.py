@@ -15,11 +15,16 @@ def summary(result: BenchResult) -> dict[str, Any]:
     duplicated = max(0, result.stored_total - load.acknowledged)
     lost = max(0, load.acknowledged - result.stored_total)
     return {
-        "options": {"devices": result.options.devices, "batch": result.options.batch,
-                    "protocol": result.options.protocol, "duration_s": result.options.duration,
-                    "warmup_s": result.options.warmup, "rate": result.options.rate or "max",
-                    "processors": result.options.processors,
-                    "store": "cassandra" if result.options.cassandra else "sqlite"},
+        "options": {
+            "devices": result.options.devices,
+            "batch": result.options.batch,
+            "protocol": result.options.protocol,
+            "duration_s": result.options.duration,
+            "warmup_s": result.options.warmup,
+            "rate": result.options.rate or "max",
+            "processors": result.options.processors,
+            "store": "cassandra" if result.options.cassandra else "sqlite",
+        },
         "cores": result.cores,
         "throughput": {
             "accepted_readings_per_s": round(load.measured_acknowledged / seconds),
@@ -34,14 +39,23 @@ def summary(result: BenchResult) -> dict[str, Any]:
             "device_to_stored": {k: round(v, 1) for k, v in result.store_latencies_ms.items()},
         },
         "cost": {
-            name: {"cpu_s_per_1k_readings": round((end.cpu[name].cpu_seconds - start.cpu[name].cpu_seconds) / per_k, 4),
-                   "peak_rss_mib": round(result.peak_rss.get(name, 0) / MIB, 1)}
-            for name in sorted(end.cpu) if name in start.cpu
+            name: {
+                "cpu_s_per_1k_readings": round((end.cpu[name].cpu_seconds - start.cpu[name].cpu_seconds) / per_k, 4),
+                "peak_rss_mib": round(result.peak_rss.get(name, 0) / MIB, 1),
+            }
+            for name in sorted(end.cpu)
+            if name in start.cpu
         },
-        "end_state": {"consumer_lag_at_end": result.lag_at_end, "acknowledged": load.acknowledged,
-                      "stored": result.stored_total, "rejected": load.rejected, "duplicated": duplicated,
-                      "lost": lost, "retried_batches_answered_duplicate": load.duplicate_answers},
-    }  # fmt: skip
+        "end_state": {
+            "consumer_lag_at_end": result.lag_at_end,
+            "acknowledged": load.acknowledged,
+            "stored": result.stored_total,
+            "rejected": load.rejected,
+            "duplicated": duplicated,
+            "lost": lost,
+            "retried_batches_answered_duplicate": load.duplicate_answers,
+        },
+    }
 
 
 def healthy(report: dict[str, Any]) -> bool:
@@ -57,13 +71,13 @@ def table(report: dict[str, Any]) -> str:
         f"{o['processors']} processor(s), {o['store']}, {report['cores']} cores",
         "",
         "throughput (readings/s)            fleetflow     raw JetStream, same bytes",
-        f"  accepted by the gateway       {t['accepted_readings_per_s']:>12,}     publish {t['transport_publish_readings_per_s']:>12,}"
-        f"  ({t['transport_publish_msgs_per_s']:,} msgs/s)",
-        f"  stored end to end             {t['stored_readings_per_s']:>12,}     consume {t['transport_consume_readings_per_s']:>12,}"
-        f"  ({t['transport_consume_msgs_per_s']:,} msgs/s)",
+        f"  accepted by the gateway       {t['accepted_readings_per_s']:>12,}     "
+        f"publish {t['transport_publish_readings_per_s']:>12,}  ({t['transport_publish_msgs_per_s']:,} msgs/s)",
+        f"  stored end to end             {t['stored_readings_per_s']:>12,}     "
+        f"consume {t['transport_consume_readings_per_s']:>12,}  ({t['transport_consume_msgs_per_s']:,} msgs/s)",
         "",
         "latency (ms)                         p50       p95       p99",
-    ]  # fmt: skip
+    ]
     for label, key in (("gateway response", "gateway_response"), ("device -> stored row", "device_to_stored")):
         values = lat[key]
         cells = "".join(f"{values[p]:>10,.1f}" for p in ("p50", "p95", "p99")) if values else "   (not measured)"

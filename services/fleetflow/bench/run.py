@@ -37,22 +37,41 @@ class BenchOptions:
 
 
 def bench_resources(options: BenchOptions) -> ResourceSet:
-    fleet = DeviceFleet.model_validate({
-        "metadata": {"name": FLEET},
-        "spec": {"gateway": {"maxBatchReadings": max(1000, options.batch), "maxBodyBytes": 16 * 1024 * 1024},
-                 "streams": {"maxAge": "1h", "maxBytes": "8Gi", "partitions": 4}},
-    })  # fmt: skip
+    fleet = DeviceFleet.model_validate(
+        {
+            "metadata": {"name": FLEET},
+            "spec": {
+                "gateway": {"maxBatchReadings": max(1000, options.batch), "maxBodyBytes": 16 * 1024 * 1024},
+                "streams": {"maxAge": "1h", "maxBytes": "8Gi", "partitions": 4},
+            },
+        }
+    )
     sink: dict[str, Any] = {"kind": "sqlite", "ttl": "1d"}
     if options.cassandra:
         host, _, port = options.cassandra.partition(":")
-        sink = {"kind": "cassandra", "ttl": "1d", "cassandra": {
-            "contactPoints": [host], "port": int(port or 9042), "localDc": "datacenter1",
-            "keyspace": "fleetflow_bench", "replication": {"datacenter1": 1}, "consistency": "LOCAL_ONE"}}  # fmt: skip
-    pipeline = Pipeline.model_validate({
-        "metadata": {"name": FLEET},
-        "spec": {"fleetRef": {"name": FLEET}, "sink": sink, "processor": {"replicas": options.processors},
-                 "writer": {"batchMessages": 512}},
-    })  # fmt: skip
+        sink = {
+            "kind": "cassandra",
+            "ttl": "1d",
+            "cassandra": {
+                "contactPoints": [host],
+                "port": int(port or 9042),
+                "localDc": "datacenter1",
+                "keyspace": "fleetflow_bench",
+                "replication": {"datacenter1": 1},
+                "consistency": "LOCAL_ONE",
+            },
+        }
+    pipeline = Pipeline.model_validate(
+        {
+            "metadata": {"name": FLEET},
+            "spec": {
+                "fleetRef": {"name": FLEET},
+                "sink": sink,
+                "processor": {"replicas": options.processors},
+                "writer": {"batchMessages": 512},
+            },
+        }
+    )
     return ResourceSet({FLEET: fleet}, {FLEET: pipeline})
 
 
@@ -119,9 +138,10 @@ async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResul
     secret = credentials.ensure_local_secret(platform.data_dir, FLEET)
     tokens = {f"d{i:05d}": credentials.device_token(secret, FLEET, f"d{i:05d}") for i in range(options.devices)}
     load_task = asyncio.create_task(
-        run_load(platform.gateway_url(fleet), FLEET, tokens, options.batch, options.rate, options.warmup,
-                 options.duration)
-    )  # fmt: skip
+        run_load(
+            platform.gateway_url(fleet), FLEET, tokens, options.batch, options.rate, options.warmup, options.duration
+        )
+    )
     await asyncio.sleep(options.warmup)
     start = await _window(platform)
     load = await load_task
@@ -130,8 +150,9 @@ async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResul
     await platform.wait_drained(120)
     peak = {name: s.peak_rss_bytes for name, s in _cpu(platform).items()}
     baseline = await transport_baseline(platform.nats.url, _sample_message(options.batch), options.baseline_seconds)
-    stored_total = await stored_readings(platform.resources.pipelines[FLEET], platform.store_path(
-        platform.resources.pipelines[FLEET]))  # fmt: skip
+    stored_total = await stored_readings(
+        platform.resources.pipelines[FLEET], platform.store_path(platform.resources.pipelines[FLEET])
+    )
     latencies = _store_latencies(platform, start.wall_ms, end.wall_ms)
     return BenchResult(options, load, start, end, lag, stored_total, latencies, peak, baseline, os.cpu_count() or 1)
 

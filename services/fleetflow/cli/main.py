@@ -7,9 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fleetflow.api import SpecError
+from fleetflow.runtime import logs
 from fleetflow.runtime.settings import SettingsError
 
 DEFAULT_DATA_DIR = Path("fleetflow-data")
+SERVICES = ("gateway", "processor", "writer")
 
 
 def positive_int(text: str) -> int:
@@ -132,6 +134,11 @@ def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fleetflow.cli import commands
+
+    if args.command not in SERVICES:
+        # Services set up their own logging; the command's own lines go to stderr, so stdout stays clean
+        # for --json and for piping.
+        logs.configure("info" if args.command in ("up", "operator") else "warning", "auto")
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "up": commands.up,
