@@ -13,6 +13,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # Seconds: fine resolution where JetStream acks and SQLite commits live, up to a minute of backlog.
@@ -58,7 +59,7 @@ def configure(service: str, fleet: str | None = None, pipeline: str | None = Non
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
         view = View(instrument_name="*_seconds", aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS))
         metrics.set_meter_provider(MeterProvider(resource=res, metric_readers=readers, views=[view]))
-        tracer_provider = TracerProvider(resource=res)
+        tracer_provider = TracerProvider(resource=res, sampler=_sampler())
         if _otlp("TRACES"):
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -66,6 +67,16 @@ def configure(service: str, fleet: str | None = None, pipeline: str | None = Non
         trace.set_tracer_provider(tracer_provider)
         _configured = True
     return metrics.get_meter(f"fleetflow.{service}")
+
+
+def _sampler() -> Sampler | None:
+    """The SDK's sampler from OTEL_TRACES_SAMPLER, or, with nowhere to export to, one that records nothing.
+
+    Unrecorded spans still get ids, so log lines and downstream messages carry a trace id, at a fraction of
+    the cost of recording every request."""
+    if _otlp("TRACES") or os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ParentBased(ALWAYS_OFF)
 
 
 def shutdown() -> None:
