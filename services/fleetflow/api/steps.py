@@ -9,6 +9,7 @@ The models validate shape only (names, durations, ranges); CEL expressions are c
 (`fleetflow.processor.compiler.compile_pipeline`), which the operator and `fleetflow up` call before
 anything runs, so this package stays free of a CEL dependency."""
 
+from functools import cached_property
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
@@ -85,23 +86,23 @@ class WindowStep(Model):
                 raise ValueError(f"percentile {p!r} must be in (0, 100], e.g. 95 or 99.9")
         return self
 
-    @property
+    @cached_property
     def size_ms(self) -> int:
         return int(quantities.parse_duration(self.size) * 1000)
 
-    @property
+    @cached_property
     def hop_ms(self) -> int:
         return int(quantities.parse_duration(self.hop) * 1000) if self.hop else self.size_ms
 
-    @property
+    @cached_property
     def watermark_delay_ms(self) -> int:
         return int(quantities.parse_duration(self.watermark_delay) * 1000)
 
-    @property
+    @cached_property
     def allowed_lateness_ms(self) -> int:
         return int(quantities.parse_duration(self.allowed_lateness) * 1000)
 
-    @property
+    @cached_property
     def idle_timeout_ms(self) -> int:
         return int(quantities.parse_duration(self.idle_timeout) * 1000)
 
@@ -117,11 +118,11 @@ class AlertStep(Model):
     severity: Literal["info", "warning", "critical"] = "warning"
     message: str = Field(default="", max_length=1024, description="Text carried by every event of this alert.")
 
-    @property
+    @cached_property
     def for_ms(self) -> int:
         return int(quantities.parse_duration(self.for_) * 1000)
 
-    @property
+    @cached_property
     def clear_for_ms(self) -> int:
         return int(quantities.parse_duration(self.clear_for) * 1000)
 
@@ -148,11 +149,11 @@ class CommandStep(Model):
                 raise ValueError(f"params.{key} = {value!r}: use a number, string, boolean or null")
         return self
 
-    @property
+    @cached_property
     def ttl_ms(self) -> int:
         return int(quantities.parse_duration(self.ttl) * 1000)
 
-    @property
+    @cached_property
     def cooldown_ms(self) -> int:
         return int(quantities.parse_duration(self.cooldown) * 1000)
 
@@ -162,7 +163,7 @@ class DedupeStep(Model):
 
     horizon: Duration = Field(default="10m", description="How far back in event time seqs are remembered.")
 
-    @property
+    @cached_property
     def horizon_ms(self) -> int:
         return int(quantities.parse_duration(self.horizon) * 1000)
 
@@ -195,7 +196,7 @@ class Step(Model):
             raise ValueError(f"step {self.name!r} must have exactly one of {', '.join(STEP_KINDS)}; found {found}")
         return self
 
-    @property
+    @cached_property
     def kind(self) -> StepKind:
         return next(kind for kind in STEP_KINDS if getattr(self, kind) is not None)
 

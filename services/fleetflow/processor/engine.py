@@ -50,43 +50,67 @@ class Outputs:
 
 
 class ReadingScope:
-    """One reading as CEL sees it; the CEL context is rebuilt only after a derive changed the metrics."""
+    """One reading as CEL sees it. Contexts are built per set of variables the expressions read, and
+    rebuilt only after a derive changed the metrics."""
 
     def __init__(self, device: str, labels: dict[str, str], reading: Reading):
         self.device, self.labels, self.reading = device, labels, reading
         self.metrics = dict(reading.metrics)
-        self._context: Any = None
+        self._contexts: dict[tuple[object, ...], Any] = {}
 
-    def context(self) -> Any:
-        if self._context is None:
-            self._context = cel.Context(
-                variables={
-                    "device": self.device,
-                    "ts": self.reading.ts,
-                    "seq": self.reading.seq,
-                    "metrics": self.metrics,
-                    "labels": self.labels,
-                }
-            )
-        return self._context
+    def context(self, expr: Expression) -> Any:
+        found = self._contexts.get(expr.scope_key)
+        if found is None:
+            values: dict[str, Any] = {}
+            for name in expr.needs:
+                if name == "metrics":
+                    values[name] = _subset(self.metrics, expr.metric_fields)
+                elif name == "labels":
+                    values[name] = _subset(self.labels, expr.label_fields)
+                else:
+                    values[name] = {"device": self.device, "ts": self.reading.ts, "seq": self.reading.seq}[name]
+            found = self._contexts[expr.scope_key] = cel.Context(variables=values)
+        return found
 
     def set_metric(self, name: str, value: float) -> None:
         self.metrics[name] = value
-        self._context = None
+        self._forget(name)
+
+    def pop_metric(self, name: str) -> float | None:
+        value = self.metrics.pop(name, None)
+        if value is not None:
+            self._forget(name)
+        return value
+
+    def _forget(self, metric: str) -> None:
+        """Drop the contexts that hold `metric` (or every metric); the others are still right."""
+        for key in list(self._contexts):
+            needs, fields, _ = key
+            if "metrics" in needs and (fields is None or metric in fields):  # type: ignore[operator]
+                del self._contexts[key]
+
+    def evaluate(self, expr: Expression) -> Any:
+        return expr.evaluate(self.context(expr))
 
     def processed(self) -> Reading:
         return Reading(self.reading.seq, self.reading.ts, self.metrics)
 
 
+def _subset(values: dict[str, Any], fields: tuple[str, ...] | None) -> dict[str, Any]:
+    if fields is None:
+        return values
+    return {name: values[name] for name in fields if name in values}
+
+
 def evaluate_bool(expr: Expression, scope: ReadingScope) -> bool:
-    value = expr.evaluate(scope.context())
+    value = scope.evaluate(expr)
     if not isinstance(value, bool):
         raise EvaluationError("not_boolean", f"{expr.path}: {expr.source!r} gave {value!r}, not true or false")
     return value
 
 
 def evaluate_number(expr: Expression, scope: ReadingScope) -> float:
-    value = expr.evaluate(scope.context())
+    value = scope.evaluate(expr)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise EvaluationError("not_a_number", f"{expr.path}: {expr.source!r} gave {value!r}, not a finite number")
     return float(value)
@@ -182,11 +206,11 @@ class Engine:
             except EvaluationError as exc:  # this metric is missing from the reading; the others still count
                 out.counts[(step.name, exc.reason)] += 1
         for old, new in spec.rename.items():
-            if old in scope.metrics:
-                scope.set_metric(new, scope.metrics.pop(old))
+            value = scope.pop_metric(old)
+            if value is not None:
+                scope.set_metric(new, value)
         for name in spec.drop:
-            if scope.metrics.pop(name, None) is not None:
-                scope._context = None
+            scope.pop_metric(name)
         out.counts[(step.name, "derived")] += 1
         return True
 
@@ -234,7 +258,7 @@ class Engine:
         assert spec is not None
         if not evaluate_bool(step.expr("condition"), scope):
             return
-        target = step.expr("target").evaluate(scope.context())
+        target = scope.evaluate(step.expr("target"))
         if not isinstance(target, str) or not identifiers.DEVICE_ID.match(target):
             raise EvaluationError("bad_target", f"{step.name}: target {target!r} is not a device id")
         last_sent = self.state.commands.setdefault(step.name, {})
@@ -245,7 +269,7 @@ class Engine:
             return
         params: dict[str, Any] = dict(spec.params)
         for name in spec.computed_params:
-            params[name] = _plain(step.expr(f"computedParams.{name}").evaluate(scope.context()))
+            params[name] = _plain(scope.evaluate(step.expr(f"computedParams.{name}")))
         out.commands.append(
             Command(
                 id=commands.command_id(self.pipeline.pipeline, step.name, scope.device, target, scope.reading.ts),

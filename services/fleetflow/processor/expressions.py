@@ -79,6 +79,15 @@ class Expression:
     path: str
     source: str
     program: Any
+    # What it reads of a reading. Converting a float or a string into CEL costs 6-13 µs, so a context holds
+    # only what an expression needs: these variables and, when it only names them, these metrics and labels.
+    needs: tuple[str, ...] = VARIABLES
+    metric_fields: tuple[str, ...] | None = None
+    label_fields: tuple[str, ...] | None = None
+
+    @property
+    def scope_key(self) -> tuple[object, ...]:
+        return (self.needs, self.metric_fields, self.label_fields)
 
     def evaluate(self, context: Any) -> Any:
         """The expression's value for one reading's `cel.Context`; EvaluationError if it cannot be computed."""
@@ -113,7 +122,20 @@ def compile_expression(path: str, source: str) -> Expression | ExpressionError:
             return ExpressionError(
                 path, source, line, column, f"unknown function {name!r}; available: {', '.join(sorted(FUNCTIONS))}"
             )
-    return Expression(path, source, program)
+    needs = tuple(v for v in VARIABLES if v in program.variables())
+    return Expression(path, source, program, needs, fields_named(source, "metrics"), fields_named(source, "labels"))
+
+
+def fields_named(source: str, variable: str) -> tuple[str, ...] | None:
+    """The fields of map `variable` the expression names (`m.x`, `m['x']`), or None if it uses the map in
+    any other way (iterates it, indexes it by a variable, passes it to a function) and needs all of it."""
+    uses = len(re.findall(rf"(?<![\w.]){variable}\b", source))
+    named = re.findall(
+        rf"(?<![\w.]){variable}(?:\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()|\[\s*(?:'([^']*)'|\"([^\"]*)\")\s*\])", source
+    )
+    if len(named) != uses:
+        return None
+    return tuple(sorted({"".join(parts) for parts in named}))
 
 
 def _parse_error(path: str, source: str, text: str) -> ExpressionError:

@@ -4,7 +4,8 @@ import pytest
 
 from fleetflow.api import SpecError
 from fleetflow.processor.compiler import PipelineCompileError, compile_pipeline
-from tests.unit.processor.builders import compiled, fleet, pipeline
+from fleetflow.processor.expressions import fields_named
+from tests.unit.processor.builders import NOW, batch, compiled, engine, fleet, pipeline
 
 
 def problems(steps: list[dict]) -> list[str]:
@@ -83,3 +84,18 @@ def test_pipeline_of_another_fleet_is_refused() -> None:
     other = fleet().model_copy(update={"metadata": fleet().metadata.model_copy(update={"name": "warm"})})
     with pytest.raises(PipelineCompileError, match=r"spec\.fleetRef\.name = 'cold'.*another fleet than 'warm'"):
         compile_pipeline(pipeline([]), other)
+
+
+def test_expressions_read_only_the_metrics_and_labels_they_name() -> None:
+    assert fields_named("has(metrics.t) && metrics['door'] > 0.0 && metrics.t > 8.0", "metrics") == ("door", "t")
+    assert fields_named("labels.site == 'north'", "labels") == ("site",)
+    assert fields_named("metrics.all(k, metrics[k] > 0.0)", "metrics") is None
+    assert fields_named("size(metrics) > 2", "metrics") is None
+
+
+def test_a_subset_context_keeps_has_and_missing_metric_semantics() -> None:
+    e = engine([{"name": "f", "filter": {"condition": "has(metrics.door) || metrics.t > 8.0"}}])
+    kept = e.process(batch("d", (1, 0, {"t": 9.0}), (2, 1000, {"door": 1.0}), (3, 2000, {"t": 1.0})), NOW)
+    assert [r.seq for r in kept.readings[0].readings] == [1, 2]
+    missing = e.process(batch("d", (4, 3000, {"v": 1.0})), NOW)
+    assert missing.readings == [] and missing.counts[("f", "missing_field")] == 1
