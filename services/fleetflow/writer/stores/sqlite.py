@@ -65,6 +65,18 @@ def migrations(tables: Tables) -> list[list[str]]:
                 record TEXT NOT NULL,
                 PRIMARY KEY (fleet, device, created_ms, id)) WITHOUT ROWID""",
         ],
+        # Readings keyed as Cassandra clusters them, (fleet, device, ts, seq): one b-tree serves both the
+        # upsert and time-range reads, where a key on seq plus a time index cost two inserts per reading.
+        [
+            f"""CREATE TABLE {readings}_v3 (
+                fleet TEXT NOT NULL, device TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL,
+                metrics TEXT NOT NULL, stored_ms INTEGER NOT NULL,
+                PRIMARY KEY (fleet, device, ts, seq)) WITHOUT ROWID""",
+            f"""INSERT INTO {readings}_v3 (fleet, device, ts, seq, metrics, stored_ms)
+                SELECT fleet, device, ts, seq, metrics, stored_ms FROM {readings}""",
+            f"DROP TABLE {readings}",
+            f"ALTER TABLE {readings}_v3 RENAME TO {readings}",
+        ],
     ]
 
 
@@ -78,8 +90,8 @@ class SqliteStore(TelemetryStore):
         self._db: sqlite3.Connection | None = None
         r, latest = tables.readings, tables.latest
         self._upsert_reading = f"""INSERT INTO {r} (fleet, device, seq, ts, metrics, stored_ms)
-            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, seq) DO UPDATE SET
-            ts = excluded.ts, metrics = excluded.metrics, stored_ms = excluded.stored_ms"""
+            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device, ts, seq) DO UPDATE SET
+            metrics = excluded.metrics, stored_ms = excluded.stored_ms"""
         self._upsert_latest = f"""INSERT INTO {latest} (fleet, device, seq, ts, metrics, stored_ms)
             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device) DO UPDATE SET
             seq = excluded.seq, ts = excluded.ts, metrics = excluded.metrics, stored_ms = excluded.stored_ms
