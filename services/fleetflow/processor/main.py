@@ -38,6 +38,7 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     finally:
         await nc.drain()
         await ops_runner.cleanup()
+        telemetry.shutdown()
     log.info("processor stopped")
 
 

@@ -20,10 +20,11 @@ class Message:
     data: bytes
     msg_id: str
     record: str  # readings, late, aggregates, alerts, alert-events or commands
+    trace: tuple[tuple[str, str], ...] = ()  # W3C trace context of the span that produced it
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Nats-Msg-Id": self.msg_id, RECORD_HEADER: self.record}
+        return {**dict(self.trace), "Nats-Msg-Id": self.msg_id, RECORD_HEADER: self.record}
 
 
 def subject_token(group: str) -> str:
@@ -33,8 +34,19 @@ def subject_token(group: str) -> str:
     return _UNSAFE_TOKEN.sub("_", group)[:200] or "_"
 
 
-def messages(fleet: str, pipeline: str, input_id: str | None, out: Outputs) -> list[Message]:
-    """The messages of one input's outputs (input_id None for outputs of the idle timer)."""
+def messages(
+    fleet: str, pipeline: str, input_id: str | None, out: Outputs, trace: dict[str, str] | None = None
+) -> list[Message]:
+    """The messages of one input's outputs (input_id None for outputs of the idle timer), each carrying the
+    `trace` headers, so one trace follows a batch from the device to the stored rows."""
+    found = _messages(fleet, pipeline, input_id, out)
+    if not trace:
+        return found
+    carried = tuple(trace.items())
+    return [Message(m.subject, m.data, m.msg_id, m.record, carried) for m in found]
+
+
+def _messages(fleet: str, pipeline: str, input_id: str | None, out: Outputs) -> list[Message]:
     found: list[Message] = []
     for batch in out.readings:
         found.append(Message(subjects.pipeline_subject(fleet, pipeline, "readings", batch.device),

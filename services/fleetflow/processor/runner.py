@@ -20,13 +20,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.metrics import Meter
+from opentelemetry.trace import SpanKind
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
 from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
 from fleetflow.processor.engine import Engine, Outputs
-from fleetflow.runtime import codec, jetstream, subjects
+from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
 
 log = structlog.get_logger(__name__)
@@ -71,6 +72,7 @@ class Runner:
         self.checkpoints = CheckpointStore(js, fleet.name, pipeline, replica, fleet.spec.streams.replicas)
         self.dead_letters = DeadLetters(js, fleet.name, f"processor-{pipeline.name}")
         self.engine = Engine(compiled, now_ms=self._now_ms())
+        self.tracer = telemetry.tracer("processor")
         self.ready = False
         self._saved_seq = -1
         self._next_checkpoint = 0.0
@@ -143,9 +145,16 @@ class Runner:
                 await self.dead_letters.send(msg, f"not a telemetry batch: {exc}")
                 self.engine.state.applied_seq = seq
                 continue
-            out = self.engine.process(batch, now_ms)
+            with self.tracer.start_as_current_span(
+                f"process {self.pipeline}",
+                context=telemetry.extract(msg.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={"fleetflow.device": batch.device, "fleetflow.readings": len(batch.readings)},
+            ):
+                out = self.engine.process(batch, now_ms)
+                trace = telemetry.inject({})
             self._count(out)
-            outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out)
+            outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out, trace)
             self.engine.state.applied_seq = seq
             self.batches.add(1, {"outcome": "processed"})
         await self.publish(outgoing)

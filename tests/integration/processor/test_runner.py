@@ -257,3 +257,20 @@ async def test_two_replicas_split_devices_and_match_one(nc: Client) -> None:
     want = normal(await stored(js, subjects.pipeline_stream("single", "chain"), "ff.single.pl.chain.>"), "single")
     got = normal(await stored(js, subjects.pipeline_stream("double", "chain"), "ff.double.pl.chain.>"), "double")
     assert got == want
+
+
+async def test_outputs_carry_the_trace_of_their_input(nc: Client) -> None:
+    js = nc.jetstream()
+    fleet, pipeline = resources("traced")
+    await provision(js, fleet, pipeline)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    batch = ReadingBatch(fleet="traced", device="box-1", readings=[Reading(1, BASE, {"temp": 9.0})], received_ms=BASE)
+    headers = {"Nats-Msg-Id": "traced/box-1/1-1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    ack = await js.publish(subjects.telemetry_subject("traced", "box-1"), codec.encode(batch), headers=headers)
+    await run_until(js, [runner(js, fleet, pipeline)], ack.seq)
+
+    sub = await js.pull_subscribe("ff.traced.pl.chain.readings.>", stream=subjects.pipeline_stream("traced", "chain"))
+    [output] = await sub.fetch(1, timeout=2)
+    assert output.headers is not None
+    assert output.headers["traceparent"].split("-")[1] == trace_id
+    assert output.headers["Fleetflow-Record"] == "readings"
