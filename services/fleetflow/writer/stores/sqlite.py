@@ -112,7 +112,7 @@ class SqliteStore(TelemetryStore):
         def connect() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(db, self.path)
             # FULL: a batch acknowledged to JetStream must survive a power cut, not only a crash.
             db.execute("PRAGMA synchronous=FULL")
             self._migrate(db)
@@ -251,6 +251,20 @@ class SqliteStore(TelemetryStore):
             return removed
 
         return await self._run(delete)
+
+
+def _enable_wal(db: sqlite3.Connection, path: Path, timeout: float = 30.0) -> None:
+    """Switch to WAL. SQLite does not wait on its busy handler for this, so when another writer is opening
+    the same file at that moment ("database is locked"), try again until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise StoreUnavailable(f"sqlite {path}: cannot switch to WAL: {exc}") from exc
+            time.sleep(0.01)
 
 
 def _in_transaction(db: sqlite3.Connection, work: Callable[[], object]) -> None:
