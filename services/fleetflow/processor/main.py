@@ -22,7 +22,9 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
     await jetstream.provision_pipeline(js, fleet, pipeline)
-    runner = Runner(js, fleet, pipeline, compiled, settings.replica, meter, settings.fetch_batch)
+    runner = Runner(
+        js, fleet, pipeline, compiled, settings.replica, meter, settings.fetch_batch, settings.checkpoint_interval
+    )
 
     def ready() -> tuple[bool, str]:
         if not nc.is_connected:

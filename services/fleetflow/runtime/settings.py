@@ -84,6 +84,8 @@ class ProcessorSettings(ServiceSettings):
     pipeline: Pipeline
     replica: int = pydantic.Field(default=0, ge=0)
     fetch_batch: int = pydantic.Field(default=256, ge=1)
+    # Seconds between state checkpoints: a crash replays at most this much input; bigger state, longer interval.
+    checkpoint_interval: float = pydantic.Field(default=2.0, gt=0, le=3600)
 
 
 class WriterSettings(ServiceSettings):
