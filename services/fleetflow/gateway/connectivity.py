@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from opentelemetry.metrics import Meter
 
+from fleetflow.gateway.buffer import BufferedPublisher, DiskBuffer
 from fleetflow.gateway.command_api import CommandApi
 from fleetflow.gateway.commands import CommandExpirer, CommandStore
 from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
@@ -36,7 +37,12 @@ class Connectivity:
         js = nc.jetstream()
         secret = credentials.read_secret(settings.secret_file)
         store = await CommandStore.open(js, fleet.name)
+        if settings.buffer_dir is not None:
+            buffer = DiskBuffer(settings.buffer_dir, settings.buffer_max_bytes)
+            publisher = BufferedPublisher(nc, meter, settings.max_publishes_in_flight, buffer)
         links = cls(publisher=publisher, commands=CommandApi(fleet, secret, js, store, meter))
+        if isinstance(publisher, BufferedPublisher):
+            links._tasks.append(asyncio.create_task(publisher.run(links._stop)))
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, secret, js, store, meter)

@@ -3,6 +3,7 @@
 import asyncio
 from pathlib import Path
 
+import nats.errors
 import structlog
 
 from fleetflow.gateway.connectivity import Connectivity
@@ -37,7 +38,10 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     log.info("gateway stopping: no new requests, finishing those in flight")
     await api_runner.cleanup()  # stops listening, then waits for in-flight requests
     await links.close()
-    await nc.drain()
+    try:
+        await nc.drain()
+    except nats.errors.ConnectionReconnectingError:  # stopping during an outage: nothing can be flushed
+        await nc.close()
     await ops_runner.cleanup()
     log.info("gateway stopped")
 
