@@ -257,3 +257,24 @@ def test_cold_chain_with_two_replicas_survives_a_processor_kill(tmp_path: Path) 
     )
     assert all(c.params == {"mode": "boost", "cargo_temp_c": 9.0 + ((c.created_ms - BASE) // 1000 % 3) / 10}
                for c in decoded)  # fmt: skip
+
+
+def test_one_replica_stores_what_two_replicas_store(tmp_path: Path) -> None:
+    """The reference the two-replica run above is held to (the in-process engine) is what one replica stores."""
+    fleet_file, pipeline_file, fleet, pipeline = resources(tmp_path, replicas=1)
+    expected = uninterrupted(fleet, pipeline)
+    with fleetflow_up(tmp_path / "data", fleet_file, pipeline_file) as platform:
+        store_path = Path(platform.endpoints["stores"][PIPELINE]["path"])
+
+        async def scenario() -> tuple[Any, ...]:
+            await send(platform, on_round={})
+            found = await wait_stored(store_path, pipeline, len(expected["aggregates"]), len(expected["alerts"]))
+            return found, await commands_sent(platform.endpoints["nats"]["url"])
+
+        (aggregates, alerts), commands = asyncio.run(scenario())
+        platform.stop()
+    assert sorted(aggregates, key=key) == sorted(expected["aggregates"], key=key)
+    assert sorted(alerts, key=lambda e: (e.device, e.ts_ms)) == sorted(
+        expected["alerts"], key=lambda e: (e.device, e.ts_ms)
+    )
+    assert sorted(msg_id for msg_id, _ in commands) == sorted(c.id for c in expected["commands"])
