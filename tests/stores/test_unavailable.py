@@ -42,6 +42,7 @@ class SwitchedStore(TelemetryStore):
 
     def __init__(self, store: TelemetryStore):
         self.store = store
+        self.system = store.system
         self.down = True
         self.refused = 0
 

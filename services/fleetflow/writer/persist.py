@@ -14,14 +14,17 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
+from fleetflow.runtime import telemetry
 from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
 from fleetflow.runtime.consumer import Failure
 from fleetflow.writer.stores import StoreUnavailable, TelemetryStore
 
 READINGS, LATE, AGGREGATES, ALERTS = "readings", "late", "aggregates", "alerts"
 RECORDS = (READINGS, LATE, AGGREGATES, ALERTS)
+tracer = telemetry.tracer("writer")
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {
     READINGS: msgspec.json.Decoder(ReadingBatch),
     LATE: msgspec.json.Decoder(ReadingBatch),
@@ -105,19 +108,20 @@ class RecordWriter:
     async def handle(self, msgs: Sequence[Msg]) -> list[Failure | None]:
         outcomes: list[Failure | None] = [None] * len(msgs)
         decoded = Decoded()
+        links: list[trace.Link] = []
         for index, msg in enumerate(msgs):
-            outcomes[index] = decode(msg, decoded, index)
+            outcomes[index] = self._receive(msg, decoded, index, links)
         readings = decoded.readings + decoded.late
         writes: list[tuple[list[int], Awaitable[Failure | None]]] = []
         if readings:
-            writes.append(([i for i, _ in readings], self._write_readings(decoded)))
+            writes.append(([i for i, _ in readings], self._write_readings(decoded, links)))
         if decoded.aggregates:
             aggregates = [a for _, a in decoded.aggregates]
-            call = self._write(AGGREGATES, len(aggregates), lambda: self.store.write_aggregates(aggregates))
+            call = self._write(AGGREGATES, len(aggregates), lambda: self.store.write_aggregates(aggregates), links)
             writes.append(([i for i, _ in decoded.aggregates], call))
         if decoded.alerts:
             alerts = [a for _, a in decoded.alerts]
-            call = self._write(ALERTS, len(alerts), lambda: self.store.write_alerts(alerts))
+            call = self._write(ALERTS, len(alerts), lambda: self.store.write_alerts(alerts), links)
             writes.append(([i for i, _ in decoded.alerts], call))
         failures = await asyncio.gather(*(call for _, call in writes))
         for (indexes, _), failure in zip(writes, failures, strict=True):
@@ -125,10 +129,23 @@ class RecordWriter:
                 outcomes[index] = failure
         return outcomes
 
-    async def _write_readings(self, decoded: Decoded) -> Failure | None:
+    def _receive(self, msg: Msg, decoded: Decoded, index: int, links: list[trace.Link]) -> Failure | None:
+        """Decode one message inside a span that continues its trace; the batched write links to it."""
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+        }
+        name = f"process {msg.subject.rsplit('.', 2)[0]}"
+        context = telemetry.extract(msg.headers)
+        with tracer.start_as_current_span(name, context, trace.SpanKind.CONSUMER, attributes) as span:
+            links.append(trace.Link(span.get_span_context()))
+            return decode(msg, decoded, index)
+
+    async def _write_readings(self, decoded: Decoded, links: list[trace.Link]) -> Failure | None:
         batches = [b for _, b in decoded.readings] + [b for _, b in decoded.late]
         count = sum(len(b.readings) for b in batches)
-        failure = await self._write(READINGS, count, lambda: self.store.write_readings(batches))
+        failure = await self._write(READINGS, count, lambda: self.store.write_readings(batches), links)
         if failure is not None:
             return failure
         self.rows.add(count)
@@ -140,17 +157,32 @@ class RecordWriter:
                 self.e2e_latency.record(max(0.0, (now_ms - max(r.ts for r in batch.readings)) / 1000))
         return None
 
-    async def _write(self, record: str, count: int, write: Callable[[], Awaitable[None]]) -> Failure | None:
-        """Run one store write; a (retryable) Failure naming the record type and the error if it fails."""
+    async def _write(
+        self, record: str, count: int, write: Callable[[], Awaitable[None]], links: list[trace.Link]
+    ) -> Failure | None:
+        """Run one store write; a (retryable) Failure naming the record type and the error if it fails.
+
+        One write combines many messages: its span continues the first message's trace and links to every
+        message's span (the OpenTelemetry convention for batch consumers), so each trace reaches the store."""
         started = time.perf_counter()
-        try:
-            await write()
-        except StoreUnavailable as exc:
-            self.errors.add(1, {"record": record, "reason": "unavailable"})
-            return Failure(f"store unavailable while writing {record}: {exc}")
-        except Exception as exc:  # a store bug or a rejected statement: retried, then dead-lettered with it
-            self.errors.add(1, {"record": record, "reason": type(exc).__name__})
-            return Failure(f"writing {record} failed: {type(exc).__name__}: {exc}")
+        attributes: dict[str, str | int] = {
+            "db.system.name": self.store.system,
+            "db.operation.name": "upsert",
+            "db.collection.name": record,
+            "db.operation.batch.size": count,
+        }
+        first = trace.set_span_in_context(trace.NonRecordingSpan(links[0].context)) if links else None
+        with tracer.start_as_current_span(f"upsert {record}", first, trace.SpanKind.CLIENT, attributes, links) as span:
+            try:
+                await write()
+            except StoreUnavailable as exc:
+                self.errors.add(1, {"record": record, "reason": "unavailable"})
+                span.set_status(trace.StatusCode.ERROR, str(exc))
+                return Failure(f"store unavailable while writing {record}: {exc}")
+            except Exception as exc:  # a store bug or a rejected statement: retried, then dead-lettered with it
+                self.errors.add(1, {"record": record, "reason": type(exc).__name__})
+                span.set_status(trace.StatusCode.ERROR, str(exc))
+                return Failure(f"writing {record} failed: {type(exc).__name__}: {exc}")
         self.write_duration.record(time.perf_counter() - started, {"record": record})
         self.stored.add(count, {"record": record})
         return None

@@ -86,7 +86,9 @@ class Page(Generic[T]):
 
 
 class TelemetryStore(abc.ABC):
-    """Writes are idempotent upserts keyed by (fleet, device, seq): a redelivered batch rewrites its rows."""
+    """Writes are idempotent upserts keyed by (fleet, device, ts, seq): a redelivered batch rewrites its rows."""
+
+    system: str  # the OpenTelemetry db.system.name: "sqlite", "cassandra"
 
     @abc.abstractmethod
     async def open(self) -> None:

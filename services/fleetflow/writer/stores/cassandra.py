@@ -79,6 +79,8 @@ class IndexEntry:
 
 
 class CassandraStore(TelemetryStore):
+    system = "cassandra"
+
     def __init__(
         self,
         sink: SinkSpec,

@@ -81,6 +81,8 @@ def migrations(tables: Tables) -> list[list[str]]:
 
 
 class SqliteStore(TelemetryStore):
+    system = "sqlite"
+
     def __init__(self, path: Path, tables: Tables, ttl_seconds: float):
         self.path = path
         self.tables = tables
