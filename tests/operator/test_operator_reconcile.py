@@ -97,6 +97,8 @@ async def test_create_builds_the_children_and_turns_ready_once_they_are(
         processor = emulator.get("apps/v1", "statefulsets", "ns1", "store-processor")
         assert processor is not None and processor["spec"]["replicas"] == 1
 
+        await wait_until(lambda: emulator.get("policy/v1", "poddisruptionbudgets", "ns1", "cold-gateway"), what="PDB")
+        await wait_until(lambda: emulator.get("v1", "configmaps", "ns1", "store-writer-config"), what="writer config")
         fleet_uid = cr(emulator, "devicefleets", "cold")["metadata"]["uid"]
         pipeline_uid = cr(emulator, "pipelines", "store")["metadata"]["uid"]
         fleet_children = [("v1", "configmaps", "cold-gateway-config"), ("v1", "secrets", "cold-device-secret"),
@@ -117,7 +119,14 @@ async def test_create_builds_the_children_and_turns_ready_once_they_are(
         async with jetstream(nats_server) as js:
             for name in FLEET_STREAMS:
                 assert await stream_exists(js, name), f"stream {name} was not provisioned"
-            assert (await js.consumer_info("ff-cold-telemetry", "processor-store-0")).config.max_deliver == 5
+
+            async def consumer_max_deliver() -> int | None:
+                try:
+                    return (await js.consumer_info("ff-cold-telemetry", "processor-store-0")).config.max_deliver
+                except NotFoundError:
+                    return None
+
+            assert await wait_until(consumer_max_deliver, what="the processor's durable consumer") == 5
 
         await mark_ready(emulator, "apps/v1", "deployments", "cold-gateway")
         ready = await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "True"), what="Ready")
@@ -280,7 +289,8 @@ async def test_a_stream_deleted_behind_the_operators_back_is_recreated(
     emulator, _ = apiserver
     async with start_operator(), jetstream(nats_server) as js:
         await create(emulator, fleet_doc(nats={"external": {"url": nats_server.url}}))
-        await wait_until(lambda: stream_exists(js, "ff-cold-telemetry"), what="the telemetry stream")
+        for name in FLEET_STREAMS:
+            await wait_until(lambda name=name: stream_exists(js, name), what=f"stream {name}")
         await js.delete_stream("ff-cold-telemetry")
         await js.delete_stream("ff-cold-alerts")
         await wait_until(lambda: stream_exists(js, "ff-cold-telemetry"), what="it to be re-created")

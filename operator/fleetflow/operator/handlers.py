@@ -61,8 +61,8 @@ class Operator:
         body = plain(raw)
         async with self._lock(body):
             fresh = await self.api.get_or_none(Ref.of({**body, "kind": kind}))
-            if fresh is None:
-                return  # deleted meanwhile
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return  # going away: the cleanup owns it now, nothing may be re-provisioned
             body = fresh
             if conditions.is_paused(body):
                 await write_status(self.api, body, paused_status(body))
@@ -86,7 +86,8 @@ class Operator:
         except SpecError:
             return  # never provisioned anything
         try:
-            await self._remove_streams(resource)
+            async with self._lock(body):  # after any reconcile in flight, which could re-create what goes
+                await self._remove_streams(resource)
         except (streams.StreamError, ApiError) as exc:
             if retry + 1 >= CLEANUP_ATTEMPTS:
                 log.warning("giving up removing streams; delete them by hand", resource=kind, error=str(exc))
