@@ -93,7 +93,7 @@ class ReadingScope:
         return expr.evaluate(self.context(expr))
 
     def processed(self) -> Reading:
-        return Reading(self.reading.seq, self.reading.ts, self.metrics)
+        return Reading(self.reading.seq, self.reading.ts, dict(self.metrics))  # later steps may change metrics
 
 
 def _subset(values: dict[str, Any], fields: tuple[str, ...] | None) -> dict[str, Any]:
