@@ -1,6 +1,7 @@
 """Running `fleetflow up` in a subprocess for end-to-end tests, as a user would."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,12 +31,14 @@ class RunningPlatform:
 
 @contextmanager
 def fleetflow_up(
-    data_dir: Path, *paths: Path, extra: tuple[str, ...] = (), timeout: float = 60
+    data_dir: Path, *paths: Path, extra: tuple[str, ...] = (), timeout: float = 60, env: dict[str, str] | None = None
 ) -> Iterator[RunningPlatform]:
     endpoints = data_dir / "endpoints.json"
     endpoints.unlink(missing_ok=True)
     command = [sys.executable, "-m", "fleetflow.cli", "up", *map(str, paths), "--data-dir", str(data_dir), *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
     try:
         deadline = time.monotonic() + timeout
         while not endpoints.exists():

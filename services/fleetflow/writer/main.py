@@ -9,6 +9,7 @@ import structlog
 
 from fleetflow.runtime import jetstream, logs, ops, service, subjects, telemetry
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters
+from fleetflow.runtime.lag import ConsumerLag
 from fleetflow.runtime.settings import WriterSettings
 from fleetflow.writer.persist import RecordWriter
 from fleetflow.writer.stores import StoreUnavailable, TelemetryStore, open_store
@@ -77,12 +78,15 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         pipeline.spec.delivery.max_deliver,
         pipeline.spec.writer.batch_messages,
     )
-    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(expire_periodically(store, stop))]
+    lag = ConsumerLag(js, meter, [(consumer.stream, consumer.durable)])
+    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(expire_periodically(store, stop)),
+             asyncio.create_task(lag.poll(stop))]  # fmt: skip
     log.info("writer ready", ops_port=ops_port, sink=pipeline.spec.sink.kind)
     await asyncio.gather(*tasks)
     await nc.drain()
     await store.close()
     await ops_runner.cleanup()
+    telemetry.shutdown()
     log.info("writer stopped")
 
 

@@ -93,6 +93,8 @@ class RecordWriter:
         self.errors = meter.create_counter(
             "fleetflow_writer_write_errors", unit="1", description="Failed store writes, by record type and reason"
         )
+        for record in (READINGS, AGGREGATES, ALERTS):  # export 0, not nothing, until the first error
+            self.errors.add(0, {"record": record, "reason": "unavailable"})
         self.write_duration = meter.create_histogram(
             "fleetflow_writer_write_duration_seconds", unit="s", description="One batched store write, by record"
         )

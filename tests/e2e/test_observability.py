@@ -1,0 +1,137 @@
+"""Observability on the local platform: one trace from device request to stored row, every metric the
+dashboards query really exported, and JSON logs with trace ids and without device tokens."""
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fleetflow.runtime import credentials
+from tests.e2e.localplatform import RunningPlatform, fleetflow_up
+from tests.support.otlp import ReceivedSpan, TraceReceiver, otlp_receiver
+
+ROOT = Path(__file__).resolve().parents[2]
+COLD_CHAIN = ROOT / "examples" / "cold-chain"
+DASHBOARDS = sorted((ROOT / "charts" / "fleetflow" / "dashboards").glob("*.json"))
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP span kinds
+pytestmark = pytest.mark.e2e
+
+# Export quickly so the test waits on data, not on the SDK's default 5 s / 60 s intervals.
+FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+async def post(url: str, token: str, readings: list[dict[str, Any]]) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"readings": readings}, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        return response.status
+
+
+def send_traffic(platform: RunningPlatform) -> str:
+    """A batch, its retry, a reading the filter drops, and a request with a wrong token; returns the token."""
+    secret = credentials.read_secret(Path(platform.endpoints["fleets"]["coldchain"]["secretFile"]))
+    token = credentials.device_token(secret, "coldchain", "box-a1")
+    url = f"{platform.gateway('coldchain')}/v1/fleets/coldchain/devices/box-a1/telemetry"
+    now = int(time.time() * 1000)
+    batch = [{"seq": s, "ts": now + s, "metrics": {"temp_c": 5.0, "battery_v": 3.9, "battery_a": 0.5}} for s in (1, 2)]
+    dropped = [{"seq": 3, "ts": now + 3, "metrics": {"temp_c": -127.0, "battery_v": 3.9, "battery_a": 0.5}}]
+    statuses = [asyncio.run(post(url, token, batch)), asyncio.run(post(url, token, batch)),
+                asyncio.run(post(url, token, dropped)), asyncio.run(post(url, token[::-1], batch))]  # fmt: skip
+    assert statuses == [202, 202, 202, 401]
+    return token
+
+
+def request_trace(receiver: TraceReceiver) -> list[ReceivedSpan]:
+    """All spans of the trace that started with the first accepted request, once it reached the store."""
+    spans = receiver.snapshot()
+    servers = [s for s in spans if s.kind == SERVER and s.attributes.get("http.response.status_code") == 202]
+    if not servers:
+        return []
+    trace = [s for s in spans if s.trace_id == servers[0].trace_id]
+    return trace if any(s.name == "upsert readings" for s in trace) else []
+
+
+def test_one_trace_runs_from_the_device_request_to_the_stored_row(tmp_path: Path) -> None:
+    with (
+        otlp_receiver() as (endpoint, receiver),
+        fleetflow_up(tmp_path, COLD_CHAIN, extra=("--otlp-endpoint", endpoint), env=FAST_EXPORT) as platform,
+    ):
+        send_traffic(platform)
+        trace = wait_for(lambda: request_trace(receiver), "a trace from gateway to store")
+        platform.stop()
+    by_service: dict[str, list[ReceivedSpan]] = {}
+    for span in trace:
+        by_service.setdefault(span.service, []).append(span)
+    assert {"fleetflow-gateway", "fleetflow-processor", "fleetflow-writer"} <= set(by_service)
+    kinds = {(s.service, s.kind) for s in trace}
+    assert {("fleetflow-gateway", SERVER), ("fleetflow-gateway", PRODUCER), ("fleetflow-processor", CONSUMER),
+            ("fleetflow-writer", CONSUMER), ("fleetflow-writer", CLIENT)} <= kinds  # fmt: skip
+    publish = next(s for s in trace if s.kind == PRODUCER and s.service == "fleetflow-gateway")
+    assert publish.attributes["messaging.system"] == "nats"
+    assert publish.attributes["messaging.destination.name"] == "ff.coldchain.tm.box-a1"
+    upsert = next(s for s in trace if s.name == "upsert readings")
+    assert upsert.attributes["db.system.name"] == "sqlite"
+    assert trace[0].trace_id in upsert.links  # the batched write links to every message it combined
+    ids = {s.span_id for s in trace}
+    assert all(s.parent_span_id in ids for s in trace if s.kind != SERVER), "a span's parent is missing"
+
+
+def dashboard_metrics() -> set[str]:
+    names = set()
+    for path in DASHBOARDS:
+        for target in re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', path.read_text()):
+            names.update(re.findall(r"\bfleetflow_[a-z0-9_]+", target))
+    return names
+
+
+async def scrape_all(platform: RunningPlatform) -> tuple[set[str], str]:
+    names: set[str] = set()
+    text = ""
+    async with aiohttp.ClientSession() as session:
+        for service in platform.endpoints["services"].values():
+            async with session.get(service["metrics"]) as response:
+                body = await response.text()
+            text += body
+            names.update(re.findall(r"^(fleetflow_[a-z0-9_]+)", body, re.MULTILINE))
+    return names, text
+
+
+def test_every_metric_the_dashboards_query_is_exported_and_logs_are_clean(tmp_path: Path) -> None:
+    wanted = dashboard_metrics()
+    assert wanted, "no fleetflow_* metric found in the dashboards"
+    with fleetflow_up(tmp_path, COLD_CHAIN) as platform:
+        token = send_traffic(platform)
+        missing: set[str] = set()
+
+        def all_exported() -> bool:
+            missing.clear()
+            missing.update(wanted - asyncio.run(scrape_all(platform))[0])
+            return not missing
+
+        deadline = time.monotonic() + 30
+        while not all_exported() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not missing, f"queried by a dashboard but not exported: {sorted(missing)}"
+        platform.stop()
+    lines = [line for log in (tmp_path / "logs").glob("*.log") if log.name != "nats-server.log"
+             for line in log.read_text().splitlines()]  # fmt: skip
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    assert any(r.get("event") == "request rejected" and len(r.get("trace_id", "")) == 32 for r in records)
+    assert all(token not in line and token[::-1] not in line for line in lines), "a device token was logged"
