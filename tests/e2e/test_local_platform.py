@@ -116,6 +116,9 @@ def test_status_and_query_commands_against_a_running_platform(tmp_path: Path) ->
         ("kind: [unclosed", "not valid YAML"),
         ("apiVersion: fleetflow.io/v1alpha1\nkind: Pipeline\nmetadata: {name: p}\nspec: {fleetRef: {name: nope}}\n",
          "spec.fleetRef.name = 'nope': no such DeviceFleet"),
+        ("apiVersion: fleetflow.io/v1alpha1\nkind: Pipeline\nmetadata: {name: p}\nspec:\n  fleetRef: {name: demo}\n"
+         "  steps:\n  - name: hot\n    filter: {condition: 'metrics.temp >'}\n",
+         "spec.steps[0].filter.condition: 'metrics.temp >' at 1:"),
     ],
 )  # fmt: skip
 def test_invalid_yaml_is_refused_naming_file_field_and_problem(tmp_path: Path, content: str, expected: str) -> None:

@@ -41,12 +41,14 @@ class SensorModel:
         self.battery = rng.uniform(3.6, 4.2)
 
     def metrics(self, ts_ms: int) -> dict[str, float]:
+        """Named as examples/cold-chain expects them: temp_c, humidity_pct, battery_v, battery_a."""
         wave = math.sin(ts_ms / 60000.0 * 2 * math.pi)
         self.battery = max(3.0, self.battery - self.rng.uniform(0, 0.00001))
         return {
-            "temperature": round(self.setpoint + 1.5 * wave + self.rng.gauss(0, 0.2), 3),
-            "humidity": round(min(100.0, max(0.0, 60 + 10 * wave + self.rng.gauss(0, 2))), 2),
+            "temp_c": round(self.setpoint + 1.5 * wave + self.rng.gauss(0, 0.2), 3),
+            "humidity_pct": round(min(100.0, max(0.0, 60 + 10 * wave + self.rng.gauss(0, 2))), 2),
             "battery_v": round(self.battery, 4),
+            "battery_a": round(abs(self.rng.gauss(0.4, 0.05)), 4),
         }
 
 

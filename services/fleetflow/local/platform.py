@@ -37,6 +37,7 @@ class LocalPlatform:
         self.services: list[ServiceProcess] = []
         self._stop_supervising = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._drained: bool | None = None
 
     @property
     def endpoints_file(self) -> Path:
@@ -168,13 +169,18 @@ class LocalPlatform:
     async def stop_gateways(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.services if s.kind == "gateway"))
 
-    async def stop(self, drain_timeout: float = 60.0) -> bool:
-        """Stop intake, let the pipelines drain, then stop the rest; True if everything drained."""
+    async def drain(self, timeout: float = 60.0) -> bool:
+        """Stop intake (the gateways) and wait until the pipelines processed everything; True if they did."""
         self._stop_supervising.set()
         if self._supervisor:
             await self._supervisor
         await self.stop_gateways()
-        drained = await self.wait_drained(drain_timeout) if self.nats.process else True
+        self._drained = await self.wait_drained(timeout) if self.nats.process else True
+        return self._drained
+
+    async def stop(self, drain_timeout: float = 60.0) -> bool:
+        """Drain (unless done already), then stop the rest; True if everything drained."""
+        drained = self._drained if self._drained is not None else await self.drain(drain_timeout)
         await asyncio.gather(*(s.stop() for s in self.services if s.kind != "gateway"))
         await self.nats.stop()
         self.endpoints_file.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
+from fleetflow.processor.compiler import compile_pipeline
 
 
 @dataclass
@@ -42,6 +43,9 @@ def load_resources(paths: list[Path]) -> ResourceSet:
         for document in documents:
             _add(found, parse_resource(document, str(file)), file)
     _check_references(found)
+    for pipeline in found.pipelines.values():
+        # Bad CEL stops `fleetflow up` here, with the expression and its position, not in a child's log.
+        compile_pipeline(pipeline, found.fleet_of(pipeline))
     return found
 
 

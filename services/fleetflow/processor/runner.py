@@ -86,6 +86,11 @@ class Runner:
         self.batches = meter.create_counter(
             "fleetflow_processor_batches", unit="1", description="Telemetry batches handled, by outcome"
         )
+        self.removed = meter.create_counter(
+            "fleetflow_processor_readings_removed",
+            unit="1",
+            description="Readings a step removed (filtered out, or duplicates): they are never stored",
+        )
         self.published = meter.create_counter(
             "fleetflow_processor_records_published", unit="1", description="Output messages, by record kind"
         )
@@ -153,6 +158,7 @@ class Runner:
             ):
                 out = self.engine.process(batch, now_ms)
                 trace = telemetry.inject({})
+            self.removed.add(len(batch.readings) - sum(len(kept.readings) for kept in out.readings))
             self._count(out)
             outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out, trace)
             self.engine.state.applied_seq = seq
