@@ -11,7 +11,7 @@ from tests.packaging import chart
 
 DASHBOARDS = sorted((chart.CHART / "dashboards").glob("*.json"))
 SERVICES = chart.REPO / "services" / "fleetflow"
-INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge)\(\s*\"(fleetflow_\w+)\"")
+INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge|observable_gauge)\(\s*\"(fleetflow_\w+)\"")
 METRIC = re.compile(r"\bfleetflow_\w+")
 
 
@@ -44,8 +44,8 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
     return [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
 
 
-def test_there_is_a_fleet_overview() -> None:
-    assert [p.name for p in DASHBOARDS] == ["fleet-overview.json"]
+def test_there_are_fleet_and_pipeline_dashboards() -> None:
+    assert {"fleet-overview.json", "pipeline.json"} <= {p.name for p in DASHBOARDS}
 
 
 def test_instrument_scan_finds_the_services_metrics() -> None:

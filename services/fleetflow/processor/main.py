@@ -9,6 +9,7 @@ import structlog
 from fleetflow.processor.compiler import PipelineCompileError, compile_pipeline
 from fleetflow.processor.runner import Runner
 from fleetflow.runtime import jetstream, logs, ops, service, telemetry
+from fleetflow.runtime.lag import ConsumerLag
 from fleetflow.runtime.settings import ProcessorSettings
 
 log = structlog.get_logger(__name__)
@@ -36,7 +37,8 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
         await runner.start()
         service.write_status(settings.status_file, {"ops_port": ops_port})
         log.info("processor ready", replica=settings.replica, ops_port=ops_port, steps=len(compiled.steps))
-        await runner.run(stop)
+        lag = ConsumerLag(js, meter, [(runner.stream, runner.durable)])
+        await asyncio.gather(runner.run(stop), lag.poll(stop))
     finally:
         await nc.drain()
         await ops_runner.cleanup()

@@ -18,12 +18,24 @@ class ConsumerLag:
         self.js = js
         self.consumers = consumers  # (stream, durable)
         self.values: dict[tuple[str, str], tuple[int, int, int]] = {}
-        for index, (name, text) in enumerate((
-            ("fleetflow_consumer_pending_messages", "Messages in the stream the consumer has not yet received"),
-            ("fleetflow_consumer_ack_pending_messages", "Messages delivered but not yet acknowledged"),
-            ("fleetflow_consumer_redelivered_messages", "Messages currently being redelivered"),
-        )):  # fmt: skip
-            meter.create_observable_gauge(name, [self._observe(index)], unit="1", description=text)
+        meter.create_observable_gauge(
+            "fleetflow_consumer_pending_messages",
+            [self._observe(0)],
+            unit="1",
+            description="Messages in the stream the consumer has not yet received",
+        )
+        meter.create_observable_gauge(
+            "fleetflow_consumer_ack_pending_messages",
+            [self._observe(1)],
+            unit="1",
+            description="Messages delivered but not yet acknowledged",
+        )
+        meter.create_observable_gauge(
+            "fleetflow_consumer_redelivered_messages",
+            [self._observe(2)],
+            unit="1",
+            description="Messages currently being redelivered",
+        )
 
     def _observe(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(_: CallbackOptions) -> list[Observation]:
