@@ -3,6 +3,7 @@
 import re
 import time
 
+import msgspec
 import structlog
 from aiohttp import web
 from opentelemetry import trace
@@ -20,6 +21,7 @@ log = structlog.get_logger(__name__)
 PROTOCOL = {"protocol": "http"}
 ROUTE = "/v1/fleets/{fleet}/devices/{device}/telemetry"
 tracer = telemetry.tracer("gateway")
+_json = msgspec.json.Encoder().encode
 
 
 class TelemetryApi:
@@ -67,7 +69,7 @@ class TelemetryApi:
             finally:
                 self.request_duration.record(time.perf_counter() - started, PROTOCOL)
             span.set_attribute("http.response.status_code", 202)
-            return web.json_response(answer, status=202)
+            return web.Response(body=_json(answer), status=202, content_type="application/json")
 
     def _rejected(self, span: trace.Span, rejection: Rejection, device: str) -> None:
         self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})

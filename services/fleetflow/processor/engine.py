@@ -144,6 +144,9 @@ class Engine:
     def process(self, batch: ReadingBatch, now_ms: int) -> Outputs:
         """Run one device's batch through the steps; `now_ms` is the wall clock (idle timers and TTLs)."""
         out = Outputs(device=batch.device, received_ms=batch.received_ms)
+        if not self.pipeline.steps:  # a pipeline that only stores: no per-reading work at all
+            out.readings.append(batch)
+            return out
         labels = self.pipeline.labels_of(batch.device)
         survivors = []
         for reading in batch.readings:
