@@ -219,11 +219,13 @@ def crds(args: argparse.Namespace) -> int:
 
 
 def operator(args: argparse.Namespace) -> int:
-    try:
-        from fleetflow.operator.main import run  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise UsageError(f"the operator is not installed in this build: {exc}") from None
-    return int(run(namespaces=None if args.all_namespaces else args.namespaces))
+    from fleetflow.operator.main import run
+    from fleetflow.processor.compiler import compile_pipeline
+
+    # The operator may not import the processor; the CLI hands it the compiler, so a Pipeline with bad CEL
+    # gets a condition naming the expression instead of processors that crash-loop.
+    namespaces = None if args.all_namespaces else args.namespaces
+    return int(run(namespaces, compile_pipeline=compile_pipeline))
 
 
 __all__ = ["SpecError", "UsageError"]
