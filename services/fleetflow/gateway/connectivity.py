@@ -15,6 +15,8 @@ from fleetflow.gateway.buffer import BufferedPublisher, DiskBuffer
 from fleetflow.gateway.command_api import CommandApi
 from fleetflow.gateway.commands import CommandExpirer, CommandStore
 from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
+from fleetflow.gateway.mqtt_auth import MqttAuthorizer
+from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.runtime import credentials
 from fleetflow.runtime.settings import GatewaySettings
@@ -44,6 +46,11 @@ class Connectivity:
         if isinstance(publisher, BufferedPublisher):
             links._tasks.append(asyncio.create_task(publisher.run(links._stop)))
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
+        if settings.mqtt_issuer_seed_file is not None:
+            seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
+            links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(nc)).unsubscribe)
+            bridge = MqttBridge(nc, fleet, publisher, store, meter)
+            links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, secret, js, store, meter)
         return links

@@ -77,6 +77,7 @@ class GatewaySettings(ServiceSettings):
     tls_key_file: Path | None = None
     buffer_dir: Path | None = None  # store-and-forward while NATS is unreachable
     buffer_max_bytes: int = pydantic.Field(default=256 * 1024 * 1024, ge=4096)
+    mqtt_issuer_seed_file: Path | None = None  # set: serve MQTT devices (auth callout + intake + commands)
 
 
 class ProcessorSettings(ServiceSettings):

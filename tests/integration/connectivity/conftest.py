@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,12 @@ from nats.aio.client import Client
 
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway import main as gateway_main
+from fleetflow.gateway import mqtt_auth
 from fleetflow.gateway.command_api import application_token
+from fleetflow.local.natsserver import nats_server_binary
 from fleetflow.runtime import credentials, subjects
 from fleetflow.runtime.settings import GatewaySettings
-from tests.support.natsserver import NatsServer
+from tests.support.natsserver import NatsServer, free_port, wait_for_port
 
 FLEET = "demo"
 
@@ -103,3 +106,37 @@ async def gateway(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Gate
         yield gw
     finally:
         await stop_gateway(gw)
+
+
+@dataclass
+class MqttPlatform:
+    gateway: Gateway
+    mqtt_port: int
+    nats: NatsServer
+
+
+@pytest.fixture
+async def mqtt_platform(tmp_path: Path) -> AsyncIterator[MqttPlatform]:
+    """nats-server with its MQTT listener and auth callout, and a gateway serving MQTT devices."""
+    seed_file = tmp_path / "mqtt-issuer.nk"
+    seed = mqtt_auth.ensure_issuer_seed(seed_file)
+    port, mqtt_port = free_port(), free_port()
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        f'server_name: test\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+        + mqtt_auth.server_config("127.0.0.1", mqtt_port, seed, "test-password")
+    )
+    process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(port)
+        wait_for_port(mqtt_port)
+        server = NatsServer(f"nats://127.0.0.1:{port}", port, tmp_path / "js", process)
+        gw = await start_gateway(tmp_path, server.url, mqtt_issuer_seed_file=seed_file)
+        try:
+            yield MqttPlatform(gw, mqtt_port, server)
+        finally:
+            await stop_gateway(gw)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

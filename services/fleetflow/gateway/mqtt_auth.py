@@ -1,0 +1,200 @@
+"""MQTT device authentication: the gateway serves NATS auth callout for the MQTT listener of nats-server.
+
+A device connects with username `<fleet>/<device>`, its device token as password, and client id equal to the
+username. nats-server asks the gateway (on `$SYS.REQ.USER.AUTH`, in the account configured for the callout)
+whether to admit the connection; the gateway checks the token and answers with a user JWT, signed with the
+callout issuer's account nkey, that allows exactly the device's own topics:
+
+    publish   fleetflow/<fleet>/<device>/telemetry   readings, the same JSON body as HTTP, QoS 1
+    publish   fleetflow/<fleet>/<device>/results     {"id": ..., "status": "succeeded"|"failed"|"rejected"}
+    publish   fleetflow/<fleet>/<device>/status      "online" after subscribing; "offline" (also the will)
+    subscribe fleetflow/<fleet>/<device>/commands    commands, JSON, each delivered once
+
+So a device cannot publish, subscribe or receive as another device: its token is only valid for its own id,
+the client id must match (no taking over another device's MQTT session), and the server enforces the
+permissions. Requests for another fleet's devices are left to that fleet's gateway (no answer here)."""
+
+import base64
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import nkeys
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from opentelemetry.metrics import Meter
+
+from fleetflow.api import DeviceFleet
+from fleetflow.api.identifiers import DEVICE_ID
+from fleetflow.runtime import credentials
+
+log = structlog.get_logger(__name__)
+
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+SERVICE_ACCOUNT = "FLEETFLOW"  # the account of the fleet's streams, the services and the MQTT devices
+SERVICE_USER = "fleetflow"  # services connect as this user (or with no credentials: it is the no_auth_user)
+ANONYMOUS_USER = "mqtt-anonymous"  # what an MQTT client without credentials is; the callout refuses it
+
+
+def topic_prefix(fleet: str, device: str) -> str:
+    return f"fleetflow/{fleet}/{device}"
+
+
+def subject_prefix(fleet: str, device: str) -> str:
+    """The NATS subject of a topic: nats-server maps MQTT '/' to '.'."""
+    return f"fleetflow.{fleet}.{device}"
+
+
+def new_issuer_seed() -> bytes:
+    """A fresh account nkey seed (`SA...`) for signing the user JWTs of MQTT devices."""
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+
+
+def ensure_issuer_seed(path: Path) -> bytes:
+    """Read the issuer seed, creating it (mode 0600) on first use."""
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = new_issuer_seed()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(seed + b"\n")
+    return seed
+
+
+def issuer_public_key(seed: bytes) -> str:
+    return str(nkeys.from_seed(seed).public_key.decode())
+
+
+def server_config(mqtt_host: str, mqtt_port: int, issuer_seed: bytes, service_password: str) -> str:
+    """The nats-server configuration lines that enable MQTT with devices authenticated by the gateway.
+
+    Services keep connecting without credentials (they become the `fleetflow` user, which skips the
+    callout); MQTT clients without credentials are refused."""
+    issuer = issuer_public_key(issuer_seed)
+    return "\n".join(
+        [
+            "mqtt {",
+            f"  listen: {mqtt_host}:{mqtt_port}",
+            # Without this, an MQTT client without credentials would become the services' no_auth_user.
+            f"  no_auth_user: {ANONYMOUS_USER}",
+            "}",
+            "accounts {",
+            f"  {SERVICE_ACCOUNT} {{",
+            "    jetstream: enabled",
+            f'    users: [ {{ user: {SERVICE_USER}, password: "{service_password}" }},',
+            f'             {{ user: {ANONYMOUS_USER}, password: "{secrets.token_hex(16)}" }} ]',
+            "  }",
+            "  SYS { }",
+            "}",
+            "system_account: SYS",
+            f"no_auth_user: {SERVICE_USER}",
+            "authorization {",
+            "  auth_callout {",
+            f"    issuer: {issuer}",
+            f"    auth_users: [ {SERVICE_USER} ]",
+            f"    account: {SERVICE_ACCOUNT}",
+            "  }",
+            "}",
+            "",
+        ]
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Refusal(Exception):
+    """Why a connection is not admitted; nats-server logs the text."""
+
+
+class MqttAuthorizer:
+    """Answers nats-server's authorization requests for this fleet's MQTT devices."""
+
+    def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, issuer_seed: bytes, meter: Meter):
+        self.fleet = fleet.name
+        self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
+        self.secret = fleet_secret
+        self.keys = nkeys.from_seed(issuer_seed)
+        self.issuer = self.keys.public_key.decode()
+        self.decisions = meter.create_counter(
+            "fleetflow_gateway_mqtt_connections", unit="1", description="MQTT connection attempts, by outcome"
+        )
+
+    async def subscribe(self, nc: Client) -> Any:
+        return await nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            request = json.loads(_unb64(msg.data.decode().split(".")[1]))["nats"]
+        except (ValueError, IndexError, KeyError):
+            log.warning("authorization request is not a JWT; ignored")
+            return
+        username = str(request.get("connect_opts", {}).get("user", ""))
+        fleet, _, device = username.partition("/")
+        if fleet != self.fleet and "/" in username:
+            return  # another fleet's gateway answers it
+        try:
+            permissions = self.admit(request, device)
+        except Refusal as refusal:
+            self.decisions.add(1, {"outcome": "refused"})
+            log.info("mqtt connection refused", device=device, reason=str(refusal))
+            await msg.respond(self._response(request, error=str(refusal)).encode())
+            return
+        self.decisions.add(1, {"outcome": "admitted"})
+        user_jwt = self._sign(
+            {
+                "aud": SERVICE_ACCOUNT,
+                "sub": request["user_nkey"],
+                "name": username,
+                "nats": {**permissions, "type": "user", "version": 2},
+            }
+        )
+        await msg.respond(self._response(request, user_jwt=user_jwt).encode())
+
+    def admit(self, request: dict[str, Any], device: str) -> dict[str, Any]:
+        """The device's permissions, or Refusal saying why it may not connect."""
+        client = request.get("client_info", {})
+        if not device:
+            raise Refusal("MQTT devices connect with username '<fleet>/<device>' and their device token")
+        if client.get("type") != "mqtt":
+            raise Refusal(f"device credentials are for MQTT only, not {client.get('type')!r} connections")
+        if not DEVICE_ID.match(device) or not self.id_pattern.search(device):
+            raise Refusal(f"device id {device!r} is not valid in fleet {self.fleet!r}")
+        username = f"{self.fleet}/{device}"
+        if client.get("mqtt_id") != username:
+            raise Refusal(f"MQTT client id {client.get('mqtt_id')!r} must equal the username {username!r}")
+        token = str(request.get("connect_opts", {}).get("pass", ""))
+        expected = credentials.device_token(self.secret, self.fleet, device)
+        if not credentials.constant_time_equal(expected, token):
+            raise Refusal(f"the password is not the device token of {username!r}")
+        prefix = subject_prefix(self.fleet, device)
+        return {
+            "pub": {"allow": [f"{prefix}.telemetry", f"{prefix}.results", f"{prefix}.status"]},
+            "sub": {"allow": [f"{prefix}.commands"]},
+        }
+
+    def _response(self, request: dict[str, Any], user_jwt: str = "", error: str = "") -> str:
+        body: dict[str, Any] = {"type": "authorization_response", "version": 2}
+        if user_jwt:
+            body["jwt"] = user_jwt
+        if error:
+            body["error"] = error
+        return self._sign({"aud": request["server_id"]["id"], "sub": request["user_nkey"], "nats": body})
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        claims = {**claims, "iss": self.issuer, "iat": int(time.time()), "jti": secrets.token_hex(16)}
+        header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signature = self.keys.sign(f"{header}.{payload}".encode())
+        return f"{header}.{payload}.{_b64(signature)}"

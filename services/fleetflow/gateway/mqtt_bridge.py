@@ -1,0 +1,159 @@
+"""MQTT devices' data through the gateway: telemetry and command results from their topics, commands to them.
+
+nats-server's MQTT listener turns a device's QoS 1 publish on `fleetflow/<fleet>/<device>/telemetry` into a
+message on `fleetflow.<fleet>.<device>.telemetry`, which the ingress stream `ff-<fleet>-mqtt` captures. The
+gateway consumes that stream with a durable consumer (shared by its replicas) and gives every body the same
+validation as HTTP before publishing it with the same dedupe id; a body that can never be valid is counted and
+dead-lettered with the reason; an outage is retried. Commands go to a device while it is online: it says so by
+publishing "online" to its status topic after subscribing, and its will (or a clean "offline") ends it."""
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import Sequence
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from opentelemetry.metrics import Meter
+
+from fleetflow.api import DeviceFleet
+from fleetflow.api.identifiers import DEVICE_ID
+from fleetflow.gateway.commands import CommandError, CommandFeed, CommandStore, device_view
+from fleetflow.gateway.errors import Rejection
+from fleetflow.gateway.ingest import BatchValidator
+from fleetflow.gateway.mqtt_auth import subject_prefix
+from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.runtime import jetstream
+from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
+
+log = structlog.get_logger(__name__)
+PROTOCOL = {"protocol": "mqtt"}
+CONSUMER = "gateway-mqtt"
+MAX_DELIVER = 10
+
+
+def ingress_stream(fleet: str) -> str:
+    return f"ff-{fleet}-mqtt"
+
+
+def ingress_config(fleet: DeviceFleet) -> StreamConfig:
+    """Work-queue retention: a message is gone once the gateway has published (or dead-lettered) it."""
+    return StreamConfig(
+        name=ingress_stream(fleet.name),
+        description=f"Telemetry and command results MQTT devices of fleet {fleet.name} published",
+        subjects=[f"fleetflow.{fleet.name}.*.telemetry", f"fleetflow.{fleet.name}.*.results"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=fleet.spec.streams.replicas,
+        max_age=fleet.spec.streams.max_age_seconds,
+    )
+
+
+class ResultIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    status: str
+    detail: str = ""
+
+
+class MqttBridge:
+    def __init__(self, nc: Client, fleet: DeviceFleet, publisher: TelemetryPublisher, store: CommandStore,
+                 meter: Meter):  # fmt: skip
+        self.nc, self.js = nc, nc.jetstream()
+        self.fleet = fleet
+        self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
+        self.validator = BatchValidator(fleet)
+        self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
+        self.publisher, self.store = publisher, store
+        self._feeds: dict[str, asyncio.Task[None]] = {}
+        self.readings_accepted = meter.create_counter(
+            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
+        )
+        self.requests_rejected = meter.create_counter(
+            "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by reason"
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume the ingress stream and follow devices' status until `stop`; then end every command feed."""
+        await jetstream.ensure_stream(self.js, ingress_config(self.fleet))
+        stream = ingress_stream(self.fleet.name)
+        await jetstream.ensure_consumer(self.js, stream, ConsumerConfig(
+            durable_name=CONSUMER, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=30,
+            max_deliver=MAX_DELIVER, max_ack_pending=1000, description="The gateway's MQTT intake",
+        ))  # fmt: skip
+        dead_letters = DeadLetters(self.js, self.fleet.name, "mqtt")
+        consumer = BatchConsumer(self.js, stream, CONSUMER, self.handle, dead_letters, MAX_DELIVER, batch=100)
+        status = await self.nc.subscribe(f"fleetflow.{self.fleet.name}.*.status", cb=self._on_status)
+        try:
+            await consumer.run(stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await status.unsubscribe()
+            for device in list(self._feeds):
+                await self._end_feed(device)
+
+    async def handle(self, msgs: Sequence[Msg]) -> list[Failure | None]:
+        """In order: a device's batches are published in the order it sent them."""
+        return [await self._one(msg) for msg in msgs]
+
+    async def _one(self, msg: Msg) -> Failure | None:
+        _, _, device, kind = msg.subject.split(".", 3)
+        if not DEVICE_ID.match(device) or not self.id_pattern.search(device):
+            return Failure(f"device id {device!r} is not valid in fleet {self.fleet.name!r}", poison=True)
+        if kind == "results":
+            return await self._result(device, msg.data)
+        try:
+            batch = self.validator.validate(device, msg.data, int(time.time() * 1000))
+            self.limiter.admit(device, len(batch.readings))
+            duplicate = await self.publisher.publish(batch)
+        except Rejection as rejection:
+            self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})
+            # 503 and 429 are passing conditions: redeliver later; anything else can never succeed.
+            return Failure(f"{rejection.reason}: {rejection.detail}", poison=rejection.status not in (429, 503))
+        if not duplicate:
+            self.readings_accepted.add(len(batch.readings), PROTOCOL)
+        return None
+
+    async def _result(self, device: str, data: bytes) -> Failure | None:
+        try:
+            result = msgspec.json.decode(data, type=ResultIn)
+            await self.store.report(device, result.id, result.status, result.detail)
+        except msgspec.DecodeError as exc:  # includes ValidationError
+            return Failure(f'invalid_result: {exc}; send {{"id": ..., "status": ..., "detail": ...}}', poison=True)
+        except CommandError as exc:
+            return Failure(f"{exc.reason}: {exc.detail}", poison=True)
+        return None
+
+    async def _on_status(self, msg: Msg) -> None:
+        device = msg.subject.split(".")[2]
+        if msg.data.strip() == b"online":
+            if device not in self._feeds or self._feeds[device].done():
+                self._feeds[device] = asyncio.create_task(self._feed(device))
+        else:
+            await self._end_feed(device)
+
+    async def _feed(self, device: str) -> None:
+        """Publish the device's commands to its command topic for as long as it is online."""
+        subject = f"{subject_prefix(self.fleet.name, device)}.commands"
+        log.info("device connected", device=device, protocol="mqtt")
+        try:
+            async with CommandFeed(self.js, self.store, device, "mqtt") as feed:
+                async for record in feed:
+                    await self.nc.publish(subject, json.dumps(device_view(record.command)).encode())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("command feed failed", device=device)
+
+    async def _end_feed(self, device: str) -> None:
+        task = self._feeds.pop(device, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.info("device disconnected", device=device, protocol="mqtt")
