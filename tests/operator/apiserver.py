@@ -428,13 +428,14 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 await response.write(json.dumps(event).encode() + b"\n")
             while True:
                 remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
+                # aiohttp does not cancel a handler whose client left: notice it, or shutdown waits 60 s.
+                if remaining <= 0 or raw.transport is None or raw.transport.is_closing():
                     break
                 if queue is None:
-                    await asyncio.sleep(min(remaining, 1.0))
+                    await asyncio.sleep(min(remaining, 0.2))
                     continue
                 try:
-                    _, event = await asyncio.wait_for(queue.get(), timeout=min(remaining, 1.0))
+                    _, event = await asyncio.wait_for(queue.get(), timeout=min(remaining, 0.2))
                 except TimeoutError:
                     continue
                 if wanted is None or wanted(event):

@@ -2,7 +2,9 @@
 
 import asyncio
 import contextlib
+import sys
 import threading
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -67,7 +69,10 @@ async def running_operator(url: str, namespaces: list[str] | None, **kwargs: Any
     finally:
         stop.set()
         await asyncio.to_thread(thread.join, 10)
-        assert not thread.is_alive(), "the operator did not stop within 10 s"
+        if thread.is_alive():
+            frame = sys._current_frames().get(thread.ident or 0)
+            where = "".join(traceback.format_stack(frame)) if frame else "?"
+            raise AssertionError(f"the operator did not stop within 10 s; its thread is at:\n{where}")
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "a condition") -> Any:
