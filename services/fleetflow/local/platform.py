@@ -88,6 +88,9 @@ class LocalPlatform:
                 listen_port=0,
                 ops_port=0,
             )
+            # Device connectivity (docs/devices.md): gRPC, MQTT through the embedded server, outage buffer.
+            cfg.update(grpc_port=0, buffer_dir=str(self.data_dir / "buffer" / fleet.name),
+                       mqtt_issuer_seed_file=str(self.nats.mqtt_issuer_seed_file))  # fmt: skip
             gateways.append(ServiceProcess(f"gateway-{fleet.name}", "gateway", cfg, self._run_dir()))
         return gateways
 
@@ -117,6 +120,8 @@ class LocalPlatform:
             "fleets": {
                 name: {
                     "http": self.gateway_url(fleet),
+                    "grpc": f"127.0.0.1:{self.service(f'gateway-{name}').status['grpc_port']}",
+                    "mqtt": f"mqtt://127.0.0.1:{self.nats.mqtt_port}",
                     "secretFile": str(credentials.local_secret_path(self.data_dir, name)),
                 }
                 for name, fleet in self.resources.fleets.items()
