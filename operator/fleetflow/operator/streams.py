@@ -7,6 +7,7 @@ from typing import Any
 
 import nats
 import structlog
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -14,6 +15,8 @@ from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.runtime import jetstream, subjects
 
 log = structlog.get_logger(__name__)
+# Connections still closing in the background (held so that they are not garbage-collected mid-close).
+_closing: set[asyncio.Future[None]] = set()
 
 
 class StreamError(Exception):
@@ -33,7 +36,18 @@ async def connected(url: str, timeout: float) -> AsyncIterator[JetStreamContext]
     try:
         yield nc.jetstream(timeout=timeout)
     finally:
-        await nc.close()
+        await _close(nc, timeout)
+
+
+async def _close(nc: Client, timeout: float) -> None:
+    """nats-py's close can stall on a connection whose requests timed out, and it swallows cancellation
+    while it does; a reconcile (and the operator's shutdown) must not wait for it."""
+    closing = asyncio.ensure_future(nc.close())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+    await asyncio.wait({closing}, timeout=timeout)
+    if not closing.done():
+        log.warning("NATS connection did not close in time; leaving it behind", timeout=timeout)
 
 
 async def _states(js: JetStreamContext, names: list[str]) -> list[dict[str, Any]]:
