@@ -75,10 +75,9 @@ async def start_gateway(tmp_path: Path, nats_url: str, **overrides: Any) -> Gate
         fleet=fleet_resource(),
         nats_url=nats_url,
         secret_file=secret_file,
-        listen_port=0,
         ops_port=0,
         status_file=status_file,
-        **overrides,
+        **{"listen_port": 0, **overrides},
     )
     stop = asyncio.Event()
     task = asyncio.create_task(gateway_main.serve(settings, stop))
