@@ -1,0 +1,96 @@
+"""What `fleetflow command send|list|show` does: commands sent and inspected directly on the fleet's NATS
+(the same stream and state bucket the gateways use), so it works whether or not a gateway is running."""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+
+from fleetflow.gateway.commands import (
+    DEFAULT_TTL_MS,
+    STATES,
+    CommandError,
+    CommandRecord,
+    CommandStore,
+    new_command,
+    send_command,
+)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; a value that reads as JSON (a number, true/false/null, a quoted string) is taken as
+    such, anything else as a string: `setpoint=4.5 mode=eco`."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(400, "invalid_command", f"parameter {pair!r} is not key=value")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        params[key] = value
+    return params
+
+
+async def send(nats_url: str, fleet: str, device: str, name: str, params: dict[str, Any] | None = None,
+               ttl_seconds: float = DEFAULT_TTL_MS / 1000) -> CommandRecord:  # fmt: skip
+    """Queue a command for `device`; it is delivered when the device is (or next gets) connected."""
+    command = new_command(fleet, device, name, params, int(ttl_seconds * 1000), source="cli")
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        return await send_command(js, await CommandStore.open(js, fleet), command)
+    finally:
+        await nc.close()
+
+
+async def list_records(nats_url: str, fleet: str, device: str | None = None,
+                       state: str | None = None) -> list[CommandRecord]:  # fmt: skip
+    """Commands of the fleet (or one device), oldest first, optionally only those in `state`."""
+    if state is not None and state not in STATES:
+        raise CommandError(400, "invalid_state", f"state {state!r} is not one of {', '.join(STATES)}")
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        return await (await CommandStore.open(nc.jetstream(), fleet)).list(device, state)
+    finally:
+        await nc.close()
+
+
+async def show(nats_url: str, fleet: str, command_id: str) -> CommandRecord:
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    try:
+        record = await (await CommandStore.open(nc.jetstream(), fleet)).find(command_id)
+    finally:
+        await nc.close()
+    if record is None:
+        raise CommandError(404, "unknown_command", f"no command with id {command_id!r} in fleet {fleet!r}")
+    return record
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def summary_line(record: CommandRecord) -> str:
+    """One line per command, as `fleetflow command list` prints it."""
+    c = record.command
+    return f"{c.id}  {c.device}  {c.name}  {record.state:<9}  created {_time(c.created_ms)}  source {c.source}"
+
+
+def describe(record: CommandRecord) -> str:
+    """The command and its state history, as `fleetflow command show` prints it."""
+    c = record.command
+    lines = [
+        f"command  {c.id}",
+        f"device   {c.device} (fleet {c.fleet})",
+        f"name     {c.name}",
+        f"params   {json.dumps(c.params)}",
+        f"source   {c.source}",
+        f"expires  {_time(record.expires_ms)}",
+        f"state    {record.state}",
+        "history",
+    ]
+    lines += [f"  {_time(t.at_ms)}  {t.state:<9}  {t.detail}".rstrip() for t in record.history]
+    return "\n".join(lines)
