@@ -2,7 +2,9 @@
 MQTT devices on the endpoints in endpoints.json, commands to offline devices, and a NATS outage under load."""
 
 import asyncio
+import sys
 import time
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,15 @@ async def command_state(session: aiohttp.ClientSession, http: str, secret: bytes
         return str((await r.json())["state"])
 
 
+async def cli(*argv: str) -> str:
+    """`fleetflow <argv>` as a user runs it; its stdout (fails the test on a non-zero exit)."""
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "fleetflow.cli", *argv,
+                                                   stdout=PIPE, stderr=PIPE)  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
 async def test_every_protocol_stores_each_reading_once_and_gets_commands_queued_offline(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     platform = LocalPlatform(load_resources([QUICKSTART]), data_dir)
@@ -108,6 +119,12 @@ async def test_every_protocol_stores_each_reading_once_and_gets_commands_queued_
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
             assert await command_state(session, http, secret, late["id"]) == "expired"
+            shown = await cli("command", "show", "demo", late["id"], "--data-dir", str(data_dir))
+            assert "state    expired" in shown and "ttl passed" in shown
+            sent_by_cli = await cli("command", "send", "demo", "h-2", "reboot", "delay=5", "--data-dir", str(data_dir))
+            assert "state    queued" in sent_by_cli and '"delay": 5' in sent_by_cli
+            listed = await cli("command", "list", "demo", "--state", "succeeded", "--data-dir", str(data_dir))
+            assert len(listed.splitlines()) == 3
     finally:
         assert await platform.stop(drain_timeout=30)
     for device in ("h-1", "g-1", "m-1"):

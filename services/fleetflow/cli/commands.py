@@ -19,6 +19,7 @@ from fleetflow.api import SpecError
 from fleetflow.api.crds import all_crds
 from fleetflow.api.identifiers import check_device_id, check_resource_name
 from fleetflow.cli.up import UpOptions, run_up
+from fleetflow.device.protocols import simulate_protocol
 from fleetflow.device.simulator import simulate
 from fleetflow.local.resources import load_resources
 from fleetflow.runtime import credentials
@@ -174,7 +175,10 @@ async def simulate_load(args: argparse.Namespace) -> int:
     tokens = {f"sim-{i:04d}": credentials.device_token(secret, args.fleet, f"sim-{i:04d}") for i in range(args.devices)}
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(args.duration, stop.set)
-    report = await simulate(args.url, args.fleet, tokens, stop, args.batch, args.interval)
+    if args.protocol == "http":
+        report = await simulate(args.url, args.fleet, tokens, stop, args.batch, args.interval)
+    else:  # each device buffers on its side while the gateway is unreachable (fleetflow.device.forwarding)
+        report = await simulate_protocol(args.protocol, args.url, args.fleet, tokens, stop, args.batch, args.interval)
     print(
         f"sent {report.sent:,} readings, {report.acknowledged:,} acknowledged, {report.retried:,} re-sent "
         f"({report.duplicates:,} recognised as duplicates), {report.rejected:,} refused {report.rejections or ''}"

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(status)
 
     simulate = sub.add_parser("simulate", help="load any gateway with simulated devices")
-    simulate.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080")
+    simulate.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080 (for grpc: "
+                          "HOST:PORT; for mqtt: mqtt://HOST:PORT, as in endpoints.json)")  # fmt: skip
+    simulate.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http")
     simulate.add_argument("--fleet", required=True)
     simulate.add_argument("--devices", type=positive_int, default=10)
     simulate.add_argument("--batch", type=positive_int, default=10)
@@ -91,6 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     secret = simulate.add_mutually_exclusive_group()
     secret.add_argument("--secret-file", type=Path, help="the fleet secret the gateway uses")
     secret.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="take the secret from here")
+
+    command = sub.add_parser("command", help="send commands to devices; list them with their state history")
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    send = actions.add_parser("send", help="queue a command; delivered when the device is or gets connected")
+    send.add_argument("fleet")
+    send.add_argument("device")
+    send.add_argument("name")
+    send.add_argument("params", nargs="*", metavar="KEY=VALUE", help="parameters, e.g. setpoint=4.5 mode=eco")
+    send.add_argument("--ttl", type=positive_float, default=3600.0, help="seconds until it expires (default 3600)")
+    listing = actions.add_parser("list", help="commands of a fleet, oldest first")
+    listing.add_argument("fleet")
+    listing.add_argument("--device")
+    listing.add_argument("--state", help="queued, delivered, succeeded, failed, rejected or expired")
+    show = actions.add_parser("show", help="one command with every state it went through")
+    show.add_argument("fleet")
+    show.add_argument("id")
+    for action in (send, listing, show):
+        _data_dir(action)
+        action.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="measure the local platform under device load, next to raw JetStream")
     bench.add_argument("--devices", type=positive_int, default=200)
@@ -134,6 +155,7 @@ def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fleetflow.cli import commands
+    from fleetflow.gateway import command_admin
 
     if args.command not in SERVICES:
         # Services set up their own logging; the command's own lines go to stderr, so stdout stays clean
@@ -148,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": lambda a: asyncio.run(commands.simulate_load(a)),
         "crds": commands.crds,
         "bench": commands.bench,
+        "command": lambda a: asyncio.run(command_admin.run_cli(a)),
         "gateway": _run_service("gateway"),
         "processor": _run_service("processor"),
         "writer": _run_service("writer"),

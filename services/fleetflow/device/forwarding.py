@@ -116,6 +116,7 @@ class MqttLink:
 
 @dataclass
 class ForwardingStats:
+    submitted: int = 0  # readings taken into the queue
     acknowledged: int = 0  # readings
     duplicates: int = 0
     refused: int = 0
@@ -145,6 +146,7 @@ class StoreAndForward:
             self.stats.dropped += 1
             return False
         self._queue.append(readings)
+        self.stats.submitted += len(readings)
         self.idle.clear()
         self._ready.set()
         return True

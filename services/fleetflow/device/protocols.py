@@ -65,6 +65,7 @@ async def simulate_protocol(
         await asyncio.gather(*(f.link.close() for f in forwards), return_exceptions=True)
     for forward in forwards:
         stats = forward.stats
+        report.sent += stats.submitted
         report.acknowledged += stats.acknowledged
         report.duplicates += stats.duplicates
         report.rejected += stats.refused
