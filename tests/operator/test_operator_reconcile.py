@@ -204,6 +204,13 @@ async def test_a_deleted_or_edited_child_comes_back(apiserver: Api, start_operat
         await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-nats")["spec"]["replicas"] == 1,
                          what="NATS back to 1 replica")  # fmt: skip
 
+        def described() -> list[str]:
+            return [e.get("message", "") for e in emulator.items("v1", "events", "ns1")
+                    if e.get("reason") == "Reconciled"]  # fmt: skip
+
+        await wait_until(lambda: any("created Deployment cold-gateway" in m for m in described()),
+                         what="an Event saying the Deployment was re-created")  # fmt: skip
+
 
 async def test_a_paused_resource_is_left_alone_and_says_so(apiserver: Api, start_operator: OperatorStarter) -> None:
     emulator, _ = apiserver

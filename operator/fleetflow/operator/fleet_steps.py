@@ -109,6 +109,9 @@ async def provision_streams(ctx: Context) -> None:
         ctx.components.append(Readiness("streams", False, str(exc)))
         return
     ctx.status["streams"] = states
+    ctx.changes += [f"created stream {s['name']}" for s in states if s.get("created")]
+    for state in states:
+        state.pop("created", None)
     ready = sum(1 for s in states if s["state"] == "Ready")
     ctx.wait_for(Readiness("streams", ready == len(states), f"{ready}/{len(states)} streams ready"))
 

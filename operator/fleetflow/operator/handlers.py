@@ -57,7 +57,7 @@ class Operator:
         uid = str(body["metadata"].get("uid") or body["metadata"]["name"])
         return self._locks.setdefault(uid, asyncio.Lock())
 
-    async def reconcile(self, kind: str, raw: Mapping[str, Any]) -> None:
+    async def reconcile(self, kind: str, raw: kopf.Body) -> None:
         body = plain(raw)
         async with self._lock(body):
             fresh = await self.api.get_or_none(Ref.of({**body, "kind": kind}))
@@ -69,6 +69,8 @@ class Operator:
                 return
             ctx = Context(self.api, self.options, body, self.compile_pipeline)
             await run_steps(ctx, RESOURCES[kind][1])
+            if ctx.changes:  # one Event per reconcile that changed something, for `kubectl describe`
+                kopf.info(raw, reason="Reconciled", message="; ".join(ctx.changes)[:1000])
             try:
                 await write_status(self.api, body, build_status(ctx, body.get("status")))
             except ApiError as exc:

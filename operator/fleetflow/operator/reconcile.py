@@ -45,6 +45,7 @@ class Context:
     components: list[Readiness] = field(default_factory=list)
     fleet: DeviceFleet | None = None
     pipeline: Pipeline | None = None
+    changes: list[str] = field(default_factory=list)  # what this reconcile changed, for one Event
 
     def __post_init__(self) -> None:
         self.outcome = Outcome(generation=self.body.get("metadata", {}).get("generation"))
@@ -58,7 +59,9 @@ class Context:
         return str(self.body["metadata"]["name"])
 
     async def apply_owned(self, desired: JsonObject, *, create_only: bool = False) -> JsonObject:
-        _, stored = await apply(self.api, owned(desired, self.body), create_only=create_only)
+        outcome, stored = await apply(self.api, owned(desired, self.body), create_only=create_only)
+        if outcome != "unchanged":
+            self.changes.append(f"{outcome} {desired['kind']} {desired['metadata']['name']}")
         return stored
 
     async def remove_owned(self, api_version: str, kind: str, name: str) -> None:
@@ -70,6 +73,7 @@ class Context:
         owners = current.get("metadata", {}).get("ownerReferences") or []
         if any(o.get("uid") == self.body["metadata"].get("uid") for o in owners):
             await remove(self.api, ref)
+            self.changes.append(f"deleted {kind} {name}")
             log.info("child no longer in the spec deleted", object=str(ref))
 
     def wait_for(self, readiness: Readiness) -> None:

@@ -63,14 +63,16 @@ async def _states(js: JetStreamContext, names: list[str]) -> list[dict[str, Any]
 
 
 async def provision_fleet(url: str, fleet: DeviceFleet, timeout: float) -> list[dict[str, Any]]:
-    """Create, update or re-create the fleet's streams; returns each stream's state for the status."""
+    """Create, update or re-create the fleet's streams; returns each stream's state for the status, with
+    `created` telling whether this call created it."""
     try:
         async with connected(url, timeout) as js:
             outcome = await jetstream.provision_fleet(js, fleet)
             recreated = [name for name, result in outcome.items() if result == "created"]
             if recreated:
                 log.info("streams created", fleet=fleet.name, streams=recreated)
-            return await _states(js, list(outcome))
+            states = await _states(js, list(outcome))
+            return [{**state, "created": outcome.get(state["name"]) == "created"} for state in states]
     except StreamError:
         raise
     except Exception as exc:
