@@ -1,9 +1,16 @@
 """Unit tests of the pieces the reconcile is made of: drift detection, conditions, readiness, RBAC rules."""
 
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.config import kube_config
+
 from fleetflow.api.devicefleet import DeviceFleetStatus
 from fleetflow.operator import conditions, kube, rbac
 from fleetflow.operator.apply import covers, drift_patch
 from fleetflow.operator.conditions import Outcome, Problem
+from fleetflow.operator.handlers import connection_info
 from fleetflow.operator.readiness import workload
 
 
@@ -104,3 +111,27 @@ def test_rbac_rules_cover_every_kind_the_client_writes_with_exactly_its_verbs() 
     assert granted[("apps", "deployments")] == {"get", "create", "patch", "delete"}
     assert granted[("fleetflow.io", "devicefleets/status")] == {"get", "patch"}
     assert "update" not in set().union(*granted.values()), "the operator only patches"
+
+
+def test_kopf_and_the_client_share_the_kubeconfig_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+              "clusters": [{"name": "k", "cluster": {"server": "https://10.0.0.1:6443", "insecure-skip-tls-verify": True}}],
+              "users": [{"name": "u", "user": {"token": "s3cr3t"}}],
+              "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}  # fmt: skip
+    (tmp_path / "config").write_text(yaml.safe_dump(config))
+    # The kubernetes package reads $KUBECONFIG once, at import.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "config"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    configuration = kube.load_configuration()
+    info = connection_info(configuration)
+    assert info.server == "https://10.0.0.1:6443"
+    assert (info.scheme, info.token, info.insecure) == ("Bearer", "s3cr3t", True)
+    assert kube.KubeApi(configuration)._headers() == {"Authorization": "Bearer s3cr3t"}
+
+
+def test_object_paths_follow_the_api_groups() -> None:
+    assert kube.object_path(kube.Ref("v1", "ConfigMap", "ns", "x")) == "/api/v1/namespaces/ns/configmaps/x"
+    ref = kube.Ref("fleetflow.io/v1alpha1", "DeviceFleet", "ns", "cold")
+    assert kube.object_path(ref, "status") == "/apis/fleetflow.io/v1alpha1/namespaces/ns/devicefleets/cold/status"
+    with pytest.raises(ValueError, match="does not manage v1 Pod"):
+        kube.collection_path("v1", "Pod", "ns")

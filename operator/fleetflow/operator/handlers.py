@@ -14,7 +14,7 @@ from fleetflow.api import GROUP, VERSION, DeviceFleet, Pipeline, SpecError, pars
 from fleetflow.operator import conditions, streams
 from fleetflow.operator.builders import nats
 from fleetflow.operator.fleet_steps import FLEET_STEPS
-from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref
+from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref, authorization
 from fleetflow.operator.options import OperatorOptions
 from fleetflow.operator.pipeline_steps import PIPELINE_STEPS
 from fleetflow.operator.reconcile import (
@@ -118,7 +118,7 @@ class Operator:
 
 def connection_info(configuration: k8s_client.Configuration) -> kopf.ConnectionInfo:
     """kopf connects with the same credentials as the operator's own client."""
-    token = configuration.get_api_key_with_prefix("authorization") or ""
+    token = authorization(configuration) or ""
     scheme, _, value = token.partition(" ")
     return kopf.ConnectionInfo(
         server=configuration.host,

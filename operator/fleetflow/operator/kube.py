@@ -85,6 +85,17 @@ def load_configuration() -> k8s_client.Configuration:
     return configuration
 
 
+def authorization(configuration: k8s_client.Configuration) -> str | None:
+    """The Authorization header value ("Bearer ..."), asked for on every call: in-cluster tokens rotate and the
+    configuration's refresh hook re-reads them. The key is "BearerToken" since kubernetes 30, before that
+    "authorization"."""
+    for identifier in ("BearerToken", "authorization"):
+        value = configuration.get_api_key_with_prefix(identifier)
+        if value:
+            return str(value)
+    return None
+
+
 class KubeApi:
     """Created once per operator; the HTTP session is opened lazily inside the operator's event loop."""
 
@@ -105,8 +116,7 @@ class KubeApi:
         return context
 
     def _headers(self) -> dict[str, str]:
-        # Asked on every call: in-cluster tokens rotate and the configuration's hook re-reads them.
-        token = self._configuration.get_api_key_with_prefix("authorization")
+        token = authorization(self._configuration)
         return {"Authorization": token} if token else {}
 
     async def _session_open(self) -> aiohttp.ClientSession:
