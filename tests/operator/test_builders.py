@@ -138,6 +138,20 @@ def test_gateway_deployment_runs_the_one_image_with_probes_and_a_locked_down_pod
     assert env["FLEETFLOW_LISTEN_HOST"] == "0.0.0.0" and env["FLEETFLOW_OPS_HOST"] == "0.0.0.0"
     secret = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["device-secret"]
     assert secret["secret"]["secretName"] == "cold-device-secret"
+    assert env["FLEETFLOW_GRPC_PORT"] == "9090" and env["FLEETFLOW_BUFFER_DIR"] == gateway.BUFFER_DIR
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/etc/fleetflow", "/tmp", gateway.SECRET_DIR, gateway.BUFFER_DIR} <= mounts, "writable paths are volumes"
+
+
+def test_the_gateway_container_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = fleet(fleet_doc())
+    c = container(gateway.gateway_deployment(f, IMAGE, "Always", {}))
+    for item in c["env"]:
+        if "value" in item:
+            monkeypatch.setenv(item["name"], item["value"])
+    settings = GatewaySettings(**yaml.safe_load(gateway.rendered_config(f)))
+    assert (settings.listen_host, settings.grpc_port, settings.ops_port) == ("0.0.0.0", 9090, 8081)
+    assert str(settings.buffer_dir) == gateway.BUFFER_DIR
 
 
 def test_the_operators_log_level_and_otlp_endpoint_reach_every_service() -> None:

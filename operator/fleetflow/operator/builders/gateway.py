@@ -26,6 +26,7 @@ from fleetflow.runtime.config import gateway_config
 HTTP_PORT = 8080
 GRPC_PORT = 9090
 SECRET_DIR = "/var/run/fleetflow/device-secret"
+BUFFER_DIR = "/var/lib/fleetflow/buffer"
 
 
 def name(fleet: DeviceFleet) -> str:
@@ -97,12 +98,22 @@ def gateway_deployment(
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
         ],
-        env=[{"name": "FLEETFLOW_LISTEN_HOST", "value": "0.0.0.0"}, *env],
+        env=[
+            {"name": "FLEETFLOW_LISTEN_HOST", "value": "0.0.0.0"},
+            {"name": "FLEETFLOW_GRPC_PORT", "value": str(GRPC_PORT)},
+            # Store-and-forward: accepted batches wait here while NATS is unreachable.
+            {"name": "FLEETFLOW_BUFFER_DIR", "value": BUFFER_DIR},
+            *env,
+        ],
     )
-    container["volumeMounts"].append({"name": "device-secret", "mountPath": SECRET_DIR, "readOnly": True})
+    container["volumeMounts"] += [
+        {"name": "device-secret", "mountPath": SECRET_DIR, "readOnly": True},
+        {"name": "buffer", "mountPath": BUFFER_DIR},
+    ]
     volumes = [
         *service_volumes(config_map_name(fleet)),
         {"name": "device-secret", "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]}},
+        {"name": "buffer", "emptyDir": {"sizeLimit": "512Mi"}},
     ]
     spec: JsonObject = {
         "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
