@@ -134,12 +134,18 @@ async def run_bench(options: BenchOptions) -> BenchResult:
 
 
 async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResult:
-    fleet = platform.resources.fleets[FLEET]
     secret = credentials.ensure_local_secret(platform.data_dir, FLEET)
     tokens = {f"d{i:05d}": credentials.device_token(secret, FLEET, f"d{i:05d}") for i in range(options.devices)}
     load_task = asyncio.create_task(
         run_load(
-            platform.gateway_url(fleet), FLEET, tokens, options.batch, options.rate, options.warmup, options.duration
+            platform.endpoints()["fleets"][FLEET],
+            options.protocol,
+            FLEET,
+            tokens,
+            options.batch,
+            options.rate,
+            options.warmup,
+            options.duration,
         )
     )
     await asyncio.sleep(options.warmup)

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the local platform under device load, next to raw JetStream")
     bench.add_argument("--devices", type=positive_int, default=200)
     bench.add_argument("--batch", type=positive_int, default=100, help="readings per request")
-    bench.add_argument("--protocol", choices=["http"], default="http")
+    bench.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http")
     bench.add_argument("--duration", type=positive_float, default=60.0, help="measured seconds")
     bench.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
     bench.add_argument("--rate", default="max", help="readings/s over all devices, or max (default)")
