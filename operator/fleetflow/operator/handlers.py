@@ -91,10 +91,10 @@ class Operator:
             async with self._lock(body):  # after any reconcile in flight, which could re-create what goes
                 await self._remove_streams(resource)
         except (streams.StreamError, ApiError) as exc:
-            if retry + 1 >= CLEANUP_ATTEMPTS:
-                log.warning("giving up removing streams; delete them by hand", resource=kind, error=str(exc))
-                return
-            raise kopf.TemporaryError(str(exc), delay=self.retry_delay) from exc
+            if retry + 1 < CLEANUP_ATTEMPTS:
+                raise kopf.TemporaryError(str(exc), delay=self.retry_delay) from exc
+            log.warning("giving up removing streams; delete them by hand", resource=kind, error=str(exc))
+        self._locks.pop(str(body["metadata"].get("uid") or body["metadata"]["name"]), None)
 
     async def _remove_streams(self, resource: DeviceFleet | Pipeline) -> None:
         timeout = self.options.nats_timeout_seconds
