@@ -125,6 +125,8 @@ async def test_every_protocol_stores_each_reading_once_and_gets_commands_queued_
             assert "state    queued" in sent_by_cli and '"delay": 5' in sent_by_cli
             listed = await cli("command", "list", "demo", "--state", "succeeded", "--data-dir", str(data_dir))
             assert len(listed.splitlines()) == 3
+            app_token = await cli("token", "demo", "--application", "--data-dir", str(data_dir))
+            assert app_token.strip() == application_token(secret, "demo")
     finally:
         assert await platform.stop(drain_timeout=30)
     for device in ("h-1", "g-1", "m-1"):

@@ -21,6 +21,7 @@ from fleetflow.api.identifiers import check_device_id, check_resource_name
 from fleetflow.cli.up import UpOptions, run_up
 from fleetflow.device.protocols import simulate_protocol
 from fleetflow.device.simulator import simulate
+from fleetflow.gateway.command_api import application_token
 from fleetflow.local.resources import load_resources
 from fleetflow.runtime import credentials
 from fleetflow.writer.stores import ReadingQuery, open_store
@@ -54,9 +55,14 @@ def _identifiers(fleet: str, device: str | None = None) -> None:
 
 
 def token(args: argparse.Namespace) -> int:
+    if (args.device is None) == (not args.application):
+        raise UsageError("give a device id, or --application for the fleet's application token")
     _identifiers(args.fleet, args.device)
     secret = credentials.ensure_local_secret(args.data_dir, args.fleet)
-    print(credentials.device_token(secret, args.fleet, args.device))
+    if args.application:
+        print(application_token(secret, args.fleet))
+    else:
+        print(credentials.device_token(secret, args.fleet, args.device))
     return 0
 
 

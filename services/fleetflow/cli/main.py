@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the services' traces and metrics over OTLP/gRPC, e.g. http://127.0.0.1:4317",
     )
 
-    token = sub.add_parser("token", help="print a device's bearer token")
+    token = sub.add_parser("token", help="print a device's bearer token (or the fleet's application token)")
     token.add_argument("fleet")
-    token.add_argument("device")
+    token.add_argument("device", nargs="?")
+    token.add_argument("--application", action="store_true", help="the token applications send commands with")
     _data_dir(token)
 
     query = sub.add_parser("query", help="print a device's stored readings, newest first")
