@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -20,6 +21,8 @@ from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.runtime import credentials
 from fleetflow.runtime.settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -73,8 +76,12 @@ class Connectivity:
     async def close(self) -> None:
         """Stop listening and finish what is in flight (protocol servers first, then background tasks)."""
         for closer in reversed(self._closers):
-            await closer()
+            try:
+                await closer()
+            except Exception:  # e.g. NATS away: the subscription is gone with the connection anyway
+                log.warning("closing a device listener failed", exc_info=True)
         self._stop.set()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            # A task that does not finish in time (NATS away mid-call) is cancelled by wait_for.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 5)
