@@ -9,6 +9,7 @@ import pytest
 
 from fleetflow.cli.main import build_parser
 from fleetflow.operator.builders.common import SERVICE_UID
+from fleetflow.operator.main import OPS_PORT
 from fleetflow.operator.options import OperatorOptions
 from tests.packaging import chart
 
@@ -139,7 +140,9 @@ def test_dashboards_ship_as_configmaps_grafana_picks_up() -> None:
 def test_monitors_scrape_the_ops_port_of_the_operators_pods_in_the_watched_namespaces() -> None:
     for kind, key, endpoints in (("PodMonitor", "podMonitor", "podMetricsEndpoints"),
                                  ("ServiceMonitor", "serviceMonitor", "endpoints")):  # fmt: skip
-        monitor = chart.one(chart.objects({**WATCHING_TWO, key: {"enabled": True, "labels": {"release": "kps"}}}), kind)
+        rendered = chart.objects({**WATCHING_TWO, key: {"enabled": True, "labels": {"release": "kps"}}})
+        name = "ff-fleetflow-pods" if kind == "PodMonitor" else None
+        monitor = chart.one(rendered, kind, name)
         assert monitor["metadata"]["labels"]["release"] == "kps"
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["plant-a", "plant-b"]}
         assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"] == "fleetflow-operator"
@@ -147,16 +150,19 @@ def test_monitors_scrape_the_ops_port_of_the_operators_pods_in_the_watched_names
         assert endpoint["port"] == "ops" and endpoint["path"] == "/metrics"
         targets = {r["targetLabel"] for r in endpoint["relabelings"]}
         assert {"fleet", "pipeline", "component"} <= targets, "the dashboards filter on these"
-    assert chart.one(chart.objects({"podMonitor": {"enabled": True}}), "PodMonitor")["spec"]["namespaceSelector"] == {
-        "any": True
-    }
+    with_pod_monitors = chart.objects({"podMonitor": {"enabled": True}})
+    assert chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-pods")["spec"]["namespaceSelector"] == {"any": True}
+    operator_monitor = chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-operator")["spec"]
+    assert operator_monitor["podMetricsEndpoints"][0]["port"] == "ops"
+    deployment = chart.one(with_pod_monitors, "Deployment")
+    assert operator_monitor["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert not [o for o in chart.objects() if o["kind"] in CUSTOM_KINDS | {"NetworkPolicy"}], "all off by default"
 
 
 def test_network_policy_lets_the_operator_reach_only_what_it_needs() -> None:
     policy = chart.one(chart.objects(FULL), "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["ingress"] == [{"ports": [{"port": "health", "protocol": "TCP"}]}]
+    assert policy["ingress"] == [{"ports": [{"port": "health", "protocol": "TCP"}, {"port": "ops", "protocol": "TCP"}]}]
     ports = [[p["port"] for p in rule.get("ports", [])] for rule in policy["egress"]]
     assert ports[:4] == [[53, 53], [443], [4222], [4317]]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "172.18.0.2/32"}}]
@@ -178,6 +184,7 @@ def test_probes_point_at_the_liveness_endpoint_the_operator_serves() -> None:
 
     served = urlsplit(inspect.signature(run).parameters["liveness_endpoint"].default)
     container = operator_container(chart.objects())
-    (port,) = container["ports"]
-    assert (port["name"], port["containerPort"]) == ("health", served.port)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["health"] == served.port
+    assert ports["ops"] == OPS_PORT  # the operator's /metrics
     assert container["livenessProbe"]["httpGet"]["path"] == served.path

@@ -10,7 +10,7 @@ import pytest
 from tests.packaging import chart
 
 DASHBOARDS = sorted((chart.CHART / "dashboards").glob("*.json"))
-SERVICES = chart.REPO / "services" / "fleetflow"
+SOURCES = (chart.REPO / "services" / "fleetflow", chart.REPO / "operator" / "fleetflow")
 INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge|observable_gauge)\(\s*\"(fleetflow_\w+)\"")
 METRIC = re.compile(r"\bfleetflow_\w+")
 
@@ -21,7 +21,7 @@ def exported_series() -> set[str]:
     The Prometheus exporter adds `_total` to counters and `_bucket`, `_sum`, `_count` to histograms;
     the unit is already part of each name (`..._seconds`)."""
     series: set[str] = set()
-    for path in SERVICES.rglob("*.py"):
+    for path in (p for source in SOURCES for p in source.rglob("*.py")):
         for kind, name in INSTRUMENT.findall(path.read_text()):
             if kind == "histogram":
                 series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
@@ -44,8 +44,8 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
     return [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
 
 
-def test_there_are_fleet_and_pipeline_dashboards() -> None:
-    assert {"fleet-overview.json", "pipeline.json"} <= {p.name for p in DASHBOARDS}
+def test_there_are_fleet_pipeline_and_operator_dashboards() -> None:
+    assert {"fleet-overview.json", "pipeline.json", "operator.json"} <= {p.name for p in DASHBOARDS}
 
 
 def test_instrument_scan_finds_the_services_metrics() -> None:
@@ -72,6 +72,9 @@ def test_panels_use_the_datasource_variable_and_filter_by_fleet(path: Path) -> N
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    if path.name == "operator.json":  # the operator serves every fleet: its dashboard filters by kind
+        assert all('kind=~"$kind"' in t["expr"] for p in panels(dashboard) for t in p["targets"])
+        return
     assert variables["fleet"]["type"] == "query" and variables["fleet"]["includeAll"]
     assert variables["pipeline"]["type"] == "query"
     for panel in panels(dashboard):

@@ -15,6 +15,7 @@ from fleetflow.operator import conditions, streams
 from fleetflow.operator.builders import nats
 from fleetflow.operator.fleet_steps import FLEET_STEPS
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref, authorization
+from fleetflow.operator.metrics import Reconcile, ReconcileMetrics
 from fleetflow.operator.options import OperatorOptions
 from fleetflow.operator.pipeline_steps import PIPELINE_STEPS
 from fleetflow.operator.reconcile import (
@@ -50,6 +51,7 @@ class Operator:
     options: OperatorOptions
     compile_pipeline: PipelineCompiler | None = None
     retry_delay: float = 10.0
+    metrics: ReconcileMetrics | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def _lock(self, body: JsonObject) -> asyncio.Lock:
@@ -58,14 +60,24 @@ class Operator:
         return self._locks.setdefault(uid, asyncio.Lock())
 
     async def reconcile(self, kind: str, raw: kopf.Body) -> None:
+        meta = raw.get("metadata", {})
+        if self.metrics is None:
+            await self._reconcile(kind, raw, Reconcile())
+            return
+        async with self.metrics.observe(kind, meta.get("namespace", ""), meta.get("name", "")) as result:
+            await self._reconcile(kind, raw, result)
+
+    async def _reconcile(self, kind: str, raw: kopf.Body, result: Reconcile) -> None:
         body = plain(raw)
         async with self._lock(body):
             fresh = await self.api.get_or_none(Ref.of({**body, "kind": kind}))
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                result.outcome = "gone"
                 return  # going away: the cleanup owns it now, nothing may be re-provisioned
             body = fresh
             if conditions.is_paused(body):
                 await write_status(self.api, body, paused_status(body))
+                result.outcome = "paused"
                 return
             ctx = Context(self.api, self.options, body, self.compile_pipeline)
             await run_steps(ctx, RESOURCES[kind][1])
@@ -76,6 +88,7 @@ class Operator:
             except ApiError as exc:
                 if exc.status != 404:
                     raise
+        result.outcome = "retry" if ctx.outcome.retry else "invalid" if ctx.outcome.invalid else "ready"
         if ctx.outcome.retry:
             raise kopf.TemporaryError("; ".join(p.message for p in ctx.outcome.problems), delay=self.retry_delay)
 

@@ -1,6 +1,7 @@
 """`fleetflow operator`: run the operator until SIGTERM (or until `stop_flag` is set)."""
 
 import asyncio
+import os
 import threading
 from collections.abc import Sequence
 
@@ -9,10 +10,13 @@ from kubernetes import client as k8s_client
 
 from fleetflow.operator.handlers import Operator, build_registry
 from fleetflow.operator.kube import KubeApi, load_configuration
+from fleetflow.operator.metrics import ReconcileMetrics
 from fleetflow.operator.options import OperatorOptions
 from fleetflow.operator.reconcile import PipelineCompiler
+from fleetflow.runtime import ops, telemetry
 
 FINALIZER = "fleetflow.io/finalizer"
+OPS_PORT = 8081  # /metrics; kopf's own liveness endpoint is on 8080
 
 
 def kopf_settings() -> kopf.OperatorSettings:
@@ -39,11 +43,17 @@ async def operate(
     settings: kopf.OperatorSettings | None = None,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
+    ops_port: int | None = None,
 ) -> None:
-    """Watch `namespaces` (None or empty: all of them) until `stop_flag` is set or the task is cancelled."""
+    """Watch `namespaces` (None or empty: all of them) until `stop_flag` is set or the task is cancelled.
+    With `ops_port`, /metrics (and /healthz, /readyz) are served on it."""
     configuration = configuration or load_configuration()
     api = KubeApi(configuration)
-    operator = Operator(api, options or OperatorOptions.from_environment(), compile_pipeline, retry_delay)
+    metrics = ReconcileMetrics(telemetry.configure("operator"))
+    operator = Operator(api, options or OperatorOptions.from_environment(), compile_pipeline, retry_delay, metrics)
+    ops_runner = None
+    if ops_port is not None:
+        ops_runner, _ = await ops.start_site(ops.ops_app(lambda: (True, "watching")), "0.0.0.0", ops_port)
     try:
         await kopf.operator(
             registry=build_registry(operator, configuration),
@@ -57,6 +67,8 @@ async def operate(
         )
     finally:
         await api.close()
+        if ops_runner is not None:
+            await ops_runner.cleanup()
 
 
 def run(
@@ -68,7 +80,12 @@ def run(
 ) -> int:
     """Blocking entry point of `fleetflow operator [--namespace NS ...]`; kopf handles SIGINT/SIGTERM.
     Returns the process exit status (0 after a clean stop)."""
-    asyncio.run(
-        operate(namespaces, options=options, compile_pipeline=compile_pipeline, liveness_endpoint=liveness_endpoint)
-    )
+    ops_port = int(os.environ.get("FLEETFLOW_OPS_PORT", str(OPS_PORT)))
+    try:
+        asyncio.run(
+            operate(namespaces, options=options, compile_pipeline=compile_pipeline,
+                    liveness_endpoint=liveness_endpoint, ops_port=ops_port)
+        )  # fmt: skip
+    finally:
+        telemetry.shutdown()
     return 0

@@ -43,7 +43,6 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     except nats.errors.ConnectionReconnectingError:  # stopping during an outage: nothing can be flushed
         await nc.close()
     await ops_runner.cleanup()
-    telemetry.shutdown()
     log.info("gateway stopped")
 
 

@@ -42,7 +42,6 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     finally:
         await nc.drain()
         await ops_runner.cleanup()
-        telemetry.shutdown()
     log.info("processor stopped")
 
 

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from fleetflow.runtime import telemetry
+
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     """Run `main(stop)` on uvloop where available; SIGTERM and SIGINT set `stop` instead of killing."""
@@ -17,7 +19,10 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
         uvloop.install()
     except ImportError:  # uvloop is optional (e.g. on Windows)
         pass
-    return asyncio.run(_with_signals(main))
+    try:
+        return asyncio.run(_with_signals(main))
+    finally:
+        telemetry.shutdown()  # flush the last spans and metrics of the process
 
 
 async def _with_signals(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:

@@ -86,7 +86,6 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
     await nc.drain()
     await store.close()
     await ops_runner.cleanup()
-    telemetry.shutdown()
     log.info("writer stopped")
 
 

@@ -1,0 +1,40 @@
+"""The operator's own metrics: reconciles by kind and outcome, their duration, and errors."""
+
+import re
+
+import prometheus_client
+
+from fleetflow.processor.compiler import compile_pipeline
+from tests.operator.conftest import OperatorStarter, wait_until
+from tests.operator.test_operator_reconcile import Api, create
+from tests.operator.variants import fleet_doc, pipeline_doc
+from tests.support.natsserver import NatsServer
+
+
+def sample(name: str, **labels: str) -> float:
+    """The value of one series in the process's Prometheus registry (where the operator's meter exports)."""
+    wanted = set(labels.items())
+    for family in prometheus_client.REGISTRY.collect():
+        for found in family.samples:
+            if found.name == name and wanted <= set(found.labels.items()):
+                return float(found.value)
+    return 0.0
+
+
+async def test_reconciles_are_counted_by_kind_and_outcome_and_timed(
+    apiserver: Api, start_operator: OperatorStarter, nats_server: NatsServer
+) -> None:
+    emulator, _ = apiserver
+    before = sample("fleetflow_operator_reconciles_total", kind="Pipeline")
+    async with start_operator(compile_pipeline=compile_pipeline):
+        await create(emulator, fleet_doc(nats={"external": {"url": nats_server.url}}))
+        await create(emulator, pipeline_doc(steps=[{"name": "bad", "filter": {"condition": "metrics.t >"}}]))
+        await wait_until(lambda: sample("fleetflow_operator_reconciles_total", kind="Pipeline", outcome="invalid")
+                         > before, what="a pipeline reconcile counted as invalid", timeout=15)  # fmt: skip
+        await wait_until(lambda: sample("fleetflow_operator_reconciles_total", kind="DeviceFleet") > 0,
+                         what="a counted fleet reconcile", timeout=15)  # fmt: skip
+    assert sample("fleetflow_operator_reconcile_duration_seconds_count", kind="DeviceFleet") > 0
+    text = prometheus_client.generate_latest().decode()
+    assert re.search(r'fleetflow_operator_reconcile_duration_seconds_bucket\{.*kind="Pipeline".*\}', text)
+    # An invalid spec is the user's to fix, not an operator error; errors are exported (as 0) all the same.
+    assert re.search(r'fleetflow_operator_reconcile_errors_total\{.*kind="Pipeline".*\} 0\.0', text)
