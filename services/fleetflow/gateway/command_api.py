@@ -77,9 +77,10 @@ class CommandApi:
         base = "/v1/fleets/{fleet}"
         app.router.add_post(base + "/devices/{device}/commands", self.send)
         app.router.add_get(base + "/devices/{device}/commands", self.poll)
-        app.router.add_post(base + "/devices/{device}/commands/{id}/result", self.result)
+        # Ids may hold '/' (the processor's are "<pipeline>/<step>/<device>/<target>/<ts>").
+        app.router.add_post(base + "/devices/{device}/commands/{id:.+}/result", self.result)
         app.router.add_get(base + "/commands", self.list)
-        app.router.add_get(base + "/commands/{id}", self.show)
+        app.router.add_get(base + "/commands/{id:.+}", self.show)
 
     async def send(self, request: web.Request) -> web.Response:
         return await _answer(self._send, request, 202)

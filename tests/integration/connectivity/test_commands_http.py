@@ -95,7 +95,7 @@ async def test_a_command_whose_ttl_passes_first_expires(gateway: Gateway) -> Non
 
 async def test_commands_published_by_the_processor_are_tracked_and_delivered(gateway: Gateway) -> None:
     now = int(time.time() * 1000)
-    command = Command(id="pl-cool-fan-4-1", fleet=FLEET, device="fan-4", name="cool", created_ms=now, ttl_ms=60_000,
+    command = Command(id=f"quickstart/cold/fan-4/fan-4/{now}", fleet=FLEET, device="fan-4", name="cool", created_ms=now, ttl_ms=60_000,
                       source="pipeline/p/cold")  # fmt: skip
     await gateway.nc.jetstream().publish(
         subjects.command_subject(FLEET, "fan-4"), msgspec.json.encode(command), headers={"Nats-Msg-Id": command.id}
@@ -104,6 +104,8 @@ async def test_commands_published_by_the_processor_are_tracked_and_delivered(gat
         assert (await wait_for_state(session, gateway, command.id, "queued"))["source"] == "pipeline/p/cold"
         device = HttpCommands(session, gateway.url, FLEET, "fan-4", gateway.token("fan-4"))
         assert [c["id"] for c in await device.poll(wait=2)] == [command.id]
+        assert (await device.report(command.id, "succeeded"))["state"] == "succeeded"
+        assert (await show(session, gateway, command.id))["state"] == "succeeded"
 
 
 async def test_a_device_cannot_receive_or_answer_for_another_device(gateway: Gateway) -> None:
@@ -129,6 +131,14 @@ async def test_a_device_cannot_receive_or_answer_for_another_device(gateway: Gat
         ) as response:
             assert response.status == 401  # devices do not send commands
         assert (await show(session, gateway, sent["id"]))["state"] == "queued"
+        telemetry = {"readings": [{"seq": 1, "ts": int(time.time() * 1000), "metrics": {"t": 1.0}}]}
+        async with session.post(
+            f"{gateway.url}/v1/fleets/{FLEET}/devices/pump-1/telemetry",
+            json=telemetry,
+            headers={"Authorization": f"Bearer {gateway.token('pump-2')}"},
+        ) as response:
+            assert response.status == 401  # nor publish as another device
+        assert await gateway.stored_readings("pump-1") == []
 
 
 async def test_bad_command_requests_say_what_is_wrong(gateway: Gateway) -> None:
