@@ -124,6 +124,15 @@ def service_container(
             {"name": "FLEETFLOW_OPS_HOST", "value": "0.0.0.0"},
             {"name": "FLEETFLOW_OPS_PORT", "value": str(OPS_PORT)},
             {"name": "OTEL_SERVICE_NAME", "value": f"fleetflow-{component}"},
+            # The downward API: OpenTelemetry's resource names the pod, namespace and node of every span.
+            *(
+                {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+                for name, path in (
+                    ("POD_NAME", "metadata.name"),
+                    ("POD_NAMESPACE", "metadata.namespace"),
+                    ("NODE_NAME", "spec.nodeName"),
+                )
+            ),
             *env,
         ],
         "ports": [*ports, {"name": "ops", "containerPort": OPS_PORT, "protocol": "TCP"}],
