@@ -8,6 +8,8 @@ reconnects over another protocol) can never deliver the same command twice.
 
     queued ──▶ delivered ──▶ succeeded | failed | rejected
        └──────▶ expired (the TTL passed before a device took it)
+
+(An MQTT delivery that provably reached no subscriber goes back from delivered to queued; see mqtt_bridge.)
 """
 
 import asyncio
@@ -241,6 +243,14 @@ class CommandStore:
         try:
             await self.transition(command.device, command.id, EXPIRED, frozenset({QUEUED}), "ttl passed",
                                   at_ms=command.created_ms + command.ttl_ms)  # fmt: skip
+        except CommandError:
+            return False
+        return True
+
+    async def requeue(self, command: Command, detail: str) -> bool:
+        """Undo a delivery that provably reached nobody (the device had vanished); False if it moved on."""
+        try:
+            await self.transition(command.device, command.id, QUEUED, frozenset({DELIVERED}), detail)
         except CommandError:
             return False
         return True

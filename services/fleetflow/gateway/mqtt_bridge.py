@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -30,12 +31,14 @@ from fleetflow.gateway.mqtt_auth import subject_prefix
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.gateway.ratelimit import DeviceRateLimiter
 from fleetflow.runtime import jetstream
+from fleetflow.runtime.codec import Command
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
 
 log = structlog.get_logger(__name__)
 PROTOCOL = {"protocol": "mqtt"}
 CONSUMER = "gateway-mqtt"
 MAX_DELIVER = 10
+HANDOVER_PROBE_S = 0.05
 
 
 def ingress_stream(fleet: str) -> str:
@@ -144,11 +147,29 @@ class MqttBridge:
         try:
             async with CommandFeed(self.js, self.store, device, "mqtt") as feed:
                 async for record in feed:
-                    await self.nc.publish(subject, json.dumps(device_view(record.command)).encode())
+                    if not await self._hand_over(subject, record.command):
+                        return
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("command feed failed", device=device)
+
+    async def _hand_over(self, subject: str, command: Command) -> bool:
+        """Publish the claimed command; False (and the command queued again) if nobody subscribes any more.
+
+        A device that vanished without its will being published still looks online; sending as a request
+        makes nats-server answer "no responders" at once when no subscription exists, while a subscribed MQTT
+        device takes the message (and never replies, so the short wait ends in a timeout)."""
+        payload = json.dumps(device_view(command)).encode()
+        try:
+            await self.nc.request(subject, payload, timeout=HANDOVER_PROBE_S)
+        except nats.errors.NoRespondersError:
+            await self.store.requeue(command, "requeued: the device was no longer subscribed")
+            log.info("device gone without its will; its command stays queued", device=command.device)
+            return False
+        except nats.errors.TimeoutError:
+            pass  # delivered to the subscribed device
+        return True
 
     async def _end_feed(self, device: str) -> None:
         task = self._feeds.pop(device, None)

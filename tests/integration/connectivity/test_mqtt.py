@@ -123,3 +123,29 @@ async def test_mqtt_5_is_refused_clearly_by_the_nats_listener(mqtt_platform: Mqt
     """nats-server's MQTT listener speaks MQTT 3.1.1; a version 5 CONNECT gets a clear refusal, not a hang."""
     with pytest.raises(MqttRefused, match="Unsupported protocol version"):
         await device(mqtt_platform, "tank-5", version="5").connect()
+
+
+async def test_a_command_for_a_device_that_vanished_without_its_will_stays_queued(
+    mqtt_platform: MqttPlatform,
+) -> None:
+    gw = mqtt_platform.gateway
+    js = gw.nc.jetstream()
+    store = await CommandStore.open(js, FLEET)
+    dev = device(mqtt_platform, "valve-6")
+    dev.client.will_clear()  # no will: the gateway still believes the device is online afterwards
+    await dev.connect()
+    dev.client.loop_stop()
+    dev.client.socket().close()  # the link drops; nobody says "offline"
+    await asyncio.sleep(0.5)
+    command = (await send_command(js, store, new_command(FLEET, "valve-6", "open"))).command
+    deadline = time.monotonic() + 10
+    while (record := await store.get("valve-6", command.id)) is None or len(record.history) < 3:
+        assert time.monotonic() < deadline, f"history is {record and record.history}"
+        await asyncio.sleep(0.05)
+    assert [t.state for t in record.history] == ["queued", "delivered", "queued"]
+    again = device(mqtt_platform, "valve-6")
+    await again.connect()
+    try:
+        assert (await asyncio.wait_for(again.commands.get(), 10))["id"] == command.id
+    finally:
+        await again.close()
