@@ -101,8 +101,20 @@ class MqttBridge:
                 await self._end_feed(device)
 
     async def handle(self, msgs: Sequence[Msg]) -> list[Failure | None]:
-        """In order: a device's batches are published in the order it sent them."""
-        return [await self._one(msg) for msg in msgs]
+        """Each device's batches in the order it sent them; different devices at the same time, so one slow
+        publish does not hold up the whole fetch."""
+        outcomes: list[Failure | None] = [None] * len(msgs)
+        by_device: dict[str, list[int]] = {}
+        for index, msg in enumerate(msgs):
+            tokens = msg.subject.split(".", 3)
+            by_device.setdefault(tokens[2] if len(tokens) > 2 else "", []).append(index)
+
+        async def in_order(indexes: list[int]) -> None:
+            for index in indexes:
+                outcomes[index] = await self._one(msgs[index])
+
+        await asyncio.gather(*(in_order(indexes) for indexes in by_device.values()))
+        return outcomes
 
     async def _one(self, msg: Msg) -> Failure | None:
         _, _, device, kind = msg.subject.split(".", 3)
