@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,7 @@ async def device_loop(
     """An HTTP device: bodies encoded straight to bytes, so the load generator stays light on the CPU."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     seq = 1
-    next_send = time.monotonic()
+    next_send = await _first_send(interval, stop)
     while not stop.is_set():
         body = batch_body(seq, batch, int(time.time() * 1000))
         await _send_until_acknowledged(session, url, headers, body, batch, result, warmup_end)
@@ -96,7 +97,7 @@ async def link_loop(
     """The gRPC and MQTT devices: the protocol clients of fleetflow.device, one batch at a time."""
     await link.reconnect()
     seq = 1
-    next_send = time.monotonic()
+    next_send = await _first_send(interval, stop)
     try:
         while not stop.is_set():
             now_ms = int(time.time() * 1000)
@@ -133,6 +134,14 @@ def _acknowledged(result: LoadResult, count: int, duplicate: bool, started: floa
     if started >= warmup_end:
         result.measured_acknowledged += count
         result.latencies.append(time.monotonic() - started)
+
+
+async def _first_send(interval: float, stop: asyncio.Event) -> float:
+    """Paced devices start at random points of their interval, as a real fleet does, not in one burst."""
+    if interval > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), random.uniform(0, interval))
+    return time.monotonic()
 
 
 async def _pace(next_send: float, interval: float, stop: asyncio.Event) -> float:
