@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, SettingsError, commands.UsageError) as exc:
         print(f"fleetflow {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fleetflow status | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
