@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -144,9 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        import importlib
-        import os
-
         module = importlib.import_module(f"fleetflow.{name}.main")
         config = args.config or (Path(os.environ["FLEETFLOW_CONFIG"]) if "FLEETFLOW_CONFIG" in os.environ else None)
         return int(module.main(config))
