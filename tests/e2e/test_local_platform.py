@@ -103,6 +103,7 @@ def test_status_and_query_commands_against_a_running_platform(tmp_path: Path) ->
         [sys.executable, "-m", "fleetflow.cli", "query", "demo", "dev-3", "--data-dir", str(tmp_path),
          "--limit", "2", "--json"], capture_output=True, text=True, timeout=30,
     )  # fmt: skip
+    assert query.returncode == 0, query.stderr
     lines = [json.loads(line) for line in query.stdout.splitlines()]
     assert [line["seq"] for line in lines] == [BATCHES * BATCH, BATCHES * BATCH - 1]
     assert lines[0]["metrics"] == {"v": float(BATCHES * BATCH)}

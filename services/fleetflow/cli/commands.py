@@ -15,7 +15,7 @@ import aiohttp
 import nats
 import yaml
 
-from fleetflow.api import SpecError
+from fleetflow.api import Pipeline, SpecError
 from fleetflow.api.crds import all_crds
 from fleetflow.api.identifiers import check_device_id, check_resource_name
 from fleetflow.cli.up import UpOptions, run_up
@@ -86,20 +86,22 @@ def parse_time(text: str, flag: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
-def _pipeline_store(data_dir: Path, fleet: str, name: str | None) -> tuple[Any, Path]:
-    """The pipeline whose store holds `fleet`'s readings, from the YAML `fleetflow up` last ran."""
-    endpoints = _endpoints(data_dir, required=False)
-    stores = endpoints.get("stores", {}) if endpoints else {}
-    if name and name not in stores and stores:
-        raise UsageError(f"--pipeline {name!r}: not running here; running: {', '.join(stores)}")
-    chosen = name or next(iter(stores), None)
-    path = Path(stores[chosen]["path"]) if chosen in stores else data_dir / "store.sqlite3"
+def _pipeline_store(data_dir: Path, fleet: str, name: str | None) -> tuple[Pipeline, Path]:
+    """The pipeline whose store holds `fleet`'s readings, as the last `fleetflow up` on `data_dir` ran it."""
+    path = data_dir / "pipelines.json"
     if not path.exists():
-        raise UsageError(f"no store at {path}: run `fleetflow up --data-dir {data_dir}` first")
-    from fleetflow.api import Pipeline
-
-    pipeline = Pipeline.model_validate({"metadata": {"name": chosen or "local"}, "spec": {"fleetRef": {"name": fleet}}})
-    return pipeline, path
+        raise UsageError(f"no pipeline has run with data dir {data_dir} ({path} is missing): run `fleetflow up`")
+    known = {k: v for k, v in json.loads(path.read_text()).items() if v["fleet"] == fleet}
+    if not known:
+        raise UsageError(f"no pipeline of fleet {fleet!r} has run with data dir {data_dir}")
+    if name is not None and name not in known:
+        raise UsageError(f"--pipeline {name!r}: not a pipeline of fleet {fleet!r} here; known: {', '.join(known)}")
+    chosen = name or next(iter(known))
+    entry = known[chosen]
+    pipeline = Pipeline.model_validate(
+        {"metadata": {"name": chosen}, "spec": {"fleetRef": {"name": fleet}, "sink": entry["sink"]}}
+    )
+    return pipeline, Path(entry["sqlitePath"])
 
 
 async def query(args: argparse.Namespace) -> int:

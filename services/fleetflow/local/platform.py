@@ -43,6 +43,11 @@ class LocalPlatform:
     def endpoints_file(self) -> Path:
         return self.data_dir / "endpoints.json"
 
+    @property
+    def pipelines_file(self) -> Path:
+        """Where each pipeline stores, kept after a stop so `fleetflow query` reads the right store and tables."""
+        return self.data_dir / "pipelines.json"
+
     def store_path(self, pipeline: Pipeline) -> Path:
         sink = pipeline.spec.sink
         return Path(sink.sqlite.path) if sink.sqlite and sink.sqlite.path else self.data_dir / "store.sqlite3"
@@ -61,7 +66,15 @@ class LocalPlatform:
         self._supervisor = asyncio.create_task(supervise(self.services, self._stop_supervising))
         endpoints = self.endpoints()
         self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
+        self.pipelines_file.write_text(json.dumps(self.stores(), indent=2) + "\n")
         return endpoints
+
+    def stores(self) -> dict[str, Any]:
+        """Per pipeline: its fleet, its sink as written in the Pipeline, and the SQLite file it uses here."""
+        return {
+            name: {"fleet": p.fleet, "sink": p.spec.sink.to_k8s(), "sqlitePath": str(self.store_path(p))}
+            for name, p in self.resources.pipelines.items()
+        }
 
     async def _provision(self) -> None:
         nc = await nats.connect(self.nats.url)
