@@ -6,6 +6,7 @@ from pathlib import Path
 import nats.errors
 import structlog
 
+from fleetflow.gateway.buffer import BufferedPublisher
 from fleetflow.gateway.connectivity import Connectivity
 from fleetflow.gateway.http import TelemetryApi
 from fleetflow.gateway.publisher import TelemetryPublisher
@@ -28,7 +29,17 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     links.add_routes(app)
 
     def ready() -> tuple[bool, str]:
-        return (True, "connected") if nc.is_connected else (False, "NATS is not connected")
+        # While its outage buffer has room the gateway still takes telemetry, so it must stay behind its
+        # Service: failing readiness would turn buffered acks into refused connections.
+        if nc.is_connected:
+            return True, "connected"
+        publisher = links.publisher
+        if isinstance(publisher, BufferedPublisher):
+            buffer = publisher.buffer
+            if buffer.has_room(fleet.spec.gateway.max_body_bytes):
+                return True, f"NATS is not connected; buffering to disk ({buffer.bytes} of {buffer.max_bytes} bytes)"
+            return False, "NATS is not connected and the outage buffer is full"
+        return False, "NATS is not connected"
 
     ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
     api_runner, api_port = await ops.start_site(app, settings.listen_host, settings.listen_port)

@@ -54,6 +54,9 @@ async def test_an_outage_under_load_loses_and_duplicates_nothing(tmp_path: Path,
             await asyncio.to_thread(nats_server.process.wait, 10)
             before = sum(map(len, acknowledged.values()))
             await wait_until(lambda: len(buffered_files(buffer_dir)) >= 20, 15, "buffering")
+            async with session.get(f"http://127.0.0.1:{gw.status['ops_port']}/readyz") as ready:
+                # still ready: on a cluster the Service must keep sending devices to a buffering gateway
+                assert ready.status == 200 and "buffering to disk" in (await ready.json())["reason"]
             outage_started = time.monotonic()
             await asyncio.sleep(2)
             with running_nats(nats_server.store_dir, nats_server.port):
