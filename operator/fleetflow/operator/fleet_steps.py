@@ -3,14 +3,14 @@
 import base64
 import secrets
 
-from fleetflow.api import DeviceFleet, SpecError, parse_resource
+from fleetflow.api import DeviceFleet
 from fleetflow.operator import streams
 from fleetflow.operator.builders import gateway, nats
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import Ref
 from fleetflow.operator.readiness import Readiness, workload
-from fleetflow.operator.reconcile import Context, Step, Stop, parse_problem, resource_document
+from fleetflow.operator.reconcile import Context, Step, parse_own_spec
 
 SECRET_BYTES = 32
 
@@ -21,10 +21,7 @@ def fleet_of(ctx: Context) -> DeviceFleet:
 
 
 async def parse_spec(ctx: Context) -> None:
-    try:
-        resource = parse_resource(resource_document(ctx.body), source=f"DeviceFleet {ctx.namespace}/{ctx.name}")
-    except SpecError as exc:
-        raise Stop(parse_problem(exc, "DeviceFleet"), invalid=True) from None
+    resource = parse_own_spec(ctx, "DeviceFleet")
     assert isinstance(resource, DeviceFleet)
     ctx.fleet = resource
 

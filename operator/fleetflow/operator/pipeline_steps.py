@@ -7,7 +7,7 @@ from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import Ref
 from fleetflow.operator.readiness import Readiness, workload
-from fleetflow.operator.reconcile import Context, Step, Stop, parse_problem, resource_document
+from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec, parse_problem, resource_document
 
 
 def pipeline_of(ctx: Context) -> Pipeline:
@@ -21,10 +21,7 @@ def fleet_of(ctx: Context) -> DeviceFleet:
 
 
 async def parse_spec(ctx: Context) -> None:
-    try:
-        resource = parse_resource(resource_document(ctx.body), source=f"Pipeline {ctx.namespace}/{ctx.name}")
-    except SpecError as exc:
-        raise Stop(parse_problem(exc, "Pipeline"), invalid=True) from None
+    resource = parse_own_spec(ctx, "Pipeline")
     assert isinstance(resource, Pipeline)
     ctx.pipeline = resource
 

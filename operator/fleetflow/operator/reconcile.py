@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
 from fleetflow.operator import conditions
 from fleetflow.operator.apply import apply, remove, with_retries
 from fleetflow.operator.builders.common import owned
@@ -138,6 +138,14 @@ def parse_problem(exc: ValueError, kind: str) -> Problem:
     """A SpecError lists one line per field; each line already names the field, the value and the rule."""
     problems: list[str] = getattr(exc, "problems", None) or [str(exc)]
     return Problem("InvalidSpec", f"{kind} spec is invalid: " + "; ".join(problems))
+
+
+def parse_own_spec(ctx: Context, kind: str) -> DeviceFleet | Pipeline:
+    """The reconciled resource as its API model; an invalid spec stops the chain with a condition."""
+    try:
+        return parse_resource(resource_document(ctx.body), source=f"{kind} {ctx.namespace}/{ctx.name}")
+    except SpecError as exc:
+        raise Stop(parse_problem(exc, kind), invalid=True) from None
 
 
 def resource_document(body: JsonObject) -> dict[str, Any]:
