@@ -21,6 +21,7 @@ from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.runtime import codec
 from fleetflow.runtime.codec import ReadingBatch
+from fleetflow.runtime.jetstream import ConnectionWatch
 
 log = structlog.get_logger(__name__)
 SUFFIX = ".batch"
@@ -94,9 +95,9 @@ class BufferedPublisher(TelemetryPublisher):
     While anything is buffered, new batches are buffered too, so replay keeps the order in which batches
     were accepted."""
 
-    def __init__(self, nc: Client, meter: Meter, max_in_flight: int, buffer: DiskBuffer):
+    def __init__(self, nc: Client, watch: ConnectionWatch, meter: Meter, max_in_flight: int, buffer: DiskBuffer):
         super().__init__(nc.jetstream(), meter, max_in_flight)
-        self.nc, self.buffer = nc, buffer
+        self.nc, self.watch, self.buffer = nc, watch, buffer
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.drained = asyncio.Event()
@@ -116,12 +117,28 @@ class BufferedPublisher(TelemetryPublisher):
     async def publish(self, batch: ReadingBatch) -> bool:
         if not len(self.buffer) and self.nc.is_connected:
             try:
-                return await super().publish(batch)
+                return await self._publish_unless_lost(batch)
             except Rejection as rejection:
                 if rejection.status != 503:
                     raise
         await self._store(batch)
         return False
+
+    async def _publish_unless_lost(self, batch: ReadingBatch) -> bool:
+        """Publish, but give up as soon as the connection drops: JetStream's answer would never come, and the
+        device would wait out the whole publish timeout before its batch reached the buffer."""
+        attempt = asyncio.ensure_future(super().publish(batch))
+        lost = asyncio.ensure_future(self.watch.lost.wait())
+        try:
+            await asyncio.wait({attempt, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            gave_up = not attempt.done()
+            if gave_up:
+                attempt.cancel()
+        if gave_up:
+            raise Rejection(503, "unavailable", "the NATS connection dropped before JetStream acknowledged the batch")
+        return attempt.result()
 
     async def _store(self, batch: ReadingBatch) -> None:
         data = codec.encode(batch)

@@ -20,6 +20,7 @@ from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.runtime import credentials
+from fleetflow.runtime.jetstream import ConnectionWatch
 from fleetflow.runtime.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -36,7 +37,12 @@ class Connectivity:
 
     @classmethod
     async def start(
-        cls, settings: GatewaySettings, nc: Client, publisher: TelemetryPublisher, meter: Meter
+        cls,
+        settings: GatewaySettings,
+        nc: Client,
+        watch: ConnectionWatch,
+        publisher: TelemetryPublisher,
+        meter: Meter,
     ) -> "Connectivity":
         fleet = settings.fleet
         js = nc.jetstream()
@@ -44,7 +50,7 @@ class Connectivity:
         store = await CommandStore.open(js, fleet.name)
         if settings.buffer_dir is not None:
             buffer = DiskBuffer(settings.buffer_dir, settings.buffer_max_bytes)
-            publisher = BufferedPublisher(nc, meter, settings.max_publishes_in_flight, buffer)
+            publisher = BufferedPublisher(nc, watch, meter, settings.max_publishes_in_flight, buffer)
         links = cls(publisher=publisher, commands=CommandApi(fleet, secret, js, store, meter))
         if isinstance(publisher, BufferedPublisher):
             links._tasks.append(asyncio.create_task(publisher.run(links._stop)))

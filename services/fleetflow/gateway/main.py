@@ -19,11 +19,12 @@ log = structlog.get_logger(__name__)
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     fleet = settings.fleet
     meter = telemetry.configure("gateway", fleet=fleet.name)
-    nc = await jetstream.connect(settings.nats_url, f"fleetflow-gateway-{fleet.name}")
+    watch = jetstream.ConnectionWatch()
+    nc = await jetstream.connect(settings.nats_url, f"fleetflow-gateway-{fleet.name}", on_state=watch.update)
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
     publisher = TelemetryPublisher(js, meter, settings.max_publishes_in_flight)
-    links = await Connectivity.start(settings, nc, publisher, meter)  # commands, gRPC, MQTT, buffer
+    links = await Connectivity.start(settings, nc, watch, publisher, meter)  # commands, gRPC, MQTT, buffer
     api = TelemetryApi(fleet, credentials.read_secret(settings.secret_file), links.publisher, meter)
     app = api.app()
     links.add_routes(app)

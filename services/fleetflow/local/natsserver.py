@@ -57,6 +57,10 @@ class EmbeddedNats:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 

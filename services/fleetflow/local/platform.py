@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import structlog
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
@@ -14,6 +15,8 @@ from fleetflow.local.natsserver import EmbeddedNats
 from fleetflow.local.processes import ServiceProcess, supervise
 from fleetflow.local.resources import ResourceSet
 from fleetflow.runtime import config, credentials, jetstream, subjects
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -193,7 +196,13 @@ class LocalPlatform:
         if self._supervisor:
             await self._supervisor
         await self.stop_gateways()
-        self._drained = await self.wait_drained(timeout) if self.nats.process else True
+        if self.nats.process is None:  # never started: nothing was accepted
+            self._drained = True
+        elif not self.nats.running:  # the consumers' state lives in NATS; without it, draining is unknowable
+            log.error("nats-server is not running; cannot wait for the pipelines to drain")
+            self._drained = False
+        else:
+            self._drained = await self.wait_drained(timeout)
         return self._drained
 
     async def stop(self, drain_timeout: float = 60.0) -> bool:

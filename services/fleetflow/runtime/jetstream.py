@@ -1,5 +1,6 @@
 """NATS connection and idempotent provisioning of a fleet's streams and a pipeline's durable consumers."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,6 +54,20 @@ async def connect(url: str, name: str, on_state: Callable[[bool], Awaitable[None
         error_cb=error,
         pending_size=64 * 1024 * 1024,
     )
+
+
+class ConnectionWatch:
+    """Knows when the NATS connection drops. nats-py keeps waiting for an answer to a request sent on a
+    connection that has since dropped until the request times out; `lost` lets a waiter give up at once."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+
+    def update(self, connected: bool) -> None:
+        if connected:
+            self.lost = asyncio.Event()  # the last outage's waiters already woke; new ones wait for the next
+        else:
+            self.lost.set()
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:

@@ -2,12 +2,15 @@
 and once NATS is back every acknowledged reading is stored exactly once and the buffer drains to zero."""
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from fleetflow.device.http import HttpDevice
+from fleetflow.gateway import publisher
 from tests.integration.connectivity.conftest import FLEET, Gateway, start_gateway, stop_gateway
 from tests.support.natsserver import NatsServer, running_nats
 
@@ -98,3 +101,30 @@ async def test_a_full_buffer_answers_503_with_retry_after(tmp_path: Path, nats_s
         gw.stop.set()
         await asyncio.wait_for(gw.task, 30)
     assert buffered_files(tmp_path / "buffer")  # kept on disk for the next start
+
+
+async def test_a_batch_in_flight_when_the_connection_drops_is_buffered_at_once(
+    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JetStream never answers a publish sent on a connection that then drops; the device must not wait out
+    the publish timeout (made 60 s here) before its batch is buffered and acknowledged."""
+    monkeypatch.setattr(publisher, "PUBLISH_TIMEOUT", 60.0)
+    buffer_dir = tmp_path / "buffer"
+    gw = await start_gateway(tmp_path, nats_server.url, buffer_dir=buffer_dir)
+    try:
+        async with aiohttp.ClientSession() as session:
+            device = HttpDevice(session, gw.url, FLEET, "sensor-4", gw.token("sensor-4"))
+            assert (await device.send(batch(0, 5))).status == 202
+            nats_server.process.send_signal(signal.SIGSTOP)  # the server holds the connection but answers nothing
+            sending = asyncio.create_task(device.send(batch(5, 5), timeout=60))
+            await asyncio.sleep(0.5)  # let the publish reach the frozen server's socket
+            assert not sending.done()
+            started = time.monotonic()
+            nats_server.process.kill()  # the kernel closes its sockets: the gateway sees the connection drop
+            result = await asyncio.wait_for(sending, 30)
+            assert result.status == 202, result.body
+            assert time.monotonic() - started < 20, "the batch waited for the publish timeout"
+            assert len(buffered_files(buffer_dir)) == 1
+    finally:
+        gw.stop.set()
+        await asyncio.wait_for(gw.task, 30)
