@@ -79,6 +79,14 @@ class GrpcDevice:
         self.stub = pb_grpc.DeviceGatewayStub(self._channel)
         self._call = self.stub.Connect(metadata=self.metadata)
         self._reader = asyncio.create_task(self._read())
+        # Writing before the gateway admitted the stream races with its refusal, and grpcio's asyncio client
+        # then reports INTERNAL instead of the gateway's status (grpc/grpc#36066). The gateway sends headers
+        # once admitted; a refusal ends the call instead, and the reader records why.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._call.initial_metadata()
+        if self._call.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
 
     async def close(self) -> None:
         if self._call is not None:

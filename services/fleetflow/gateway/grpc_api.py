@@ -124,6 +124,8 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
             device = self._device(context)
         except Rejection as rejection:
             await context.abort(_STATUS_CODES[rejection.status], rejection.detail)
+        # Headers now tell the device it is admitted; it waits for them before writing (see GrpcDevice.connect).
+        await context.send_initial_metadata(())
         outbound: asyncio.Queue[pb.GatewayMessage | None] = asyncio.Queue(maxsize=1024)
         self.streams_open.add(1)
         log.info("device connected", device=device, protocol="grpc")
