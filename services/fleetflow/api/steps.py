@@ -134,20 +134,13 @@ class CommandStep(Model):
     command: MetricName = Field(description="The command's name, as the device knows it.")
     target: Cel = Field(default="device", description="CEL giving the target device id, e.g. 'cooler-' + labels.site.")
     params: Annotated[dict[MetricName, Any], WithJsonSchema({"type": "object"})] = Field(
-        default_factory=dict, description="Fixed parameters."
+        default_factory=dict, description="Fixed parameters: any JSON values, nested too."
     )
     computed_params: Annotated[dict[MetricName, Cel], _STRING_MAP] = Field(
         default_factory=dict, description="Parameters computed by CEL from the triggering reading."
     )
     ttl: Duration = Field(default="1m", description="The command expires this long after the triggering reading.")
     cooldown: Duration = Field(default="5m", description="Minimum event time between two commands to a target.")
-
-    @model_validator(mode="after")
-    def _plain_params(self) -> Self:
-        for key, value in self.params.items():
-            if value is not None and not isinstance(value, bool | int | float | str):
-                raise ValueError(f"params.{key} = {value!r}: use a number, string, boolean or null")
-        return self
 
     @cached_property
     def ttl_ms(self) -> int:

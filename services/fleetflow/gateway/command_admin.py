@@ -21,8 +21,8 @@ from fleetflow.gateway.commands import (
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` pairs; a value that reads as JSON (a number, true/false/null, a quoted string) is taken as
-    such, anything else as a string: `setpoint=4.5 mode=eco`."""
+    """`key=value` pairs; a value that reads as JSON (a number, true/false/null, a quoted string, an object, a
+    list) is taken as such, anything else as a string: `setpoint=4.5 mode=eco 'slots=[1, 2]'`."""
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")

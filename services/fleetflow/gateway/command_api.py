@@ -48,7 +48,7 @@ def application_token(fleet_secret: bytes, fleet: str) -> str:
 
 class SendRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     name: str
-    params: dict[str, bool | int | float | str | None] = {}
+    params: dict[str, Any] = {}  # any JSON values, nested too
     ttl_seconds: float = DEFAULT_TTL_MS / 1000
     id: str | None = None
 

@@ -145,10 +145,10 @@ def new_command(
         raise CommandError(400, "invalid_command", f"command id {command_id!r} is not valid: use 1 to 100 "
                            "letters, digits, '_', '=' or '-'")  # fmt: skip
     values = params or {}
-    for key, value in values.items():
-        if not isinstance(value, bool | int | float | str | None):
-            raise CommandError(400, "invalid_command", f"params.{key} is a {type(value).__name__}; parameter "
-                               "values must be strings, numbers, booleans or null")  # fmt: skip
+    try:
+        msgspec.json.encode(values)
+    except (TypeError, msgspec.EncodeError) as exc:  # e.g. a set or bytes from a Python caller
+        raise CommandError(400, "invalid_command", f"params must be JSON values (nested ones too): {exc}") from None
     return Command(
         id=command_id or uuid.uuid4().hex,
         fleet=fleet,

@@ -3,7 +3,7 @@
 msgspec validates types while it decodes, so one pass checks and parses a request."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -162,7 +162,7 @@ class Command(msgspec.Struct, kw_only=True):
     fleet: str
     device: str
     name: str
-    params: dict[str, msgspec.Raw | float | int | str | bool | None] = {}
+    params: dict[str, Any] = {}  # any JSON values, nested too
     created_ms: int
     ttl_ms: int
     source: str = "api"  # "api", "cli" or "pipeline/<name>/<rule>"

@@ -84,6 +84,15 @@ async def test_long_poll_returns_a_command_sent_while_waiting(gateway: Gateway) 
         assert time.monotonic() - started < 3
 
 
+async def test_nested_params_reach_the_device_and_the_record_unchanged(gateway: Gateway) -> None:
+    params = {"slots": [{"from": "06:00", "setpoint": 4}, {"from": "22:00", "setpoint": 7}], "limits": {"max": 9}}
+    async with aiohttp.ClientSession() as session:
+        sent = await send(session, gateway, "pump-6", "schedule", params=params)
+        device = HttpCommands(session, gateway.url, FLEET, "pump-6", gateway.token("pump-6"))
+        assert [c["params"] for c in await device.poll(wait=2)] == [params]
+        assert (await show(session, gateway, sent["id"]))["params"] == params
+
+
 async def test_a_command_whose_ttl_passes_first_expires(gateway: Gateway) -> None:
     async with aiohttp.ClientSession() as session:
         sent = await send(session, gateway, "fan-3", "spin", ttlSeconds=1)

@@ -25,10 +25,12 @@ def device(gw: Gateway, device_id: str, token_of: str | None = None, **kwargs: o
     return GrpcDevice(target, FLEET, device_id, gw.token(token_of or device_id), **kwargs)  # type: ignore[arg-type]
 
 
-async def queue_command(gw: Gateway, device_id: str, name: str, ttl_ms: int = 60_000) -> str:
+async def queue_command(
+    gw: Gateway, device_id: str, name: str, ttl_ms: int = 60_000, params: dict | None = None
+) -> str:
     js = gw.nc.jetstream()
-    record = await send_command(js, await CommandStore.open(js, FLEET), new_command(FLEET, device_id, name,
-                                                                                    ttl_ms=ttl_ms))  # fmt: skip
+    command = new_command(FLEET, device_id, name, params, ttl_ms=ttl_ms)
+    record = await send_command(js, await CommandStore.open(js, FLEET), command)
     return record.command.id
 
 
@@ -77,6 +79,13 @@ async def test_commands_queued_while_offline_arrive_on_connect_in_order_then_liv
     record = await store.get("pump-9", live)
     assert record is not None and [t.state for t in record.history] == ["queued", "delivered", "succeeded"]
     assert record.history[1].detail == "via grpc"
+
+
+async def test_nested_command_params_arrive_whole(gateway: Gateway) -> None:
+    params = {"slots": [{"from": "06:00", "setpoint": 4.5}, {"from": "22:00", "setpoint": 7.0}], "mode": "eco"}
+    await queue_command(gateway, "pump-5", "schedule", params=params)
+    async with device(gateway, "pump-5") as dev:
+        assert (await asyncio.wait_for(dev.commands.get(), 5))["params"] == params
 
 
 async def test_a_device_cannot_connect_publish_or_receive_as_another(gateway: Gateway) -> None:

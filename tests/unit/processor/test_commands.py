@@ -82,3 +82,10 @@ def test_a_target_that_is_not_a_device_id_is_counted() -> None:
     e = engine(rule(target="'no such/device'"), LABELS)
     out = e.process(batch("box-7", (1, 0, {"t": 9.0})), T0)
     assert out.commands == [] and out.counts[("cool", "bad_target")] == 1
+
+
+def test_fixed_params_may_be_nested_json() -> None:
+    schedule = {"slots": [{"from": "06:00", "setpoint": 4}], "limits": {"max": 9.5}}
+    e = engine(rule(params={"schedule": schedule}), LABELS)
+    (sent,) = feed(e, (0, 9.0))
+    assert sent.params == {"schedule": schedule, "excess": 1.0}

@@ -61,8 +61,7 @@ INDEX_FETCH = 5000
 BATCH_ROWS = 20
 OPEN_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, Unavailable)
 _params_encoder = msgspec.json.Encoder()
-_raw_params = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_scalar = msgspec.json.Decoder(float | int | str | bool | None)
+_params_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def _ms(value: datetime) -> int:
@@ -472,19 +471,8 @@ def _command(row: dict[str, Any]) -> Command:
         fleet=row["fleet"],
         device=row["device"],
         name=row["name"],
-        params=_decode_params(row["params"] or "{}"),
+        params=_params_decoder.decode(row["params"] or "{}"),
         created_ms=_ms(row["created"]),
         ttl_ms=row["ttl_ms"],
         source=row["source"],
     )
-
-
-def _decode_params(text: str) -> dict[str, msgspec.Raw | float | int | str | bool | None]:
-    """Command params as the codec holds them: scalars decoded, nested JSON kept raw."""
-    params: dict[str, msgspec.Raw | float | int | str | bool | None] = {}
-    for name, raw in _raw_params.decode(text).items():
-        try:
-            params[name] = _scalar.decode(raw)
-        except msgspec.ValidationError:
-            params[name] = raw
-    return params
