@@ -12,15 +12,15 @@ callout issuer's account nkey, that allows exactly the device's own topics:
 
 So a device cannot publish, subscribe or receive as another device: its token is only valid for its own id,
 the client id must match (no taking over another device's MQTT session), and the server enforces the
-permissions. Requests for another fleet's devices are left to that fleet's gateway (no answer here)."""
+permissions. Requests for another fleet's devices are left to that fleet's gateway (no answer here).
+
+The nats.conf side (accounts, the callout, the anonymous MQTT user) is `fleetflow.runtime.natsauth`."""
 
 import base64
 import json
-import os
 import re
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import nkeys
@@ -32,13 +32,11 @@ from opentelemetry.metrics import Meter
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
 from fleetflow.runtime import credentials
+from fleetflow.runtime.natsauth import SERVICE_ACCOUNT
 
 log = structlog.get_logger(__name__)
 
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
-SERVICE_ACCOUNT = "FLEETFLOW"  # the account of the fleet's streams, the services and the MQTT devices
-SERVICE_USER = "fleetflow"  # services connect as this user (or with no credentials: it is the no_auth_user)
-ANONYMOUS_USER = "mqtt-anonymous"  # what an MQTT client without credentials is; the callout refuses it
 
 
 def topic_prefix(fleet: str, device: str) -> str:
@@ -48,62 +46,6 @@ def topic_prefix(fleet: str, device: str) -> str:
 def subject_prefix(fleet: str, device: str) -> str:
     """The NATS subject of a topic: nats-server maps MQTT '/' to '.'."""
     return f"fleetflow.{fleet}.{device}"
-
-
-def new_issuer_seed() -> bytes:
-    """A fresh account nkey seed (`SA...`) for signing the user JWTs of MQTT devices."""
-    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
-
-
-def ensure_issuer_seed(path: Path) -> bytes:
-    """Read the issuer seed, creating it (mode 0600) on first use."""
-    if path.exists():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    seed = new_issuer_seed()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(seed + b"\n")
-    return seed
-
-
-def issuer_public_key(seed: bytes) -> str:
-    return str(nkeys.from_seed(seed).public_key.decode())
-
-
-def server_config(mqtt_host: str, mqtt_port: int, issuer_seed: bytes, service_password: str) -> str:
-    """The nats-server configuration lines that enable MQTT with devices authenticated by the gateway.
-
-    Services keep connecting without credentials (they become the `fleetflow` user, which skips the
-    callout); MQTT clients without credentials are refused."""
-    issuer = issuer_public_key(issuer_seed)
-    return "\n".join(
-        [
-            "mqtt {",
-            f"  listen: {mqtt_host}:{mqtt_port}",
-            # Without this, an MQTT client without credentials would become the services' no_auth_user.
-            f"  no_auth_user: {ANONYMOUS_USER}",
-            "}",
-            "accounts {",
-            f"  {SERVICE_ACCOUNT} {{",
-            "    jetstream: enabled",
-            f'    users: [ {{ user: {SERVICE_USER}, password: "{service_password}" }},',
-            f'             {{ user: {ANONYMOUS_USER}, password: "{secrets.token_hex(16)}" }} ]',
-            "  }",
-            "  SYS { }",
-            "}",
-            "system_account: SYS",
-            f"no_auth_user: {SERVICE_USER}",
-            "authorization {",
-            "  auth_callout {",
-            f"    issuer: {issuer}",
-            f"    auth_users: [ {SERVICE_USER} ]",
-            f"    account: {SERVICE_ACCOUNT}",
-            "  }",
-            "}",
-            "",
-        ]
-    )
 
 
 def _b64(data: bytes) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from fleetflow.gateway import mqtt_auth
+from fleetflow.runtime import natsauth
 
 
 def nats_server_binary() -> Path:
@@ -75,10 +75,11 @@ class EmbeddedNats:
     async def start(self, timeout: float = 20.0) -> None:
         conf = self.data_dir / "nats" / "nats-server.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
-        seed = mqtt_auth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
+        seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
+        auth = natsauth.ServerAuth.local("127.0.0.1", self.mqtt_port, seed, secrets.token_hex(16))
         conf.write_text(
             server_config(self.data_dir / "nats" / "jetstream", self.port, self.monitor_port)
-            + mqtt_auth.server_config("127.0.0.1", self.mqtt_port, seed, secrets.token_hex(16))
+            + natsauth.server_config(auth)
         )
         log = (self.data_dir / "logs").joinpath("nats-server.log")
         log.parent.mkdir(parents=True, exist_ok=True)

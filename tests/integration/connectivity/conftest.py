@@ -14,10 +14,9 @@ from nats.aio.client import Client
 
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway import main as gateway_main
-from fleetflow.gateway import mqtt_auth
 from fleetflow.gateway.command_api import application_token
 from fleetflow.local.natsserver import nats_server_binary
-from fleetflow.runtime import credentials, subjects
+from fleetflow.runtime import credentials, natsauth, subjects
 from fleetflow.runtime.settings import GatewaySettings
 from tests.support.natsserver import NatsServer, free_port, wait_for_port
 
@@ -118,12 +117,12 @@ class MqttPlatform:
 async def mqtt_platform(tmp_path: Path) -> AsyncIterator[MqttPlatform]:
     """nats-server with its MQTT listener and auth callout, and a gateway serving MQTT devices."""
     seed_file = tmp_path / "mqtt-issuer.nk"
-    seed = mqtt_auth.ensure_issuer_seed(seed_file)
+    seed = natsauth.ensure_issuer_seed(seed_file)
     port, mqtt_port = free_port(), free_port()
     config = tmp_path / "nats.conf"
     config.write_text(
         f'server_name: test\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
-        + mqtt_auth.server_config("127.0.0.1", mqtt_port, seed, "test-password")
+        + natsauth.server_config(natsauth.ServerAuth.local("127.0.0.1", mqtt_port, seed, "test-password"))
     )
     process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip

@@ -1,0 +1,143 @@
+"""Who may connect to a fleet's NATS: the accounts, users and MQTT auth callout of nats.conf, and the login the
+services connect with.
+
+One account, FLEETFLOW, holds the streams. In it the services are the user `fleetflow` (plain NATS connections
+only); MQTT devices are admitted one by one through auth callout, which the gateway serves
+(`fleetflow.gateway.mqtt_auth`), as users allowed only their own topics. An MQTT client without credentials
+becomes `mqtt-anonymous` (MQTT connections only), which the callout refuses. The system account has no users.
+
+Local mode and the operator render this from one function. Local mode writes the values inline, and a client
+without credentials on its loopback-only port is the services' user. The operator writes `$VARIABLE`
+references that nats-server fills in from its environment, which the StatefulSet takes from the fleet's
+Secret, and has no such default user: on a cluster every connection logs in."""
+
+import os
+import secrets
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import nkeys
+
+SERVICE_ACCOUNT = "FLEETFLOW"  # the account of the fleet's streams, the services and the MQTT devices
+SYSTEM_ACCOUNT = "SYS"
+SERVICE_USER = "fleetflow"
+ANONYMOUS_USER = "mqtt-anonymous"  # what an MQTT client without credentials is; the callout refuses it
+PASSWORD_LENGTH = 40
+# Letters and digits, a letter first: nats-server parses an environment variable's value as a config value
+# (digits alone would become a number, `#` a comment), and a cluster route URL carries the password as it is.
+PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+@dataclass(frozen=True)
+class NatsLogin:
+    """The user and password a service connects with, where NATS has no default user."""
+
+    user: str
+    password: str
+
+    @classmethod
+    def from_file(cls, user: str, password_file: Path) -> "NatsLogin":
+        """The password is the file's content without surrounding whitespace, as a mounted Secret key gives it."""
+        try:
+            password = password_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"nats_password_file = {str(password_file)!r}: cannot read it ({exc.strerror})") from None
+        if not password:
+            raise ValueError(f"nats_password_file = {str(password_file)!r} is empty; it must hold the password")
+        return cls(user, password)
+
+
+def new_password() -> str:
+    return secrets.choice(string.ascii_letters) + "".join(
+        secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH - 1)
+    )
+
+
+def new_issuer_seed() -> bytes:
+    """A fresh account nkey seed (`SA...`) for signing the user JWTs of MQTT devices."""
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT))
+
+
+def ensure_issuer_seed(path: Path) -> bytes:
+    """Read the issuer seed, creating it (mode 0600) on first use."""
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = new_issuer_seed()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(seed + b"\n")
+    return seed
+
+
+def issuer_public_key(seed: bytes) -> str:
+    return str(nkeys.from_seed(seed).public_key.decode())
+
+
+def quoted(value: str) -> str:
+    """A value written into nats.conf as it is."""
+    return f'"{value}"'
+
+
+def from_environment(variable: str) -> str:
+    """A value nats-server takes from its environment variable when it reads nats.conf."""
+    return f"${variable}"
+
+
+@dataclass(frozen=True)
+class ServerAuth:
+    """What nats.conf's authentication needs. The issuer and the passwords are nats.conf values: `quoted(...)`
+    or `from_environment(...)`."""
+
+    mqtt_listen: str  # host:port of the MQTT listener
+    issuer: str  # the public account nkey whose signature on a device's user JWT nats-server trusts
+    services_password: str
+    anonymous_password: str  # never used to log in; without one, the user would be admitted without the callout
+    services_without_credentials: bool  # a client without credentials is the services' user (loopback only!)
+
+    @classmethod
+    def local(cls, mqtt_host: str, mqtt_port: int, issuer_seed: bytes, services_password: str) -> "ServerAuth":
+        """Local mode: values inline, services connect without credentials on loopback."""
+        return cls(
+            mqtt_listen=f"{mqtt_host}:{mqtt_port}",
+            issuer=quoted(issuer_public_key(issuer_seed)),
+            services_password=quoted(services_password),
+            anonymous_password=quoted(secrets.token_hex(16)),
+            services_without_credentials=True,
+        )
+
+
+def server_config(auth: ServerAuth) -> str:
+    """The nats.conf lines that enable MQTT with devices authenticated by the gateway, and the services' user."""
+    lines = [
+        "mqtt {",
+        f"  listen: {auth.mqtt_listen}",
+        # An MQTT client without credentials is this user, never the services' (local mode's no_auth_user).
+        f"  no_auth_user: {ANONYMOUS_USER}",
+        "}",
+        "accounts {",
+        f"  {SERVICE_ACCOUNT} {{",
+        "    jetstream: enabled",
+        "    users: [",
+        f"      {{ user: {SERVICE_USER}, password: {auth.services_password}, allowed_connection_types: [STANDARD] }},",
+        f"      {{ user: {ANONYMOUS_USER}, password: {auth.anonymous_password}, allowed_connection_types: [MQTT] }}",
+        "    ]",
+        "  }",
+        f"  {SYSTEM_ACCOUNT} {{ }}",
+        "}",
+        f"system_account: {SYSTEM_ACCOUNT}",
+    ]
+    if auth.services_without_credentials:
+        lines.append(f"no_auth_user: {SERVICE_USER}")
+    lines += [
+        "authorization {",
+        "  auth_callout {",
+        f"    issuer: {auth.issuer}",
+        f"    auth_users: [ {SERVICE_USER} ]",
+        f"    account: {SERVICE_ACCOUNT}",
+        "  }",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
