@@ -1,6 +1,7 @@
-"""Generated device load over HTTP: closed-loop devices (rate `max`) or paced to a target rate."""
+"""Generated device load over HTTP, gRPC or MQTT: closed-loop devices (rate `max`) or paced to a target rate."""
 
 import asyncio
+import collections
 import contextlib
 import random
 import time
@@ -11,7 +12,8 @@ import aiohttp
 import msgspec
 
 from fleetflow.bench.procstats import percentile
-from fleetflow.device.forwarding import Link, Outcome
+from fleetflow.device.forwarding import Link, MqttLink, Outcome
+from fleetflow.device.mqtt_client import MAX_IN_FLIGHT, MqttDevice
 from fleetflow.device.protocols import make_link
 
 
@@ -94,16 +96,13 @@ async def _send_until_acknowledged(
 async def link_loop(
     link: Link, batch: int, interval: float, result: LoadResult, warmup_end: float, stop: asyncio.Event
 ) -> None:
-    """The gRPC and MQTT devices: the protocol clients of fleetflow.device, one batch at a time."""
+    """The gRPC devices: the protocol client of fleetflow.device, one batch at a time."""
     await link.reconnect()
     seq = 1
     next_send = await _first_send(interval, stop)
     try:
         while not stop.is_set():
-            now_ms = int(time.time() * 1000)
-            readings = [{"seq": seq + i, "ts": now_ms, "metrics": {"temperature": 20.0 + (i % 7), "voltage": 3.7}}
-                        for i in range(batch)]  # fmt: skip
-            await _deliver_until_acknowledged(link, readings, result, warmup_end)
+            await _deliver_until_acknowledged(link, _readings(seq, batch), result, warmup_end)
             seq += batch
             next_send = await _pace(next_send, interval, stop)
     finally:
@@ -126,6 +125,52 @@ async def _deliver_until_acknowledged(
         with contextlib.suppress(Exception):
             await link.reconnect()
     result.rejected += len(readings)
+
+
+async def mqtt_loop(
+    device: MqttDevice, batch: int, interval: float, result: LoadResult, warmup_end: float, stop: asyncio.Event
+) -> None:
+    """An MQTT device keeps up to its in-flight limit of QoS 1 messages unacknowledged, as a paho device does,
+    and settles them in the order sent. A message that failed is sent again on its own until acknowledged."""
+    link = MqttLink(device)
+    await link.reconnect()
+    in_flight: collections.deque[tuple[asyncio.Future[None], float, list[dict[str, Any]]]] = collections.deque()
+    seq = 1
+    next_send = await _first_send(interval, stop)
+    try:
+        while not stop.is_set():
+            readings = _readings(seq, batch)
+            in_flight.append((device.send_nowait(readings), time.monotonic(), readings))
+            seq += batch
+            if len(in_flight) >= MAX_IN_FLIGHT:
+                await _settle_oldest(link, in_flight, result, warmup_end)
+            next_send = await _pace(next_send, interval, stop)
+        while in_flight:
+            await _settle_oldest(link, in_flight, result, warmup_end)
+    finally:
+        await link.close()
+
+
+async def _settle_oldest(
+    link: MqttLink,
+    in_flight: collections.deque[tuple[asyncio.Future[None], float, list[dict[str, Any]]]],
+    result: LoadResult,
+    warmup_end: float,
+) -> None:
+    acked, started, readings = in_flight.popleft()
+    try:
+        await asyncio.wait_for(acked, 30)
+    except (TimeoutError, ConnectionError):
+        link.connected = False
+        await _deliver_until_acknowledged(link, readings, result, warmup_end)
+        return
+    _acknowledged(result, len(readings), False, started, warmup_end)
+
+
+def _readings(seq: int, batch: int) -> list[dict[str, Any]]:
+    now_ms = int(time.time() * 1000)
+    return [{"seq": seq + i, "ts": now_ms, "metrics": {"temperature": 20.0 + (i % 7), "voltage": 3.7}}
+            for i in range(batch)]  # fmt: skip
 
 
 def _acknowledged(result: LoadResult, count: int, duplicate: bool, started: float, warmup_end: float) -> None:
@@ -179,6 +224,13 @@ async def run_load(
             loops = [
                 device_loop(session, f"{targets['http']}/v1/fleets/{fleet}/devices/{device}/telemetry", token,
                             batch, interval, result, result.measure_start, stop)
+                for device, token in tokens.items()
+            ]  # fmt: skip
+        elif protocol == "mqtt":
+            host, _, port = targets["mqtt"].removeprefix("mqtt://").rpartition(":")
+            loops = [
+                mqtt_loop(MqttDevice(host, int(port), fleet, device, token), batch, interval, result,
+                          result.measure_start, stop)
                 for device, token in tokens.items()
             ]  # fmt: skip
         else:

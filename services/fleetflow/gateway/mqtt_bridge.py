@@ -2,16 +2,16 @@
 
 nats-server's MQTT listener turns a device's QoS 1 publish on `fleetflow/<fleet>/<device>/telemetry` into a
 message on `fleetflow.<fleet>.<device>.telemetry`, which the ingress stream `ff-<fleet>-mqtt` captures. The
-gateway consumes that stream with a durable consumer (shared by its replicas) and gives every body the same
-validation as HTTP before publishing it with the same dedupe id; a body that can never be valid is counted and
-dead-lettered with the reason; an outage is retried. Commands go to a device while it is online: it says so by
-publishing "online" to its status topic after subscribing, and its will (or a clean "offline") ends it."""
+gateway consumes that stream with a durable consumer (shared by its replicas), validates every body on its own
+as HTTP does, and publishes a device's consecutive valid messages of one fetch as one telemetry batch
+(mqtt_intake.py); a body that can never be valid is counted and dead-lettered with the reason; an outage is
+retried. Commands go to a device while it is online: it says so by publishing "online" to its status topic
+after subscribing, and its will (or a clean "offline") ends it."""
 
 import asyncio
 import contextlib
 import json
 import re
-import time
 from collections.abc import Sequence
 
 import msgspec
@@ -25,19 +25,20 @@ from opentelemetry.metrics import Meter
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
 from fleetflow.gateway.commands import CommandError, CommandFeed, CommandStore, device_view
-from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.ingest import BatchValidator
 from fleetflow.gateway.mqtt_auth import subject_prefix
+from fleetflow.gateway.mqtt_intake import TelemetryIntake
 from fleetflow.gateway.publisher import TelemetryPublisher
-from fleetflow.gateway.ratelimit import DeviceRateLimiter
 from fleetflow.runtime import jetstream
 from fleetflow.runtime.codec import Command
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
 
 log = structlog.get_logger(__name__)
-PROTOCOL = {"protocol": "mqtt"}
 CONSUMER = "gateway-mqtt"
 MAX_DELIVER = 10
+# A device with many QoS 1 messages in flight has several in one fetch, and they become one telemetry batch; the
+# short wait bounds what a message arriving into an idle stream waits for company.
+FETCH = 1000
+FETCH_WAIT_S = 0.05
 HANDOVER_PROBE_S = 0.05
 
 
@@ -70,16 +71,9 @@ class MqttBridge:
         self.nc, self.js = nc, nc.jetstream()
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
-        self.validator = BatchValidator(fleet)
-        self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
-        self.publisher, self.store = publisher, store
+        self.intake = TelemetryIntake(fleet, publisher, meter, MAX_DELIVER)
+        self.store = store
         self._feeds: dict[str, asyncio.Task[None]] = {}
-        self.readings_accepted = meter.create_counter(
-            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
-        )
-        self.requests_rejected = meter.create_counter(
-            "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by reason"
-        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume the ingress stream and follow devices' status until `stop`; then end every command feed."""
@@ -87,10 +81,11 @@ class MqttBridge:
         stream = ingress_stream(self.fleet.name)
         await jetstream.ensure_consumer(self.js, stream, ConsumerConfig(
             durable_name=CONSUMER, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT, ack_wait=30,
-            max_deliver=MAX_DELIVER, max_ack_pending=1000, description="The gateway's MQTT intake",
+            max_deliver=MAX_DELIVER, max_ack_pending=FETCH, description="The gateway's MQTT intake",
         ))  # fmt: skip
         dead_letters = DeadLetters(self.js, self.fleet.name, "mqtt")
-        consumer = BatchConsumer(self.js, stream, CONSUMER, self.handle, dead_letters, MAX_DELIVER, batch=100)
+        consumer = BatchConsumer(self.js, stream, CONSUMER, self.handle, dead_letters, MAX_DELIVER, batch=FETCH,
+                                 wait=FETCH_WAIT_S)  # fmt: skip
         status = await self.nc.subscribe(f"fleetflow.{self.fleet.name}.*.status", cb=self._on_status)
         try:
             await consumer.run(stop)
@@ -101,7 +96,7 @@ class MqttBridge:
                 await self._end_feed(device)
 
     async def handle(self, msgs: Sequence[Msg]) -> list[Failure | None]:
-        """Each device's batches in the order it sent them; different devices at the same time, so one slow
+        """Each device's messages in the order it sent them; different devices at the same time, so one slow
         publish does not hold up the whole fetch."""
         outcomes: list[Failure | None] = [None] * len(msgs)
         by_device: dict[str, list[int]] = {}
@@ -109,30 +104,26 @@ class MqttBridge:
             tokens = msg.subject.split(".", 3)
             by_device.setdefault(tokens[2] if len(tokens) > 2 else "", []).append(index)
 
-        async def in_order(indexes: list[int]) -> None:
-            for index in indexes:
-                outcomes[index] = await self._one(msgs[index])
+        async def device_outcomes(device: str, indexes: list[int]) -> None:
+            found = await self._device(device, [msgs[index] for index in indexes])
+            for index, outcome in zip(indexes, found, strict=True):
+                outcomes[index] = outcome
 
-        await asyncio.gather(*(in_order(indexes) for indexes in by_device.values()))
+        await asyncio.gather(*(device_outcomes(device, indexes) for device, indexes in by_device.items()))
         return outcomes
 
-    async def _one(self, msg: Msg) -> Failure | None:
-        _, _, device, kind = msg.subject.split(".", 3)
+    async def _device(self, device: str, msgs: list[Msg]) -> list[Failure | None]:
+        """Command results are reported as they come; telemetry is merged into batches (mqtt_intake.py)."""
         if not DEVICE_ID.match(device) or not self.id_pattern.search(device):
-            return Failure(f"device id {device!r} is not valid in fleet {self.fleet.name!r}", poison=True)
-        if kind == "results":
-            return await self._result(device, msg.data)
-        try:
-            batch = self.validator.validate(device, msg.data, int(time.time() * 1000))
-            self.limiter.admit(device, len(batch.readings))
-            duplicate = await self.publisher.publish(batch)
-        except Rejection as rejection:
-            self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})
-            # 503 and 429 are passing conditions: redeliver later; anything else can never succeed.
-            return Failure(f"{rejection.reason}: {rejection.detail}", poison=rejection.status not in (429, 503))
-        if not duplicate:
-            self.readings_accepted.add(len(batch.readings), PROTOCOL)
-        return None
+            return [Failure(f"device id {device!r} is not valid in fleet {self.fleet.name!r}", poison=True)] * len(msgs)
+        run = self.intake.device_run(device, msgs)
+        for index, msg in enumerate(msgs):
+            if msg.subject.endswith(".results"):
+                run.outcomes[index] = await self._result(device, msg.data)
+            else:
+                await run.add(index, msg)
+        await run.flush()
+        return run.outcomes
 
     async def _result(self, device: str, data: bytes) -> Failure | None:
         try:

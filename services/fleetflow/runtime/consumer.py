@@ -23,10 +23,12 @@ SOURCE_HEADERS = ("Fleetflow-Source-Stream", "Fleetflow-Source-Subject")
 
 @dataclass
 class Failure:
-    """Why a message could not be handled; `poison` ones are dead-lettered at once (retrying cannot help)."""
+    """Why a message could not be handled; `poison` ones are dead-lettered at once (retrying cannot help).
+    `delay` overrides the message's own backoff, to redeliver it no sooner than another it must follow."""
 
     reason: str
     poison: bool = False
+    delay: float | None = None
 
 
 Handler = Callable[[Sequence[Msg]], Awaitable[Sequence[Failure | None]]]
@@ -61,10 +63,13 @@ class BatchConsumer:
         dead_letters: DeadLetters,
         max_deliver: int,
         batch: int = 256,
+        wait: float = 0.5,
     ):
+        """A fetch takes what is ready, up to `batch`; when nothing is, it waits up to `wait` seconds and takes
+        what arrived by then."""
         self.js, self.stream, self.durable = js, stream, durable
         self.handler, self.dead_letters = handler, dead_letters
-        self.max_deliver, self.batch = max_deliver, batch
+        self.max_deliver, self.batch, self.wait = max_deliver, batch, wait
         self.subscribed = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -73,7 +78,7 @@ class BatchConsumer:
         self.subscribed = True
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self.batch, timeout=0.5)
+                msgs = await sub.fetch(self.batch, timeout=self.wait)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.Error as exc:
@@ -106,4 +111,4 @@ class BatchConsumer:
             await self.dead_letters.send(msg, f"{failure.reason} (delivery {attempt} of {self.max_deliver})")
             await msg.ack()
         else:
-            await msg.nak(delay=redelivery_delay(attempt))
+            await msg.nak(delay=redelivery_delay(attempt) if failure.delay is None else failure.delay)

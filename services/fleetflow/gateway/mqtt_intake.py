@@ -1,0 +1,183 @@
+"""MQTT telemetry into the telemetry stream: a device's consecutive messages of one fetch become one batch.
+
+An MQTT device sends one QoS 1 message per reading or few, so one JetStream publish (and one message for the
+processor and the writer) per MQTT message would cost far more than the readings. Each MQTT message is still
+validated and rate limited on its own, exactly like an HTTP request; the valid ones of a device are then merged,
+in order, into batches of at most maxBatchReadings readings with increasing seq, one publish each.
+
+A message is acked only after its batch was acknowledged by JetStream (or buffered by the gateway); an invalid
+one is dead-lettered alone and its neighbours go on. When a message has to be redelivered (JetStream refused
+the batch, or the device is over its rate), the device's later messages are redelivered behind it, in this fetch
+and in the following ones until it is back, so the device's readings do not overtake one another.
+
+A redelivery may group readings differently from the first attempt, so a batch's dedupe id can differ and a
+batch JetStream had in fact stored before its ack was lost can be published again under another id. The
+writer's upsert keyed by (fleet, device, ts, seq) stores each reading once all the same."""
+
+import time
+from collections.abc import Sequence
+
+from nats.aio.msg import Msg
+from opentelemetry.metrics import Meter
+
+from fleetflow.api import DeviceFleet
+from fleetflow.gateway.errors import Rejection
+from fleetflow.gateway.ingest import BatchValidator
+from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.runtime.codec import Reading, ReadingBatch
+from fleetflow.runtime.consumer import Failure, redelivery_delay
+
+PROTOCOL = {"protocol": "mqtt"}
+# Messages held back behind a retried one are redelivered this much after it, so they come in a later fetch.
+HOLD_MARGIN_S = 0.2
+# A retried message not back this long after it was due went to another gateway replica (or to the dead
+# letters): stop holding the device's later messages for it.
+FORGET_AFTER_S = 5.0
+_MAX_TRACKED = 10_000
+
+
+class TelemetryIntake:
+    def __init__(self, fleet: DeviceFleet, publisher: TelemetryPublisher, meter: Meter, max_deliver: int):
+        self.fleet = fleet.name
+        self.max_readings = fleet.spec.gateway.max_batch_readings
+        self.validator = BatchValidator(fleet)
+        self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
+        self.publisher, self.max_deliver = publisher, max_deliver
+        # device -> {ingress stream seq of a message out for redelivery: when (monotonic) it is due back}
+        self.retrying: dict[str, dict[int, float]] = {}
+        self.readings_accepted = meter.create_counter(
+            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
+        )
+        self.requests_rejected = meter.create_counter(
+            "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by reason"
+        )
+
+    def device_run(self, device: str, msgs: Sequence[Msg]) -> "DeviceRun":
+        """A run over one device's messages of a fetch, to be fed in the order the device sent them."""
+        run = DeviceRun(self, device, len(msgs), int(time.time() * 1000))
+        if len(self.retrying) > _MAX_TRACKED:
+            self._forget_overdue()
+        retrying = self.retrying.get(device)
+        if retrying:
+            now = time.monotonic()
+            for msg in msgs:
+                retrying.pop(_stream_seq(msg), None)  # back now
+            for seq in [seq for seq, due in retrying.items() if due + FORGET_AFTER_S < now]:
+                del retrying[seq]
+            if retrying:
+                run.behind(min(retrying), max(retrying.values()) - now)
+            else:
+                del self.retrying[device]
+        return run
+
+    def _forget_overdue(self) -> None:
+        """Devices that went quiet while retrying must not pile up here."""
+        now = time.monotonic()
+        for device, retrying in list(self.retrying.items()):
+            if all(due + FORGET_AFTER_S < now for due in retrying.values()):
+                del self.retrying[device]
+
+    def rejected(self, rejection: Rejection, messages: int = 1) -> Failure:
+        self.requests_rejected.add(messages, {**PROTOCOL, "reason": rejection.reason})
+        # 503 and 429 are passing conditions: redeliver later; anything else can never succeed.
+        return Failure(f"{rejection.reason}: {rejection.detail}", poison=rejection.status not in (429, 503))
+
+
+class DeviceRun:
+    """One device's telemetry messages of one fetch: validated one by one, merged, published in order."""
+
+    def __init__(self, intake: TelemetryIntake, device: str, size: int, received_ms: int):
+        self.intake, self.device, self.received_ms = intake, device, received_ms
+        self.outcomes: list[Failure | None] = [None] * size
+        self._merged: list[tuple[int, Msg]] = []  # the messages (index, msg) of the batch being merged
+        self._readings: list[Reading] = []
+        self._held: Failure | None = None  # set once a message will be redelivered: every later one follows it
+        self._behind: tuple[int, Failure] | None = None  # the ingress seq of a message out for redelivery
+
+    def behind(self, stream_seq: int, due_in: float) -> None:
+        """The device's message at `stream_seq` of the ingress stream is out for redelivery for `due_in` s:
+        hold back every message of the run that came after it."""
+        held = Failure(f"held back behind a retried message of device {self.device!r}",
+                       delay=max(0.0, due_in) + HOLD_MARGIN_S)  # fmt: skip
+        self._behind = (stream_seq, held)
+
+    async def add(self, index: int, msg: Msg) -> None:
+        """Take the message at `index` of the run; it may publish the batch merged so far."""
+        if self._held is None and self._behind is not None and _stream_seq(msg) > self._behind[0]:
+            self._held = self._behind[1]
+        if self._held is None:
+            readings = self._admitted(index, msg)
+            if readings is None:
+                return
+            if not self._fits(readings):
+                await self.flush()  # which holds the rest back if it fails
+            if self._held is None:
+                self._merged.append((index, msg))
+                self._readings += readings
+                return
+        self._retry([(index, msg)], self._held)
+
+    async def flush(self) -> None:
+        """Publish the merged batch and wait for JetStream's ack."""
+        if not self._merged:
+            return
+        merged, self._merged = self._merged, []
+        batch = ReadingBatch(fleet=self.intake.fleet, device=self.device, readings=self._readings,
+                             received_ms=self.received_ms)  # fmt: skip
+        self._readings = []
+        try:
+            duplicate = await self.intake.publisher.publish(batch)
+        except Rejection as rejection:
+            self._refused(merged, self.intake.rejected(rejection, len(merged)))
+            return
+        if not duplicate:
+            self.intake.readings_accepted.add(len(batch.readings), PROTOCOL)
+
+    def _admitted(self, index: int, msg: Msg) -> list[Reading] | None:
+        """The message's readings if it is valid and within the device's rate; else its outcome is set."""
+        try:
+            batch = self.intake.validator.validate(self.device, msg.data, self.received_ms)
+            self.intake.limiter.admit(self.device, len(batch.readings))
+        except Rejection as rejection:
+            self._refused([(index, msg)], self.intake.rejected(rejection))
+            return None
+        return batch.readings
+
+    def _fits(self, readings: Sequence[Reading]) -> bool:
+        """Seq must increase within a batch, so a device that repeats a seq (a resend) starts a new one."""
+        if not self._readings:
+            return True
+        size = len(self._readings) + len(readings)
+        return readings[0].seq > self._readings[-1].seq and size <= self.intake.max_readings
+
+    def _refused(self, messages: list[tuple[int, Msg]], failure: Failure) -> None:
+        """Poison is dead-lettered alone. Anything else comes back after the longest backoff of `messages`,
+        and the device's later messages after that."""
+        if failure.poison:
+            for index, _ in messages:
+                self.outcomes[index] = failure
+            return
+        again = [_attempt(msg) for _, msg in messages if _attempt(msg) < self.intake.max_deliver]
+        delay = max((redelivery_delay(attempt) for attempt in again), default=None)
+        self._retry(messages, Failure(failure.reason, delay=delay))
+        if delay is not None:  # else they are dead-lettered now, and nothing is left to wait for
+            self._held = Failure(f"held back behind a retried message of device {self.device!r} ({failure.reason})",
+                                 delay=delay + HOLD_MARGIN_S)  # fmt: skip
+
+    def _retry(self, messages: list[tuple[int, Msg]], failure: Failure) -> None:
+        """Redeliver `messages`, remembered until they are back so that later ones wait for them."""
+        due = time.monotonic() + (failure.delay or 0.0)
+        retrying = self.intake.retrying.setdefault(self.device, {})
+        for index, msg in messages:
+            self.outcomes[index] = failure
+            if _attempt(msg) < self.intake.max_deliver:
+                retrying[_stream_seq(msg)] = due
+
+
+def _attempt(msg: Msg) -> int:
+    return msg.metadata.num_delivered if msg.metadata else 1
+
+
+def _stream_seq(msg: Msg) -> int:
+    return msg.metadata.sequence.stream if msg.metadata else 0
