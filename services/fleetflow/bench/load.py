@@ -3,6 +3,7 @@
 import asyncio
 import collections
 import contextlib
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class LoadResult:
 
 
 _encoder = msgspec.json.Encoder()
+InFlight = collections.deque[tuple[asyncio.Future[None], float, bytes]]  # PUBACK, sent at, body
 
 
 def batch_body(seq: int, size: int, now_ms: int) -> bytes:
@@ -134,37 +136,34 @@ async def mqtt_loop(
     and settles them in the order sent. A message that failed is sent again on its own until acknowledged."""
     link = MqttLink(device)
     await link.reconnect()
-    in_flight: collections.deque[tuple[asyncio.Future[None], float, list[dict[str, Any]]]] = collections.deque()
+    topic = f"{device.topic}/telemetry"
+    in_flight: InFlight = collections.deque()
     seq = 1
     next_send = await _first_send(interval, stop)
     try:
         while not stop.is_set():
-            readings = _readings(seq, batch)
-            in_flight.append((device.send_nowait(readings), time.monotonic(), readings))
+            body = batch_body(seq, batch, int(time.time() * 1000))
+            in_flight.append((device.publish(topic, body), time.monotonic(), body))
             seq += batch
             if len(in_flight) >= MAX_IN_FLIGHT:
-                await _settle_oldest(link, in_flight, result, warmup_end)
+                await _settle_oldest(link, in_flight, batch, result, warmup_end)
             next_send = await _pace(next_send, interval, stop)
         while in_flight:
-            await _settle_oldest(link, in_flight, result, warmup_end)
+            await _settle_oldest(link, in_flight, batch, result, warmup_end)
     finally:
         await link.close()
 
 
-async def _settle_oldest(
-    link: MqttLink,
-    in_flight: collections.deque[tuple[asyncio.Future[None], float, list[dict[str, Any]]]],
-    result: LoadResult,
-    warmup_end: float,
-) -> None:
-    acked, started, readings = in_flight.popleft()
+async def _settle_oldest(link: MqttLink, in_flight: InFlight, batch: int, result: LoadResult,
+                         warmup_end: float) -> None:  # fmt: skip
+    acked, started, body = in_flight.popleft()
     try:
-        await asyncio.wait_for(acked, 30)
-    except (TimeoutError, ConnectionError):
+        await acked  # no timeout of its own: paho's keep-alive ends a silent connection, which fails it
+    except ConnectionError:
         link.connected = False
-        await _deliver_until_acknowledged(link, readings, result, warmup_end)
+        await _deliver_until_acknowledged(link, json.loads(body)["readings"], result, warmup_end)
         return
-    _acknowledged(result, len(readings), False, started, warmup_end)
+    _acknowledged(result, batch, False, started, warmup_end)
 
 
 def _readings(seq: int, batch: int) -> list[dict[str, Any]]:

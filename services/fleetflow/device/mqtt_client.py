@@ -58,6 +58,7 @@ class MqttDevice:
         self._pubacks: dict[int, asyncio.Future[None]] = {}
         self._keepalive: asyncio.Task[None] | None = None
         self._fd: int | None = None
+        self._write_soon = False
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Connect, subscribe to the command topic (QoS 1) and publish "online"; MqttRefused if refused."""
@@ -157,12 +158,22 @@ class MqttDevice:
             self._fd = None
 
     def _want_write(self, _sock: Any, wanted: bool) -> None:
+        """paho has bytes to send (it says so once until they are all sent). They are written at the end of
+        this loop iteration, together with whatever else is published meanwhile; only a full socket waits for
+        the selector, which spares two selector changes per message."""
         if self._loop is None or self._fd is None:
             return
-        if wanted:
-            self._loop.add_writer(self._fd, self.client.loop_write)
-        else:
+        if not wanted:
             self._loop.remove_writer(self._fd)
+        elif not self._write_soon:
+            self._write_soon = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._write_soon = False
+        self.client.loop_write()
+        if self.client.want_write() and self._loop is not None and self._fd is not None:
+            self._loop.add_writer(self._fd, self._write)  # the socket is full: write when it drains
 
     async def _keep_alive(self) -> None:
         """paho's pings and keep-alive checks, which its own loop would run; ends with the connection."""
