@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import common, gateway, nats, pipeline
 from fleetflow.operator.builders.resources import DEFAULT_RESOURCES
 from fleetflow.operator.options import OperatorOptions
@@ -28,6 +29,8 @@ def rendered(f: DeviceFleet, p: Pipeline) -> list[dict[str, Any]]:
         gateway.device_secret(f, b"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"),
         *pipeline.pipeline_objects(f, p, IMAGE, "IfNotPresent", DEFAULT_RESOURCES),
     ]
+    if nats.managed(f):
+        objects.append(nats_credentials.credentials_secret(f, nats_credentials.new_values()))
     return [common.owned(obj, OWNER) for obj in objects]
 
 
@@ -60,7 +63,7 @@ def test_single_nats_server_has_jetstream_mqtt_and_no_cluster_block() -> None:
     f = fleet(fleet_doc())
     conf = nats.server_config(f)
     assert "jetstream {" in conf and 'store_dir: "/data/jetstream"' in conf
-    assert "mqtt {\n  port: 1883\n}" in conf
+    assert "mqtt {\n  listen: 0.0.0.0:1883\n  no_auth_user: mqtt-anonymous\n}" in conf
     assert "cluster" not in conf
     assert "server_name: $POD_NAME" in conf
 
@@ -68,9 +71,11 @@ def test_single_nats_server_has_jetstream_mqtt_and_no_cluster_block() -> None:
 def test_three_nats_servers_route_to_each_other_through_the_headless_service() -> None:
     f = fleet(fleet_doc(nats={"managed": {"replicas": 3}}))
     conf = nats.server_config(f)
-    for i in range(3):
-        assert f"nats://cold-nats-{i}.cold-nats-headless.ns1.svc:6222" in conf
+    assert "  routes: $NATS_ROUTES\n" in conf
     statefulset = nats.nats_statefulset(f, "nats:x", "Always", DEFAULT_RESOURCES["nats"])
+    routes = {e["name"]: e for e in container(statefulset)["env"]}["NATS_ROUTES"]["value"]
+    for i in range(3):
+        assert f"nats://route:$(NATS_ROUTES_PASSWORD)@cold-nats-{i}.cold-nats-headless.ns1.svc:6222" in routes
     assert statefulset["spec"]["replicas"] == 3
     assert statefulset["spec"]["serviceName"] == "cold-nats-headless"
 

@@ -4,13 +4,13 @@ import base64
 import secrets
 
 from fleetflow.api import DeviceFleet
-from fleetflow.operator import streams
+from fleetflow.operator import nats_credentials, streams
 from fleetflow.operator.builders import gateway, nats
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import Ref
 from fleetflow.operator.readiness import Readiness, workload
-from fleetflow.operator.reconcile import Context, Step, parse_own_spec
+from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec
 
 SECRET_BYTES = 32
 
@@ -54,17 +54,32 @@ async def ensure_device_secret(ctx: Context) -> None:
         )
 
 
+async def ensure_nats_credentials(ctx: Context) -> None:
+    """A managed NATS's Secret is created once with random credentials and never rewritten; what it holds is
+    checked on every reconcile, since nats-server, the services and the operator all log in with it."""
+    fleet = fleet_of(ctx)
+    if not nats.managed(fleet):
+        return
+    fresh = nats_credentials.credentials_secret(fleet, nats_credentials.new_values())
+    stored = await ctx.apply_owned(fresh, create_only=True)
+    try:
+        ctx.nats_credentials = nats_credentials.read(stored)
+    except nats_credentials.CredentialsError as exc:
+        raise Stop(Problem(exc.reason, str(exc))) from None
+
+
 async def apply_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
     desired = nats.nats_objects(fleet, opts.nats_image, opts.image_pull_policy, resources_of(opts.resources, "nats"))
     for obj in desired:
-        await ctx.apply_owned(obj)
+        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
     if not desired:  # switched to an external NATS: the managed one goes (its PVCs stay, as StatefulSets do)
         await ctx.remove_owned("apps/v1", "StatefulSet", nats.statefulset_name(fleet))
         await ctx.remove_owned("v1", "Service", nats.client_service_name(fleet))
         await ctx.remove_owned("v1", "Service", nats.headless_service_name(fleet))
         await ctx.remove_owned("v1", "ConfigMap", nats.config_map_name(fleet))
+        await ctx.remove_owned("v1", "Secret", nats_credentials.secret_name(fleet))
 
 
 async def apply_gateway(ctx: Context) -> None:
@@ -73,7 +88,7 @@ async def apply_gateway(ctx: Context) -> None:
     for obj in gateway.gateway_objects(
         fleet, opts.image, opts.image_pull_policy, resources_of(opts.resources, "gateway")
     ):
-        await ctx.apply_owned(obj)
+        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
     if fleet.spec.gateway.autoscaling is None:
         await ctx.remove_owned("autoscaling/v2", "HorizontalPodAutoscaler", gateway.name(fleet))
 
@@ -99,7 +114,9 @@ async def provision_streams(ctx: Context) -> None:
         ctx.wait_for(Readiness("streams", False, "waiting for NATS to be ready"))
         return
     try:
-        states = await streams.provision_fleet(nats.nats_url(fleet), fleet, ctx.options.nats_timeout_seconds)
+        states = await streams.provision_fleet(
+            nats.nats_url(fleet), fleet, ctx.options.nats_timeout_seconds, ctx.nats_login
+        )
     except streams.StreamError as exc:
         ctx.outcome.problems.append(Problem("StreamProvisioningFailed", str(exc)))
         ctx.outcome.retry = True
@@ -129,6 +146,7 @@ async def observe_gateway(ctx: Context) -> None:
 FLEET_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("ensure-device-secret", ensure_device_secret),
+    ("ensure-nats-credentials", ensure_nats_credentials),
     ("apply-nats", apply_nats),
     ("apply-gateway", apply_gateway),
     ("observe-nats", observe_nats),

@@ -1,7 +1,7 @@
 """The Pipeline reconcile, as an ordered list of small named idempotent steps."""
 
 from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import streams
+from fleetflow.operator import nats_credentials, streams
 from fleetflow.operator.builders import nats, pipeline
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.conditions import Problem
@@ -52,6 +52,17 @@ async def read_fleet(ctx: Context) -> None:
     ctx.fleet = fleet
 
 
+async def read_nats_credentials(ctx: Context) -> None:
+    """The processor and the writer log in to a managed NATS with the password in the fleet's Secret."""
+    fleet = fleet_of(ctx)
+    if not nats.managed(fleet):
+        return
+    try:
+        ctx.nats_credentials = await nats_credentials.fetch(ctx.api, fleet)
+    except nats_credentials.CredentialsError as exc:
+        raise Stop(Problem(exc.reason, f"the fleet's NATS credentials: {exc}")) from None
+
+
 async def apply_workloads(ctx: Context) -> None:
     opts = ctx.options
     table = {c: resources_of(opts.resources, c) for c in ("processor", "writer")}
@@ -59,12 +70,12 @@ async def apply_workloads(ctx: Context) -> None:
         fleet_of(ctx), pipeline_of(ctx), opts.image, opts.image_pull_policy, table, opts.service_env()
     )
     for obj in objects:
-        await ctx.apply_owned(obj)
+        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
 
 
 async def provision_consumers(ctx: Context) -> None:
     fleet = fleet_of(ctx)
-    if fleet.spec.nats.external is None:
+    if nats.managed(fleet):
         servers = await ctx.api.get_or_none(Ref("apps/v1", "StatefulSet", ctx.namespace, nats.statefulset_name(fleet)))
         nats_ready = workload("nats", servers)
         if not nats_ready.ready:
@@ -72,7 +83,7 @@ async def provision_consumers(ctx: Context) -> None:
             return
     try:
         outcome = await streams.provision_pipeline(
-            nats.nats_url(fleet), fleet, pipeline_of(ctx), ctx.options.nats_timeout_seconds
+            nats.nats_url(fleet), fleet, pipeline_of(ctx), ctx.options.nats_timeout_seconds, ctx.nats_login
         )
     except streams.StreamError as exc:
         ctx.outcome.problems.append(Problem("StreamProvisioningFailed", str(exc)))
@@ -93,6 +104,7 @@ async def observe_workloads(ctx: Context) -> None:
 PIPELINE_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("read-fleet", read_fleet),
+    ("read-nats-credentials", read_nats_credentials),
     ("compile-steps", compile_steps),
     ("apply-workloads", apply_workloads),
     ("provision-consumers", provision_consumers),

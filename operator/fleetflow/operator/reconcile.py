@@ -13,8 +13,10 @@ from fleetflow.operator.apply import apply, remove, with_retries
 from fleetflow.operator.builders.common import owned
 from fleetflow.operator.conditions import Outcome, Problem
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref
+from fleetflow.operator.nats_credentials import NatsCredentials
 from fleetflow.operator.options import OperatorOptions
 from fleetflow.operator.readiness import Readiness
+from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +47,7 @@ class Context:
     components: list[Readiness] = field(default_factory=list)
     fleet: DeviceFleet | None = None
     pipeline: Pipeline | None = None
+    nats_credentials: NatsCredentials | None = None  # of a managed NATS; None for an external one
     changes: list[str] = field(default_factory=list)  # what this reconcile changed, for one Event
 
     def __post_init__(self) -> None:
@@ -57,6 +60,11 @@ class Context:
     @property
     def name(self) -> str:
         return str(self.body["metadata"]["name"])
+
+    @property
+    def nats_login(self) -> NatsLogin | None:
+        """How the operator connects to the fleet's NATS: a managed one has no default user."""
+        return self.nats_credentials.login if self.nats_credentials else None
 
     async def apply_owned(self, desired: JsonObject, *, create_only: bool = False) -> JsonObject:
         outcome, stored = await apply(self.api, owned(desired, self.body), create_only=create_only)

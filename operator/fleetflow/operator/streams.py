@@ -13,6 +13,7 @@ from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.runtime import jetstream, subjects
+from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
 # Connections still closing in the background (held so that they are not garbage-collected mid-close).
@@ -24,11 +25,20 @@ class StreamError(Exception):
 
 
 @asynccontextmanager
-async def connected(url: str, timeout: float) -> AsyncIterator[JetStreamContext]:
-    """One short connection per reconcile: the operator holds no NATS state between reconciles."""
+async def connected(url: str, timeout: float, login: NatsLogin | None) -> AsyncIterator[JetStreamContext]:
+    """One short connection per reconcile: the operator holds no NATS state between reconciles. A managed NATS
+    has no default user: the operator logs in as the services do."""
+    user, password = (login.user, login.password) if login else (None, None)
     try:
         nc = await asyncio.wait_for(
-            nats.connect(url, name="fleetflow-operator", connect_timeout=timeout, allow_reconnect=False),
+            nats.connect(
+                url,
+                name="fleetflow-operator",
+                user=user,
+                password=password,
+                connect_timeout=timeout,
+                allow_reconnect=False,
+            ),
             timeout=timeout * 2,
         )
     except Exception as exc:  # nats-py raises many unrelated types for an unreachable server
@@ -62,11 +72,13 @@ async def _states(js: JetStreamContext, names: list[str]) -> list[dict[str, Any]
     return states
 
 
-async def provision_fleet(url: str, fleet: DeviceFleet, timeout: float) -> list[dict[str, Any]]:
+async def provision_fleet(
+    url: str, fleet: DeviceFleet, timeout: float, login: NatsLogin | None
+) -> list[dict[str, Any]]:
     """Create, update or re-create the fleet's streams; returns each stream's state for the status, with
     `created` telling whether this call created it."""
     try:
-        async with connected(url, timeout) as js:
+        async with connected(url, timeout, login) as js:
             outcome = await jetstream.provision_fleet(js, fleet)
             recreated = [name for name, result in outcome.items() if result == "created"]
             if recreated:
@@ -79,11 +91,13 @@ async def provision_fleet(url: str, fleet: DeviceFleet, timeout: float) -> list[
         raise StreamError(f"provisioning the streams of fleet {fleet.name!r} at {url} failed: {exc!r}") from exc
 
 
-async def provision_pipeline(url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float) -> dict[str, str]:
+async def provision_pipeline(
+    url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float, login: NatsLogin | None
+) -> dict[str, str]:
     """The fleet's streams first (the consumers live on the telemetry stream), then the pipeline's stream
     and consumers; processor consumers of replicas that no longer exist are removed."""
     try:
-        async with connected(url, timeout) as js:
+        async with connected(url, timeout, login) as js:
             await jetstream.provision_fleet(js, fleet)
             outcome = await jetstream.provision_pipeline(js, fleet, pipeline)
             await _remove_surplus_processors(js, fleet, pipeline)
@@ -105,16 +119,18 @@ async def _remove_surplus_processors(js: JetStreamContext, fleet: DeviceFleet, p
             log.info("surplus processor consumer removed", stream=stream, consumer=name)
 
 
-async def delete_fleet_streams(url: str, fleet: DeviceFleet, timeout: float) -> list[str]:
+async def delete_fleet_streams(url: str, fleet: DeviceFleet, timeout: float, login: NatsLogin | None) -> list[str]:
     """Remove the fleet's streams and their data; returns the names that existed."""
-    async with connected(url, timeout) as js:
+    async with connected(url, timeout, login) as js:
         return [cfg.name for cfg in jetstream.fleet_streams(fleet) if cfg.name and await _delete_stream(js, cfg.name)]
 
 
-async def delete_pipeline_streams(url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float) -> list[str]:
+async def delete_pipeline_streams(
+    url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float, login: NatsLogin | None
+) -> list[str]:
     """Remove the pipeline's processor and writer consumers and its output stream."""
     removed = []
-    async with connected(url, timeout) as js:
+    async with connected(url, timeout, login) as js:
         telemetry = subjects.telemetry_stream(fleet.name)
         prefix = subjects.processor_consumer(pipeline.name, 0).rsplit("-", 1)[0] + "-"
         try:

@@ -20,7 +20,9 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     fleet = settings.fleet
     meter = telemetry.configure("gateway", fleet=fleet.name)
     watch = jetstream.ConnectionWatch()
-    nc = await jetstream.connect(settings.nats_url, f"fleetflow-gateway-{fleet.name}", on_state=watch.update)
+    nc = await jetstream.connect(
+        settings.nats_url, f"fleetflow-gateway-{fleet.name}", on_state=watch.update, login=settings.nats_login()
+    )
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
     publisher = TelemetryPublisher(js, meter, settings.max_publishes_in_flight)

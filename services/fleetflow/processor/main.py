@@ -19,7 +19,8 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     fleet, pipeline = settings.fleet, settings.pipeline
     compiled = compile_pipeline(pipeline, fleet)
     meter = telemetry.configure("processor", fleet=fleet.name, pipeline=pipeline.name)
-    nc = await jetstream.connect(settings.nats_url, f"fleetflow-processor-{pipeline.name}-{settings.replica}")
+    name = f"fleetflow-processor-{pipeline.name}-{settings.replica}"
+    nc = await jetstream.connect(settings.nats_url, name, login=settings.nats_login())
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
     await jetstream.provision_pipeline(js, fleet, pipeline)

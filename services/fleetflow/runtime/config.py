@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.runtime.natsauth import SERVICE_USER
 
 
 def _resource(resource: DeviceFleet | Pipeline) -> dict[str, Any]:
@@ -18,15 +19,25 @@ def _resource(resource: DeviceFleet | Pipeline) -> dict[str, Any]:
     return data
 
 
-def _common(nats_url: str, ops_port: int) -> dict[str, Any]:
-    return {"nats_url": nats_url, "ops_port": ops_port}
+def _common(nats_url: str, ops_port: int, nats_password_file: Path | None) -> dict[str, Any]:
+    """`nats_password_file` set: the service logs in as the services' user (a NATS without a default user)."""
+    common: dict[str, Any] = {"nats_url": nats_url, "ops_port": ops_port}
+    if nats_password_file is not None:
+        common.update(nats_user=SERVICE_USER, nats_password_file=str(nats_password_file))
+    return common
 
 
 def gateway_config(
-    fleet: DeviceFleet, *, nats_url: str, secret_file: Path, listen_port: int = 8080, ops_port: int = 8081
+    fleet: DeviceFleet,
+    *,
+    nats_url: str,
+    secret_file: Path,
+    listen_port: int = 8080,
+    ops_port: int = 8081,
+    nats_password_file: Path | None = None,
 ) -> dict[str, Any]:
     return {
-        **_common(nats_url, ops_port),
+        **_common(nats_url, ops_port, nats_password_file),
         "fleet": _resource(fleet),
         "listen_port": listen_port,
         "secret_file": str(secret_file),
@@ -34,10 +45,16 @@ def gateway_config(
 
 
 def processor_config(
-    fleet: DeviceFleet, pipeline: Pipeline, *, nats_url: str, replica: int = 0, ops_port: int = 8081
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    *,
+    nats_url: str,
+    replica: int = 0,
+    ops_port: int = 8081,
+    nats_password_file: Path | None = None,
 ) -> dict[str, Any]:
     return {
-        **_common(nats_url, ops_port),
+        **_common(nats_url, ops_port, nats_password_file),
         "fleet": _resource(fleet),
         "pipeline": _resource(pipeline),
         "replica": replica,
@@ -51,8 +68,13 @@ def writer_config(
     nats_url: str,
     sqlite_path: Path | None = None,
     ops_port: int = 8081,
+    nats_password_file: Path | None = None,
 ) -> dict[str, Any]:
-    config = {**_common(nats_url, ops_port), "fleet": _resource(fleet), "pipeline": _resource(pipeline)}
+    config = {
+        **_common(nats_url, ops_port, nats_password_file),
+        "fleet": _resource(fleet),
+        "pipeline": _resource(pipeline),
+    }
     if sqlite_path is not None:
         config["sqlite_path"] = str(sqlite_path)
     return config

@@ -22,12 +22,18 @@ from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.runtime import subjects
+from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
 
 
-async def connect(url: str, name: str, on_state: Callable[[bool], Awaitable[None] | None] | None = None) -> Client:
-    """Connect with unlimited reconnects; `on_state(connected)` hears about outages."""
+async def connect(
+    url: str,
+    name: str,
+    on_state: Callable[[bool], Awaitable[None] | None] | None = None,
+    login: NatsLogin | None = None,
+) -> Client:
+    """Connect with unlimited reconnects, as `login` if given; `on_state(connected)` hears about outages."""
 
     async def disconnected() -> None:
         log.warning("nats disconnected", url=url)
@@ -45,6 +51,8 @@ async def connect(url: str, name: str, on_state: Callable[[bool], Awaitable[None
     return await nats.connect(
         url,
         name=name,
+        user=login.user if login else None,
+        password=login.password if login else None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.errors import describe
+from fleetflow.runtime.natsauth import NatsLogin
 
 
 class SettingsError(ValueError):
@@ -22,6 +23,9 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETFLOW_", extra="forbid", env_nested_delimiter="__")
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # A NATS without a default user (the operator's) needs a login; local mode's loopback-only NATS does not.
+    nats_user: str | None = None
+    nats_password_file: Path | None = pydantic.Field(default=None, validate_default=True)
     ops_host: str = "127.0.0.1"
     ops_port: int = pydantic.Field(default=8081, ge=0, le=65535)
     status_file: Path | None = None
@@ -40,6 +44,22 @@ class ServiceSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the rendered file, as a pod's env overrides its ConfigMap.
         return env_settings, init_settings
+
+    @pydantic.field_validator("nats_password_file")
+    @classmethod
+    def _login_is_whole(cls, password_file: Path | None, info: pydantic.ValidationInfo) -> Path | None:
+        if (info.data.get("nats_user") is None) != (password_file is None):
+            raise ValueError(f"nats_user is {info.data.get('nats_user')!r}: set both (to log in to NATS) or neither")
+        return password_file
+
+    def nats_login(self) -> NatsLogin | None:
+        """The user and password to connect with (the password read from its file now), or None."""
+        if self.nats_user is None or self.nats_password_file is None:
+            return None
+        try:
+            return NatsLogin.from_file(self.nats_user, self.nats_password_file)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
     @classmethod
     def load(cls, path: Path | None) -> Self:

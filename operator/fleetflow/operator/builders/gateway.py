@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.common import SecretKeyRef
+from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import nats
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
@@ -61,10 +62,16 @@ def device_secret(fleet: DeviceFleet, value: bytes) -> JsonObject:
 
 
 def rendered_config(fleet: DeviceFleet) -> str:
-    secret_file = Path(SECRET_DIR) / device_secret_ref(fleet).key
-    return render_config(
-        gateway_config(fleet, nats_url=nats.nats_url(fleet), secret_file=secret_file, listen_port=HTTP_PORT)
+    config = gateway_config(
+        fleet,
+        nats_url=nats.nats_url(fleet),
+        secret_file=Path(SECRET_DIR) / device_secret_ref(fleet).key,
+        listen_port=HTTP_PORT,
+        nats_password_file=nats.services_password_file(fleet),
     )
+    if nats.managed(fleet):  # its MQTT listener admits devices through this gateway's auth callout
+        config["mqtt_issuer_seed_file"] = str(nats_credentials.file(nats_credentials.ISSUER_SEED_KEY))
+    return render_config(config)
 
 
 def rollout_hash(fleet: DeviceFleet) -> str:
@@ -115,6 +122,10 @@ def gateway_deployment(
         {"name": "device-secret", "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]}},
         {"name": "buffer", "emptyDir": {"sizeLimit": "512Mi"}},
     ]
+    if nats.managed(fleet):
+        keys = [nats_credentials.SERVICES_PASSWORD_KEY, nats_credentials.ISSUER_SEED_KEY]
+        container["volumeMounts"].append(nats_credentials.mount())
+        volumes.append(nats_credentials.volume(fleet, keys))
     spec: JsonObject = {
         "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
         # A new pod must be ready before an old one goes, so devices never meet a gateway-less fleet.
@@ -192,7 +203,7 @@ def endpoints(fleet: DeviceFleet) -> dict[str, str]:
     """Where devices and services reach the fleet, as shown in `status.gateway.endpoints`."""
     host = f"{name(fleet)}.{namespace_of(fleet)}.svc"
     found = {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
-    if fleet.spec.nats.external is None:
+    if nats.managed(fleet):
         found["mqtt"] = nats.mqtt_endpoint(fleet)
     return found
 

@@ -1,7 +1,15 @@
-"""A fleet's managed NATS JetStream: server config, StatefulSet (1 or 3 servers) and its two Services."""
+"""A fleet's managed NATS JetStream: server config, StatefulSet (1 or 3 servers) and its two Services.
+
+Every connection logs in (`fleetflow.runtime.natsauth`): the services and the operator as the services' user,
+MQTT devices through the gateway's auth callout, other servers of the cluster with the routes' password. The
+secrets come from the fleet's Secret (`fleetflow.operator.nats_credentials`) as environment variables, which
+nats.conf names as `$VARIABLE`: no secret is in the ConfigMap."""
+
+from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.quantities import parse_bytes
+from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders.common import (
     JsonObject,
     config_hash,
@@ -14,6 +22,7 @@ from fleetflow.operator.builders.common import (
     pod_security_context,
     selector_labels,
 )
+from fleetflow.runtime import natsauth
 
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
@@ -24,6 +33,25 @@ STORE_DIR = "/data/jetstream"
 PID_FILE = "/var/run/nats/nats.pid"
 # JetStream leaves a little of the volume free for its own metadata and compaction.
 STORE_SHARE = 0.9
+ROUTE_USER = "route"
+# The environment variables nats.conf takes its secrets from, each filled from a key of the fleet's Secret.
+SERVICES_PASSWORD_ENV = "NATS_SERVICES_PASSWORD"
+ANONYMOUS_PASSWORD_ENV = "NATS_ANONYMOUS_PASSWORD"
+ISSUER_ENV = "NATS_MQTT_ISSUER"
+ROUTES_PASSWORD_ENV = "NATS_ROUTES_PASSWORD"
+SECRET_ENV = {
+    SERVICES_PASSWORD_ENV: nats_credentials.SERVICES_PASSWORD_KEY,
+    ANONYMOUS_PASSWORD_ENV: nats_credentials.ANONYMOUS_PASSWORD_KEY,
+    ISSUER_ENV: nats_credentials.ISSUER_KEY,
+}
+ROUTES_ENV = "NATS_ROUTES"  # the route URLs, which carry the routes' password
+SERVER_AUTH = natsauth.ServerAuth(
+    mqtt_listen=f"0.0.0.0:{MQTT_PORT}",
+    issuer=natsauth.from_environment(ISSUER_ENV),
+    services_password=natsauth.from_environment(SERVICES_PASSWORD_ENV),
+    anonymous_password=natsauth.from_environment(ANONYMOUS_PASSWORD_ENV),
+    services_without_credentials=False,  # anything that reached the port would be the services' user
+)
 
 
 def statefulset_name(fleet: DeviceFleet) -> str:
@@ -53,13 +81,22 @@ def mqtt_endpoint(fleet: DeviceFleet) -> str:
     return f"mqtt://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{MQTT_PORT}"
 
 
+def managed(fleet: DeviceFleet) -> bool:
+    return fleet.spec.nats.external is None
+
+
+def services_password_file(fleet: DeviceFleet) -> Path | None:
+    """Where a service pod finds the password it logs in to a managed NATS with; None for an external NATS."""
+    return nats_credentials.file(nats_credentials.SERVICES_PASSWORD_KEY) if managed(fleet) else None
+
+
 def server_config(fleet: DeviceFleet) -> str:
-    """nats-server.conf; `$POD_NAME` is expanded by nats-server from the environment."""
-    managed = fleet.spec.nats.managed_or_default
-    store_bytes = int(parse_bytes(managed.storage_size) * STORE_SHARE)
+    """nats.conf; nats-server expands `$POD_NAME` and the `$NATS_*` secrets from its environment."""
+    managed_spec = fleet.spec.nats.managed_or_default
+    store_bytes = int(parse_bytes(managed_spec.storage_size) * STORE_SHARE)
     lines = [
-        f"port: {CLIENT_PORT}",
-        f"http_port: {MONITOR_PORT}",
+        f"listen: 0.0.0.0:{CLIENT_PORT}",
+        f"http: 0.0.0.0:{MONITOR_PORT}",
         "server_name: $POD_NAME",
         f'pid_file: "{PID_FILE}"',
         "lame_duck_duration: 30s",
@@ -68,25 +105,53 @@ def server_config(fleet: DeviceFleet) -> str:
         f'  store_dir: "{STORE_DIR}"',
         f"  max_file_store: {store_bytes}",
         "}",
-        "mqtt {",
-        f"  port: {MQTT_PORT}",
+    ]
+    if managed_spec.replicas > 1:
+        lines += _cluster(fleet)
+    return "\n".join(lines) + "\n" + natsauth.server_config(SERVER_AUTH)
+
+
+def _cluster(fleet: DeviceFleet) -> list[str]:
+    """Servers accept a route only with the routes' password; the routes they dial carry it in their URLs
+    (`$NATS_ROUTES`, see `_routes_env`), since nats-server takes no separate credentials for listed routes."""
+    return [
+        "cluster {",
+        f'  name: "{fleet.name}"',
+        f"  listen: 0.0.0.0:{CLUSTER_PORT}",
+        "  authorization {",
+        f"    user: {ROUTE_USER}",
+        f"    password: {natsauth.from_environment(ROUTES_PASSWORD_ENV)}",
+        "  }",
+        f"  routes: {natsauth.from_environment(ROUTES_ENV)}",
         "}",
     ]
-    if managed.replicas > 1:
-        headless = f"{headless_service_name(fleet)}.{namespace_of(fleet)}.svc"
-        routes = [
-            f"    nats://{statefulset_name(fleet)}-{i}.{headless}:{CLUSTER_PORT}" for i in range(managed.replicas)
-        ]
-        lines += [
-            "cluster {",
-            f'  name: "{fleet.name}"',
-            f"  port: {CLUSTER_PORT}",
-            "  routes: [",
-            *routes,
-            "  ]",
-            "}",
-        ]
-    return "\n".join(lines) + "\n"
+
+
+def _routes_env(fleet: DeviceFleet) -> JsonObject:
+    """The route URLs as a nats.conf list. The kubelet expands `$(NATS_ROUTES_PASSWORD)` when it starts the
+    container, so the pod spec holds the reference, not the password."""
+    headless = f"{headless_service_name(fleet)}.{namespace_of(fleet)}.svc"
+    login = f"{ROUTE_USER}:$({ROUTES_PASSWORD_ENV})"
+    urls = [
+        f'"nats://{login}@{statefulset_name(fleet)}-{i}.{headless}:{CLUSTER_PORT}"'
+        for i in range(fleet.spec.nats.managed_or_default.replicas)
+    ]
+    return {"name": ROUTES_ENV, "value": "[" + ", ".join(urls) + "]"}
+
+
+def _env(fleet: DeviceFleet) -> list[JsonObject]:
+    secret = nats_credentials.secret_name(fleet)
+
+    def from_secret(variable: str, key: str) -> JsonObject:
+        return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *(from_secret(variable, key) for variable, key in SECRET_ENV.items()),
+    ]
+    if fleet.spec.nats.managed_or_default.replicas > 1:
+        env += [from_secret(ROUTES_PASSWORD_ENV, nats_credentials.ROUTES_PASSWORD_KEY), _routes_env(fleet)]
+    return env
 
 
 def nats_config_map(fleet: DeviceFleet) -> JsonObject:
@@ -110,7 +175,7 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
         "image": image,
         "imagePullPolicy": pull_policy,
         "args": ["--config", "/etc/nats-config/nats.conf"],
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": _env(fleet),
         "ports": _ports(),
         "startupProbe": http_probe("/healthz", "monitor", period=5, failures=60),
         # Ready only once JetStream is up: a server still catching up with its peers takes no clients.
@@ -217,8 +282,9 @@ def nats_client_service(fleet: DeviceFleet) -> JsonObject:
 
 
 def nats_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> list[JsonObject]:
-    """Everything a managed NATS needs, in apply order; empty when the fleet uses an external NATS."""
-    if fleet.spec.nats.external is not None:
+    """Everything a managed NATS needs, in apply order (its credentials Secret is handled apart: it is created,
+    never patched); empty when the fleet uses an external NATS."""
+    if not managed(fleet):
         return []
     return [
         nats_config_map(fleet),

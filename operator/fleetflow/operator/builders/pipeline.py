@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import nats
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
@@ -44,7 +45,11 @@ def writer_config_map_name(pipeline: Pipeline) -> str:
 
 
 def processor_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
-    return render_config(processor_config(fleet, pipeline, nats_url=nats.nats_url(fleet)))
+    return render_config(
+        processor_config(
+            fleet, pipeline, nats_url=nats.nats_url(fleet), nats_password_file=nats.services_password_file(fleet)
+        )
+    )
 
 
 def sqlite_path(pipeline: Pipeline) -> Path | None:
@@ -56,7 +61,13 @@ def sqlite_path(pipeline: Pipeline) -> Path | None:
 
 
 def writer_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
-    config = writer_config(fleet, pipeline, nats_url=nats.nats_url(fleet), sqlite_path=sqlite_path(pipeline))
+    config = writer_config(
+        fleet,
+        pipeline,
+        nats_url=nats.nats_url(fleet),
+        sqlite_path=sqlite_path(pipeline),
+        nats_password_file=nats.services_password_file(fleet),
+    )
     if pipeline.spec.sink.cassandra and pipeline.spec.sink.cassandra.credentials_secret_ref:
         config["cassandra_credentials_dir"] = CASSANDRA_CREDENTIALS_DIR
     return render_config(config)
@@ -104,6 +115,8 @@ def processor_statefulset(
         "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
     }
     container = service_container("processor", image, pull_policy, resources, ports=[], env=[replica_env, *env])
+    volumes, mounts = _nats_login_volumes(fleet)
+    container["volumeMounts"].extend(mounts)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -117,12 +130,19 @@ def processor_statefulset(
             "template": pod_template(
                 pipeline_labels(pipeline, "processor"),
                 [container],
-                service_volumes(processor_config_map_name(pipeline)),
+                [*service_volumes(processor_config_map_name(pipeline)), *volumes],
                 config_hash(processor_rendered_config(fleet, pipeline)),
                 terminationGracePeriodSeconds=30,
             ),
         },
     }
+
+
+def _nats_login_volumes(fleet: DeviceFleet) -> tuple[list[JsonObject], list[JsonObject]]:
+    """(volumes, mounts) with the services' NATS password, for a managed NATS (it has no default user)."""
+    if not nats.managed(fleet):
+        return [], []
+    return [nats_credentials.volume(fleet, [nats_credentials.SERVICES_PASSWORD_KEY])], [nats_credentials.mount()]
 
 
 def _writer_volumes(pipeline: Pipeline) -> tuple[list[JsonObject], list[JsonObject]]:
@@ -149,8 +169,10 @@ def writer_deployment(
 ) -> JsonObject:
     """The writer migrates its store's schema at start, then persists the pipeline's records."""
     container = service_container("writer", image, pull_policy, resources, ports=[], env=list(env))
-    volumes, mounts = _writer_volumes(pipeline)
-    container["volumeMounts"].extend(mounts)
+    store_volumes, store_mounts = _writer_volumes(pipeline)
+    login_volumes, login_mounts = _nats_login_volumes(fleet)
+    volumes = [*store_volumes, *login_volumes]
+    container["volumeMounts"].extend([*store_mounts, *login_mounts])
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
