@@ -138,7 +138,7 @@ def closed(client: mqtt.Client) -> None:
     client.loop_stop()
 
 
-async def refused_over_mqtt(gw: Gateway, username: str | None, password: str, client_id: str) -> str:
+async def mqtt_answer(gw: Gateway, username: str | None, password: str, client_id: str) -> str:
     client, answer = await asyncio.to_thread(mqtt_connect, gw.pod.mqtt_port, username, password, client_id)
     closed(client)
     return answer
@@ -177,7 +177,7 @@ async def test_the_callout_refuses_wrong_tokens_anonymous_clients_and_the_servic
         "the services' user over MQTT": (SERVICE_USER, services_password, SERVICE_USER),
     }
     for what, (username, password, client_id) in refusals.items():
-        answer = await refused_over_mqtt(gw, username, password, client_id)
+        answer = await mqtt_answer(gw, username, password, client_id)
         assert answer != "Success", f"{what}: admitted"
 
 
