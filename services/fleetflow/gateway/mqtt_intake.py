@@ -34,7 +34,6 @@ HOLD_MARGIN_S = 0.2
 # A retried message not back this long after it was due went to another gateway replica (or to the dead
 # letters): stop holding the device's later messages for it.
 FORGET_AFTER_S = 5.0
-_MAX_TRACKED = 10_000
 
 
 class TelemetryIntake:
@@ -46,6 +45,7 @@ class TelemetryIntake:
         self.publisher, self.max_deliver = publisher, max_deliver
         # device -> {ingress stream seq of a message out for redelivery: when (monotonic) it is due back}
         self.retrying: dict[str, dict[int, float]] = {}
+        self._next_sweep = 0.0
         self.readings_accepted = meter.create_counter(
             "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
         )
@@ -56,24 +56,30 @@ class TelemetryIntake:
     def device_run(self, device: str, msgs: Sequence[Msg]) -> "DeviceRun":
         """A run over one device's messages of a fetch, to be fed in the order the device sent them."""
         run = DeviceRun(self, device, len(msgs), int(time.time() * 1000))
-        if len(self.retrying) > _MAX_TRACKED:
-            self._forget_overdue()
-        retrying = self.retrying.get(device)
-        if retrying:
-            now = time.monotonic()
-            for msg in msgs:
-                retrying.pop(_stream_seq(msg), None)  # back now
-            for seq in [seq for seq, due in retrying.items() if due + FORGET_AFTER_S < now]:
-                del retrying[seq]
-            if retrying:
-                run.behind(min(retrying), max(retrying.values()) - now)
-            else:
-                del self.retrying[device]
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._forget_overdue(now)
+        out = self._still_out(device, msgs, now)
+        if out:
+            run.behind(min(out), max(out.values()) - now)
         return run
 
-    def _forget_overdue(self) -> None:
+    def _still_out(self, device: str, msgs: Sequence[Msg], now: float) -> dict[int, float]:
+        """The device's messages out for redelivery that are not among `msgs` and not long overdue."""
+        retrying = self.retrying.get(device)
+        if not retrying:
+            return {}
+        for msg in msgs:
+            retrying.pop(_stream_seq(msg), None)
+        for seq in [seq for seq, due in retrying.items() if due + FORGET_AFTER_S < now]:
+            del retrying[seq]
+        if not retrying:
+            del self.retrying[device]
+        return retrying
+
+    def _forget_overdue(self, now: float) -> None:
         """Devices that went quiet while retrying must not pile up here."""
-        now = time.monotonic()
+        self._next_sweep = now + FORGET_AFTER_S
         for device, retrying in list(self.retrying.items()):
             if all(due + FORGET_AFTER_S < now for due in retrying.values()):
                 del self.retrying[device]
