@@ -3,6 +3,7 @@
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import random
 import time
@@ -36,7 +37,7 @@ class LoadResult:
 
 
 _encoder = msgspec.json.Encoder()
-InFlight = collections.deque[tuple[asyncio.Future[None], float, bytes]]  # PUBACK, sent at, body
+InFlight = collections.deque[tuple[asyncio.Future[None], bytes]]  # PUBACK, body
 
 
 def batch_body(seq: int, size: int, now_ms: int) -> bytes:
@@ -143,27 +144,33 @@ async def mqtt_loop(
     try:
         while not stop.is_set():
             body = batch_body(seq, batch, int(time.time() * 1000))
-            in_flight.append((device.publish(topic, body), time.monotonic(), body))
+            acked = device.publish(topic, body)
+            # Counted when the PUBACK arrives, not when the loop gets round to the oldest message.
+            acked.add_done_callback(functools.partial(_on_puback, result, batch, time.monotonic(), warmup_end))
+            in_flight.append((acked, body))
             seq += batch
             if len(in_flight) >= MAX_IN_FLIGHT:
-                await _settle_oldest(link, in_flight, batch, result, warmup_end)
+                await _settle_oldest(link, in_flight, result, warmup_end)
             next_send = await _pace(next_send, interval, stop)
         while in_flight:
-            await _settle_oldest(link, in_flight, batch, result, warmup_end)
+            await _settle_oldest(link, in_flight, result, warmup_end)
     finally:
         await link.close()
 
 
-async def _settle_oldest(link: MqttLink, in_flight: InFlight, batch: int, result: LoadResult,
-                         warmup_end: float) -> None:  # fmt: skip
-    acked, started, body = in_flight.popleft()
+def _on_puback(result: LoadResult, batch: int, started: float, warmup_end: float, acked: asyncio.Future[None]) -> None:
+    if not acked.cancelled() and acked.exception() is None:
+        _acknowledged(result, batch, False, started, warmup_end)
+
+
+async def _settle_oldest(link: MqttLink, in_flight: InFlight, result: LoadResult, warmup_end: float) -> None:
+    """Wait for the oldest message's PUBACK; a message the connection lost is sent again until acknowledged."""
+    acked, body = in_flight.popleft()
     try:
         await acked  # no timeout of its own: paho's keep-alive ends a silent connection, which fails it
     except ConnectionError:
         link.connected = False
         await _deliver_until_acknowledged(link, json.loads(body)["readings"], result, warmup_end)
-        return
-    _acknowledged(result, batch, False, started, warmup_end)
 
 
 def _readings(seq: int, batch: int) -> list[dict[str, Any]]:
