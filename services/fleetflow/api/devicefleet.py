@@ -131,11 +131,21 @@ class NatsSpec(Model):
         return self.managed or ManagedNats()
 
 
+# JetStream reserves a stream's max_bytes from the server's store when the stream is created. The telemetry
+# stream may take this share of a managed NATS volume; the rest holds commands, alerts, dead letters, the MQTT
+# intake, the pipelines' queues and JetStream's own overhead.
+TELEMETRY_STORE_SHARE = 0.75
+
+
 class StreamSpec(Model):
     """Retention of the fleet's JetStream streams."""
 
     max_age: Duration = "7d"
-    max_bytes: Size = "10Gi"
+    max_bytes: Size = Field(
+        default="5Gi",
+        description="The telemetry stream's size limit; the oldest batches go first. With a managed NATS, at most "
+        f"{TELEMETRY_STORE_SHARE:.0%} of nats.managed.storageSize.",
+    )
     replicas: Literal[1, 3] = 1
     duplicate_window: Duration = Field(default="2m", description="How long a retried batch is recognised.")
     partitions: int = Field(
@@ -184,6 +194,21 @@ class DeviceFleetSpec(Model):
             raise ValueError(
                 f"streams.replicas {self.streams.replicas} exceeds nats.managed.replicas "
                 f"{self.nats.managed_or_default.replicas}: a stream cannot have more replicas than servers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _telemetry_fits_the_volume(self) -> Self:
+        if self.nats.external is not None:
+            return self
+        storage = self.nats.managed_or_default.storage_size
+        limit = quantities.parse_bytes(storage) * TELEMETRY_STORE_SHARE
+        if self.streams.max_bytes_value > limit:
+            raise ValueError(
+                f"streams.maxBytes {self.streams.max_bytes!r} does not fit nats.managed.storageSize {storage!r}: "
+                f"JetStream reserves it from the volume up front, and the telemetry stream may take at most "
+                f"{TELEMETRY_STORE_SHARE:.0%} of it ({int(limit)} bytes) so the fleet's other streams fit too; "
+                "lower streams.maxBytes or raise nats.managed.storageSize"
             )
         return self
 

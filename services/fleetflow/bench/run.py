@@ -42,7 +42,7 @@ def bench_resources(options: BenchOptions) -> ResourceSet:
             "metadata": {"name": FLEET},
             "spec": {
                 "gateway": {"maxBatchReadings": max(1000, options.batch), "maxBodyBytes": 16 * 1024 * 1024},
-                "streams": {"maxAge": "1h", "maxBytes": "8Gi", "partitions": 4},
+                "streams": {"maxAge": "1h", "maxBytes": "6Gi", "partitions": 4},
             },
         }
     )

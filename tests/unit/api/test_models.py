@@ -36,7 +36,7 @@ def test_fleet_defaults() -> None:
     assert spec.nats.external is None and spec.nats.managed_or_default.replicas == 1
     assert spec.streams.max_age_seconds == 7 * 86400
     assert spec.streams.duplicate_window_seconds == 120
-    assert spec.streams.max_bytes_value == 10 * 2**30
+    assert spec.streams.max_bytes_value == 5 * 2**30
     assert spec.auth.mode == "token" and spec.auth.secret_ref is None
 
 
@@ -73,6 +73,10 @@ def test_camel_case_fields_round_trip() -> None:
         (fleet_doc(streams={"replicas": 2}), "spec.streams.replicas = 2: Input should be 1 or 3"),
         (fleet_doc(streams={"replicas": 3}), "streams.replicas 3 exceeds nats.managed.replicas 1"),
         (fleet_doc(streams={"partitions": 0}), "spec.streams.partitions = 0"),
+        (
+            fleet_doc(streams={"maxBytes": "10Gi"}),
+            "streams.maxBytes '10Gi' does not fit nats.managed.storageSize '10Gi': JetStream reserves it",
+        ),
         (fleet_doc(nats={"external": {"url": "nats://x:4222"}, "managed": {}}), "set either nats.external or nats"),
         (fleet_doc(nats={"external": {"url": "http://x"}}), "spec.nats.external.url = 'http://x'"),
         (fleet_doc(devices={"idPattern": "(["}), "regular expression '([' does not compile"),
@@ -137,3 +141,8 @@ def test_sizes(value: int | str, size: int) -> None:
 def test_bad_sizes(bad: object) -> None:
     with pytest.raises(ValueError, match="is not valid"):
         parse_bytes(bad)  # type: ignore[arg-type]
+
+
+def test_an_external_nats_takes_any_telemetry_size() -> None:
+    doc = fleet_doc(nats={"external": {"url": "nats://x:4222"}}, streams={"maxBytes": "1Ti"})
+    assert DeviceFleet.model_validate(doc).spec.streams.max_bytes_value == 2**40
