@@ -35,8 +35,9 @@ from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
 log = structlog.get_logger(__name__)
 CONSUMER = "gateway-mqtt"
 MAX_DELIVER = 10
-# A device with many QoS 1 messages in flight has several in one fetch, and they become one telemetry batch; the
-# short wait bounds what a message arriving into an idle stream waits for company.
+# A fetch takes what is there, up to FETCH: what piled up while the last one was handled comes at once, and a
+# device's messages among it become one telemetry batch. An idle fetch returns with the first message to arrive,
+# or empty after FETCH_WAIT_S, so the stop event is checked that often.
 FETCH = 1000
 FETCH_WAIT_S = 0.05
 HANDOVER_PROBE_S = 0.05

@@ -65,8 +65,8 @@ class BatchConsumer:
         batch: int = 256,
         wait: float = 0.5,
     ):
-        """A fetch takes what is ready, up to `batch`; when nothing is, it waits up to `wait` seconds and takes
-        what arrived by then."""
+        """A fetch takes what is ready, up to `batch`; when nothing is, it returns with the first messages to
+        arrive, or empty after `wait` seconds."""
         self.js, self.stream, self.durable = js, stream, durable
         self.handler, self.dead_letters = handler, dead_letters
         self.max_deliver, self.batch, self.wait = max_deliver, batch, wait
