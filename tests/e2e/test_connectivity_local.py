@@ -102,9 +102,10 @@ async def test_every_protocol_stores_each_reading_once_and_gets_commands_queued_
             await mqtt_device.connect()
             try:
                 assert (await asyncio.wait_for(mqtt_device.commands.get(), 10))["id"] == sent["m-1"]["id"]
-                for i in range(5):
-                    await mqtt_device.send(readings(i * 10, 10))
-                await mqtt_device.send(readings(40, 10))
+                batches = [readings(i * 10, 10) for i in range(5)]
+                for batch in batches:
+                    await mqtt_device.send(batch)
+                await mqtt_device.send(batches[-1])  # resent as after a lost PUBACK: the same readings
                 await mqtt_device.report(sent["m-1"]["id"], "succeeded")
             finally:
                 await mqtt_device.close()
