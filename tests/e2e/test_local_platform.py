@@ -77,6 +77,33 @@ def test_every_acknowledged_reading_is_stored_once_and_survives_a_restart(tmp_pa
     assert len(asyncio.run(stored(data_dir))) == 2 * DEVICES * BATCHES * BATCH
 
 
+def processes_started_from(data_dir: Path) -> list[int]:
+    """Live processes whose command line names `data_dir` (nats-server and the services name their config)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            started_here = proc.name.isdigit() and str(data_dir).encode() in (proc / "cmdline").read_bytes()
+            if started_here and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(proc.name))
+        except OSError:  # it exited while we looked
+            continue
+    return found
+
+
+def test_killing_fleetflow_up_stops_every_process_it_started(tmp_path: Path) -> None:
+    """SIGKILL (or a closed terminal) gives `fleetflow up` no chance to stop its children; they go all the same."""
+    data_dir = tmp_path / "data"
+    with fleetflow_up(data_dir, QUICKSTART) as platform:
+        children = [pid for pid in processes_started_from(data_dir) if pid != platform.process.pid]
+        assert len(children) == 4, children  # nats-server, gateway, processor, writer
+        platform.process.kill()
+        platform.process.wait()
+        deadline = time.monotonic() + 30
+        while left := [pid for pid in children if pid in processes_started_from(data_dir)]:
+            assert time.monotonic() < deadline, f"still running after fleetflow up was killed: {left}"
+            time.sleep(0.1)
+
+
 def test_simulated_devices_end_with_stored_equal_to_acknowledged(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fleetflow.cli", "up", str(QUICKSTART), "--data-dir", str(tmp_path),

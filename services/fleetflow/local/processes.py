@@ -15,6 +15,8 @@ from typing import Any
 import structlog
 import yaml
 
+from fleetflow.runtime.service import SUPERVISOR_ENV
+
 log = structlog.get_logger(__name__)
 
 
@@ -48,7 +50,8 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.status_file.unlink(missing_ok=True)
-        env = {**os.environ, "FLEETFLOW_STATUS_FILE": str(self.status_file), "FLEETFLOW_LOG_FORMAT": "json"}
+        env = {**os.environ, "FLEETFLOW_STATUS_FILE": str(self.status_file), "FLEETFLOW_LOG_FORMAT": "json",
+               SUPERVISOR_ENV: str(os.getpid())}  # fmt: skip
         with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fleetflow.cli", self.kind, "--config", str(self.config_file)],

@@ -1,14 +1,19 @@
 """The life of a service process: an event loop, signals that start a graceful stop, a ready file."""
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from fleetflow.runtime import telemetry
+
+SUPERVISOR_ENV = "FLEETFLOW_SUPERVISOR_PID"  # set by `fleetflow up` for the processes it starts
+_PR_SET_PDEATHSIG = 1
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
@@ -30,8 +35,21 @@ async def _with_signals(main: Callable[[asyncio.Event], Awaitable[None]]) -> int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stop_with_supervisor()
     await main(stop)
     return 0
+
+
+def stop_with_supervisor() -> None:
+    """Under `fleetflow up`, have the kernel send SIGTERM once the supervisor is gone, even if it was killed
+    or its terminal closed: its children run in their own session (so Ctrl-C reaches only the supervisor,
+    which stops them in order), and nothing else would stop them. The request survives exec."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(supervisor):  # it was gone before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def write_status(path: Path | None, status: dict[str, Any]) -> None:
