@@ -131,22 +131,22 @@ def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
 
 
 def pipeline_streams(fleet: DeviceFleet, pipeline: Pipeline) -> list[StreamConfig]:
-    """The queue that carries a pipeline's processed records to its writer.
+    """The stream that carries a pipeline's processed records to its writer.
 
-    Work-queue retention: a record is gone once the writer stored it, so the stream holds only the writer's
-    backlog (the telemetry stream keeps the replayable history). No max_bytes: JetStream reserves a stream's
-    max_bytes from the server's store up front, so a byte limit per pipeline would use up a managed NATS volume
-    after a pipeline or two, and dropping the backlog of a slow writer would lose processed records."""
+    No max_bytes: JetStream reserves a stream's max_bytes from the server's store when the stream is created,
+    so a byte limit per pipeline would use up a managed NATS volume after a pipeline or two. The stream is
+    bounded by max_age instead."""
     spec = fleet.spec.streams
     return [
         StreamConfig(
             name=subjects.pipeline_stream(fleet.name, pipeline.name),
-            description=f"Processed records of pipeline {pipeline.name}, until its writer stored them",
+            description=f"Processed records of pipeline {pipeline.name}",
             subjects=[f"ff.{fleet.name}.pl.{pipeline.name}.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
+            retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=spec.replicas,
             max_age=spec.max_age_seconds,
+            max_bytes=-1,  # explicit, so that updating a stream made with a byte limit lifts it
             duplicate_window=spec.duplicate_window_seconds,
         )
     ]
@@ -195,29 +195,11 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
         await js.add_stream(config)
         log.info("stream created", stream=config.name)
         return "created"
-    if current.config.retention != config.retention:  # JetStream cannot change a stream's retention
-        await _replace_drained_stream(js, config)
-        return "replaced"
     if _differs(current.config.as_dict(), config.as_dict()):
         await js.update_stream(config)
         log.info("stream updated", stream=config.name)
         return "updated"
     return "unchanged"
-
-
-async def _replace_drained_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Recreate a stream whose retention changed (its durable consumers go with it and are provisioned
-    again), but only once every consumer has acknowledged everything: nothing unprocessed may be lost."""
-    assert config.name is not None
-    busy = [c.name for c in await js.consumers_info(config.name) if c.num_pending or c.num_ack_pending]
-    if busy:
-        raise RuntimeError(
-            f"stream {config.name} must be recreated with {config.retention} retention, but consumers {busy} "
-            "still have messages to process; let them finish (run the previous version until drained), then retry"
-        )
-    await js.delete_stream(config.name)
-    await js.add_stream(config)
-    log.info("stream recreated with new retention", stream=config.name, retention=str(config.retention))
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> str:

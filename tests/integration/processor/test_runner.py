@@ -10,7 +10,6 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy
 from opentelemetry.metrics import get_meter
 
 from fleetflow.api import DeviceFleet, Pipeline
@@ -110,13 +109,8 @@ async def wait_applied(runners: list[Runner], seq: int, timeout: float = 10.0) -
 
 
 async def stored(js: JetStreamContext, stream: str, subject: str) -> list[tuple[str, str, bytes]]:
-    """Every message of `stream` on `subject` as (subject, Nats-Msg-Id, data), in stream order. A pipeline's
-    stream is a work queue, which admits no second consumer: read it through its writer's durable."""
-    if (await js.stream_info(stream)).config.retention == RetentionPolicy.WORK_QUEUE:
-        (writer,) = await js.consumers_info(stream)
-        sub = await js.pull_subscribe_bind(writer.name, stream)
-    else:
-        sub = await js.pull_subscribe(subject, stream=stream)
+    """Every message of `stream` on `subject` as (subject, Nats-Msg-Id, data), in stream order."""
+    sub = await js.pull_subscribe(subject, stream=stream)
     found: list[tuple[str, str, bytes]] = []
     while (await sub.consumer_info()).num_pending:
         for msg in await sub.fetch(100, timeout=2):
@@ -275,10 +269,8 @@ async def test_outputs_carry_the_trace_of_their_input(nc: Client) -> None:
     ack = await js.publish(subjects.telemetry_subject("traced", "box-1"), codec.encode(batch), headers=headers)
     await run_until(js, [runner(js, fleet, pipeline)], ack.seq)
 
-    writer = await js.pull_subscribe_bind(
-        subjects.writer_consumer("chain"), subjects.pipeline_stream("traced", "chain")
-    )
-    [output] = await writer.fetch(1, timeout=2)
+    sub = await js.pull_subscribe("ff.traced.pl.chain.readings.>", stream=subjects.pipeline_stream("traced", "chain"))
+    [output] = await sub.fetch(1, timeout=2)
     assert output.headers is not None
     assert output.headers["traceparent"].split("-")[1] == trace_id
     assert output.headers["Fleetflow-Record"] == "readings"

@@ -1,63 +1,55 @@
-"""Provisioning a pipeline's queue on a real nats-server, including streams left by an earlier version."""
+"""Provisioning on a real nats-server whose JetStream store is as small as a default managed NATS volume's."""
 
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.js.api import RetentionPolicy, StreamConfig
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.runtime import jetstream, subjects
-from tests.support.natsserver import NatsServer
+from fleetflow.local.natsserver import free_port, nats_server_binary
+from fleetflow.runtime import jetstream
+from tests.support.natsserver import wait_for_port
 
-FLEET = DeviceFleet.model_validate({"metadata": {"name": "yard"}, "spec": {}})
-PIPELINE = Pipeline.model_validate({"metadata": {"name": "main"}, "spec": {"fleetRef": {"name": "yard"}}})
-QUEUE = subjects.pipeline_stream("yard", "main")
+# What the operator gives JetStream of a default fleet's 10Gi volume (builders.nats.STORE_SHARE = 0.9).
+DEFAULT_STORE_BYTES = int(10 * 2**30 * 0.9)
 
 
 @pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
+def small_store_url(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path}/js"\n'
+                    f"  max_file_store: {DEFAULT_STORE_BYTES} }}\n")  # fmt: skip
+    process = subprocess.Popen([str(nats_server_binary()), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(port)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+async def nc(small_store_url: str) -> AsyncIterator[Client]:
+    client = await nats.connect(small_store_url)
     yield client
     await client.close()
 
 
-async def provision_as_before(nc: Client, records: int) -> None:
-    """The pipeline's stream as the previous version made it (limits retention), with `records` the writer has
-    not taken yet."""
+def pipeline(name: str) -> Pipeline:
+    return Pipeline.model_validate({"metadata": {"name": name}, "spec": {"fleetRef": {"name": "yard"}}})
+
+
+async def test_a_default_fleet_with_several_pipelines_fits_a_default_volume(nc: Client) -> None:
+    """JetStream reserves each stream's max_bytes up front; only the telemetry stream may have one."""
     js = nc.jetstream()
-    await jetstream.provision_fleet(js, FLEET)
-    await js.add_stream(StreamConfig(name=QUEUE, subjects=["ff.yard.pl.main.>"], retention=RetentionPolicy.LIMITS))
-    await jetstream.ensure_consumer(js, QUEUE, jetstream.writer_consumer(FLEET, PIPELINE))
-    for i in range(records):
-        await js.publish("ff.yard.pl.main.readings.d-1", b"{}", headers={"Nats-Msg-Id": f"r{i}"})
-
-
-async def test_a_writers_queue_only_holds_what_the_writer_has_not_stored(nc: Client) -> None:
-    js = nc.jetstream()
-    await jetstream.provision_fleet(js, FLEET)
-    await jetstream.provision_pipeline(js, FLEET, PIPELINE)
-    for i in range(3):
-        await js.publish("ff.yard.pl.main.readings.d-1", b"{}", headers={"Nats-Msg-Id": f"r{i}"})
-    writer = await js.pull_subscribe_bind(subjects.writer_consumer("main"), QUEUE)
-    for msg in await writer.fetch(3, timeout=2):
-        await msg.ack_sync()
-    assert (await js.stream_info(QUEUE)).state.messages == 0
-
-
-async def test_a_drained_stream_of_the_previous_version_becomes_a_work_queue(nc: Client) -> None:
-    await provision_as_before(nc, records=0)
-    outcome = await jetstream.provision_pipeline(nc.jetstream(), FLEET, PIPELINE)
-    assert outcome[QUEUE] == "replaced"
-    info = await nc.jetstream().stream_info(QUEUE)
-    assert info.config.retention == RetentionPolicy.WORK_QUEUE and info.config.max_bytes == -1
-    assert await nc.jetstream().consumer_info(QUEUE, subjects.writer_consumer("main"))  # provisioned again
-
-
-async def test_a_stream_with_unstored_records_is_kept_and_the_error_says_why(nc: Client) -> None:
-    await provision_as_before(nc, records=2)
-    with pytest.raises(RuntimeError, match=r"consumers \['writer-main'\] still have messages to process"):
-        await jetstream.provision_pipeline(nc.jetstream(), FLEET, PIPELINE)
-    info = await nc.jetstream().stream_info(QUEUE)
-    assert info.config.retention == RetentionPolicy.LIMITS and info.state.messages == 2
+    fleet = DeviceFleet.model_validate({"metadata": {"name": "yard"}, "spec": {}})
+    await jetstream.provision_fleet(js, fleet)
+    for name in ("hot", "cold", "audit"):
+        await jetstream.provision_pipeline(js, fleet, pipeline(name))
+    reserved = [s.config.max_bytes for s in await js.streams_info()]
+    assert sorted(b for b in reserved if b and b > 0) == [fleet.spec.streams.max_bytes_value]
