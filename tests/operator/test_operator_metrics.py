@@ -26,6 +26,7 @@ async def test_reconciles_are_counted_by_kind_and_outcome_and_timed(
 ) -> None:
     emulator, _ = apiserver
     before = sample("fleetflow_operator_reconciles_total", kind="Pipeline")
+    errors_before = sample("fleetflow_operator_reconcile_errors_total", kind="Pipeline")  # earlier tests' too
     async with start_operator(compile_pipeline=compile_pipeline):
         await create(emulator, fleet_doc(nats={"external": {"url": nats_server.url}}))
         await create(emulator, pipeline_doc(steps=[{"name": "bad", "filter": {"condition": "metrics.t >"}}]))
@@ -36,5 +37,6 @@ async def test_reconciles_are_counted_by_kind_and_outcome_and_timed(
     assert sample("fleetflow_operator_reconcile_duration_seconds_count", kind="DeviceFleet") > 0
     text = prometheus_client.generate_latest().decode()
     assert re.search(r'fleetflow_operator_reconcile_duration_seconds_bucket\{.*kind="Pipeline".*\}', text)
-    # An invalid spec is the user's to fix, not an operator error; errors are exported (as 0) all the same.
-    assert re.search(r'fleetflow_operator_reconcile_errors_total\{.*kind="Pipeline".*\} 0\.0', text)
+    # An invalid spec is the user's to fix, not an operator error; the errors series is exported all the same.
+    assert re.search(r'fleetflow_operator_reconcile_errors_total\{.*kind="Pipeline".*\}', text)
+    assert sample("fleetflow_operator_reconcile_errors_total", kind="Pipeline") == errors_before
