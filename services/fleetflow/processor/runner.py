@@ -119,13 +119,20 @@ class Runner:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop`; the batch in hand is finished and a last checkpoint written."""
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        deliveries_lost = False
         while not stop.is_set():
+            if deliveries_lost:
+                deliveries_lost = not await self._replay_lost_deliveries()
+                if deliveries_lost:
+                    await asyncio.sleep(0.5)
+                    continue
             try:
                 msgs = await sub.fetch(self.fetch_batch, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             except nats.errors.Error as exc:
                 log.warning("fetch failed; retrying", error=str(exc), consumer=self.durable)
+                deliveries_lost = True
                 await asyncio.sleep(0.5)
                 continue
             if msgs:
@@ -226,6 +233,20 @@ class Runner:
     def _count(self, out: Outputs) -> None:
         for (step, outcome), n in out.counts.items():
             self.step_readings.add(n, {"step": step, "outcome": outcome})
+
+    async def _replay_lost_deliveries(self) -> bool:
+        """A fetch that fails (e.g. a 503 while nats-server shuts down) drops what the server had already
+        delivered to it. Those messages come back only after ack_wait, behind later ones, and would then be
+        skipped as already applied; so apply them now, in stream order, by the same replay as at start.
+        False while NATS cannot be asked (try again later)."""
+        try:
+            replayed = await self._catch_up()
+        except nats.errors.Error as exc:
+            log.warning("cannot replay deliveries a failed fetch lost yet; retrying", error=str(exc))
+            return False
+        if replayed:
+            log.info("replayed deliveries a failed fetch lost", replayed=replayed, consumer=self.durable)
+        return True
 
     async def _catch_up(self) -> int:
         """Replay inputs after the checkpoint that the durable consumer had delivered before we started."""

@@ -7,8 +7,10 @@ from typing import Any
 
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry.metrics import get_meter
 
@@ -274,3 +276,42 @@ async def test_outputs_carry_the_trace_of_their_input(nc: Client) -> None:
     assert output.headers is not None
     assert output.headers["traceparent"].split("-")[1] == trace_id
     assert output.headers["Fleetflow-Record"] == "readings"
+
+
+async def test_deliveries_a_failed_fetch_lost_are_applied_before_later_inputs(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py drops what a fetch had received when the fetch then fails (a 503 while nats-server shuts down).
+    The server redelivers those inputs only after ack_wait, behind later ones: they must not be skipped then as
+    already applied, so every input still has its output."""
+    js = nc.jetstream()
+    fleet = DeviceFleet.model_validate({"metadata": {"name": "lossy"}, "spec": {"streams": {"partitions": 1}}})
+    pipeline = Pipeline.model_validate({"metadata": {"name": "chain"},
+                                        "spec": {"fleetRef": {"name": "lossy"}, "delivery": {"ackWait": "1s"}}})  # fmt: skip
+    await provision(js, fleet, pipeline)
+    batches = [ReadingBatch(fleet="lossy", device="d-1", readings=[Reading(s, BASE + s, {"t": 1.0})], received_ms=BASE)
+               for s in range(6)]  # fmt: skip
+    await publish(js, batches[:3])
+    real_fetch = JetStreamContext.PullSubscription.fetch
+    failed = False
+
+    async def fetch_failing_once(sub: JetStreamContext.PullSubscription, *args: Any, **kwargs: Any) -> list[Msg]:
+        nonlocal failed
+        if failed:
+            return await real_fetch(sub, *args, **kwargs)
+        failed = True
+        await real_fetch(sub, *args, **kwargs)  # the server delivers inputs 1-3 ...
+        await publish(js, batches[3:])  # ... later inputs arrive ...
+        raise nats.js.errors.ServiceUnavailableError  # ... and the fetch fails, dropping what it had received
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", fetch_failing_once)
+    runners = [runner(js, fleet, pipeline)]
+    stop = asyncio.Event()
+    await runners[0].start()
+    task = asyncio.create_task(runners[0].run(stop))
+    await wait_applied(runners, 6)
+    stop.set()
+    await task
+    out = await stored(js, subjects.pipeline_stream("lossy", "chain"), "ff.lossy.pl.chain.readings.>")
+    assert [msgspec.json.decode(m[2], type=ReadingBatch).readings[0].seq for m in out] == list(range(6))
+    assert failed
