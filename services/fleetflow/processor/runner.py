@@ -122,10 +122,10 @@ class Runner:
         deliveries_lost = False
         while not stop.is_set():
             if deliveries_lost:
-                deliveries_lost = not await self._replay_lost_deliveries()
-                if deliveries_lost:
+                if not await self._replay_lost_deliveries():
                     await asyncio.sleep(0.5)
                     continue
+                deliveries_lost = False
             try:
                 msgs = await sub.fetch(self.fetch_batch, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
