@@ -97,7 +97,7 @@ def read(secret: JsonObject) -> NatsCredentials:
         )
     values = {key: base64.b64decode(data[key]).decode(errors="replace").strip() for key in KEYS}
     for key in PASSWORD_KEYS:
-        if not PASSWORD.match(values[key]):
+        if not PASSWORD.fullmatch(values[key]):
             raise CredentialsError(
                 f"Secret {name!r} key {key!r}: a password must be 16 or more letters and digits, starting with "
                 "a letter (nats-server reads it from an environment variable, and route URLs carry it)"

@@ -1,5 +1,8 @@
 """Identifier rules. Identifiers become NATS subject tokens, stream names, Kubernetes object names and table
-names, so they never contain dots, wildcards, spaces, slashes or quotes."""
+names, so they never contain dots, wildcards, spaces, slashes or quotes.
+
+Check them with `fullmatch` (see `check`): in Python `$` also matches before a trailing newline, so
+`match("dev-1\\n")` passes a newline into a NATS subject. The patterns keep `^...$` for JSON schema and CEL."""
 
 import re
 
@@ -19,9 +22,13 @@ TABLE_NAME_RULE = "lowercase letters, digits and '_', starting with a letter, at
 
 def check(value: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
     """Return `value` if it matches `pattern`, else raise ValueError naming the value and the rule."""
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not valid: use {rule}")
     return value
+
+
+def is_device_id(value: str) -> bool:
+    return DEVICE_ID.fullmatch(value) is not None
 
 
 def check_resource_name(value: str, what: str = "name") -> str:

@@ -29,7 +29,7 @@ def parse_bytes(value: int | str) -> int:
         if value < 0:
             raise ValueError(f"size {value!r} is not valid: it must not be negative")
         return value
-    match = _BYTES.match(value) if isinstance(value, str) else None
+    match = _BYTES.fullmatch(value) if isinstance(value, str) else None
     if not match:
         raise ValueError(f"size {value!r} is not valid: use {BYTES_RULE}")
     digits = value.rstrip("KMGTi")

@@ -10,6 +10,7 @@ by seq still stores each reading once)."""
 import asyncio
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import msgspec
@@ -18,7 +19,7 @@ from nats.aio.client import Client
 from opentelemetry.metrics import Meter, Observation
 
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.publisher import TelemetryPublisher, unavailable
 from fleetflow.runtime import codec
 from fleetflow.runtime.codec import ReadingBatch
 from fleetflow.runtime.jetstream import ConnectionWatch
@@ -61,6 +62,15 @@ class DiskBuffer:
         self._files.append(path)
         self.bytes += len(data)
 
+    def oldest_age(self, now: float) -> float:
+        """Seconds the oldest batch has waited (0 when empty)."""
+        if not self._files:
+            return 0.0
+        try:
+            return max(0.0, now - self._files[0].stat().st_mtime)
+        except FileNotFoundError:  # replayed meanwhile
+            return 0.0
+
     def oldest(self, count: int) -> list[tuple[Path, bytes]]:
         return [(path, path.read_bytes()) for path in self._files[:count]]
 
@@ -71,10 +81,10 @@ class DiskBuffer:
             path.unlink()
         del self._files[: len(paths)]
 
-    def set_aside(self, path: Path) -> Path:
-        """Take an unreadable file out of the queue, keeping it (renamed `.corrupt`) for inspection."""
+    def set_aside(self, path: Path, suffix: str = ".corrupt") -> Path:
+        """Take a file no retry can publish out of the queue, keeping it (renamed) for inspection."""
         size = path.stat().st_size
-        aside = path.with_suffix(".corrupt")
+        aside = path.with_suffix(suffix)
         path.rename(aside)
         self._files.remove(path)
         self.bytes -= size
@@ -92,15 +102,17 @@ def _fsync_dir(directory: Path) -> None:
 class BufferedPublisher(TelemetryPublisher):
     """A TelemetryPublisher that falls back to the disk buffer when JetStream does not answer.
 
-    While anything is buffered, new batches are buffered too, so replay keeps the order in which batches
-    were accepted."""
+    Only an outage is buffered: a batch NATS can never carry is refused (413) before it could enter the buffer,
+    and one that turns out unpublishable during replay is set aside, so nothing waits behind it. While anything
+    is buffered, new batches are buffered too, so replay keeps the order in which batches were accepted."""
 
     def __init__(self, nc: Client, watch: ConnectionWatch, meter: Meter, max_in_flight: int, buffer: DiskBuffer):
-        super().__init__(nc.jetstream(), meter, max_in_flight)
-        self.nc, self.watch, self.buffer = nc, watch, buffer
+        super().__init__(nc, meter, max_in_flight)
+        self.watch, self.buffer = watch, buffer
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.drained = asyncio.Event()
+        self._progress_at = time.monotonic()  # when the buffer last shrank or was empty
         if not len(buffer):
             self.drained.set()
         self.buffered_batches = meter.create_counter(
@@ -109,25 +121,44 @@ class BufferedPublisher(TelemetryPublisher):
         self.replayed_batches = meter.create_counter(
             "fleetflow_gateway_replayed_batches", unit="1", description="Buffered batches published after an outage"
         )
+        self.set_aside_batches = meter.create_counter(
+            "fleetflow_gateway_buffer_rejected_batches", unit="1",
+            description="Buffered batches JetStream refused for good during replay, set aside as .rejected files",
+        )  # fmt: skip
+        for counter in (self.buffered_batches, self.replayed_batches, self.set_aside_batches):
+            counter.add(0)
         meter.create_observable_gauge(
             "fleetflow_gateway_buffer_bytes", callbacks=[lambda _: [Observation(self.buffer.bytes)]], unit="By",
             description="Bytes waiting in the outage buffer",
         )  # fmt: skip
+        meter.create_observable_gauge(
+            "fleetflow_gateway_buffer_oldest_age_seconds", unit="s",
+            callbacks=[lambda _: [Observation(self.buffer.oldest_age(time.time()))]],
+            description="How long the oldest buffered batch has waited; growing while NATS is up means stuck",
+        )  # fmt: skip
+
+    def stalled_for(self) -> float:
+        """Seconds the buffer has held batches without shrinking while NATS was connected (0 if draining)."""
+        if not len(self.buffer) or not self.nc.is_connected:
+            self._progress_at = time.monotonic()
+            return 0.0
+        return time.monotonic() - self._progress_at
 
     async def publish(self, batch: ReadingBatch) -> bool:
+        payload = self.encode(batch)  # a batch NATS can never carry is refused here, never buffered
         if not len(self.buffer) and self.nc.is_connected:
             try:
-                return await self._publish_unless_lost(batch)
+                return await self._publish_unless_lost(batch, payload)
             except Rejection as rejection:
                 if rejection.status != 503:
                     raise
-        await self._store(batch)
+        await self._store(payload)
         return False
 
-    async def _publish_unless_lost(self, batch: ReadingBatch) -> bool:
+    async def _publish_unless_lost(self, batch: ReadingBatch, payload: bytes) -> bool:
         """Publish, but give up as soon as the connection drops: JetStream's answer would never come, and the
         device would wait out the whole publish timeout before its batch reached the buffer."""
-        attempt = asyncio.ensure_future(super().publish(batch))
+        attempt = asyncio.ensure_future(self.publish_encoded(batch, payload))
         lost = asyncio.ensure_future(self.watch.lost.wait())
         try:
             await asyncio.wait({attempt, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -137,11 +168,10 @@ class BufferedPublisher(TelemetryPublisher):
             if gave_up:
                 attempt.cancel()
         if gave_up:
-            raise Rejection(503, "unavailable", "the NATS connection dropped before JetStream acknowledged the batch")
+            raise unavailable("the NATS connection dropped before JetStream acknowledged the batch")
         return attempt.result()
 
-    async def _store(self, batch: ReadingBatch) -> None:
-        data = codec.encode(batch)
+    async def _store(self, data: bytes) -> None:
         async with self._write_lock:
             if not self.buffer.has_room(len(data)):
                 raise Rejection(
@@ -180,25 +210,42 @@ class BufferedPublisher(TelemetryPublisher):
         batches = []
         for path, data in window:
             try:
-                batches.append((path, codec.decode_batch(data)))
+                batches.append((path, codec.decode_batch(data), data))
             except msgspec.DecodeError:
-                async with self._write_lock:
-                    aside = self.buffer.set_aside(path)
-                log.error("unreadable file in the outage buffer; set aside", path=str(aside))
+                await self._set_aside(path, ".corrupt", "unreadable file in the outage buffer")
                 return True
-        outcomes = await asyncio.gather(*(super(BufferedPublisher, self).publish(b) for _, b in batches),
+        outcomes = await asyncio.gather(*(self.publish_encoded(b, data) for _, b, data in batches),
                                         return_exceptions=True)  # fmt: skip
-        done = []
-        for (path, _), outcome in zip(batches, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+        done, rejected = [], []
+        for (path, _, _), outcome in zip(batches, outcomes, strict=True):
+            if isinstance(outcome, Rejection) and outcome.status != 503:
+                rejected.append((path, outcome))
+            elif isinstance(outcome, BaseException):
                 log.info("replay paused; JetStream did not take a buffered batch", detail=str(outcome),
                          buffered=len(self.buffer))  # fmt: skip
                 break
-            done.append(path)  # only a prefix: what follows a refused batch is published again later
+            else:
+                done.append(path)
+        # Only a prefix is handled: what follows a batch JetStream did not take is published again later.
+        for path, rejection in rejected:  # first: what is left of the handled prefix is then `done`, in order
+            await self._set_aside(path, ".rejected", f"{rejection.reason}: {rejection.detail}")
+        await self._forget(done)
+        return len(done) + len(rejected) == len(batches)
+
+    async def _set_aside(self, path: Path, suffix: str, reason: str) -> None:
+        """No retry can publish this file: keep it for inspection, out of the queue, so others go on."""
+        async with self._write_lock:
+            aside = self.buffer.set_aside(path, suffix)
+        self.set_aside_batches.add(1)
+        self._progress_at = time.monotonic()
+        log.error("buffered batch set aside; it can never be published", path=str(aside), reason=reason)
+
+    async def _forget(self, done: list[Path]) -> None:
         async with self._write_lock:
             await asyncio.to_thread(self.buffer.remove, done)
+            if done:
+                self._progress_at = time.monotonic()
             if not len(self.buffer):
                 self.drained.set()
                 log.info("outage buffer drained")
         self.replayed_batches.add(len(done))
-        return len(done) == len(batches)

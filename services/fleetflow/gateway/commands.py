@@ -122,7 +122,7 @@ def state_bucket(fleet: str) -> str:
 
 def record_key(device: str, command_id: str) -> str:
     """`<device>.<id>`; ids with characters a key cannot hold are replaced by a digest of themselves."""
-    if _SAFE_KEY.match(command_id):
+    if _SAFE_KEY.fullmatch(command_id):
         return f"{device}.{command_id}"
     return f"{device}.h{hashlib.sha256(command_id.encode()).hexdigest()[:40]}"
 
@@ -137,11 +137,11 @@ def new_command(
     command_id: str | None = None,
 ) -> Command:
     """A validated command; CommandError says which field is wrong and what is accepted."""
-    if not COMMAND_NAME.match(name):
+    if not COMMAND_NAME.fullmatch(name):
         raise CommandError(400, "invalid_command", f"command name {name!r} is not valid: use {COMMAND_NAME_RULE}")
     if not 1000 <= ttl_ms <= MAX_TTL_MS:
         raise CommandError(400, "invalid_command", f"ttl of {ttl_ms} ms is out of range: use 1 s to 7 days")
-    if command_id is not None and not _SAFE_KEY.match(command_id):
+    if command_id is not None and not _SAFE_KEY.fullmatch(command_id):
         raise CommandError(400, "invalid_command", f"command id {command_id!r} is not valid: use 1 to 100 "
                            "letters, digits, '_', '=' or '-'")  # fmt: skip
     values = params or {}

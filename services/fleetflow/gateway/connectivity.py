@@ -16,6 +16,7 @@ from fleetflow.gateway.buffer import BufferedPublisher, DiskBuffer
 from fleetflow.gateway.command_api import CommandApi
 from fleetflow.gateway.commands import CommandExpirer, CommandStore
 from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
+from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
@@ -28,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class Connectivity:
-    publisher: TelemetryPublisher  # what every protocol publishes telemetry through
+    intake: DeviceIntake  # what every protocol hands telemetry to
     commands: CommandApi
     ports: dict[str, int] = field(default_factory=dict)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -36,39 +37,38 @@ class Connectivity:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def start(
-        cls,
-        settings: GatewaySettings,
-        nc: Client,
-        watch: ConnectionWatch,
-        publisher: TelemetryPublisher,
-        meter: Meter,
-    ) -> "Connectivity":
+    async def start(cls, settings: GatewaySettings, nc: Client, watch: ConnectionWatch, meter: Meter) -> "Connectivity":
         fleet = settings.fleet
         js = nc.jetstream()
         secret = credentials.read_secret(settings.secret_file)
         store = await CommandStore.open(js, fleet.name)
+        publisher = TelemetryPublisher(nc, meter, settings.max_publishes_in_flight)
         if settings.buffer_dir is not None:
             buffer = DiskBuffer(settings.buffer_dir, settings.buffer_max_bytes)
             publisher = BufferedPublisher(nc, watch, meter, settings.max_publishes_in_flight, buffer)
-        links = cls(publisher=publisher, commands=CommandApi(fleet, secret, js, store, meter))
+        intake = DeviceIntake(fleet, secret, publisher, meter)
+        links = cls(intake=intake, commands=CommandApi(fleet, secret, js, store, meter))
         if isinstance(publisher, BufferedPublisher):
             links._tasks.append(asyncio.create_task(publisher.run(links._stop)))
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
         if settings.mqtt_issuer_seed_file is not None:
             seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
             links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(nc)).unsubscribe)
-            bridge = MqttBridge(nc, fleet, publisher, store, meter)
+            bridge = MqttBridge(nc, fleet, intake, store)
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
-            await links._start_grpc(settings, secret, js, store, meter)
+            await links._start_grpc(settings, js, store)
         return links
 
-    async def _start_grpc(self, settings: GatewaySettings, secret: bytes, js: JetStreamContext,
-                          store: CommandStore, meter: Meter) -> None:  # fmt: skip
+    @property
+    def publisher(self) -> TelemetryPublisher:
+        return self.intake.publisher
+
+    async def _start_grpc(self, settings: GatewaySettings, js: JetStreamContext, store: CommandStore) -> None:
         tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file)
-        service = DeviceGatewayService(settings.fleet, secret, self.publisher, js, store, meter)
-        server, port = await start_server(service, settings.listen_host, settings.grpc_port or 0, tls)
+        service = DeviceGatewayService(self.intake, js, store)
+        server, port = await start_server(service, settings.listen_host, settings.grpc_port or 0, tls,
+                                          settings.fleet.spec.gateway.max_body_bytes)  # fmt: skip
         self.ports["grpc_port"] = port
 
         async def stop_grpc() -> None:

@@ -1,10 +1,10 @@
 """The device API over gRPC (package fleetflow.device.v1): a bidirectional Connect stream and a unary
-PublishTelemetry. Telemetry goes through the same validation, rate limit and publisher as HTTP."""
+PublishTelemetry. An adapter onto the intake (intake.py): telemetry gets the same checks, limits, rate limit
+and publisher as every other protocol; a refusal is an ack carrying the error, and the stream goes on."""
 
 import asyncio
 import contextlib
-import re
-import time
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,20 +14,19 @@ import msgspec
 import structlog
 from google.protobuf import json_format, struct_pb2
 from nats.js import JetStreamContext
-from opentelemetry.metrics import Meter
+from opentelemetry import trace
+from opentelemetry.context import Context
 
-from fleetflow.api import DeviceFleet
 from fleetflow.api.protocol import device_pb2 as pb
 from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
-from fleetflow.gateway.auth import DeviceAuthenticator
 from fleetflow.gateway.commands import CommandError, CommandFeed, CommandRecord, CommandStore
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.ingest import BatchValidator, check_device_id
-from fleetflow.gateway.publisher import TelemetryPublisher
-from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.gateway.intake import DeviceIntake
+from fleetflow.runtime import telemetry
 
 log = structlog.get_logger(__name__)
-PROTOCOL = {"protocol": "grpc"}
+PROTOCOL = "grpc"
+tracer = telemetry.tracer("gateway")
 
 _STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -44,7 +43,12 @@ _RESULTS = {pb.CommandResult.SUCCEEDED: "succeeded", pb.CommandResult.FAILED: "f
 
 def batch_body(batch: pb.TelemetryBatch) -> bytes:
     """The batch as the JSON body HTTP devices send, so one validator checks every protocol."""
-    readings = [{"seq": r.seq, "ts": r.ts_ms, "metrics": dict(r.metrics)} for r in batch.readings]
+    readings = []
+    for index, r in enumerate(batch.readings):
+        if not all(math.isfinite(value) for value in r.metrics.values()):
+            raise Rejection(400, "non_finite_number", f"readings[{index}].metrics holds NaN or an infinity; metric "
+                            "values must be finite numbers")  # fmt: skip
+        readings.append({"seq": r.seq, "ts": r.ts_ms, "metrics": dict(r.metrics)})
     return msgspec.json.encode({"readings": readings})
 
 
@@ -62,56 +66,43 @@ def _error(rejection: Rejection | CommandError) -> pb.Error:
 
 
 class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
-    def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, publisher: TelemetryPublisher,
-                 js: JetStreamContext, store: CommandStore, meter: Meter):  # fmt: skip
-        self.fleet = fleet
-        self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
-        self.auth = DeviceAuthenticator(fleet.name, fleet_secret)
-        self.validator = BatchValidator(fleet)
-        self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
-        self.publisher, self.js, self.store = publisher, js, store
-        self.readings_accepted = meter.create_counter(
-            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
-        )
-        self.requests_rejected = meter.create_counter(
-            "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by reason"
-        )
-        self.streams_open = meter.create_up_down_counter(
+    def __init__(self, intake: DeviceIntake, js: JetStreamContext, store: CommandStore):
+        self.intake, self.js, self.store = intake, js, store
+        self.streams_open = intake.meter.create_up_down_counter(
             "fleetflow_gateway_grpc_streams", unit="1", description="Open gRPC Connect streams"
         )
 
     def _device(self, context: grpc.aio.ServicerContext) -> str:
         """The authenticated device id of the call; Rejection(401/400/404) otherwise."""
-        metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-        fleet, device = metadata.get("fleetflow-fleet", ""), metadata.get("fleetflow-device", "")
-        if fleet != self.fleet.name:
-            raise Rejection(404, "unknown_fleet", f"metadata fleetflow-fleet {fleet!r} is not served here; this is "
-                            f"fleet {self.fleet.name!r}")  # fmt: skip
-        check_device_id(self.fleet, device, self.id_pattern)
-        self.auth.authenticate(device, metadata.get("authorization"))
+        metadata = _metadata(context)
+        device = metadata.get("fleetflow-device", "")
+        self.intake.admit(PROTOCOL, metadata.get("fleetflow-fleet", ""), device, metadata.get("authorization"))
         return device
 
-    async def _ingest(self, device: str, batch: pb.TelemetryBatch) -> pb.TelemetryAck:
+    async def _ingest(self, device: str, batch: pb.TelemetryBatch, trace_context: Context) -> pb.TelemetryAck:
         """Validate, rate-limit and publish one batch; a refusal is an ack carrying the error."""
         first = batch.readings[0].seq if batch.readings else 0
         last = batch.readings[-1].seq if batch.readings else 0
-        try:
-            validated = self.validator.validate(device, batch_body(batch), int(time.time() * 1000))
-            self.limiter.admit(device, len(validated.readings))
-            duplicate = await self.publisher.publish(validated)
-        except Rejection as rejection:
-            self.requests_rejected.add(1, {**PROTOCOL, "reason": rejection.reason})
-            return pb.TelemetryAck(first_seq=first, last_seq=last, error=_error(rejection))
-        if not duplicate:
-            self.readings_accepted.add(len(validated.readings), PROTOCOL)
-        return pb.TelemetryAck(first_seq=first, last_seq=last, accepted=len(validated.readings), duplicate=duplicate)
+        attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": "fleetflow.device.v1.DeviceGateway",
+                      "fleetflow.device": device, "fleetflow.readings": len(batch.readings)}  # fmt: skip
+        with tracer.start_as_current_span("fleetflow.device.v1.DeviceGateway/telemetry", context=trace_context,
+                                          kind=trace.SpanKind.SERVER, attributes=attributes) as span:  # fmt: skip
+            try:
+                with self.intake.counted(PROTOCOL, device):
+                    body = batch_body(batch)
+                accepted = await self.intake.ingest(PROTOCOL, device, body, received_bytes=batch.ByteSize())
+            except Rejection as rejection:
+                span.set_attribute("error.type", rejection.reason)
+                return pb.TelemetryAck(first_seq=first, last_seq=last, error=_error(rejection))
+        return pb.TelemetryAck(first_seq=first, last_seq=last, accepted=accepted.readings,
+                               duplicate=accepted.duplicate)  # fmt: skip
 
     async def PublishTelemetry(self, request: pb.TelemetryBatch, context: grpc.aio.ServicerContext) -> pb.TelemetryAck:
         try:
             device = self._device(context)
         except Rejection as rejection:
             await context.abort(_STATUS_CODES[rejection.status], rejection.detail)
-        ack = await self._ingest(device, request)
+        ack = await self._ingest(device, request, telemetry.extract(_metadata(context)))
         if ack.HasField("error"):
             await context.abort(_STATUS_CODES.get(ack.error.status, grpc.StatusCode.UNKNOWN),
                                 f"{ack.error.reason}: {ack.error.detail}")  # fmt: skip
@@ -131,7 +122,8 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         log.info("device connected", device=device, protocol="grpc")
         try:
             async with CommandFeed(self.js, self.store, device, "grpc") as feed:
-                reader = asyncio.create_task(self._read(device, request_iterator, outbound))
+                trace_context = telemetry.extract(_metadata(context))
+                reader = asyncio.create_task(self._read(device, request_iterator, outbound, trace_context))
                 pusher = asyncio.create_task(self._push(feed, outbound))
                 try:
                     while (message := await outbound.get()) is not None:
@@ -146,12 +138,13 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
             log.info("device disconnected", device=device, protocol="grpc")
 
     async def _read(self, device: str, requests: AsyncIterator[pb.DeviceMessage],
-                    outbound: asyncio.Queue[pb.GatewayMessage | None]) -> None:  # fmt: skip
+                    outbound: asyncio.Queue[pb.GatewayMessage | None], trace_context: Context) -> None:  # fmt: skip
         """Handle the device's messages in order: each batch is acked before the next one is read."""
         try:
             async for message in requests:
                 if message.HasField("telemetry"):
-                    await outbound.put(pb.GatewayMessage(ack=await self._ingest(device, message.telemetry)))
+                    ack = await self._ingest(device, message.telemetry, trace_context)
+                    await outbound.put(pb.GatewayMessage(ack=ack))
                 elif message.HasField("result"):
                     await outbound.put(pb.GatewayMessage(result_ack=await self._result(device, message.result)))
         finally:
@@ -180,11 +173,19 @@ def tls_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.Serve
     return grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())])
 
 
-async def start_server(service: DeviceGatewayService, host: str, port: int,
-                       tls: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:  # fmt: skip
-    """Serve the device API (over TLS when `tls` is given); returns the server and the port it bound."""
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+
+
+async def start_server(service: DeviceGatewayService, host: str, port: int, tls: grpc.ServerCredentials | None,
+                       max_body_bytes: int) -> tuple[grpc.aio.Server, int]:  # fmt: skip
+    """Serve the device API (over TLS when `tls` is given); returns the server and the port it bound.
+
+    A message up to twice maxBodyBytes is read, so the intake can refuse it with its reason while the stream
+    goes on; gRPC itself refuses anything larger (RESOURCE_EXHAUSTED), so no device can make it buffer more."""
     server = grpc.aio.server(options=[("grpc.keepalive_permit_without_calls", 1),
-                                      ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])  # fmt: skip
+                                      ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                                      ("grpc.max_receive_message_length", 2 * max_body_bytes)])  # fmt: skip
     pb_grpc.add_DeviceGatewayServicer_to_server(service, server)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)

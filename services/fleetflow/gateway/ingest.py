@@ -4,7 +4,7 @@ import itertools
 import re
 
 from fleetflow.api import DeviceFleet
-from fleetflow.api.identifiers import DEVICE_ID, DEVICE_ID_RULE
+from fleetflow.api.identifiers import DEVICE_ID_RULE, is_device_id
 from fleetflow.gateway.errors import Rejection
 from fleetflow.runtime import codec
 from fleetflow.runtime.codec import CodecError, Reading, ReadingBatch
@@ -58,7 +58,7 @@ class BatchValidator:
 
 
 def check_device_id(fleet: DeviceFleet, device: str, id_pattern: re.Pattern[str]) -> None:
-    if not DEVICE_ID.match(device):
+    if not is_device_id(device):
         raise Rejection(400, "invalid_device_id", f"device id {device!r} is not valid: use {DEVICE_ID_RULE}")
     if not id_pattern.search(device):
         raise Rejection(

@@ -9,11 +9,12 @@ import structlog
 from fleetflow.gateway.buffer import BufferedPublisher
 from fleetflow.gateway.connectivity import Connectivity
 from fleetflow.gateway.http import TelemetryApi
-from fleetflow.gateway.publisher import TelemetryPublisher
-from fleetflow.runtime import credentials, jetstream, logs, ops, service, telemetry
+from fleetflow.runtime import httpserver, jetstream, logs, ops, service, telemetry
 from fleetflow.runtime.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
+# A buffer that holds batches this long without shrinking while NATS is connected is stuck: say so in /readyz.
+BUFFER_STALL_S = 30.0
 
 
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
@@ -23,29 +24,30 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     nc = await jetstream.connect(
         settings.nats_url, f"fleetflow-gateway-{fleet.name}", on_state=watch.update, login=settings.nats_login()
     )
-    js = nc.jetstream()
-    await jetstream.provision_fleet(js, fleet)
-    publisher = TelemetryPublisher(js, meter, settings.max_publishes_in_flight)
-    links = await Connectivity.start(settings, nc, watch, publisher, meter)  # commands, gRPC, MQTT, buffer
-    api = TelemetryApi(fleet, credentials.read_secret(settings.secret_file), links.publisher, meter)
-    app = api.app()
+    await jetstream.provision_fleet(nc.jetstream(), fleet)
+    links = await Connectivity.start(settings, nc, watch, meter)  # intake, commands, gRPC, MQTT, buffer
+    app = TelemetryApi(links.intake).app()
     links.add_routes(app)
 
     def ready() -> tuple[bool, str]:
         # While its outage buffer has room the gateway still takes telemetry, so it must stay behind its
         # Service: failing readiness would turn buffered acks into refused connections.
-        if nc.is_connected:
-            return True, "connected"
         publisher = links.publisher
-        if isinstance(publisher, BufferedPublisher):
-            buffer = publisher.buffer
-            if buffer.has_room(fleet.spec.gateway.max_body_bytes):
-                return True, f"NATS is not connected; buffering to disk ({buffer.bytes} of {buffer.max_bytes} bytes)"
-            return False, "NATS is not connected and the outage buffer is full"
-        return False, "NATS is not connected"
+        if not isinstance(publisher, BufferedPublisher):
+            return (True, "connected") if nc.is_connected else (False, "NATS is not connected")
+        buffer = publisher.buffer
+        if nc.is_connected:
+            stalled = publisher.stalled_for()
+            if stalled > BUFFER_STALL_S:
+                return False, (f"the outage buffer is not draining: {len(buffer)} batches waiting, no progress "
+                               f"for {stalled:.0f} s although NATS is connected")  # fmt: skip
+            return True, "connected"
+        if buffer.has_room(fleet.spec.gateway.max_body_bytes):
+            return True, f"NATS is not connected; buffering to disk ({buffer.bytes} of {buffer.max_bytes} bytes)"
+        return False, "NATS is not connected and the outage buffer is full"
 
     ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
-    api_runner, api_port = await ops.start_site(app, settings.listen_host, settings.listen_port)
+    api_runner, api_port = await httpserver.start_device_site(app, settings.listen_host, settings.listen_port)
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)
     await stop.wait()

@@ -111,7 +111,7 @@ class MqttAuthorizer:
             raise Refusal("MQTT devices connect with username '<fleet>/<device>' and their device token")
         if client.get("type") != "mqtt":
             raise Refusal(f"device credentials are for MQTT only, not {client.get('type')!r} connections")
-        if not DEVICE_ID.match(device) or not self.id_pattern.search(device):
+        if not DEVICE_ID.fullmatch(device) or not self.id_pattern.search(device):
             raise Refusal(f"device id {device!r} is not valid in fleet {self.fleet!r}")
         username = f"{self.fleet}/{device}"
         if client.get("mqtt_id") != username:

@@ -20,14 +20,13 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
 from fleetflow.gateway.commands import CommandError, CommandFeed, CommandStore, device_view
+from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import subject_prefix
 from fleetflow.gateway.mqtt_intake import TelemetryIntake
-from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.runtime import jetstream
 from fleetflow.runtime.codec import Command
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
@@ -67,12 +66,11 @@ class ResultIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class MqttBridge:
-    def __init__(self, nc: Client, fleet: DeviceFleet, publisher: TelemetryPublisher, store: CommandStore,
-                 meter: Meter):  # fmt: skip
+    def __init__(self, nc: Client, fleet: DeviceFleet, intake: DeviceIntake, store: CommandStore):
         self.nc, self.js = nc, nc.jetstream()
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
-        self.intake = TelemetryIntake(fleet, publisher, meter, MAX_DELIVER)
+        self.intake = TelemetryIntake(intake, MAX_DELIVER)
         self.store = store
         self._feeds: dict[str, asyncio.Task[None]] = {}
 
@@ -115,7 +113,7 @@ class MqttBridge:
 
     async def _device(self, device: str, msgs: list[Msg]) -> list[Failure | None]:
         """Command results are reported as they come; telemetry is merged into batches (mqtt_intake.py)."""
-        if not DEVICE_ID.match(device) or not self.id_pattern.search(device):
+        if not DEVICE_ID.fullmatch(device) or not self.id_pattern.search(device):
             return [Failure(f"device id {device!r} is not valid in fleet {self.fleet.name!r}", poison=True)] * len(msgs)
         run = self.intake.device_run(device, msgs)
         for index, msg in enumerate(msgs):

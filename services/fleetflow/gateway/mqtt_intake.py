@@ -18,17 +18,13 @@ import time
 from collections.abc import Sequence
 
 from nats.aio.msg import Msg
-from opentelemetry.metrics import Meter
 
-from fleetflow.api import DeviceFleet
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.ingest import BatchValidator
-from fleetflow.gateway.publisher import TelemetryPublisher
-from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.runtime.codec import Reading, ReadingBatch
 from fleetflow.runtime.consumer import Failure, redelivery_delay
 
-PROTOCOL = {"protocol": "mqtt"}
+PROTOCOL = "mqtt"
 # Messages held back behind a retried one are redelivered this much after it, so they come in a later fetch.
 HOLD_MARGIN_S = 0.2
 # A retried message not back this long after it was due went to another gateway replica (or to the dead
@@ -37,25 +33,17 @@ FORGET_AFTER_S = 5.0
 
 
 class TelemetryIntake:
-    def __init__(self, fleet: DeviceFleet, publisher: TelemetryPublisher, meter: Meter, max_deliver: int):
-        self.fleet = fleet.name
-        self.max_readings = fleet.spec.gateway.max_batch_readings
-        self.validator = BatchValidator(fleet)
-        self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
-        self.publisher, self.max_deliver = publisher, max_deliver
+    def __init__(self, intake: DeviceIntake, max_deliver: int):
+        self.intake, self.max_deliver = intake, max_deliver
+        self.fleet = intake.fleet.name
+        self.max_readings = intake.fleet.spec.gateway.max_batch_readings
         # device -> {ingress stream seq of a message out for redelivery: when (monotonic) it is due back}
         self.retrying: dict[str, dict[int, float]] = {}
         self._next_sweep = 0.0
-        self.readings_accepted = meter.create_counter(
-            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
-        )
-        self.requests_rejected = meter.create_counter(
-            "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by reason"
-        )
 
     def device_run(self, device: str, msgs: Sequence[Msg]) -> "DeviceRun":
         """A run over one device's messages of a fetch, to be fed in the order the device sent them."""
-        run = DeviceRun(self, device, len(msgs), int(time.time() * 1000))
+        run = DeviceRun(self, device, len(msgs))
         now = time.monotonic()
         if now >= self._next_sweep:
             self._forget_overdue(now)
@@ -84,20 +72,21 @@ class TelemetryIntake:
             if all(due + FORGET_AFTER_S < now for due in retrying.values()):
                 del self.retrying[device]
 
-    def rejected(self, rejection: Rejection, messages: int = 1) -> Failure:
-        self.requests_rejected.add(messages, {**PROTOCOL, "reason": rejection.reason})
-        # 503 and 429 are passing conditions: redeliver later; anything else can never succeed.
-        return Failure(f"{rejection.reason}: {rejection.detail}", poison=rejection.status not in (429, 503))
+    @staticmethod
+    def failure(rejection: Rejection) -> Failure:
+        """503 and 429 are passing conditions: redeliver later; anything else can never succeed."""
+        return Failure(f"{rejection.reason}: {rejection.detail}", poison=rejection.permanent)
 
 
 class DeviceRun:
     """One device's telemetry messages of one fetch: validated one by one, merged, published in order."""
 
-    def __init__(self, intake: TelemetryIntake, device: str, size: int, received_ms: int):
-        self.intake, self.device, self.received_ms = intake, device, received_ms
+    def __init__(self, intake: TelemetryIntake, device: str, size: int):
+        self.intake, self.device = intake, device
         self.outcomes: list[Failure | None] = [None] * size
         self._merged: list[tuple[int, Msg]] = []  # the messages (index, msg) of the batch being merged
         self._readings: list[Reading] = []
+        self._received_ms = 0  # when the first message of the merged batch was received
         self._held: Failure | None = None  # set once a message will be redelivered: every later one follows it
         self._behind: tuple[int, Failure] | None = None  # the ingress seq of a message out for redelivery
 
@@ -113,14 +102,16 @@ class DeviceRun:
         if self._held is None and self._behind is not None and _stream_seq(msg) > self._behind[0]:
             self._held = self._behind[1]
         if self._held is None:
-            readings = self._admitted(index, msg)
-            if readings is None:
+            batch = self._admitted(index, msg)
+            if batch is None:
                 return
-            if not self._fits(readings):
+            if not self._fits(batch.readings):
                 await self.flush()  # which holds the rest back if it fails
             if self._held is None:
+                if not self._merged:
+                    self._received_ms = batch.received_ms
                 self._merged.append((index, msg))
-                self._readings += readings
+                self._readings += batch.readings
                 return
         self._retry([(index, msg)], self._held)
 
@@ -130,25 +121,21 @@ class DeviceRun:
             return
         merged, self._merged = self._merged, []
         batch = ReadingBatch(fleet=self.intake.fleet, device=self.device, readings=self._readings,
-                             received_ms=self.received_ms)  # fmt: skip
+                             received_ms=self._received_ms)  # fmt: skip
         self._readings = []
         try:
-            duplicate = await self.intake.publisher.publish(batch)
+            await self.intake.intake.publish(PROTOCOL, batch)
         except Rejection as rejection:
-            self._refused(merged, self.intake.rejected(rejection, len(merged)))
-            return
-        if not duplicate:
-            self.intake.readings_accepted.add(len(batch.readings), PROTOCOL)
+            self._refused(merged, self.intake.failure(rejection))
 
-    def _admitted(self, index: int, msg: Msg) -> list[Reading] | None:
+    def _admitted(self, index: int, msg: Msg) -> ReadingBatch | None:
         """The message's readings if it is valid and within the device's rate; else its outcome is set."""
         try:
-            batch = self.intake.validator.validate(self.device, msg.data, self.received_ms)
-            self.intake.limiter.admit(self.device, len(batch.readings))
+            batch = self.intake.intake.receive(PROTOCOL, self.device, msg.data)
         except Rejection as rejection:
-            self._refused([(index, msg)], self.intake.rejected(rejection))
+            self._refused([(index, msg)], self.intake.failure(rejection))
             return None
-        return batch.readings
+        return batch
 
     def _fits(self, readings: Sequence[Reading]) -> bool:
         """Seq must increase within a batch, so a device that repeats a seq (a resend) starts a new one."""

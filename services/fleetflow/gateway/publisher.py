@@ -1,10 +1,14 @@
-"""Publishing telemetry batches to JetStream: one message per batch, answered only after JetStream's ack."""
+"""Publishing telemetry batches to JetStream: one message per batch, answered only after JetStream's ack.
+
+Every failure is classified. A batch NATS can never carry (larger than the server's max_payload, or refused by
+the stream as too large) is a permanent 413 the device is told at once; a missing answer, a lost connection or a
+JetStream that cannot store right now is a transient 503 (buffered by BufferedPublisher, retried by devices)."""
 
 import asyncio
 import time
 
 import nats.errors
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 from nats.js.errors import APIError
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
@@ -14,23 +18,52 @@ from fleetflow.runtime import codec, subjects, telemetry
 from fleetflow.runtime.codec import ReadingBatch
 
 PUBLISH_TIMEOUT = 5.0
+# Room kept for the message's headers (message id, trace context) within the server's max_payload.
+HEADER_ALLOWANCE = 1024
+# JetStream's "message size exceeds maximum allowed" (a stream's max_msg_size): no retry can fix it.
+JS_MESSAGE_TOO_LARGE = 10054
 tracer = telemetry.tracer("gateway")
 
 
+def too_large(size: int, limit: int | None) -> Rejection:
+    carries = f"which carries at most {limit} bytes per message" if limit else "whose stream refuses it as too large"
+    return Rejection(413, "batch_too_large", f"the batch is {size} bytes once encoded for NATS, {carries}: send "
+                     "fewer readings per request")  # fmt: skip
+
+
+def unavailable(cause: str) -> Rejection:
+    return Rejection(503, "unavailable", f"the telemetry stream did not acknowledge the batch ({cause}); retry it",
+                     {"Retry-After": "1"})  # fmt: skip
+
+
 class TelemetryPublisher:
-    def __init__(self, js: JetStreamContext, meter: Meter, max_in_flight: int):
-        self.js = js
+    def __init__(self, nc: Client, meter: Meter, max_in_flight: int):
+        self.nc, self.js = nc, nc.jetstream()
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.publish_duration = meter.create_histogram(
             "fleetflow_gateway_publish_duration_seconds", unit="s", description="JetStream publish to ack"
         )
 
+    @property
+    def max_message_bytes(self) -> int:
+        """What one batch may take once encoded: the server's max_payload (known from its last INFO, so also
+        during an outage) less the headers' share."""
+        return self.nc.max_payload - HEADER_ALLOWANCE
+
+    def encode(self, batch: ReadingBatch) -> bytes:
+        """The message for `batch`; a permanent 413 if NATS could never carry it."""
+        payload = codec.encode(batch)
+        if len(payload) > self.max_message_bytes:
+            raise too_large(len(payload), self.max_message_bytes)
+        return payload
+
     async def publish(self, batch: ReadingBatch) -> bool:
         """Publish and wait for the ack; True if JetStream recognised the batch as a duplicate."""
-        first, last = batch.readings[0].seq, batch.readings[-1].seq
-        message_id = subjects.batch_id(batch.fleet, batch.device, first, last)
+        return await self.publish_encoded(batch, self.encode(batch))
+
+    async def publish_encoded(self, batch: ReadingBatch, payload: bytes) -> bool:
+        message_id = subjects.batch_id(batch.fleet, batch.device, batch.readings)
         subject = subjects.telemetry_subject(batch.fleet, batch.device)
-        payload = codec.encode(batch)
         attributes: dict[str, str | int] = {"messaging.system": "nats", "messaging.operation.type": "send",
                       "messaging.destination.name": subject, "messaging.message.id": message_id,
                       "fleetflow.readings": len(batch.readings)}  # fmt: skip
@@ -44,12 +77,13 @@ class TelemetryPublisher:
             started = time.perf_counter()
             try:
                 ack = await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
-            except (TimeoutError, nats.errors.Error, APIError) as exc:
-                raise Rejection(
-                    503,
-                    "unavailable",
-                    f"the telemetry stream did not acknowledge the batch ({type(exc).__name__}); retry it",
-                    {"Retry-After": "1"},
-                ) from None
+            except nats.errors.MaxPayloadError:
+                raise too_large(len(payload), self.max_message_bytes) from None
+            except APIError as exc:
+                if exc.err_code == JS_MESSAGE_TOO_LARGE:
+                    raise too_large(len(payload), None) from None
+                raise unavailable(f"JetStream error {exc.err_code}: {exc.description}") from None
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise unavailable(type(exc).__name__) from None
             self.publish_duration.record(time.perf_counter() - started)
         return bool(ack.duplicate)

@@ -262,7 +262,7 @@ class Engine:
         if not evaluate_bool(step.expr("condition"), scope):
             return
         target = scope.evaluate(step.expr("target"))
-        if not isinstance(target, str) or not identifiers.DEVICE_ID.match(target):
+        if not isinstance(target, str) or not identifiers.DEVICE_ID.fullmatch(target):
             raise EvaluationError("bad_target", f"{step.name}: target {target!r} is not a device id")
         last_sent = self.state.commands.setdefault(step.name, {})
         key = commands.cooldown_key(scope.device, target)

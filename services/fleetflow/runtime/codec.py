@@ -2,7 +2,9 @@
 
 msgspec validates types while it decodes, so one pass checks and parses a request."""
 
-from datetime import datetime
+import json
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -14,8 +16,18 @@ MIN_TS_MS = 946684800000  # 2000-01-01T00:00:00Z
 MAX_TS_MS = 4102444800000  # 2100-01-01T00:00:00Z
 TS_RULE = "send epoch milliseconds between 2000-01-01 and 2100-01-01, or RFC 3339 with an offset"
 
+# Every store must hold a seq: SQLite's INTEGER and Cassandra's bigint are signed 64-bit.
+MAX_SEQ = 2**63 - 1
+SEQ_RULE = f"seq must be an integer from 0 to {MAX_SEQ} (2^63 - 1)"
+# RFC 3339 section 5.6 (date-time) only: datetime.fromisoformat alone also takes ISO 8601 forms such as
+# "20261123T100000Z", week dates or a missing seconds field, which the docs never promised.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+_FRACTION_TAIL = re.compile(r"(\.\d{6})\d+")
+
 # The constraints live in the types, so msgspec checks them in C while it decodes: no per-reading Python.
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 EpochMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]
 # Metric names are not constrained here: msgspec checks patterns in Python, once per key, which costs more
 # than decoding. The gateway checks each distinct name of a batch instead (see check_metric_names).
@@ -67,21 +79,53 @@ class CodecError(ValueError):
 
 def decode_request(body: bytes) -> TelemetryRequest:
     try:
-        return _request_decoder.decode(body)
+        request = _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _explain(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise CodecError("malformed_json", f"body is not valid JSON: {exc}") from None
+    _check_no_duplicate_keys(body, request)
+    return request
+
+
+# A key is a string followed by ':'. Counting that pattern counts every key, plus any string value that happens
+# to end the same way; so a count equal to the keys the decoded request has proves there is no duplicate key.
+_KEY = re.compile(rb'"\s*:')
+
+
+def _check_no_duplicate_keys(body: bytes, request: TelemetryRequest) -> None:
+    """msgspec keeps the last of two equal keys; a device's {"t": 1, "t": 2} must be refused, not guessed."""
+    keys = 1 + sum(3 + len(r.metrics) for r in request.readings)
+    if len(_KEY.findall(body)) == keys:
+        return
+    try:  # the exact, slower check, only for the rare body where the count alone cannot tell
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise CodecError("duplicate_key", f"key {exc.key!r} appears twice in one object; send each key once") from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
 
 
 def _explain(message: str) -> CodecError:
     """A reason label and a hint for msgspec's message, which already names the value's path."""
     if message.startswith("Number out of range"):  # 1e999 and the like: JSON's only way to say inf
         return CodecError("non_finite_number", f"{message}; metric values must be finite numbers")
-    if (message.endswith("].ts`") and "Expected `int`" in message and ">=" in message) or "<" in message:
-        return CodecError("invalid_timestamp", f"{message}; {TS_RULE}")
     if message.endswith("].seq`"):
-        return CodecError("invalid_reading", f"{message}; seq must be an integer >= 0")
+        return CodecError("invalid_reading", f"{message}; {SEQ_RULE}")
+    if message.endswith("].ts`"):
+        return CodecError("invalid_timestamp", f"{message}; {TS_RULE}")
     if message.endswith("].metrics`") and "length" in message:
         return CodecError("invalid_reading", f"{message}; send at least one metric")
     return CodecError("invalid_reading", message)
@@ -91,7 +135,7 @@ def check_metric_names(readings: list[ReadingIn], known: set[str]) -> None:
     """Every metric name must be an identifier; `known` remembers names already seen valid."""
     names = set().union(*(r.metrics for r in readings))
     for name in names - known:
-        if not METRIC_NAME.match(name):
+        if not METRIC_NAME.fullmatch(name):
             where = next(i for i, r in enumerate(readings) if name in r.metrics)
             raise CodecError("invalid_metric_name", f"readings[{where}].metrics name {name!r}: use {METRIC_NAME_RULE}")
         if len(known) < 100_000:  # a bound, so a device inventing names cannot grow the gateway without limit
@@ -99,14 +143,16 @@ def check_metric_names(readings: list[ReadingIn], known: set[str]) -> None:
 
 
 def parse_rfc3339(value: str, where: str) -> int:
-    """Epoch milliseconds from an RFC 3339 timestamp with a UTC offset."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise CodecError("invalid_timestamp", f"{where}.ts {value!r} is not an RFC 3339 timestamp; {TS_RULE}") from None
-    if parsed.tzinfo is None:
-        raise CodecError("invalid_timestamp", f"{where}.ts {value!r} has no UTC offset; add Z or +hh:mm")
-    ms = int(parsed.timestamp() * 1000)
+    """Epoch milliseconds from an RFC 3339 timestamp with a UTC offset (section 5.6: date-time)."""
+    if not _RFC3339.fullmatch(value):
+        raise CodecError("invalid_timestamp", f"{where}.ts {value!r} is not an RFC 3339 date-time with an offset "
+                         f"(e.g. 2026-11-23T10:00:00Z); {TS_RULE}")  # fmt: skip
+    try:  # fromisoformat takes neither a lowercase t/z nor more than 6 fraction digits
+        parsed = datetime.fromisoformat(_FRACTION_TAIL.sub(r"\1", value.upper()))
+    except ValueError as exc:  # e.g. month 13
+        detail = f"{where}.ts {value!r} is not a valid date-time ({exc}); {TS_RULE}"
+        raise CodecError("invalid_timestamp", detail) from None
+    ms = (parsed - _EPOCH) // _MILLISECOND  # exact, where timestamp() * 1000 can round down by one
     if not MIN_TS_MS <= ms < MAX_TS_MS:
         raise CodecError("invalid_timestamp", f"{where}.ts {value!r} is out of range; {TS_RULE}")
     return ms

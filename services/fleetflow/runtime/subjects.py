@@ -1,5 +1,11 @@
 """Names of subjects, streams and consumers. Every name is derived from validated identifiers only."""
 
+import hashlib
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
 TELEMETRY = "tm"
 
 
@@ -58,6 +64,18 @@ def writer_consumer(pipeline: str) -> str:
     return f"writer-{pipeline}"
 
 
-def batch_id(fleet: str, device: str, first_seq: int, last_seq: int) -> str:
-    """The JetStream message id of a telemetry batch: derived from the data, so a retry is a duplicate."""
-    return f"{fleet}/{device}/{first_seq}-{last_seq}"
+class _Identified(Protocol):
+    seq: int
+    ts: int
+
+
+_pairs = msgspec.msgpack.Encoder().encode
+
+
+def batch_id(fleet: str, device: str, readings: Sequence[_Identified]) -> str:
+    """The JetStream message id of a telemetry batch: derived from the data, so a retry is a duplicate.
+
+    `(device, ts, seq)` identifies a reading, so the id covers every reading's (seq, ts), not only the seq range:
+    a batch that reuses a range with other readings (a device that restarted its seq) is new data."""
+    digest = hashlib.blake2b(_pairs([(r.seq, r.ts) for r in readings]), digest_size=10).hexdigest()
+    return f"{fleet}/{device}/{readings[0].seq}-{readings[-1].seq}/{digest}"

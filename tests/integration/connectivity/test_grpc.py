@@ -36,10 +36,11 @@ async def queue_command(
 
 async def test_stream_acks_each_batch_and_stores_every_reading_once(gateway: Gateway) -> None:
     async with device(gateway, "meter-1") as dev:
-        acks = [await dev.send(readings(i * 10, 10)) for i in range(20)]
+        batches = [readings(i * 10, 10) for i in range(20)]
+        acks = [await dev.send(batch) for batch in batches]
         assert all(a["status"] == 202 and a["accepted"] == 10 and not a["duplicate"] for a in acks)
         assert (acks[3]["firstSeq"], acks[3]["lastSeq"]) == (30, 39)
-        retry = await dev.send(readings(50, 10))  # as after a lost ack
+        retry = await dev.send(batches[5])  # as after a lost ack: the same readings again
         assert retry["duplicate"] is True
         unary = await dev.publish(readings(200, 5))
         assert unary["accepted"] == 5

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import nats
 import nats.js.errors
 import pytest
+from nats.js.api import DiscardPolicy
 
 from fleetflow.device.mqtt_client import MqttDevice, MqttRefused
 from fleetflow.gateway.commands import CommandStore, new_command, send_command
@@ -144,7 +145,8 @@ async def test_readings_refused_by_jetstream_are_stored_once_in_order_when_it_ta
     js = mqtt_platform.gateway.nc.jetstream()
     stream = subjects.telemetry_stream(FLEET)
     config = (await js.stream_info(stream)).config
-    await js.update_stream(dataclasses.replace(config, max_msg_size=1))  # JetStream refuses every batch
+    # A full stream that discards new messages refuses every batch until it has room again: a passing condition.
+    await js.update_stream(dataclasses.replace(config, max_bytes=1, discard=DiscardPolicy.NEW))
     dev = device(mqtt_platform, "tank-7")
     await dev.connect()
     try:
@@ -155,7 +157,7 @@ async def test_readings_refused_by_jetstream_are_stored_once_in_order_when_it_ta
 
         await wait_until(refused, "the gateway to be refused and retry")
         await send_all(dev, [readings(seq, 1) for seq in range(21, 31)])  # while the first ones wait to retry
-        await js.update_stream(dataclasses.replace(config, max_msg_size=-1))
+        await js.update_stream(config)
     finally:
         await dev.close()
     assert await wait_stored(mqtt_platform, mqtt_store, "tank-7", 30) == list(range(1, 31))

@@ -91,7 +91,7 @@ async def publish(js: JetStreamContext, batches: list[ReadingBatch]) -> int:
     last = 0
     for b in batches:
         retry = "-retry" if b.received_ms == RETRY_MS else ""
-        msg_id = subjects.batch_id(b.fleet, b.device, b.readings[0].seq, b.readings[-1].seq) + retry
+        msg_id = subjects.batch_id(b.fleet, b.device, b.readings) + retry
         ack = await js.publish(subjects.telemetry_subject(b.fleet, b.device), codec.encode(b),
                                headers={"Nats-Msg-Id": msg_id})  # fmt: skip
         last = ack.seq

@@ -62,7 +62,7 @@ class Migration:
 
 
 def check_datacenter(name: str) -> str:
-    if not isinstance(name, str) or not DATACENTER.match(name):
+    if not isinstance(name, str) or not DATACENTER.fullmatch(name):
         raise ValueError(f"datacenter name {name!r} is not valid: use {DATACENTER_RULE}")
     return name
 

@@ -1,0 +1,152 @@
+"""The one intake every device protocol goes through.
+
+Authentication, identifier and limit checks, validation, the per-device rate limit (one bucket per device,
+shared by every protocol), the dedupe identity, publishing with its outage buffer, and the metrics of all of
+it live here; a protocol adapter (http.py, grpc_api.py, mqtt_bridge.py) only translates its protocol into
+these calls and the answers back. Adding a protocol means one adapter module that calls
+
+    intake.admit(protocol, fleet, device, authorization)      # who is it?  Rejection 401/404/400
+    accepted = await intake.ingest(protocol, device, body)   # validate, rate-limit, publish; Rejection 4xx/503
+
+(or `receive` and `publish` separately, when the adapter merges several messages into one batch as MQTT does),
+its registration in connectivity.py, its docs section in docs/devices.md and its tests.
+
+A Rejection's status says whether a retry can help: 503 and 429 are passing conditions, every other status is
+permanent and must never be retried or buffered."""
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import structlog
+from opentelemetry.metrics import Meter
+
+from fleetflow.api import DeviceFleet
+from fleetflow.gateway.auth import DeviceAuthenticator
+from fleetflow.gateway.errors import Rejection
+from fleetflow.gateway.ingest import BatchValidator, check_device_id
+from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.runtime.codec import ReadingBatch
+
+log = structlog.get_logger(__name__)
+PROTOCOLS = ("http", "grpc", "mqtt")
+# Exported at 0 from the start, so that rate() and increase() see the first refusal of each reason.
+REASONS = (
+    "malformed_json", "malformed_body", "invalid_reading", "invalid_timestamp", "non_finite_number",
+    "invalid_metric_name", "duplicate_key", "seq_not_increasing", "empty_batch", "invalid_device_id",
+    "missing_token", "invalid_token", "unknown_fleet", "batch_too_large", "body_too_large", "rate_limited",
+    "unavailable", "buffer_full", "request_timeout",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """JetStream has the batch (or the outage buffer does); `duplicate`: it had it already."""
+
+    readings: int
+    duplicate: bool
+    first_seq: int
+    last_seq: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"accepted": self.readings, "duplicate": self.duplicate, "firstSeq": self.first_seq,
+                "lastSeq": self.last_seq}  # fmt: skip
+
+
+class DeviceIntake:
+    def __init__(
+        self,
+        fleet: DeviceFleet,
+        fleet_secret: bytes,
+        publisher: TelemetryPublisher,
+        meter: Meter,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.fleet = fleet
+        self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
+        self.auth = DeviceAuthenticator(fleet.name, fleet_secret)
+        self.validator = BatchValidator(fleet)
+        self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
+        self.publisher = publisher
+        self.max_body = fleet.spec.gateway.max_body_bytes
+        self._wall_clock = wall_clock
+        self.meter = meter
+        self._instruments(meter)
+
+    def _instruments(self, meter: Meter) -> None:
+        self.readings_received = meter.create_counter(
+            "fleetflow_gateway_readings_received", unit="1", description="Readings in requests that parsed"
+        )
+        self.readings_accepted = meter.create_counter(
+            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
+        )
+        self.readings_duplicate = meter.create_counter(
+            "fleetflow_gateway_readings_duplicate", unit="1", description="Readings in retried batches"
+        )
+        self.requests_rejected = meter.create_counter(
+            "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by protocol and reason"
+        )
+        self.request_duration = meter.create_histogram(
+            "fleetflow_gateway_request_duration_seconds", unit="s", description="Time to answer a device"
+        )
+        for protocol in PROTOCOLS:
+            labels = {"protocol": protocol}
+            for counter in (self.readings_received, self.readings_accepted, self.readings_duplicate):
+                counter.add(0, labels)
+            for reason in REASONS:
+                self.requests_rejected.add(0, {**labels, "reason": reason})
+
+    def admit(self, protocol: str, fleet: str, device: str, authorization: str | None) -> None:
+        """The caller is `device` of this fleet; Rejection (404, 400, 401) otherwise."""
+        with self.counted(protocol, device):
+            if fleet != self.fleet.name:
+                raise Rejection(404, "unknown_fleet", f"fleet {fleet!r} is not served here; this is fleet "
+                                f"{self.fleet.name!r}")  # fmt: skip
+            check_device_id(self.fleet, device, self.id_pattern)
+            self.auth.authenticate(device, authorization)
+
+    def receive(self, protocol: str, device: str, body: bytes, received_bytes: int | None = None) -> ReadingBatch:
+        """A body, checked against every limit and the device's rate. `received_bytes`: the size the device sent,
+        where the adapter translated its protocol's message into the JSON body (default: the body's size)."""
+        size = len(body) if received_bytes is None else received_bytes
+        with self.counted(protocol, device):
+            if size > self.max_body:
+                raise Rejection(413, "body_too_large", f"the message is {size} bytes; at most {self.max_body} "
+                                "bytes (spec.gateway.maxBodyBytes) are accepted: split the batch")  # fmt: skip
+            batch = self.validator.validate(device, body, int(self._wall_clock() * 1000))
+            labels = {"protocol": protocol}
+            self.readings_received.add(len(batch.readings), labels)
+            self.limiter.admit(device, len(batch.readings))
+            return batch
+
+    async def publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
+        """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it."""
+        with self.counted(protocol, batch.device):
+            duplicate = await self.publisher.publish(batch)
+        count = len(batch.readings)
+        (self.readings_duplicate if duplicate else self.readings_accepted).add(count, {"protocol": protocol})
+        return Accepted(count, duplicate, batch.readings[0].seq, batch.readings[-1].seq)
+
+    async def ingest(self, protocol: str, device: str, body: bytes, received_bytes: int | None = None) -> Accepted:
+        started = time.perf_counter()
+        try:
+            return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
+        finally:
+            self.request_duration.record(time.perf_counter() - started, {"protocol": protocol})
+
+    @contextlib.contextmanager
+    def counted(self, protocol: str, device: str) -> Iterator[None]:
+        """Counts a Rejection raised inside, by protocol and reason, and lets it go on to the adapter."""
+        try:
+            yield
+        except Rejection as rejection:
+            self.refused(protocol, rejection, device)
+            raise
+
+    def refused(self, protocol: str, rejection: Rejection, device: str) -> None:
+        self.requests_rejected.add(1, {"protocol": protocol, "reason": rejection.reason})
+        log.info("telemetry refused", protocol=protocol, reason=rejection.reason, detail=rejection.detail,
+                 device=device)  # fmt: skip

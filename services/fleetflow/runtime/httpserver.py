@@ -1,0 +1,145 @@
+"""An aiohttp server for untrusted clients: every refusal is JSON, and slow or idle clients are cut off.
+
+aiohttp answers what no handler sees (a request it cannot parse, a header line too long, a handler's crash) in
+plain text, and keeps a connection that never finishes its request headers open for ever. A device API
+promises `{"error": reason, "detail": ...}` on every refusal and must not be held open by a few hundred slow
+clients, so this module adds:
+
+- a middleware that turns aiohttp's own HTTP errors (404, 405, 413, ...) and any unexpected exception into the
+  JSON error body (a crash is a 500 `internal` whose detail names no internals, logged with its traceback);
+- a request handler whose parse errors (400, 431, ...) are JSON too, which closes a connection that has not
+  sent complete request headers within `header_timeout`, and which closes idle keep-alive connections after
+  `keepalive_timeout`.
+
+Handlers that read a body bound the read with `read_body` (a 408 `request_timeout` when it takes too long)."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from aiohttp import web, web_protocol, web_server
+from aiohttp.http_exceptions import HttpProcessingError
+
+log = structlog.get_logger(__name__)
+
+HEADER_TIMEOUT_S = 10.0
+KEEPALIVE_TIMEOUT_S = 30.0
+BODY_TIMEOUT_S = 30.0
+
+_REASONS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+            413: "body_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+            431: "headers_too_large"}  # fmt: skip
+
+
+class HttpRefusal(Exception):
+    """A refusal raised by a handler: answered as the JSON error body with `status`."""
+
+    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.reason, self.detail, self.headers = status, reason, detail, headers or {}
+
+
+def error_body(status: int, reason: str | None, detail: str) -> dict[str, str]:
+    return {"error": reason or _REASONS.get(status, f"http_{status}"), "detail": detail}
+
+
+def json_error(status: int, detail: str, reason: str | None = None, headers: Any = None) -> web.Response:
+    return web.json_response(error_body(status, reason, detail), status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return json_error(exc.status, _detail(request, exc), headers=headers)
+    except HttpRefusal as refusal:
+        return json_error(refusal.status, refusal.detail, refusal.reason, refusal.headers)
+    except Exception:
+        log.exception("request failed", method=request.method, path=request.path)
+        return json_error(500, "the server failed to handle this request; it was logged", "internal")
+
+
+def _detail(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no resource at {request.path!r}; see docs/devices.md for the device API"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return f"{request.method} is not allowed on {request.path!r}; allowed: {allowed or 'none'}"
+    return exc.text or HTTPStatus(exc.status).phrase
+
+
+async def read_body(request: web.Request, timeout: float = BODY_TIMEOUT_S) -> bytes:
+    """The request body within `timeout`; a JSON 408 for a client that sends it too slowly, a 400 for a body
+    whose Content-Encoding does not decode."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise HttpRefusal(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
+    except HttpProcessingError as exc:  # e.g. a gzip body that does not decompress
+        raise HttpRefusal(400, "malformed_body", f"the request body cannot be decoded: {exc.message}") from None
+
+
+class _DeviceRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's handler with JSON parse errors and a deadline for the first request's headers."""
+
+    header_timeout = HEADER_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        asyncio.get_running_loop().call_later(self.header_timeout, self._close_if_silent)
+
+    def _close_if_silent(self) -> None:
+        """A client that opened a connection but did not finish its request headers in time (slowloris)."""
+        if self._request_count == 0 and self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it and checks nothing was sent yet
+        detail = message or HTTPStatus(status).phrase
+        if status == 500:
+            detail = "the server failed to handle this request; it was logged"
+        response = json_error(status, detail, "internal" if status == 500 else None)
+        response.force_close()
+        return response
+
+
+class _DeviceServer(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _DeviceRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class DeviceRunner(web.AppRunner):
+    """An AppRunner whose connections use _DeviceRequestHandler."""
+
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        server.__class__ = _DeviceServer  # the same object; only how it makes connection handlers differs
+        return server
+
+
+def device_app(client_max_size: int) -> web.Application:
+    return web.Application(client_max_size=client_max_size, middlewares=[json_errors])
+
+
+async def start_device_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve a device-facing `app`; returns the runner and the port bound (port 0 picks a free one)."""
+    runner = DeviceRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner, runner.addresses[0][1]
