@@ -10,7 +10,7 @@ Devices (with their own device token):
 """
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import nats.errors
@@ -23,6 +23,8 @@ from fleetflow.api import DeviceFleet
 from fleetflow.gateway.auth import DeviceAuthenticator
 from fleetflow.gateway.commands import (
     DEFAULT_TTL_MS,
+    MAX_PARAMS_DEPTH,
+    MAX_TTL_MS,
     STATES,
     CommandError,
     CommandFeed,
@@ -48,8 +50,8 @@ def application_token(fleet_secret: bytes, fleet: str) -> str:
 
 class SendRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     name: str
-    params: dict[str, Any] = {}  # any JSON values, nested too
-    ttl_seconds: float = DEFAULT_TTL_MS / 1000
+    params: dict[str, Any] = {}  # any JSON values, nested too (depth and size: commands.check_params)
+    ttl_seconds: Annotated[float, msgspec.Meta(ge=1, le=MAX_TTL_MS / 1000)] = DEFAULT_TTL_MS / 1000
     id: str | None = None
 
 
@@ -193,6 +195,10 @@ def _decode(kind: type[Any], body: bytes) -> Any:
         raise Rejection(400, "invalid_request", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise Rejection(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Rejection(
+            400, "invalid_request", f"the body is nested too deeply; params may nest at most {MAX_PARAMS_DEPTH} levels"
+        ) from None
 
 
 def _number(text: str, name: str, low: float, high: float) -> float:

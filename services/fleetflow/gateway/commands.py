@@ -44,6 +44,10 @@ COMMAND_NAME_RULE = "a letter, then up to 63 letters, digits, '_', '.' or '-'"
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_=-]{1,100}$")
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
 DEFAULT_TTL_MS = 3600 * 1000
+# Every protocol must carry params: protobuf's Struct stops at 100 levels (a gRPC device would never get the
+# command), and the size keeps one command from filling a device's or the stream's buffers.
+MAX_PARAMS_DEPTH = 32
+MAX_PARAMS_BYTES = 64 * 1024
 
 
 def now_ms() -> int:
@@ -145,10 +149,7 @@ def new_command(
         raise CommandError(400, "invalid_command", f"command id {command_id!r} is not valid: use 1 to 100 "
                            "letters, digits, '_', '=' or '-'")  # fmt: skip
     values = params or {}
-    try:
-        msgspec.json.encode(values)
-    except (TypeError, msgspec.EncodeError) as exc:  # e.g. a set or bytes from a Python caller
-        raise CommandError(400, "invalid_command", f"params must be JSON values (nested ones too): {exc}") from None
+    check_params(values)
     return Command(
         id=command_id or uuid.uuid4().hex,
         fleet=fleet,
@@ -159,6 +160,29 @@ def new_command(
         ttl_ms=ttl_ms,
         source=source,
     )
+
+
+def check_params(values: dict[str, Any]) -> None:
+    """Params every protocol can carry: JSON values, at most MAX_PARAMS_DEPTH deep and MAX_PARAMS_BYTES long."""
+    depth = _depth(values)
+    if depth > MAX_PARAMS_DEPTH:
+        raise CommandError(400, "invalid_command", f"params are nested {depth} levels deep; at most "
+                           f"{MAX_PARAMS_DEPTH} are accepted")  # fmt: skip
+    try:
+        size = len(msgspec.json.encode(values))
+    except (TypeError, msgspec.EncodeError) as exc:  # e.g. a set or bytes from a Python caller
+        raise CommandError(400, "invalid_command", f"params must be JSON values (nested ones too): {exc}") from None
+    if size > MAX_PARAMS_BYTES:
+        raise CommandError(400, "invalid_command", f"params are {size} bytes as JSON; at most {MAX_PARAMS_BYTES} "
+                           "are accepted")  # fmt: skip
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    """Nesting depth of objects and lists (1 for a flat object); stops counting past the limit."""
+    if level > MAX_PARAMS_DEPTH or not isinstance(value, dict | list):
+        return level if isinstance(value, dict | list) else level - 1
+    children = value.values() if isinstance(value, dict) else value
+    return max((_depth(child, level + 1) for child in children), default=level)
 
 
 class CommandStore:

@@ -84,9 +84,8 @@ class DeviceRun:
     def __init__(self, intake: TelemetryIntake, device: str, size: int):
         self.intake, self.device = intake, device
         self.outcomes: list[Failure | None] = [None] * size
-        self._merged: list[tuple[int, Msg]] = []  # the messages (index, msg) of the batch being merged
+        self._merged: list[tuple[int, Msg, ReadingBatch]] = []  # the messages of the batch being merged
         self._readings: list[Reading] = []
-        self._received_ms = 0  # when the first message of the merged batch was received
         self._held: Failure | None = None  # set once a message will be redelivered: every later one follows it
         self._behind: tuple[int, Failure] | None = None  # the ingress seq of a message out for redelivery
 
@@ -108,9 +107,7 @@ class DeviceRun:
             if not self._fits(batch.readings):
                 await self.flush()  # which holds the rest back if it fails
             if self._held is None:
-                if not self._merged:
-                    self._received_ms = batch.received_ms
-                self._merged.append((index, msg))
+                self._merged.append((index, msg, batch))
                 self._readings += batch.readings
                 return
         self._retry([(index, msg)], self._held)
@@ -121,12 +118,28 @@ class DeviceRun:
             return
         merged, self._merged = self._merged, []
         batch = ReadingBatch(fleet=self.intake.fleet, device=self.device, readings=self._readings,
-                             received_ms=self._received_ms)  # fmt: skip
+                             received_ms=merged[0][2].received_ms)  # fmt: skip
         self._readings = []
         try:
             await self.intake.intake.publish(PROTOCOL, batch)
         except Rejection as rejection:
-            self._refused(merged, self.intake.failure(rejection))
+            if rejection.permanent and len(merged) > 1:
+                await self._publish_each(merged)  # so that only the message at fault is dead-lettered
+            else:
+                self._refused([(index, msg) for index, msg, _ in merged], self.intake.failure(rejection))
+
+    async def _publish_each(self, merged: list[tuple[int, Msg, ReadingBatch]]) -> None:
+        """Publish the messages of a refused merged batch one by one, in order (e.g. one of them alone grows
+        past what NATS carries): each gets its own outcome, and the first that must be retried holds back the
+        rest."""
+        for position, (index, msg, batch) in enumerate(merged):
+            try:
+                await self.intake.intake.publish(PROTOCOL, batch)
+            except Rejection as rejection:
+                self._refused([(index, msg)], self.intake.failure(rejection))
+                if self._held is not None:
+                    self._retry([(i, m) for i, m, _ in merged[position + 1 :]], self._held)
+                    return
 
     def _admitted(self, index: int, msg: Msg) -> ReadingBatch | None:
         """The message's readings if it is valid and within the device's rate; else its outcome is set."""

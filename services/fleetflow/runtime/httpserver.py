@@ -84,8 +84,9 @@ async def read_body(request: web.Request, timeout: float = BODY_TIMEOUT_S) -> by
             return await request.read()
     except TimeoutError:
         raise HttpRefusal(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
-    except HttpProcessingError as exc:  # e.g. a gzip body that does not decompress
-        raise HttpRefusal(400, "malformed_body", f"the request body cannot be decoded: {exc.message}") from None
+    except (HttpProcessingError, web_protocol.RequestPayloadError) as exc:  # e.g. gzip that does not decompress
+        detail = " ".join(str(exc).split())
+        raise HttpRefusal(400, "malformed_body", f"the request body cannot be read: {detail}") from None
 
 
 class _DeviceRequestHandler(web_protocol.RequestHandler):

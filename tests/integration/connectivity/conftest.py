@@ -128,12 +128,22 @@ class MqttPlatform:
 async def mqtt_platform(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[MqttPlatform]:
     """nats-server with its MQTT listener and auth callout, and a gateway serving MQTT devices. Parametrize it
     indirectly with a DeviceFleet `spec.gateway` to change the fleet's gateway settings (e.g. its rate limit)."""
+    async with running_mqtt_platform(tmp_path, fleet_resource(getattr(request, "param", None))) as platform:
+        yield platform
+
+
+@contextlib.asynccontextmanager
+async def running_mqtt_platform(tmp_path: Path, fleet: DeviceFleet, nats_config: str = "",
+                                **gateway: Any) -> AsyncIterator[MqttPlatform]:  # fmt: skip
+    """The platform of `mqtt_platform`; `nats_config` adds lines to nats-server's configuration, `gateway`
+    overrides GatewaySettings."""
     seed_file = tmp_path / "mqtt-issuer.nk"
     seed = natsauth.ensure_issuer_seed(seed_file)
     port, mqtt_port = free_port(), free_port()
     config = tmp_path / "nats.conf"
     config.write_text(
         f'server_name: test\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+        + nats_config
         + natsauth.server_config(natsauth.ServerAuth.local("127.0.0.1", mqtt_port, seed, "test-password"))
     )
     process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
@@ -142,8 +152,7 @@ async def mqtt_platform(tmp_path: Path, request: pytest.FixtureRequest) -> Async
         wait_for_port(port)
         wait_for_port(mqtt_port)
         server = NatsServer(f"nats://127.0.0.1:{port}", port, tmp_path / "js", process)
-        fleet = fleet_resource(getattr(request, "param", None))
-        gw = await start_gateway(tmp_path, server.url, fleet, mqtt_issuer_seed_file=seed_file)
+        gw = await start_gateway(tmp_path, server.url, fleet, mqtt_issuer_seed_file=seed_file, **gateway)
         try:
             yield MqttPlatform(gw, mqtt_port, server)
         finally:

@@ -176,3 +176,71 @@ async def test_rate_limit_answers_429_with_retry_after(gateway: Gateway) -> None
     assert (status, body["error"]) == (429, "rate_limited")
     assert int(headers["Retry-After"]) >= 1
     assert await gateway.stored_messages() == 4
+
+
+async def _raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send `request` as raw bytes (what no HTTP client library would send) and read the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "reason"),
+    [
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+        (b"GET /v1/fleets/demo/devices/dev-1/telemetry HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405,
+         "method_not_allowed"),
+        (b"POST /v1/fleets/demo/devices/dev-1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
+         "bad_request"),
+        (b"POST /v1/fleets/demo/devices/dev-1/telemetry HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+         400, "bad_request"),
+    ],
+    ids=["unknown path", "wrong method", "unparsable header", "header too long"],
+)  # fmt: skip
+async def test_refusals_of_the_router_and_the_parser_are_json(
+    gateway: Gateway, request_bytes: bytes, status: int, reason: str
+) -> None:
+    got_status, body = await _raw_exchange(gateway.url, request_bytes)
+    assert (got_status, body["error"]) == (status, reason)
+    assert body["detail"]
+    assert (await gateway.post("dev-2", readings(1)))[0] == 202
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_an_invalid_token(gateway: Gateway) -> None:
+    body = json.dumps(readings(1)).encode()
+    request = (b"POST /v1/fleets/demo/devices/dev-1/telemetry HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+               b"Authorization: Bearer \xff\xfe\r\nContent-Type: application/json\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    assert (await _raw_exchange(gateway.url, request))[1]["error"] == "invalid_token"
+
+
+async def test_a_body_that_does_not_decompress_is_refused(gateway: Gateway) -> None:
+    headers = {"Authorization": f"Bearer {gateway.token('dev-1')}", "Content-Type": "application/json",
+               "Content-Encoding": "gzip"}  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gateway.url}/v1/fleets/demo/devices/dev-1/telemetry", data=b"not gzip", headers=headers) as r,
+    ):
+        assert (r.status, (await r.json())["error"]) == (400, "malformed_body")
+    assert await gateway.stored_messages() == 0
+
+
+async def test_a_client_that_never_finishes_its_headers_is_disconnected(gateway: Gateway) -> None:
+    from fleetflow.runtime import httpserver
+
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/fleets/demo/devices/dev-1/telemetry HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    await writer.drain()
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), httpserver.HEADER_TIMEOUT_S + 10) == b""  # closed by the server
+    assert asyncio.get_running_loop().time() - started < httpserver.HEADER_TIMEOUT_S + 5
+    writer.close()
