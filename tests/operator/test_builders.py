@@ -66,6 +66,12 @@ def test_single_nats_server_has_jetstream_mqtt_and_no_cluster_block() -> None:
     assert "mqtt {\n  listen: 0.0.0.0:1883\n  no_auth_user: mqtt-anonymous\n}" in conf
     assert "cluster" not in conf
     assert "server_name: $POD_NAME" in conf
+    assert "max_payload: 3149824" in conf  # 3 x the default 1 MiB maxBodyBytes + 4 KiB: any valid body fits
+
+
+def test_managed_nats_carries_the_largest_message_a_valid_body_becomes() -> None:
+    f = fleet(fleet_doc(gateway={"maxBodyBytes": 4 * 1048576}))
+    assert f"max_payload: {3 * 4 * 1048576 + 4096}" in nats.server_config(f)
 
 
 def test_three_nats_servers_route_to_each_other_through_the_headless_service() -> None:

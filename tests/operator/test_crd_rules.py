@@ -28,8 +28,8 @@ def test_every_rule_compiles_and_says_what_is_wrong(where: str, rule: dict[str, 
     assert rule["message"], f"{where}: a rule needs a message that names the field"
 
 
-def _spec_rule(kind: str) -> str:
-    (rule,) = [r["rule"] for where, r in all_rules() if where == f"{kind}.spec"]
+def _spec_rule(kind: str, message: str = "") -> str:
+    (rule,) = [r["rule"] for where, r in all_rules() if where == f"{kind}.spec" and message in r["message"]]
     return rule
 
 
@@ -45,7 +45,30 @@ def _spec_rule(kind: str) -> str:
     ],
 )
 def test_stream_replicas_must_fit_the_managed_nats(spec: dict[str, Any], accepted: bool) -> None:
-    assert cel.evaluate(_spec_rule("DeviceFleet"), {"self": spec}) is accepted
+    assert cel.evaluate(_spec_rule("DeviceFleet", "streams.replicas"), {"self": spec}) is accepted
+
+
+@pytest.mark.parametrize(
+    ("spec", "accepted"),
+    [
+        ({}, True),
+        ({"gateway": {"maxBodyBytes": 8388608}}, True),  # a managed NATS is sized to it
+        ({"nats": {"external": {"url": "nats://x:4222"}}}, True),  # 1 MiB bodies, 1 MiB max_payload
+        ({"nats": {"external": {"url": "nats://x:4222"}}, "gateway": {"maxBodyBytes": 2097152}}, False),
+        ({"nats": {"external": {"url": "nats://x:4222", "maxPayloadBytes": 8388608}},
+          "gateway": {"maxBodyBytes": 2097152}}, True),
+    ],
+)  # fmt: skip
+def test_bodies_must_fit_an_external_nats(spec: dict[str, Any], accepted: bool) -> None:
+    from fleetflow.api import DeviceFleet
+
+    assert cel.evaluate(_spec_rule("DeviceFleet", "maxPayloadBytes"), {"self": spec}) is accepted
+    document = {"metadata": {"name": "f"}, "spec": spec}
+    if accepted:
+        DeviceFleet.model_validate(document)
+    else:
+        with pytest.raises(ValueError, match=r"gateway\.maxBodyBytes 2097152 exceeds nats\.external\.maxPayloadBytes"):
+            DeviceFleet.model_validate(document)
 
 
 def test_nats_external_and_managed_exclude_each_other() -> None:

@@ -85,16 +85,47 @@ class AutoscalingSpec(Model):
         return self
 
 
+# A body grows at most this much once the gateway encodes it for NATS: `"a":1e15,` (9 bytes) is written
+# `"a":1000000000000000.0,` (23); every other part of a reading shrinks. The constant covers the batch's
+# fleet, device and headers.
+MESSAGE_GROWTH = 3
+MESSAGE_OVERHEAD = 4096
+NATS_MAX_PAYLOAD = 64 * 1024 * 1024  # nats-server refuses a larger max_payload
+
+
 class GatewaySpec(Model):
     replicas: int = Field(default=1, ge=0, le=100)
     autoscaling: AutoscalingSpec | None = None
     max_batch_readings: int = Field(default=1000, ge=1, le=100000, description="Readings per request.")
-    max_body_bytes: int = Field(default=1048576, ge=1024, le=67108864, description="Request body limit.")
+    max_body_bytes: int = Field(
+        default=1048576,
+        ge=1024,
+        le=16777216,
+        description="Largest request body (HTTP), message (gRPC) or MQTT payload a device may send, in bytes. "
+        "A managed NATS carries 3x this (what the largest body can grow to once encoded).",
+    )
     rate_limit: RateLimit = Field(default_factory=RateLimit)
+
+    @property
+    def largest_message_bytes(self) -> int:
+        """The largest NATS message a valid body of at most max_body_bytes can become."""
+        return MESSAGE_GROWTH * self.max_body_bytes + MESSAGE_OVERHEAD
+
+
+def max_payload_for(fleets: "list[DeviceFleet]", floor: int = 1048576) -> int:
+    """The max_payload a NATS serving `fleets` needs so that no valid body is ever too large to publish."""
+    return min(NATS_MAX_PAYLOAD, max([floor, *(f.spec.gateway.largest_message_bytes for f in fleets)]))
 
 
 class ExternalNats(Model):
     url: str = Field(pattern=r"^(nats|tls|ws|wss)://[^\s]+$")
+    max_payload_bytes: int = Field(
+        default=1048576,
+        ge=1024,
+        le=NATS_MAX_PAYLOAD,
+        description="The external server's max_payload (nats-server's default is 1 MiB). gateway.maxBodyBytes "
+        "must not exceed it; a body that grows past it once encoded is refused with 413 batch_too_large.",
+    )
 
 
 class ManagedNats(Model):
@@ -177,7 +208,14 @@ class DeviceFleetSpec(Model):
                     "(has(self.nats) && (has(self.nats.external) || (has(self.nats.managed) && "
                     "has(self.nats.managed.replicas) && self.nats.managed.replicas == 3)))",
                     "message": "streams.replicas 3 needs nats.managed.replicas 3 (or an external NATS)",
-                }
+                },
+                {
+                    "rule": "!has(self.nats) || !has(self.nats.external) || "
+                    "(has(self.gateway) && has(self.gateway.maxBodyBytes) ? self.gateway.maxBodyBytes : 1048576) <= "
+                    "(has(self.nats.external.maxPayloadBytes) ? self.nats.external.maxPayloadBytes : 1048576)",
+                    "message": "gateway.maxBodyBytes exceeds nats.external.maxPayloadBytes: the external NATS cannot "
+                    "carry the bodies devices may send",
+                },
             ]
         }
     )
@@ -194,6 +232,17 @@ class DeviceFleetSpec(Model):
             raise ValueError(
                 f"streams.replicas {self.streams.replicas} exceeds nats.managed.replicas "
                 f"{self.nats.managed_or_default.replicas}: a stream cannot have more replicas than servers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _bodies_fit_an_external_nats(self) -> Self:
+        external, body = self.nats.external, self.gateway.max_body_bytes
+        if external is not None and body > external.max_payload_bytes:
+            raise ValueError(
+                f"gateway.maxBodyBytes {body} exceeds nats.external.maxPayloadBytes {external.max_payload_bytes}: "
+                "the external NATS could not carry the bodies devices may send; lower gateway.maxBodyBytes or "
+                "raise the server's max_payload (and nats.external.maxPayloadBytes with it)"
             )
         return self
 

@@ -31,14 +31,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1") -> str:
+LOCAL_MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1",
+                  max_payload: int = LOCAL_MAX_PAYLOAD) -> str:  # fmt: skip
     """nats-server configuration: JetStream storing under the data dir, listening on loopback only."""
     return "\n".join(
         [
             "server_name: fleetflow-local",
             f"listen: {host}:{port}",
             f"http: {host}:{monitor_port}",
-            "max_payload: 8MB",
+            f"max_payload: {max_payload}",
             "jetstream {",
             f'  store_dir: "{store_dir}"',
             "}",
@@ -50,8 +54,8 @@ def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "12
 class EmbeddedNats:
     """nats-server as a child process, its files under `data_dir/nats`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None):
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Path, port: int | None = None, max_payload: int = LOCAL_MAX_PAYLOAD):
+        self.data_dir, self.max_payload = data_dir, max_payload
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.mqtt_port = free_port()  # devices' MQTT, admitted by the gateways (fleetflow.gateway.mqtt_auth)
@@ -79,7 +83,9 @@ class EmbeddedNats:
         seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
         auth = natsauth.ServerAuth.local("127.0.0.1", self.mqtt_port, seed, secrets.token_hex(16))
         conf.write_text(
-            server_config(self.data_dir / "nats" / "jetstream", self.port, self.monitor_port)
+            server_config(
+                self.data_dir / "nats" / "jetstream", self.port, self.monitor_port, max_payload=self.max_payload
+            )
             + natsauth.server_config(auth)
         )
         log = (self.data_dir / "logs").joinpath("nats-server.log")

@@ -11,7 +11,8 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.local.natsserver import EmbeddedNats
+from fleetflow.api.devicefleet import max_payload_for
+from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
 from fleetflow.local.processes import ServiceProcess, supervise
 from fleetflow.local.resources import ResourceSet
 from fleetflow.runtime import config, credentials, jetstream, subjects
@@ -36,7 +37,8 @@ class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None):
         self.resources = resources
         self.data_dir = data_dir.resolve()
-        self.nats = EmbeddedNats(self.data_dir, nats_port)
+        max_payload = max_payload_for(list(resources.fleets.values()), floor=LOCAL_MAX_PAYLOAD)
+        self.nats = EmbeddedNats(self.data_dir, nats_port, max_payload)
         self.services: list[ServiceProcess] = []
         self._stop_supervising = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None

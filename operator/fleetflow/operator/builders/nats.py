@@ -8,6 +8,7 @@ nats.conf names as `$VARIABLE`: no secret is in the ConfigMap."""
 from pathlib import Path
 
 from fleetflow.api import DeviceFleet
+from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.api.quantities import parse_bytes
 from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders.common import (
@@ -99,6 +100,8 @@ def server_config(fleet: DeviceFleet) -> str:
         f"http: 0.0.0.0:{MONITOR_PORT}",
         "server_name: $POD_NAME",
         f'pid_file: "{PID_FILE}"',
+        # Large enough for the largest message a valid device body becomes, so none is ever unpublishable.
+        f"max_payload: {max_payload_for([fleet])}",
         "lame_duck_duration: 30s",
         "lame_duck_grace_period: 10s",
         "jetstream {",
