@@ -18,7 +18,7 @@ from fleetflow.runtime import codec, subjects
 from fleetflow.runtime.codec import ReadingBatch
 from fleetflow.runtime.consumer import ERROR_HEADER, DeadLetters
 from fleetflow.writer.stores import RecordRefused
-from tests.stores.conftest import Stores
+from tests.stores.conftest import Stores, unique_fleet
 from tests.stores.test_contract import T0, aggregate, alert, all_readings, batch
 from tests.stores.test_unavailable import SwitchedStore, Writer, counted, eventually, running_writer
 from tests.support.natsserver import NatsServer
@@ -208,3 +208,21 @@ async def test_a_redelivered_message_is_dead_lettered_once(nats_server: NatsServ
 
         [letter] = await dead_letters(w)
         assert (letter.data, letter.error) == (b"the refused part", "refused (delivery 1)")
+
+
+@pytest.mark.parametrize("bad_seq", [2**63, 2**64])
+async def test_the_store_refuses_a_seq_beyond_64_bits_as_a_refusal_naming_it(stores: Stores, bad_seq: int) -> None:
+    store, fleet = await stores.open(), unique_fleet()
+    refused = with_reading(batch(fleet, "d1", range(1, 4)), bad_seq, T0, at=1)
+
+    with pytest.raises(RecordRefused, match=rf"seq {bad_seq}"):
+        await store.write_readings([batch(fleet, "d2", range(1, 4)), refused])
+    if stores.kind == "sqlite":  # one transaction: nothing of the refused write is stored
+        assert await store.count_readings(fleet) == 0
+
+
+async def test_a_batch_without_readings_is_nothing_to_store(stores: Stores) -> None:
+    store, fleet = await stores.open(), unique_fleet()
+    await store.write_readings([batch(fleet, "d1", range(0)), batch(fleet, "d2", range(1, 3))])
+    assert await store.count_readings(fleet) == 2
+    assert await store.latest(fleet, "d1") is None
