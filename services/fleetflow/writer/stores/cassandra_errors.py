@@ -45,8 +45,6 @@ ENCODING_ERRORS: tuple[type[Exception], ...] = (TypeError, ValueError, OverflowE
 
 def classify(exc: Exception, where: str) -> StoreUnavailable | RecordRefused:
     """The store error to raise for a failed write: StoreUnavailable for an outage, else RecordRefused."""
-    if isinstance(exc, StoreUnavailable | RecordRefused):
-        return exc
     if isinstance(exc, OUTAGES):
         return StoreUnavailable(f"{where}: {describe(exc)}")
     return RecordRefused(f"{where}: {describe(exc)}")
