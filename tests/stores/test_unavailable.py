@@ -101,6 +101,7 @@ class Writer:
     fleet: DeviceFleet
     pipeline: Pipeline
     store: SwitchedStore
+    start: Callable[[], None]  # start consuming, when running_writer was told to wait
 
     def subject(self, record: str, device: str) -> str:
         return subjects.pipeline_subject(self.fleet.name, self.pipeline.name, record, device)
@@ -126,13 +127,19 @@ class Writer:
 
 @asynccontextmanager
 async def running_writer(
-    server: NatsServer, stores: Stores, max_deliver: int, meter: Meter | None = None
+    server: NatsServer,
+    stores: Stores,
+    max_deliver: int,
+    meter: Meter | None = None,
+    store: SwitchedStore | None = None,
+    waiting: bool = False,
 ) -> AsyncIterator[Writer]:
-    """Provision the fleet and pipeline as the writer does, and run its consumer on a switched store."""
+    """Provision the fleet and pipeline as the writer does, and run its consumer on a switched store; with
+    `waiting`, only once the test calls start() (so that what it published first arrives in one fetch)."""
     name = unique_fleet()
     fleet = DeviceFleet.model_validate({"metadata": {"name": name}, "spec": {}})
     pipeline = stores.pipeline(fleetRef={"name": name}, delivery={"maxDeliver": max_deliver})
-    store = SwitchedStore(await stores.open())
+    store = store or SwitchedStore(await stores.open())
     nc = await nats.connect(server.url)
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
@@ -147,12 +154,20 @@ async def running_writer(
         batch=64,
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
+    tasks: list[asyncio.Task[None]] = []
+
+    def start() -> None:
+        if not tasks:
+            tasks.append(asyncio.create_task(consumer.run(stop)))
+
+    if not waiting:
+        start()
     try:
-        yield Writer(js, fleet, pipeline, store)
+        yield Writer(js, fleet, pipeline, store, start)
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        for task in tasks:
+            await asyncio.wait_for(task, 10)
         await nc.close()
 
 

@@ -24,11 +24,14 @@ SOURCE_HEADERS = ("Fleetflow-Source-Stream", "Fleetflow-Source-Subject")
 @dataclass
 class Failure:
     """Why a message could not be handled; `poison` ones are dead-lettered at once (retrying cannot help).
-    `delay` overrides the message's own backoff, to redeliver it no sooner than another it must follow."""
+    `delay` overrides the message's own backoff, to redeliver it no sooner than another it must follow.
+    `dead_letter` replaces the message's data in the dead letter when only part of it failed: the handler
+    committed the rest, so the dead letter holds just what still needs attention."""
 
     reason: str
     poison: bool = False
     delay: float | None = None
+    dead_letter: bytes | None = None
 
 
 Handler = Callable[[Sequence[Msg]], Awaitable[Sequence[Failure | None]]]
@@ -44,12 +47,14 @@ class DeadLetters:
         self.js = js
         self.subject = subjects.dead_letter_subject(fleet, source)
 
-    async def send(self, msg: Msg, reason: str) -> None:
+    async def send(self, msg: Msg, reason: str, data: bytes | None = None) -> None:
+        """Dead-letter `msg` (or `data`, the part of it that failed) with `reason`. The id derives from the
+        message's stream sequence, so a redelivered message is dead-lettered once within the duplicate window."""
         headers = {ERROR_HEADER: reason[:1000], SOURCE_HEADERS[1]: msg.subject}
         if msg.metadata and msg.metadata.stream:
             headers[SOURCE_HEADERS[0]] = msg.metadata.stream
             headers["Nats-Msg-Id"] = f"dlq/{msg.metadata.stream}/{msg.metadata.sequence.stream}"
-        await self.js.publish(self.subject, msg.data, headers=headers)
+        await self.js.publish(self.subject, msg.data if data is None else data, headers=headers)
         log.warning("message dead-lettered", subject=msg.subject, reason=reason)
 
 
@@ -108,7 +113,8 @@ class BatchConsumer:
             return
         attempt = msg.metadata.num_delivered if msg.metadata else 1
         if failure.poison or attempt >= self.max_deliver:
-            await self.dead_letters.send(msg, f"{failure.reason} (delivery {attempt} of {self.max_deliver})")
+            reason = f"{failure.reason} (delivery {attempt} of {self.max_deliver})"
+            await self.dead_letters.send(msg, reason, failure.dead_letter)
             await msg.ack()
         else:
             await msg.nak(delay=redelivery_delay(attempt) if failure.delay is None else failure.delay)

@@ -4,7 +4,11 @@ The processor publishes to `ff.<fleet>.pl.<pipeline>.<record>.<device>`; the rec
 message holds. Readings and late readings (arrived after their window closed; still readings) carry a
 ReadingBatch, aggregates one WindowAggregate, alerts one AlertEvent. The consumer acks a message only after
 this handler reports it committed; a message that cannot be decoded, or names an unknown record type, is
-dead-lettered at once with the reason, since no retry can fix it."""
+dead-lettered at once with the reason, since no retry can fix it.
+
+A store outage fails the whole write, to be retried. A refusal (the store will not hold some value) is searched
+for the records at fault (see isolate.py): the others are stored and acknowledged, and only the refused ones are
+dead-lettered, each with the store's reason; of a ReadingBatch, a batch holding just its refused readings."""
 
 import asyncio
 import time
@@ -13,18 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import structlog
 from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
-from fleetflow.runtime import telemetry
+from fleetflow.runtime import codec, telemetry
 from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
 from fleetflow.runtime.consumer import Failure
-from fleetflow.writer.stores import StoreUnavailable, TelemetryStore
+from fleetflow.writer.isolate import Isolation, Part, Split, WriteError, isolate
+from fleetflow.writer.stores import RecordRefused, StoreUnavailable, TelemetryStore
 
 READINGS, LATE, AGGREGATES, ALERTS = "readings", "late", "aggregates", "alerts"
 RECORDS = (READINGS, LATE, AGGREGATES, ALERTS)
 tracer = telemetry.tracer("writer")
+log = structlog.get_logger(__name__)
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {
     READINGS: msgspec.json.Decoder(ReadingBatch),
     LATE: msgspec.json.Decoder(ReadingBatch),
@@ -72,6 +79,49 @@ def decode(msg: Msg, into: Decoded, index: int) -> Failure | None:
     return None
 
 
+def split_batch(batch: ReadingBatch) -> tuple[ReadingBatch, ReadingBatch] | None:
+    """Two batches of the same device, each with half of the readings; None for one reading (or none)."""
+    if len(batch.readings) < 2:
+        return None
+    middle = len(batch.readings) // 2
+    replace = msgspec.structs.replace
+    return replace(batch, readings=batch.readings[:middle]), replace(batch, readings=batch.readings[middle:])
+
+
+def whole(_record: object) -> None:
+    """An aggregate or an alert is one record: nothing to split."""
+    return None
+
+
+def describe(record: object) -> str:
+    """A refused record, named for a dead letter's reason and the log."""
+    if isinstance(record, ReadingBatch):
+        if len(record.readings) == 1:
+            r = record.readings[0]
+            return f"reading seq {r.seq} ts {r.ts} of device {record.device!r}"
+        return f"{len(record.readings)} readings of device {record.device!r}"
+    if isinstance(record, WindowAggregate):
+        return (
+            f"aggregate {record.step}/{record.metric} of group {record.group!r} "
+            f"window_start_ms {record.window_start_ms} window_end_ms {record.window_end_ms}"
+        )
+    if isinstance(record, AlertEvent):
+        return f"alert {record.rule!r} {record.state} of device {record.device!r} ts_ms {record.ts_ms}"
+    return type(record).__name__
+
+
+def count_of(record: object) -> int:
+    return len(record.readings) if isinstance(record, ReadingBatch) else 1
+
+
+_writes: dict[str, Callable[[TelemetryStore, list[Any]], Awaitable[None]]] = {
+    READINGS: lambda store, records: store.write_readings(records),
+    AGGREGATES: lambda store, records: store.write_aggregates(records),
+    ALERTS: lambda store, records: store.write_alerts(records),
+}
+_splits: dict[str, Split[Any]] = {READINGS: split_batch, AGGREGATES: whole, ALERTS: whole}
+
+
 class RecordWriter:
     def __init__(self, store: TelemetryStore, meter: Meter):
         self.store = store
@@ -91,7 +141,14 @@ class RecordWriter:
             description="Readings stored that arrived after their window had closed",
         )
         self.errors = meter.create_counter(
-            "fleetflow_writer_write_errors", unit="1", description="Failed store writes, by record type and reason"
+            "fleetflow_writer_write_errors",
+            unit="1",
+            description="Failed store writes, by record type and reason (the writes searching a refusal included)",
+        )
+        self.dead_lettered = meter.create_counter(
+            "fleetflow_writer_records_dead_lettered",
+            unit="1",
+            description="Records the store refused, dead-lettered alone, by record type and the store's error",
         )
         for record in (READINGS, AGGREGATES, ALERTS):  # export 0, not nothing, until the first error
             self.errors.add(0, {"record": record, "reason": "unavailable"})
@@ -113,21 +170,16 @@ class RecordWriter:
         links: list[trace.Link] = []
         for index, msg in enumerate(msgs):
             outcomes[index] = self._receive(msg, decoded, index, links)
-        readings = decoded.readings + decoded.late
-        writes: list[tuple[list[int], Awaitable[Failure | None]]] = []
-        if readings:
-            writes.append(([i for i, _ in readings], self._write_readings(decoded, links)))
-        if decoded.aggregates:
-            aggregates = [a for _, a in decoded.aggregates]
-            call = self._write(AGGREGATES, len(aggregates), lambda: self.store.write_aggregates(aggregates), links)
-            writes.append(([i for i, _ in decoded.aggregates], call))
-        if decoded.alerts:
-            alerts = [a for _, a in decoded.alerts]
-            call = self._write(ALERTS, len(alerts), lambda: self.store.write_alerts(alerts), links)
-            writes.append(([i for i, _ in decoded.alerts], call))
-        failures = await asyncio.gather(*(call for _, call in writes))
-        for (indexes, _), failure in zip(writes, failures, strict=True):
-            for index in indexes:
+        groups: dict[str, list[Part[Any]]] = {
+            READINGS: [Part(i, b) for i, b in decoded.readings] + [Part(i, b, late=True) for i, b in decoded.late],
+            AGGREGATES: [Part(i, a) for i, a in decoded.aggregates],
+            ALERTS: [Part(i, a) for i, a in decoded.alerts],
+        }
+        verdicts = await asyncio.gather(
+            *(self._store(record, parts, links) for record, parts in groups.items() if parts)
+        )
+        for verdict in verdicts:
+            for index, failure in verdict.items():
                 outcomes[index] = failure
         return outcomes
 
@@ -144,28 +196,61 @@ class RecordWriter:
             links.append(trace.Link(span.get_span_context()))
             return decode(msg, decoded, index)
 
-    async def _write_readings(self, decoded: Decoded, links: list[trace.Link]) -> Failure | None:
-        batches = [b for _, b in decoded.readings] + [b for _, b in decoded.late]
-        count = sum(len(b.readings) for b in batches)
-        failure = await self._write(READINGS, count, lambda: self.store.write_readings(batches), links)
-        if failure is not None:
-            return failure
-        self.rows.add(count)
-        self.late.add(sum(len(b.readings) for _, b in decoded.late))
-        self.batch_size.record(count)
-        now_ms = time.time() * 1000
-        for _, batch in decoded.readings:
-            if batch.readings:
-                self.e2e_latency.record(max(0.0, (now_ms - max(r.ts for r in batch.readings)) / 1000))
-        return None
+    async def _store(self, record: str, parts: list[Part[Any]], links: list[trace.Link]) -> dict[int, Failure | None]:
+        """Write one record type's messages in one go; the outcome by message position."""
+        error = await self._write(record, parts, links)
+        if error is None:
+            return dict.fromkeys((p.index for p in parts), None)
+        if error.outage:
+            return {p.index: self._retry(record, error) for p in parts}
+        isolation = await isolate(parts, error, lambda half: self._write(record, half, links), _splits[record])
+        return self._verdicts(record, parts, isolation)
 
-    async def _write(
-        self, record: str, count: int, write: Callable[[], Awaitable[None]], links: list[trace.Link]
-    ) -> Failure | None:
-        """Run one store write; a (retryable) Failure naming the record type and the error if it fails.
+    @staticmethod
+    def _retry(record: str, outage: WriteError) -> Failure:
+        return Failure(f"store unavailable while writing {record}: {outage.message}")
+
+    def _verdicts(self, record: str, parts: list[Part[Any]], isolation: Isolation[Any]) -> dict[int, Failure | None]:
+        """A message with records left unwritten by an outage is retried whole (nothing dead-lettered for an
+        outage); one with refused records is dead-lettered, as a whole if none of it was stored."""
+        verdicts: dict[int, Failure | None] = dict.fromkeys((p.index for p in parts), None)
+        unwritten = {p.index for p in isolation.unwritten}
+        for index in unwritten:
+            assert isolation.outage is not None  # only an outage leaves records unwritten
+            verdicts[index] = self._retry(record, isolation.outage)
+        stored = {p.index for p in isolation.stored}
+        refused: dict[int, list[tuple[Part[Any], WriteError]]] = {}
+        for part, error in isolation.refused:
+            if part.index not in unwritten:
+                refused.setdefault(part.index, []).append((part, error))
+        for index, refusals in refused.items():
+            verdicts[index] = self._dead_letter(record, refusals, partial=index in stored)
+        return verdicts
+
+    def _dead_letter(self, record: str, refusals: list[tuple[Part[Any], WriteError]], partial: bool) -> Failure:
+        """The Failure that dead-letters one message's refused records: the message itself when none of it was
+        stored, else a ReadingBatch of the same device holding only the refused readings."""
+        reasons = []
+        for part, error in refusals:
+            what = describe(part.record)
+            self.dead_lettered.add(count_of(part.record), {"record": record, "reason": error.kind})
+            log.warning("record refused by the store; dead-lettering it", record=record, what=what, error=error.message)
+            reasons.append(f"{what}: {error.message}")
+        data = None
+        if partial:
+            first = refusals[0][0].record
+            assert isinstance(first, ReadingBatch)  # only a ReadingBatch splits into parts
+            readings = [r for part, _ in refusals for r in part.record.readings]
+            data = codec.encode(msgspec.structs.replace(first, readings=readings))
+        return Failure("; ".join(reasons), poison=True, dead_letter=data)
+
+    async def _write(self, record: str, parts: Sequence[Part[Any]], links: list[trace.Link]) -> WriteError | None:
+        """Run one store write; why it failed, if it did.
 
         One write combines many messages: its span continues the first message's trace and links to every
         message's span (the OpenTelemetry convention for batch consumers), so each trace reaches the store."""
+        records = [p.record for p in parts]
+        count = sum(count_of(r) for r in records)
         started = time.perf_counter()
         attributes: dict[str, str | int] = {
             "db.system.name": self.store.system,
@@ -176,15 +261,28 @@ class RecordWriter:
         first = trace.set_span_in_context(trace.NonRecordingSpan(links[0].context)) if links else None
         with tracer.start_as_current_span(f"upsert {record}", first, trace.SpanKind.CLIENT, attributes, links) as span:
             try:
-                await write()
+                await _writes[record](self.store, records)
             except StoreUnavailable as exc:
-                self.errors.add(1, {"record": record, "reason": "unavailable"})
-                span.set_status(trace.StatusCode.ERROR, str(exc))
-                return Failure(f"store unavailable while writing {record}: {exc}")
-            except Exception as exc:  # a store bug or a rejected statement: retried, then dead-lettered with it
-                self.errors.add(1, {"record": record, "reason": type(exc).__name__})
-                span.set_status(trace.StatusCode.ERROR, str(exc))
-                return Failure(f"writing {record} failed: {type(exc).__name__}: {exc}")
-        self.write_duration.record(time.perf_counter() - started, {"record": record})
+                error = WriteError(outage=True, kind="unavailable", message=str(exc))
+            except Exception as exc:  # refused, or failed in a way no store foresaw: searched either way
+                message = str(exc) if isinstance(exc, RecordRefused) else f"{type(exc).__name__}: {exc}"
+                error = WriteError(outage=False, kind=type(exc.__cause__ or exc).__name__, message=message)
+            else:
+                self._count_stored(record, parts, count, time.perf_counter() - started)
+                return None
+            self.errors.add(1, {"record": record, "reason": error.kind})
+            span.set_status(trace.StatusCode.ERROR, error.message)
+            return error
+
+    def _count_stored(self, record: str, parts: Sequence[Part[Any]], count: int, seconds: float) -> None:
+        self.write_duration.record(seconds, {"record": record})
         self.stored.add(count, {"record": record})
-        return None
+        if record != READINGS:
+            return
+        self.rows.add(count)
+        self.late.add(sum(count_of(p.record) for p in parts if p.late))
+        self.batch_size.record(count)
+        now_ms = time.time() * 1000
+        for part in parts:
+            if not part.late and part.record.readings:
+                self.e2e_latency.record(max(0.0, (now_ms - max(r.ts for r in part.record.readings)) / 1000))

@@ -15,6 +15,12 @@ class StoreUnavailable(Exception):
     """The store cannot take writes right now (down, overloaded, timing out); retrying later may succeed."""
 
 
+class RecordRefused(Exception):
+    """The store refused a statement or a value of the records written (a number out of range, text it cannot
+    encode, a key it rejects): writing the same records again cannot succeed, whatever the store's health.
+    The message names the offending value where the store lets us find it."""
+
+
 @dataclass(frozen=True)
 class StoredReading:
     fleet: str
@@ -99,7 +105,10 @@ class TelemetryStore(abc.ABC):
 
     @abc.abstractmethod
     async def write_readings(self, batches: Sequence[ReadingBatch]) -> None:
-        """Store every reading of `batches`; return only once they are durable. StoreUnavailable to retry."""
+        """Store every reading of `batches`; return only once they are durable.
+
+        Every write method raises StoreUnavailable for an outage (retry the same records later) and
+        RecordRefused when some record can never be stored (the writer then finds which)."""
 
     @abc.abstractmethod
     async def write_aggregates(self, aggregates: Sequence[WindowAggregate]) -> None:

@@ -33,6 +33,7 @@ from fleetflow.writer.stores.base import (
     CommandQuery,
     Page,
     ReadingQuery,
+    RecordRefused,
     StoredReading,
     StoreUnavailable,
     TelemetryStore,
@@ -49,6 +50,7 @@ from fleetflow.writer.stores.cassandra_cluster import (
     execute,
     with_retries,
 )
+from fleetflow.writer.stores.cassandra_errors import ENCODING_ERRORS, classify, unencodable
 from fleetflow.writer.stores.cassandra_schema import Lease, migrate
 from fleetflow.writer.stores.partition_pages import Fetch, Partition, from_list, parse_token, read_page
 
@@ -163,18 +165,31 @@ class CassandraStore(TelemetryStore):
             return await with_retries(once, what, self.backoff)
         except Unavailable as exc:
             raise StoreUnavailable(f"{self.where}: {exc}") from exc
+        except Exception as exc:  # not retried by the store: an outage or a refusal of the records, say which
+            raise classify(exc, f"{self.where}: {what}") from exc
 
     async def _run_all(self, calls: Iterable[Awaitable[Any]]) -> None:
-        """Run every call (bounded by the in-flight semaphore); raise the first failure after all finished."""
+        """Run every call (bounded by the in-flight semaphore); raise a failure after all finished.
+
+        An outage is raised before a refusal: the write is then retried as a whole, not searched for bad records
+        while the cluster is failing."""
         results = await asyncio.gather(*calls, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise next((f for f in failures if isinstance(f, StoreUnavailable)), failures[0])
 
     def _bind(self, name: str, values: Sequence[Any]) -> Statement:
         if name not in self._prepared:
             raise StoreUnavailable(f"{self.where} is not open")
         return self._prepared[name].bind(values)
+
+    def _bind_row(self, name: str, values: Sequence[Any]) -> Statement:
+        """Bind a row to write; RecordRefused naming the value if one does not fit its column's type."""
+        try:
+            return self._bind(name, values)
+        except ENCODING_ERRORS as exc:
+            why = unencodable(self._prepared[name], values) or describe(exc)
+            raise RecordRefused(f"{self.where} cannot encode a row for {name}: {why}") from exc
 
     async def _write_rows(self, rows: Sequence[tuple[tuple[Any, ...], Statement]], what: str) -> None:
         """Write bound statements grouped by partition key: one unlogged batch per chunk of a partition."""
@@ -196,7 +211,7 @@ class CassandraStore(TelemetryStore):
         if not due:
             return
         ttl = self._index_ttl
-        binds = [self._bind("insert_index", (e.tbl, e.fleet, e.scope, e.bucket, e.member, ttl)) for e in due]
+        binds = [self._bind_row("insert_index", (e.tbl, e.fleet, e.scope, e.bucket, e.member, ttl)) for e in due]
         await self._run_all(self._run(bound, None, "write partition index") for bound in binds)
         for entry in due:
             self._indexed[entry] = now
@@ -217,12 +232,14 @@ class CassandraStore(TelemetryStore):
                 b = cql.bucket_of(r.ts, bucket)
                 entries.add(IndexEntry(table, fleet, device, b))
                 values = (fleet, device, b, r.ts, r.seq, r.metrics, now)
-                rows.append(((fleet, device, b), self._bind("insert_reading", values)))
+                rows.append(((fleet, device, b), self._bind_row("insert_reading", values)))
                 if (fleet, device) not in newest or (r.ts, r.seq) > newest[(fleet, device)][:2]:
                     newest[(fleet, device)] = (r.ts, r.seq, r.metrics)
         await self._ensure_indexed(entries)
         latest = [
-            self._run(self._bind("upsert_latest", (f, d, ts, seq, metrics, now, _cell_time(ts, seq))), None, "latest")
+            self._run(
+                self._bind_row("upsert_latest", (f, d, ts, seq, metrics, now, _cell_time(ts, seq))), None, "latest"
+            )
             for (f, d), (ts, seq, metrics) in newest.items()
         ]
         await self._run_all([self._write_rows(rows, "write readings"), *latest])
@@ -253,7 +270,7 @@ class CassandraStore(TelemetryStore):
                 a.last,
                 a.percentiles,
             )
-            rows.append(((a.fleet, a.pipeline, a.group, b), self._bind("insert_aggregate", values)))
+            rows.append(((a.fleet, a.pipeline, a.group, b), self._bind_row("insert_aggregate", values)))
         await self._ensure_indexed(entries)
         await self._write_rows(rows, "write aggregates")
 
@@ -265,7 +282,7 @@ class CassandraStore(TelemetryStore):
             b = cql.bucket_of(e.ts_ms, bucket)
             entries.add(IndexEntry(table, e.fleet, e.pipeline, b))
             values = (e.fleet, e.pipeline, b, e.ts_ms, e.device, e.rule, e.state, e.severity, e.values, e.message)
-            rows.append(((e.fleet, e.pipeline, b), self._bind("insert_alert", values)))
+            rows.append(((e.fleet, e.pipeline, b), self._bind_row("insert_alert", values)))
         await self._ensure_indexed(entries)
         await self._write_rows(rows, "write alerts")
 
@@ -278,7 +295,7 @@ class CassandraStore(TelemetryStore):
             entries.add(IndexEntry(table, c.fleet, c.device, b))
             params = _params_encoder.encode(c.params).decode()
             values = (c.fleet, c.device, b, c.created_ms, c.id, c.name, params, c.ttl_ms, c.source)
-            rows.append(((c.fleet, c.device, b), self._bind("insert_command", values)))
+            rows.append(((c.fleet, c.device, b), self._bind_row("insert_command", values)))
         await self._ensure_indexed(entries)
         await self._write_rows(rows, "write commands")
 

@@ -22,6 +22,7 @@ from fleetflow.writer.stores.base import (
     CommandQuery,
     Page,
     ReadingQuery,
+    RecordRefused,
     StoredReading,
     StoreUnavailable,
     TelemetryStore,
@@ -29,6 +30,23 @@ from fleetflow.writer.stores.base import (
 from fleetflow.writer.stores.paging import decode_token, encode_token
 
 T = TypeVar("T")
+INTEGER_MIN, INTEGER_MAX = -(2**63), 2**63 - 1
+# Errors about a statement or a value SQLite will not take: the same rows would be refused again. They are
+# matched before sqlite3.DatabaseError, their base, which otherwise means a damaged or unreadable file.
+REFUSALS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.NotSupportedError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+READING_COLUMNS = ("fleet", "device", "seq", "ts", "metrics", "stored_ms")
+AGGREGATE_COLUMNS = ("fleet", "pipeline", "step", "grp", "metric", "window_start_ms", "window_end_ms", "record")
+ALERT_COLUMNS = ("fleet", "pipeline", "rule", "device", "ts_ms", "state", "record")
+COMMAND_COLUMNS = ("fleet", "device", "created_ms", "id", "record")
 _metrics_decoder = msgspec.json.Decoder(dict[str, float])
 
 
@@ -105,10 +123,25 @@ class SqliteStore(TelemetryStore):
                 raise StoreUnavailable(f"store {self.path} is not open")
             try:
                 return fn(self._db)
-            except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: worth retrying
+            except REFUSALS:
+                raise
+            except sqlite3.DatabaseError as exc:  # locked, disk full, I/O error, damaged file: not the rows
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _write(
+        self,
+        what: str,
+        columns: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        work: Callable[[sqlite3.Connection], object],
+    ) -> None:
+        """Run `work` in one transaction; RecordRefused naming the value if SQLite will not take some row."""
+        try:
+            await self._run(lambda db: _in_transaction(db, lambda: work(db)))
+        except REFUSALS as exc:
+            raise RecordRefused(f"sqlite refused {what}: {_explain(exc, columns, rows)}") from exc
 
     async def open(self) -> None:
         def connect() -> None:
@@ -153,6 +186,8 @@ class SqliteStore(TelemetryStore):
         newest: dict[tuple[str, str], tuple[Any, ...]] = {}
         encode = msgspec.json.encode
         for batch in batches:
+            if not batch.readings:
+                continue  # nothing to store, and no newest reading to keep
             for r in batch.readings:
                 rows.append((batch.fleet, batch.device, r.seq, r.ts, encode(r.metrics).decode(), now))
             last = max(batch.readings, key=lambda r: (r.ts, r.seq))
@@ -165,24 +200,24 @@ class SqliteStore(TelemetryStore):
             db.executemany(self._upsert_reading, rows)
             db.executemany(self._upsert_latest, list(newest.values()))
 
-        await self._run(lambda db: _in_transaction(db, lambda: write(db)))
+        await self._write("readings", READING_COLUMNS, rows, write)
 
     async def write_aggregates(self, aggregates: Sequence[WindowAggregate]) -> None:
         rows = [(a.fleet, a.pipeline, a.step, a.group, a.metric, a.window_start_ms, a.window_end_ms,
                  msgspec.json.encode(a).decode()) for a in aggregates]  # fmt: skip
         sql = f"INSERT OR REPLACE INTO {self.tables.aggregates} VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        await self._run(lambda db: _in_transaction(db, lambda: db.executemany(sql, rows)))
+        await self._write("aggregates", AGGREGATE_COLUMNS, rows, lambda db: db.executemany(sql, rows))
 
     async def write_alerts(self, events: Sequence[AlertEvent]) -> None:
         rows = [(e.fleet, e.pipeline, e.rule, e.device, e.ts_ms, e.state, msgspec.json.encode(e).decode())
                 for e in events]  # fmt: skip
         sql = f"INSERT OR REPLACE INTO {self.tables.alerts} VALUES (?, ?, ?, ?, ?, ?, ?)"
-        await self._run(lambda db: _in_transaction(db, lambda: db.executemany(sql, rows)))
+        await self._write("alerts", ALERT_COLUMNS, rows, lambda db: db.executemany(sql, rows))
 
     async def write_commands(self, commands: Sequence[Command]) -> None:
         rows = [(c.fleet, c.device, c.created_ms, c.id, msgspec.json.encode(c).decode()) for c in commands]
         sql = f"INSERT OR REPLACE INTO {self.tables.commands} VALUES (?, ?, ?, ?, ?)"
-        await self._run(lambda db: _in_transaction(db, lambda: db.executemany(sql, rows)))
+        await self._write("commands", COMMAND_COLUMNS, rows, lambda db: db.executemany(sql, rows))
 
     async def aggregate_page(self, query: AggregateQuery) -> Page[WindowAggregate]:
         after = decode_token(query.page_token, 4) if query.page_token else [-(2**62), "", "", ""]
@@ -277,6 +312,28 @@ def _in_transaction(db: sqlite3.Connection, work: Callable[[], object]) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _explain(exc: Exception, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> str:
+    """The error, with the first value SQLite cannot bind named: sqlite3's own messages do not say which."""
+    error = f"{type(exc).__name__}: {exc}"
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            problem = _unbindable(value)
+            if problem:
+                return f"{column} {problem} ({error})"
+    return error
+
+
+def _unbindable(value: object) -> str | None:
+    if isinstance(value, int) and not INTEGER_MIN <= value <= INTEGER_MAX:
+        return f"{value} is outside SQLite's INTEGER range {INTEGER_MIN}..{INTEGER_MAX}"
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            return f"{value[:80]!r} cannot be encoded as UTF-8 ({exc.reason})"
+    return None
 
 
 def _stored(row: tuple[Any, ...]) -> StoredReading:
