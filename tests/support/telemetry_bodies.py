@@ -5,6 +5,7 @@ check per rule of docs/devices.md#limits. It returns every rule a body breaks, s
 gateway's refusal names one of them, or the exact readings a valid body holds, so a test can demand that they
 are stored exactly once."""
 
+import itertools
 import json
 import math
 import re
@@ -89,7 +90,7 @@ def expected(body: bytes, max_readings: int, max_body: int) -> Expected:
         broken.add("empty_batch")
     if count > max_readings:
         broken.add("batch_too_large")
-    if any(after[0] <= before[0] for before, after in zip(readings, readings[1:], strict=False)):
+    if any(after[0] <= before[0] for before, after in itertools.pairwise(readings)):
         broken.add("seq_not_increasing")
     return Expected(frozenset(broken), tuple(readings) if not broken else ())
 
