@@ -73,13 +73,15 @@ def writer_config(
     sqlite_path: Path | None = None,
     ops_port: int = 8081,
     nats_password_file: Path | None = None,
+    sole_consumer: bool | None = None,
 ) -> dict[str, Any]:
+    """`sole_consumer`: this writer reads the pipeline's consumer alone, so after a crash it resumes from the ack
+    floor at once; by default, when the pipeline has one writer replica."""
     config = {
         **_common(nats_url, ops_port, nats_password_file),
         "fleet": _resource(fleet),
         "pipeline": _resource(pipeline),
-        # One writer reads the pipeline's consumer alone: after a crash it resumes from the ack floor at once.
-        "sole_consumer": pipeline.spec.writer.replicas == 1,
+        "sole_consumer": pipeline.spec.writer.replicas == 1 if sole_consumer is None else sole_consumer,
     }
     if sqlite_path is not None:
         config["sqlite_path"] = str(sqlite_path)

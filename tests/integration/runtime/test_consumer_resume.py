@@ -2,6 +2,7 @@
 ack_wait behind newer messages."""
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import nats
@@ -43,10 +44,8 @@ async def successor_receives(url: str, sole: bool, wanted: int, timeout: float) 
 
     consumer = BatchConsumer(js, "S", "d", handle, DeadLetters(js, "f", "test"), 5, wait=0.2, sole=sole)
     task = asyncio.create_task(consumer.run(stop))
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout)
-    except TimeoutError:
-        pass
     stop.set()
     await task
     info = await js.consumer_info("S", "d")
