@@ -42,6 +42,7 @@ class RunCounts:
     stored_before: dict[str, int | None] = field(default_factory=dict)
     stored_after: dict[str, int | None] = field(default_factory=dict)
     counters: progress.CounterTally = field(default_factory=progress.CounterTally)
+    store_problems: dict[str, str] = field(default_factory=dict)  # by pipeline: why its store cannot be read
     simulation: SimulationReport | None = None
     drained: bool = True
 
@@ -59,11 +60,24 @@ def device_tokens(fleet: DeviceFleet, data_dir: Path, count: int) -> dict[str, s
     return {f"sim-{i:04d}": credentials.device_token(secret, fleet.name, f"sim-{i:04d}") for i in range(count)}
 
 
-async def stored_counts(platform: LocalPlatform) -> dict[str, int | None]:
-    counts: dict[str, int | None] = {}
+async def stored_counts(platform: LocalPlatform, counts: RunCounts) -> dict[str, int | None]:
+    """Readings in each pipeline's store; None, with the reason in `counts.store_problems`, where unreadable.
+    A store coming or going is reported in a line of its own: the writer waits and retries meanwhile."""
+    stored: dict[str, int | None] = {}
     for p in platform.resources.pipelines.values():
-        counts[p.name] = await progress.unless_unavailable(progress.stored_readings(p, platform.store_path(p)))
-    return counts
+        try:
+            stored[p.name] = await progress.stored_readings(p, platform.store_path(p))
+        except progress.UNAVAILABLE as exc:
+            stored[p.name] = None
+            problem = str(exc) or type(exc).__name__
+            if counts.store_problems.get(p.name) != problem:
+                print(f"  pipeline {p.name}: its {p.spec.sink.kind} store is unavailable ({problem}); the writer "
+                      "retries, and JetStream keeps the data meanwhile", flush=True)  # fmt: skip
+            counts.store_problems[p.name] = problem
+        else:
+            if counts.store_problems.pop(p.name, None) is not None:
+                print(f"  pipeline {p.name}: its store is available again", flush=True)
+    return stored
 
 
 async def scrape_counters(platform: LocalPlatform, counts: RunCounts) -> bool:
@@ -109,7 +123,7 @@ async def show_progress(platform: LocalPlatform, counts: RunCounts, stop: asynci
             return
         except TimeoutError:
             pass
-        stored = _sum(await stored_counts(platform))
+        stored = _sum(await stored_counts(platform, counts))
         lag = await consumer_lag(platform)
         scraped = await scrape_counters(platform, counts)
         now = time.monotonic()
@@ -118,8 +132,9 @@ async def show_progress(platform: LocalPlatform, counts: RunCounts, stop: asynci
         this_run = None if stored is None else stored - (before or 0)
         print(
             f"  {now - started:6.1f}s  sent {sent:>10,}  accepted {counts.accepted:>10,.0f}"
-            f"{'' if scraped else ' (a service did not answer)'}  stored {_shown(this_run):>10} "
-            f"({_shown(rate, '/s')})  lag {_shown(lag)}  rejected requests {counts.rejected:,.0f}",
+            f"{'' if scraped else ' (a service did not answer)'}  stored {_shown(this_run):>10}"
+            f"{'' if rate is None else f' ({rate:,.0f}/s)'}  lag {_shown(lag)}  "
+            f"rejected requests {counts.rejected:,.0f}",
             flush=True,
         )
         last_stored, last_time = stored, now
@@ -163,7 +178,7 @@ async def run_started(platform: LocalPlatform, endpoints: dict[str, Any], option
     counts = RunCounts()
     traffic_stop = asyncio.Event()
     try:
-        counts.stored_before = await stored_counts(platform)
+        counts.stored_before = await stored_counts(platform, counts)
         print_started(platform, endpoints)
         simulation = start_simulation(platform, options, counts, traffic_stop)
         watcher = asyncio.create_task(show_progress(platform, counts, stop))
@@ -180,7 +195,7 @@ async def run_started(platform: LocalPlatform, endpoints: dict[str, Any], option
         traffic_stop.set()
         drained = await platform.stop()
         counts.drained = counts.drained and drained
-    counts.stored_after = await stored_counts(platform)
+    counts.stored_after = await stored_counts(platform, counts)
     return print_summary(platform, counts)
 
 
@@ -237,7 +252,9 @@ def print_summary(platform: LocalPlatform, counts: RunCounts) -> int:
     for name, after in counts.stored_after.items():
         before = counts.stored_before.get(name)
         if after is None or before is None:
-            print(f"  pipeline {name}: its store could not be read, so what it stored is unknown", file=sys.stderr)
+            problem = counts.store_problems.get(name, "")
+            print(f"  pipeline {name}: its store could not be read ({problem}), so what it stored is unknown",
+                  file=sys.stderr)  # fmt: skip
             ok = False
             continue
         this_run, removed = after - before, round(removed_counts.get(name, 0))
