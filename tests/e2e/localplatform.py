@@ -31,13 +31,25 @@ class RunningPlatform:
 
 @contextmanager
 def fleetflow_up(
-    data_dir: Path, *paths: Path, extra: tuple[str, ...] = (), timeout: float = 60, env: dict[str, str] | None = None
+    data_dir: Path,
+    *paths: Path,
+    extra: tuple[str, ...] = (),
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> Iterator[RunningPlatform]:
+    """`new_session`: `fleetflow up` leads a process group of its own, as in a terminal, where Ctrl-C goes to
+    the whole foreground group."""
     endpoints = data_dir / "endpoints.json"
     endpoints.unlink(missing_ok=True)
     command = [sys.executable, "-m", "fleetflow.cli", "up", *map(str, paths), "--data-dir", str(data_dir), *extra]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=new_session,
     )
     try:
         deadline = time.monotonic() + timeout

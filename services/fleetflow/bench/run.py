@@ -100,7 +100,7 @@ class BenchResult:
 
 async def _window(platform: LocalPlatform) -> Window:
     writer = platform.service(f"writer-{FLEET}")
-    stored = (await scrape(f"http://127.0.0.1:{writer.status['ops_port']}/metrics")).get(STORED_METRIC, 0.0)
+    stored = (await scrape(f"http://127.0.0.1:{writer.status['ops_port']}/metrics") or {}).get(STORED_METRIC, 0.0)
     return Window(stored, _cpu(platform), int(time.time() * 1000))
 
 

@@ -6,15 +6,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fleetflow.api import DeviceFleet
 from fleetflow.device.simulator import SimulationReport, simulate
 from fleetflow.local import progress
+from fleetflow.local.datadir import DataDirInUse
+from fleetflow.local.natsserver import PortBusy
 from fleetflow.local.platform import LocalPlatform
+from fleetflow.local.processes import ChildFailed
 from fleetflow.local.resources import ResourceSet
 from fleetflow.runtime import credentials
 
 PROGRESS_INTERVAL = 2.0
+ACCEPTED = "fleetflow_gateway_readings_accepted_total"
+REJECTED = "fleetflow_gateway_requests_rejected_total"
+REMOVED = "fleetflow_processor_readings_removed_total"
 
 
 @dataclass
@@ -29,15 +36,23 @@ class UpOptions:
 
 @dataclass
 class RunCounts:
-    """Counts of one `fleetflow up` run; `stored_before` lets a second run on the same data dir add up."""
+    """Counts of one `fleetflow up` run; `stored_before` lets a second run on the same data dir add up.
+    A stored count is None where the store could not be read."""
 
-    stored_before: dict[str, int] = field(default_factory=dict)
-    stored_after: dict[str, int] = field(default_factory=dict)
-    accepted: float = 0.0
-    rejected: float = 0.0
-    removed: dict[str, float] = field(default_factory=dict)  # by pipeline: readings its steps filtered out
+    stored_before: dict[str, int | None] = field(default_factory=dict)
+    stored_after: dict[str, int | None] = field(default_factory=dict)
+    counters: progress.CounterTally = field(default_factory=progress.CounterTally)
+    store_problems: dict[str, str] = field(default_factory=dict)  # by pipeline: why its store cannot be read
     simulation: SimulationReport | None = None
     drained: bool = True
+
+    @property
+    def accepted(self) -> float:
+        return self.counters.total(ACCEPTED)
+
+    @property
+    def rejected(self) -> float:
+        return self.counters.total(REJECTED)
 
 
 def device_tokens(fleet: DeviceFleet, data_dir: Path, count: int) -> dict[str, str]:
@@ -45,59 +60,100 @@ def device_tokens(fleet: DeviceFleet, data_dir: Path, count: int) -> dict[str, s
     return {f"sim-{i:04d}": credentials.device_token(secret, fleet.name, f"sim-{i:04d}") for i in range(count)}
 
 
-async def stored_counts(platform: LocalPlatform) -> dict[str, int]:
-    pipelines = platform.resources.pipelines.values()
-    return {p.name: await progress.stored_readings(p, platform.store_path(p)) for p in pipelines}
+async def stored_counts(platform: LocalPlatform, counts: RunCounts) -> dict[str, int | None]:
+    """Readings in each pipeline's store; None, with the reason in `counts.store_problems`, where unreadable.
+    A store coming or going is reported in a line of its own: the writer waits and retries meanwhile."""
+    stored: dict[str, int | None] = {}
+    for p in platform.resources.pipelines.values():
+        try:
+            stored[p.name] = await progress.stored_readings(p, platform.store_path(p))
+        except progress.UNAVAILABLE as exc:
+            stored[p.name] = None
+            problem = str(exc) or type(exc).__name__
+            if counts.store_problems.get(p.name) != problem:
+                print(f"  pipeline {p.name}: its {p.spec.sink.kind} store is unavailable ({problem}); the writer "
+                      "retries, and JetStream keeps the data meanwhile", flush=True)  # fmt: skip
+            counts.store_problems[p.name] = problem
+        else:
+            if counts.store_problems.pop(p.name, None) is not None:
+                print(f"  pipeline {p.name}: its store is available again", flush=True)
+    return stored
 
 
-async def gateway_counters(platform: LocalPlatform) -> tuple[float, float]:
-    accepted = rejected = 0.0
+async def scrape_counters(platform: LocalPlatform, counts: RunCounts) -> bool:
+    """Record the gateways' and processors' counters; False if some service could not be scraped."""
+    complete = True
     for service in platform.services:
-        if service.kind == "gateway" and service.status:
+        if service.kind in ("gateway", "processor") and service.status:
             totals = await progress.scrape(f"http://127.0.0.1:{service.status['ops_port']}/metrics")
-            accepted += totals.get("fleetflow_gateway_readings_accepted_total", 0.0)
-            rejected += totals.get("fleetflow_gateway_requests_rejected_total", 0.0)
-    return accepted, rejected
+            if totals is None:
+                complete = False
+            else:
+                counts.counters.record(service.name, service.status["pid"], totals)
+    return complete
 
 
-async def removed_by_steps(platform: LocalPlatform) -> dict[str, float]:
+def removed_by_steps(platform: LocalPlatform, counts: RunCounts) -> dict[str, float]:
     """Readings each pipeline's steps filtered out or recognised as duplicates: acknowledged, never stored."""
     removed: dict[str, float] = {}
     for service in platform.services:
-        if service.kind == "processor" and service.status:
+        if service.kind == "processor":
             pipeline = service.config["pipeline"]["metadata"]["name"]
-            totals = await progress.scrape(f"http://127.0.0.1:{service.status['ops_port']}/metrics")
-            removed[pipeline] = removed.get(pipeline, 0.0) + totals.get("fleetflow_processor_readings_removed_total", 0)
+            removed[pipeline] = removed.get(pipeline, 0.0) + counts.counters.total(REMOVED, {service.name})
     return removed
 
 
+async def consumer_lag(platform: LocalPlatform) -> int | None:
+    states = await progress.unless_unavailable(platform.consumer_states())
+    return None if states is None else sum(state.lag for state in states)
+
+
+def _shown(value: float | None, suffix: str = "") -> str:
+    return "unavailable" if value is None else f"{value:,.0f}{suffix}"
+
+
 async def show_progress(platform: LocalPlatform, counts: RunCounts, stop: asyncio.Event) -> None:
-    started, last_stored, last_time = time.monotonic(), sum(counts.stored_before.values()), time.monotonic()
+    """A line every PROGRESS_INTERVAL until `stop`; a reading that fails (NATS restarting, say) shows as
+    unavailable and the next line tries again."""
+    before = _sum(counts.stored_before)
+    started, last_stored, last_time = time.monotonic(), before, time.monotonic()
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), PROGRESS_INTERVAL)
             return
         except TimeoutError:
             pass
-        stored = sum((await stored_counts(platform)).values())
-        lag = sum(state.lag for state in await platform.consumer_states())
-        accepted, rejected = await gateway_counters(platform)
+        stored = _sum(await stored_counts(platform, counts))
+        lag = await consumer_lag(platform)
+        scraped = await scrape_counters(platform, counts)
         now = time.monotonic()
-        rate = (stored - last_stored) / (now - last_time)
+        rate = None if stored is None or last_stored is None else (stored - last_stored) / (now - last_time)
         sent = counts.simulation.sent if counts.simulation else 0
+        this_run = None if stored is None else stored - (before or 0)
         print(
-            f"  {now - started:6.1f}s  sent {sent:>10,}  accepted {accepted:>10,.0f}  "
-            f"stored {stored - sum(counts.stored_before.values()):>10,} ({rate:,.0f}/s)  lag {lag:,}  "
-            f"rejected requests {rejected:,.0f}",
+            f"  {now - started:6.1f}s  sent {sent:>10,}  accepted {counts.accepted:>10,.0f}"
+            f"{'' if scraped else ' (a service did not answer)'}  stored {_shown(this_run):>10}"
+            f"{'' if rate is None else f' ({rate:,.0f}/s)'}  lag {_shown(lag)}  "
+            f"rejected requests {counts.rejected:,.0f}",
             flush=True,
         )
         last_stored, last_time = stored, now
 
 
-async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
+def _sum(counts: dict[str, int | None]) -> int | None:
+    values = list(counts.values())
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def handle_stop_signals(stop: asyncio.Event) -> None:
+    """Ctrl-C (SIGINT) stops exactly like SIGTERM: intake first, then the pipelines drain. The children run in
+    their own sessions, so the terminal's SIGINT reaches only `up`, which stops them in order."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+
+async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
     try:
         await asyncio.wait_for(stop.wait(), duration)
     except TimeoutError:
@@ -105,12 +161,24 @@ async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
 
 
 async def run_up(resources: ResourceSet, options: UpOptions) -> int:
+    stop = asyncio.Event()
+    handle_stop_signals(stop)
     platform = LocalPlatform(resources, options.data_dir, options.nats_port)
-    counts = RunCounts()
-    stop, traffic_stop = asyncio.Event(), asyncio.Event()
     try:
         endpoints = await platform.start()
-        counts.stored_before = await stored_counts(platform)
+    except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:
+        await platform.stop(drain_timeout=5)  # whatever did start; nothing was accepted yet
+        print(f"fleetflow up: {exc}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, DataDirInUse | PortBusy) else 1
+    return await run_started(platform, endpoints, options, stop)
+
+
+async def run_started(platform: LocalPlatform, endpoints: dict[str, Any], options: UpOptions,
+                      stop: asyncio.Event) -> int:  # fmt: skip
+    counts = RunCounts()
+    traffic_stop = asyncio.Event()
+    try:
+        counts.stored_before = await stored_counts(platform, counts)
         print_started(platform, endpoints)
         simulation = start_simulation(platform, options, counts, traffic_stop)
         watcher = asyncio.create_task(show_progress(platform, counts, stop))
@@ -120,14 +188,14 @@ async def run_up(resources: ResourceSet, options: UpOptions) -> int:
             await simulation
         await watcher
         print("stopping: gateways first, then draining the pipelines ...", flush=True)
-        counts.accepted, counts.rejected = await gateway_counters(platform)
+        await scrape_counters(platform, counts)
         counts.drained = await platform.drain()
-        counts.removed = await removed_by_steps(platform)
+        await scrape_counters(platform, counts)  # the processors' last counts, now that they are idle
     finally:
         traffic_stop.set()
         drained = await platform.stop()
         counts.drained = counts.drained and drained
-    counts.stored_after = await stored_counts(platform)
+    counts.stored_after = await stored_counts(platform, counts)
     return print_summary(platform, counts)
 
 
@@ -164,25 +232,42 @@ def print_started(platform: LocalPlatform, endpoints: dict[str, object]) -> None
 
 def print_summary(platform: LocalPlatform, counts: RunCounts) -> int:
     print("summary:")
-    print(f"  accepted by the gateways: {counts.accepted:,.0f} readings; rejected requests: {counts.rejected:,.0f}")
+    gateways_restarted = [s.name for s in platform.services if s.kind == "gateway" and s.restarts]
+    at_least = "at least " if gateways_restarted else ""
+    print(f"  accepted by the gateways: {at_least}{counts.accepted:,.0f} readings; "
+          f"rejected requests: {at_least}{counts.rejected:,.0f}")  # fmt: skip
+    if gateways_restarted:
+        print(f"  ({', '.join(gateways_restarted)} restarted: what a gateway counted after the last look before it "
+              "crashed is not in these counts)")  # fmt: skip
     sim = counts.simulation
     if sim:
         print(
             f"  simulated devices: {sim.acknowledged:,} readings acknowledged, {sim.retried:,} re-sent as "
             f"retries ({sim.duplicates:,} recognised as duplicates), {sim.rejected:,} refused"
         )
+    # The simulated devices know exactly what was acknowledged; the gateways' counts may fall short after a crash.
+    exact = sim is not None or not gateways_restarted
     ok = counts.drained
+    removed_counts = removed_by_steps(platform, counts)
     for name, after in counts.stored_after.items():
-        this_run = after - counts.stored_before.get(name, 0)
-        removed = round(counts.removed.get(name, 0))
+        before = counts.stored_before.get(name)
+        if after is None or before is None:
+            problem = counts.store_problems.get(name, "")
+            print(f"  pipeline {name}: its store could not be read ({problem}), so what it stored is unknown",
+                  file=sys.stderr)  # fmt: skip
+            ok = False
+            continue
+        this_run, removed = after - before, round(removed_counts.get(name, 0))
         print(
             f"  pipeline {name}: stored {this_run:,} readings in this run, {after:,} in total"
             + (f"; its steps removed {removed:,} (filtered out or duplicates)" if removed else "")
         )
         expected = (sim.acknowledged if sim else round(counts.accepted)) - removed
-        if this_run != expected:
+        if this_run != expected if exact else this_run < expected:
             print(
-                f"  MISMATCH: pipeline {name} stored {this_run:,} but {expected:,} were acknowledged", file=sys.stderr
+                f"  MISMATCH: pipeline {name} stored {this_run:,} but {at_least if not exact else ''}{expected:,} "
+                "were acknowledged",
+                file=sys.stderr,
             )
             ok = False
     if not counts.drained:
@@ -190,5 +275,6 @@ def print_summary(platform: LocalPlatform, counts: RunCounts) -> int:
             f"  the pipelines did not drain before the timeout; see the logs in {platform.data_dir / 'logs'}",
             file=sys.stderr,
         )
-    print(f"  stored == acknowledged: {'yes' if ok else 'NO'}", flush=True)
+    relation = "==" if exact else ">= (at least)"
+    print(f"  stored {relation} acknowledged: {'yes' if ok else 'NO'}", flush=True)
     return 0 if ok else 1

@@ -54,7 +54,7 @@ class Connectivity:
         if settings.mqtt_issuer_seed_file is not None:
             seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
             links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(nc)).unsubscribe)
-            bridge = MqttBridge(nc, fleet, intake, store)
+            bridge = MqttBridge(nc, fleet, intake, store, sole=settings.sole_consumer)
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, js, store)

@@ -66,8 +66,11 @@ class ResultIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class MqttBridge:
-    def __init__(self, nc: Client, fleet: DeviceFleet, intake: DeviceIntake, store: CommandStore):
+    def __init__(self, nc: Client, fleet: DeviceFleet, intake: DeviceIntake, store: CommandStore, sole: bool = False):
+        """`sole`: no other gateway reads the intake, so what a crashed predecessor held comes back at once,
+        ahead of newer messages (each device's order is kept across a restart)."""
         self.nc, self.js = nc, nc.jetstream()
+        self.sole = sole
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
         self.intake = TelemetryIntake(intake, MAX_DELIVER)
@@ -84,7 +87,7 @@ class MqttBridge:
         ))  # fmt: skip
         dead_letters = DeadLetters(self.js, self.fleet.name, "mqtt")
         consumer = BatchConsumer(self.js, stream, CONSUMER, self.handle, dead_letters, MAX_DELIVER, batch=FETCH,
-                                 wait=FETCH_WAIT_S)  # fmt: skip
+                                 wait=FETCH_WAIT_S, sole=self.sole)  # fmt: skip
         status = await self.nc.subscribe(f"fleetflow.{self.fleet.name}.*.status", cb=self._on_status)
         try:
             await consumer.run(stop)

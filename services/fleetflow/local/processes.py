@@ -1,7 +1,6 @@
-"""Service child processes: started from a rendered config file, restarted if they crash, stopped by SIGTERM."""
+"""Service child processes: started from a rendered config file, stopped by SIGTERM (restarts: supervisor.py)."""
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -20,6 +19,10 @@ from fleetflow.runtime.service import SUPERVISOR_ENV
 log = structlog.get_logger(__name__)
 
 
+class ChildFailed(RuntimeError):
+    """A child exited during start-up; the message names it and quotes the end of its log."""
+
+
 @dataclass
 class ServiceProcess:
     """One service (gateway, processor replica or writer) run as `python -m fleetflow.cli <kind> --config`."""
@@ -32,6 +35,7 @@ class ServiceProcess:
     status: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
     stopping: bool = False
+    started_at: float = 0.0
 
     @property
     def config_file(self) -> Path:
@@ -60,12 +64,13 @@ class ServiceProcess:
                 env=env,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
             )
+        self.started_at = time.monotonic()
 
     async def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
+                raise ChildFailed(
                     f"{self.name} exited with code {self.process.returncode} during start-up; "
                     f"its log is {self.log_file}:\n{tail(self.log_file)}"
                 )
@@ -77,6 +82,10 @@ class ServiceProcess:
 
     def crashed(self) -> bool:
         return not self.stopping and self.process is not None and self.process.poll() is not None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process else None
 
     async def stop(self, timeout: float = 30.0) -> int | None:
         self.stopping = True
@@ -96,17 +105,3 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-async def supervise(services: list[ServiceProcess], stop: asyncio.Event) -> None:
-    """Restart crashed services (as Kubernetes would) until `stop`; back off if one keeps crashing."""
-    while not stop.is_set():
-        for service in services:
-            if service.crashed():
-                assert service.process is not None
-                log.warning("service crashed; restarting", service=service.name, code=service.process.returncode)
-                service.restarts += 1
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(service.restarts, 5)))
-                service.spawn()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)

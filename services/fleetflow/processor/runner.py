@@ -110,6 +110,9 @@ class Runner:
         if state is not None:
             self.engine = Engine(self.compiled, state, now_ms=self._now_ms())
             self._saved_seq = state.applied_seq
+        # The replica is its consumer's only reader: what a crashed predecessor held unacknowledged comes back
+        # now, in stream order, instead of after ack_wait (which would also hold up a drain that long).
+        await jetstream.resume_from_ack_floor(self.js, self.stream, self.durable)
         replayed = await self._catch_up()
         log.info("processor state restored", applied_seq=self.engine.state.applied_seq, replayed=replayed,
                  from_checkpoint=state is not None)  # fmt: skip

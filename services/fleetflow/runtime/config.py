@@ -35,12 +35,16 @@ def gateway_config(
     listen_port: int = 8080,
     ops_port: int = 8081,
     nats_password_file: Path | None = None,
+    sole_consumer: bool = False,
 ) -> dict[str, Any]:
+    """`sole_consumer`: this gateway is the only reader of the fleet's MQTT intake. Not so on a cluster, where
+    the replicas (a number the HPA may change) share it; locally one gateway runs per fleet."""
     return {
         **_common(nats_url, ops_port, nats_password_file),
         "fleet": _resource(fleet),
         "listen_port": listen_port,
         "secret_file": str(secret_file),
+        "sole_consumer": sole_consumer,
     }
 
 
@@ -69,11 +73,15 @@ def writer_config(
     sqlite_path: Path | None = None,
     ops_port: int = 8081,
     nats_password_file: Path | None = None,
+    sole_consumer: bool | None = None,
 ) -> dict[str, Any]:
+    """`sole_consumer`: this writer reads the pipeline's consumer alone, so after a crash it resumes from the ack
+    floor at once; by default, when the pipeline has one writer replica."""
     config = {
         **_common(nats_url, ops_port, nats_password_file),
         "fleet": _resource(fleet),
         "pipeline": _resource(pipeline),
+        "sole_consumer": pipeline.spec.writer.replicas == 1 if sole_consumer is None else sole_consumer,
     }
     if sqlite_path is not None:
         config["sqlite_path"] = str(sqlite_path)

@@ -13,7 +13,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from fleetflow.runtime import subjects
+from fleetflow.runtime import jetstream, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -69,16 +69,21 @@ class BatchConsumer:
         max_deliver: int,
         batch: int = 256,
         wait: float = 0.5,
+        sole: bool = False,
     ):
         """A fetch takes what is ready, up to `batch`; when nothing is, it returns with the first messages to
-        arrive, or empty after `wait` seconds."""
+        arrive, or empty after `wait` seconds. `sole`: no other process reads this durable consumer, so what it
+        holds unacknowledged at start belongs to a crashed predecessor and is delivered again at once."""
         self.js, self.stream, self.durable = js, stream, durable
         self.handler, self.dead_letters = handler, dead_letters
         self.max_deliver, self.batch, self.wait = max_deliver, batch, wait
+        self.sole = sole
         self.subscribed = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and handle until `stop` is set; the batch in hand is finished before returning."""
+        if self.sole:
+            await jetstream.resume_from_ack_floor(self.js, self.stream, self.durable)
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
         self.subscribed = True
         while not stop.is_set():

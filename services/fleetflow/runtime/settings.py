@@ -98,6 +98,7 @@ class GatewaySettings(ServiceSettings):
     buffer_dir: Path | None = None  # store-and-forward while NATS is unreachable
     buffer_max_bytes: int = pydantic.Field(default=256 * 1024 * 1024, ge=4096)
     mqtt_issuer_seed_file: Path | None = None  # set: serve MQTT devices (auth callout + intake + commands)
+    sole_consumer: bool = False  # the only gateway reading the MQTT intake (see jetstream.resume_from_ack_floor)
 
 
 class ProcessorSettings(ServiceSettings):
@@ -114,3 +115,4 @@ class WriterSettings(ServiceSettings):
     pipeline: Pipeline
     sqlite_path: Path | None = None
     cassandra_credentials_dir: Path | None = None
+    sole_consumer: bool = False  # the only writer of its pipeline (see jetstream.resume_from_ack_floor)

@@ -77,6 +77,7 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         DeadLetters(js, fleet.name, f"writer-{pipeline.name}"),
         pipeline.spec.delivery.max_deliver,
         pipeline.spec.writer.batch_messages,
+        sole=settings.sole_consumer,
     )
     lag = ConsumerLag(js, meter, [(consumer.stream, consumer.durable)])
     tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(expire_periodically(store, stop)),
