@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from fleetflow.operator.builders.resources import DEFAULT_RESOURCES, ResourceRequirements
 
 DEFAULT_IMAGE = "ghcr.io/fleetflow/fleetflow:0.1.0"
-DEFAULT_NATS_IMAGE = "nats:2.10.24-alpine"
+DEFAULT_NATS_IMAGE = "nats:2.15.1-alpine"
 
 
 @dataclass(frozen=True)
