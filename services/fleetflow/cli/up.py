@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetflow.api import DeviceFleet
-from fleetflow.device.simulator import SimulationReport, simulate
+from fleetflow.device.simulator import SimulationReport, simulate, simulated_device_ids
 from fleetflow.local import progress
 from fleetflow.local.platform import LocalPlatform
 from fleetflow.local.resources import ResourceSet
@@ -36,13 +36,14 @@ class RunCounts:
     accepted: float = 0.0
     rejected: float = 0.0
     removed: dict[str, float] = field(default_factory=dict)  # by pipeline: readings its steps filtered out
+    activity: dict[str, progress.PipelineActivity] = field(default_factory=dict)  # by pipeline: outputs, errors
     simulation: SimulationReport | None = None
     drained: bool = True
 
 
 def device_tokens(fleet: DeviceFleet, data_dir: Path, count: int) -> dict[str, str]:
     secret = credentials.ensure_local_secret(data_dir, fleet.name)
-    return {f"sim-{i:04d}": credentials.device_token(secret, fleet.name, f"sim-{i:04d}") for i in range(count)}
+    return {d: credentials.device_token(secret, fleet.name, d) for d in simulated_device_ids(fleet, count)}
 
 
 async def stored_counts(platform: LocalPlatform) -> dict[str, int]:
@@ -123,6 +124,7 @@ async def run_up(resources: ResourceSet, options: UpOptions) -> int:
         counts.accepted, counts.rejected = await gateway_counters(platform)
         counts.drained = await platform.drain()
         counts.removed = await removed_by_steps(platform)
+        counts.activity = await progress.pipeline_activity(platform.services)
     finally:
         traffic_stop.set()
         drained = await platform.stop()
@@ -179,6 +181,7 @@ def print_summary(platform: LocalPlatform, counts: RunCounts) -> int:
             f"  pipeline {name}: stored {this_run:,} readings in this run, {after:,} in total"
             + (f"; its steps removed {removed:,} (filtered out or duplicates)" if removed else "")
         )
+        print(*counts.activity.get(name, progress.PipelineActivity()).lines(), sep="\n")
         expected = (sim.acknowledged if sim else round(counts.accepted)) - removed
         if this_run != expected:
             print(
