@@ -60,7 +60,7 @@ async def pipeline_activity(services: Iterable[ServiceProcess]) -> dict[str, Pip
             continue
         found = activity.setdefault(service.config["pipeline"]["metadata"]["name"], PipelineActivity())
         for sample in await scrape_samples(f"http://127.0.0.1:{service.status['ops_port']}/metrics"):
-            if sample.name == "fleetflow_processor_records_published_total" and sample.labels["duplicate"] == "false":
+            if sample.name == "fleetflow_processor_records_published_total" and sample.labels["duplicate"] != "true":
                 record = sample.labels["record"]
                 found.published[record] = found.published.get(record, 0.0) + sample.value
             elif sample.name == "fleetflow_processor_evaluation_errors_total":

@@ -234,7 +234,7 @@ class Runner:
                 if isinstance(result, BaseException):
                     failed.append((message, result))
                 else:
-                    self.published.add(1, {"record": message.record, "duplicate": str(result.duplicate).lower()})
+                    self.published.add(1, {"record": message.record, "duplicate": str(bool(result.duplicate)).lower()})
             if not failed:
                 return
             remaining = [message for message, _ in failed]
