@@ -32,7 +32,7 @@ def test_simulated_cold_chain_shows_windows_alerts_and_commands(tmp_path: Path) 
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    found = re.search(r"windows closed: ([\d,]+) aggregates; alert events: ([\d,]+); commands sent: ([\d,]+)",
+    found = re.search(r"window aggregates: ([\d,]+); alert events: ([\d,]+); commands sent: ([\d,]+)",
                       result.stdout)  # fmt: skip
     assert found, result.stdout
     aggregates, alerts, commands = (int(n.replace(",", "")) for n in found.groups())

@@ -32,19 +32,24 @@ async def scrape(url: str) -> dict[str, float]:
     return totals
 
 
+# What each step kind that produces records publishes, as the summary names it.
+_PRODUCED = {"window": ("aggregates", "window aggregates"), "alert": ("alerts", "alert events"),
+             "command": ("commands", "commands sent")}  # fmt: skip
+
+
 @dataclass
 class PipelineActivity:
     """What a pipeline's processors produced in this run, from their /metrics."""
 
+    kinds: set[str] = field(default_factory=set)  # the pipeline's step kinds
     published: dict[str, float] = field(default_factory=dict)  # record kind -> messages (first publications)
     errors: dict[tuple[str, str], float] = field(default_factory=dict)  # (step, reason) -> evaluation errors
 
     def lines(self) -> list[str]:
-        """Summary lines: windows, alerts and commands, then evaluation errors per step (if any)."""
-        found = [
-            f"    windows closed: {self.published.get('aggregates', 0):,.0f} aggregates; alert events: "
-            f"{self.published.get('alerts', 0):,.0f}; commands sent: {self.published.get('commands', 0):,.0f}"
-        ]
+        """Summary lines: what its window, alert and command steps produced, then evaluation errors per step."""
+        produced = [f"{words}: {self.published.get(record, 0):,.0f}"
+                    for kind, (record, words) in _PRODUCED.items() if kind in self.kinds]  # fmt: skip
+        found = [f"    {'; '.join(produced)}"] if produced else []
         for (step, reason), count in sorted(self.errors.items()):
             if count:
                 found.append(f"    step {step}: {count:,.0f} evaluation errors ({reason}); see the processor's log")
@@ -58,7 +63,9 @@ async def pipeline_activity(services: Iterable[ServiceProcess]) -> dict[str, Pip
     for service in services:
         if service.kind != "processor" or not service.status:
             continue
-        found = activity.setdefault(service.config["pipeline"]["metadata"]["name"], PipelineActivity())
+        pipeline = service.config["pipeline"]
+        found = activity.setdefault(pipeline["metadata"]["name"], PipelineActivity())
+        found.kinds.update(kind for step in pipeline["spec"].get("steps", []) for kind in _PRODUCED if kind in step)
         for sample in await scrape_samples(f"http://127.0.0.1:{service.status['ops_port']}/metrics"):
             if sample.name == "fleetflow_processor_records_published_total" and sample.labels["duplicate"] != "true":
                 record = sample.labels["record"]
