@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetflow.api import DeviceFleet
-from fleetflow.device.simulator import SimulationReport, simulate
+from fleetflow.device.simulator import SimulationReport, simulate, simulated_device_ids
 from fleetflow.local import progress
 from fleetflow.local.datadir import DataDirInUse
 from fleetflow.local.natsserver import PortBusy
@@ -43,6 +43,7 @@ class RunCounts:
     stored_after: dict[str, int | None] = field(default_factory=dict)
     counters: progress.CounterTally = field(default_factory=progress.CounterTally)
     store_problems: dict[str, str] = field(default_factory=dict)  # by pipeline: why its store cannot be read
+    activity: dict[str, progress.PipelineActivity] = field(default_factory=dict)  # by pipeline: outputs, errors
     simulation: SimulationReport | None = None
     drained: bool = True
 
@@ -57,7 +58,7 @@ class RunCounts:
 
 def device_tokens(fleet: DeviceFleet, data_dir: Path, count: int) -> dict[str, str]:
     secret = credentials.ensure_local_secret(data_dir, fleet.name)
-    return {f"sim-{i:04d}": credentials.device_token(secret, fleet.name, f"sim-{i:04d}") for i in range(count)}
+    return {d: credentials.device_token(secret, fleet.name, d) for d in simulated_device_ids(fleet, count)}
 
 
 async def stored_counts(platform: LocalPlatform, counts: RunCounts) -> dict[str, int | None]:
@@ -191,6 +192,7 @@ async def run_started(platform: LocalPlatform, endpoints: dict[str, Any], option
         await scrape_counters(platform, counts)
         counts.drained = await platform.drain()
         await scrape_counters(platform, counts)  # the processors' last counts, now that they are idle
+        counts.activity = await progress.pipeline_activity(platform.services)
     finally:
         traffic_stop.set()
         drained = await platform.stop()
@@ -262,6 +264,8 @@ def print_summary(platform: LocalPlatform, counts: RunCounts) -> int:
             f"  pipeline {name}: stored {this_run:,} readings in this run, {after:,} in total"
             + (f"; its steps removed {removed:,} (filtered out or duplicates)" if removed else "")
         )
+        for line in counts.activity.get(name, progress.PipelineActivity()).lines():
+            print(line)
         expected = (sim.acknowledged if sim else round(counts.accepted)) - removed
         if this_run != expected if exact else this_run < expected:
             print(

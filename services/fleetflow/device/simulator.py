@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,13 @@ from typing import Any
 
 import aiohttp
 
+from fleetflow.api import DeviceFleet
 from fleetflow.device.http import HttpDevice, SendResult
+
+_LITERAL_PREFIX = re.compile(r"\^([A-Za-z0-9_-]+)")
+# One simulated box in this many has a failed cooling unit, so that even a one-minute run shows the
+# over-temperature alert and the closed-loop command of examples/cold-chain.
+FAILING_EVERY = 3
 
 
 @dataclass
@@ -32,20 +39,49 @@ class SimulationReport:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
 
-class SensorModel:
-    """A cold-chain sensor: temperature drifting around a set point, humidity, a slowly draining battery."""
+def simulated_device_ids(fleet: DeviceFleet, count: int) -> list[str]:
+    """Ids a real device of `fleet` could have, so simulated devices get the labels real ones would: the
+    literal prefixes of the fleet's label rules (`^box-a` and `^box-b`, not the broader `^box-`), taken in
+    turn and numbered (box-a-0000, box-b-0000, box-a-0001, ...); sim-0000, ... when no rule has one or an id
+    would not match the fleet's idPattern."""
+    prefixes = [m.group(1) for rule in fleet.spec.devices.labels if (m := _LITERAL_PREFIX.fullmatch(rule.match))]
+    specific = [p for p in dict.fromkeys(prefixes) if not any(o != p and o.startswith(p) for o in prefixes)]
+    if specific:
+        ids = [_numbered(specific[i % len(specific)], i // len(specific)) for i in range(count)]
+        if all(re.search(fleet.spec.devices.id_pattern, device) for device in ids):
+            return ids
+    return [f"sim-{i:04d}" for i in range(count)]
 
-    def __init__(self, rng: random.Random):
+
+def _numbered(prefix: str, number: int) -> str:
+    return f"{prefix}{'' if prefix[-1] in '-_' else '-'}{number:04d}"
+
+
+class SensorModel:
+    """A cold-chain sensor: temperature drifting around a set point, humidity, a slowly draining battery.
+
+    A box whose cooling failed (`failing`) is at 8.5 °C when the simulation starts and warms towards the
+    ambient 20 °C (about 2.3 °C in the first minute), so it stays above 8 °C."""
+
+    def __init__(self, rng: random.Random, failing: bool = False):
         self.rng = rng
         self.setpoint = rng.uniform(2.0, 8.0)
         self.battery = rng.uniform(3.6, 4.2)
+        self.failed_at_ms: int | None = None if not failing else int(time.time() * 1000)
+
+    def temperature(self, ts_ms: int) -> float:
+        if self.failed_at_ms is not None:
+            warmed = 20.0 - 11.5 * math.exp(-max(0, ts_ms - self.failed_at_ms) / 300_000)
+            return round(warmed + self.rng.gauss(0, 0.1), 3)
+        wave = math.sin(ts_ms / 60000.0 * 2 * math.pi)
+        return round(self.setpoint + 1.5 * wave + self.rng.gauss(0, 0.2), 3)
 
     def metrics(self, ts_ms: int) -> dict[str, float]:
         """Named as examples/cold-chain expects them: temp_c, humidity_pct, battery_v, battery_a."""
         wave = math.sin(ts_ms / 60000.0 * 2 * math.pi)
         self.battery = max(3.0, self.battery - self.rng.uniform(0, 0.00001))
         return {
-            "temp_c": round(self.setpoint + 1.5 * wave + self.rng.gauss(0, 0.2), 3),
+            "temp_c": self.temperature(ts_ms),
             "humidity_pct": round(min(100.0, max(0.0, 60 + 10 * wave + self.rng.gauss(0, 2))), 2),
             "battery_v": round(self.battery, 4),
             "battery_a": round(abs(self.rng.gauss(0.4, 0.05)), 4),
@@ -138,8 +174,12 @@ async def simulate(
     connector = aiohttp.TCPConnector(limit=max(100, len(tokens)))
     async with aiohttp.ClientSession(connector=connector) as session:
         devices = [
-            SimulatedDevice(HttpDevice(session, url, fleet, device, token), SensorModel(rng), initial_seq())
-            for device, token in tokens.items()
+            SimulatedDevice(
+                HttpDevice(session, url, fleet, device, token),
+                SensorModel(rng, failing=index % FAILING_EVERY == 0),
+                initial_seq(),
+            )
+            for index, (device, token) in enumerate(tokens.items())
         ]
         await asyncio.gather(
             *(

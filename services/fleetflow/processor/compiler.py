@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fleetflow.api import DeviceFleet, Pipeline, SpecError
 from fleetflow.api.steps import Step
+from fleetflow.processor.celtypes import A_BOOL, A_METRIC, A_STRING, ANYTHING, Wanted
 from fleetflow.processor.expressions import Expression, ExpressionError, compile_expression
 
 
@@ -54,20 +55,23 @@ class CompiledPipeline:
         return labels
 
 
-def _sources(step: Step) -> dict[str, str]:
-    """Every CEL expression of a step, keyed by its field path below the step."""
+def _sources(step: Step) -> dict[str, tuple[str, Wanted]]:
+    """Every CEL expression of a step and what it must give, keyed by its field path below the step."""
     if step.filter is not None:
-        return {"filter.condition": step.filter.condition}
+        return {"filter.condition": (step.filter.condition, A_BOOL)}
     if step.derive is not None:
-        return {f"derive.metrics.{name}": source for name, source in step.derive.metrics.items()}
+        return {f"derive.metrics.{name}": (source, A_METRIC) for name, source in step.derive.metrics.items()}
     if step.alert is not None:
-        found = {"alert.condition": step.alert.condition}
+        found = {"alert.condition": (step.alert.condition, A_BOOL)}
         if step.alert.clear is not None:
-            found["alert.clear"] = step.alert.clear
+            found["alert.clear"] = (step.alert.clear, A_BOOL)
         return found
     if step.command is not None:
-        found = {"command.condition": step.command.condition, "command.target": step.command.target}
-        found.update({f"command.computedParams.{k}": v for k, v in step.command.computed_params.items()})
+        found = {
+            "command.condition": (step.command.condition, A_BOOL),
+            "command.target": (step.command.target, A_STRING),
+        }
+        found.update({f"command.computedParams.{k}": (v, ANYTHING) for k, v in step.command.computed_params.items()})
         return found
     return {}
 
@@ -83,8 +87,8 @@ def compile_pipeline(pipeline: Pipeline, fleet: DeviceFleet) -> CompiledPipeline
     steps = []
     for index, step in enumerate(pipeline.spec.steps):
         compiled: dict[str, Expression] = {}
-        for key, source in _sources(step).items():
-            result = compile_expression(f"spec.steps[{index}].{key}", source)
+        for key, (source, wanted) in _sources(step).items():
+            result = compile_expression(f"spec.steps[{index}].{key}", source, wanted)
             if isinstance(result, ExpressionError):
                 errors.append(result)
             else:

@@ -17,7 +17,7 @@ from fleetflow.processor import alerts, commands, dedupe
 from fleetflow.processor.alerts import AlertState
 from fleetflow.processor.compiler import CompiledPipeline, CompiledStep
 from fleetflow.processor.dedupe import SeenSeqs
-from fleetflow.processor.expressions import EvaluationError, Expression
+from fleetflow.processor.expressions import RUNTIME_REASONS, EvaluationError, Expression
 from fleetflow.processor.windows import KeyWindows, WindowOperator, group_key
 from fleetflow.runtime.codec import AlertEvent, Command, Reading, ReadingBatch, WindowAggregate
 
@@ -42,6 +42,8 @@ class Outputs:
     commands: list[Command] = field(default_factory=list)
     late: dict[str, list[Reading]] = field(default_factory=dict)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (step, outcome) -> readings
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (step, reason) -> evaluation errors
+    error_examples: dict[tuple[str, str], str] = field(default_factory=dict)  # (step, reason) -> one error, for logs
     device: str = ""  # the input batch's device and receive time, for the late-reading batches
     received_ms: int = 0
 
@@ -100,6 +102,23 @@ def _subset(values: dict[str, Any], fields: tuple[str, ...] | None) -> dict[str,
     if fields is None:
         return values
     return {name: values[name] for name in fields if name in values}
+
+
+# Per step kind, what an evaluation error can be besides RUNTIME_REASONS: a result of the wrong kind (only
+# a `dyn(...)` gets past the type check with one) or a target that is not a device id.
+_RESULT_REASONS = {
+    "filter": ("not_boolean",),
+    "derive": ("not_a_number",),
+    "alert": ("not_boolean",),
+    "command": ("not_boolean", "bad_target"),
+}
+
+
+def error_reasons(step: CompiledStep) -> tuple[str, ...]:
+    """Every reason an evaluation error of `step` can have; none for a step without expressions."""
+    if not step.expressions:
+        return ()
+    return RUNTIME_REASONS + _RESULT_REASONS.get(step.kind, ())
 
 
 def evaluate_bool(expr: Expression, scope: ReadingScope) -> bool:
@@ -171,7 +190,7 @@ class Engine:
         try:
             return self._apply(step, scope, now_ms, out)
         except EvaluationError as exc:
-            out.counts[(step.name, exc.reason)] += 1
+            _count_error(out, step, scope, exc)
             # A filter that cannot judge a reading must not pass it; other steps leave it as it is.
             return step.kind != "filter"
 
@@ -206,8 +225,8 @@ class Engine:
         for name in spec.metrics:
             try:
                 scope.set_metric(name, evaluate_number(step.expr(f"metrics.{name}"), scope))
-            except EvaluationError as exc:  # this metric is missing from the reading; the others still count
-                out.counts[(step.name, exc.reason)] += 1
+            except EvaluationError as exc:  # this metric stays unset (or as it was); the others still count
+                _count_error(out, step, scope, exc)
         for old, new in spec.rename.items():
             value = scope.pop_metric(old)
             if value is not None:
@@ -285,6 +304,12 @@ class Engine:
                 source=f"pipeline/{self.pipeline.pipeline}/{step.name}",
             )
         )
+
+
+def _count_error(out: Outputs, step: CompiledStep, scope: ReadingScope, exc: EvaluationError) -> None:
+    key = (step.name, exc.reason)
+    out.errors[key] += 1
+    out.error_examples.setdefault(key, f"device {scope.device} seq {scope.reading.seq}: {exc}")
 
 
 def _plain(value: Any) -> float | int | str | bool | None:

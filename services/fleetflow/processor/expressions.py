@@ -1,14 +1,18 @@
-"""CEL expressions: compiled once when a pipeline loads, checked for unknown names, evaluated per reading.
+"""CEL expressions: compiled once when a pipeline loads, checked for names and types, evaluated per reading.
 
-`common-expression-language` parses at compile time but resolves names only when evaluating, so an unknown
-variable or function would surface on the hot path; `compile_expression` looks at the names a program
-references and refuses the ones no reading will ever provide."""
+`common-expression-language` parses at compile time but resolves names and types only when evaluating, so
+an unknown variable or function, or `metrics.temp_c + labels.site`, would surface on the hot path, once per
+reading. `compile_expression` refuses the names no reading will ever provide, then type-checks the tree
+(celtypes.py, which also writes integer literals used with doubles as doubles)."""
 
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import cel
+
+from fleetflow.processor import celsyntax, celtypes
+from fleetflow.processor.celtypes import ANYTHING, Wanted
 
 VARIABLES = ("device", "ts", "seq", "metrics", "labels")
 # The functions the library provides (operators appear as `_x_`, `@x` or `!_` and are always allowed).
@@ -66,6 +70,16 @@ class ExpressionError:
         return f"{self.path}: {self.expression!r} at {self.line}:{self.column}: {self.reason}"
 
 
+# What can still fail per reading once the types check: data (a missing metric or label, a zero divisor, an
+# int overflow) or a `dyn(...)` value of the wrong type. These short names label the error counter.
+_REASONS: dict[type[Exception], str] = {
+    ZeroDivisionError: "division_by_zero",
+    OverflowError: "overflow",
+    TypeError: "type_mismatch",
+}
+RUNTIME_REASONS = ("missing_field", *_REASONS.values(), "evaluation_error")
+
+
 class EvaluationError(Exception):
     """An expression failed on one reading (e.g. a metric it reads is missing); `reason` labels a counter."""
 
@@ -96,15 +110,32 @@ class Expression:
         except KeyError as exc:
             raise EvaluationError("missing_field", f"{self.path}: {self.source!r}: no field {exc}") from None
         except (TypeError, ValueError, RuntimeError, ZeroDivisionError, OverflowError) as exc:
-            raise EvaluationError("evaluation_error", f"{self.path}: {self.source!r}: {exc}") from None
+            reason = _REASONS.get(type(exc), "evaluation_error")
+            raise EvaluationError(reason, f"{self.path}: {self.source!r}: {exc}") from None
 
 
-def compile_expression(path: str, source: str) -> Expression | ExpressionError:
-    """Compile `source`; an ExpressionError says where and why when it cannot run on a reading."""
+def compile_expression(path: str, source: str, wanted: Wanted = ANYTHING) -> Expression | ExpressionError:
+    """Compile `source`, which must give what `wanted` says; an ExpressionError says where and why when it
+    cannot run on a reading."""
     try:
         program = cel.compile(source)
     except (ValueError, RuntimeError) as exc:
         return _parse_error(path, source, str(exc))
+    unknown = _unknown_name(path, source, program)
+    if unknown is not None:
+        return unknown
+    try:
+        checked = celtypes.check(celsyntax.parse(source), source, wanted)
+    except (celsyntax.SyntaxProblem, celtypes.TypeProblem) as exc:
+        return ExpressionError(path, source, *_line_column(source, exc.offset), str(exc))
+    if checked.doubles:
+        program = cel.compile(checked.rewrite(source))
+    needs = tuple(v for v in VARIABLES if v in program.variables())
+    return Expression(path, source, program, needs, fields_named(source, "metrics"), fields_named(source, "labels"))
+
+
+def _unknown_name(path: str, source: str, program: Any) -> ExpressionError | None:
+    """An error for the first variable or function no reading provides, else None."""
     bound = set(_COMPREHENSION.findall(source))
     for name in program.variables():
         if name not in VARIABLES and name not in bound:
@@ -122,8 +153,7 @@ def compile_expression(path: str, source: str) -> Expression | ExpressionError:
             return ExpressionError(
                 path, source, line, column, f"unknown function {name!r}; available: {', '.join(sorted(FUNCTIONS))}"
             )
-    needs = tuple(v for v in VARIABLES if v in program.variables())
-    return Expression(path, source, program, needs, fields_named(source, "metrics"), fields_named(source, "labels"))
+    return None
 
 
 def fields_named(source: str, variable: str) -> tuple[str, ...] | None:
@@ -149,6 +179,10 @@ def _parse_error(path: str, source: str, text: str) -> ExpressionError:
 
 def _position_of(source: str, name: str) -> tuple[int, int]:
     match = re.search(rf"(?<![A-Za-z0-9_.]){re.escape(name)}\b", source) or re.search(re.escape(name), source)
-    offset = match.start() if match else 0
+    return _line_column(source, match.start() if match else 0)
+
+
+def _line_column(source: str, offset: int) -> tuple[int, int]:
+    """The 1-based line and column of `offset` in `source`."""
     line = source.count("\n", 0, offset) + 1
     return line, offset - (source.rfind("\n", 0, offset) + 1) + 1

@@ -26,7 +26,8 @@ from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
 from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
-from fleetflow.processor.engine import Engine, Outputs
+from fleetflow.processor.engine import Engine, Outputs, error_reasons
+from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
 
@@ -73,6 +74,7 @@ class Runner:
         self.dead_letters = DeadLetters(js, fleet.name, f"processor-{pipeline.name}")
         self.engine = Engine(compiled, now_ms=self._now_ms())
         self.tracer = telemetry.tracer("processor")
+        self.error_log = EvaluationErrorLog(pipeline.name)
         self.ready = False
         self._saved_seq = -1
         self._next_checkpoint = 0.0
@@ -94,6 +96,15 @@ class Runner:
         self.published = meter.create_counter(
             "fleetflow_processor_records_published", unit="1", description="Output messages, by record kind"
         )
+        self.evaluation_errors = meter.create_counter(
+            "fleetflow_processor_evaluation_errors",
+            unit="1",
+            description="Expressions that failed on a reading, by pipeline, step and reason (see docs/processor.md)",
+        )
+        # Every series exists from the start, at 0, so that rate() and increase() see the first error.
+        for step in self.compiled.steps:
+            for reason in error_reasons(step):
+                self.evaluation_errors.add(0, {"pipeline": self.pipeline, "step": step.name, "reason": reason})
         self.checkpoint_bytes = meter.create_histogram(
             "fleetflow_processor_checkpoint_bytes", unit="By", description="Size of each state checkpoint"
         )
@@ -142,6 +153,7 @@ class Runner:
                 await self.handle(msgs, ack=True)
             await self.tick()
         await self.checkpoint()
+        self.error_log.flush(self.clock(), final=True)
         await sub.unsubscribe()
 
     async def handle(self, msgs: Sequence[Msg], ack: bool) -> None:
@@ -193,6 +205,7 @@ class Runner:
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_interval
             await self.checkpoint()
+        self.error_log.flush(now)
 
     async def checkpoint(self) -> None:
         if self._saved_seq == self.engine.state.applied_seq:
@@ -224,7 +237,7 @@ class Runner:
                 if isinstance(result, BaseException):
                     failed.append((message, result))
                 else:
-                    self.published.add(1, {"record": message.record, "duplicate": str(result.duplicate).lower()})
+                    self.published.add(1, {"record": message.record, "duplicate": str(bool(result.duplicate)).lower()})
             if not failed:
                 return
             remaining = [message for message, _ in failed]
@@ -236,6 +249,10 @@ class Runner:
     def _count(self, out: Outputs) -> None:
         for (step, outcome), n in out.counts.items():
             self.step_readings.add(n, {"step": step, "outcome": outcome})
+        for (step, reason), n in out.errors.items():
+            self.evaluation_errors.add(n, {"pipeline": self.pipeline, "step": step, "reason": reason})
+        if out.errors:
+            self.error_log.record(out.errors, out.error_examples, self.clock())
 
     async def _replay_lost_deliveries(self) -> bool:
         """A fetch that fails (e.g. a 503 while nats-server shuts down) drops what the server had already

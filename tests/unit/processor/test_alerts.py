@@ -74,5 +74,5 @@ def test_older_readings_do_not_move_the_state_and_devices_are_independent() -> N
 def test_evaluation_error_is_counted_and_the_state_is_unchanged() -> None:
     e = engine(rule())
     out = e.process(batch("d1", (1, 0, {"humidity": 50.0})), NOW)
-    assert out.alerts == [] and out.counts[("too-hot", "missing_field")] == 1
+    assert out.alerts == [] and out.errors[("too-hot", "missing_field")] == 1
     assert [r.seq for r in out.readings[0].readings] == [1]

@@ -81,7 +81,7 @@ def test_replaying_the_same_readings_gives_the_same_command_ids() -> None:
 def test_a_target_that_is_not_a_device_id_is_counted() -> None:
     e = engine(rule(target="'no such/device'"), LABELS)
     out = e.process(batch("box-7", (1, 0, {"t": 9.0})), T0)
-    assert out.commands == [] and out.counts[("cool", "bad_target")] == 1
+    assert out.commands == [] and out.errors[("cool", "bad_target")] == 1
 
 
 def test_fixed_params_may_be_nested_json() -> None:

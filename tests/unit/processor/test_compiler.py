@@ -98,4 +98,4 @@ def test_a_subset_context_keeps_has_and_missing_metric_semantics() -> None:
     kept = e.process(batch("d", (1, 0, {"t": 9.0}), (2, 1000, {"door": 1.0}), (3, 2000, {"t": 1.0})), NOW)
     assert [r.seq for r in kept.readings[0].readings] == [1, 2]
     missing = e.process(batch("d", (4, 3000, {"v": 1.0})), NOW)
-    assert missing.readings == [] and missing.counts[("f", "missing_field")] == 1
+    assert missing.readings == [] and missing.errors[("f", "missing_field")] == 1

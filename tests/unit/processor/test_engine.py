@@ -44,13 +44,13 @@ def test_filter_derive_rename_drop_and_dedupe() -> None:
     ]
     assert out.counts[("once", "duplicate")] == 1
     assert out.counts[("sane", "dropped")] == 1
-    assert out.counts[("power", "missing_field")] == 1
+    assert out.errors[("power", "missing_field")] == 1
 
 
-def test_a_filter_that_does_not_give_a_boolean_drops_and_counts() -> None:
-    e = engine([{"name": "f", "filter": {"condition": "metrics.t"}}])
+def test_a_dyn_filter_that_does_not_give_a_boolean_drops_and_counts() -> None:
+    e = engine([{"name": "f", "filter": {"condition": "dyn(metrics.t)"}}])
     out = e.process(batch("d", (1, 0, {"t": 1.0})), NOW)
-    assert out.readings == [] and out.counts[("f", "not_boolean")] == 1
+    assert out.readings == [] and out.errors[("f", "not_boolean")] == 1
 
 
 def run(e: Engine, batches: list, now: int) -> Outputs:
