@@ -28,9 +28,12 @@ QUICKSTART = ROOT / "examples" / "quickstart"
 pytestmark = pytest.mark.e2e
 
 
+START_MS = int(time.time() * 1000)
+
+
 def readings(first: int, count: int) -> list[dict[str, Any]]:
-    now = int(time.time() * 1000)
-    return [{"seq": s, "ts": now + s - first, "metrics": {"v": float(s)}} for s in range(first, first + count)]
+    """The same readings each time for the same seqs (a retry repeats (ts, seq), which identifies a reading)."""
+    return [{"seq": s, "ts": START_MS + s, "metrics": {"v": float(s)}} for s in range(first, first + count)]
 
 
 async def stored_seqs(data_dir: Path, device: str) -> list[int]:
