@@ -7,6 +7,7 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -47,18 +48,22 @@ def token(args: argparse.Namespace) -> int:
         secret = credentials.read_secret(credentials.local_secret_path(args.data_dir, args.fleet))
     else:
         # Inventing a secret here would print a token no running gateway accepts.
-        datadir.require_data_dir(args.data_dir)
-        fleets = datadir.known_fleets(args.data_dir)
         raise UsageError(
-            f"no secret for fleet {args.fleet!r} in data dir {args.data_dir} "
-            f"({'fleets known here: ' + ', '.join(fleets) if fleets else 'no fleet has run here'}); check the fleet "
-            "name and --data-dir, or add --create to make a secret for a fleet that has not run yet"
+            f"no secret for fleet {args.fleet!r} in data dir {args.data_dir} ({known_here(args.data_dir)}); check "
+            "the fleet name and --data-dir, or add --create to make a secret for a fleet that has not run yet"
         )
     if args.application:
         print(application_token(secret, args.fleet))
     else:
         print(credentials.device_token(secret, args.fleet, args.device))
     return 0
+
+
+def known_here(data_dir: Path) -> str:
+    if not data_dir.is_dir():
+        return "that dir does not exist"
+    fleets = datadir.known_fleets(data_dir)
+    return f"fleets known there: {', '.join(fleets)}" if fleets else "no fleet has run there"
 
 
 async def status(args: argparse.Namespace) -> int:

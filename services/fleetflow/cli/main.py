@@ -42,8 +42,8 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _data_dir(parser: argparse._ActionsContainer) -> None:
-    help = "the local platform's state, where `fleetflow up` keeps it (default: %(default)s)"
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR", help=help)
+    text = "the local platform's state, where `fleetflow up` keeps it (default: %(default)s)"
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR", help=text)
 
 
 def _service(sub: Subparsers, name: str, text: str, common: argparse.ArgumentParser) -> None:
