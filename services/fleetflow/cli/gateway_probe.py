@@ -37,7 +37,9 @@ async def probe(protocol: str, target: str, fleet: str, device: str, token: str)
     except TimeoutError:
         raise EndpointProblem(f"no answer within {PROBE_TIMEOUT:g}s") from None
     except aiohttp.ClientConnectorError as exc:
-        raise EndpointProblem(f"nothing answers there ({exc.os_error.strerror or type(exc.os_error).__name__})") from None
+        raise EndpointProblem(
+            f"nothing answers there ({exc.os_error.strerror or type(exc.os_error).__name__})"
+        ) from None
     except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
         raise EndpointProblem("what listens there does not speak HTTP/1.1 (is it the gRPC or MQTT port?)") from None
     except (OSError, aiohttp.ClientError) as exc:

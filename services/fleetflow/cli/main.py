@@ -116,6 +116,9 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     query.add_argument("--limit", type=positive_int, default=20, metavar="N",
                        help="at most this many rows, the newest (default: %(default)s)")  # fmt: skip
     query.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    query.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
+                       help="wait up to this long for at least one row, e.g. right after sending "
+                            "(default: %(default)s)")  # fmt: skip
 
 
 def _status(sub: Subparsers, common: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ command state on NATS, the same records `fleetflow command list` shows: nothing 
 yet."""
 
 import argparse
+import asyncio
 import heapq
 import json
 import re
@@ -160,15 +161,24 @@ def as_json(what: str, item: Any) -> dict[str, Any]:
     return dict(msgspec.to_builtins(item))
 
 
+async def fetch(args: argparse.Namespace, what: str, since: int, until: int) -> tuple[str, list[Any]]:
+    """Where the items come from (for the "none found" line) and the items."""
+    if what == "commands":
+        return "the running platform's command state", await command_records(args, since, until)
+    pipeline, items = await stored_items(args, what, since, until)
+    return f"pipeline {pipeline}'s store", items
+
+
 async def run(args: argparse.Namespace) -> int:
     arguments.identifiers(args.fleet, args.device)
     what = kind(args)
     since, until = time_range(args)
-    if what == "commands":
-        source, items = "the running platform's command state", await command_records(args, since, until)
-    else:
-        pipeline, items = await stored_items(args, what, since, until)
-        source = f"pipeline {pipeline}'s store"
+    deadline = time.monotonic() + args.wait
+    while True:
+        source, items = await fetch(args, what, since, until)
+        if items or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.25)  # the pipeline has not stored it yet
     if args.json:
         for item in items:
             print(json.dumps(as_json(what, item)))
