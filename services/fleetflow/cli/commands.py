@@ -18,13 +18,13 @@ from fleetflow.api.crds import all_crds
 from fleetflow.cli import arguments, datadir
 from fleetflow.cli.errors import CliError, Unavailable, UsageError
 from fleetflow.cli.platform_nats import reaching
-from fleetflow.cli.up import UpOptions, run_up
-from fleetflow.gateway.command_api import application_token
-from fleetflow.local.resources import load_resources
 from fleetflow.runtime import credentials
 
 
 def up(args: argparse.Namespace) -> int:
+    from fleetflow.cli.up import UpOptions, run_up
+    from fleetflow.local.resources import load_resources
+
     resources = load_resources(args.paths)
     if args.simulate < 0:
         raise UsageError(f"--simulate {args.simulate}: give a number of devices, 0 or more")
@@ -53,6 +53,8 @@ def token(args: argparse.Namespace) -> int:
             "the fleet name and --data-dir, or add --create to make a secret for a fleet that has not run yet"
         )
     if args.application:
+        from fleetflow.gateway.command_api import application_token
+
         print(application_token(secret, args.fleet))
     else:
         print(credentials.device_token(secret, args.fleet, args.device))

@@ -10,11 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypeAlias
 
-from fleetflow.api import SpecError
 from fleetflow.cli import errors
 from fleetflow.cli.arguments import positive_float, positive_int, seconds
-from fleetflow.runtime import logs
-from fleetflow.runtime.settings import SettingsError
 
 DEFAULT_DATA_DIR = Path("fleetflow-data")
 SERVICES = ("gateway", "processor", "writer")
@@ -251,28 +248,33 @@ def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from fleetflow.cli import commands, device_commands, query, simulation
+# Each command imports only what it needs: `fleetflow token` should not wait for the CEL compiler or gRPC.
+HANDLERS = {
+    "up": ("commands", "up", False),
+    "token": ("commands", "token", False),
+    "query": ("query", "run", True),
+    "status": ("commands", "status", True),
+    "simulate": ("simulation", "run", True),
+    "crds": ("commands", "crds", False),
+    "bench": ("commands", "bench", False),
+    "command": ("device_commands", "run", True),
+    "operator": ("commands", "operator", False),
+}
 
-    return {
-        "up": commands.up,
-        "token": commands.token,
-        "query": lambda a: asyncio.run(query.run(a)),
-        "status": lambda a: asyncio.run(commands.status(a)),
-        "simulate": lambda a: asyncio.run(simulation.run(a)),
-        "crds": commands.crds,
-        "bench": commands.bench,
-        "command": lambda a: asyncio.run(device_commands.run(a)),
-        "gateway": _run_service("gateway"),
-        "processor": _run_service("processor"),
-        "writer": _run_service("writer"),
-        "operator": commands.operator,
-    }
+
+def handler(command: str) -> Callable[[argparse.Namespace], int]:
+    if command in SERVICES:
+        return _run_service(command)
+    module, function, is_async = HANDLERS[command]
+    run = getattr(importlib.import_module(f"fleetflow.cli.{module}"), function)
+    return (lambda args: asyncio.run(run(args))) if is_async else run
 
 
 def configure_logs(command: str, debug: bool) -> None:
     if command in SERVICES:
         return  # services set up their own logging
+    from fleetflow.runtime import logs
+
     # The command's own lines go to stderr, so stdout stays clean for --json and for piping.
     logs.configure("info" if command in ("up", "operator") else "warning", "auto")
     if command in INSPECTING and not debug:
@@ -284,6 +286,14 @@ def configure_logs(command: str, debug: bool) -> None:
 def name_of(args: argparse.Namespace) -> str:
     action = getattr(args, "action", None)
     return f"{args.command} {action}" if action else str(args.command)
+
+
+def invalid_configuration(exc: Exception) -> bool:
+    """A YAML resource or settings file that does not validate: its message names the file, field and value."""
+    from fleetflow.api import SpecError
+    from fleetflow.runtime.settings import SettingsError
+
+    return isinstance(exc, SpecError | SettingsError)
 
 
 def service_logs(args: argparse.Namespace) -> Path | None:
@@ -299,10 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     command = name_of(args)
     try:
         configure_logs(args.command, debug)
-        return handlers()[args.command](args)
-    except (SpecError, SettingsError) as exc:
-        errors.report(command, str(exc))
-        return errors.EXIT_USAGE
+        return handler(args.command)(args)
     except errors.CliError as exc:
         errors.report(command, str(exc))
         return exc.exit_code
@@ -313,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
+        if invalid_configuration(exc):
+            errors.report(command, str(exc))
+            return errors.EXIT_USAGE
         return errors.report_unexpected(command, exc, debug, service_logs(args))
 
 
