@@ -128,7 +128,8 @@ async def test_every_protocol_stores_each_reading_once_and_gets_commands_queued_
             sent_by_cli = await cli("command", "send", "demo", "h-2", "reboot", "delay=5", "--data-dir", str(data_dir))
             assert "state    queued" in sent_by_cli and '"delay": 5' in sent_by_cli
             listed = await cli("command", "list", "demo", "--state", "succeeded", "--data-dir", str(data_dir))
-            assert len(listed.splitlines()) == 3
+            header, *rows = listed.splitlines()
+            assert header.split() == ["ID", "DEVICE", "NAME", "STATE", "CREATED", "SOURCE"] and len(rows) == 3
             app_token = await cli("token", "demo", "--application", "--data-dir", str(data_dir))
             assert app_token.strip() == application_token(secret, "demo")
     finally:

@@ -1,13 +1,12 @@
-"""The work behind each `fleetflow` subcommand (parsing lives in main.py)."""
+"""The work behind each `fleetflow` subcommand (parsing lives in main.py; query, simulate and command have
+modules of their own)."""
 
 import argparse
 import asyncio
 import json
 import os
 import re
-import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,17 @@ import aiohttp
 import nats
 import yaml
 
-from fleetflow.api import Pipeline, SpecError
 from fleetflow.api.crds import all_crds
-from fleetflow.api.identifiers import check_device_id, check_resource_name
-from fleetflow.cli.up import UpOptions, run_up
-from fleetflow.device.protocols import simulate_protocol
-from fleetflow.device.simulator import simulate
-from fleetflow.gateway.command_api import application_token
-from fleetflow.local.resources import load_resources
+from fleetflow.cli import arguments, datadir
+from fleetflow.cli.errors import CliError, Unavailable, UsageError
+from fleetflow.cli.platform_nats import reaching
 from fleetflow.runtime import credentials
-from fleetflow.writer.stores import ReadingQuery, open_store
-
-
-class UsageError(ValueError):
-    """A command-line value that is not acceptable; the message says what would be."""
 
 
 def up(args: argparse.Namespace) -> int:
+    from fleetflow.cli.up import UpOptions, run_up
+    from fleetflow.local.resources import load_resources
+
     resources = load_resources(args.paths)
     if args.simulate < 0:
         raise UsageError(f"--simulate {args.simulate}: give a number of devices, 0 or more")
@@ -45,116 +38,72 @@ def up(args: argparse.Namespace) -> int:
     return asyncio.run(run_up(resources, options))
 
 
-def _identifiers(fleet: str, device: str | None = None) -> None:
-    try:
-        check_resource_name(fleet, "fleet")
-        if device is not None:
-            check_device_id(device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def token(args: argparse.Namespace) -> int:
     if (args.device is None) == (not args.application):
         raise UsageError("give a device id, or --application for the fleet's application token")
-    _identifiers(args.fleet, args.device)
-    secret = credentials.ensure_local_secret(args.data_dir, args.fleet)
+    arguments.identifiers(args.fleet, args.device)
+    if args.create:
+        secret = credentials.ensure_local_secret(args.data_dir, args.fleet)
+    elif datadir.has_secret(args.data_dir, args.fleet):
+        secret = credentials.read_secret(credentials.local_secret_path(args.data_dir, args.fleet))
+    else:
+        # Inventing a secret here would print a token no running gateway accepts.
+        raise UsageError(
+            f"no secret for fleet {args.fleet!r} in data dir {args.data_dir} ({known_here(args.data_dir)}); check "
+            "the fleet name and --data-dir, or add --create to make a secret for a fleet that has not run yet"
+        )
     if args.application:
+        from fleetflow.gateway.command_api import application_token
+
         print(application_token(secret, args.fleet))
     else:
         print(credentials.device_token(secret, args.fleet, args.device))
     return 0
 
 
-_RELATIVE = re.compile(r"^([0-9]+)(s|m|h|d)$")
-
-
-def parse_time(text: str, flag: str) -> int:
-    """Epoch ms from RFC 3339, epoch ms, or a duration back from now ("15m", "2h")."""
-    if text.isdigit():
-        return int(text)
-    match = _RELATIVE.match(text)
-    if match:
-        seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return int((time.time() - seconds) * 1000)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: use RFC 3339 (2026-11-23T10:00:00Z), epoch ms, or 15m/2h/7d") from None
-    if parsed.tzinfo is None:
-        raise UsageError(f"{flag} {text!r} has no UTC offset; add Z or +hh:mm")
-    return int(parsed.timestamp() * 1000)
-
-
-def _pipeline_store(data_dir: Path, fleet: str, name: str | None) -> tuple[Pipeline, Path]:
-    """The pipeline whose store holds `fleet`'s readings, as the last `fleetflow up` on `data_dir` ran it."""
-    path = data_dir / "pipelines.json"
-    if not path.exists():
-        raise UsageError(f"no pipeline has run with data dir {data_dir} ({path} is missing): run `fleetflow up`")
-    known = {k: v for k, v in json.loads(path.read_text()).items() if v["fleet"] == fleet}
-    if not known:
-        raise UsageError(f"no pipeline of fleet {fleet!r} has run with data dir {data_dir}")
-    if name is not None and name not in known:
-        raise UsageError(f"--pipeline {name!r}: not a pipeline of fleet {fleet!r} here; known: {', '.join(known)}")
-    chosen = name or next(iter(known))
-    entry = known[chosen]
-    pipeline = Pipeline.model_validate(
-        {"metadata": {"name": chosen}, "spec": {"fleetRef": {"name": fleet}, "sink": entry["sink"]}}
-    )
-    return pipeline, Path(entry["sqlitePath"])
-
-
-async def query(args: argparse.Namespace) -> int:
-    _identifiers(args.fleet, args.device)
-    since = parse_time(args.since, "--since") if args.since else 0
-    until = parse_time(args.until, "--until") if args.until else 2**62
-    pipeline, path = _pipeline_store(args.data_dir, args.fleet, args.pipeline)
-    store = open_store(pipeline, path)
-    await store.open()
-    try:
-        page = await store.readings(ReadingQuery(args.fleet, args.device, since, until, args.limit))
-    finally:
-        await store.close()
-    for item in page.items:
-        if args.json:
-            print(json.dumps({"device": item.device, "seq": item.seq, "ts": item.ts, "metrics": item.metrics}))
-        else:
-            when = datetime.fromtimestamp(item.ts / 1000).astimezone().isoformat(timespec="milliseconds")
-            metrics = "  ".join(f"{k}={v:g}" for k, v in sorted(item.metrics.items()))
-            print(f"{when}  seq {item.seq}  {metrics}")
-    if not page.items:
-        print(f"no readings of device {args.device!r} in fleet {args.fleet!r} in that range", file=sys.stderr)
-    return 0
-
-
-def _endpoints(data_dir: Path, required: bool = True) -> dict[str, Any]:
-    path = data_dir / "endpoints.json"
-    if not path.exists():
-        if required:
-            raise UsageError(f"nothing is running with data dir {data_dir} ({path} is missing); start `fleetflow up`")
-        return {}
-    return dict(json.loads(path.read_text()))
+def known_here(data_dir: Path) -> str:
+    if not data_dir.is_dir():
+        return "that dir does not exist"
+    fleets = datadir.known_fleets(data_dir)
+    return f"fleets known there: {', '.join(fleets)}" if fleets else "no fleet has run there"
 
 
 async def status(args: argparse.Namespace) -> int:
-    endpoints = _endpoints(args.data_dir)
-    healthy = True
+    """Readiness of each service and the streams' state; with --wait, first wait until every service is ready."""
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            endpoints = datadir.endpoints(args.data_dir)
+            states = await service_states(endpoints["services"])
+            if all(state == "ready" for state in states.values()) or time.monotonic() >= deadline:
+                break
+        except CliError:  # not started yet (or not yet written endpoints.json)
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.25)
     print("services:")
+    for name, state in states.items():
+        print(f"  {name:<32} {state}")
+    url = endpoints["nats"]["url"]
+    with reaching(url, args.data_dir):
+        await print_streams(url)
+    return 0 if all(state == "ready" for state in states.values()) else 1
+
+
+async def service_states(services: dict[str, Any]) -> dict[str, str]:
+    states = {}
     async with aiohttp.ClientSession() as session:
-        for name, svc in endpoints["services"].items():
+        for name, svc in services.items():
             try:
                 async with session.get(svc["health"], timeout=aiohttp.ClientTimeout(total=2)) as r:
                     body = await r.json()
-                    state = "ready" if r.status == 200 else f"not ready ({body.get('reason')})"
+                    states[name] = "ready" if r.status == 200 else f"not ready ({body.get('reason')})"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                state = f"unreachable ({type(exc).__name__})"
-            healthy = healthy and state == "ready"
-            print(f"  {name:<32} {state}")
-    await _print_streams(endpoints["nats"]["url"])
-    return 0 if healthy else 1
+                states[name] = f"unreachable ({type(exc).__name__})"
+    return states
 
 
-async def _print_streams(url: str) -> None:
+async def print_streams(url: str) -> None:
     nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
@@ -169,29 +118,6 @@ async def _print_streams(url: str) -> None:
                 )
     finally:
         await nc.close()
-
-
-async def simulate_load(args: argparse.Namespace) -> int:
-    _identifiers(args.fleet)
-    if args.secret_file:
-        secret = credentials.read_secret(args.secret_file)
-    else:
-        path = credentials.local_secret_path(args.data_dir, args.fleet)
-        if not path.exists():
-            raise UsageError(f"no secret for fleet {args.fleet!r} at {path}; pass --secret-file or --data-dir")
-        secret = credentials.read_secret(path)
-    tokens = {f"sim-{i:04d}": credentials.device_token(secret, args.fleet, f"sim-{i:04d}") for i in range(args.devices)}
-    stop = asyncio.Event()
-    asyncio.get_running_loop().call_later(args.duration, stop.set)
-    if args.protocol == "http":
-        report = await simulate(args.url, args.fleet, tokens, stop, args.batch, args.interval)
-    else:  # each device buffers on its side while the gateway is unreachable (fleetflow.device.forwarding)
-        report = await simulate_protocol(args.protocol, args.url, args.fleet, tokens, stop, args.batch, args.interval)
-    print(
-        f"sent {report.sent:,} readings, {report.acknowledged:,} acknowledged, {report.retried:,} re-sent "
-        f"({report.duplicates:,} recognised as duplicates), {report.rejected:,} refused {report.rejections or ''}"
-    )
-    return 0 if report.rejected == 0 else 1
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -230,14 +156,28 @@ def crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def kubernetes_configuration() -> None:
+    """Fail in one line when neither in-cluster credentials nor a kubeconfig are there (kopf would not start)."""
+    from kubernetes.config import ConfigException
+
+    from fleetflow.operator.kube import load_configuration
+
+    try:
+        load_configuration()
+    except (ConfigException, OSError) as exc:
+        where = os.environ.get("KUBECONFIG", "~/.kube/config")
+        raise Unavailable(
+            f"no Kubernetes cluster to watch: not running in a pod, and no usable kubeconfig at {where} ({exc}); "
+            "set KUBECONFIG or pick a context with `kubectl config use-context`"
+        ) from None
+
+
 def operator(args: argparse.Namespace) -> int:
     from fleetflow.operator.main import run
     from fleetflow.processor.compiler import compile_pipeline
 
+    kubernetes_configuration()
     # The operator may not import the processor; the CLI hands it the compiler, so a Pipeline with bad CEL
     # gets a condition naming the expression instead of processors that crash-loop.
     namespaces = None if args.all_namespaces else args.namespaces
     return int(run(namespaces, compile_pipeline=compile_pipeline))
-
-
-__all__ = ["SpecError", "UsageError"]

@@ -6,140 +6,236 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TypeAlias
 
-from fleetflow.api import SpecError
-from fleetflow.runtime import logs
-from fleetflow.runtime.settings import SettingsError
+from fleetflow.cli import errors
+from fleetflow.cli.arguments import positive_float, positive_int, seconds
 
 DEFAULT_DATA_DIR = Path("fleetflow-data")
 SERVICES = ("gateway", "processor", "writer")
+# Commands that only look at the local platform: their own one-line errors replace the libraries' log lines.
+INSPECTING = ("token", "query", "status", "simulate", "command")
+EPILOG = "Errors exit with 2 for a bad command line or data dir, 1 when something is not running or answering."
 
 
-def positive_int(text: str) -> int:
+def fleetflow_version() -> str:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
+        return version("fleetflow")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def _data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"local platform state (default: ./{DEFAULT_DATA_DIR})"
+def _common() -> argparse.ArgumentParser:
+    """Options every subcommand takes after its name too (`fleetflow query ... --debug`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", "-v", action="store_true", default=argparse.SUPPRESS,
+                        help="on an unexpected error, print the traceback too (also: FLEETFLOW_DEBUG=1)")  # fmt: skip
+    return common
+
+
+def _data_dir(parser: argparse._ActionsContainer) -> None:
+    text = "the local platform's state, where `fleetflow up` keeps it (default: %(default)s)"
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR", help=text)
+
+
+def _service(sub: Subparsers, name: str, text: str, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(name, help=text, description=text, parents=[common])
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="rendered config file (default: the file $FLEETFLOW_CONFIG names)")  # fmt: skip
+
+
+def _up(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "run DeviceFleet/Pipeline YAML locally: embedded NATS, gateway, processor, writer"
+    up = sub.add_parser("up", help=text, description=text, parents=[common])
+    up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="YAML files or folders")
+    _data_dir(up)
+    up.add_argument("--simulate", type=int, default=0, metavar="N",
+                    help="simulate N devices of the first fleet (default: %(default)s)")  # fmt: skip
+    up.add_argument("--duration", type=positive_float, metavar="SECONDS",
+                    help="stop after this long (default: run until Ctrl-C or SIGTERM)")  # fmt: skip
+    up.add_argument("--batch", type=positive_int, default=10, metavar="N",
+                    help="readings per simulated request (default: %(default)s)")  # fmt: skip
+    up.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
+                    help="seconds between a simulated device's requests (default: %(default)s)")  # fmt: skip
+    up.add_argument("--nats-port", type=positive_int, metavar="PORT",
+                    help="port of the embedded NATS (default: a free one)")  # fmt: skip
+    up.add_argument("--otlp-endpoint", metavar="URL",
+                    help="send the services' traces and metrics over OTLP/gRPC, e.g. http://127.0.0.1:4317 "
+                         "(default: not exported)")  # fmt: skip
+
+
+def _token(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "print a device's bearer token (or the fleet's application token)"
+    token = sub.add_parser("token", help=text, parents=[common], epilog=EPILOG, description=(
+        f"{text}. The fleet's secret must be in the data dir (`fleetflow up` puts it there); a fleet not known "
+        "there is refused, unless --create makes a new secret for it."))  # fmt: skip
+    token.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")
+    token.add_argument("device", nargs="?", metavar="DEVICE", help="the device id (omit with --application)")
+    token.add_argument("--application", action="store_true",
+                       help="the token applications send commands with, instead of a device's")  # fmt: skip
+    token.add_argument(
+        "--create",
+        action="store_true",
+        help="create the fleet's secret if the data dir has none (for a fleet that has not run yet)",
     )
+    _data_dir(token)
 
 
-def _service(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, text: str) -> None:
-    parser = sub.add_parser(name, help=text)
-    parser.add_argument("--config", type=Path, help="rendered config file (default: $FLEETFLOW_CONFIG)")
+def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "print stored readings, aggregates or alerts, or the commands sent, newest first"
+    query = sub.add_parser("query", help=text, parents=[common], epilog=EPILOG, description=(
+        f"{text}. Readings, aggregates and alerts come from the pipeline's store (also after the platform "
+        "stopped); commands come from the running platform's command state, as `fleetflow command list` shows "
+        "them (the store's command log is not written yet)."))  # fmt: skip
+    query.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")
+    query.add_argument("device", nargs="?", metavar="DEVICE",
+                       help="the device id; needed for readings, narrows the other kinds (aggregates: its "
+                            "device=DEVICE windows)")  # fmt: skip
+    kind = query.add_mutually_exclusive_group()
+    kind.add_argument("--aggregates", action="store_true", help="closed window aggregates instead of readings")
+    kind.add_argument("--alerts", action="store_true", help="alert transitions (firing, resolved) instead")
+    kind.add_argument("--commands", action="store_true", help="commands and their states instead (platform running)")
+    _data_dir(query)
+    query.add_argument(
+        "--pipeline",
+        metavar="NAME",
+        help="which pipeline's store (default: the fleet's first pipeline in pipelines.json)",
+    )
+    query.add_argument("--since", metavar="T",
+                       help="RFC 3339 time, epoch ms, or a duration back from now such as 15m or 2h "
+                            "(default: from the beginning)")  # fmt: skip
+    query.add_argument("--until", metavar="T", help="same forms as --since (default: now)")
+    query.add_argument("--limit", type=positive_int, default=20, metavar="N",
+                       help="at most this many rows, the newest (default: %(default)s)")  # fmt: skip
+    query.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    query.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
+                       help="wait up to this long for at least one row, e.g. right after sending "
+                            "(default: %(default)s)")  # fmt: skip
+
+
+def _status(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "health of each local service and state of each stream and consumer"
+    status = sub.add_parser("status", help=text, description=text, parents=[common], epilog=EPILOG)
+    _data_dir(status)
+    status.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
+                        help="wait up to this long for the platform to start and every service to be ready, "
+                             "e.g. after `fleetflow up ... &` in a script (default: %(default)s)")  # fmt: skip
+
+
+def _simulate(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "load a gateway with simulated devices"
+    simulate = sub.add_parser("simulate", help=text, parents=[common], epilog=EPILOG, description=(
+        f"{text}. The endpoint is checked first, so a wrong URL or protocol fails at once. Ctrl-C stops early: "
+        "the devices send what they hold, the summary is printed, and the exit code is 130."))  # fmt: skip
+    simulate.add_argument("--url", help="the gateway endpoint for the protocol: http://HOST:PORT for http, HOST:PORT "
+                          "for grpc, mqtt://HOST:PORT for mqtt (default: the fleet's endpoint in the data dir's "
+                          "endpoints.json)")  # fmt: skip
+    simulate.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http",
+                          help="how the devices connect (default: %(default)s)")  # fmt: skip
+    simulate.add_argument("--fleet", required=True, help="the DeviceFleet's name")
+    simulate.add_argument("--devices", type=positive_int, default=10, metavar="N",
+                          help="simulated devices, sim-0000, sim-0001, ... (default: %(default)s)")  # fmt: skip
+    simulate.add_argument("--batch", type=positive_int, default=10, metavar="N",
+                          help="readings per request (default: %(default)s)")  # fmt: skip
+    simulate.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
+                          help="seconds between a device's requests (default: %(default)s)")  # fmt: skip
+    simulate.add_argument("--duration", type=positive_float, default=10.0, metavar="SECONDS",
+                          help="how long the devices send (default: %(default)s)")  # fmt: skip
+    secret = simulate.add_mutually_exclusive_group()
+    secret.add_argument("--secret-file", type=Path, metavar="FILE",
+                        help="the fleet secret the gateway uses (default: the one in --data-dir)")  # fmt: skip
+    _data_dir(secret)
+
+
+def _command(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "send commands to devices; list them with their state history"
+    command = sub.add_parser("command", help=text, description=text, parents=[common])
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    send = actions.add_parser("send", parents=[common], epilog=EPILOG,
+                              help="queue a command; delivered when the device is or gets connected")  # fmt: skip
+    send.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")
+    send.add_argument("device", metavar="DEVICE", help="the device id")
+    send.add_argument("name", metavar="NAME", help="the command's name, e.g. set or reboot")
+    send.add_argument("params", nargs="*", metavar="KEY=VALUE",
+                      help="parameters, e.g. setpoint=4.5 mode=eco; a value that reads as JSON is JSON")  # fmt: skip
+    send.add_argument("--ttl", type=positive_float, default=3600.0, metavar="SECONDS",
+                      help="seconds until it expires if no device took it (default: %(default)s)")  # fmt: skip
+    listing = actions.add_parser("list", parents=[common], epilog=EPILOG, help="commands of a fleet, oldest first")
+    listing.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")
+    listing.add_argument("--device", help="only this device's commands (default: every device's)")
+    listing.add_argument("--state", help="only commands in this state: queued, delivered, succeeded, failed, "
+                         "rejected or expired (default: any)")  # fmt: skip
+    show = actions.add_parser("show", parents=[common], epilog=EPILOG,
+                              help="one command with every state it went through")  # fmt: skip
+    show.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")
+    show.add_argument("id", metavar="ID", help="the command's id, as `command list` prints it")
+    show.set_defaults(device=None)
+    for action in (send, listing, show):
+        _data_dir(action)
+        action.add_argument("--json", action="store_true", help="JSON instead of text")
+
+
+def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "measure the local platform under device load, next to raw JetStream"
+    bench = sub.add_parser("bench", help=text, description=text, parents=[common])
+    bench.add_argument("--devices", type=positive_int, default=200, metavar="N",
+                       help="simulated devices (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--batch", type=positive_int, default=100, metavar="N",
+                       help="readings per request (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http",
+                       help="how the devices connect (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--duration", type=positive_float, default=60.0, metavar="SECONDS",
+                       help="measured seconds (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--warmup", type=seconds, default=5.0, metavar="SECONDS",
+                       help="seconds of load before measuring (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--rate", default="max", metavar="R",
+                       help="readings/s over all devices, or max (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--processors", type=positive_int, default=1, metavar="N",
+                       help="processor replicas (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--baseline-seconds", type=positive_float, default=5.0, metavar="SECONDS",
+                       help="how long raw JetStream publishing is measured (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--cassandra", metavar="HOST:PORT",
+                       help="store into this Cassandra (default: SQLite in the data dir)")  # fmt: skip
+    bench.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="keep the platform's data here (default: a temporary dir)")  # fmt: skip
+    bench.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+def _operator(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "run the Kubernetes operator (in-cluster credentials, else the current kubeconfig context)"
+    operator = sub.add_parser("operator", help=text, description=text, parents=[common])
+    where = operator.add_mutually_exclusive_group()
+    where.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                       help="watch this namespace (repeat for more; default: every namespace)")  # fmt: skip
+    where.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetflow", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fleetflow", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {fleetflow_version()}")
+    parser.add_argument("--debug", "-v", action="store_true",
+                        help="on an unexpected error, print the traceback too (also: FLEETFLOW_DEBUG=1)")  # fmt: skip
+    common = _common()
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    up = sub.add_parser("up", help="run DeviceFleet/Pipeline YAML locally: embedded NATS, gateway, processor, writer")
-    up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="YAML files or folders")
-    _data_dir(up)
-    up.add_argument("--simulate", type=int, default=0, metavar="N", help="simulate N devices")
-    up.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
-    up.add_argument("--batch", type=positive_int, default=10, help="readings per simulated request (default 10)")
-    up.add_argument("--interval", type=positive_float, default=1.0, help="seconds between a device's requests")
-    up.add_argument("--nats-port", type=positive_int, help="port of the embedded NATS (default: a free one)")
-    up.add_argument(
-        "--otlp-endpoint",
-        metavar="URL",
-        help="send the services' traces and metrics over OTLP/gRPC, e.g. http://127.0.0.1:4317",
-    )
-
-    token = sub.add_parser("token", help="print a device's bearer token (or the fleet's application token)")
-    token.add_argument("fleet")
-    token.add_argument("device", nargs="?")
-    token.add_argument("--application", action="store_true", help="the token applications send commands with")
-    _data_dir(token)
-
-    query = sub.add_parser("query", help="print a device's stored readings, newest first")
-    query.add_argument("fleet")
-    query.add_argument("device")
-    _data_dir(query)
-    query.add_argument("--pipeline", help="which pipeline's store (default: the only one, or the first)")
-    query.add_argument("--since", help="RFC 3339 time, epoch ms, or a duration back from now such as 15m or 2h")
-    query.add_argument("--until", help="same forms as --since (default: now)")
-    query.add_argument("--limit", type=positive_int, default=20)
-    query.add_argument("--json", action="store_true", help="one JSON object per line")
-
-    status = sub.add_parser("status", help="health of each local service and state of each stream and consumer")
-    _data_dir(status)
-
-    simulate = sub.add_parser("simulate", help="load any gateway with simulated devices")
-    simulate.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080 (for grpc: "
-                          "HOST:PORT; for mqtt: mqtt://HOST:PORT, as in endpoints.json)")  # fmt: skip
-    simulate.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http")
-    simulate.add_argument("--fleet", required=True)
-    simulate.add_argument("--devices", type=positive_int, default=10)
-    simulate.add_argument("--batch", type=positive_int, default=10)
-    simulate.add_argument("--interval", type=positive_float, default=1.0)
-    simulate.add_argument("--duration", type=positive_float, default=10.0)
-    secret = simulate.add_mutually_exclusive_group()
-    secret.add_argument("--secret-file", type=Path, help="the fleet secret the gateway uses")
-    secret.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="take the secret from here")
-
-    command = sub.add_parser("command", help="send commands to devices; list them with their state history")
-    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
-    send = actions.add_parser("send", help="queue a command; delivered when the device is or gets connected")
-    send.add_argument("fleet")
-    send.add_argument("device")
-    send.add_argument("name")
-    send.add_argument("params", nargs="*", metavar="KEY=VALUE", help="parameters, e.g. setpoint=4.5 mode=eco")
-    send.add_argument("--ttl", type=positive_float, default=3600.0, help="seconds until it expires (default 3600)")
-    listing = actions.add_parser("list", help="commands of a fleet, oldest first")
-    listing.add_argument("fleet")
-    listing.add_argument("--device")
-    listing.add_argument("--state", help="queued, delivered, succeeded, failed, rejected or expired")
-    show = actions.add_parser("show", help="one command with every state it went through")
-    show.add_argument("fleet")
-    show.add_argument("id")
-    for action in (send, listing, show):
-        _data_dir(action)
-        action.add_argument("--json", action="store_true")
-
-    bench = sub.add_parser("bench", help="measure the local platform under device load, next to raw JetStream")
-    bench.add_argument("--devices", type=positive_int, default=200)
-    bench.add_argument("--batch", type=positive_int, default=100, help="readings per request")
-    bench.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http")
-    bench.add_argument("--duration", type=positive_float, default=60.0, help="measured seconds")
-    bench.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
-    bench.add_argument("--rate", default="max", help="readings/s over all devices, or max (default)")
-    bench.add_argument("--processors", type=positive_int, default=1, help="processor replicas")
-    bench.add_argument("--baseline-seconds", type=positive_float, default=5.0, help="raw JetStream publish time")
-    bench.add_argument("--cassandra", metavar="HOST:PORT", help="store into this Cassandra instead of SQLite")
-    bench.add_argument("--data-dir", type=Path, help="keep the platform's data here (default: a temporary dir)")
-    bench.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    crds = sub.add_parser("crds", help="print the CustomResourceDefinitions, or write them to a folder")
-    crds.add_argument("--write", type=Path, metavar="DIR")
-
-    _service(sub, "gateway", "run the device gateway (as a pod or a local child process does)")
-    _service(sub, "processor", "run a pipeline processor replica")
-    _service(sub, "writer", "run a pipeline writer")
-
-    operator = sub.add_parser("operator", help="run the Kubernetes operator")
-    where = operator.add_mutually_exclusive_group()
-    where.add_argument("--namespace", "-n", action="append", dest="namespaces", help="watch this namespace (repeat)")
-    where.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    _up(sub, common)
+    _token(sub, common)
+    _query(sub, common)
+    _status(sub, common)
+    _simulate(sub, common)
+    _command(sub, common)
+    _bench(sub, common)
+    crds = sub.add_parser("crds", help="print the CustomResourceDefinitions, or write them to a folder",
+                          parents=[common])  # fmt: skip
+    crds.add_argument("--write", type=Path, metavar="DIR", help="write one file per CRD here (default: print them)")
+    _service(sub, "gateway", "run the device gateway (as a pod or a local child process does)", common)
+    _service(sub, "processor", "run a pipeline processor replica", common)
+    _service(sub, "writer", "run a pipeline writer", common)
+    _operator(sub, common)
     return parser
 
 
@@ -152,38 +248,82 @@ def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+# Each command imports only what it needs: `fleetflow token` should not wait for the CEL compiler or gRPC.
+HANDLERS = {
+    "up": ("commands", "up", False),
+    "token": ("commands", "token", False),
+    "query": ("query", "run", True),
+    "status": ("commands", "status", True),
+    "simulate": ("simulation", "run", True),
+    "crds": ("commands", "crds", False),
+    "bench": ("commands", "bench", False),
+    "command": ("device_commands", "run", True),
+    "operator": ("commands", "operator", False),
+}
+
+
+def handler(command: str) -> Callable[[argparse.Namespace], int]:
+    if command in SERVICES:
+        return _run_service(command)
+    module, function, is_async = HANDLERS[command]
+    run = getattr(importlib.import_module(f"fleetflow.cli.{module}"), function)
+    return (lambda args: asyncio.run(run(args))) if is_async else run
+
+
+def configure_logs(command: str, debug: bool) -> None:
+    if command in SERVICES:
+        return  # services set up their own logging
+    from fleetflow.runtime import logs
+
+    # The command's own lines go to stderr, so stdout stays clean for --json and for piping.
+    logs.configure("info" if command in ("up", "operator") else "warning", "auto")
+    if command in INSPECTING and not debug:
+        from fleetflow.cli.platform_nats import quiet_client_logs
+
+        quiet_client_logs()
+
+
+def name_of(args: argparse.Namespace) -> str:
+    action = getattr(args, "action", None)
+    return f"{args.command} {action}" if action else str(args.command)
+
+
+def invalid_configuration(exc: Exception) -> bool:
+    """A YAML resource or settings file that does not validate: its message names the file, field and value."""
+    from fleetflow.api import SpecError
+    from fleetflow.runtime.settings import SettingsError
+
+    return isinstance(exc, SpecError | SettingsError)
+
+
+def service_logs(args: argparse.Namespace) -> Path | None:
+    """Where `fleetflow up` keeps the services' logs, when this command ran one."""
+    logs_dir = Path(args.data_dir) / "logs" if args.command == "up" else None
+    return logs_dir if logs_dir is not None and logs_dir.is_dir() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fleetflow.cli import commands
-    from fleetflow.gateway import command_admin
-
-    if args.command not in SERVICES:
-        # Services set up their own logging; the command's own lines go to stderr, so stdout stays clean
-        # for --json and for piping.
-        logs.configure("info" if args.command in ("up", "operator") else "warning", "auto")
-
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "up": commands.up,
-        "token": commands.token,
-        "query": lambda a: asyncio.run(commands.query(a)),
-        "status": lambda a: asyncio.run(commands.status(a)),
-        "simulate": lambda a: asyncio.run(commands.simulate_load(a)),
-        "crds": commands.crds,
-        "bench": commands.bench,
-        "command": lambda a: asyncio.run(command_admin.run_cli(a)),
-        "gateway": _run_service("gateway"),
-        "processor": _run_service("processor"),
-        "writer": _run_service("writer"),
-        "operator": commands.operator,
-    }
+    # A service's traceback goes to its log, where whoever runs it (a pod, `fleetflow up`) looks for it.
+    debug = bool(args.debug) or errors.debug_requested() or args.command in SERVICES
+    command = name_of(args)
     try:
-        return handlers[args.command](args)
-    except (SpecError, SettingsError, commands.UsageError) as exc:
-        print(f"fleetflow {args.command}: {exc}", file=sys.stderr)
-        return 2
+        configure_logs(args.command, debug)
+        return handler(args.command)(args)
+    except errors.CliError as exc:
+        errors.report(command, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        errors.report(command, "interrupted")
+        return errors.EXIT_INTERRUPTED
     except BrokenPipeError:  # `fleetflow status | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        if invalid_configuration(exc):
+            errors.report(command, str(exc))
+            return errors.EXIT_USAGE
+        return errors.report_unexpected(command, exc, debug, service_logs(args))
 
 
 if __name__ == "__main__":

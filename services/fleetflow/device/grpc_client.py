@@ -104,6 +104,11 @@ class GrpcDevice:
     def connected(self) -> bool:
         return self._reader is not None and not self._reader.done()
 
+    @property
+    def closed_because(self) -> str:
+        """Why the Connect stream ended, e.g. "UNAUTHENTICATED: ..." ("" while it is open or never was)."""
+        return str(self._closed_because) if self._closed_because else ""
+
     async def send(self, readings: list[dict[str, Any]], timeout: float = 10.0) -> dict[str, Any]:
         """Send one batch and wait for its ack; StreamClosed if the stream broke before the ack came."""
         ack: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -1,10 +1,9 @@
-"""What `fleetflow command send|list|show` does: commands sent and inspected directly on the fleet's NATS
-(the same stream and state bucket the gateways use), so it works whether or not a gateway is running."""
+"""What `fleetflow command send|list|show` does (fleetflow.cli.device_commands prints it): commands sent and
+inspected directly on the fleet's NATS (the same stream and state bucket the gateways use), so it works whether
+or not a gateway is running."""
 
 import json
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -75,12 +74,6 @@ def _time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def summary_line(record: CommandRecord) -> str:
-    """One line per command, as `fleetflow command list` prints it."""
-    c = record.command
-    return f"{c.id}  {c.device}  {c.name}  {record.state:<9}  created {_time(c.created_ms)}  source {c.source}"
-
-
 def describe(record: CommandRecord) -> str:
     """The command and its state history, as `fleetflow command show` prints it."""
     c = record.command
@@ -96,29 +89,3 @@ def describe(record: CommandRecord) -> str:
     ]
     lines += [f"  {_time(t.at_ms)}  {t.state:<9}  {t.detail}".rstrip() for t in record.history]
     return "\n".join(lines)
-
-
-async def run_cli(args: Any) -> int:
-    """`fleetflow command send|list|show` (args from fleetflow.cli.main): on the NATS of the local platform
-    running with `args.data_dir`; exit code 2 with a message on stderr for a bad request."""
-    endpoints = Path(args.data_dir) / "endpoints.json"
-    if not endpoints.exists():
-        print(f"fleetflow command: nothing is running with data dir {args.data_dir} ({endpoints} is missing); "
-              "start `fleetflow up`", file=sys.stderr)  # fmt: skip
-        return 2
-    url = json.loads(endpoints.read_text())["nats"]["url"]
-    try:
-        if args.action == "send":
-            record = await send(url, args.fleet, args.device, args.name, parse_params(args.params), args.ttl)
-            print(json.dumps(record.to_json()) if args.json else describe(record))
-        elif args.action == "list":
-            records = await list_records(url, args.fleet, args.device, args.state)
-            for record in records:
-                print(json.dumps(record.to_json()) if args.json else summary_line(record))
-        else:
-            record = await show(url, args.fleet, args.id)
-            print(json.dumps(record.to_json(), indent=2) if args.json else describe(record))
-    except CommandError as exc:
-        print(f"fleetflow command {args.action}: {exc.detail}", file=sys.stderr)
-        return 2
-    return 0

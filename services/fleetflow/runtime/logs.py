@@ -1,6 +1,7 @@
 """structlog set-up: JSON lines for machines, readable lines on a terminal."""
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
@@ -21,6 +22,8 @@ def add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 def configure(level: str = "info", fmt: Literal["json", "console", "auto"] = "json", **context: str) -> None:
     """Configure structlog and route the standard library's logging (nats, aiohttp, kopf) through it."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    # Colour only on a terminal, and never when the user opted out (https://no-color.org).
+    colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         add_trace_ids,
@@ -28,7 +31,7 @@ def configure(level: str = "info", fmt: Literal["json", "console", "auto"] = "js
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=colors) if use_console else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
