@@ -91,6 +91,14 @@ class GatewaySpec(Model):
     max_batch_readings: int = Field(default=1000, ge=1, le=100000, description="Readings per request.")
     max_body_bytes: int = Field(default=1048576, ge=1024, le=67108864, description="Request body limit.")
     rate_limit: RateLimit = Field(default_factory=RateLimit)
+    max_streams_per_device: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Concurrent command sessions (gRPC Connect streams and HTTP command long-polls together) per "
+        "device and gateway replica; a new one beyond it replaces the device's oldest, which ends with a status "
+        "that says so.",
+    )
 
 
 class ExternalNats(Model):
