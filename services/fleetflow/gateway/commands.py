@@ -18,7 +18,6 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -226,17 +225,23 @@ class CommandStore:
 
     async def claim(self, command: Command, protocol: str) -> CommandRecord | None:
         """Take a queued command for delivery: returns it as `delivered`, or None if it is not deliverable
-        (already delivered or finished, or expired — which this records)."""
-        record = await self.ensure_queued(command)
+        (already delivered or finished, or expired — which this records).
+
+        Reads the record first and creates it only when missing: a command that was sent through the API or
+        seen by the expirer already has one, so a delivery costs one read and one compare-and-set write."""
+        record = await self.get(command.device, command.id) or await self.ensure_queued(command)
         if record.state != QUEUED:
             return None
         if now_ms() >= record.expires_ms:
             await self.expire(command)
             return None
+        delivered = record.moved_to(DELIVERED, now_ms(), f"via {protocol}")
         try:
-            return await self.transition(command.device, command.id, DELIVERED, frozenset({QUEUED}), f"via {protocol}")
-        except CommandError:
-            return None
+            delivered.revision = await self.kv.update(record_key(command.device, command.id), _encode(delivered),
+                                                      record.revision)  # fmt: skip
+        except KeyWrongLastSequenceError:
+            return await self.claim(command, protocol)  # it moved meanwhile (most likely: delivered elsewhere)
+        return delivered
 
     async def expire(self, command: Command) -> bool:
         """Record that the TTL passed (at the moment it did); False if the command had left `queued` first."""
@@ -313,78 +318,6 @@ async def send_command(js: JetStreamContext, store: CommandStore, command: Comma
         timeout=5,
     )
     return await store.ensure_queued(command)
-
-
-class CommandFeed:
-    """One device's commands from the stream, oldest first, each claimed for delivery exactly once.
-
-    Reads the device's subject from the start of the stream (commands older than the stream's max age are
-    gone; a TTL is at most 7 days), skipping those already delivered, finished or expired, then follows new
-    ones for as long as the feed is open."""
-
-    def __init__(self, js: JetStreamContext, store: CommandStore, device: str, protocol: str):
-        self.js, self.store, self.device, self.protocol = js, store, device, protocol
-        self._messages: asyncio.Queue[Command] = asyncio.Queue()
-        self._caught_up = asyncio.Event()
-        self._sub: Any = None
-
-    async def __aenter__(self) -> "CommandFeed":
-        subject = subjects.command_subject(self.store.fleet, self.device)
-        self._sub = await self.js.subscribe(
-            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_message,
-            stream=subjects.commands_stream(self.store.fleet),
-        )  # fmt: skip
-        info = await self._sub.consumer_info()
-        if info.num_pending == 0 and info.delivered.stream_seq == 0:
-            self._caught_up.set()
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        # If the connection is gone, so is the subscription.
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await self._sub.unsubscribe()
-
-    async def _on_message(self, msg: Any) -> None:
-        try:
-            self._messages.put_nowait(_command_decoder.decode(msg.data))
-        except msgspec.DecodeError:
-            log.warning("command message is not a command; skipped", subject=msg.subject)
-        if msg.metadata.num_pending == 0:
-            self._caught_up.set()
-
-    async def wait_caught_up(self, timeout: float = 5.0) -> None:
-        await asyncio.wait_for(self._caught_up.wait(), timeout)
-
-    async def next(self, timeout: float | None = None) -> CommandRecord | None:
-        """The next deliverable command (now claimed as delivered), or None when `timeout` passes first."""
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        while True:
-            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
-            if remaining is not None and remaining <= 0:
-                return None
-            try:
-                command = await asyncio.wait_for(self._messages.get(), remaining)
-            except TimeoutError:
-                return None
-            claimed = await self.store.claim(command, self.protocol)
-            if claimed is not None:
-                return claimed
-
-    async def pending(self) -> list[CommandRecord]:
-        """Every command deliverable right now, claimed, in order (waits until the backlog was read)."""
-        await self.wait_caught_up()
-        claimed = []
-        while not self._messages.empty():
-            record = await self.store.claim(self._messages.get_nowait(), self.protocol)
-            if record is not None:
-                claimed.append(record)
-        return claimed
-
-    async def __aiter__(self) -> AsyncIterator[CommandRecord]:
-        while True:
-            record = await self.next()
-            if record is not None:
-                yield record
 
 
 class CommandExpirer:

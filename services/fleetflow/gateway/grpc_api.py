@@ -13,14 +13,14 @@ import grpc
 import msgspec
 import structlog
 from google.protobuf import json_format, struct_pb2
-from nats.js import JetStreamContext
 from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.protocol import device_pb2 as pb
 from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
 from fleetflow.gateway.auth import DeviceAuthenticator
-from fleetflow.gateway.commands import CommandError, CommandFeed, CommandRecord, CommandStore
+from fleetflow.gateway.command_sessions import CommandSession, CommandSessions, SessionReplaced
+from fleetflow.gateway.commands import CommandError, CommandRecord, CommandStore
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import BatchValidator, check_device_id
 from fleetflow.gateway.publisher import TelemetryPublisher
@@ -63,13 +63,13 @@ def _error(rejection: Rejection | CommandError) -> pb.Error:
 
 class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
     def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, publisher: TelemetryPublisher,
-                 js: JetStreamContext, store: CommandStore, meter: Meter):  # fmt: skip
+                 sessions: CommandSessions, store: CommandStore, meter: Meter):  # fmt: skip
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
         self.auth = DeviceAuthenticator(fleet.name, fleet_secret)
         self.validator = BatchValidator(fleet)
         self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
-        self.publisher, self.js, self.store = publisher, js, store
+        self.publisher, self.sessions, self.store = publisher, sessions, store
         self.readings_accepted = meter.create_counter(
             "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
         )
@@ -130,9 +130,9 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         self.streams_open.add(1)
         log.info("device connected", device=device, protocol="grpc")
         try:
-            async with CommandFeed(self.js, self.store, device, "grpc") as feed:
+            async with self.sessions.open(device, "grpc") as session:
                 reader = asyncio.create_task(self._read(device, request_iterator, outbound))
-                pusher = asyncio.create_task(self._push(feed, outbound))
+                pusher = asyncio.create_task(self._push(session, outbound))
                 try:
                     while (message := await outbound.get()) is not None:
                         yield message
@@ -141,6 +141,8 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await task
+                if session.replaced is not None:
+                    await context.abort(grpc.StatusCode.ABORTED, str(session.replaced))
         finally:
             self.streams_open.add(-1)
             log.info("device disconnected", device=device, protocol="grpc")
@@ -166,9 +168,26 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         return pb.CommandResultAck(command_id=result.command_id, state=record.state)
 
     @staticmethod
-    async def _push(feed: CommandFeed, outbound: asyncio.Queue[pb.GatewayMessage | None]) -> None:
-        async for record in feed:
-            await outbound.put(command_message(record))
+    async def _push(session: CommandSession, outbound: asyncio.Queue[pb.GatewayMessage | None]) -> None:
+        """Push the device's commands; when a newer stream replaced this one, end it (Connect says why)."""
+        try:
+            async for record in session:
+                await outbound.put(command_message(record))
+        except SessionReplaced:
+            await outbound.put(None)
+
+
+# HTTP/2 keepalive: the gateway pings every connection after 30 s without traffic and closes it when the ping is
+# not answered within 10 s, so the Connect streams of a device whose link died silently (no FIN, no RST) end
+# within about 40 s and free their command sessions. Pings go on however long a stream stays idle
+# (max_pings_without_data 0). Devices may ping too, at most every 10 s.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
 
 
 def tls_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.ServerCredentials | None:
@@ -183,8 +202,7 @@ def tls_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.Serve
 async def start_server(service: DeviceGatewayService, host: str, port: int,
                        tls: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:  # fmt: skip
     """Serve the device API (over TLS when `tls` is given); returns the server and the port it bound."""
-    server = grpc.aio.server(options=[("grpc.keepalive_permit_without_calls", 1),
-                                      ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])  # fmt: skip
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     pb_grpc.add_DeviceGatewayServicer_to_server(service, server)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)

@@ -24,7 +24,8 @@ from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
-from fleetflow.gateway.commands import CommandError, CommandFeed, CommandStore, device_view
+from fleetflow.gateway.command_sessions import CommandSessions
+from fleetflow.gateway.commands import CommandError, CommandStore, device_view
 from fleetflow.gateway.mqtt_auth import subject_prefix
 from fleetflow.gateway.mqtt_intake import TelemetryIntake
 from fleetflow.gateway.publisher import TelemetryPublisher
@@ -68,12 +69,12 @@ class ResultIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class MqttBridge:
     def __init__(self, nc: Client, fleet: DeviceFleet, publisher: TelemetryPublisher, store: CommandStore,
-                 meter: Meter):  # fmt: skip
+                 sessions: CommandSessions, meter: Meter):  # fmt: skip
         self.nc, self.js = nc, nc.jetstream()
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
         self.intake = TelemetryIntake(fleet, publisher, meter, MAX_DELIVER)
-        self.store = store
+        self.store, self.sessions = store, sessions
         self._feeds: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -149,8 +150,8 @@ class MqttBridge:
         subject = f"{subject_prefix(self.fleet.name, device)}.commands"
         log.info("device connected", device=device, protocol="mqtt")
         try:
-            async with CommandFeed(self.js, self.store, device, "mqtt") as feed:
-                async for record in feed:
+            async with self.sessions.open(device, "mqtt", counted=False) as session:
+                async for record in session:
                     if not await self._hand_over(subject, record.command):
                         return
         except asyncio.CancelledError:
