@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cassandra", metavar="HOST:PORT", help="store into this Cassandra instead of SQLite")
     bench.add_argument("--data-dir", type=Path, help="keep the platform's data here (default: a temporary dir)")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument(
+        "--commands",
+        action="store_true",
+        help="instead: hold --devices gRPC devices connected to one gateway and send each a command",
+    )
+    bench.add_argument("--channels", type=positive_int, default=8, help="with --commands: gRPC channels they share")
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions, or write them to a folder")
     crds.add_argument("--write", type=Path, metavar="DIR")
