@@ -72,7 +72,9 @@ async def _measure(platform: LocalPlatform, options: CommandBenchOptions) -> dic
         connected = Phase(time.monotonic() - started, sample(gateway_pid))
         open_when_connected = sum(1 for stream in streams if stream.open)
         consumers_connected = await _consumers(nc)
+        sending = time.monotonic()
         sent_at = await _send_one_each(nc, list(tokens))
+        send_s = time.monotonic() - sending
         delivered = await _wait_delivered(pool, len(sent_at), options.deliver_timeout)
         commands = Phase(delivered, sample(gateway_pid))
         consumers_after = await _consumers(nc)
@@ -90,6 +92,7 @@ async def _measure(platform: LocalPlatform, options: CommandBenchOptions) -> dic
         "open_at_end": still_open,
         "connect_s": round(connected.seconds, 2),
         "commands_sent": len(sent_at),
+        "send_s": round(send_s, 2),
         "commands_delivered": len(latencies),
         "delivered_per_s": round(len(latencies) / spread) if spread else 0,
         "latency_ms": {name: round(percentile(latencies, q), 1) for name, q in (("p50", 0.5), ("p99", 0.99))},
@@ -146,7 +149,8 @@ def table(report: dict[str, Any]) -> str:
         f"one gateway, {report['cores']} cores",
         "",
         f"  connect (all streams admitted)      {report['connect_s']:>10,.2f} s",
-        f"  commands delivered                  {report['commands_delivered']:>10,} of {report['commands_sent']:,}",
+        f"  commands delivered                  {report['commands_delivered']:>10,} of {report['commands_sent']:,} "
+        f"(sent in {report['send_s']:,.2f} s)",
         f"  delivered per second                {report['delivered_per_s']:>10,}",
         f"  send -> delivered p50 / p99         {lat['p50']:>10,.1f} / {lat['p99']:,.1f} ms",
         f"  consumers on the command stream     {consumers['all_connected']:>10} with every device connected, "

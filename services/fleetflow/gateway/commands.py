@@ -227,18 +227,26 @@ class CommandStore:
         """Take a queued command for delivery: returns it as `delivered`, or None if it is not deliverable
         (already delivered or finished, or expired — which this records).
 
-        Reads the record first and creates it only when missing: a command that was sent through the API or
-        seen by the expirer already has one, so a delivery costs one read and one compare-and-set write."""
-        record = await self.get(command.device, command.id) or await self.ensure_queued(command)
-        if record.state != QUEUED:
+        One read and one compare-and-set write: an update of the record from the revision read, or, for a
+        command nobody recorded yet (the processor publishes to the stream only), its creation as delivered
+        with the queued state it had first. Whoever writes second fails and looks again."""
+        record = await self.get(command.device, command.id)
+        if record is not None and record.state != QUEUED:
             return None
-        if now_ms() >= record.expires_ms:
+        if now_ms() >= command.created_ms + command.ttl_ms:
+            if record is None:
+                await self.ensure_queued(command)
             await self.expire(command)
             return None
-        delivered = record.moved_to(DELIVERED, now_ms(), f"via {protocol}")
+        first = record or CommandRecord(command=command, state=QUEUED,
+                                        history=[Transition(state=QUEUED, at_ms=command.created_ms)])  # fmt: skip
+        delivered = first.moved_to(DELIVERED, now_ms(), f"via {protocol}")
+        key = record_key(command.device, command.id)
         try:
-            delivered.revision = await self.kv.update(record_key(command.device, command.id), _encode(delivered),
-                                                      record.revision)  # fmt: skip
+            if record is None:
+                delivered.revision = await self.kv.create(key, _encode(delivered))
+            else:
+                delivered.revision = await self.kv.update(key, _encode(delivered), record.revision)
         except KeyWrongLastSequenceError:
             return await self.claim(command, protocol)  # it moved meanwhile (most likely: delivered elsewhere)
         return delivered
