@@ -169,12 +169,18 @@ class CommandStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, fleet: str) -> "CommandStore":
-        """The fleet's state bucket, created on first use (records stay as long as the commands stream)."""
+        """The fleet's state bucket, created on first use (records stay as long as the commands stream).
+
+        Reads are direct gets: a claim per delivered command through the JetStream API queue (STREAM.MSG.GET)
+        stalled ten thousand devices' commands for seconds and timed some out. A direct get answered by a
+        lagging replica can only make a compare-and-set write fail, and the writer then reads again."""
         bucket = state_bucket(fleet)
         try:
+            await _allow_direct_get(js, bucket)
             kv = await js.key_value(bucket)
         except (NotFoundError, BadRequestError):
             config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=MAX_TTL_MS / 1000 * 2,
+                                    direct=True,
                                     description=f"State of the commands to devices of fleet {fleet}")  # fmt: skip
             kv = await js.create_key_value(config)
         return cls(kv, fleet)
@@ -310,6 +316,14 @@ class CommandStore:
         finally:
             await watcher.stop()
         return None
+
+
+async def _allow_direct_get(js: JetStreamContext, bucket: str) -> None:
+    """Turn on direct get for a bucket created before the gateway asked for it (NotFoundError: no bucket yet)."""
+    info = await js.stream_info(f"KV_{bucket}")
+    if not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
 
 
 def _encode(record: CommandRecord) -> bytes:

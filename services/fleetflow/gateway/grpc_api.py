@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import msgspec
+import nats.errors
 import structlog
 from google.protobuf import json_format, struct_pb2
 from opentelemetry.metrics import Meter
@@ -141,8 +142,9 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await task
-                if session.replaced is not None:
-                    await context.abort(grpc.StatusCode.ABORTED, str(session.replaced))
+                ending = pusher.result() if pusher.done() and not pusher.cancelled() else None
+                if ending is not None:
+                    await context.abort(*ending)
         finally:
             self.streams_open.add(-1)
             log.info("device disconnected", device=device, protocol="grpc")
@@ -168,13 +170,20 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         return pb.CommandResultAck(command_id=result.command_id, state=record.state)
 
     @staticmethod
-    async def _push(session: CommandSession, outbound: asyncio.Queue[pb.GatewayMessage | None]) -> None:
-        """Push the device's commands; when a newer stream replaced this one, end it (Connect says why)."""
+    async def _push(session: CommandSession, outbound: asyncio.Queue[pb.GatewayMessage | None]
+                    ) -> tuple[grpc.StatusCode, str]:  # fmt: skip
+        """Push the device's commands until the stream must end; returns the status it ends with. A stream
+        that cannot take commands any more must not stay open: the device reconnects and reads its backlog."""
         try:
             async for record in session:
                 await outbound.put(command_message(record))
-        except SessionReplaced:
-            await outbound.put(None)
+        except SessionReplaced as exc:
+            ending = (grpc.StatusCode.ABORTED, str(exc))
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("command delivery failed; ending the stream", device=session.device, error=repr(exc))
+            ending = (grpc.StatusCode.UNAVAILABLE, f"commands cannot be delivered now ({exc!r}); connect again")
+        await outbound.put(None)
+        return ending
 
 
 # HTTP/2 keepalive: the gateway pings every connection after 30 s without traffic and closes it when the ping is
