@@ -36,6 +36,7 @@ from fleetflow.runtime import directget, subjects
 from fleetflow.runtime.codec import Command
 
 log = structlog.get_logger(__name__)
+CLAIMS_IN_FLIGHT = 128
 _command_decoder = msgspec.json.Decoder(Command)
 
 
@@ -85,7 +86,8 @@ class CommandSession:
             command = await self._next_command(deadline)
             if command is None:
                 return None
-            claimed = await self.registry.store.claim(command, self.protocol)
+            async with self.registry.claims:
+                claimed = await self.registry.store.claim(command, self.protocol)
             if claimed is not None:
                 return claimed
 
@@ -136,6 +138,10 @@ class CommandSessions:
         self.stream = subjects.commands_stream(store.fleet)
         self._by_device: dict[str, list[CommandSession]] = {}
         self._sub: Any = None
+        # A command to every connected device arrives at every session at once. Unbounded, ten thousand claims
+        # put twenty thousand requests in flight: all finished together after seconds, some after their
+        # timeout. Bounded, they finish in turn at the rate NATS and this process sustain.
+        self.claims = asyncio.Semaphore(CLAIMS_IN_FLIGHT)
         self.sessions_open = meter.create_up_down_counter(
             "fleetflow_gateway_command_sessions", unit="1", description="Open command sessions, by protocol"
         )
