@@ -6,12 +6,16 @@ import time
 from pathlib import Path
 
 import aiohttp
+import msgspec
+import nats
+from nats.js.api import KeyValueConfig
 
 from fleetflow.bench.grpc_streams import StreamPool, command_received, wait_until
 from fleetflow.device.commands import CommandChannelError, HttpCommands
-from fleetflow.gateway.commands import CommandStore, new_command, send_command
+from fleetflow.gateway.commands import CommandStore, new_command, send_command, state_bucket
 from fleetflow.local.progress import scrape
 from fleetflow.runtime import subjects
+from fleetflow.runtime.codec import Command
 from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
 from tests.support.natsserver import NatsServer
 
@@ -134,3 +138,58 @@ async def test_a_newer_long_poll_of_the_same_device_replaces_the_older_one(gatew
         assert await metric(gateway, REPLACED) - replaced_before == 1
         sent = await send(gateway, "lamp-7")
         assert [c["id"] for c in await asyncio.wait_for(newer, 10)] == [sent]
+
+
+async def test_a_device_on_two_replicas_and_two_protocols_gets_each_command_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Both replicas hear every command on their one consumer; the compare-and-set claim lets one deliver it."""
+    replicas = [await start_gateway(tmp_path / name, nats_server.url, grpc_port=0) for name in ("a", "b")]
+    try:
+        async with pool(replicas[0], channels=1) as streams, aiohttp.ClientSession() as session:
+            grpc_stream = await streams.open("pump-8", replicas[0].token("pump-8"))
+            poller = HttpCommands(session, replicas[1].url, FLEET, "pump-8", replicas[1].token("pump-8"))
+            polled: list[str] = []
+
+            async def poll_until_stopped() -> None:
+                while True:
+                    polled.extend(c["id"] for c in await poller.poll(wait=5))
+
+            polling = asyncio.create_task(poll_until_stopped())
+            try:
+                now = int(time.time() * 1000)
+                sent = []
+                for i in range(20):  # as the processor sends them: to the stream only, no state recorded yet
+                    command = Command(id=f"p-{i}-{now}", fleet=FLEET, device="pump-8", name="pulse", created_ms=now,
+                                      ttl_ms=60_000, source="pipeline/p/r")  # fmt: skip
+                    await replicas[0].nc.jetstream().publish(
+                        subjects.command_subject(FLEET, "pump-8"), msgspec.json.encode(command),
+                        headers={"Nats-Msg-Id": command.id},
+                    )  # fmt: skip
+                    sent.append(command.id)
+                await wait_until(lambda: len(polled) + len(grpc_stream.commands) >= len(sent), 10, "20 deliveries")
+                await asyncio.sleep(0.3)  # a second delivery of any of them would have arrived by now
+            finally:
+                polling.cancel()
+        pushed = [c for c, _ in grpc_stream.commands]
+        assert sorted(pushed + polled) == sorted(sent)  # each once, over one protocol or the other
+        assert pushed == [c for c in sent if c in pushed] and polled == [c for c in sent if c in polled]  # in order
+    finally:
+        for gw in replicas:
+            await stop_gateway(gw)
+
+
+async def test_a_state_bucket_made_before_direct_get_is_switched_to_it_keeping_its_records(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        old = await js.create_key_value(KeyValueConfig(bucket=state_bucket("old"), history=1))
+        await old.put("pump-1.c1", b'{"kept": true}')
+        await CommandStore.open(js, "old")
+        info = await js.stream_info(f"KV_{state_bucket('old')}")
+        assert info.config.allow_direct is True
+        assert (await (await js.key_value(state_bucket("old"))).get("pump-1.c1")).value == b'{"kept": true}'
+    finally:
+        await nc.close()
