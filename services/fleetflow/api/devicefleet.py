@@ -105,6 +105,14 @@ class GatewaySpec(Model):
         "A managed NATS carries 3x this (what the largest body can grow to once encoded).",
     )
     rate_limit: RateLimit = Field(default_factory=RateLimit)
+    max_streams_per_device: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Concurrent command sessions (gRPC Connect streams and HTTP command long-polls together) per "
+        "device and gateway replica; a new one beyond it replaces the device's oldest, which ends with a status "
+        "that says so.",
+    )
 
     @property
     def largest_message_bytes(self) -> int:

@@ -11,17 +11,19 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class ProcessSample:
     cpu_seconds: float
     peak_rss_bytes: int
+    rss_bytes: int = 0
 
 
 def sample(pid: int) -> ProcessSample:
-    """User + system CPU seconds so far and the peak resident set (VmHWM) of `pid`."""
+    """User + system CPU seconds so far, the peak resident set (VmHWM) and the current one (VmRSS) of `pid`."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-    peak = 0
+    memory = {"VmHWM:": 0, "VmRSS:": 0}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) * 1024
-    return ProcessSample(cpu, peak)
+        key = line.split(maxsplit=1)[0] if line else ""
+        if key in memory:
+            memory[key] = int(line.split()[1]) * 1024
+    return ProcessSample(cpu, memory["VmHWM:"], memory["VmRSS:"])
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

@@ -124,6 +124,8 @@ def bench(args: argparse.Namespace) -> int:
     from fleetflow.bench.report import healthy, summary, table
     from fleetflow.bench.run import BenchOptions, run_bench
 
+    if args.commands:
+        return bench_commands(args)
     rate = None if args.rate == "max" else _rate(args.rate)
     if args.cassandra and not re.fullmatch(r"[^:\s]+(:[0-9]{1,5})?", args.cassandra):
         raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
@@ -132,6 +134,15 @@ def bench(args: argparse.Namespace) -> int:
     report = summary(asyncio.run(run_bench(options)))
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0 if healthy(report) else 1
+
+
+def bench_commands(args: argparse.Namespace) -> int:
+    from fleetflow.bench import command_fanout
+
+    options = command_fanout.CommandBenchOptions(args.devices, args.channels, data_dir=args.data_dir)
+    report = asyncio.run(command_fanout.run_command_bench(options))
+    print(json.dumps(report, indent=2) if args.json else command_fanout.table(report))
+    return 0 if command_fanout.healthy(report) else 1
 
 
 def _rate(text: str) -> float:

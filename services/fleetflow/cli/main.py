@@ -204,6 +204,10 @@ def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     bench.add_argument("--data-dir", type=Path, metavar="DIR",
                        help="keep the platform's data here (default: a temporary dir)")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    bench.add_argument("--commands", action="store_true",
+                       help="instead: hold --devices gRPC devices on one gateway and send each a command")  # fmt: skip
+    bench.add_argument("--channels", type=positive_int, default=8, metavar="N",
+                       help="with --commands: gRPC channels the devices share (default: %(default)s)")  # fmt: skip
 
 
 def _operator(sub: Subparsers, common: argparse.ArgumentParser) -> None:

@@ -21,13 +21,13 @@ from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway.auth import DeviceAuthenticator
+from fleetflow.gateway.command_sessions import CommandSessions, SessionReplaced
 from fleetflow.gateway.commands import (
     DEFAULT_TTL_MS,
     MAX_PARAMS_DEPTH,
     MAX_TTL_MS,
     STATES,
     CommandError,
-    CommandFeed,
     CommandStore,
     device_view,
     new_command,
@@ -62,12 +62,12 @@ class ResultRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class CommandApi:
     def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, js: JetStreamContext, store: CommandStore,
-                 meter: Meter):  # fmt: skip
+                 sessions: CommandSessions, meter: Meter):  # fmt: skip
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
         self.devices = DeviceAuthenticator(fleet.name, fleet_secret)
         self.applications = DeviceAuthenticator(fleet.name, fleet_secret)
-        self.js, self.store = js, store
+        self.js, self.store, self.sessions = js, store, sessions
         self.commands_sent = meter.create_counter(
             "fleetflow_gateway_commands_sent", unit="1", description="Commands accepted from applications"
         )
@@ -113,11 +113,14 @@ class CommandApi:
         device = self._device(request)
         self.devices.authenticate(device, request.headers.get("Authorization"))
         wait = _number(request.query.get("wait", "0"), "wait", 0, MAX_WAIT_S)
-        async with CommandFeed(self.js, self.store, device, "http") as feed:
-            records = await feed.pending()
-            if not records and wait > 0:
-                record = await feed.next(timeout=wait)
-                records = [record] if record else []
+        try:
+            async with self.sessions.open(device, "http") as session:
+                records = await session.pending()
+                if not records and wait > 0:
+                    record = await session.next(timeout=wait)
+                    records = [record] if record else []
+        except SessionReplaced as exc:
+            raise Rejection(409, "session_replaced", str(exc)) from None
         self.commands_delivered.add(len(records), {"protocol": "http"})
         return {"commands": [device_view(r.command) for r in records]}
 

@@ -18,7 +18,6 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -194,12 +193,18 @@ class CommandStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, fleet: str) -> "CommandStore":
-        """The fleet's state bucket, created on first use (records stay as long as the commands stream)."""
+        """The fleet's state bucket, created on first use (records stay as long as the commands stream).
+
+        Reads are direct gets: a claim per delivered command through the JetStream API queue (STREAM.MSG.GET)
+        stalled ten thousand devices' commands for seconds and timed some out. A direct get answered by a
+        lagging replica can only make a compare-and-set write fail, and the writer then reads again."""
         bucket = state_bucket(fleet)
         try:
+            await _allow_direct_get(js, bucket)
             kv = await js.key_value(bucket)
         except (NotFoundError, BadRequestError):
             config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, ttl=MAX_TTL_MS / 1000 * 2,
+                                    direct=True,
                                     description=f"State of the commands to devices of fleet {fleet}")  # fmt: skip
             kv = await js.create_key_value(config)
         return cls(kv, fleet)
@@ -250,17 +255,31 @@ class CommandStore:
 
     async def claim(self, command: Command, protocol: str) -> CommandRecord | None:
         """Take a queued command for delivery: returns it as `delivered`, or None if it is not deliverable
-        (already delivered or finished, or expired — which this records)."""
-        record = await self.ensure_queued(command)
-        if record.state != QUEUED:
+        (already delivered or finished, or expired — which this records).
+
+        One read and one compare-and-set write: an update of the record from the revision read, or, for a
+        command nobody recorded yet (the processor publishes to the stream only), its creation as delivered
+        with the queued state it had first. Whoever writes second fails and looks again."""
+        record = await self.get(command.device, command.id)
+        if record is not None and record.state != QUEUED:
             return None
-        if now_ms() >= record.expires_ms:
+        if now_ms() >= command.created_ms + command.ttl_ms:
+            if record is None:
+                await self.ensure_queued(command)
             await self.expire(command)
             return None
+        first = record or CommandRecord(command=command, state=QUEUED,
+                                        history=[Transition(state=QUEUED, at_ms=command.created_ms)])  # fmt: skip
+        delivered = first.moved_to(DELIVERED, now_ms(), f"via {protocol}")
+        key = record_key(command.device, command.id)
         try:
-            return await self.transition(command.device, command.id, DELIVERED, frozenset({QUEUED}), f"via {protocol}")
-        except CommandError:
-            return None
+            if record is None:
+                delivered.revision = await self.kv.create(key, _encode(delivered))
+            else:
+                delivered.revision = await self.kv.update(key, _encode(delivered), record.revision)
+        except KeyWrongLastSequenceError:
+            return await self.claim(command, protocol)  # it moved meanwhile (most likely: delivered elsewhere)
+        return delivered
 
     async def expire(self, command: Command) -> bool:
         """Record that the TTL passed (at the moment it did); False if the command had left `queued` first."""
@@ -323,6 +342,14 @@ class CommandStore:
         return None
 
 
+async def _allow_direct_get(js: JetStreamContext, bucket: str) -> None:
+    """Turn on direct get for a bucket created before the gateway asked for it (NotFoundError: no bucket yet)."""
+    info = await js.stream_info(f"KV_{bucket}")
+    if not info.config.allow_direct:
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+
+
 def _encode(record: CommandRecord) -> bytes:
     # The revision is where the record was read from, not part of it.
     return _record_encoder.encode(CommandRecord(command=record.command, state=record.state, history=record.history))
@@ -337,78 +364,6 @@ async def send_command(js: JetStreamContext, store: CommandStore, command: Comma
         timeout=5,
     )
     return await store.ensure_queued(command)
-
-
-class CommandFeed:
-    """One device's commands from the stream, oldest first, each claimed for delivery exactly once.
-
-    Reads the device's subject from the start of the stream (commands older than the stream's max age are
-    gone; a TTL is at most 7 days), skipping those already delivered, finished or expired, then follows new
-    ones for as long as the feed is open."""
-
-    def __init__(self, js: JetStreamContext, store: CommandStore, device: str, protocol: str):
-        self.js, self.store, self.device, self.protocol = js, store, device, protocol
-        self._messages: asyncio.Queue[Command] = asyncio.Queue()
-        self._caught_up = asyncio.Event()
-        self._sub: Any = None
-
-    async def __aenter__(self) -> "CommandFeed":
-        subject = subjects.command_subject(self.store.fleet, self.device)
-        self._sub = await self.js.subscribe(
-            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_message,
-            stream=subjects.commands_stream(self.store.fleet),
-        )  # fmt: skip
-        info = await self._sub.consumer_info()
-        if info.num_pending == 0 and info.delivered.stream_seq == 0:
-            self._caught_up.set()
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        # If the connection is gone, so is the subscription.
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await self._sub.unsubscribe()
-
-    async def _on_message(self, msg: Any) -> None:
-        try:
-            self._messages.put_nowait(_command_decoder.decode(msg.data))
-        except msgspec.DecodeError:
-            log.warning("command message is not a command; skipped", subject=msg.subject)
-        if msg.metadata.num_pending == 0:
-            self._caught_up.set()
-
-    async def wait_caught_up(self, timeout: float = 5.0) -> None:
-        await asyncio.wait_for(self._caught_up.wait(), timeout)
-
-    async def next(self, timeout: float | None = None) -> CommandRecord | None:
-        """The next deliverable command (now claimed as delivered), or None when `timeout` passes first."""
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        while True:
-            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
-            if remaining is not None and remaining <= 0:
-                return None
-            try:
-                command = await asyncio.wait_for(self._messages.get(), remaining)
-            except TimeoutError:
-                return None
-            claimed = await self.store.claim(command, self.protocol)
-            if claimed is not None:
-                return claimed
-
-    async def pending(self) -> list[CommandRecord]:
-        """Every command deliverable right now, claimed, in order (waits until the backlog was read)."""
-        await self.wait_caught_up()
-        claimed = []
-        while not self._messages.empty():
-            record = await self.store.claim(self._messages.get_nowait(), self.protocol)
-            if record is not None:
-                claimed.append(record)
-        return claimed
-
-    async def __aiter__(self) -> AsyncIterator[CommandRecord]:
-        while True:
-            record = await self.next()
-            if record is not None:
-                yield record
 
 
 class CommandExpirer:

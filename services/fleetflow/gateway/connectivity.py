@@ -9,11 +9,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from opentelemetry.metrics import Meter
 
 from fleetflow.gateway.buffer import BufferedPublisher, DiskBuffer
 from fleetflow.gateway.command_api import CommandApi
+from fleetflow.gateway.command_sessions import CommandSessions
 from fleetflow.gateway.commands import CommandExpirer, CommandStore
 from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
 from fleetflow.gateway.intake import DeviceIntake
@@ -47,26 +47,29 @@ class Connectivity:
             buffer = DiskBuffer(settings.buffer_dir, settings.buffer_max_bytes)
             publisher = BufferedPublisher(nc, watch, meter, settings.max_publishes_in_flight, buffer)
         intake = DeviceIntake(fleet, secret, publisher, meter)
-        links = cls(intake=intake, commands=CommandApi(fleet, secret, js, store, meter))
+        sessions = CommandSessions(nc, store, fleet.spec.gateway.max_streams_per_device, meter)
+        await sessions.start()
+        links = cls(intake=intake, commands=CommandApi(fleet, secret, js, store, sessions, meter))
+        links._closers.append(sessions.close)  # closers run last to first: this one after the device listeners
         if isinstance(publisher, BufferedPublisher):
             links._tasks.append(asyncio.create_task(publisher.run(links._stop)))
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
         if settings.mqtt_issuer_seed_file is not None:
             seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
             links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(nc)).unsubscribe)
-            bridge = MqttBridge(nc, fleet, intake, store, sole=settings.sole_consumer)
+            bridge = MqttBridge(nc, fleet, intake, store, sessions, sole=settings.sole_consumer)
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
-            await links._start_grpc(settings, js, store)
+            await links._start_grpc(settings, sessions, store)
         return links
 
     @property
     def publisher(self) -> TelemetryPublisher:
         return self.intake.publisher
 
-    async def _start_grpc(self, settings: GatewaySettings, js: JetStreamContext, store: CommandStore) -> None:
+    async def _start_grpc(self, settings: GatewaySettings, sessions: CommandSessions, store: CommandStore) -> None:
         tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file)
-        service = DeviceGatewayService(self.intake, js, store)
+        service = DeviceGatewayService(self.intake, sessions, store)
         server, port = await start_server(service, settings.listen_host, settings.grpc_port or 0, tls,
                                           settings.fleet.spec.gateway.max_body_bytes)  # fmt: skip
         self.ports["grpc_port"] = port

@@ -11,15 +11,16 @@ from typing import Any
 
 import grpc
 import msgspec
+import nats.errors
 import structlog
 from google.protobuf import json_format, struct_pb2
-from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 from fleetflow.api.protocol import device_pb2 as pb
 from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
-from fleetflow.gateway.commands import CommandError, CommandFeed, CommandRecord, CommandStore
+from fleetflow.gateway.command_sessions import CommandSession, CommandSessions, SessionReplaced
+from fleetflow.gateway.commands import CommandError, CommandRecord, CommandStore
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.runtime import telemetry
@@ -66,8 +67,8 @@ def _error(rejection: Rejection | CommandError) -> pb.Error:
 
 
 class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
-    def __init__(self, intake: DeviceIntake, js: JetStreamContext, store: CommandStore):
-        self.intake, self.js, self.store = intake, js, store
+    def __init__(self, intake: DeviceIntake, sessions: CommandSessions, store: CommandStore):
+        self.intake, self.sessions, self.store = intake, sessions, store
         self.streams_open = intake.meter.create_up_down_counter(
             "fleetflow_gateway_grpc_streams", unit="1", description="Open gRPC Connect streams"
         )
@@ -121,10 +122,10 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         self.streams_open.add(1)
         log.info("device connected", device=device, protocol="grpc")
         try:
-            async with CommandFeed(self.js, self.store, device, "grpc") as feed:
+            async with self.sessions.open(device, "grpc") as session:
                 trace_context = telemetry.extract(_metadata(context))
                 reader = asyncio.create_task(self._read(device, request_iterator, outbound, trace_context))
-                pusher = asyncio.create_task(self._push(feed, outbound))
+                pusher = asyncio.create_task(self._push(session, outbound))
                 try:
                     while (message := await outbound.get()) is not None:
                         yield message
@@ -133,6 +134,9 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await task
+                ending = pusher.result() if pusher.done() and not pusher.cancelled() else None
+                if ending is not None:
+                    await context.abort(*ending)
         finally:
             self.streams_open.add(-1)
             log.info("device disconnected", device=device, protocol="grpc")
@@ -159,9 +163,33 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         return pb.CommandResultAck(command_id=result.command_id, state=record.state)
 
     @staticmethod
-    async def _push(feed: CommandFeed, outbound: asyncio.Queue[pb.GatewayMessage | None]) -> None:
-        async for record in feed:
-            await outbound.put(command_message(record))
+    async def _push(session: CommandSession, outbound: asyncio.Queue[pb.GatewayMessage | None]
+                    ) -> tuple[grpc.StatusCode, str]:  # fmt: skip
+        """Push the device's commands until the stream must end; returns the status it ends with. A stream
+        that cannot take commands any more must not stay open: the device reconnects and reads its backlog."""
+        try:
+            async for record in session:
+                await outbound.put(command_message(record))
+        except SessionReplaced as exc:
+            ending = (grpc.StatusCode.ABORTED, str(exc))
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("command delivery failed; ending the stream", device=session.device, error=repr(exc))
+            ending = (grpc.StatusCode.UNAVAILABLE, f"commands cannot be delivered now ({exc!r}); connect again")
+        await outbound.put(None)
+        return ending
+
+
+# HTTP/2 keepalive: the gateway pings every connection after 30 s without traffic and closes it when the ping is
+# not answered within 10 s, so the Connect streams of a device whose link died silently (no FIN, no RST) end
+# within about 40 s and free their command sessions. Pings go on however long a stream stays idle
+# (max_pings_without_data 0). Devices may ping too, at most every 10 s.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
 
 
 def tls_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.ServerCredentials | None:
@@ -183,9 +211,7 @@ async def start_server(service: DeviceGatewayService, host: str, port: int, tls:
 
     A message up to twice maxBodyBytes is read, so the intake can refuse it with its reason while the stream
     goes on; gRPC itself refuses anything larger (RESOURCE_EXHAUSTED), so no device can make it buffer more."""
-    server = grpc.aio.server(options=[("grpc.keepalive_permit_without_calls", 1),
-                                      ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                                      ("grpc.max_receive_message_length", 2 * max_body_bytes)])  # fmt: skip
+    server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", 2 * max_body_bytes)])
     pb_grpc.add_DeviceGatewayServicer_to_server(service, server)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)

@@ -23,7 +23,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
-from fleetflow.gateway.commands import CommandError, CommandFeed, CommandStore, device_view
+from fleetflow.gateway.command_sessions import CommandSessions
+from fleetflow.gateway.commands import CommandError, CommandStore, device_view
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import subject_prefix
 from fleetflow.gateway.mqtt_intake import TelemetryIntake
@@ -66,7 +67,8 @@ class ResultIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class MqttBridge:
-    def __init__(self, nc: Client, fleet: DeviceFleet, intake: DeviceIntake, store: CommandStore, sole: bool = False):
+    def __init__(self, nc: Client, fleet: DeviceFleet, intake: DeviceIntake, store: CommandStore,
+                 sessions: CommandSessions, sole: bool = False):  # fmt: skip
         """`sole`: no other gateway reads the intake, so what a crashed predecessor held comes back at once,
         ahead of newer messages (each device's order is kept across a restart)."""
         self.nc, self.js = nc, nc.jetstream()
@@ -74,7 +76,7 @@ class MqttBridge:
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
         self.intake = TelemetryIntake(intake, MAX_DELIVER)
-        self.store = store
+        self.store, self.sessions = store, sessions
         self._feeds: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -150,8 +152,8 @@ class MqttBridge:
         subject = f"{subject_prefix(self.fleet.name, device)}.commands"
         log.info("device connected", device=device, protocol="mqtt")
         try:
-            async with CommandFeed(self.js, self.store, device, "mqtt") as feed:
-                async for record in feed:
+            async with self.sessions.open(device, "mqtt", counted=False) as session:
+                async for record in session:
                     if not await self._hand_over(subject, record.command):
                         return
         except asyncio.CancelledError:

@@ -114,6 +114,7 @@ def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
             name=subjects.commands_stream(name),
             description=f"Commands to devices of fleet {name}",
             subjects=[f"ff.{name}.cmd.>"],
+            allow_direct=True,  # a connecting device's backlog is read by direct get, without a consumer each
             **common,
         ),
         StreamConfig(
