@@ -60,6 +60,8 @@ def _not_json(_: str) -> Any:
 
 
 def _has_not_json(value: Any) -> bool:
+    if isinstance(value, _Object):
+        return any(_has_not_json(v) for _, v in value.pairs)
     if isinstance(value, dict):
         return any(_has_not_json(v) for v in value.values())
     if isinstance(value, list):

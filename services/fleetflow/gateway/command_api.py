@@ -10,7 +10,7 @@ Devices (with their own device token):
 """
 
 import re
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -51,7 +51,7 @@ def application_token(fleet_secret: bytes, fleet: str) -> str:
 class SendRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     name: str
     params: dict[str, Any] = {}  # any JSON values, nested too (depth and size: commands.check_params)
-    ttl_seconds: Annotated[float, msgspec.Meta(ge=1, le=MAX_TTL_MS / 1000)] = DEFAULT_TTL_MS / 1000
+    ttl_seconds: float = DEFAULT_TTL_MS / 1000
     id: str | None = None
 
 
@@ -103,6 +103,9 @@ class CommandApi:
         device = self._device(request)
         self._application(request)
         body = _decode(SendRequest, await request.read())
+        if not 1 <= body.ttl_seconds <= MAX_TTL_MS / 1000:  # also NaN; before int(), which inf would overflow
+            raise CommandError(400, "invalid_command", f"ttlSeconds {body.ttl_seconds} is out of range: use 1 to "
+                               f"{MAX_TTL_MS // 1000} (7 days)")  # fmt: skip
         command = new_command(self.fleet.name, device, body.name, dict(body.params), int(body.ttl_seconds * 1000),
                               source="api", command_id=body.id)  # fmt: skip
         record = await send_command(self.js, self.store, command)

@@ -150,12 +150,22 @@ async def test_a_device_cannot_receive_or_answer_for_another_device(gateway: Gat
         assert await gateway.stored_readings("pump-1") == []
 
 
+def nested(depth: int) -> list[object]:
+    value: list[object] = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 async def test_bad_command_requests_say_what_is_wrong(gateway: Gateway) -> None:
     async with aiohttp.ClientSession() as session:
         url = f"{gateway.url}/v1/fleets/{FLEET}/devices/pump-1/commands"
         for body, reason in [
             ({"name": "no spaces"}, "invalid_command"),
             ({"name": "ok", "ttlSeconds": 0}, "invalid_command"),
+            ({"name": "ok", "ttlSeconds": 1e308}, "invalid_command"),
+            ({"name": "ok", "params": {"a": nested(40)}}, "invalid_command"),
+            ({"name": "ok", "params": {"a": "x" * 70_000}}, "invalid_command"),
             ({"name": "ok", "colour": 1}, "invalid_request"),
         ]:
             async with session.post(url, json=body, headers=gateway.app_headers) as response:
