@@ -109,6 +109,17 @@ async def test_rows_are_gone_once_the_ttl_has_passed(stores: Stores) -> None:
     assert await store.count_readings(fleet) == 0
 
 
+async def test_a_reading_older_than_the_ttl_is_kept_the_ttl_after_it_was_stored(stores: Stores) -> None:
+    # A device catching up after a long outage: its readings are acknowledged, so they must be stored and
+    # readable, whatever their timestamp; the TTL counts from the write (as Cassandra's does).
+    store, fleet = await stores.open(ttl="1h", prefix="old_"), unique_fleet()
+    long_ago = int(time.time() * 1000) - 3 * HOUR
+    await store.write_readings([batch(fleet, "d1", range(1, 4), ts_of=lambda s: long_ago + s)])
+    if stores.kind == "sqlite":
+        await store.expire(int(time.time() * 1000))  # the writer's periodic expiry, right after the write
+    assert [r.seq for r in (await store.readings(ReadingQuery(fleet, "d1"))).items] == [3, 2, 1]
+
+
 async def test_concurrent_writers_store_each_reading_exactly_once(stores: Stores) -> None:
     # Two writers start together (migrations race) and write overlapping redeliveries at the same time.
     first, second = await asyncio.gather(stores.open(), stores.open())

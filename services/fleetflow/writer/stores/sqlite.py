@@ -274,8 +274,10 @@ class SqliteStore(TelemetryStore):
     async def expire(self, now_ms: int) -> int:
         cutoff = now_ms - self.ttl_ms
         t = self.tables
+        # A reading lives at least the TTL after it was stored, as in Cassandra, whose TTL counts from the write:
+        # one that arrives already older than the TTL (a device catching up) is kept, never acked and dropped.
         statements = [
-            f"DELETE FROM {t.readings} WHERE ts < ?",
+            f"DELETE FROM {t.readings} WHERE ts < ?1 AND stored_ms < ?1",
             f"DELETE FROM {t.aggregates} WHERE window_end_ms < ?",
             f"DELETE FROM {t.alerts} WHERE ts_ms < ?",
             f"DELETE FROM {t.commands} WHERE created_ms < ?",
@@ -284,7 +286,7 @@ class SqliteStore(TelemetryStore):
         def delete(db: sqlite3.Connection) -> int:
             removed = 0
             for sql in statements:
-                removed += db.execute(sql, (cutoff,)).rowcount
+                removed += db.execute(sql, (cutoff,)).rowcount  # ?1 binds the one value everywhere
             return removed
 
         return await self._run(delete)
