@@ -222,3 +222,22 @@ def bodies(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 9)) == 0:
         texts = list(reversed(texts))
     return ('{"readings":[' + ",".join(texts) + "]}").encode()
+
+
+@st.composite
+def typed_readings(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Readings a typed protocol (protobuf: int64 seq and ts, map<string, double>) can carry, valid or not."""
+    first = draw(st.integers(0, 10**6))
+    count = draw(st.integers(0, 12))
+    readings = []
+    for i in range(count):
+        valid = draw(st.booleans())
+        seq = first + i if valid else draw(st.sampled_from([-1, first + i, MAX_SEQ]))
+        ts = NOW_MS + i if valid else draw(st.sampled_from([NOW_MS + i, MIN_TS - 1, MAX_TS, 1795428000, -5]))
+        metric_names = st.sampled_from(["t", "v"]) if valid else names
+        metric_values = st.floats(-1e6, 1e6) if valid else st.floats(allow_nan=False, allow_infinity=False)
+        metrics = draw(st.dictionaries(metric_names, metric_values, min_size=0 if not valid else 1, max_size=3))
+        readings.append({"seq": seq, "ts": ts, "metrics": metrics})
+    if draw(st.integers(0, 9)) == 0:
+        readings.reverse()
+    return readings
