@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import yaml
+from nats.aio.client import Client
 
 from fleetflow.api import Pipeline, SpecError
 from fleetflow.api.crds import all_crds
@@ -21,7 +21,9 @@ from fleetflow.api.identifiers import check_device_id, check_resource_name
 from fleetflow.cli.up import UpOptions, run_up
 from fleetflow.device.protocols import simulate_protocol
 from fleetflow.device.simulator import simulate
+from fleetflow.gateway import command_admin
 from fleetflow.gateway.command_api import application_token
+from fleetflow.local import natslogins, private
 from fleetflow.local.resources import load_resources
 from fleetflow.runtime import credentials
 from fleetflow.writer.stores import ReadingQuery, open_store
@@ -42,6 +44,7 @@ def up(args: argparse.Namespace) -> int:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
         os.environ.setdefault("OTEL_EXPORTER_OTLP_INSECURE", str(args.otlp_endpoint.startswith("http://")).lower())
     options = UpOptions(args.data_dir, args.simulate, args.duration, args.batch, args.interval, args.nats_port)
+    os.umask(private.UMASK)  # nothing `fleetflow up` writes is for other users of the machine (local/private.py)
     return asyncio.run(run_up(resources, options))
 
 
@@ -138,6 +141,7 @@ def _endpoints(data_dir: Path, required: bool = True) -> dict[str, Any]:
 
 async def status(args: argparse.Namespace) -> int:
     endpoints = _endpoints(args.data_dir)
+    nc = await _connect(args.data_dir, endpoints, connect_timeout=3)  # a login that fails says so before anything
     healthy = True
     print("services:")
     async with aiohttp.ClientSession() as session:
@@ -150,25 +154,41 @@ async def status(args: argparse.Namespace) -> int:
                 state = f"unreachable ({type(exc).__name__})"
             healthy = healthy and state == "ready"
             print(f"  {name:<32} {state}")
-    await _print_streams(endpoints["nats"]["url"])
+    try:
+        await _print_streams(nc)
+    finally:
+        await nc.close()
     return 0 if healthy else 1
 
 
-async def _print_streams(url: str) -> None:
-    nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
+async def _connect(data_dir: Path, endpoints: dict[str, Any], **options: Any) -> Client:
+    """A connection to the NATS of the platform running on `data_dir`, as its admin user."""
     try:
-        js = nc.jetstream()
-        print("streams:")
-        for stream in await js.streams_info():
-            name = stream.config.name or ""
-            print(f"  {name:<32} {stream.state.messages:>10,} msgs {stream.state.bytes:>14,} bytes")
-            for consumer in await js.consumers_info(name):
-                print(
-                    f"    consumer {consumer.name:<24} pending {consumer.num_pending:>8,}  "
-                    f"unacked {consumer.num_ack_pending:>6,}  redelivered {consumer.num_redelivered:>6,}"
-                )
+        return await natslogins.connect_admin(data_dir, endpoints["nats"]["url"], max_reconnect_attempts=1, **options)
+    except natslogins.NatsLoginError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def command(args: argparse.Namespace) -> int:
+    """`fleetflow command send|list|show` on the NATS of the platform running on `--data-dir`."""
+    nc = await _connect(args.data_dir, _endpoints(args.data_dir), connect_timeout=5)
+    try:
+        return await command_admin.run_cli(args, nc)
     finally:
         await nc.close()
+
+
+async def _print_streams(nc: Client) -> None:
+    js = nc.jetstream()
+    print("streams:")
+    for stream in await js.streams_info():
+        name = stream.config.name or ""
+        print(f"  {name:<32} {stream.state.messages:>10,} msgs {stream.state.bytes:>14,} bytes")
+        for consumer in await js.consumers_info(name):
+            print(
+                f"    consumer {consumer.name:<24} pending {consumer.num_pending:>8,}  "
+                f"unacked {consumer.num_ack_pending:>6,}  redelivered {consumer.num_redelivered:>6,}"
+            )
 
 
 async def simulate_load(args: argparse.Namespace) -> int:
@@ -203,6 +223,7 @@ def bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
     options = BenchOptions(args.devices, args.batch, args.protocol, args.duration, args.warmup, rate,
                            args.processors, args.baseline_seconds, args.data_dir, args.cassandra)  # fmt: skip
+    os.umask(private.UMASK)  # as `fleetflow up`
     report = summary(asyncio.run(run_bench(options)))
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0 if healthy(report) else 1

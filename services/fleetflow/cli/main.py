@@ -155,7 +155,6 @@ def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fleetflow.cli import commands
-    from fleetflow.gateway import command_admin
 
     if args.command not in SERVICES:
         # Services set up their own logging; the command's own lines go to stderr, so stdout stays clean
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": lambda a: asyncio.run(commands.simulate_load(a)),
         "crds": commands.crds,
         "bench": commands.bench,
-        "command": lambda a: asyncio.run(command_admin.run_cli(a)),
+        "command": lambda a: asyncio.run(commands.command(a)),
         "gateway": _run_service("gateway"),
         "processor": _run_service("processor"),
         "writer": _run_service("writer"),

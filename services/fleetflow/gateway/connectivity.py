@@ -19,7 +19,7 @@ from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_c
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
-from fleetflow.runtime import credentials
+from fleetflow.runtime import credentials, jetstream
 from fleetflow.runtime.jetstream import ConnectionWatch
 from fleetflow.runtime.settings import GatewaySettings
 
@@ -57,12 +57,25 @@ class Connectivity:
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
         if settings.mqtt_issuer_seed_file is not None:
             seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
-            links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(nc)).unsubscribe)
+            callout = await links._callout_connection(settings, nc)
+            links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(callout)).unsubscribe)
             bridge = MqttBridge(nc, fleet, publisher, store, meter)
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, secret, js, store, meter)
         return links
+
+    async def _callout_connection(self, settings: GatewaySettings, nc: Client) -> Client:
+        """Where the MQTT auth callout is answered: a connection of its own where the callout has its own
+        account (local mode), else the gateway's connection."""
+        login = settings.nats_callout_login()
+        if login is None:
+            return nc
+        callout = await jetstream.connect(
+            settings.nats_url, f"fleetflow-gateway-{settings.fleet.name}-auth", login=login
+        )
+        self._closers.append(callout.close)  # closers run in reverse: after the subscription is gone
+        return callout
 
     async def _start_grpc(self, settings: GatewaySettings, secret: bytes, js: JetStreamContext,
                           store: CommandStore, meter: Meter) -> None:  # fmt: skip

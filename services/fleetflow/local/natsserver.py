@@ -2,7 +2,6 @@
 
 import asyncio
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -11,7 +10,9 @@ from pathlib import Path
 
 import aiohttp
 
+from fleetflow.local import natslogins, private
 from fleetflow.runtime import natsauth, service
+from fleetflow.runtime.natsauth import NatsLogin
 
 
 def nats_server_binary() -> Path:
@@ -48,7 +49,8 @@ def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "12
 
 
 class EmbeddedNats:
-    """nats-server as a child process, its files under `data_dir/nats`."""
+    """nats-server as a child process, its files under `data_dir/nats`. Every connection logs in, as one of the
+    data dir's users (natslogins); MQTT devices through the gateways' auth callout."""
 
     def __init__(self, data_dir: Path, port: int | None = None):
         self.data_dir = data_dir
@@ -56,6 +58,7 @@ class EmbeddedNats:
         self.monitor_port = free_port()
         self.mqtt_port = free_port()  # devices' MQTT, admitted by the gateways (fleetflow.gateway.mqtt_auth)
         self.process: subprocess.Popen[bytes] | None = None
+        self.passwords: dict[str, str] = {}
 
     @property
     def running(self) -> bool:
@@ -69,27 +72,36 @@ class EmbeddedNats:
     def mqtt_issuer_seed_file(self) -> Path:
         return self.data_dir / "secrets" / "mqtt-issuer.nk"
 
+    def password_file(self, user: str) -> Path:
+        return natslogins.password_file(self.data_dir, user)
+
+    def login(self, user: str = natslogins.ADMIN) -> NatsLogin:
+        """How `user` logs in (once started)."""
+        return NatsLogin(user, self.passwords[user])
+
     @property
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     async def start(self, timeout: float = 20.0) -> None:
         conf = self.data_dir / "nats" / "nats-server.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.parent.mkdir(parents=True, exist_ok=True, mode=private.DIR_MODE)
         seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
-        auth = natsauth.ServerAuth.local("127.0.0.1", self.mqtt_port, seed, secrets.token_hex(16))
-        conf.write_text(
+        self.passwords = natslogins.ensure_passwords(self.data_dir)
+        auth = natslogins.server_auth(self.passwords, self.mqtt_port, seed)
+        private.write_private(
+            conf,
             server_config(self.data_dir / "nats" / "jetstream", self.port, self.monitor_port)
-            + natsauth.server_config(auth)
+            + natsauth.server_config(auth),
         )
         log = (self.data_dir / "logs").joinpath("nats-server.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
+        with private.open_private_log(log) as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fleetflow.local.supervised", str(nats_server_binary()), "-c", str(conf)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, service.SUPERVISOR_ENV: str(os.getpid())},
+                umask=private.UMASK,  # the JetStream store it writes is private too
             )
         await self._wait_healthy(timeout, log)
 
