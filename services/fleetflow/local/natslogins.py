@@ -65,18 +65,19 @@ def admin_login(data_dir: Path) -> NatsLogin:
 async def connect_admin(data_dir: Path, url: str, **options: Any) -> Client:
     """The CLI's connection to the NATS of the platform running on `data_dir`; NatsLoginError says why not."""
     login, source = admin_login(data_dir), password_file(data_dir, ADMIN)
+    failures: list[Exception] = []
 
-    async def quiet(_exc: Exception) -> None:
-        """nats-py would log each failed attempt with a traceback; the exception below says it in one line."""
+    async def keep(exc: Exception) -> None:
+        """Instead of nats-py's log of each attempt with a traceback: the error below says it in one line."""
+        failures.append(exc)
 
     try:
-        return await nats.connect(url, user=login.user, password=login.password, error_cb=quiet, **options)
-    except nats.errors.Error as exc:
-        if "authorization violation" in str(exc).lower():
-            raise NatsLoginError(
-                f"NATS at {url} refused user {login.user!r} with the password in {source}: the nats-server there "
-                "was not started with this data dir, or the file changed since; restart `fleetflow up`"
-            ) from None
-        raise NatsLoginError(f"cannot connect to NATS at {url}: {exc}; is `fleetflow up` running?") from None
-    except OSError as exc:
-        raise NatsLoginError(f"cannot connect to NATS at {url}: {exc}; is `fleetflow up` running?") from None
+        return await nats.connect(url, user=login.user, password=login.password, error_cb=keep, **options)
+    except (nats.errors.Error, OSError) as exc:
+        failures.append(exc)
+    if any("authorization violation" in str(failure).lower() for failure in failures):
+        raise NatsLoginError(
+            f"NATS at {url} refused user {login.user!r} with the password in {source}: the nats-server there "
+            "was not started with this data dir, or the file changed since; restart `fleetflow up`"
+        )
+    raise NatsLoginError(f"cannot connect to NATS at {url} ({failures[-1]}); is `fleetflow up` running?")
