@@ -12,7 +12,7 @@ UMASK = 0o077  # what the platform's processes create with: the modes above
 
 def make_private(data_dir: Path) -> None:
     """Create the data dir, or tighten one an earlier version left readable by others, with all it holds."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    make_dirs(data_dir)
     _tighten(data_dir, DIR_MODE)
     for root, dirs, files in os.walk(data_dir):
         for name in dirs:
@@ -36,9 +36,16 @@ def write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def make_dirs(folder: Path) -> None:
+    """`mkdir -p` whose every new directory is private (Path.mkdir gives only the last one the mode)."""
+    for directory in (*reversed(folder.parents), folder):
+        if not directory.is_dir():
+            directory.mkdir(exist_ok=True, mode=DIR_MODE)
+
+
 def create_private(path: Path, data: bytes) -> None:
     """Create a file only its user can read (FileExistsError if it exists: a secret is never overwritten)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    make_dirs(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -46,5 +53,5 @@ def create_private(path: Path, data: bytes) -> None:
 
 def open_private_log(path: Path) -> BinaryIO:
     """A log to append to, only its user can read."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    make_dirs(path.parent)
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE), "ab")
