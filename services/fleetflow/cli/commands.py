@@ -162,9 +162,11 @@ async def status(args: argparse.Namespace) -> int:
 
 
 async def _connect(data_dir: Path, endpoints: dict[str, Any], **options: Any) -> Client:
-    """A connection to the NATS of the platform running on `data_dir`, as its admin user."""
+    """A connection to the NATS of the platform running on `data_dir`, as its admin user. A refused login is not
+    retried, an unreachable server briefly (nats-py retries without end at max_reconnect_attempts=0)."""
+    options.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2)
     try:
-        return await natslogins.connect_admin(data_dir, endpoints["nats"]["url"], max_reconnect_attempts=1, **options)
+        return await natslogins.connect_admin(data_dir, endpoints["nats"]["url"], **options)
     except natslogins.NatsLoginError as exc:
         raise UsageError(str(exc)) from None
 

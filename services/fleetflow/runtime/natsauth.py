@@ -141,7 +141,8 @@ class ServerAuth:
     @property
     def callout_bypass(self) -> list[str]:
         """Users nats-server admits itself; every other connection is for the callout to admit or refuse."""
-        return [user.name for user in (*self.users, *filter(None, [self.callout_user]))]
+        callout = [] if self.callout_user is None else [self.callout_user.name]
+        return [user.name for user in self.users] + callout
 
 
 def server_config(auth: ServerAuth) -> str:
