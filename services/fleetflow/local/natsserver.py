@@ -85,7 +85,7 @@ class EmbeddedNats:
 
     async def start(self, timeout: float = 20.0) -> None:
         conf = self.data_dir / "nats" / "nats-server.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True, mode=private.DIR_MODE)
+        private.make_dirs(conf.parent)
         seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
         self.passwords = natslogins.ensure_passwords(self.data_dir)
         auth = natslogins.server_auth(self.passwords, self.mqtt_port, seed)
