@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client
+
+from fleetflow.local import natslogins
+
 
 @dataclass
 class RunningPlatform:
@@ -21,6 +25,10 @@ class RunningPlatform:
 
     def gateway(self, fleet: str) -> str:
         return str(self.endpoints["fleets"][fleet]["http"])
+
+    async def connect_nats(self) -> Client:
+        """A connection to the platform's NATS as its admin user, as the CLI connects."""
+        return await natslogins.connect_admin(self.data_dir, self.endpoints["nats"]["url"])
 
     def stop(self, timeout: float = 90) -> str:
         """SIGTERM, as Ctrl-C or a service manager would; returns everything `fleetflow up` printed."""

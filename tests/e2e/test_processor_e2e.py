@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import msgspec
-import nats
 import pytest
 import yaml
 
@@ -147,8 +146,8 @@ async def wait_stored(store_path: Path, pipeline: Pipeline, aggregates: int, ale
         await asyncio.sleep(0.25)
 
 
-async def commands_sent(nats_url: str) -> list[tuple[str, bytes]]:
-    nc = await nats.connect(nats_url)
+async def commands_sent(platform: RunningPlatform) -> list[tuple[str, bytes]]:
+    nc = await platform.connect_nats()
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(f"ff.{FLEET}.cmd.>", stream=subjects.commands_stream(FLEET))
@@ -160,9 +159,9 @@ async def commands_sent(nats_url: str) -> list[tuple[str, bytes]]:
         await nc.close()
 
 
-async def devices_per_replica(nats_url: str, replicas: int, timeout: float = 15) -> list[set[str]]:
+async def devices_per_replica(platform: RunningPlatform, replicas: int, timeout: float = 15) -> list[set[str]]:
     """The devices each replica's latest checkpoint has seen (waiting until every device is in one)."""
-    nc = await nats.connect(nats_url)
+    nc = await platform.connect_nats()
     try:
         store = await nc.jetstream().object_store(bucket_name(FLEET, PIPELINE))
         deadline = time.monotonic() + timeout
@@ -210,13 +209,12 @@ def test_cold_chain_with_two_replicas_survives_a_processor_kill(tmp_path: Path) 
 
     with fleetflow_up(data_dir, fleet_file, pipeline_file) as platform:
         store_path = Path(platform.endpoints["stores"][PIPELINE]["path"])
-        nats_url = platform.endpoints["nats"]["url"]
 
         async def scenario() -> tuple[Any, ...]:
             await send(platform, on_round={9: kill_mid_window})  # round 9: event time 45-50 s, mid-window
             await restarted(data_dir, 0, killed[0])
             found = await wait_stored(store_path, pipeline, len(expected["aggregates"]), len(expected["alerts"]))
-            return found, await commands_sent(nats_url), await devices_per_replica(nats_url, 2)
+            return found, await commands_sent(platform), await devices_per_replica(platform, 2)
 
         (aggregates, alerts), commands, per_replica = asyncio.run(scenario())
         output = platform.stop()
@@ -269,7 +267,7 @@ def test_one_replica_stores_what_two_replicas_store(tmp_path: Path) -> None:
         async def scenario() -> tuple[Any, ...]:
             await send(platform, on_round={})
             found = await wait_stored(store_path, pipeline, len(expected["aggregates"]), len(expected["alerts"]))
-            return found, await commands_sent(platform.endpoints["nats"]["url"])
+            return found, await commands_sent(platform)
 
         (aggregates, alerts), commands = asyncio.run(scenario())
         platform.stop()

@@ -8,6 +8,8 @@ import nats
 import nats.errors
 from nats.js.api import StorageType, StreamConfig
 
+from fleetflow.runtime.natsauth import NatsLogin
+
 STREAM, SUBJECT = "bench-baseline", "bench.baseline"
 
 
@@ -19,9 +21,9 @@ class BaselineResult:
 
 
 async def transport_baseline(
-    nats_url: str, payload: bytes, seconds: float, in_flight: int = 1024, fetch: int = 256
+    nats_url: str, login: NatsLogin, payload: bytes, seconds: float, in_flight: int = 1024, fetch: int = 256
 ) -> BaselineResult:
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, user=login.user, password=login.password)
     js = nc.jetstream(publish_async_max_pending=in_flight)
     try:
         await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE))

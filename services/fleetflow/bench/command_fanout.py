@@ -64,7 +64,8 @@ async def _measure(platform: LocalPlatform, options: CommandBenchOptions) -> dic
     gateway_pid = platform.service(f"gateway-{FLEET}").process.pid  # type: ignore[union-attr]
     secret = credentials.ensure_local_secret(platform.data_dir, FLEET)
     tokens = {f"d{i:05d}": credentials.device_token(secret, FLEET, f"d{i:05d}") for i in range(options.devices)}
-    nc = await nats.connect(platform.nats.url)
+    login = platform.nats.login()
+    nc = await nats.connect(platform.nats.url, user=login.user, password=login.password)
     before = sample(gateway_pid)
     async with StreamPool(platform.endpoints()["fleets"][FLEET]["grpc"], FLEET, options.channels) as pool:
         started = time.monotonic()

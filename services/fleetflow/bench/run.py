@@ -155,7 +155,9 @@ async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResul
     lag = sum(state.lag for state in await platform.consumer_states())
     await platform.wait_drained(120)
     peak = {name: s.peak_rss_bytes for name, s in _cpu(platform).items()}
-    baseline = await transport_baseline(platform.nats.url, _sample_message(options.batch), options.baseline_seconds)
+    baseline = await transport_baseline(
+        platform.nats.url, platform.nats.login(), _sample_message(options.batch), options.baseline_seconds
+    )
     stored_total = await stored_readings(
         platform.resources.pipelines[FLEET], platform.store_path(platform.resources.pipelines[FLEET])
     )

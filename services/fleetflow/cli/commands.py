@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import yaml
+from nats.aio.client import Client
 
 from fleetflow.api.crds import all_crds
 from fleetflow.cli import arguments, datadir
 from fleetflow.cli.errors import CliError, Unavailable, UsageError
-from fleetflow.cli.platform_nats import reaching
+from fleetflow.cli.platform_nats import admin_connection
+from fleetflow.local import private
 from fleetflow.runtime import credentials
 
 
@@ -35,6 +36,7 @@ def up(args: argparse.Namespace) -> int:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
         os.environ.setdefault("OTEL_EXPORTER_OTLP_INSECURE", str(args.otlp_endpoint.startswith("http://")).lower())
     options = UpOptions(args.data_dir, args.simulate, args.duration, args.batch, args.interval, args.nats_port)
+    os.umask(private.UMASK)  # nothing `fleetflow up` writes is for other users of the machine (local/private.py)
     return asyncio.run(run_up(resources, options))
 
 
@@ -84,9 +86,8 @@ async def status(args: argparse.Namespace) -> int:
     print("services:")
     for name, state in states.items():
         print(f"  {name:<32} {state}")
-    url = endpoints["nats"]["url"]
-    with reaching(url, args.data_dir):
-        await print_streams(url)
+    async with admin_connection(endpoints["nats"]["url"], args.data_dir) as nc:
+        await print_streams(nc)
     return 0 if all(state == "ready" for state in states.values()) else 1
 
 
@@ -103,21 +104,17 @@ async def service_states(services: dict[str, Any]) -> dict[str, str]:
     return states
 
 
-async def print_streams(url: str) -> None:
-    nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=1)
-    try:
-        js = nc.jetstream()
-        print("streams:")
-        for stream in await js.streams_info():
-            name = stream.config.name or ""
-            print(f"  {name:<32} {stream.state.messages:>10,} msgs {stream.state.bytes:>14,} bytes")
-            for consumer in await js.consumers_info(name):
-                print(
-                    f"    consumer {consumer.name:<24} pending {consumer.num_pending:>8,}  "
-                    f"unacked {consumer.num_ack_pending:>6,}  redelivered {consumer.num_redelivered:>6,}"
-                )
-    finally:
-        await nc.close()
+async def print_streams(nc: Client) -> None:
+    js = nc.jetstream()
+    print("streams:")
+    for stream in await js.streams_info():
+        name = stream.config.name or ""
+        print(f"  {name:<32} {stream.state.messages:>10,} msgs {stream.state.bytes:>14,} bytes")
+        for consumer in await js.consumers_info(name):
+            print(
+                f"    consumer {consumer.name:<24} pending {consumer.num_pending:>8,}  "
+                f"unacked {consumer.num_ack_pending:>6,}  redelivered {consumer.num_redelivered:>6,}"
+            )
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -131,6 +128,7 @@ def bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
     options = BenchOptions(args.devices, args.batch, args.protocol, args.duration, args.warmup, rate,
                            args.processors, args.baseline_seconds, args.data_dir, args.cassandra)  # fmt: skip
+    os.umask(private.UMASK)  # as `fleetflow up`
     report = summary(asyncio.run(run_bench(options)))
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0 if healthy(report) else 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fleetflow.cli import arguments, datadir, tables
 from fleetflow.cli.errors import UsageError
-from fleetflow.cli.platform_nats import reaching
+from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.gateway import command_admin
 from fleetflow.gateway.commands import CommandError, CommandRecord
 
@@ -38,15 +38,15 @@ async def run(args: argparse.Namespace) -> int:
     arguments.identifiers(args.fleet, args.device)
     url = fleet_nats(args.data_dir, args.fleet)
     try:
-        with reaching(url, args.data_dir):
+        async with admin_connection(url, args.data_dir, connect_timeout=5) as nc:
             if args.action == "send":
                 params = command_admin.parse_params(args.params)
-                record = await command_admin.send(url, args.fleet, args.device, args.name, params, args.ttl)
+                record = await command_admin.send(nc, args.fleet, args.device, args.name, params, args.ttl)
                 print(json.dumps(record.to_json()) if args.json else command_admin.describe(record))
             elif args.action == "list":
-                print_records(await command_admin.list_records(url, args.fleet, args.device, args.state), args.json)
+                print_records(await command_admin.list_records(nc, args.fleet, args.device, args.state), args.json)
             else:
-                record = await command_admin.show(url, args.fleet, args.id)
+                record = await command_admin.show(nc, args.fleet, args.id)
                 print(json.dumps(record.to_json(), indent=2) if args.json else command_admin.describe(record))
     except CommandError as exc:
         raise UsageError(exc.detail) from None

@@ -23,7 +23,7 @@ import msgspec
 from fleetflow.api import Pipeline
 from fleetflow.cli import arguments, datadir, device_commands, tables
 from fleetflow.cli.errors import UsageError
-from fleetflow.cli.platform_nats import reaching
+from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.gateway import command_admin
 from fleetflow.runtime.codec import AlertEvent, WindowAggregate
 from fleetflow.writer.stores import AggregateQuery, AlertQuery, Page, ReadingQuery, StoredReading, TelemetryStore
@@ -122,8 +122,8 @@ async def stored_items(args: argparse.Namespace, what: str, since: int, until: i
 
 async def command_records(args: argparse.Namespace, since: int, until: int) -> list[Any]:
     url = device_commands.fleet_nats(args.data_dir, args.fleet)
-    with reaching(url, args.data_dir):
-        records = await command_admin.list_records(url, args.fleet, args.device)
+    async with admin_connection(url, args.data_dir) as nc:
+        records = await command_admin.list_records(nc, args.fleet, args.device)
     chosen = [r for r in records if since <= r.command.created_ms < until]
     return heapq.nlargest(args.limit, chosen, key=lambda r: r.command.created_ms)
 

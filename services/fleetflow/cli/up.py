@@ -10,7 +10,7 @@ from typing import Any
 
 from fleetflow.api import DeviceFleet
 from fleetflow.device.simulator import SimulationReport, simulate, simulated_device_ids
-from fleetflow.local import progress
+from fleetflow.local import natslogins, progress
 from fleetflow.local.datadir import DataDirInUse
 from fleetflow.local.natsserver import PortBusy
 from fleetflow.local.platform import LocalPlatform
@@ -228,7 +228,8 @@ def print_started(platform: LocalPlatform, endpoints: dict[str, object]) -> None
     print(f"fleetflow is up (data in {platform.data_dir}, endpoints in {platform.endpoints_file})")
     for name, fleet in platform.resources.fleets.items():
         print(f"  fleet {name}: POST {platform.gateway_url(fleet)}/v1/fleets/{name}/devices/<device>/telemetry")
-    print(f"  nats: {platform.nats.url}")
+    admin = natslogins.ADMIN
+    print(f"  nats: {platform.nats.url} (user {admin}, password in {platform.nats.password_file(admin)})")
     print("  press Ctrl-C to stop", flush=True)
 
 

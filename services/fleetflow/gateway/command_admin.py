@@ -1,12 +1,13 @@
 """What `fleetflow command send|list|show` does (fleetflow.cli.device_commands prints it): commands sent and
 inspected directly on the fleet's NATS (the same stream and state bucket the gateways use), so it works whether
-or not a gateway is running."""
+or not a gateway is running. The caller connects (the CLI: as the local platform's admin user) and closes the
+connection."""
 
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
+from nats.aio.client import Client
 
 from fleetflow.gateway.commands import (
     DEFAULT_TTL_MS,
@@ -35,36 +36,24 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-async def send(nats_url: str, fleet: str, device: str, name: str, params: dict[str, Any] | None = None,
+async def send(nc: Client, fleet: str, device: str, name: str, params: dict[str, Any] | None = None,
                ttl_seconds: float = DEFAULT_TTL_MS / 1000) -> CommandRecord:  # fmt: skip
     """Queue a command for `device`; it is delivered when the device is (or next gets) connected."""
     command = new_command(fleet, device, name, params, int(ttl_seconds * 1000), source="cli")
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
-    try:
-        js = nc.jetstream()
-        return await send_command(js, await CommandStore.open(js, fleet), command)
-    finally:
-        await nc.close()
+    js = nc.jetstream()
+    return await send_command(js, await CommandStore.open(js, fleet), command)
 
 
-async def list_records(nats_url: str, fleet: str, device: str | None = None,
+async def list_records(nc: Client, fleet: str, device: str | None = None,
                        state: str | None = None) -> list[CommandRecord]:  # fmt: skip
     """Commands of the fleet (or one device), oldest first, optionally only those in `state`."""
     if state is not None and state not in STATES:
         raise CommandError(400, "invalid_state", f"state {state!r} is not one of {', '.join(STATES)}")
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
-    try:
-        return await (await CommandStore.open(nc.jetstream(), fleet)).list(device, state)
-    finally:
-        await nc.close()
+    return await (await CommandStore.open(nc.jetstream(), fleet)).list(device, state)
 
 
-async def show(nats_url: str, fleet: str, command_id: str) -> CommandRecord:
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
-    try:
-        record = await (await CommandStore.open(nc.jetstream(), fleet)).find(command_id)
-    finally:
-        await nc.close()
+async def show(nc: Client, fleet: str, command_id: str) -> CommandRecord:
+    record = await (await CommandStore.open(nc.jetstream(), fleet)).find(command_id)
     if record is None:
         raise CommandError(404, "unknown_command", f"no command with id {command_id!r} in fleet {fleet!r}")
     return record

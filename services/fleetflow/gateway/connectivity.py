@@ -20,7 +20,7 @@ from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
-from fleetflow.runtime import credentials
+from fleetflow.runtime import credentials, jetstream
 from fleetflow.runtime.jetstream import ConnectionWatch
 from fleetflow.runtime.settings import GatewaySettings
 
@@ -56,7 +56,8 @@ class Connectivity:
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
         if settings.mqtt_issuer_seed_file is not None:
             seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
-            links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(nc)).unsubscribe)
+            callout = await links._callout_connection(settings, nc)
+            links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(callout)).unsubscribe)
             bridge = MqttBridge(nc, fleet, intake, store, sessions, sole=settings.sole_consumer)
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
@@ -66,6 +67,18 @@ class Connectivity:
     @property
     def publisher(self) -> TelemetryPublisher:
         return self.intake.publisher
+
+    async def _callout_connection(self, settings: GatewaySettings, nc: Client) -> Client:
+        """Where the MQTT auth callout is answered: a connection of its own where the callout has its own
+        account (local mode), else the gateway's connection."""
+        login = settings.nats_callout_login()
+        if login is None:
+            return nc
+        callout = await jetstream.connect(
+            settings.nats_url, f"fleetflow-gateway-{settings.fleet.name}-auth", login=login
+        )
+        self._closers.append(callout.close)  # closers run in reverse: after the subscription is gone
+        return callout
 
     async def _start_grpc(self, settings: GatewaySettings, sessions: CommandSessions, store: CommandStore) -> None:
         tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file)

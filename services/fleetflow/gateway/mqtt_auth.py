@@ -32,11 +32,9 @@ from opentelemetry.metrics import Meter
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
 from fleetflow.runtime import credentials
-from fleetflow.runtime.natsauth import SERVICE_ACCOUNT
+from fleetflow.runtime.natsauth import AUTH_SUBJECT, SERVICE_ACCOUNT
 
 log = structlog.get_logger(__name__)
-
-AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 
 
 def topic_prefix(fleet: str, device: str) -> str:

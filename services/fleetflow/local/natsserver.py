@@ -2,7 +2,6 @@
 
 import asyncio
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -11,9 +10,11 @@ from pathlib import Path
 
 import aiohttp
 
+from fleetflow.local import natslogins, private
 from fleetflow.local.ports import LOOPBACK, PortChoice, free_port, port_in_use
 from fleetflow.local.processes import ChildFailed, tail
 from fleetflow.runtime import natsauth, service
+from fleetflow.runtime.natsauth import NatsLogin
 
 __all__ = ["EmbeddedNats", "PortBusy", "free_port", "nats_server_binary", "server_config"]
 
@@ -55,7 +56,9 @@ def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "12
 
 class EmbeddedNats:
     """nats-server as a child process, its files under `data_dir/nats`. Its ports are chosen once and its
-    configuration written once, so a restart (supervisor.py) comes back on the same ports with the same config."""
+    configuration written once, so a restart (supervisor.py) comes back on the same ports with the same config.
+    Every connection logs in, as one of the data dir's users (natslogins); MQTT devices through the gateways'
+    auth callout."""
 
     name = "nats-server"
 
@@ -70,6 +73,7 @@ class EmbeddedNats:
         self.restarts = 0
         self.stopping = False
         self.started_at = 0.0
+        self.passwords: dict[str, str] = {}
 
     @property
     def running(self) -> bool:
@@ -82,6 +86,13 @@ class EmbeddedNats:
     @property
     def mqtt_issuer_seed_file(self) -> Path:
         return self.data_dir / "secrets" / "mqtt-issuer.nk"
+
+    def password_file(self, user: str) -> Path:
+        return natslogins.password_file(self.data_dir, user)
+
+    def login(self, user: str = natslogins.ADMIN) -> NatsLogin:
+        """How `user` logs in (once the config is written)."""
+        return NatsLogin(user, self.passwords[user])
 
     @property
     def monitor_url(self) -> str:
@@ -115,19 +126,20 @@ class EmbeddedNats:
                 )
 
     def write_config(self) -> None:
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(self.config_file.parent)
         seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
-        auth = natsauth.ServerAuth.local(LOOPBACK, self.mqtt_port, seed, secrets.token_hex(16))
-        self.config_file.write_text(
+        self.passwords = natslogins.ensure_passwords(self.data_dir)
+        auth = natslogins.server_auth(self.passwords, self.mqtt_port, seed)
+        private.write_private(
+            self.config_file,
             server_config(
                 self.data_dir / "nats" / "jetstream", self.port, self.monitor_port, max_payload=self.max_payload
             )
-            + natsauth.server_config(auth)
+            + natsauth.server_config(auth),
         )
 
     def spawn(self) -> None:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as out:
+        with private.open_private_log(self.log_file) as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fleetflow.local.supervised", str(nats_server_binary()), "-c",
                  str(self.config_file)],
@@ -135,6 +147,7 @@ class EmbeddedNats:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, service.SUPERVISOR_ENV: str(os.getpid())},
                 start_new_session=True,  # not in the terminal's process group: Ctrl-C is for `up`, which drains
+                umask=private.UMASK,  # the JetStream store it writes is private too
             )  # fmt: skip
         self.started_at = time.monotonic()
 

@@ -10,17 +10,19 @@ from typing import Any
 import nats
 import nats.errors
 import structlog
+from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.devicefleet import max_payload_for
+from fleetflow.local import natslogins, private
 from fleetflow.local.datadir import DataDirLock
 from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
 from fleetflow.local.ports import PortChoice
 from fleetflow.local.processes import ServiceProcess
 from fleetflow.local.resources import ResourceSet
 from fleetflow.local.supervisor import Supervisor
-from fleetflow.runtime import config, credentials, jetstream, subjects
+from fleetflow.runtime import config, credentials, jetstream, natsauth, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +70,7 @@ class LocalPlatform:
         """Start everything, wait until each service is ready, and write endpoints.json. Raises DataDirInUse
         (before changing anything) if another `fleetflow up` runs on the data dir."""
         self.lock.acquire()
+        private.make_private(self.data_dir)
         self.endpoints_file.unlink(missing_ok=True)  # a killed run's; it names ports nothing listens on
         await self.nats.start()
         await self._provision()
@@ -79,8 +82,8 @@ class LocalPlatform:
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         endpoints = self.endpoints()
-        self.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
-        self.pipelines_file.write_text(json.dumps(self.stores(), indent=2) + "\n")
+        private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")
+        private.write_private(self.pipelines_file, json.dumps(self.stores(), indent=2) + "\n")
         return endpoints
 
     def stores(self) -> dict[str, Any]:
@@ -90,8 +93,13 @@ class LocalPlatform:
             for name, p in self.resources.pipelines.items()
         }
 
+    async def _connect(self, **options: Any) -> Client:
+        """`fleetflow up`'s own connection, as the admin user."""
+        login = self.nats.login(natslogins.ADMIN)
+        return await nats.connect(self.nats.url, user=login.user, password=login.password, **options)
+
     async def _provision(self) -> None:
-        nc = await nats.connect(self.nats.url)
+        nc = await self._connect()
         try:
             js = nc.jetstream()
             for fleet in self.resources.fleets.values():
@@ -104,6 +112,10 @@ class LocalPlatform:
     def _run_dir(self) -> Path:
         return self.data_dir / "run"
 
+    def _login(self, user: str) -> dict[str, Any]:
+        """The config function arguments that make a service log in as `user`."""
+        return {"nats_user": user, "nats_password_file": self.nats.password_file(user)}
+
     def _gateways(self) -> list[ServiceProcess]:
         gateways = []
         for fleet in self.resources.fleets.values():
@@ -115,6 +127,8 @@ class LocalPlatform:
                 listen_port=self.ports.take(),
                 ops_port=self.ports.take(),
                 sole_consumer=True,  # one gateway per fleet here, whatever gateway.replicas says
+                **self._login(natslogins.GATEWAY),
+                nats_callout_password_file=self.nats.password_file(natsauth.CALLOUT_USER),
             )
             # Device connectivity (docs/devices.md): gRPC, MQTT through the embedded server, outage buffer.
             cfg.update(grpc_port=self.ports.take(), buffer_dir=str(self.data_dir / "buffer" / fleet.name),
@@ -127,13 +141,15 @@ class LocalPlatform:
         for pipeline in self.resources.pipelines.values():
             fleet = self.resources.fleet_of(pipeline)
             for replica in range(pipeline.spec.processor.replicas):
+                login = self._login(natslogins.PROCESSOR)
                 cfg = config.processor_config(fleet, pipeline, nats_url=self.nats.url, replica=replica,
-                                              ops_port=self.ports.take())  # fmt: skip
+                                              ops_port=self.ports.take(), **login)  # fmt: skip
                 name = f"processor-{pipeline.name}-{replica}"
                 services.append(ServiceProcess(name, "processor", cfg, self._run_dir()))
             # One writer per pipeline here, whatever writer.replicas says.
             cfg = config.writer_config(fleet, pipeline, nats_url=self.nats.url, sqlite_path=self.store_path(pipeline),
-                                       ops_port=self.ports.take(), sole_consumer=True)  # fmt: skip
+                                       ops_port=self.ports.take(), sole_consumer=True,
+                                       **self._login(natslogins.WRITER))  # fmt: skip
             services.append(ServiceProcess(f"writer-{pipeline.name}", "writer", cfg, self._run_dir()))
         return services
 
@@ -145,7 +161,12 @@ class LocalPlatform:
 
     def endpoints(self) -> dict[str, Any]:
         return {
-            "nats": {"url": self.nats.url, "monitor": self.nats.monitor_url},
+            "nats": {
+                "url": self.nats.url,
+                "monitor": self.nats.monitor_url,
+                "user": natslogins.ADMIN,
+                "passwordFile": str(self.nats.password_file(natslogins.ADMIN)),
+            },
             "fleets": {
                 name: {
                     "http": self.gateway_url(fleet),
@@ -172,7 +193,7 @@ class LocalPlatform:
 
     async def consumer_states(self) -> list[ConsumerState]:
         """Where every pipeline's durable consumers stand: unprocessed and unacknowledged messages."""
-        nc = await nats.connect(self.nats.url, connect_timeout=2, max_reconnect_attempts=1)
+        nc = await self._connect(connect_timeout=2, max_reconnect_attempts=1)
         try:
             js = nc.jetstream()
             return [await _state(js, stream, durable) for stream, durable in self._consumers()]

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 import yaml
 
+from fleetflow.local import private
 from fleetflow.runtime.service import SUPERVISOR_ENV
 
 log = structlog.get_logger(__name__)
@@ -50,19 +51,19 @@ class ServiceProcess:
         return self.run_dir.parent / "logs" / f"{self.name}.log"
 
     def spawn(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=private.DIR_MODE)
+        private.write_private(self.config_file, yaml.safe_dump(self.config, sort_keys=False))
         self.status_file.unlink(missing_ok=True)
         env = {**os.environ, "FLEETFLOW_STATUS_FILE": str(self.status_file), "FLEETFLOW_LOG_FORMAT": "json",
                SUPERVISOR_ENV: str(os.getpid())}  # fmt: skip
-        with self.log_file.open("ab") as out:
+        with private.open_private_log(self.log_file) as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fleetflow.cli", self.kind, "--config", str(self.config_file)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
+                umask=private.UMASK,  # its store, buffer and status files are private too
             )
         self.started_at = time.monotonic()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.runtime.natsauth import SERVICE_USER
+from fleetflow.runtime.natsauth import CALLOUT_USER, SERVICE_USER
 
 
 def _resource(resource: DeviceFleet | Pipeline) -> dict[str, Any]:
@@ -19,11 +19,11 @@ def _resource(resource: DeviceFleet | Pipeline) -> dict[str, Any]:
     return data
 
 
-def _common(nats_url: str, ops_port: int, nats_password_file: Path | None) -> dict[str, Any]:
-    """`nats_password_file` set: the service logs in as the services' user (a NATS without a default user)."""
+def _common(nats_url: str, ops_port: int, nats_password_file: Path | None, nats_user: str) -> dict[str, Any]:
+    """`nats_password_file` set: the service logs in as `nats_user` (a NATS without a default user)."""
     common: dict[str, Any] = {"nats_url": nats_url, "ops_port": ops_port}
     if nats_password_file is not None:
-        common.update(nats_user=SERVICE_USER, nats_password_file=str(nats_password_file))
+        common.update(nats_user=nats_user, nats_password_file=str(nats_password_file))
     return common
 
 
@@ -36,16 +36,23 @@ def gateway_config(
     ops_port: int = 8081,
     nats_password_file: Path | None = None,
     sole_consumer: bool = False,
+    nats_user: str = SERVICE_USER,
+    nats_callout_password_file: Path | None = None,
 ) -> dict[str, Any]:
     """`sole_consumer`: this gateway is the only reader of the fleet's MQTT intake. Not so on a cluster, where
-    the replicas (a number the HPA may change) share it; locally one gateway runs per fleet."""
-    return {
-        **_common(nats_url, ops_port, nats_password_file),
+    the replicas (a number the HPA may change) share it; locally one gateway runs per fleet.
+    `nats_callout_password_file` set: the gateway answers the MQTT auth callout as the user of the callout's
+    own account (local mode), on a second connection."""
+    config = {
+        **_common(nats_url, ops_port, nats_password_file, nats_user),
         "fleet": _resource(fleet),
         "listen_port": listen_port,
         "secret_file": str(secret_file),
         "sole_consumer": sole_consumer,
     }
+    if nats_callout_password_file is not None:
+        config.update(nats_callout_user=CALLOUT_USER, nats_callout_password_file=str(nats_callout_password_file))
+    return config
 
 
 def processor_config(
@@ -56,9 +63,10 @@ def processor_config(
     replica: int = 0,
     ops_port: int = 8081,
     nats_password_file: Path | None = None,
+    nats_user: str = SERVICE_USER,
 ) -> dict[str, Any]:
     return {
-        **_common(nats_url, ops_port, nats_password_file),
+        **_common(nats_url, ops_port, nats_password_file, nats_user),
         "fleet": _resource(fleet),
         "pipeline": _resource(pipeline),
         "replica": replica,
@@ -74,11 +82,12 @@ def writer_config(
     ops_port: int = 8081,
     nats_password_file: Path | None = None,
     sole_consumer: bool | None = None,
+    nats_user: str = SERVICE_USER,
 ) -> dict[str, Any]:
     """`sole_consumer`: this writer reads the pipeline's consumer alone, so after a crash it resumes from the ack
     floor at once; by default, when the pipeline has one writer replica."""
     config = {
-        **_common(nats_url, ops_port, nats_password_file),
+        **_common(nats_url, ops_port, nats_password_file, nats_user),
         "fleet": _resource(fleet),
         "pipeline": _resource(pipeline),
         "sole_consumer": pipeline.spec.writer.replicas == 1 if sole_consumer is None else sole_consumer,

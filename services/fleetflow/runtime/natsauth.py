@@ -1,15 +1,18 @@
 """Who may connect to a fleet's NATS: the accounts, users and MQTT auth callout of nats.conf, and the login the
 services connect with.
 
-One account, FLEETFLOW, holds the streams. In it the services are the user `fleetflow` (plain NATS connections
-only); MQTT devices are admitted one by one through auth callout, which the gateway serves
-(`fleetflow.gateway.mqtt_auth`), as users allowed only their own topics. An MQTT client without credentials
-becomes `mqtt-anonymous` (MQTT connections only), which the callout refuses. The system account has no users.
+One account, FLEETFLOW, holds the streams; in it the services are plain-NATS users. MQTT devices are admitted
+one by one through auth callout, which the gateway serves (`fleetflow.gateway.mqtt_auth`), as FLEETFLOW users
+allowed only their own topics. An MQTT client without credentials becomes `mqtt-anonymous` (MQTT connections
+only), which the callout refuses. The system account has no users, and no connection logs in without
+credentials.
 
-Local mode and the operator render this from one function. Local mode writes the values inline, and a client
-without credentials on its loopback-only port is the services' user. The operator writes `$VARIABLE`
-references that nats-server fills in from its environment, which the StatefulSet takes from the fleet's
-Secret, and has no such default user: on a cluster every connection logs in."""
+Local mode and the operator render this from one function. Local mode writes the values inline, has a user per
+service kind (`fleetflow.local.natslogins`), and gives the callout an account of its own, AUTH, whose only user
+is the gateways' callout connection: the callout's requests carry the devices' tokens, and no other user can
+subscribe to them or capture them in a stream. The operator writes `$VARIABLE` references that nats-server
+fills in from its environment, which the StatefulSet takes from the fleet's Secret; there every service and the
+operator share one services' user, which also serves the callout in FLEETFLOW."""
 
 import os
 import secrets
@@ -21,8 +24,11 @@ import nkeys
 
 SERVICE_ACCOUNT = "FLEETFLOW"  # the account of the fleet's streams, the services and the MQTT devices
 SYSTEM_ACCOUNT = "SYS"
+CALLOUT_ACCOUNT = "AUTH"  # where the callout's requests go, when it has an account of its own (local mode)
 SERVICE_USER = "fleetflow"
+CALLOUT_USER = "auth"  # the user of the callout's own account, which the gateways answer the callout as
 ANONYMOUS_USER = "mqtt-anonymous"  # what an MQTT client without credentials is; the callout refuses it
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"  # where nats-server asks the callout (the gateway) to admit an MQTT device
 PASSWORD_LENGTH = 40
 # Letters and digits, a letter first: nats-server parses an environment variable's value as a config value
 # (digits alone would become a number, `#` a comment), and a cluster route URL carries the password as it is.
@@ -86,58 +92,93 @@ def from_environment(variable: str) -> str:
 
 
 @dataclass(frozen=True)
+class ServiceUser:
+    """A plain-NATS user that bypasses the callout. The password is a nats.conf value."""
+
+    name: str
+    password: str
+
+    def entry(self) -> str:
+        return f"{{ user: {self.name}, password: {self.password}, allowed_connection_types: [STANDARD] }}"
+
+
+@dataclass(frozen=True)
 class ServerAuth:
     """What nats.conf's authentication needs. The issuer and the passwords are nats.conf values: `quoted(...)`
     or `from_environment(...)`."""
 
     mqtt_listen: str  # host:port of the MQTT listener
     issuer: str  # the public account nkey whose signature on a device's user JWT nats-server trusts
-    services_password: str
+    users: tuple[ServiceUser, ...]  # the services' users, in the streams' account
     anonymous_password: str  # never used to log in; without one, the user would be admitted without the callout
-    services_without_credentials: bool  # a client without credentials is the services' user (loopback only!)
+    # The user that answers the callout, alone in the callout's own account, so that no other user can hear the
+    # requests (they carry the devices' tokens), not even through a stream. None: the callout is served in the
+    # streams' account, by a services' user (the operator's, which every service shares).
+    callout_user: ServiceUser | None = None
 
     @classmethod
-    def local(cls, mqtt_host: str, mqtt_port: int, issuer_seed: bytes, services_password: str) -> "ServerAuth":
-        """Local mode: values inline, services connect without credentials on loopback."""
+    def local(
+        cls,
+        mqtt_host: str,
+        mqtt_port: int,
+        issuer_seed: bytes,
+        users: tuple[ServiceUser, ...],
+        callout_user: ServiceUser,
+    ) -> "ServerAuth":
+        """Local mode: values inline."""
         return cls(
             mqtt_listen=f"{mqtt_host}:{mqtt_port}",
             issuer=quoted(issuer_public_key(issuer_seed)),
-            services_password=quoted(services_password),
+            users=users,
             anonymous_password=quoted(secrets.token_hex(16)),
-            services_without_credentials=True,
+            callout_user=callout_user,
         )
+
+    @property
+    def callout_account(self) -> str:
+        return SERVICE_ACCOUNT if self.callout_user is None else CALLOUT_ACCOUNT
+
+    @property
+    def callout_bypass(self) -> list[str]:
+        """Users nats-server admits itself; every other connection is for the callout to admit or refuse."""
+        callout = [] if self.callout_user is None else [self.callout_user.name]
+        return [user.name for user in self.users] + callout
 
 
 def server_config(auth: ServerAuth) -> str:
-    """The nats.conf lines that enable MQTT with devices authenticated by the gateway, and the services' user."""
-    lines = [
-        "mqtt {",
-        f"  listen: {auth.mqtt_listen}",
-        # An MQTT client without credentials is this user, never the services' (local mode's no_auth_user).
-        f"  no_auth_user: {ANONYMOUS_USER}",
-        "}",
-        "accounts {",
-        f"  {SERVICE_ACCOUNT} {{",
-        "    jetstream: enabled",
-        "    users: [",
-        f"      {{ user: {SERVICE_USER}, password: {auth.services_password}, allowed_connection_types: [STANDARD] }},",
-        f"      {{ user: {ANONYMOUS_USER}, password: {auth.anonymous_password}, allowed_connection_types: [MQTT] }}",
-        "    ]",
-        "  }",
-        f"  {SYSTEM_ACCOUNT} {{ }}",
-        "}",
-        f"system_account: {SYSTEM_ACCOUNT}",
-    ]
-    if auth.services_without_credentials:
-        lines.append(f"no_auth_user: {SERVICE_USER}")
-    lines += [
-        "authorization {",
-        "  auth_callout {",
-        f"    issuer: {auth.issuer}",
-        f"    auth_users: [ {SERVICE_USER} ]",
-        f"    account: {SERVICE_ACCOUNT}",
-        "  }",
-        "}",
-        "",
-    ]
-    return "\n".join(lines)
+    """The nats.conf lines that enable MQTT with devices authenticated by the gateway, and the services' users."""
+    entries = [user.entry() for user in auth.users]
+    entries.append(
+        f"{{ user: {ANONYMOUS_USER}, password: {auth.anonymous_password}, allowed_connection_types: [MQTT] }}"
+    )
+    callout_account = (
+        [] if auth.callout_user is None else [f"  {CALLOUT_ACCOUNT} {{ users: [ {auth.callout_user.entry()} ] }}"]
+    )
+    return "\n".join(
+        [
+            "mqtt {",
+            f"  listen: {auth.mqtt_listen}",
+            # An MQTT client without credentials is this user, whom the callout refuses.
+            f"  no_auth_user: {ANONYMOUS_USER}",
+            "}",
+            "accounts {",
+            f"  {SERVICE_ACCOUNT} {{",
+            "    jetstream: enabled",
+            "    users: [",
+            ",\n".join(f"      {entry}" for entry in entries),
+            "    ]",
+            "  }",
+            *callout_account,
+            f"  {SYSTEM_ACCOUNT} {{ }}",
+            "}",
+            f"system_account: {SYSTEM_ACCOUNT}",
+            "authorization {",
+            "  auth_callout {",
+            f"    issuer: {auth.issuer}",
+            f"    auth_users: [ {', '.join(auth.callout_bypass)} ]",
+            f"    account: {auth.callout_account}",
+            "  }",
+            "}",
+            "",
+        ]
+    )

@@ -23,7 +23,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETFLOW_", extra="forbid", env_nested_delimiter="__")
 
     nats_url: str = "nats://127.0.0.1:4222"
-    # A NATS without a default user (the operator's) needs a login; local mode's loopback-only NATS does not.
+    # A NATS with authentication (the operator's, local mode's) needs a login; a test's bare nats-server does not.
     nats_user: str | None = None
     nats_password_file: Path | None = pydantic.Field(default=None, validate_default=True)
     ops_host: str = "127.0.0.1"
@@ -54,12 +54,7 @@ class ServiceSettings(BaseSettings):
 
     def nats_login(self) -> NatsLogin | None:
         """The user and password to connect with (the password read from its file now), or None."""
-        if self.nats_user is None or self.nats_password_file is None:
-            return None
-        try:
-            return NatsLogin.from_file(self.nats_user, self.nats_password_file)
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+        return _login(self.nats_user, self.nats_password_file)
 
     @classmethod
     def load(cls, path: Path | None) -> Self:
@@ -69,6 +64,15 @@ class ServiceSettings(BaseSettings):
             return cls(**values)
         except pydantic.ValidationError as exc:
             raise SettingsError(f"{path or 'environment'}: " + "; ".join(describe(exc))) from None
+
+
+def _login(user: str | None, password_file: Path | None) -> NatsLogin | None:
+    if user is None or password_file is None:
+        return None
+    try:
+        return NatsLogin.from_file(user, password_file)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -99,6 +103,22 @@ class GatewaySettings(ServiceSettings):
     buffer_max_bytes: int = pydantic.Field(default=256 * 1024 * 1024, ge=4096)
     mqtt_issuer_seed_file: Path | None = None  # set: serve MQTT devices (auth callout + intake + commands)
     sole_consumer: bool = False  # the only gateway reading the MQTT intake (see jetstream.resume_from_ack_floor)
+    # Where the callout has an account of its own (local mode), the gateway answers it on a second connection,
+    # as this user; unset, on its one connection.
+    nats_callout_user: str | None = None
+    nats_callout_password_file: Path | None = pydantic.Field(default=None, validate_default=True)
+
+    @pydantic.field_validator("nats_callout_password_file")
+    @classmethod
+    def _callout_login_is_whole(cls, password_file: Path | None, info: pydantic.ValidationInfo) -> Path | None:
+        if (info.data.get("nats_callout_user") is None) != (password_file is None):
+            user = info.data.get("nats_callout_user")
+            raise ValueError(f"nats_callout_user is {user!r}: set both (to answer the callout as it) or neither")
+        return password_file
+
+    def nats_callout_login(self) -> NatsLogin | None:
+        """The login of the connection that answers the MQTT auth callout, or None to answer on the main one."""
+        return _login(self.nats_callout_user, self.nats_callout_password_file)
 
 
 class ProcessorSettings(ServiceSettings):

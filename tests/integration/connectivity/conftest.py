@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.gateway import main as gateway_main
 from fleetflow.gateway.command_api import application_token
+from fleetflow.local import natslogins
 from fleetflow.local.natsserver import nats_server_binary
 from fleetflow.processor import main as processor_main
 from fleetflow.runtime import credentials, natsauth, subjects
@@ -98,7 +99,8 @@ async def start_gateway(tmp_path: Path, nats_url: str, fleet: DeviceFleet | None
     if task.done():
         task.result()
     status = json.loads(status_file.read_text())
-    nc = await nats.connect(nats_url)
+    login = settings.nats_login()  # the test's own connection logs in as the gateway does, where it must
+    nc = await nats.connect(nats_url, user=login.user if login else None, password=login.password if login else None)
     return Gateway(settings, status, secret, nc, stop, task)
 
 
@@ -122,12 +124,22 @@ class MqttPlatform:
     gateway: Gateway
     mqtt_port: int
     nats: NatsServer
+    logins_dir: Path  # where the users' password files are, as in a local platform's data dir
+
+    def login(self, user: str) -> dict[str, Any]:
+        return login_settings(self.logins_dir, user)
+
+
+def login_settings(logins_dir: Path, user: str) -> dict[str, Any]:
+    """The settings that make a service log in as `user` of local mode."""
+    return {"nats_user": user, "nats_password_file": natslogins.password_file(logins_dir, user)}
 
 
 @pytest.fixture
 async def mqtt_platform(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[MqttPlatform]:
-    """nats-server with its MQTT listener and auth callout, and a gateway serving MQTT devices. Parametrize it
-    indirectly with a DeviceFleet `spec.gateway` to change the fleet's gateway settings (e.g. its rate limit)."""
+    """nats-server with its MQTT listener and auth callout, authenticating as local mode's does, and a gateway
+    serving MQTT devices. Parametrize it indirectly with a DeviceFleet `spec.gateway` to change the fleet's
+    gateway settings (e.g. its rate limit)."""
     async with running_mqtt_platform(tmp_path, fleet_resource(getattr(request, "param", None))) as platform:
         yield platform
 
@@ -141,10 +153,12 @@ async def running_mqtt_platform(tmp_path: Path, fleet: DeviceFleet, nats_config:
     seed = natsauth.ensure_issuer_seed(seed_file)
     port, mqtt_port = free_port(), free_port()
     config = tmp_path / "nats.conf"
+    logins_dir = tmp_path / "logins"
+    auth = natslogins.server_auth(natslogins.ensure_passwords(logins_dir), mqtt_port, seed)
     config.write_text(
         f'server_name: test\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
         + nats_config
-        + natsauth.server_config(natsauth.ServerAuth.local("127.0.0.1", mqtt_port, seed, "test-password"))
+        + natsauth.server_config(auth)
     )
     process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
@@ -152,9 +166,14 @@ async def running_mqtt_platform(tmp_path: Path, fleet: DeviceFleet, nats_config:
         wait_for_port(port)
         wait_for_port(mqtt_port)
         server = NatsServer(f"nats://127.0.0.1:{port}", port, tmp_path / "js", process)
-        gw = await start_gateway(tmp_path, server.url, fleet, mqtt_issuer_seed_file=seed_file, **gateway)
+        callout = natsauth.CALLOUT_USER
+        gw = await start_gateway(tmp_path, server.url, fleet, mqtt_issuer_seed_file=seed_file,
+                                 **login_settings(logins_dir, natslogins.GATEWAY),
+                                 nats_callout_user=callout,
+                                 nats_callout_password_file=natslogins.password_file(logins_dir, callout),
+                                 **gateway)  # fmt: skip
         try:
-            yield MqttPlatform(gw, mqtt_port, server)
+            yield MqttPlatform(gw, mqtt_port, server, logins_dir)
         finally:
             await stop_gateway(gw)
     finally:
@@ -188,12 +207,16 @@ async def mqtt_store(tmp_path: Path, mqtt_platform: MqttPlatform) -> AsyncIterat
                               "nats_url": mqtt_platform.nats.url, "ops_port": 0}  # fmt: skip
     path = tmp_path / "store.sqlite3"
     status = {"processor": tmp_path / "processor-status.json", "writer": tmp_path / "writer-status.json"}
+    processor = ProcessorSettings(
+        **common, **mqtt_platform.login(natslogins.PROCESSOR), status_file=status["processor"]
+    )
+    writer = WriterSettings(**common, **mqtt_platform.login(natslogins.WRITER), status_file=status["writer"],
+                            sqlite_path=path)  # fmt: skip
     stop = asyncio.Event()
     services = [
-        asyncio.create_task(processor_main.serve(ProcessorSettings(**common, status_file=status["processor"]), stop)),
-        asyncio.create_task(writer_main.serve(WriterSettings(**common, status_file=status["writer"], sqlite_path=path),
-                                              stop)),
-    ]  # fmt: skip
+        asyncio.create_task(processor_main.serve(processor, stop)),
+        asyncio.create_task(writer_main.serve(writer, stop)),
+    ]
     try:
         for status_file in status.values():  # ready: they provisioned their streams and consume
             await wait_ready(status_file, services)

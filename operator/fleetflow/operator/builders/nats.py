@@ -49,9 +49,9 @@ ROUTES_ENV = "NATS_ROUTES"  # the route URLs, which carry the routes' password
 SERVER_AUTH = natsauth.ServerAuth(
     mqtt_listen=f"0.0.0.0:{MQTT_PORT}",
     issuer=natsauth.from_environment(ISSUER_ENV),
-    services_password=natsauth.from_environment(SERVICES_PASSWORD_ENV),
+    # Every service and the operator share the services' user, which also serves the callout (no callout_user).
+    users=(natsauth.ServiceUser(natsauth.SERVICE_USER, natsauth.from_environment(SERVICES_PASSWORD_ENV)),),
     anonymous_password=natsauth.from_environment(ANONYMOUS_PASSWORD_ENV),
-    services_without_credentials=False,  # anything that reached the port would be the services' user
 )
 
 
