@@ -86,7 +86,7 @@ async def apply_gateway(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
     for obj in gateway.gateway_objects(
-        fleet, opts.image, opts.image_pull_policy, resources_of(opts.resources, "gateway")
+        fleet, opts.image, opts.image_pull_policy, resources_of(opts.resources, "gateway"), opts.service_env()
     ):
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
     if fleet.spec.gateway.autoscaling is None:
