@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from fleetflow.operator.builders import common, gateway, pipeline
+from fleetflow.operator.builders import common, gateway, nats, pipeline
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.conftest import OperatorStarter, wait_until
 from tests.operator.test_operator_reconcile import Api, create, patch
@@ -119,3 +119,12 @@ async def test_the_gateway_gets_the_service_environment(apiserver: Api, start_op
         env = {e["name"]: e.get("value") for e in found["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["FLEETFLOW_LOG_LEVEL"] == "debug"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector.observability:4317"
+
+
+def test_managed_nats_has_a_disruption_budget_and_a_hard_spread() -> None:
+    f = fleet(fleet_doc(nats={"managed": {"replicas": 3}}))
+    objects = {o["kind"]: o for o in nats.nats_objects(f, "nats:2.15.1-alpine", "IfNotPresent", {})}
+    assert objects["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    assert objects["PodDisruptionBudget"]["spec"]["selector"] == objects["StatefulSet"]["spec"]["selector"]
+    (spread,) = objects["StatefulSet"]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == ("kubernetes.io/hostname", "DoNotSchedule")
