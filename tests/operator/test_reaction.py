@@ -2,6 +2,7 @@
 children and on the operator's own annotations can make these tests pass."""
 
 import time
+from typing import Any
 
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.apiserver import ApiServerEmulator
@@ -103,3 +104,25 @@ async def test_a_changed_fleet_reaches_its_pipelines_within_seconds(
 
         await wait_until(lambda: followed("store-processor-config") and followed("store-writer-config"),
                          timeout=WITHIN, what="the pipeline's ConfigMaps to carry the fleet's new retention")  # fmt: skip
+
+
+async def test_a_problem_to_act_on_is_a_warning_event_once(apiserver: Api, start_operator: OperatorStarter) -> None:
+    emulator, _ = apiserver
+    async with start_operator():  # a resync every 0.5 s: the same problem is found again and again
+        await create(emulator, fleet_doc(auth={"secretRef": {"name": "tokens", "key": "secret"}}))
+
+        def warnings() -> list[dict[str, Any]]:
+            return [e for e in emulator.items("v1", "events", "ns1") if e.get("type") == "Warning"]
+
+        (warning,) = await wait_until(warnings, what="a Warning Event")
+        assert warning["reason"] == "DeviceSecretMissing"
+        assert "spec.auth.secretRef.name = 'tokens'" in warning["message"]
+        assert warning["involvedObject"]["name"] == "cold"
+        seen = reconciles(emulator)
+        await wait_until(lambda: reconciles(emulator) >= seen + 4, what="four more reconciles")
+        assert len(warnings()) == 1, "one Warning per new problem, not one per retry"
+
+
+def reconciles(emulator: ApiServerEmulator) -> int:
+    """Each reconcile starts by reading its resource afresh."""
+    return sum(1 for r in emulator._requests if str(r.method).endswith("GET") and r.url.path.endswith("/cold"))

@@ -94,9 +94,13 @@ class Operator:
                 return
             ctx = Context(self.api, self.options, body, self.compile_pipeline)
             await run_steps(ctx, RESOURCES[kind][1])
+            event_target = kopf.Body(cast(kopf.RawBody, body))
             if ctx.changes:  # one Event per reconcile that changed something, for `kubectl describe`
-                summary = "; ".join(ctx.changes)[:1000]
-                kopf.info(kopf.Body(cast(kopf.RawBody, body)), reason="Reconciled", message=summary)
+                kopf.info(event_target, reason="Reconciled", message="; ".join(ctx.changes)[:1000])
+            previous = (body.get("status") or {}).get("conditions") or []
+            trouble = conditions.new_trouble(previous, conditions.derive(ctx.outcome))
+            if trouble is not None:  # something a user must act on: `kubectl get events --field-selector type=Warning`
+                kopf.warn(event_target, reason=trouble["reason"], message=trouble["message"][:1000])
             try:
                 await write_status(self.api, body, build_status(ctx, body.get("status")))
             except ApiError as exc:
