@@ -8,7 +8,7 @@ import pytest
 from tests.packaging import chart
 
 FULL_VALUES = Path(__file__).with_name("full-values.yaml")
-DEV_VALUES = chart.REPO / "examples" / "cluster" / "dev-values.yaml"
+DEV_VALUES = chart.REPO / "examples" / "dev-values.yaml"
 
 
 def _explain(findings: list[chart.Finding]) -> str:

@@ -15,6 +15,7 @@ CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcede
 NAMESPACED = {
     ("fleetflow.io", "devicefleets"), ("fleetflow.io", "pipelines"),
     ("fleetflow.io", "devicefleets/status"), ("fleetflow.io", "pipelines/status"),
+    ("fleetflow.io", "devicefleets/finalizers"), ("fleetflow.io", "pipelines/finalizers"),
     ("", "configmaps"), ("", "services"), ("", "secrets"), ("", "events"),
     ("apps", "deployments"), ("apps", "statefulsets"),
     ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers"),

@@ -91,3 +91,14 @@ def merge(previous: list[dict[str, Any]], wanted: list[dict[str, Any]], timestam
         stamp = before.get("lastTransitionTime", timestamp) if unchanged and before else timestamp
         merged.append({**cond, "lastTransitionTime": stamp})
     return merged + list(old.values())
+
+
+def new_trouble(previous: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Degraded condition of `wanted` if it reports a problem the previous status did not, else None: a
+    Warning Event goes out once per new problem, not on every retry of the same one."""
+    degraded = next((c for c in wanted if c["type"] == DEGRADED and c["status"] == "True"), None)
+    if degraded is None:
+        return None
+    before = next((c for c in previous if c["type"] == DEGRADED), {})
+    same = before.get("status") == "True" and before.get("message") == degraded["message"]
+    return None if same else degraded

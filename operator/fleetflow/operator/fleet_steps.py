@@ -76,6 +76,7 @@ async def apply_nats(ctx: Context) -> None:
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
     if not desired:  # switched to an external NATS: the managed one goes (its PVCs stay, as StatefulSets do)
         await ctx.remove_owned("apps/v1", "StatefulSet", nats.statefulset_name(fleet))
+        await ctx.remove_owned("policy/v1", "PodDisruptionBudget", nats.statefulset_name(fleet))
         await ctx.remove_owned("v1", "Service", nats.client_service_name(fleet))
         await ctx.remove_owned("v1", "Service", nats.headless_service_name(fleet))
         await ctx.remove_owned("v1", "ConfigMap", nats.config_map_name(fleet))
@@ -86,7 +87,7 @@ async def apply_gateway(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
     for obj in gateway.gateway_objects(
-        fleet, opts.image, opts.image_pull_policy, resources_of(opts.resources, "gateway")
+        fleet, opts.image, opts.image_pull_policy, resources_of(opts.resources, "gateway"), opts.service_env()
     ):
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
     if fleet.spec.gateway.autoscaling is None:

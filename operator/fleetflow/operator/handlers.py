@@ -1,17 +1,18 @@
 """Thin kopf handlers: each one hands the resource to the reconcile chain or the cleanup, nothing more."""
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import structlog
 from kubernetes import client as k8s_client
 
 from fleetflow.api import GROUP, VERSION, DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import conditions, nats_credentials, streams
+from fleetflow.operator import children, conditions, nats_credentials, streams
 from fleetflow.operator.builders import nats
 from fleetflow.operator.fleet_steps import FLEET_STEPS
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref, authorization
@@ -54,11 +55,21 @@ class Operator:
     retry_delay: float = 10.0
     metrics: ReconcileMetrics | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _nudged: set[str] = field(default_factory=set)
 
     def _lock(self, body: JsonObject) -> asyncio.Lock:
         # A change handler and the timer may fire together for one resource; they take turns.
-        uid = str(body["metadata"].get("uid") or body["metadata"]["name"])
-        return self._locks.setdefault(uid, asyncio.Lock())
+        return self._locks.setdefault(_key(body), asyncio.Lock())
+
+    async def nudge(self, owner: JsonObject) -> None:
+        """Reconcile `owner` (a stub: kind, name, namespace, uid) because something it owns changed. A burst of
+        child events costs one reconcile: while one is queued and has not started, it will see them all."""
+        key = _key(owner)
+        if key in self._nudged:
+            return
+        self._nudged.add(key)
+        with contextlib.suppress(kopf.TemporaryError):  # recorded in the conditions; the timer retries it
+            await self.reconcile(str(owner["kind"]), kopf.Body(cast(kopf.RawBody, owner)))
 
     async def reconcile(self, kind: str, raw: kopf.Body) -> None:
         meta = raw.get("metadata", {})
@@ -71,6 +82,7 @@ class Operator:
     async def _reconcile(self, kind: str, raw: kopf.Body, result: Reconcile) -> None:
         body = plain(raw)
         async with self._lock(body):
+            self._nudged.discard(_key(body))  # from here on, this reconcile reads every change made so far
             fresh = await self.api.get_or_none(Ref.of({**body, "kind": kind}))
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 result.outcome = "gone"
@@ -82,8 +94,13 @@ class Operator:
                 return
             ctx = Context(self.api, self.options, body, self.compile_pipeline)
             await run_steps(ctx, RESOURCES[kind][1])
+            event_target = kopf.Body(cast(kopf.RawBody, body))
             if ctx.changes:  # one Event per reconcile that changed something, for `kubectl describe`
-                kopf.info(raw, reason="Reconciled", message="; ".join(ctx.changes)[:1000])
+                kopf.info(event_target, reason="Reconciled", message="; ".join(ctx.changes)[:1000])
+            previous = (body.get("status") or {}).get("conditions") or []
+            trouble = conditions.new_trouble(previous, conditions.derive(ctx.outcome))
+            if trouble is not None:  # something a user must act on: `kubectl get events --field-selector type=Warning`
+                kopf.warn(event_target, reason=trouble["reason"], message=trouble["message"][:1000])
             try:
                 await write_status(self.api, body, build_status(ctx, body.get("status")))
             except ApiError as exc:
@@ -92,6 +109,19 @@ class Operator:
         result.outcome = "retry" if ctx.outcome.retry else "invalid" if ctx.outcome.invalid else "ready"
         if ctx.outcome.retry:
             raise kopf.TemporaryError("; ".join(p.message for p in ctx.outcome.problems), delay=self.retry_delay)
+
+    async def follow_fleet(self, fleet: Mapping[str, Any]) -> None:
+        """A changed fleet reaches its pipelines now (their config, consumers and hashes derive from it), not at
+        their next resync."""
+        meta = fleet["metadata"]
+        try:
+            pipelines = await self.api.list(f"{GROUP}/{VERSION}", "Pipeline", meta["namespace"])
+        except ApiError as exc:
+            log.warning("could not list the fleet's pipelines; they follow at their resync", error=str(exc))
+            return
+        for pipeline in pipelines:
+            if (pipeline.get("spec") or {}).get("fleetRef", {}).get("name") == meta["name"]:
+                await self.nudge({**pipeline, "kind": "Pipeline"})
 
     async def cleanup(self, kind: str, raw: Mapping[str, Any], retry: int) -> None:
         """Runs before the CR goes (its children follow through their owner references). Streams and consumers
@@ -108,7 +138,7 @@ class Operator:
             if retry + 1 < CLEANUP_ATTEMPTS:
                 raise kopf.TemporaryError(str(exc), delay=self.retry_delay) from exc
             log.warning("giving up removing streams; delete them by hand", resource=kind, error=str(exc))
-        self._locks.pop(str(body["metadata"].get("uid") or body["metadata"]["name"]), None)
+        self._locks.pop(_key(body), None)
 
     async def _remove_streams(self, resource: DeviceFleet | Pipeline) -> None:
         timeout = self.options.nats_timeout_seconds
@@ -138,6 +168,10 @@ class Operator:
         return (await nats_credentials.fetch(self.api, fleet)).login
 
 
+def _key(body: Mapping[str, Any]) -> str:
+    return str(body["metadata"].get("uid") or body["metadata"]["name"])
+
+
 def connection_info(configuration: k8s_client.Configuration) -> kopf.ConnectionInfo:
     """kopf connects with the same credentials as the operator's own client."""
     token = authorization(configuration) or ""
@@ -162,7 +196,18 @@ def build_registry(operator: Operator, configuration: k8s_client.Configuration) 
 
     for kind, (plural, _) in RESOURCES.items():
         _register(registry, operator, kind, plural)
+    for group, version, plural in children.CHILD_RESOURCES:
+        _watch_children(registry, operator, group, version, plural)
     return registry
+
+
+def _watch_children(registry: kopf.OperatorRegistry, operator: Operator, group: str, version: str, plural: str) -> None:
+    @kopf.on.event(group, version, plural, id=f"{plural}-owner", registry=registry, labels=children.MANAGED_LABELS)
+    async def child_changed(body: kopf.Body, **_: Any) -> None:
+        # A deleted Deployment is back, and a StatefulSet's pods turning ready show in Ready, within seconds.
+        owner = children.owner_of(body)
+        if owner is not None:
+            await operator.nudge(owner)
 
 
 def _register(registry: kopf.OperatorRegistry, operator: Operator, kind: str, plural: str) -> None:
@@ -173,7 +218,19 @@ def _register(registry: kopf.OperatorRegistry, operator: Operator, kind: str, pl
     @kopf.on.create(*resource, id=f"{plural}-create", registry=registry, backoff=backoff)
     @kopf.on.update(*resource, id=f"{plural}-update", registry=registry, backoff=backoff)
     async def changed(body: kopf.Body, **_: Any) -> None:
-        await operator.reconcile(kind, body)
+        try:
+            await operator.reconcile(kind, body)
+        finally:
+            if kind == "DeviceFleet":
+                await operator.follow_fleet(body)
+
+    @kopf.on.event(*resource, id=f"{plural}-pause", registry=registry)
+    async def pause_changed(body: kopf.Body, **_: Any) -> None:
+        # kopf's change detection ignores the operator's own `fleetflow.io/*` annotations (where it keeps its
+        # bookkeeping), so a pause or a resume would wait for the timer without this.
+        if children.pause_not_yet_reported(body):
+            with contextlib.suppress(kopf.TemporaryError):  # recorded in the conditions; the timer retries it
+                await operator.reconcile(kind, body)
 
     @kopf.timer(*resource, id=f"{plural}-resync", interval=operator.options.resync_seconds, registry=registry)
     async def resync(body: kopf.Body, **_: Any) -> None:

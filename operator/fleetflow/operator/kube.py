@@ -159,6 +159,10 @@ class KubeApi:
                 return None
             raise
 
+    async def list(self, api_version: str, kind: str, namespace: str) -> list[JsonObject]:
+        found = await self.request("GET", collection_path(api_version, kind, namespace))
+        return list(found.get("items") or [])
+
     async def create(self, obj: JsonObject) -> JsonObject:
         meta = obj["metadata"]
         return await self.request("POST", collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)

@@ -4,12 +4,16 @@ from typing import Any
 
 from fleetflow.api import GROUP
 
-CHILD_VERBS = ["get", "create", "patch", "delete"]
+# list and watch: a change to a child (deleted, edited, its pods ready) reconciles its owner at once.
+CHILD_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 
 RULES: list[dict[str, Any]] = [
     # The custom resources: kopf lists and watches them, patches finalizers and its annotations.
     {"apiGroups": [GROUP], "resources": ["devicefleets", "pipelines"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": ["devicefleets/status", "pipelines/status"], "verbs": ["get", "patch"]},
+    # Children's ownerReferences set blockOwnerDeletion, which the API server (with the OwnerReferencesPermission-
+    # Enforcement admission plugin, on by default in OpenShift) allows only with `update` on the owner's finalizers.
+    {"apiGroups": [GROUP], "resources": ["devicefleets/finalizers", "pipelines/finalizers"], "verbs": ["update"]},
     # The children, created and patched back to the spec, deleted when the spec stops asking for them.
     {"apiGroups": [""], "resources": ["configmaps", "services", "secrets"], "verbs": CHILD_VERBS},
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": CHILD_VERBS},

@@ -4,6 +4,7 @@ import re
 from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.config import JsonDict
 
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
@@ -207,6 +208,45 @@ class StreamSpec(Model):
         return quantities.parse_bytes(self.max_bytes)
 
 
+def _partitions(x: str) -> str:
+    return f"(has({x}.streams) && has({x}.streams.partitions) ? {x}.streams.partitions : 8)"
+
+
+def _intake_stopped(x: str) -> str:
+    return (
+        f"(has({x}.gateway) && has({x}.gateway.replicas) && {x}.gateway.replicas == 0 && !has({x}.gateway.autoscaling))"
+    )
+
+
+def _managed_servers(x: str) -> str:
+    return f"(has({x}.nats) && has({x}.nats.managed) && has({x}.nats.managed.replicas) ? {x}.nats.managed.replicas : 1)"
+
+
+def _external(x: str) -> str:
+    return f"(has({x}.nats) && has({x}.nats.external))"
+
+
+# Changes the API server refuses because they would lose or skip data (rules with oldSelf run on updates only).
+TRANSITION_RULES: list[JsonDict] = [
+    {
+        # The stream would re-partition at once while the processors still read the old partitions: readings
+        # would be skipped and a device's order broken. With the intake stopped (and, as docs/operator.md says,
+        # the processors drained) nothing is in flight.
+        "rule": f"{_partitions('self')} == {_partitions('oldSelf')} || "
+        f"({_intake_stopped('oldSelf')} && {_intake_stopped('self')})",
+        "message": "streams.partitions can change only while the gateway is scaled to 0 (gateway.replicas 0, no "
+        "autoscaling) before and after the change: see 'Changing partitions' in docs/operator.md",
+    },
+    {
+        # A leaving server takes the streams it holds with it.
+        "rule": f"{_external('self')} || {_external('oldSelf')} || "
+        f"{_managed_servers('self')} >= {_managed_servers('oldSelf')}",
+        "message": "nats.managed.replicas cannot shrink: the streams on the servers that leave would be lost; see "
+        "'Scaling NATS' in docs/operator.md",
+    },
+]
+
+
 class DeviceFleetSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -224,6 +264,7 @@ class DeviceFleetSpec(Model):
                     "message": "gateway.maxBodyBytes exceeds nats.external.maxPayloadBytes: the external NATS cannot "
                     "carry the bodies devices may send",
                 },
+                *TRANSITION_RULES,
             ]
         }
     )

@@ -1,6 +1,8 @@
 """Pieces every builder shares: names, labels, metadata, security contexts, probes and config volumes."""
 
+import copy
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -65,6 +67,20 @@ def config_hash(*texts: str) -> str:
     for text in texts:
         digest.update(text.encode())
     return digest.hexdigest()[:16]
+
+
+def component_hash(config: JsonObject, unread: Iterable[tuple[str, ...]]) -> str:
+    """The config hash over what one component reads. `unread` lists the paths into `config` it never reads
+    (another component's replicas, the NATS volume): a change there patches its ConfigMap, which the component
+    reads only at start, but must not restart its pods."""
+    view = copy.deepcopy(config)
+    for path in unread:
+        parent: Any = view
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return config_hash(render_config(view))
 
 
 def config_map(name: str, namespace: str | None, object_labels: dict[str, str], data: dict[str, str]) -> JsonObject:

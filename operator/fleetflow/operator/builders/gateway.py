@@ -11,7 +11,7 @@ from fleetflow.operator.builders import nats
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
     JsonObject,
-    config_hash,
+    component_hash,
     config_map,
     fleet_labels,
     metadata,
@@ -61,7 +61,16 @@ def device_secret(fleet: DeviceFleet, value: bytes) -> JsonObject:
     }
 
 
-def rendered_config(fleet: DeviceFleet) -> str:
+# What the gateway never reads: how many of it run (`kubectl scale` or the HPA) and the managed NATS's servers
+# and volume (it reaches NATS through the Service).
+GATEWAY_UNREAD = [
+    ("fleet", "spec", "gateway", "replicas"),
+    ("fleet", "spec", "gateway", "autoscaling"),
+    ("fleet", "spec", "nats", "managed"),
+]
+
+
+def gateway_service_config(fleet: DeviceFleet) -> JsonObject:
     config = gateway_config(
         fleet,
         nats_url=nats.nats_url(fleet),
@@ -71,16 +80,17 @@ def rendered_config(fleet: DeviceFleet) -> str:
     )
     if nats.managed(fleet):  # its MQTT listener admits devices through this gateway's auth callout
         config["mqtt_issuer_seed_file"] = str(nats_credentials.file(nats_credentials.ISSUER_SEED_KEY))
-    return render_config(config)
+    return config
+
+
+def rendered_config(fleet: DeviceFleet) -> str:
+    return render_config(gateway_service_config(fleet))
 
 
 def rollout_hash(fleet: DeviceFleet) -> str:
-    """The config hash on the pod template, blind to the replica count: `kubectl scale` (or the HPA) changes
-    how many gateways run, which must not restart the running ones."""
-    unscaled = fleet.spec.gateway.model_copy(update={"replicas": 0, "autoscaling": None})
-    return config_hash(
-        rendered_config(fleet.model_copy(update={"spec": fleet.spec.model_copy(update={"gateway": unscaled})}))
-    )
+    """The config hash on the pod template, over what the gateway reads: scaling it, or resizing NATS, must not
+    restart the running gateways."""
+    return component_hash(gateway_service_config(fleet), GATEWAY_UNREAD)
 
 
 def gateway_config_map(fleet: DeviceFleet) -> JsonObject:

@@ -235,7 +235,9 @@ def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources
                         {
                             "maxSkew": 1,
                             "topologyKey": "kubernetes.io/hostname",
-                            "whenUnsatisfiable": "ScheduleAnyway",
+                            # Hard: two servers on one node fail together and take the JetStream quorum with
+                            # them. A node with room for no other server leaves the pod Pending, which shows.
+                            "whenUnsatisfiable": "DoNotSchedule",
                             "labelSelector": {"matchLabels": selector_labels(fleet.name, "nats")},
                         }
                     ],
@@ -284,6 +286,17 @@ def nats_client_service(fleet: DeviceFleet) -> JsonObject:
     }
 
 
+def nats_pdb(fleet: DeviceFleet) -> JsonObject:
+    """A drain evicts one server at a time: 3 servers keep their JetStream quorum (2 of 3); 1 server may still go,
+    so that a node can be drained (the gateways buffer meanwhile)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(statefulset_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats")),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(fleet.name, "nats")}},
+    }
+
+
 def nats_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> list[JsonObject]:
     """Everything a managed NATS needs, in apply order (its credentials Secret is handled apart: it is created,
     never patched); empty when the fleet uses an external NATS."""
@@ -294,4 +307,5 @@ def nats_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: Js
         nats_headless_service(fleet),
         nats_client_service(fleet),
         nats_statefulset(fleet, image, pull_policy, resources),
+        nats_pdb(fleet),
     ]

@@ -9,7 +9,7 @@ from fleetflow.operator.builders import nats
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
     JsonObject,
-    config_hash,
+    component_hash,
     config_map,
     metadata,
     namespace_of,
@@ -44,12 +44,32 @@ def writer_config_map_name(pipeline: Pipeline) -> str:
     return f"{pipeline.name}-writer-config"
 
 
-def processor_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
-    return render_config(
-        processor_config(
-            fleet, pipeline, nats_url=nats.nats_url(fleet), nats_password_file=nats.services_password_file(fleet)
-        )
+# What each component never reads, so a change there does not restart it: the gateway's scale, the device auth
+# and the managed NATS's servers and volume (both reach NATS through its Service); and the other component's part
+# of the pipeline. The writer provisions the streams and consumers once at start, from whatever its ConfigMap
+# then says, so the processors' share of it need not restart it.
+FLEET_UNREAD = [("fleet", "spec", "gateway"), ("fleet", "spec", "auth"), ("fleet", "spec", "nats")]
+PROCESSOR_UNREAD = [*FLEET_UNREAD, ("pipeline", "spec", "sink"), ("pipeline", "spec", "writer")]
+WRITER_UNREAD = [
+    *FLEET_UNREAD,
+    ("fleet", "spec", "devices"),
+    ("pipeline", "spec", "steps"),
+    ("pipeline", "spec", "processor"),
+]
+
+
+def processor_service_config(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
+    return processor_config(
+        fleet, pipeline, nats_url=nats.nats_url(fleet), nats_password_file=nats.services_password_file(fleet)
     )
+
+
+def processor_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
+    return render_config(processor_service_config(fleet, pipeline))
+
+
+def processor_hash(fleet: DeviceFleet, pipeline: Pipeline) -> str:
+    return component_hash(processor_service_config(fleet, pipeline), PROCESSOR_UNREAD)
 
 
 def sqlite_path(pipeline: Pipeline) -> Path | None:
@@ -60,7 +80,7 @@ def sqlite_path(pipeline: Pipeline) -> Path | None:
     return Path(configured) if configured else Path(STORE_DIR) / "store.sqlite3"
 
 
-def writer_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
+def writer_service_config(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
     config = writer_config(
         fleet,
         pipeline,
@@ -70,7 +90,15 @@ def writer_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
     )
     if pipeline.spec.sink.cassandra and pipeline.spec.sink.cassandra.credentials_secret_ref:
         config["cassandra_credentials_dir"] = CASSANDRA_CREDENTIALS_DIR
-    return render_config(config)
+    return config
+
+
+def writer_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
+    return render_config(writer_service_config(fleet, pipeline))
+
+
+def writer_hash(fleet: DeviceFleet, pipeline: Pipeline) -> str:
+    return component_hash(writer_service_config(fleet, pipeline), WRITER_UNREAD)
 
 
 def processor_config_map(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
@@ -131,7 +159,7 @@ def processor_statefulset(
                 pipeline_labels(pipeline, "processor"),
                 [container],
                 [*service_volumes(processor_config_map_name(pipeline)), *volumes],
-                config_hash(processor_rendered_config(fleet, pipeline)),
+                processor_hash(fleet, pipeline),
                 terminationGracePeriodSeconds=30,
             ),
         },
@@ -185,7 +213,7 @@ def writer_deployment(
                 pipeline_labels(pipeline, "writer"),
                 [container],
                 [*service_volumes(writer_config_map_name(pipeline)), *volumes],
-                config_hash(writer_rendered_config(fleet, pipeline)),
+                writer_hash(fleet, pipeline),
                 terminationGracePeriodSeconds=30,
             ),
         },
