@@ -1,5 +1,5 @@
 """Everything the gateway offers devices besides HTTP telemetry: commands, their expiry, and the other
-protocols. `serve()` in main.py starts it once and closes it on shutdown."""
+protocols (gRPC, MQTT, WebSocket, CoAP). `serve()` in main.py starts it once and closes it on shutdown."""
 
 import asyncio
 import contextlib
@@ -20,6 +20,8 @@ from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.sessions import DeviceSessions
+from fleetflow.gateway.ws import WebSocketApi
 from fleetflow.runtime import credentials
 from fleetflow.runtime.jetstream import ConnectionWatch
 from fleetflow.runtime.settings import GatewaySettings
@@ -31,6 +33,7 @@ log = structlog.get_logger(__name__)
 class Connectivity:
     intake: DeviceIntake  # what every protocol hands telemetry to
     commands: CommandApi
+    websockets: WebSocketApi
     ports: dict[str, int] = field(default_factory=dict)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _closers: list[Any] = field(default_factory=list)
@@ -47,7 +50,10 @@ class Connectivity:
             buffer = DiskBuffer(settings.buffer_dir, settings.buffer_max_bytes)
             publisher = BufferedPublisher(nc, watch, meter, settings.max_publishes_in_flight, buffer)
         intake = DeviceIntake(fleet, secret, publisher, meter)
-        links = cls(intake=intake, commands=CommandApi(fleet, secret, js, store, meter))
+        commands = CommandApi(fleet, secret, js, store, meter)
+        sessions = DeviceSessions(meter)  # one per device, across WebSocket and CoAP
+        websockets = WebSocketApi(intake, sessions, js, store, commands.commands_delivered, settings.ws_heartbeat)
+        links = cls(intake=intake, commands=commands, websockets=websockets)
         if isinstance(publisher, BufferedPublisher):
             links._tasks.append(asyncio.create_task(publisher.run(links._stop)))
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
@@ -78,6 +84,7 @@ class Connectivity:
 
     def add_routes(self, app: web.Application) -> None:
         self.commands.add_routes(app)
+        self.websockets.add_routes(app)
 
     async def close(self) -> None:
         """Stop listening and finish what is in flight (protocol servers first, then background tasks)."""
