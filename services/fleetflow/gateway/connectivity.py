@@ -13,6 +13,8 @@ from nats.js import JetStreamContext
 from opentelemetry.metrics import Meter
 
 from fleetflow.gateway.buffer import BufferedPublisher, DiskBuffer
+from fleetflow.gateway.coap import CoapDeviceApi
+from fleetflow.gateway.coap import start_server as start_coap_server
 from fleetflow.gateway.command_api import CommandApi
 from fleetflow.gateway.commands import CommandExpirer, CommandStore
 from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
@@ -64,6 +66,8 @@ class Connectivity:
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, js, store)
+        if settings.coap_port is not None:
+            await links._start_coap(settings, CoapDeviceApi(intake, sessions, js, store, commands.commands_delivered))
         return links
 
     @property
@@ -81,6 +85,16 @@ class Connectivity:
             await server.stop(grace=settings.drain_timeout / 2)
 
         self._closers.append(stop_grpc)
+
+    async def _start_coap(self, settings: GatewaySettings, api: CoapDeviceApi) -> None:
+        context, port = await start_coap_server(api, settings.listen_host, settings.coap_port or 0)
+        self.ports["coap_port"] = port
+
+        async def stop_coap() -> None:
+            await api.close()
+            await context.shutdown()
+
+        self._closers.append(stop_coap)
 
     def add_routes(self, app: web.Application) -> None:
         self.commands.add_routes(app)
