@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fleetflow.device.coap_client import CoapDevice, CoapUnreachable
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
 from fleetflow.device.http import HttpDevice
 from fleetflow.device.mqtt_client import MqttDevice
@@ -97,6 +98,25 @@ class WsLink:
         try:
             answer = await self.device.send(readings)
         except (SessionClosed, TimeoutError) as exc:
+            return Delivery(Outcome.RETRY, reason=str(exc))
+        return _delivery(answer)
+
+    async def reconnect(self) -> None:
+        await self.device.close()
+        await self.device.connect()
+
+    async def close(self) -> None:
+        await self.device.close()
+
+
+class CoapLink:
+    def __init__(self, device: CoapDevice):
+        self.device = device
+
+    async def deliver(self, readings: Readings) -> Delivery:
+        try:
+            answer = await self.device.send(readings)
+        except CoapUnreachable as exc:
             return Delivery(Outcome.RETRY, reason=str(exc))
         return _delivery(answer)
 
