@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="load any gateway with simulated devices")
     simulate.add_argument("--url", required=True, help="gateway base URL, e.g. http://127.0.0.1:8080 (for grpc: "
-                          "HOST:PORT; for mqtt: mqtt://HOST:PORT, as in endpoints.json)")  # fmt: skip
-    simulate.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http")
+                          "HOST:PORT; for mqtt: mqtt://HOST:PORT; for ws: ws://HOST:PORT; for coap: "
+                          "coap://HOST:PORT, as in endpoints.json)")  # fmt: skip
+    simulate.add_argument("--protocol", choices=["http", "grpc", "mqtt", "ws", "coap"], default="http")
     simulate.add_argument("--fleet", required=True)
     simulate.add_argument("--devices", type=positive_int, default=10)
     simulate.add_argument("--batch", type=positive_int, default=10)
