@@ -1,5 +1,6 @@
-"""Device connectivity on the local platform (`fleetflow up`'s LocalPlatform, in this process): HTTP, gRPC and
-MQTT devices on the endpoints in endpoints.json, commands to offline devices, and a NATS outage under load."""
+"""Device connectivity on the local platform (`fleetflow up`'s LocalPlatform, in this process): HTTP, gRPC, MQTT,
+WebSocket and CoAP devices on the endpoints in endpoints.json, commands to offline devices, and a NATS outage under
+load."""
 
 import asyncio
 import sys
@@ -12,10 +13,12 @@ import aiohttp
 import pytest
 
 from fleetflow.api import Pipeline
+from fleetflow.device.coap_client import CoapDevice
 from fleetflow.device.commands import HttpCommands
 from fleetflow.device.grpc_client import GrpcDevice
 from fleetflow.device.http import HttpDevice
 from fleetflow.device.mqtt_client import MqttDevice
+from fleetflow.device.ws_client import WsDevice
 from fleetflow.gateway.command_api import application_token
 from fleetflow.local.platform import LocalPlatform
 from fleetflow.local.resources import load_resources
@@ -135,6 +138,36 @@ async def test_every_protocol_stores_each_reading_once_and_gets_commands_queued_
     finally:
         assert await platform.stop(drain_timeout=30)
     for device in ("h-1", "g-1", "m-1"):
+        assert await stored_seqs(data_dir, device) == list(range(50)), device
+
+
+async def test_websocket_and_coap_devices_on_the_endpoints_json_urls(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    platform = LocalPlatform(load_resources([QUICKSTART]), data_dir)
+    endpoints = await platform.start()
+    fleet = endpoints["fleets"]["demo"]
+    assert fleet["ws"].startswith("ws://127.0.0.1:") and fleet["coap"].startswith("coap://127.0.0.1:")
+    secret = credentials.read_secret(Path(fleet["secretFile"]))
+    token = lambda device: credentials.device_token(secret, "demo", device)  # noqa: E731
+    try:
+        async with aiohttp.ClientSession() as session:
+            sent = {d: await send_command(session, fleet["http"], secret, d, "calibrate") for d in ("w-1", "c-1")}
+            async with WsDevice(session, fleet["ws"], "demo", "w-1", token("w-1")) as ws_device:
+                assert (await asyncio.wait_for(ws_device.commands.get(), 10))["id"] == sent["w-1"]["id"]
+                for i in range(5):
+                    assert (await ws_device.send(readings(i * 10, 10)))["accepted"] == 10
+                assert (await ws_device.send(readings(0, 10)))["duplicate"] is True
+                assert (await ws_device.report(sent["w-1"]["id"], "succeeded"))["state"] == "succeeded"
+            async with CoapDevice(fleet["coap"], "demo", "c-1", token("c-1"), cbor=True) as coap_device:
+                assert (await coap_device.observe_commands())["status"] == 200
+                assert (await asyncio.wait_for(coap_device.commands.get(), 10))["id"] == sent["c-1"]["id"]
+                for i in range(50):  # one reading per message, as a constrained device sends
+                    assert (await coap_device.send(readings(i, 1)))["accepted"] == 1
+                assert (await coap_device.send(readings(49, 1)))["duplicate"] is True
+                assert (await coap_device.report(sent["c-1"]["id"], "succeeded"))["state"] == "succeeded"
+    finally:
+        assert await platform.stop(drain_timeout=30)
+    for device in ("w-1", "c-1"):
         assert await stored_seqs(data_dir, device) == list(range(50)), device
 
 

@@ -5,10 +5,13 @@ on the device side until the end of the run."""
 import asyncio
 import re
 
+import aiocoap
+import aiocoap.error
 import aiohttp
 
 from fleetflow.device.grpc_client import GrpcDevice
 from fleetflow.device.mqtt_client import MqttDevice
+from fleetflow.device.ws_client import WsDevice
 
 PROBE_TIMEOUT = 5.0
 _HOST_PORT = r"[^\s/:]+:[0-9]{1,5}"
@@ -16,6 +19,8 @@ SHAPES = {
     "http": (re.compile(rf"https?://{_HOST_PORT}(/\S*)?"), "http://HOST:PORT"),
     "grpc": (re.compile(_HOST_PORT), "HOST:PORT"),
     "mqtt": (re.compile(rf"(mqtt://)?{_HOST_PORT}"), "mqtt://HOST:PORT"),
+    "ws": (re.compile(rf"(wss?|https?)://{_HOST_PORT}(/\S*)?"), "ws://HOST:PORT"),
+    "coap": (re.compile(rf"coap://{_HOST_PORT}"), "coap://HOST:PORT"),
 }
 
 
@@ -31,7 +36,9 @@ def shape_problem(protocol: str, target: str) -> str | None:
 
 async def probe(protocol: str, target: str, fleet: str, device: str, token: str) -> None:
     """Raise EndpointProblem unless `target` answers as the gateway's `protocol` endpoint."""
-    check = {"http": _probe_http, "grpc": _probe_grpc, "mqtt": _probe_mqtt}[protocol]
+    check = {"http": _probe_http, "grpc": _probe_grpc, "mqtt": _probe_mqtt, "ws": _probe_ws, "coap": _probe_coap}[
+        protocol
+    ]
     try:
         await asyncio.wait_for(check(target, fleet, device, token), PROBE_TIMEOUT)
     except TimeoutError:
@@ -72,3 +79,30 @@ async def _probe_mqtt(target: str, fleet: str, device: str, token: str) -> None:
         await client.connect(PROBE_TIMEOUT)
     finally:
         await client.close()
+
+
+async def _probe_ws(target: str, fleet: str, device: str, token: str) -> None:
+    base = re.sub(r"^ws", "http", target)
+    async with aiohttp.ClientSession() as session:
+        client = WsDevice(session, base, fleet, device, token)
+        try:
+            await client.connect()
+        except aiohttp.WSServerHandshakeError as exc:
+            raise EndpointProblem(
+                f"the WebSocket handshake was refused with HTTP {exc.status} ({exc.message})"
+            ) from None
+        finally:
+            await client.close()
+
+
+async def _probe_coap(target: str, fleet: str, device: str, token: str) -> None:
+    # A GET on the telemetry resource stores nothing; any CoAP answer (4.05 from the gateway) shows a CoAP server
+    # listens there. UDP has no connection, so "nothing there" is the missing answer (PROBE_TIMEOUT).
+    context = await aiocoap.Context.create_client_context()
+    try:
+        uri = f"{target.rstrip('/')}/v1/fleets/{fleet}/devices/{device}/telemetry"
+        await context.request(aiocoap.Message(code=aiocoap.GET, uri=uri)).response
+    except aiocoap.error.Error as exc:
+        raise EndpointProblem(f"no CoAP answer ({type(exc).__name__})") from None
+    finally:
+        await context.shutdown()

@@ -133,9 +133,9 @@ def _simulate(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         f"{text}. The endpoint is checked first, so a wrong URL or protocol fails at once. Ctrl-C stops early: "
         "the devices send what they hold, the summary is printed, and the exit code is 130."))  # fmt: skip
     simulate.add_argument("--url", help="the gateway endpoint for the protocol: http://HOST:PORT for http, HOST:PORT "
-                          "for grpc, mqtt://HOST:PORT for mqtt (default: the fleet's endpoint in the data dir's "
-                          "endpoints.json)")  # fmt: skip
-    simulate.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http",
+                          "for grpc, mqtt://HOST:PORT for mqtt, ws://HOST:PORT for ws, coap://HOST:PORT for coap "
+                          "(default: the fleet's endpoint in the data dir's endpoints.json)")  # fmt: skip
+    simulate.add_argument("--protocol", choices=["http", "grpc", "mqtt", "ws", "coap"], default="http",
                           help="how the devices connect (default: %(default)s)")  # fmt: skip
     simulate.add_argument("--fleet", required=True, help="the DeviceFleet's name")
     simulate.add_argument("--devices", type=positive_int, default=10, metavar="N",

@@ -1,5 +1,5 @@
 """Device-side store-and-forward: readings wait in a bounded queue while the gateway is unreachable and are
-resent, oldest first, once it is back — over HTTP, gRPC or MQTT alike.
+resent, oldest first, once it is back — over HTTP, gRPC, MQTT, WebSocket or CoAP alike.
 
     link = GrpcLink(GrpcDevice(target, fleet, device, token))
     forward = StoreAndForward(link, max_batches=10_000)
@@ -16,9 +16,11 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fleetflow.device.coap_client import CoapDevice, CoapUnreachable
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
 from fleetflow.device.http import HttpDevice
 from fleetflow.device.mqtt_client import MqttDevice
+from fleetflow.device.ws_client import SessionClosed, WsDevice
 
 Readings = list[dict[str, Any]]
 
@@ -84,6 +86,54 @@ class GrpcLink:
 
     async def close(self) -> None:
         await self.device.close()
+
+
+class WsLink:
+    def __init__(self, device: WsDevice):
+        self.device = device
+
+    async def deliver(self, readings: Readings) -> Delivery:
+        if not self.device.connected:
+            return Delivery(Outcome.RETRY, reason="not connected")
+        try:
+            answer = await self.device.send(readings)
+        except (SessionClosed, TimeoutError) as exc:
+            return Delivery(Outcome.RETRY, reason=str(exc))
+        return _delivery(answer)
+
+    async def reconnect(self) -> None:
+        await self.device.close()
+        await self.device.connect()
+
+    async def close(self) -> None:
+        await self.device.close()
+
+
+class CoapLink:
+    def __init__(self, device: CoapDevice):
+        self.device = device
+
+    async def deliver(self, readings: Readings) -> Delivery:
+        try:
+            answer = await self.device.send(readings)
+        except CoapUnreachable as exc:
+            return Delivery(Outcome.RETRY, reason=str(exc))
+        return _delivery(answer)
+
+    async def reconnect(self) -> None:
+        await self.device.close()
+        await self.device.connect()
+
+    async def close(self) -> None:
+        await self.device.close()
+
+
+def _delivery(answer: dict[str, Any]) -> Delivery:
+    """A Delivery from an answer in the HTTP shape with its status (202, or the refusal's)."""
+    if answer["status"] == 202:
+        return Delivery(Outcome.ACKNOWLEDGED, duplicate=bool(answer.get("duplicate")))
+    retry = answer["status"] in (429, 503)
+    return Delivery(Outcome.RETRY if retry else Outcome.REFUSED, reason=str(answer.get("error", answer["status"])))
 
 
 class MqttLink:

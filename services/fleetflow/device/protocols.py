@@ -1,5 +1,5 @@
 """Simulated devices over any protocol, each with device-side store-and-forward: `fleetflow simulate
---protocol http|grpc|mqtt`. The HTTP-only load generator of `fleetflow up --simulate` is simulator.py."""
+--protocol http|grpc|mqtt|ws|coap`. The HTTP-only load generator of `fleetflow up --simulate` is simulator.py."""
 
 import asyncio
 import contextlib
@@ -9,25 +9,32 @@ from typing import Any
 
 import aiohttp
 
-from fleetflow.device.forwarding import GrpcLink, HttpLink, Link, MqttLink, StoreAndForward
+from fleetflow.device.coap_client import CoapDevice
+from fleetflow.device.forwarding import CoapLink, GrpcLink, HttpLink, Link, MqttLink, StoreAndForward, WsLink
 from fleetflow.device.grpc_client import GrpcDevice
 from fleetflow.device.http import HttpDevice
 from fleetflow.device.mqtt_client import MqttDevice
 from fleetflow.device.simulator import SensorModel, SimulationReport, initial_seq
+from fleetflow.device.ws_client import WsDevice
 
-PROTOCOLS = ("http", "grpc", "mqtt")
+PROTOCOLS = ("http", "grpc", "mqtt", "ws", "coap")
 
 
 def make_link(protocol: str, target: str, fleet: str, device: str, token: str,
               session: aiohttp.ClientSession | None = None) -> Link:  # fmt: skip
-    """`target` is the gateway's base URL for http, host:port of its gRPC listener for grpc, and host:port
-    (or mqtt://host:port) of the MQTT listener for mqtt — the values in endpoints.json."""
-    if protocol == "http":
-        if session is None:
-            raise ValueError("an HTTP link needs an aiohttp session")
+    """`target` is the gateway's base URL for http, host:port of its gRPC listener for grpc, host:port
+    (or mqtt://host:port) of the MQTT listener for mqtt, the gateway's base URL (http:// or ws://) for ws, and
+    coap://host:port for coap — the values in endpoints.json."""
+    if protocol in ("http", "ws") and session is None:
+        raise ValueError(f"an {protocol} link needs an aiohttp session")
+    if protocol == "http" and session is not None:
         return HttpLink(HttpDevice(session, target, fleet, device, token))
+    if protocol == "ws" and session is not None:
+        return WsLink(WsDevice(session, target, fleet, device, token))
     if protocol == "grpc":
         return GrpcLink(GrpcDevice(target, fleet, device, token))
+    if protocol == "coap":
+        return CoapLink(CoapDevice(target, fleet, device, token))
     if protocol == "mqtt":
         host, _, port = target.removeprefix("mqtt://").rpartition(":")
         return MqttLink(MqttDevice(host, int(port), fleet, device, token))

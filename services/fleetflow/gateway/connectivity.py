@@ -1,5 +1,5 @@
 """Everything the gateway offers devices besides HTTP telemetry: commands, their expiry, and the other
-protocols. `serve()` in main.py starts it once and closes it on shutdown."""
+protocols (gRPC, MQTT, WebSocket, CoAP). `serve()` in main.py starts it once and closes it on shutdown."""
 
 import asyncio
 import contextlib
@@ -12,6 +12,8 @@ from nats.aio.client import Client
 from opentelemetry.metrics import Meter
 
 from fleetflow.gateway.buffer import BufferedPublisher, DiskBuffer
+from fleetflow.gateway.coap import CoapDeviceApi
+from fleetflow.gateway.coap import start_server as start_coap_server
 from fleetflow.gateway.command_api import CommandApi
 from fleetflow.gateway.command_sessions import CommandSessions
 from fleetflow.gateway.commands import CommandExpirer, CommandStore
@@ -20,6 +22,8 @@ from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.sessions import DeviceSessions
+from fleetflow.gateway.ws import WebSocketApi
 from fleetflow.runtime import credentials, jetstream
 from fleetflow.runtime.jetstream import ConnectionWatch
 from fleetflow.runtime.settings import GatewaySettings
@@ -31,6 +35,7 @@ log = structlog.get_logger(__name__)
 class Connectivity:
     intake: DeviceIntake  # what every protocol hands telemetry to
     commands: CommandApi
+    websockets: WebSocketApi
     ports: dict[str, int] = field(default_factory=dict)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _closers: list[Any] = field(default_factory=list)
@@ -49,7 +54,10 @@ class Connectivity:
         intake = DeviceIntake(fleet, secret, publisher, meter)
         sessions = CommandSessions(nc, store, fleet.spec.gateway.max_streams_per_device, meter)
         await sessions.start()
-        links = cls(intake=intake, commands=CommandApi(fleet, secret, js, store, sessions, meter))
+        commands = CommandApi(fleet, secret, js, store, sessions, meter)
+        pushed = DeviceSessions(meter)  # one per device, across WebSocket and CoAP
+        websockets = WebSocketApi(intake, pushed, sessions, store, commands.commands_delivered, settings.ws_heartbeat)
+        links = cls(intake=intake, commands=commands, websockets=websockets)
         links._closers.append(sessions.close)  # closers run last to first: this one after the device listeners
         if isinstance(publisher, BufferedPublisher):
             links._tasks.append(asyncio.create_task(publisher.run(links._stop)))
@@ -62,6 +70,9 @@ class Connectivity:
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, sessions, store)
+        if settings.coap_port is not None:
+            coap = CoapDeviceApi(intake, pushed, sessions, store, commands.commands_delivered)
+            await links._start_coap(settings, coap)
         return links
 
     @property
@@ -92,8 +103,19 @@ class Connectivity:
 
         self._closers.append(stop_grpc)
 
+    async def _start_coap(self, settings: GatewaySettings, api: CoapDeviceApi) -> None:
+        context, port = await start_coap_server(api, settings.listen_host, settings.coap_port or 0)
+        self.ports["coap_port"] = port
+
+        async def stop_coap() -> None:
+            await api.close()
+            await context.shutdown()
+
+        self._closers.append(stop_coap)
+
     def add_routes(self, app: web.Application) -> None:
         self.commands.add_routes(app)
+        self.websockets.add_routes(app)
 
     async def close(self) -> None:
         """Stop listening and finish what is in flight (protocol servers first, then background tasks)."""

@@ -2,14 +2,17 @@
 
 Authentication, identifier and limit checks, validation, the per-device rate limit (one bucket per device,
 shared by every protocol), the dedupe identity, publishing with its outage buffer, and the metrics of all of
-it live here; a protocol adapter (http.py, grpc_api.py, mqtt_bridge.py) only translates its protocol into
-these calls and the answers back. Adding a protocol means one adapter module that calls
+it live here; a protocol adapter (http.py, grpc_api.py, mqtt_bridge.py, ws.py, coap.py) only translates its
+protocol into these calls and the answers back. Adding a protocol means one adapter module that calls
 
     intake.admit(protocol, fleet, device, authorization)      # who is it?  Rejection 401/404/400
     accepted = await intake.ingest(protocol, device, body)   # validate, rate-limit, publish; Rejection 4xx/503
 
 (or `receive` and `publish` separately, when the adapter merges several messages into one batch as MQTT does),
-its registration in connectivity.py, its docs section in docs/devices.md and its tests.
+its registration in connectivity.py (and its name in PROTOCOLS below, so its metrics exist from the start), its
+docs section in docs/devices.md and its tests. An adapter that holds a session open and pushes commands (ws.py,
+coap.py) also opens the device's session in sessions.py (one per device, across those protocols) and takes its
+commands from command_push.py.
 
 A Rejection's status says whether a retry can help: 503 and 429 are passing conditions, every other status is
 permanent and must never be retried or buffered."""
@@ -32,13 +35,13 @@ from fleetflow.gateway.ratelimit import DeviceRateLimiter
 from fleetflow.runtime.codec import ReadingBatch
 
 log = structlog.get_logger(__name__)
-PROTOCOLS = ("http", "grpc", "mqtt")
+PROTOCOLS = ("http", "grpc", "mqtt", "ws", "coap")
 # Exported at 0 from the start, so that rate() and increase() see the first refusal of each reason.
 REASONS = (
     "malformed_json", "malformed_body", "invalid_reading", "invalid_timestamp", "non_finite_number",
     "invalid_metric_name", "duplicate_key", "seq_not_increasing", "empty_batch", "invalid_device_id",
     "missing_token", "invalid_token", "unknown_fleet", "batch_too_large", "body_too_large", "rate_limited",
-    "unavailable", "buffer_full", "request_timeout",
+    "unavailable", "buffer_full", "request_timeout", "invalid_message", "unsupported_content_format",
 )  # fmt: skip
 
 

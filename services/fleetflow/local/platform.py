@@ -130,8 +130,10 @@ class LocalPlatform:
                 **self._login(natslogins.GATEWAY),
                 nats_callout_password_file=self.nats.password_file(natsauth.CALLOUT_USER),
             )
-            # Device connectivity (docs/devices.md): gRPC, MQTT through the embedded server, outage buffer.
-            cfg.update(grpc_port=self.ports.take(), buffer_dir=str(self.data_dir / "buffer" / fleet.name),
+            # Device connectivity (docs/devices.md): gRPC, CoAP (UDP), MQTT through the embedded server, outage
+            # buffer; WebSockets share the HTTP port.
+            cfg.update(grpc_port=self.ports.take(), coap_port=self.ports.take_udp(),
+                       buffer_dir=str(self.data_dir / "buffer" / fleet.name),
                        mqtt_issuer_seed_file=str(self.nats.mqtt_issuer_seed_file))  # fmt: skip
             gateways.append(ServiceProcess(f"gateway-{fleet.name}", "gateway", cfg, self._run_dir()))
         return gateways
@@ -172,6 +174,8 @@ class LocalPlatform:
                     "http": self.gateway_url(fleet),
                     "grpc": f"127.0.0.1:{self.service(f'gateway-{name}').status['grpc_port']}",
                     "mqtt": f"mqtt://127.0.0.1:{self.nats.mqtt_port}",
+                    "ws": "ws" + self.gateway_url(fleet).removeprefix("http"),
+                    "coap": f"coap://127.0.0.1:{self.service(f'gateway-{name}').status['coap_port']}",
                     "secretFile": str(credentials.local_secret_path(self.data_dir, name)),
                 }
                 for name, fleet in self.resources.fleets.items()

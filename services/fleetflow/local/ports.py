@@ -13,6 +13,12 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_udp_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no conflict
@@ -35,5 +41,13 @@ class PortChoice:
         port = free_port()
         while port in self.taken:
             port = free_port()
+        self.taken.add(port)
+        return port
+
+    def take_udp(self) -> int:
+        """A free UDP port (CoAP), distinct from the others taken."""
+        port = free_udp_port()
+        while port in self.taken:
+            port = free_udp_port()
         self.taken.add(port)
         return port

@@ -97,6 +97,9 @@ class GatewaySettings(ServiceSettings):
     max_publishes_in_flight: int = pydantic.Field(default=1024, ge=1)
     # Device connectivity beyond HTTP (see docs/devices.md): None turns a listener or the buffer off.
     grpc_port: int | None = pydantic.Field(default=None, ge=0, le=65535)
+    coap_port: int | None = pydantic.Field(default=None, ge=0, le=65535)  # UDP
+    # WebSocket sessions (on listen_port) get a ping this often; one that answers none within half of it is closed.
+    ws_heartbeat: float = pydantic.Field(default=20.0, ge=0.1, le=3600)
     tls_cert_file: Path | None = None  # with tls_key_file: gRPC over TLS
     tls_key_file: Path | None = None
     buffer_dir: Path | None = None  # store-and-forward while NATS is unreachable

@@ -1,5 +1,5 @@
 """Device-side store-and-forward with the real clients: batches wait while the gateway is unreachable and are
-resent once it is up, each stored once; simulated devices over gRPC and MQTT."""
+resent once it is up, each stored once (over HTTP, gRPC, WebSocket and CoAP); simulated devices over MQTT."""
 
 import asyncio
 from pathlib import Path
@@ -9,18 +9,20 @@ import pytest
 
 from fleetflow.device.forwarding import StoreAndForward
 from fleetflow.device.protocols import make_link, simulate_protocol
+from fleetflow.local.ports import free_udp_port
 from fleetflow.runtime import credentials
 from tests.integration.connectivity.conftest import FLEET, MqttPlatform, start_gateway, stop_gateway
 from tests.integration.connectivity.test_grpc import readings
 from tests.support.natsserver import NatsServer, free_port
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", ["http", "grpc", "ws", "coap"])
 async def test_batches_wait_for_an_unreachable_gateway_and_are_stored_once(
     tmp_path: Path, nats_server: NatsServer, protocol: str
 ) -> None:
-    http_port, grpc_port = free_port(), free_port()
-    target = f"http://127.0.0.1:{http_port}" if protocol == "http" else f"127.0.0.1:{grpc_port}"
+    http_port, grpc_port, coap_port = free_port(), free_port(), free_udp_port()
+    target = {"http": f"http://127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}",
+              "ws": f"ws://127.0.0.1:{http_port}", "coap": f"coap://127.0.0.1:{coap_port}"}[protocol]  # fmt: skip
     secret = credentials.ensure_local_secret(tmp_path, FLEET)  # the gateway below reads the same secret
     token = credentials.device_token(secret, FLEET, "field-1")
     stop = asyncio.Event()
@@ -31,7 +33,8 @@ async def test_batches_wait_for_an_unreachable_gateway_and_are_stored_once(
             assert forward.submit(readings(i * 10, 10))
         await asyncio.sleep(1)
         assert forward.pending == 10 and forward.stats.acknowledged == 0  # nobody to send to
-        gw = await start_gateway(tmp_path, nats_server.url, listen_port=http_port, grpc_port=grpc_port)
+        gw = await start_gateway(tmp_path, nats_server.url, listen_port=http_port, grpc_port=grpc_port,
+                                 coap_port=coap_port)  # fmt: skip
         try:
             await asyncio.wait_for(forward.idle.wait(), 20)
             assert forward.stats.acknowledged == 100 and forward.stats.resent > 0
