@@ -18,6 +18,7 @@ import yaml
 from fleetflow.api import Pipeline, SpecError
 from fleetflow.api.crds import all_crds
 from fleetflow.api.identifiers import check_device_id, check_resource_name
+from fleetflow.appapi import keys
 from fleetflow.cli.up import UpOptions, run_up
 from fleetflow.device.protocols import simulate_protocol
 from fleetflow.device.simulator import simulate
@@ -64,6 +65,34 @@ def token(args: argparse.Namespace) -> int:
     else:
         print(credentials.device_token(secret, args.fleet, args.device))
     return 0
+
+
+def api_key(args: argparse.Namespace) -> int:
+    """`fleetflow api-key create|list|revoke`: on the fleet's key file, which a running API re-reads at once."""
+    _identifiers(args.fleet)
+    path = args.keys_file or keys.keys_file(args.data_dir, args.fleet)
+    try:
+        if args.action == "create":
+            _, text = keys.create_key(path, args.fleet, args.scope, args.name)
+            print(text)
+        elif args.action == "list":
+            for key in keys.read_keys(path):
+                if key.fleet == args.fleet:
+                    print(json.dumps(key.summary()) if args.json else _key_line(key))
+        else:
+            key = keys.revoke_key(path, args.id)
+            print(f"revoked API key {key.id} (scope {key.scope}) of fleet {key.fleet}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _key_line(key: keys.ApiKey) -> str:
+    def when(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+
+    state = f"revoked {when(key.revoked_ms)}" if key.revoked_ms is not None else "active"
+    return f"{key.id}  {key.scope:<7}  created {when(key.created_ms)}  {state}  {key.name}".rstrip()
 
 
 _RELATIVE = re.compile(r"^([0-9]+)(s|m|h|d)$")

@@ -13,7 +13,7 @@ from fleetflow.runtime import logs
 from fleetflow.runtime.settings import SettingsError
 
 DEFAULT_DATA_DIR = Path("fleetflow-data")
-SERVICES = ("gateway", "processor", "writer")
+SERVICES = ("gateway", "processor", "writer", "appapi")
 
 
 def positive_int(text: str) -> int:
@@ -116,6 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
         _data_dir(action)
         action.add_argument("--json", action="store_true")
 
+    api_key = sub.add_parser("api-key", help="create, list and revoke a fleet's application API keys")
+    key_actions = api_key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_actions.add_parser("create", help="create a key and print it (it is stored hashed: shown only now)")
+    create.add_argument("fleet")
+    create.add_argument("--scope", required=True, help="read, command or admin; each includes the ones before it")
+    create.add_argument("--name", default="", help="who or what the key is for")
+    key_list = key_actions.add_parser("list", help="the fleet's keys: id, scope, name, created, revoked")
+    key_list.add_argument("fleet")
+    key_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by its id; it stops working at once")
+    revoke.add_argument("fleet")
+    revoke.add_argument("id")
+    for action in (create, key_list, revoke):
+        where = action.add_mutually_exclusive_group()
+        where.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                           help=f"keys of the local platform here (default: ./{DEFAULT_DATA_DIR})")  # fmt: skip
+        where.add_argument("--keys-file", type=Path, help="this key file instead (e.g. for a cluster's Secret)")
+
     bench = sub.add_parser("bench", help="measure the local platform under device load, next to raw JetStream")
     bench.add_argument("--devices", type=positive_int, default=200)
     bench.add_argument("--batch", type=positive_int, default=100, help="readings per request")
@@ -135,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _service(sub, "gateway", "run the device gateway (as a pod or a local child process does)")
     _service(sub, "processor", "run a pipeline processor replica")
     _service(sub, "writer", "run a pipeline writer")
+    _service(sub, "appapi", "run a fleet's application API")
 
     operator = sub.add_parser("operator", help="run the Kubernetes operator")
     where = operator.add_mutually_exclusive_group()
@@ -171,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         "crds": commands.crds,
         "bench": commands.bench,
         "command": lambda a: asyncio.run(command_admin.run_cli(a)),
+        "api-key": commands.api_key,
         "gateway": _run_service("gateway"),
         "processor": _run_service("processor"),
         "writer": _run_service("writer"),
+        "appapi": _run_service("appapi"),
         "operator": commands.operator,
     }
     try:
