@@ -7,11 +7,12 @@ from aiohttp import web
 from opentelemetry.metrics import Meter
 
 from fleetflow.appapi import openapi
-from fleetflow.appapi.keys import ApiKeys
+from fleetflow.appapi.keys import ApiKey, ApiKeys
 from fleetflow.appapi.resources import ROUTES, FleetResources, Handler, Route, json_response
 from fleetflow.runtime.httpserver import HttpRefusal, device_app
 
 MAX_BODY = 256 * 1024  # command bodies are at most 64 KiB of params
+API_KEY = web.RequestKey("api_key", ApiKey)  # the key a request was authenticated with
 
 
 class Instruments:
@@ -36,7 +37,7 @@ def _guarded(route: Route, handler: Handler, keys: ApiKeys, instruments: Instrum
         status = 500
         try:
             if route.scope is not None:
-                request["api_key"] = keys.authenticate(request.headers.get("Authorization"), route.scope)
+                request[API_KEY] = keys.authenticate(request.headers.get("Authorization"), route.scope)
             response = await handler(request)
             status = response.status
             return response

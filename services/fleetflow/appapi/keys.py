@@ -139,6 +139,10 @@ class ApiKeys:
             self._by_id = {k.id: k for k in read_keys(self.path) if k.fleet == self.fleet}
             self._seen = seen
 
+    def all(self) -> list[ApiKey]:
+        self._refresh()
+        return list(self._by_id.values())
+
     def authenticate(self, authorization: str | None, scope: str) -> ApiKey:
         """The key presented as `Bearer <key>`: 401 if missing, unknown, wrong or revoked; 403 if its scope is
         not enough for `scope`."""

@@ -118,6 +118,18 @@ SCHEMAS: dict[str, Any] = {
             "percentiles": _METRICS,
         },
     },
+    "ApiKey": {
+        "type": "object",
+        "required": ["id", "fleet", "scope", "name", "createdMs", "revokedMs"],
+        "properties": {
+            "id": _STR,
+            "fleet": _STR,
+            "scope": {"enum": list(SCOPES)},
+            "name": _STR,
+            "createdMs": _MS,
+            "revokedMs": {"type": ["integer", "null"]},
+        },
+    },
     "Alert": {
         "type": "object",
         "required": ["pipeline", "rule", "device", "state", "severity", "tsMs", "values", "message"],
@@ -200,6 +212,15 @@ OPERATIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         "Alerts firing now: each rule and device whose last transition is firing",
         ["fleet", "pipeline", "from", "to"],
         _list_of("alerts", "Alert"),
+    ),
+    "listApiKeys": (
+        "The fleet's API keys (never their secrets): id, scope, name, created and revoked times",
+        ["fleet"],
+        {
+            "type": "object",
+            "required": ["fleet", "apiKeys"],
+            "properties": {"fleet": _STR, "apiKeys": {"type": "array", "items": _ref("ApiKey")}},
+        },
     ),
 }
 

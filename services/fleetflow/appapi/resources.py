@@ -51,6 +51,7 @@ ROUTES = (
     Route("GET", "/v1/fleets/{fleet}/pipelines/{pipeline}/aggregates", "listAggregates", "read"),
     Route("GET", "/v1/fleets/{fleet}/pipelines/{pipeline}/alerts", "listAlerts", "read"),
     Route("GET", "/v1/fleets/{fleet}/pipelines/{pipeline}/alerts/open", "listOpenAlerts", "read"),
+    Route("GET", "/v1/fleets/{fleet}/api-keys", "listApiKeys", "admin"),
 )
 
 
@@ -78,6 +79,7 @@ class FleetResources:
             "listAggregates": self.aggregates,
             "listAlerts": self.alerts,
             "listOpenAlerts": self.open_alerts,
+            "listApiKeys": self.api_keys,
         }
 
     # Resources
@@ -172,6 +174,11 @@ class FleetResources:
         since, until = params.time_range(request.query, "0", self.clock)
         events = await self._open_alerts(name, since, until)
         return json_response({"fleet": self.fleet.name, "pipeline": name, "alerts": [views.alert(e) for e in events]})
+
+    async def api_keys(self, request: web.Request) -> web.Response:
+        """The fleet's keys without their hashes: who has access, with which scope, since and until when."""
+        self._fleet(request)
+        return json_response({"fleet": self.fleet.name, "apiKeys": [k.summary() for k in self.keys.all()]})
 
     # Helpers
 
