@@ -107,7 +107,7 @@ class FleetResources:
         self._fleet(request)
         name, store = self._pipeline_store(request.query.get("pipeline"), "pipeline")
         query = DeviceQuery(self.fleet.name, params.limit(request.query, 100), request.query.get("cursor"))
-        page = await _paged(store.latest_page(query))
+        page = await _paged(store.latest_page(query), query.page_token)
         now = self._now()
         items = [views.device(item, self.fleet.spec.devices.labels_of(item.device), self._online(item, now))
                  for item in page.items]  # fmt: skip
@@ -130,7 +130,7 @@ class FleetResources:
         keep, limit = params.metrics(q), params.limit(q, 1000, params.MAX_READINGS)
         device = (await self._known_device(store, request.match_info["device"])).device
         query = ReadingQuery(self.fleet.name, device, since, until, limit, q.get("cursor"))
-        page = await _paged(store.readings(query))
+        page = await _paged(store.readings(query), query.page_token)
         items = [view for item in page.items if (view := views.reading(item, keep)) is not None]
         return json_response({"fleet": self.fleet.name, "device": device, "pipeline": name, "fromMs": since,
                               "toMs": until, "readings": items, "nextCursor": page.next_page_token})  # fmt: skip
@@ -148,7 +148,7 @@ class FleetResources:
                               "device=<id> is short for group=device=<id>; give one")  # fmt: skip
         group = f"device={device}" if device is not None else group
         query = AggregateQuery(self.fleet.name, name, group, since, until, params.limit(q, 500), q.get("cursor"), step)
-        page = await _paged(store.aggregate_page(query))
+        page = await _paged(store.aggregate_page(query), query.page_token)
         return json_response({"fleet": self.fleet.name, "pipeline": name, "fromMs": since, "toMs": until,
                               "aggregates": [views.aggregate(a) for a in page.items],
                               "nextCursor": page.next_page_token})  # fmt: skip
@@ -162,7 +162,7 @@ class FleetResources:
         state = params.choice(q, "state", ALERT_STATES)
         device = params.identifier(q, "device", check_device_id)
         query = AlertQuery(self.fleet.name, name, device, since, until, params.limit(q, 500), q.get("cursor"))
-        page = await _paged(store.alert_page(query))
+        page = await _paged(store.alert_page(query), query.page_token)
         items = [views.alert(e) for e in page.items if state is None or e.state == state]
         return json_response({"fleet": self.fleet.name, "pipeline": name, "fromMs": since, "toMs": until,
                               "alerts": items, "nextCursor": page.next_page_token})  # fmt: skip
@@ -244,12 +244,13 @@ class FleetResources:
         return [e for e in last.values() if e.state == "firing"]
 
 
-async def _paged(call: Awaitable[T]) -> T:
+async def _paged(call: Awaitable[T], cursor: str | None = None) -> T:
     """A store call: a cursor the store did not issue is a 400 naming it; an outage is a 503 to retry."""
     try:
         return await call
-    except ValueError as exc:  # the stores raise it for a page token only
-        raise HttpRefusal(400, "invalid_parameter", f"cursor is not valid: {exc}") from None
+    except ValueError:  # the stores raise it for a page token only
+        raise HttpRefusal(400, "invalid_parameter", f"cursor={cursor!r} is not valid: use the nextCursor of the "
+                          "previous page of the same request, or omit it to start over") from None  # fmt: skip
     except StoreUnavailable as exc:
         raise HttpRefusal(503, "store_unavailable", f"the store cannot answer now ({exc}); retry",
                           {"Retry-After": "1"}) from None  # fmt: skip
