@@ -45,7 +45,7 @@ async def test_the_document_lists_exactly_the_served_routes(api: RunningApi) -> 
     documented = {(method, path) for method, path, _ in operations(doc)}
     assert documented == {(r.method, r.path) for r in ROUTES}
     assert doc["openapi"] == "3.1.0"
-    for method, path, op in operations(doc):
+    for _, path, op in operations(doc):
         in_path = {p["name"] for p in parameters(doc, op) if p["in"] == "path"}
         assert in_path == {part[1:-1] for part in path.split("/") if part.startswith("{")}, path
         # Served: with the right key, never the router's 404 or 405.
@@ -159,9 +159,8 @@ async def test_a_revoked_key_stops_working_at_once(api: RunningApi) -> None:
 
 async def counters(api: RunningApi) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every fleetflow_appapi_* sample on /metrics (the registry is the process's: compare before and after)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{api.ops_port}/metrics") as response:
-            text = await response.text()
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{api.ops_port}/metrics") as answer:
+        text = await answer.text()
     return {(s.name, frozenset((k, v) for k, v in s.labels.items() if not k.startswith("otel_"))): s.value
             for family in text_string_to_metric_families(text) if family.name.startswith("fleetflow_appapi")
             for s in family.samples}  # fmt: skip
