@@ -1,5 +1,6 @@
 """The application API's read resources over a store with known contents: what an application sees."""
 
+import time
 from datetime import UTC, datetime
 
 from tests.integration.appapi.conftest import BUSY, DEVICES, FLEET, NOW, PIPELINE, READINGS, STALE, STEP, RunningApi
@@ -66,13 +67,17 @@ async def test_time_as_epoch_ms_rfc3339_and_relative_select_the_same_readings(ap
         status, body = await api.get(f"{BASE}/devices/{BUSY}/readings", **{"from": form, "limit": 1000})
         assert status == 200, body
         answers.append([r["seq"] for r in body["readings"]])
+    asked = int(time.time() * 1000)
     status, body = await api.get(f"{BASE}/devices/{BUSY}/readings", **{"from": "-15m", "limit": 1000})
+    answered = int(time.time() * 1000)
     relative = [r["seq"] for r in body["readings"]]
 
     expected = [seq for seq, ts in reversed(READINGS) if ts >= since]
     assert answers == [expected, expected]
-    # "-15m" counts from the moment the API answers, a little after NOW: the same readings or fewer of the oldest.
-    assert relative == expected[: len(relative)] and len(relative) >= len(expected) - 2
+    # "-15m" counts back from the moment the API got the request, which lies between `asked` and `answered`.
+    surely = {seq for seq, ts in READINGS if ts >= answered - 15 * 60_000}
+    at_most = {seq for seq, ts in READINGS if ts >= asked - 15 * 60_000}
+    assert surely <= set(relative) <= at_most and relative == sorted(relative, reverse=True)
 
 
 async def test_aggregates_by_step_and_device_page_oldest_first(api: RunningApi) -> None:
