@@ -95,7 +95,7 @@ def test_killing_fleetflow_up_stops_every_process_it_started(tmp_path: Path) -> 
     data_dir = tmp_path / "data"
     with fleetflow_up(data_dir, QUICKSTART) as platform:
         children = [pid for pid in processes_started_from(data_dir) if pid != platform.process.pid]
-        assert len(children) == 4, children  # nats-server, gateway, processor, writer
+        assert len(children) == 5, children  # nats-server, gateway, processor, writer, application API
         platform.process.kill()
         platform.process.wait()
         deadline = time.monotonic() + 30

@@ -7,7 +7,14 @@ import msgspec
 import pytest
 
 from fleetflow.runtime.codec import AlertEvent, Command, Reading, ReadingBatch, WindowAggregate
-from fleetflow.writer.stores import AggregateQuery, AlertQuery, CommandQuery, ReadingQuery, TelemetryStore
+from fleetflow.writer.stores import (
+    AggregateQuery,
+    AlertQuery,
+    CommandQuery,
+    DeviceQuery,
+    ReadingQuery,
+    TelemetryStore,
+)
 from tests.stores.conftest import Stores, unique_fleet
 
 HOUR = 3_600_000
@@ -184,6 +191,57 @@ async def test_aggregate_pages_respect_limit_and_range(stores: Stores) -> None:
         query = AggregateQuery(fleet, "p1", "device=d1", starts[3], starts[15], 5, page.next_page_token)
 
     assert seen == starts[3:15]
+
+
+async def test_aggregates_of_one_step(stores: Stores) -> None:
+    store, fleet = await stores.open(bucket="1h"), unique_fleet()
+    starts = [T0 + i * 20 * 60_000 for i in range(6)]
+    per_minute = [aggregate(fleet, g, s) for s in starts for g in ("device=d1", "device=d2")]
+    hourly = [msgspec.structs.replace(a, step="hourly") for a in per_minute]
+    await store.write_aggregates(per_minute + hourly)
+
+    for group in ("device=d1", None):
+        query = AggregateQuery(fleet, "p1", group, limit=4, step="hourly")
+        seen: list[WindowAggregate] = []
+        while True:
+            page = await store.aggregate_page(query)
+            assert len(page.items) <= 4
+            seen += page.items
+            if page.next_page_token is None:
+                break
+            query = AggregateQuery(fleet, "p1", group, limit=4, page_token=page.next_page_token, step="hourly")
+        expected = [a for a in hourly if group is None or a.group == group]
+        assert sorted(seen, key=lambda a: (a.window_start_ms, a.group)) == expected
+
+
+async def test_the_devices_page_holds_each_devices_newest_reading_in_id_order(stores: Stores) -> None:
+    store, fleet = await stores.open(bucket="1h"), unique_fleet()
+    devices = [f"d{i:02d}" for i in range(23)]
+    await store.write_readings([batch(fleet, d, range(1, 4)) for d in devices])
+    await store.write_readings([batch(fleet, "d05", range(2, 3), ts_of=lambda s: T0 - HOUR)])  # older: no change
+    await store.write_readings([batch(unique_fleet(), "zz", range(1, 2))])  # another fleet's is not listed
+
+    seen, token = [], None
+    while True:
+        page = await store.latest_page(DeviceQuery(fleet, limit=10, page_token=token))
+        assert len(page.items) <= 10
+        seen += page.items
+        token = page.next_page_token
+        if token is None:
+            break
+
+    assert [r.device for r in seen] == devices
+    assert {(r.seq, r.ts) for r in seen} == {(3, T0 + 3000)}
+    assert seen[0].metrics == {"temp": 4.0, "rh": 40.0}
+
+
+async def test_a_devices_page_token_of_another_query_kind_is_refused(stores: Stores) -> None:
+    store, fleet = await stores.open(), unique_fleet()
+    await store.write_readings([batch(fleet, "d1", range(1, 20))])
+    readings_token = (await store.readings(ReadingQuery(fleet, "d1", limit=5))).next_page_token
+    assert readings_token is not None
+    with pytest.raises(ValueError, match="page token"):
+        await store.latest_page(DeviceQuery(fleet, page_token=readings_token))
 
 
 async def test_alerts_round_trip_by_device_oldest_first(stores: Stores) -> None:

@@ -26,6 +26,7 @@ from fleetflow.writer.stores import (
     AggregateQuery,
     AlertQuery,
     CommandQuery,
+    DeviceQuery,
     Page,
     ReadingQuery,
     StoredReading,
@@ -87,6 +88,9 @@ class SwitchedStore(TelemetryStore):
 
     async def latest(self, fleet: str, device: str) -> StoredReading | None:
         return await self.store.latest(fleet, device)
+
+    async def latest_page(self, query: DeviceQuery) -> Page[StoredReading]:
+        return await self.store.latest_page(query)
 
     async def count_readings(self, fleet: str) -> int:
         return await self.store.count_readings(fleet)

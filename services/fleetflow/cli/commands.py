@@ -15,7 +15,7 @@ import yaml
 from nats.aio.client import Client
 
 from fleetflow.api.crds import all_crds
-from fleetflow.cli import arguments, datadir
+from fleetflow.cli import arguments, datadir, tables
 from fleetflow.cli.errors import CliError, Unavailable, UsageError
 from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.local import private
@@ -190,3 +190,36 @@ def operator(args: argparse.Namespace) -> int:
     # gets a condition naming the expression instead of processors that crash-loop.
     namespaces = None if args.all_namespaces else args.namespaces
     return int(run(namespaces, compile_pipeline=compile_pipeline))
+
+
+def api_key(args: argparse.Namespace) -> int:
+    """`fleetflow api-key create|list|revoke`: on the fleet's key file, which a running API re-reads at once."""
+    from fleetflow.appapi import keys
+
+    arguments.identifiers(args.fleet)
+    path = args.keys_file or keys.keys_file(args.data_dir, args.fleet)
+    try:
+        if args.action == "create":
+            _, text = keys.create_key(path, args.fleet, args.scope, args.name)
+            print(text)
+        elif args.action == "list":
+            listed = [key for key in keys.read_keys(path) if key.fleet == args.fleet]
+            if args.json:
+                for key in listed:
+                    print(json.dumps(key.summary()))
+            else:
+                print(tables.render(KEY_HEADER, [_key_row(key) for key in listed]))
+        else:
+            key = keys.revoke_key(path, args.id)
+            print(f"revoked API key {key.id} (scope {key.scope}) of fleet {key.fleet}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+KEY_HEADER = ("ID", "SCOPE", "CREATED", "STATE", "NAME")
+
+
+def _key_row(key: Any) -> tuple[str, ...]:
+    state = f"revoked {tables.utc(key.revoked_ms)}" if key.revoked_ms is not None else "active"
+    return (key.id, key.scope, tables.utc(key.created_ms), state, key.name)

@@ -14,7 +14,7 @@ from fleetflow.cli import errors
 from fleetflow.cli.arguments import positive_float, positive_int, seconds
 
 DEFAULT_DATA_DIR = Path("fleetflow-data")
-SERVICES = ("gateway", "processor", "writer")
+SERVICES = ("gateway", "processor", "writer", "appapi")
 # Commands that only look at the local platform: their own one-line errors replace the libraries' log lines.
 INSPECTING = ("token", "query", "status", "simulate", "command")
 EPILOG = "Errors exit with 2 for a bad command line or data dir, 1 when something is not running or answering."
@@ -180,6 +180,32 @@ def _command(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         action.add_argument("--json", action="store_true", help="JSON instead of text")
 
 
+def _api_key(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "create, list and revoke a fleet's application API keys"
+    api_key = sub.add_parser("api-key", help=text, description=text, parents=[common], epilog=EPILOG)
+    key_actions = api_key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_actions.add_parser("create", help="create a key and print it (it is stored hashed: shown only now)",
+                                    parents=[common])  # fmt: skip
+    create.add_argument("fleet", help="the DeviceFleet's name")
+    create.add_argument("--scope", required=True, choices=["read", "command", "admin"],
+                        help="what the key may do; each includes the ones before it")  # fmt: skip
+    create.add_argument("--name", default="", help="who or what the key is for (default: none)")
+    key_list = key_actions.add_parser("list", help="the fleet's keys: id, scope, name, created, revoked",
+                                      parents=[common])  # fmt: skip
+    key_list.add_argument("fleet", help="the DeviceFleet's name")
+    key_list.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by its id; it stops working at once",
+                                    parents=[common])  # fmt: skip
+    revoke.add_argument("fleet", help="the DeviceFleet's name")
+    revoke.add_argument("id", help="the key's id, as `list` shows it")
+    for action in (create, key_list, revoke):
+        where = action.add_mutually_exclusive_group()
+        where.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, metavar="DIR",
+                           help="keys of the local platform here (default: %(default)s)")  # fmt: skip
+        where.add_argument("--keys-file", type=Path, metavar="FILE",
+                           help="this key file instead, e.g. for a cluster's Secret (default: none)")  # fmt: skip
+
+
 def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     text = "measure the local platform under device load, next to raw JetStream"
     bench = sub.add_parser("bench", help=text, description=text, parents=[common])
@@ -232,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _status(sub, common)
     _simulate(sub, common)
     _command(sub, common)
+    _api_key(sub, common)
     _bench(sub, common)
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions, or write them to a folder",
                           parents=[common])  # fmt: skip
@@ -239,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _service(sub, "gateway", "run the device gateway (as a pod or a local child process does)", common)
     _service(sub, "processor", "run a pipeline processor replica", common)
     _service(sub, "writer", "run a pipeline writer", common)
+    _service(sub, "appapi", "run a fleet's application API (as a pod or a local child process does)", common)
     _operator(sub, common)
     return parser
 
@@ -262,6 +290,7 @@ HANDLERS = {
     "crds": ("commands", "crds", False),
     "bench": ("commands", "bench", False),
     "command": ("device_commands", "run", True),
+    "api-key": ("commands", "api_key", False),
     "operator": ("commands", "operator", False),
 }
 

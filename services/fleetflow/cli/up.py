@@ -228,6 +228,8 @@ def print_started(platform: LocalPlatform, endpoints: dict[str, object]) -> None
     print(f"fleetflow is up (data in {platform.data_dir}, endpoints in {platform.endpoints_file})")
     for name, fleet in platform.resources.fleets.items():
         print(f"  fleet {name}: POST {platform.gateway_url(fleet)}/v1/fleets/{name}/devices/<device>/telemetry")
+        print(f"  fleet {name} application API: {platform.api_url(fleet)}/v1/fleets/{name} (keys: fleetflow "
+              f"api-key create {name} --scope read --data-dir {platform.data_dir})")  # fmt: skip
     admin = natslogins.ADMIN
     print(f"  nats: {platform.nats.url} (user {admin}, password in {platform.nats.password_file(admin)})")
     print("  press Ctrl-C to stop", flush=True)

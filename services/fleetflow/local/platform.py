@@ -15,6 +15,7 @@ from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.devicefleet import max_payload_for
+from fleetflow.appapi.keys import keys_file
 from fleetflow.local import natslogins, private
 from fleetflow.local.datadir import DataDirLock
 from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
@@ -74,7 +75,7 @@ class LocalPlatform:
         self.endpoints_file.unlink(missing_ok=True)  # a killed run's; it names ports nothing listens on
         await self.nats.start()
         await self._provision()
-        self.services = self._gateways() + self._pipeline_services()
+        self.services = self._gateways() + self._pipeline_services() + self._app_apis()
         for service in self.services:
             service.spawn()
         for service in self.services:
@@ -155,11 +156,31 @@ class LocalPlatform:
             services.append(ServiceProcess(f"writer-{pipeline.name}", "writer", cfg, self._run_dir()))
         return services
 
+    def _app_apis(self) -> list[ServiceProcess]:
+        """One application API per fleet, reading the stores of the fleet's pipelines; keys under the data dir."""
+        apis = []
+        for fleet in self.resources.fleets.values():
+            pipelines = [p for p in self.resources.pipelines.values() if p.fleet == fleet.name]
+            cfg = config.appapi_config(
+                fleet,
+                pipelines,
+                nats_url=self.nats.url,
+                keys_file=keys_file(self.data_dir, fleet.name),
+                listen_port=self.ports.take(),
+                ops_port=self.ports.take(),
+                sqlite_paths={p.name: self.store_path(p) for p in pipelines},
+            )
+            apis.append(ServiceProcess(f"appapi-{fleet.name}", "appapi", cfg, self._run_dir()))
+        return apis
+
     def service(self, name: str) -> ServiceProcess:
         return next(s for s in self.services if s.name == name)
 
     def gateway_url(self, fleet: DeviceFleet) -> str:
         return f"http://127.0.0.1:{self.service(f'gateway-{fleet.name}').status['http_port']}"
+
+    def api_url(self, fleet: DeviceFleet) -> str:
+        return f"http://127.0.0.1:{self.service(f'appapi-{fleet.name}').status['http_port']}"
 
     def endpoints(self) -> dict[str, Any]:
         return {
@@ -177,6 +198,7 @@ class LocalPlatform:
                     "ws": "ws" + self.gateway_url(fleet).removeprefix("http"),
                     "coap": f"coap://127.0.0.1:{self.service(f'gateway-{name}').status['coap_port']}",
                     "secretFile": str(credentials.local_secret_path(self.data_dir, name)),
+                    "api": self.api_url(fleet),
                 }
                 for name, fleet in self.resources.fleets.items()
             },

@@ -95,3 +95,26 @@ def writer_config(
     if sqlite_path is not None:
         config["sqlite_path"] = str(sqlite_path)
     return config
+
+
+def appapi_config(
+    fleet: DeviceFleet,
+    pipelines: list[Pipeline],
+    *,
+    nats_url: str,
+    keys_file: Path,
+    listen_port: int = 8090,
+    ops_port: int = 8081,
+    sqlite_paths: dict[str, Path] | None = None,
+    nats_password_file: Path | None = None,
+    nats_user: str = SERVICE_USER,
+) -> dict[str, Any]:
+    """The application API of `fleet`, reading the stores of `pipelines` (the fleet's)."""
+    return {
+        **_common(nats_url, ops_port, nats_password_file, nats_user),
+        "fleet": _resource(fleet),
+        "pipelines": [_resource(p) for p in pipelines],
+        "listen_port": listen_port,
+        "keys_file": str(keys_file),
+        "sqlite_paths": {name: str(path) for name, path in (sqlite_paths or {}).items()},
+    }

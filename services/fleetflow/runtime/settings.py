@@ -139,3 +139,25 @@ class WriterSettings(ServiceSettings):
     sqlite_path: Path | None = None
     cassandra_credentials_dir: Path | None = None
     sole_consumer: bool = False  # the only writer of its pipeline (see jetstream.resume_from_ack_floor)
+
+
+class AppApiSettings(ServiceSettings):
+    """The application API of one fleet, reading the stores of its pipelines."""
+
+    fleet: DeviceFleet
+    pipelines: list[Pipeline] = []
+    listen_host: str = "127.0.0.1"
+    listen_port: int = pydantic.Field(default=8090, ge=0, le=65535)
+    keys_file: Path  # the fleet's API keys, hashed (a mounted Secret on a cluster)
+    sqlite_paths: dict[str, Path] = {}  # per pipeline name, where its SQLite sink has no path of its own
+    cassandra_credentials_dir: Path | None = None
+    # A device whose latest reading arrived longer ago than this is reported offline.
+    offline_after_seconds: float = pydantic.Field(default=300.0, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _pipelines_of_the_fleet(self) -> Self:
+        for pipeline in self.pipelines:
+            if pipeline.fleet != self.fleet.name:
+                raise ValueError(f"pipeline {pipeline.name!r} belongs to fleet {pipeline.fleet!r}, not to "
+                                 f"{self.fleet.name!r} whose API this is")  # fmt: skip
+        return self

@@ -47,7 +47,8 @@ class ReadingQuery:
 class AggregateQuery:
     """A pipeline's closed windows with since_ms <= window_start_ms < until_ms, oldest first within a group.
 
-    Without `group`, windows of every group are returned; their order across groups is store-specific."""
+    Without `group`, windows of every group are returned; their order across groups is store-specific.
+    With `step`, only the windows of that window step."""
 
     fleet: str
     pipeline: str
@@ -56,6 +57,7 @@ class AggregateQuery:
     until_ms: int = FOREVER_MS
     limit: int = 500
     page_token: str | None = None
+    step: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,15 @@ class CommandQuery:
     since_ms: int = 0
     until_ms: int = FOREVER_MS
     limit: int = 100
+    page_token: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceQuery:
+    """The fleet's devices with their newest reading (the last-value cache), in device id order."""
+
+    fleet: str
+    limit: int = 500
     page_token: str | None = None
 
 
@@ -163,6 +174,11 @@ class TelemetryStore(abc.ABC):
     @abc.abstractmethod
     async def latest(self, fleet: str, device: str) -> StoredReading | None:
         """The device's newest reading."""
+
+    @abc.abstractmethod
+    async def latest_page(self, query: DeviceQuery) -> Page[StoredReading]:
+        """One page of the fleet's devices, each as its newest reading, in device id order; read from the
+        latest table alone, so it costs the same however many readings are stored."""
 
     @abc.abstractmethod
     async def count_readings(self, fleet: str) -> int:

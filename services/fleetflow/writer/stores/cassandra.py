@@ -31,6 +31,7 @@ from fleetflow.writer.stores.base import (
     AggregateQuery,
     AlertQuery,
     CommandQuery,
+    DeviceQuery,
     Page,
     ReadingQuery,
     RecordRefused,
@@ -52,6 +53,7 @@ from fleetflow.writer.stores.cassandra_cluster import (
 )
 from fleetflow.writer.stores.cassandra_errors import ENCODING_ERRORS, classify, unencodable
 from fleetflow.writer.stores.cassandra_schema import Lease, migrate
+from fleetflow.writer.stores.paging import decode_token, encode_token
 from fleetflow.writer.stores.partition_pages import Fetch, Partition, from_list, parse_token, read_page
 
 log = structlog.get_logger(__name__)
@@ -355,7 +357,9 @@ class CassandraStore(TelemetryStore):
             )
         else:
             partitions = self._aggregate_partitions(query)
-        return await read_page(partitions, fetch, query.limit, query.page_token, 2, descending=False)
+        step = query.step
+        return await read_page(partitions, fetch, query.limit, query.page_token, 2, descending=False,
+                               keep=lambda a: step is None or a.step == step)  # fmt: skip
 
     async def _aggregate_partitions(self, query: AggregateQuery) -> AsyncIterator[Partition]:
         """Every group's partition, bucket by bucket; the groups of a bucket are listed only when reached."""
@@ -396,6 +400,22 @@ class CassandraStore(TelemetryStore):
         result = await self._page_of(self._bind("select_latest", (fleet, device)), None, "read latest")
         rows = result.current_rows
         return _reading(rows[0]) if rows else None
+
+    async def latest_page(self, query: DeviceQuery) -> Page[StoredReading]:
+        """Devices from the fleet's device directory (one index partition, in member order), then each one's
+        row of the latest table, read concurrently: one partition per device, never a scan."""
+        after = ""
+        if query.page_token is not None:
+            (after,) = decode_token(query.page_token, 1)
+            if not isinstance(after, str):
+                raise ValueError(f"page token {query.page_token!r} is not one this store issued; omit it to start over")
+        directory = (self.layout.tables.readings, query.fleet, "", cql.EPOCH_BUCKET, after, query.limit + 1)
+        result = await self._page_of(self._bind("select_members", directory), None, "read device directory")
+        devices = [row["member"] for row in result.current_rows]
+        found = await asyncio.gather(*(self.latest(query.fleet, device) for device in devices[: query.limit]))
+        items = [reading for reading in found if reading is not None]  # a device whose latest row expired
+        token = encode_token([devices[query.limit - 1]]) if len(devices) > query.limit else None
+        return Page(items, token)
 
     async def count_readings(self, fleet: str) -> int:
         """Counts partition by partition from the index: slow on big fleets, meant for summaries and tests."""

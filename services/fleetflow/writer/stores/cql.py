@@ -275,6 +275,7 @@ class Statements:
     insert_command: str
     insert_index: str
     select_index: str
+    select_members: str
     select_readings: str
     select_latest: str
     select_aggregates: str
@@ -305,6 +306,8 @@ def statements(lay: Layout) -> Statements:
         "USING TTL ?",
         select_index=f"SELECT bucket, member FROM {q(PARTITION_INDEX)} "
         "WHERE tbl = ? AND fleet = ? AND scope = ? AND bucket >= ? AND bucket <= ?",
+        select_members=f"SELECT member FROM {q(PARTITION_INDEX)} "
+        "WHERE tbl = ? AND fleet = ? AND scope = ? AND bucket = ? AND member > ? LIMIT ?",
         select_readings=f"SELECT fleet, device, seq, ts, metrics, stored_at FROM {q(t.readings)} "
         "WHERE fleet = ? AND device = ? AND bucket = ? AND ts >= ? AND ts < ?",
         select_latest=f"SELECT fleet, device, seq, ts, metrics, stored_at FROM {q(t.latest)} "

@@ -20,6 +20,7 @@ from fleetflow.writer.stores.base import (
     AggregateQuery,
     AlertQuery,
     CommandQuery,
+    DeviceQuery,
     Page,
     ReadingQuery,
     RecordRefused,
@@ -222,11 +223,11 @@ class SqliteStore(TelemetryStore):
     async def aggregate_page(self, query: AggregateQuery) -> Page[WindowAggregate]:
         after = decode_token(query.page_token, 4) if query.page_token else [-(2**62), "", "", ""]
         sql = f"""SELECT record, window_start_ms, grp, step, metric FROM {self.tables.aggregates}
-            WHERE fleet = ? AND pipeline = ? AND (? IS NULL OR grp = ?) AND window_start_ms >= ?
-            AND window_start_ms < ? AND (window_start_ms, grp, step, metric) > (?, ?, ?, ?)
+            WHERE fleet = ? AND pipeline = ? AND (? IS NULL OR grp = ?) AND (? IS NULL OR step = ?)
+            AND window_start_ms >= ? AND window_start_ms < ? AND (window_start_ms, grp, step, metric) > (?, ?, ?, ?)
             ORDER BY window_start_ms, grp, step, metric LIMIT ?"""
-        params = (query.fleet, query.pipeline, query.group, query.group, query.since_ms, query.until_ms,
-                  *after, query.limit + 1)  # fmt: skip
+        params = (query.fleet, query.pipeline, query.group, query.group, query.step, query.step, query.since_ms,
+                  query.until_ms, *after, query.limit + 1)  # fmt: skip
         rows = await self._run(lambda db: db.execute(sql, params).fetchall())
         return _page(rows, query.limit, WindowAggregate)
 
@@ -266,6 +267,14 @@ class SqliteStore(TelemetryStore):
               "WHERE fleet = ? AND device = ?"  # fmt: skip
         row = await self._run(lambda db: db.execute(sql, (fleet, device)).fetchone())
         return _stored(row) if row else None
+
+    async def latest_page(self, query: DeviceQuery) -> Page[StoredReading]:
+        after = _device_after(query.page_token)
+        sql = f"""SELECT fleet, device, seq, ts, metrics, stored_ms FROM {self.tables.latest}
+            WHERE fleet = ? AND device > ? ORDER BY device LIMIT ?"""
+        rows = await self._run(lambda db: db.execute(sql, (query.fleet, after, query.limit + 1)).fetchall())
+        items = [_stored(row) for row in rows[: query.limit]]
+        return Page(items, encode_token([items[-1].device]) if len(rows) > query.limit else None)
 
     async def count_readings(self, fleet: str) -> int:
         sql = f"SELECT count(*) FROM {self.tables.readings} WHERE fleet = ?"
@@ -336,6 +345,16 @@ def _unbindable(value: object) -> str | None:
         except UnicodeEncodeError as exc:
             return f"{value[:80]!r} cannot be encoded as UTF-8 ({exc.reason})"
     return None
+
+
+def _device_after(token: str | None) -> str:
+    """The device id a devices page token resumes after ("" for the first page)."""
+    if token is None:
+        return ""
+    (after,) = decode_token(token, 1)
+    if not isinstance(after, str):
+        raise ValueError(f"page token {token!r} is not one this store issued for this query; omit it to start over")
+    return after
 
 
 def _stored(row: tuple[Any, ...]) -> StoredReading:

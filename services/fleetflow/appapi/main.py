@@ -1,0 +1,80 @@
+"""`fleetflow appapi`: serve one fleet's application API until SIGTERM."""
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import structlog
+
+from fleetflow.appapi.app import build_app
+from fleetflow.appapi.keys import ApiKeys
+from fleetflow.appapi.resources import FleetResources
+from fleetflow.runtime import httpserver, logs, ops, service, telemetry
+from fleetflow.runtime.settings import AppApiSettings
+from fleetflow.writer.stores import StoreUnavailable, TelemetryStore, open_store
+
+log = structlog.get_logger(__name__)
+STORE_RETRY_CAP = 30.0
+
+
+async def open_until_stopped(store: TelemetryStore, stop: asyncio.Event) -> bool:
+    """Open the store, retrying with capped backoff while it is unavailable; False if stopped first."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await store.open()
+            return True
+        except StoreUnavailable as exc:
+            log.warning("store unavailable; retrying", error=str(exc), retry_in=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(STORE_RETRY_CAP, delay * 2)
+    return False
+
+
+def open_stores(settings: AppApiSettings) -> dict[str, TelemetryStore]:
+    """Each pipeline's store (not yet opened), as its writer opens it."""
+    return {
+        p.name: open_store(p, settings.sqlite_paths.get(p.name), settings.cassandra_credentials_dir)
+        for p in settings.pipelines
+    }
+
+
+async def serve(settings: AppApiSettings, stop: asyncio.Event) -> None:
+    fleet = settings.fleet
+    meter = telemetry.configure("appapi", fleet=fleet.name)
+    stores = open_stores(settings)
+    opened: list[TelemetryStore] = []
+
+    def ready() -> tuple[bool, str]:
+        if len(opened) < len(stores):
+            return False, "opening the pipelines' stores"
+        return True, "serving"
+
+    ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
+    try:
+        for store in stores.values():
+            if not await open_until_stopped(store, stop):
+                return
+            opened.append(store)
+        keys = ApiKeys(settings.keys_file, fleet.name)
+        pipelines = {p.name: p for p in settings.pipelines}
+        resources = FleetResources(fleet, pipelines, stores, keys, settings.offline_after_seconds)
+        runner, port = await httpserver.start_device_site(
+            build_app(resources, keys, meter), settings.listen_host, settings.listen_port
+        )
+        service.write_status(settings.status_file, {"ops_port": ops_port, "http_port": port})
+        log.info("application API ready", port=port, ops_port=ops_port, pipelines=sorted(pipelines))
+        await stop.wait()
+        await runner.cleanup()
+    finally:
+        for store in opened:
+            await store.close()
+        await ops_runner.cleanup()
+    log.info("application API stopped")
+
+
+def main(config: Path | None) -> int:
+    settings = AppApiSettings.load(config)
+    logs.configure(settings.log_level, settings.log_format, service="appapi", fleet=settings.fleet.name)
+    return service.run(lambda stop: serve(settings, stop))
