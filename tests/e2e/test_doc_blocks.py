@@ -18,7 +18,7 @@ README, DEVICES = ROOT / "README.md", ROOT / "docs" / "devices.md"
 pytestmark = pytest.mark.e2e
 
 RUN = {
-    README: ["Sending readings", "Other protocols, and commands to devices"],
+    README: ["Sending readings", "Applications: the application API", "Other protocols, and commands to devices"],
     DEVICES: ["Connecting devices", "HTTP", "Commands"],
 }
 NOT_RUN = {
@@ -28,8 +28,13 @@ NOT_RUN = {
         "A real pipeline: the cold chain": "a 60 s run of the example; the processor's e2e tests cover the steps",
         "On Kubernetes": "needs a cluster (helm, kubectl)",
         "Developing": "make targets",
+        "Who can reach the local platform": "needs the `nats` CLI; tests/e2e/test_local_nats_auth.py logs in as admin",
     },
-    DEVICES: {"MQTT": "needs mosquitto_pub; tests/e2e/test_connectivity_local.py covers MQTT devices"},
+    DEVICES: {
+        "MQTT": "needs mosquitto_pub; tests/e2e/test_connectivity_local.py covers MQTT devices",
+        "WebSocket": "needs websocat; tests/integration/connectivity/test_ws.py covers WebSocket devices",
+        "CoAP": "observes without end and needs a command id; tests/integration/connectivity/test_coap.py covers it",
+    },
 }
 
 

@@ -21,6 +21,10 @@ SERVICE_USERS = (GATEWAY, PROCESSOR, WRITER, ADMIN)  # the users of the streams'
 USERS = (*SERVICE_USERS, CALLOUT_USER)
 
 
+class NatsUnreachable(OSError):
+    """Nothing answers at the NATS URL (the platform stopped, or was killed): not a login problem."""
+
+
 class NatsLoginError(ValueError):
     """The CLI cannot log in to the local NATS; the message says why and what to do, in one line."""
 
@@ -80,4 +84,4 @@ async def connect_admin(data_dir: Path, url: str, **options: Any) -> Client:
             f"NATS at {url} refused user {login.user!r} with the password in {source}: the nats-server there "
             "was not started with this data dir, or the file changed since; restart `fleetflow up`"
         )
-    raise NatsLoginError(f"cannot connect to NATS at {url} ({failures[-1]}); is `fleetflow up` running?")
+    raise NatsUnreachable(f"cannot connect to NATS at {url} ({failures[-1]}); is `fleetflow up` running?")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetflow.local import natslogins
 from fleetflow.local.natsserver import free_port
 from fleetflow.runtime import credentials
 from tests.support.cli import fleetflow, one_line_error
@@ -29,6 +30,7 @@ def killed_platform(fleet_ran_here: Path) -> Path:
     endpoints = {"nats": {"url": f"nats://{dead}"}, "services": {},
                  "fleets": {"demo": {"http": f"http://{dead}", "grpc": dead, "mqtt": f"mqtt://{dead}"}}}  # fmt: skip
     (fleet_ran_here / "endpoints.json").write_text(json.dumps(endpoints))
+    natslogins.ensure_passwords(fleet_ran_here)  # as the killed `fleetflow up` left them
     return fleet_ran_here
 
 
