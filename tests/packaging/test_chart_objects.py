@@ -94,6 +94,9 @@ def test_operator_gives_its_own_image_and_settings_to_the_services_it_creates(mo
     assert options.image_pull_policy == FULL["image"]["pullPolicy"] == container["imagePullPolicy"]
     assert options.nats_image == FULL["operator"]["natsImage"]
     assert options.resync_seconds == FULL["operator"]["resyncSeconds"]
+    pulled_with = tuple(secret["name"] for secret in FULL["imagePullSecrets"])
+    assert pulled_with, "full-values.yaml sets imagePullSecrets"
+    assert options.image_pull_secrets == pulled_with, "every pod the operator creates pulls as the operator does"
     assert env["FLEETFLOW_LOG_LEVEL"] == "debug"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == FULL["otlp"]["endpoint"]
 

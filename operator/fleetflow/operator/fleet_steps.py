@@ -7,6 +7,7 @@ from fleetflow.api import DeviceFleet
 from fleetflow.operator import nats_credentials, streams
 from fleetflow.operator.builders import gateway, nats
 from fleetflow.operator.builders.resources import resources_of
+from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import Ref
 from fleetflow.operator.readiness import Readiness, workload
@@ -71,10 +72,22 @@ async def ensure_nats_credentials(ctx: Context) -> None:
 async def apply_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
-    desired = nats.nats_objects(fleet, opts.nats_image, opts.image_pull_policy, resources_of(opts.resources, "nats"))
+    try:
+        desired = nats.nats_objects(
+            fleet,
+            opts.nats_image,
+            opts.image_pull_policy,
+            resources_of(opts.resources, "nats"),
+            opts.image_pull_secrets,
+        )
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in desired:
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
+    if not desired or fleet.spec.nats.managed_or_default.mqtt_service is None:
+        await ctx.remove_owned("v1", "Service", nats.mqtt_service_name(fleet))
     if not desired:  # switched to an external NATS: the managed one goes (its PVCs stay, as StatefulSets do)
+        await ctx.remove_owned("policy/v1", "PodDisruptionBudget", nats.statefulset_name(fleet))
         await ctx.remove_owned("apps/v1", "StatefulSet", nats.statefulset_name(fleet))
         await ctx.remove_owned("v1", "Service", nats.client_service_name(fleet))
         await ctx.remove_owned("v1", "Service", nats.headless_service_name(fleet))
@@ -85,9 +98,17 @@ async def apply_nats(ctx: Context) -> None:
 async def apply_gateway(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
-    for obj in gateway.gateway_objects(
-        fleet, opts.image, opts.image_pull_policy, resources_of(opts.resources, "gateway")
-    ):
+    try:
+        desired = gateway.gateway_objects(
+            fleet,
+            opts.image,
+            opts.image_pull_policy,
+            resources_of(opts.resources, "gateway"),
+            pull_secrets=opts.image_pull_secrets,
+        )
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
+    for obj in desired:
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
     if fleet.spec.gateway.autoscaling is None:
         await ctx.remove_owned("autoscaling/v2", "HorizontalPodAutoscaler", gateway.name(fleet))

@@ -4,6 +4,7 @@ from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
 from fleetflow.operator import nats_credentials, streams
 from fleetflow.operator.builders import nats, pipeline
 from fleetflow.operator.builders.resources import resources_of
+from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import Ref
 from fleetflow.operator.readiness import Readiness, workload
@@ -66,9 +67,18 @@ async def read_nats_credentials(ctx: Context) -> None:
 async def apply_workloads(ctx: Context) -> None:
     opts = ctx.options
     table = {c: resources_of(opts.resources, c) for c in ("processor", "writer")}
-    objects = pipeline.pipeline_objects(
-        fleet_of(ctx), pipeline_of(ctx), opts.image, opts.image_pull_policy, table, opts.service_env()
-    )
+    try:
+        objects = pipeline.pipeline_objects(
+            fleet_of(ctx),
+            pipeline_of(ctx),
+            opts.image,
+            opts.image_pull_policy,
+            table,
+            opts.service_env(),
+            opts.image_pull_secrets,
+        )
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in objects:
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
 

@@ -7,6 +7,7 @@ from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_va
 
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
+from fleetflow.api.overrides import PodOverrides, ServiceOverrides
 
 
 def _regex(text: str) -> str:
@@ -105,6 +106,11 @@ class GatewaySpec(Model):
         "A managed NATS carries 3x this (what the largest body can grow to once encoded).",
     )
     rate_limit: RateLimit = Field(default_factory=RateLimit)
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the gateway pods (cluster only).")
+    service: ServiceOverrides = Field(
+        default_factory=ServiceOverrides,
+        description="Publish the gateway's HTTP and gRPC ports (cluster only): NodePort or LoadBalancer.",
+    )
 
     @property
     def largest_message_bytes(self) -> int:
@@ -132,6 +138,12 @@ class ManagedNats(Model):
     replicas: Literal[1, 3] = 1
     storage_size: Size = "10Gi"
     storage_class_name: str | None = None
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the NATS server pods.")
+    mqtt_service: ServiceOverrides | None = Field(
+        default=None,
+        description="Publish the MQTT listener alone, as Service <fleet>-mqtt (NodePort or LoadBalancer); the "
+        "client port stays inside the cluster.",
+    )
 
 
 class NatsSpec(Model):

@@ -7,7 +7,7 @@ from pathlib import Path
 from fleetflow.api import DeviceFleet
 from fleetflow.api.common import SecretKeyRef
 from fleetflow.operator import nats_credentials
-from fleetflow.operator.builders import nats
+from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
     JsonObject,
@@ -16,6 +16,7 @@ from fleetflow.operator.builders.common import (
     fleet_labels,
     metadata,
     namespace_of,
+    pdb,
     pod_template,
     render_config,
     selector_labels,
@@ -93,7 +94,12 @@ def gateway_config_map(fleet: DeviceFleet) -> JsonObject:
 
 
 def gateway_deployment(
-    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, env: Sequence[JsonObject] = ()
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    env: Sequence[JsonObject] = (),
+    pull_secrets: Sequence[str] = (),
 ) -> JsonObject:
     ref = device_secret_ref(fleet)
     container = service_container(
@@ -140,16 +146,19 @@ def gateway_deployment(
     }
     if fleet.spec.gateway.autoscaling is None:
         spec = {"replicas": fleet.spec.gateway.replicas, **spec}
-    return {
+    deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
         "spec": spec,
     }
+    selector = selector_labels(fleet.name, "gateway")
+    return shaping.shaped(deployment, "gateway", fleet.spec.gateway.pod, selector, pull_secrets)
 
 
 def gateway_service(fleet: DeviceFleet) -> JsonObject:
-    return {
+    """Devices' HTTP and gRPC; `spec.gateway.service` may publish it as a NodePort or LoadBalancer."""
+    service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
@@ -162,16 +171,12 @@ def gateway_service(fleet: DeviceFleet) -> JsonObject:
             ],
         },
     }
+    return shaping.published(service, fleet.spec.gateway.service)
 
 
 def gateway_pdb(fleet: DeviceFleet) -> JsonObject:
     """At most one gateway pod is evicted at a time; with one replica, a drain is still possible."""
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(fleet.name, "gateway")}},
-    }
+    return pdb(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway"), selector_labels(fleet.name, "gateway"))
 
 
 def gateway_hpa(fleet: DeviceFleet) -> JsonObject | None:
@@ -209,13 +214,18 @@ def endpoints(fleet: DeviceFleet) -> dict[str, str]:
 
 
 def gateway_objects(
-    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, env: Sequence[JsonObject] = ()
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    env: Sequence[JsonObject] = (),
+    pull_secrets: Sequence[str] = (),
 ) -> list[JsonObject]:
     """The gateway's objects in apply order (the device Secret is handled apart: it is created, never patched)."""
     objects = [
         gateway_config_map(fleet),
         gateway_service(fleet),
-        gateway_deployment(fleet, image, pull_policy, resources, env),
+        gateway_deployment(fleet, image, pull_policy, resources, env, pull_secrets),
         gateway_pdb(fleet),
     ]
     hpa = gateway_hpa(fleet)

@@ -5,12 +5,14 @@ MQTT devices through the gateway's auth callout, other servers of the cluster wi
 secrets come from the fleet's Secret (`fleetflow.operator.nats_credentials`) as environment variables, which
 nats.conf names as `$VARIABLE`: no secret is in the ConfigMap."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.api.quantities import parse_bytes
 from fleetflow.operator import nats_credentials
+from fleetflow.operator.builders import shaping
 from fleetflow.operator.builders.common import (
     JsonObject,
     config_hash,
@@ -20,6 +22,7 @@ from fleetflow.operator.builders.common import (
     http_probe,
     metadata,
     namespace_of,
+    pdb,
     pod_security_context,
     selector_labels,
 )
@@ -196,7 +199,9 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
     }
 
 
-def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
+def nats_statefulset(
+    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, pull_secrets: Sequence[str] = ()
+) -> JsonObject:
     managed = fleet.spec.nats.managed_or_default
     pod_labels = fleet_labels(fleet, "nats")
     claim_spec: JsonObject = {
@@ -206,7 +211,7 @@ def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources
     if managed.storage_class_name:
         claim_spec["storageClassName"] = managed.storage_class_name
     config_text = server_config(fleet)
-    return {
+    statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": metadata(statefulset_name(fleet), namespace_of(fleet), pod_labels),
@@ -231,14 +236,6 @@ def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources
                         {"name": "config", "configMap": {"name": config_map_name(fleet)}},
                         {"name": "pid", "emptyDir": {}},
                     ],
-                    "topologySpreadConstraints": [
-                        {
-                            "maxSkew": 1,
-                            "topologyKey": "kubernetes.io/hostname",
-                            "whenUnsatisfiable": "ScheduleAnyway",
-                            "labelSelector": {"matchLabels": selector_labels(fleet.name, "nats")},
-                        }
-                    ],
                 },
             },
             "volumeClaimTemplates": [
@@ -246,6 +243,7 @@ def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources
             ],
         },
     }
+    return shaping.shaped(statefulset, "nats", managed.pod, selector_labels(fleet.name, "nats"), pull_secrets)
 
 
 def nats_headless_service(fleet: DeviceFleet) -> JsonObject:
@@ -284,14 +282,48 @@ def nats_client_service(fleet: DeviceFleet) -> JsonObject:
     }
 
 
-def nats_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> list[JsonObject]:
+def nats_pdb(fleet: DeviceFleet) -> JsonObject:
+    """One server at a time: three servers keep their JetStream quorum through a drain, and lame-duck mode
+    moves a single server's clients to the others."""
+    selector = selector_labels(fleet.name, "nats")
+    return pdb(statefulset_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats"), selector)
+
+
+def mqtt_service_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-mqtt"
+
+
+def nats_mqtt_service(fleet: DeviceFleet) -> JsonObject | None:
+    """The MQTT listener alone, published as `spec.nats.managed.mqttService` asks; None when it does not. The
+    client port is never published: only the services and the operator use it."""
+    overrides = fleet.spec.nats.managed_or_default.mqtt_service
+    if overrides is None:
+        return None
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(mqtt_service_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats")),
+        "spec": {
+            "selector": selector_labels(fleet.name, "nats"),
+            "ports": [{"name": "mqtt", "port": MQTT_PORT, "targetPort": "mqtt", "protocol": "TCP"}],
+        },
+    }
+    return shaping.published(service, overrides)
+
+
+def nats_objects(
+    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, pull_secrets: Sequence[str] = ()
+) -> list[JsonObject]:
     """Everything a managed NATS needs, in apply order (its credentials Secret is handled apart: it is created,
     never patched); empty when the fleet uses an external NATS."""
     if not managed(fleet):
         return []
+    mqtt = nats_mqtt_service(fleet)
     return [
         nats_config_map(fleet),
         nats_headless_service(fleet),
         nats_client_service(fleet),
-        nats_statefulset(fleet, image, pull_policy, resources),
+        *([mqtt] if mqtt else []),
+        nats_statefulset(fleet, image, pull_policy, resources, pull_secrets),
+        nats_pdb(fleet),
     ]

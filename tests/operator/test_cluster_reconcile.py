@@ -1,0 +1,72 @@
+"""The real operator against the emulated API server: an admin's pod and Service overrides and the operator's
+pull secrets reach the children, a published MQTT listener comes and goes with the spec, and a patch that does
+not apply is a condition, not a crash."""
+
+from typing import Any
+
+from fleetflow.operator.options import OperatorOptions
+from tests.operator.conftest import OperatorStarter, wait_until
+from tests.operator.test_operator_reconcile import Api, create, has_condition, patch
+from tests.operator.variants import fleet_doc, pipeline_doc
+
+OPTIONS = OperatorOptions(image="fleetflow:test", resync_seconds=0.5, image_pull_secrets=("regcred",))
+
+
+def pull_secrets(obj: dict[str, Any] | None) -> list[str]:
+    return [
+        s["name"] for s in (obj or {}).get("spec", {}).get("template", {}).get("spec", {}).get("imagePullSecrets", [])
+    ]
+
+
+async def test_pull_secrets_and_overrides_reach_every_workload_and_mqtt_follows_the_spec(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    fleet = fleet_doc(
+        gateway={"service": {"type": "LoadBalancer"}, "pod": {"priorityClassName": "iot"}},
+        nats={"managed": {"mqttService": {"type": "NodePort"}}},
+    )
+    async with start_operator(options=OPTIONS):
+        await create(emulator, fleet)
+        await create(emulator, pipeline_doc())
+        for api_version, plural, name in [("apps/v1", "deployments", "cold-gateway"),
+                                          ("apps/v1", "statefulsets", "cold-nats"),
+                                          ("apps/v1", "statefulsets", "store-processor"),
+                                          ("apps/v1", "deployments", "store-writer")]:  # fmt: skip
+            workload = await wait_until(lambda v=api_version, p=plural, n=name: emulator.get(v, p, "ns1", n), what=name)
+            assert pull_secrets(workload) == ["regcred"], name
+        gateway = emulator.get("apps/v1", "deployments", "ns1", "cold-gateway")
+        assert gateway is not None and gateway["spec"]["template"]["spec"]["priorityClassName"] == "iot"
+        assert (emulator.get("v1", "services", "ns1", "cold-gateway") or {})["spec"]["type"] == "LoadBalancer"
+        mqtt = await wait_until(lambda: emulator.get("v1", "services", "ns1", "cold-mqtt"), what="the MQTT Service")
+        assert mqtt["spec"]["type"] == "NodePort"
+        for name in ("cold-nats", "store-processor", "store-writer"):
+            await wait_until(
+                lambda n=name: emulator.get("policy/v1", "poddisruptionbudgets", "ns1", n), what=f"PDB {name}"
+            )
+
+        await patch(emulator, "devicefleets", "cold", {"spec": {"nats": {"managed": {"mqttService": None}}}})
+        await wait_until(lambda: emulator.get("v1", "services", "ns1", "cold-mqtt") is None, what="MQTT unpublished")
+
+
+async def test_a_patch_that_does_not_apply_stops_the_reconcile_with_a_condition_naming_it(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    bad = [{"op": "replace", "path": "/spec/template/spec/nothingHere", "value": 1}]
+    async with start_operator():
+        await create(emulator, fleet_doc(gateway={"pod": {"patches": bad}}))
+
+        def patch_failed() -> Any:
+            found = has_condition(emulator, "devicefleets", "cold", "Ready", "False")
+            return found if found and found["reason"] == "PatchFailed" else None
+
+        failed = await wait_until(patch_failed, what="Ready False, reason PatchFailed")
+        assert "spec.gateway.pod.patches" in failed["message"] and "nothingHere" in failed["message"]
+        assert emulator.get("apps/v1", "deployments", "ns1", "cold-gateway") is None
+
+        fixed = [{"op": "add", "path": "/spec/template/spec/terminationGracePeriodSeconds", "value": 90}]
+        await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"pod": {"patches": fixed}}}})
+        gateway = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"),
+                                   what="the gateway once the patch applies")  # fmt: skip
+        assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
