@@ -4,6 +4,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from fleetflow.operator.builders.nats import DEFAULT_EXPORTER_IMAGE
 from fleetflow.operator.builders.resources import DEFAULT_RESOURCES, ResourceRequirements
 
 DEFAULT_IMAGE = "ghcr.io/fleetflow/fleetflow:0.1.0"
@@ -32,6 +33,7 @@ class OperatorOptions:
     # In every pod the operator creates, so a private registry serves the services and NATS alike.
     image_pull_secrets: tuple[str, ...] = ()
     nats_image: str = DEFAULT_NATS_IMAGE
+    nats_exporter_image: str = DEFAULT_EXPORTER_IMAGE
     resync_seconds: float = 30.0
     nats_timeout_seconds: float = 3.0
     resources: dict[str, ResourceRequirements] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
@@ -47,8 +49,8 @@ class OperatorOptions:
 
     @classmethod
     def from_environment(cls) -> "OperatorOptions":
-        """FLEETFLOW_OPERATOR_IMAGE, _NATS_IMAGE, _IMAGE_PULL_POLICY, _IMAGE_PULL_SECRETS and _RESYNC_SECONDS
-        override the defaults;
+        """FLEETFLOW_OPERATOR_IMAGE, _NATS_IMAGE, _NATS_EXPORTER_IMAGE, _IMAGE_PULL_POLICY, _IMAGE_PULL_SECRETS and
+        _RESYNC_SECONDS override the defaults;
         FLEETFLOW_LOG_LEVEL and OTEL_EXPORTER_OTLP_ENDPOINT are passed on to the services."""
         env = os.environ
         resync = env.get("FLEETFLOW_OPERATOR_RESYNC_SECONDS", str(cls.resync_seconds))
@@ -61,6 +63,7 @@ class OperatorOptions:
         return cls(
             image=env.get("FLEETFLOW_OPERATOR_IMAGE", DEFAULT_IMAGE),
             nats_image=env.get("FLEETFLOW_OPERATOR_NATS_IMAGE", DEFAULT_NATS_IMAGE),
+            nats_exporter_image=env.get("FLEETFLOW_OPERATOR_NATS_EXPORTER_IMAGE", DEFAULT_EXPORTER_IMAGE),
             image_pull_policy=env.get("FLEETFLOW_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent"),
             image_pull_secrets=parse_pull_secrets(env.get("FLEETFLOW_OPERATOR_IMAGE_PULL_SECRETS", "")),
             resync_seconds=resync_seconds,

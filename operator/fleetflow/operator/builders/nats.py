@@ -31,6 +31,10 @@ from fleetflow.runtime import natsauth
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
 MONITOR_PORT = 8222
+EXPORTER_PORT = 7777
+# The NATS project's own Prometheus exporter; it reads the monitoring endpoint over the pod's loopback.
+DEFAULT_EXPORTER_IMAGE = "natsio/prometheus-nats-exporter:0.20.1"
+EXPORTER_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
 MQTT_PORT = 1883
 NATS_UID = 1000
 STORE_DIR = "/data/jetstream"
@@ -100,7 +104,8 @@ def server_config(fleet: DeviceFleet) -> str:
     store_bytes = int(parse_bytes(managed_spec.storage_size) * STORE_SHARE)
     lines = [
         f"listen: 0.0.0.0:{CLIENT_PORT}",
-        f"http: 0.0.0.0:{MONITOR_PORT}",
+        # Monitoring has no authentication: only the pod itself (probes, the exporter) may reach it.
+        f"http: 127.0.0.1:{MONITOR_PORT}",
         "server_name: $POD_NAME",
         f'pid_file: "{PID_FILE}"',
         # Large enough for the largest message a valid device body becomes, so none is ever unpublishable.
@@ -170,9 +175,45 @@ def _ports() -> list[JsonObject]:
     return [
         {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
         {"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"},
-        {"name": "monitor", "containerPort": MONITOR_PORT, "protocol": "TCP"},
         {"name": "mqtt", "containerPort": MQTT_PORT, "protocol": "TCP"},
     ]
+
+
+def monitor_probe(path: str, period: int, failures: int) -> JsonObject:
+    """Monitoring listens on the loopback only, where the kubelet's HTTP probes cannot reach; busybox `wget` of
+    the Alpine-based NATS image asks from inside the pod and fails on any status but 2xx."""
+    url = f"http://127.0.0.1:{MONITOR_PORT}{path}"
+    return {
+        "exec": {"command": ["wget", "-q", "-O", "/dev/null", "-T", "2", url]},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def exporter_container(image: str, pull_policy: str) -> JsonObject:
+    """prometheus-nats-exporter: server, connection, route, subscription, health and JetStream (streams and
+    consumers) metrics on `nats-metrics`, each series labelled with the server's name (the pod's)."""
+    return {
+        "name": "metrics",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "args": [
+            f"-port={EXPORTER_PORT}",
+            "-varz",
+            "-connz",
+            "-routez",
+            "-subz",
+            "-healthz",
+            "-jsz=all",
+            "-use_internal_server_name",
+            f"http://127.0.0.1:{MONITOR_PORT}",
+        ],
+        "ports": [{"name": "nats-metrics", "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
+        "readinessProbe": http_probe("/metrics", "nats-metrics", period=30, failures=3),
+        "resources": {kind: dict(values) for kind, values in EXPORTER_RESOURCES.items()},
+        "securityContext": container_security_context(),
+    }
 
 
 def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
@@ -183,10 +224,10 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
         "args": ["--config", "/etc/nats-config/nats.conf"],
         "env": _env(fleet),
         "ports": _ports(),
-        "startupProbe": http_probe("/healthz", "monitor", period=5, failures=60),
+        "startupProbe": monitor_probe("/healthz", period=5, failures=60),
         # Ready only once JetStream is up: a server still catching up with its peers takes no clients.
-        "readinessProbe": http_probe("/healthz?js-enabled-only=true", "monitor", period=10, failures=3),
-        "livenessProbe": http_probe("/healthz?js-enabled-only=true", "monitor", period=30, failures=3),
+        "readinessProbe": monitor_probe("/healthz?js-enabled-only=true", period=10, failures=3),
+        "livenessProbe": monitor_probe("/healthz?js-enabled-only=true", period=30, failures=3),
         # Lame-duck mode moves clients to the other servers before this one stops.
         "lifecycle": {"preStop": {"exec": {"command": ["nats-server", f"-sl=ldm={PID_FILE}"]}}},
         "resources": resources,
@@ -200,7 +241,12 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
 
 
 def nats_statefulset(
-    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, pull_secrets: Sequence[str] = ()
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    pull_secrets: Sequence[str] = (),
+    exporter_image: str = DEFAULT_EXPORTER_IMAGE,
 ) -> JsonObject:
     managed = fleet.spec.nats.managed_or_default
     pod_labels = fleet_labels(fleet, "nats")
@@ -231,7 +277,10 @@ def nats_statefulset(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 60,
-                    "containers": [_container(fleet, image, pull_policy, resources)],
+                    "containers": [
+                        _container(fleet, image, pull_policy, resources),
+                        exporter_container(exporter_image, pull_policy),
+                    ],
                     "volumes": [
                         {"name": "config", "configMap": {"name": config_map_name(fleet)}},
                         {"name": "pid", "emptyDir": {}},
@@ -247,7 +296,8 @@ def nats_statefulset(
 
 
 def nats_headless_service(fleet: DeviceFleet) -> JsonObject:
-    """Gives every server a stable DNS name for the cluster routes; lists servers before they are ready."""
+    """Gives every server a stable DNS name for the cluster routes; lists servers before they are ready (and so
+    the chart's ServiceMonitor scrapes the metrics of every server, ready or not)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -259,7 +309,7 @@ def nats_headless_service(fleet: DeviceFleet) -> JsonObject:
             "ports": [
                 {"name": "client", "port": CLIENT_PORT, "targetPort": "client"},
                 {"name": "cluster", "port": CLUSTER_PORT, "targetPort": "cluster"},
-                {"name": "monitor", "port": MONITOR_PORT, "targetPort": "monitor"},
+                {"name": "nats-metrics", "port": EXPORTER_PORT, "targetPort": "nats-metrics"},
             ],
         },
     }
@@ -312,7 +362,12 @@ def nats_mqtt_service(fleet: DeviceFleet) -> JsonObject | None:
 
 
 def nats_objects(
-    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, pull_secrets: Sequence[str] = ()
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    pull_secrets: Sequence[str] = (),
+    exporter_image: str = DEFAULT_EXPORTER_IMAGE,
 ) -> list[JsonObject]:
     """Everything a managed NATS needs, in apply order (its credentials Secret is handled apart: it is created,
     never patched); empty when the fleet uses an external NATS."""
@@ -324,6 +379,6 @@ def nats_objects(
         nats_headless_service(fleet),
         nats_client_service(fleet),
         *([mqtt] if mqtt else []),
-        nats_statefulset(fleet, image, pull_policy, resources, pull_secrets),
+        nats_statefulset(fleet, image, pull_policy, resources, pull_secrets, exporter_image),
         nats_pdb(fleet),
     ]
