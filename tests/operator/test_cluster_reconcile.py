@@ -70,3 +70,29 @@ async def test_a_patch_that_does_not_apply_stops_the_reconcile_with_a_condition_
         gateway = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"),
                                    what="the gateway once the patch applies")  # fmt: skip
         assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
+
+
+async def test_network_policies_follow_the_spec(apiserver: Api, start_operator: OperatorStarter) -> None:
+    emulator, _ = apiserver
+    options = OperatorOptions(image="fleetflow:test", resync_seconds=0.5, operator_namespace="fleetflow-system")
+
+    def policy(name: str) -> Any:
+        return emulator.get("networking.k8s.io/v1", "networkpolicies", "ns1", name)
+
+    async with start_operator(options=options):
+        await create(emulator, fleet_doc(networkPolicy={"enabled": True, "metricsNamespace": "monitoring"}))
+        deny = await wait_until(lambda: policy("cold-default-deny"), what="the default deny")
+        assert deny["spec"]["podSelector"] == {"matchLabels": {"fleetflow.io/fleet": "cold"}}
+        clients = policy("cold-nats-clients")
+        assert clients is not None
+        assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "fleetflow-system"}}} in clients[
+            "spec"
+        ]["ingress"][0]["from"]
+        assert policy("cold-metrics") is not None
+
+        await patch(emulator, "devicefleets", "cold", {"spec": {"networkPolicy": {"metricsNamespace": None}}})
+        await wait_until(lambda: policy("cold-metrics") is None, what="the metrics policy gone")
+        assert policy("cold-default-deny") is not None
+        await patch(emulator, "devicefleets", "cold", {"spec": {"networkPolicy": {"enabled": False}}})
+        for name in ("cold-default-deny", "cold-devices", "cold-nats-clients", "cold-mqtt-devices"):
+            await wait_until(lambda n=name: policy(n) is None, what=f"{name} gone")

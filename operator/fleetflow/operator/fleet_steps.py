@@ -5,7 +5,7 @@ import secrets
 
 from fleetflow.api import DeviceFleet
 from fleetflow.operator import nats_credentials, streams
-from fleetflow.operator.builders import gateway, nats
+from fleetflow.operator.builders import gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
@@ -114,6 +114,18 @@ async def apply_gateway(ctx: Context) -> None:
         await ctx.remove_owned("autoscaling/v2", "HorizontalPodAutoscaler", gateway.name(fleet))
 
 
+async def apply_network_policies(ctx: Context) -> None:
+    """The allowances go first, the default deny last; a policy the spec no longer asks for goes."""
+    fleet = fleet_of(ctx)
+    desired = network.network_policies(fleet, ctx.options.operator_namespace)
+    for obj in desired:
+        await ctx.apply_owned(obj)
+    wanted = {obj["metadata"]["name"] for obj in desired}
+    for name in network.all_names(fleet):
+        if name not in wanted:
+            await ctx.remove_owned(network.API_VERSION, "NetworkPolicy", name)
+
+
 async def observe_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     if fleet.spec.nats.external is not None:
@@ -170,6 +182,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("ensure-nats-credentials", ensure_nats_credentials),
     ("apply-nats", apply_nats),
     ("apply-gateway", apply_gateway),
+    ("apply-network-policies", apply_network_policies),
     ("observe-nats", observe_nats),
     ("provision-streams", provision_streams),
     ("observe-gateway", observe_gateway),

@@ -34,6 +34,8 @@ class OperatorOptions:
     image_pull_secrets: tuple[str, ...] = ()
     nats_image: str = DEFAULT_NATS_IMAGE
     nats_exporter_image: str = DEFAULT_EXPORTER_IMAGE
+    # Where the operator runs: fleets' NetworkPolicies let it (and only it, of other namespaces) reach NATS.
+    operator_namespace: str | None = None
     resync_seconds: float = 30.0
     nats_timeout_seconds: float = 3.0
     resources: dict[str, ResourceRequirements] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
@@ -49,8 +51,8 @@ class OperatorOptions:
 
     @classmethod
     def from_environment(cls) -> "OperatorOptions":
-        """FLEETFLOW_OPERATOR_IMAGE, _NATS_IMAGE, _NATS_EXPORTER_IMAGE, _IMAGE_PULL_POLICY, _IMAGE_PULL_SECRETS and
-        _RESYNC_SECONDS override the defaults;
+        """FLEETFLOW_OPERATOR_IMAGE, _NATS_IMAGE, _NATS_EXPORTER_IMAGE, _IMAGE_PULL_POLICY, _IMAGE_PULL_SECRETS,
+        _RESYNC_SECONDS and _NAMESPACE override the defaults;
         FLEETFLOW_LOG_LEVEL and OTEL_EXPORTER_OTLP_ENDPOINT are passed on to the services."""
         env = os.environ
         resync = env.get("FLEETFLOW_OPERATOR_RESYNC_SECONDS", str(cls.resync_seconds))
@@ -64,6 +66,7 @@ class OperatorOptions:
             image=env.get("FLEETFLOW_OPERATOR_IMAGE", DEFAULT_IMAGE),
             nats_image=env.get("FLEETFLOW_OPERATOR_NATS_IMAGE", DEFAULT_NATS_IMAGE),
             nats_exporter_image=env.get("FLEETFLOW_OPERATOR_NATS_EXPORTER_IMAGE", DEFAULT_EXPORTER_IMAGE),
+            operator_namespace=env.get("FLEETFLOW_OPERATOR_NAMESPACE") or None,
             image_pull_policy=env.get("FLEETFLOW_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent"),
             image_pull_secrets=parse_pull_secrets(env.get("FLEETFLOW_OPERATOR_IMAGE_PULL_SECRETS", "")),
             resync_seconds=resync_seconds,

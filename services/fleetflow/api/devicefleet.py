@@ -7,6 +7,7 @@ from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_va
 
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
+from fleetflow.api.core import NetworkPolicyPeer
 from fleetflow.api.overrides import PodOverrides, ServiceOverrides
 
 
@@ -211,6 +212,28 @@ class StreamSpec(Model):
         return quantities.parse_bytes(self.max_bytes)
 
 
+NAMESPACE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class NetworkPolicySpec(Model):
+    """NetworkPolicies for the fleet's pods (its pipelines' included): every ingress is denied but devices to the
+    gateway's HTTP and gRPC and to MQTT, the fleet's services and the operator to NATS, NATS servers to each
+    other, and metrics scrapes from `metricsNamespace`. Egress is not restricted."""
+
+    enabled: bool = False
+    devices: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        description="Where devices (or the Ingress controller or load balancer in front of them) connect from; "
+        "unset: anywhere.",
+    )
+    metrics_namespace: str | None = Field(
+        default=None,
+        pattern=NAMESPACE_NAME_PATTERN,
+        description="The namespace whose pods (Prometheus) may scrape the services' ops port and the NATS "
+        "exporter; unset: none.",
+    )
+
+
 class DeviceFleetSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -237,6 +260,7 @@ class DeviceFleetSpec(Model):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     nats: NatsSpec = Field(default_factory=NatsSpec)
     streams: StreamSpec = Field(default_factory=StreamSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
     @model_validator(mode="after")
     def _stream_replicas_fit(self) -> Self:

@@ -156,6 +156,7 @@ CLUSTER_ONLY_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("gateway", "service"),
         ("nats", "managed", "pod"),
         ("nats", "managed", "mqttService"),
+        ("networkPolicy",),
     ),
     "Pipeline": (("processor", "pod"), ("writer", "pod")),
 }
