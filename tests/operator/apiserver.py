@@ -139,6 +139,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
             ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
             ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+            ("networking.k8s.io", "v1", "ingresses", "Ingress"),
             ("events.k8s.io", "v1", "events", "Event"),
         ]:  # fmt: skip
             status = kind not in {"ConfigMap", "Secret", "Event", "NetworkPolicy"}

@@ -6,7 +6,7 @@ from typing import Any
 
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.conftest import OperatorStarter, wait_until
-from tests.operator.test_operator_reconcile import Api, create, has_condition, patch
+from tests.operator.test_operator_reconcile import Api, cr, create, has_condition, patch
 from tests.operator.variants import fleet_doc, pipeline_doc
 
 OPTIONS = OperatorOptions(image="fleetflow:test", resync_seconds=0.5, image_pull_secrets=("regcred",))
@@ -96,3 +96,35 @@ async def test_network_policies_follow_the_spec(apiserver: Api, start_operator: 
         await patch(emulator, "devicefleets", "cold", {"spec": {"networkPolicy": {"enabled": False}}})
         for name in ("cold-default-deny", "cold-devices", "cold-nats-clients", "cold-mqtt-devices"):
             await wait_until(lambda n=name: policy(n) is None, what=f"{name} gone")
+
+
+async def test_published_endpoints_reach_the_status_once_assigned(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    ingress = {"className": "nginx", "http": {"host": "telemetry.example.com", "tlsSecretName": "telemetry-tls"}}
+    async with start_operator():
+        await create(emulator, fleet_doc(gateway={"service": {"type": "LoadBalancer"}, "ingress": ingress}))
+        found = await wait_until(lambda: emulator.get("networking.k8s.io/v1", "ingresses", "ns1", "cold-gateway-http"),
+                                 what="the HTTP Ingress")  # fmt: skip
+        assert found["spec"]["rules"][0]["host"] == "telemetry.example.com"
+        assert emulator.get("networking.k8s.io/v1", "ingresses", "ns1", "cold-gateway-grpc") is None
+
+        def endpoints() -> dict[str, str]:
+            status = cr(emulator, "devicefleets", "cold").get("status") or {}
+            return dict((status.get("gateway") or {}).get("endpoints") or {})
+
+        await wait_until(
+            lambda: endpoints().get("httpExternal") == "https://telemetry.example.com", what="httpExternal"
+        )
+        assert "grpcExternal" not in endpoints(), "no load balancer address yet"
+        service = emulator.get("v1", "services", "ns1", "cold-gateway")
+        assert service is not None
+        await emulator.write("v1", "services", "ns1", "cold-gateway",
+                             {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}})  # fmt: skip
+        await wait_until(lambda: endpoints().get("grpcExternal") == "203.0.113.10:9090", what="grpcExternal")
+        assert endpoints()["http"] == "http://cold-gateway.ns1.svc:8080", "the in-cluster endpoints stay"
+
+        await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"ingress": None}}})
+        await wait_until(lambda: emulator.get("networking.k8s.io/v1", "ingresses", "ns1", "cold-gateway-http") is None,
+                         what="the Ingress gone")  # fmt: skip

@@ -5,7 +5,7 @@ import secrets
 
 from fleetflow.api import DeviceFleet
 from fleetflow.operator import nats_credentials, streams
-from fleetflow.operator.builders import gateway, nats, network
+from fleetflow.operator.builders import exposure, gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
@@ -126,6 +126,28 @@ async def apply_network_policies(ctx: Context) -> None:
             await ctx.remove_owned(network.API_VERSION, "NetworkPolicy", name)
 
 
+async def apply_exposure(ctx: Context) -> None:
+    """The gateway's Ingresses the spec asks for; one it no longer asks for goes."""
+    fleet = fleet_of(ctx)
+    for protocol in exposure.PROTOCOLS:
+        ingress = exposure.gateway_ingress(fleet, protocol)
+        if ingress is not None:
+            await ctx.apply_owned(ingress)
+        else:
+            await ctx.remove_owned(exposure.API_VERSION, "Ingress", exposure.ingress_name(fleet, protocol))
+
+
+async def observe_exposure(ctx: Context) -> None:
+    """Where devices outside the cluster connect, once the load balancers or node ports are assigned."""
+    fleet = fleet_of(ctx)
+    service = await ctx.api.get_or_none(Ref("v1", "Service", ctx.namespace, gateway.name(fleet)))
+    mqtt = None
+    if nats.managed(fleet) and fleet.spec.nats.managed_or_default.mqtt_service is not None:
+        mqtt = await ctx.api.get_or_none(Ref("v1", "Service", ctx.namespace, nats.mqtt_service_name(fleet)))
+    status = ctx.status.setdefault("gateway", {})
+    status["endpoints"] = {**status.get("endpoints", {}), **exposure.external_endpoints(fleet, service, mqtt)}
+
+
 async def observe_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     if fleet.spec.nats.external is not None:
@@ -183,7 +205,9 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("apply-nats", apply_nats),
     ("apply-gateway", apply_gateway),
     ("apply-network-policies", apply_network_policies),
+    ("apply-exposure", apply_exposure),
     ("observe-nats", observe_nats),
     ("provision-streams", provision_streams),
     ("observe-gateway", observe_gateway),
+    ("observe-exposure", observe_exposure),
 ]

@@ -8,7 +8,7 @@ from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_va
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
 from fleetflow.api.core import NetworkPolicyPeer
-from fleetflow.api.overrides import PodOverrides, ServiceOverrides
+from fleetflow.api.overrides import IngressSpec, PodOverrides, ServiceOverrides
 
 
 def _regex(text: str) -> str:
@@ -111,6 +111,9 @@ class GatewaySpec(Model):
     service: ServiceOverrides = Field(
         default_factory=ServiceOverrides,
         description="Publish the gateway's HTTP and gRPC ports (cluster only): NodePort or LoadBalancer.",
+    )
+    ingress: IngressSpec | None = Field(
+        default=None, description="Publish the gateway's HTTP and gRPC through an Ingress controller (cluster only)."
     )
 
     @property

@@ -154,6 +154,7 @@ CLUSTER_ONLY_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "DeviceFleet": (
         ("gateway", "pod"),
         ("gateway", "service"),
+        ("gateway", "ingress"),
         ("nats", "managed", "pod"),
         ("nats", "managed", "mqttService"),
         ("networkPolicy",),
@@ -176,3 +177,30 @@ def without_cluster_fields(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def _copy_dicts(node: Any) -> Any:
     return {k: _copy_dicts(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+
+HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class IngressRoute(Model):
+    """One host of the gateway's Ingress. With `tlsSecretName` the Ingress terminates TLS with the certificate in
+    that Secret (`tls.crt`, `tls.key`; cert-manager can fill it)."""
+
+    host: str = Field(pattern=HOST_PATTERN, max_length=253, description="e.g. telemetry.example.com")
+    tls_secret_name: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    annotations: dict[str, str] | None = Field(
+        default=None,
+        description="On this Ingress only, e.g. nginx.ingress.kubernetes.io/backend-protocol: GRPC for gRPC.",
+    )
+
+
+class IngressSpec(Model):
+    """Publishes the gateway's HTTP and gRPC through an Ingress controller: one Ingress per protocol, since
+    controllers tell a gRPC backend apart by an annotation on the whole Ingress."""
+
+    class_name: str | None = Field(default=None, min_length=1, description="The IngressClass, e.g. nginx.")
+    annotations: dict[str, str] | None = Field(
+        default=None, description="On both Ingresses, e.g. cert-manager.io/cluster-issuer."
+    )
+    http: IngressRoute | None = None
+    grpc: IngressRoute | None = None
