@@ -1,12 +1,14 @@
 """Devices' endpoints published outside the cluster: the gateway's Ingresses and what the status reports."""
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from fleetflow.api import SpecError
-from fleetflow.operator.builders import exposure, gateway, nats
+from fleetflow.operator.builders import exposure, gateway, nats, network
 from tests.operator.test_builders import KUBERNETES_VERSIONS
 from tests.operator.variants import fleet, fleet_doc
 
@@ -97,3 +99,24 @@ def test_status_reports_node_ports_and_nothing_for_a_cluster_ip() -> None:
 def test_bad_ingress_settings_are_refused_naming_them(ingress: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         fleet(fleet_doc(gateway={"ingress": ingress}))
+
+
+PRODUCTION = Path(__file__).resolve().parents[2] / "examples" / "cluster" / "production"
+
+
+def test_the_production_example_renders_valid_objects_and_its_certificate_covers_its_hosts() -> None:
+    f = fleet(yaml.safe_load((PRODUCTION / "fleet.yaml").read_text()))
+    objects = [
+        *nats.nats_objects(f, "nats:x", "IfNotPresent", {}, ("regcred",)),
+        *gateway.gateway_objects(f, "img", "IfNotPresent", {}, pull_secrets=("regcred",)),
+        *exposure.gateway_ingresses(f),
+        *network.network_policies(f, "fleetflow-system"),
+    ]
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[0], strict=True)
+    certificate = yaml.safe_load((PRODUCTION / "certificate.yaml").read_text())
+    hosts = {rule["host"] for ingress in exposure.gateway_ingresses(f) for rule in ingress["spec"]["rules"]}
+    secrets = {tls["secretName"] for ingress in exposure.gateway_ingresses(f) for tls in ingress["spec"]["tls"]}
+    assert hosts == set(certificate["spec"]["dnsNames"]) and hosts
+    assert secrets == {certificate["spec"]["secretName"]}
+    assert certificate["metadata"]["namespace"] == f.metadata.namespace
