@@ -1,7 +1,7 @@
 """The NATS StatefulSet the operator renders for a fleet, run as real nats-server processes on this machine.
 
 Each pod gets the operator's nats.conf with only what a test machine needs changed: its listen addresses move
-from 0.0.0.0 to free ports on 127.0.0.1, its store and pid file into a temporary folder. Its environment is
+to free ports on 127.0.0.1, its store and pid file into a temporary folder. Its environment is
 what the kubelet would give the container: the StatefulSet's env, with `secretKeyRef`s read from the Secret,
 the pod's name from `fieldRef`, and `$(VAR)` references expanded; the other pods' DNS names in the route URLs
 point at their local cluster ports."""
@@ -56,15 +56,15 @@ def secret_value(secret: dict[str, Any], key: str) -> str:
 
 def local_config(fleet: DeviceFleet, pod: Pod, folder: Path) -> str:
     conf = nats.server_config(fleet)
-    for port, local in pod.ports.items():
-        conf = conf.replace(f"0.0.0.0:{port}", f"127.0.0.1:{local}")
+    for port, local in pod.ports.items():  # monitoring already listens on the pod's loopback only
+        conf = conf.replace(f"0.0.0.0:{port}", f"127.0.0.1:{local}").replace(f"127.0.0.1:{port}", f"127.0.0.1:{local}")
     return conf.replace(nats.STORE_DIR, str(folder / "jetstream")).replace(nats.PID_FILE, str(folder / "nats.pid"))
 
 
 def pod_environment(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod]) -> dict[str, str]:
     """What the kubelet gives the NATS container of `pod`."""
     statefulset = nats.nats_statefulset(fleet, "nats", "IfNotPresent", {})
-    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]  # nats-server; [1] is its exporter
     env: dict[str, str] = {}
     for item in container["env"]:
         if "value" in item:
