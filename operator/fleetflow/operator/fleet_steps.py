@@ -4,12 +4,12 @@ import base64
 import secrets
 
 from fleetflow.api import DeviceFleet
-from fleetflow.operator import nats_credentials, streams
+from fleetflow.operator import nats_credentials, streams, tls_secrets
 from fleetflow.operator.builders import exposure, gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
-from fleetflow.operator.kube import Ref
+from fleetflow.operator.kube import JsonObject, Ref
 from fleetflow.operator.readiness import Readiness, workload
 from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec
 
@@ -69,6 +69,19 @@ async def ensure_nats_credentials(ctx: Context) -> None:
         raise Stop(Problem(exc.reason, str(exc))) from None
 
 
+async def read_tls_secrets(ctx: Context) -> None:
+    """The certificates and the external NATS's login the spec names must exist before pods mount them."""
+    try:
+        ctx.fleet_secrets = await tls_secrets.read(ctx.api, fleet_of(ctx))
+    except tls_secrets.TlsSecretError as exc:
+        raise Stop(Problem(exc.reason, str(exc))) from None
+
+
+def _stamped(ctx: Context, obj: JsonObject) -> JsonObject:
+    """Pods roll when the NATS credentials or the TLS Secrets they read at start change."""
+    return tls_secrets.stamped(nats_credentials.stamped(obj, ctx.nats_credentials), ctx.fleet_secrets)
+
+
 async def apply_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
@@ -83,7 +96,7 @@ async def apply_nats(ctx: Context) -> None:
     except PatchError as exc:
         raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in desired:
-        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
+        await ctx.apply_owned(_stamped(ctx, obj))
     if not desired or fleet.spec.nats.managed_or_default.mqtt_service is None:
         await ctx.remove_owned("v1", "Service", nats.mqtt_service_name(fleet))
     if not desired:  # switched to an external NATS: the managed one goes (its PVCs stay, as StatefulSets do)
@@ -109,7 +122,7 @@ async def apply_gateway(ctx: Context) -> None:
     except PatchError as exc:
         raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in desired:
-        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
+        await ctx.apply_owned(_stamped(ctx, obj))
     if fleet.spec.gateway.autoscaling is None:
         await ctx.remove_owned("autoscaling/v2", "HorizontalPodAutoscaler", gateway.name(fleet))
 
@@ -170,7 +183,7 @@ async def provision_streams(ctx: Context) -> None:
         return
     try:
         states = await streams.provision_fleet(
-            nats.nats_url(fleet), fleet, ctx.options.nats_timeout_seconds, ctx.nats_login
+            nats.nats_url(fleet), fleet, ctx.options.nats_timeout_seconds, ctx.nats_login, ctx.nats_tls
         )
     except streams.StreamError as exc:
         ctx.outcome.problems.append(Problem("StreamProvisioningFailed", str(exc)))
@@ -202,6 +215,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("ensure-device-secret", ensure_device_secret),
     ("ensure-nats-credentials", ensure_nats_credentials),
+    ("read-tls-secrets", read_tls_secrets),
     ("apply-nats", apply_nats),
     ("apply-gateway", apply_gateway),
     ("apply-network-policies", apply_network_policies),

@@ -9,6 +9,7 @@ from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
 from fleetflow.api.core import NetworkPolicyPeer
 from fleetflow.api.overrides import IngressSpec, PodOverrides, ServiceOverrides
+from fleetflow.api.tls import CaSecretRef, TlsSecret
 
 
 def _regex(text: str) -> str:
@@ -115,6 +116,10 @@ class GatewaySpec(Model):
     ingress: IngressSpec | None = Field(
         default=None, description="Publish the gateway's HTTP and gRPC through an Ingress controller (cluster only)."
     )
+    tls: TlsSecret | None = Field(
+        default=None,
+        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate (cluster only).",
+    )
 
     @property
     def largest_message_bytes(self) -> int:
@@ -128,7 +133,26 @@ def max_payload_for(fleets: "list[DeviceFleet]", floor: int = 1048576) -> int:
 
 
 class ExternalNats(Model):
+    """A NATS the fleet does not own. The services and the operator log in as `user` with the password in
+    `passwordSecretRef`, and verify the server with the CA in `caSecretRef`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.user) == has(self.passwordSecretRef)",
+                    "message": "nats.external.user and nats.external.passwordSecretRef go together",
+                }
+            ]
+        }
+    )
+
     url: str = Field(pattern=r"^(nats|tls|ws|wss)://[^\s]+$")
+    user: str | None = Field(default=None, min_length=1, max_length=256)
+    password_secret_ref: SecretKeyRef | None = None
+    ca_secret_ref: CaSecretRef | None = Field(
+        default=None, description="The CA the server's certificate is verified with (key default ca.crt)."
+    )
     max_payload_bytes: int = Field(
         default=1048576,
         ge=1024,
@@ -137,8 +161,16 @@ class ExternalNats(Model):
         "must not exceed it; a body that grows past it once encoded is refused with 413 batch_too_large.",
     )
 
+    @model_validator(mode="after")
+    def _login_is_whole(self) -> Self:
+        if (self.user is None) != (self.password_secret_ref is None):
+            raise ValueError("nats.external.user and nats.external.passwordSecretRef go together: set both or neither")
+        return self
+
 
 class ManagedNats(Model):
+    """NATS JetStream servers the operator runs for the fleet."""
+
     replicas: Literal[1, 3] = 1
     storage_size: Size = "10Gi"
     storage_class_name: str | None = None
@@ -147,6 +179,11 @@ class ManagedNats(Model):
         default=None,
         description="Publish the MQTT listener alone, as Service <fleet>-mqtt (NodePort or LoadBalancer); the "
         "client port stays inside the cluster.",
+    )
+    tls: TlsSecret | None = Field(
+        default=None,
+        description="Client, MQTT and route connections over TLS only, with this Secret's certificate; the "
+        "services and the operator verify it with its ca.crt.",
     )
 
 

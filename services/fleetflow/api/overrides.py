@@ -155,6 +155,7 @@ CLUSTER_ONLY_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("gateway", "pod"),
         ("gateway", "service"),
         ("gateway", "ingress"),
+        ("gateway", "tls"),
         ("nats", "managed", "pod"),
         ("nats", "managed", "mqttService"),
         ("networkPolicy",),

@@ -95,6 +95,7 @@ class ServerAuth:
     services_password: str
     anonymous_password: str  # never used to log in; without one, the user would be admitted without the callout
     services_without_credentials: bool  # a client without credentials is the services' user (loopback only!)
+    mqtt_tls: tuple[str, str] | None = None  # (certificate file, key file): MQTT devices connect over TLS only
 
     @classmethod
     def local(cls, mqtt_host: str, mqtt_port: int, issuer_seed: bytes, services_password: str) -> "ServerAuth":
@@ -108,6 +109,14 @@ class ServerAuth:
         )
 
 
+def tls_block(cert_file: str, key_file: str, ca_file: str | None = None, indent: str = "") -> list[str]:
+    """A nats.conf `tls {}` block; with `ca_file` the server also verifies its peers (cluster routes)."""
+    lines = [f"{indent}tls {{", f'{indent}  cert_file: "{cert_file}"', f'{indent}  key_file: "{key_file}"']
+    if ca_file:
+        lines += [f'{indent}  ca_file: "{ca_file}"', f"{indent}  verify: true"]
+    return [*lines, f"{indent}}}"]
+
+
 def server_config(auth: ServerAuth) -> str:
     """The nats.conf lines that enable MQTT with devices authenticated by the gateway, and the services' user."""
     lines = [
@@ -115,6 +124,7 @@ def server_config(auth: ServerAuth) -> str:
         f"  listen: {auth.mqtt_listen}",
         # An MQTT client without credentials is this user, never the services' (local mode's no_auth_user).
         f"  no_auth_user: {ANONYMOUS_USER}",
+        *(tls_block(*auth.mqtt_tls, indent="  ") if auth.mqtt_tls else []),
         "}",
         "accounts {",
         f"  {SERVICE_ACCOUNT} {{",

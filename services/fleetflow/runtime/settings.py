@@ -1,6 +1,7 @@
 """Service settings: a config file rendered from the custom resources, overridden by FLEETFLOW_* variables."""
 
 import json
+import ssl
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -26,6 +27,8 @@ class ServiceSettings(BaseSettings):
     # A NATS without a default user (the operator's) needs a login; local mode's loopback-only NATS does not.
     nats_user: str | None = None
     nats_password_file: Path | None = pydantic.Field(default=None, validate_default=True)
+    # Set: the NATS connection is TLS, and the server's certificate must chain to this CA (PEM).
+    nats_tls_ca_file: Path | None = None
     ops_host: str = "127.0.0.1"
     ops_port: int = pydantic.Field(default=8081, ge=0, le=65535)
     status_file: Path | None = None
@@ -61,6 +64,17 @@ class ServiceSettings(BaseSettings):
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
 
+    def nats_tls(self) -> ssl.SSLContext | None:
+        """The TLS context the NATS connection verifies the server with, or None for plain NATS."""
+        if self.nats_tls_ca_file is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.nats_tls_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"nats_tls_ca_file = {str(self.nats_tls_ca_file)!r}: cannot read a PEM CA from it ({exc})"
+            ) from None
+
     @classmethod
     def load(cls, path: Path | None) -> Self:
         """Settings from `path` (or $FLEETFLOW_CONFIG) plus the environment; SettingsError names the problem."""
@@ -93,7 +107,7 @@ class GatewaySettings(ServiceSettings):
     max_publishes_in_flight: int = pydantic.Field(default=1024, ge=1)
     # Device connectivity beyond HTTP (see docs/devices.md): None turns a listener or the buffer off.
     grpc_port: int | None = pydantic.Field(default=None, ge=0, le=65535)
-    tls_cert_file: Path | None = None  # with tls_key_file: gRPC over TLS
+    tls_cert_file: Path | None = None  # with tls_key_file: HTTP and gRPC over TLS only
     tls_key_file: Path | None = None
     buffer_dir: Path | None = None  # store-and-forward while NATS is unreachable
     buffer_max_bytes: int = pydantic.Field(default=256 * 1024 * 1024, ge=4096)

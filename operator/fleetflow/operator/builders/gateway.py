@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.common import SecretKeyRef
+from fleetflow.api.tls import CERT_KEY, KEY_KEY
 from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
@@ -28,6 +29,7 @@ from fleetflow.runtime.config import gateway_config
 HTTP_PORT = 8080
 GRPC_PORT = 9090
 SECRET_DIR = "/var/run/fleetflow/device-secret"
+TLS_DIR = "/var/run/fleetflow/gateway-tls"  # spec.gateway.tls: the certificate devices' HTTP and gRPC use
 BUFFER_DIR = "/var/lib/fleetflow/buffer"
 
 
@@ -72,6 +74,9 @@ def rendered_config(fleet: DeviceFleet) -> str:
     )
     if nats.managed(fleet):  # its MQTT listener admits devices through this gateway's auth callout
         config["mqtt_issuer_seed_file"] = str(nats_credentials.file(nats_credentials.ISSUER_SEED_KEY))
+    config.update(nats.client_settings(fleet))
+    if fleet.spec.gateway.tls is not None:
+        config.update(tls_cert_file=f"{TLS_DIR}/{CERT_KEY}", tls_key_file=f"{TLS_DIR}/{KEY_KEY}")
     return render_config(config)
 
 
@@ -132,6 +137,14 @@ def gateway_deployment(
         keys = [nats_credentials.SERVICES_PASSWORD_KEY, nats_credentials.ISSUER_SEED_KEY]
         container["volumeMounts"].append(nats_credentials.mount())
         volumes.append(nats_credentials.volume(fleet, keys))
+    client_volumes, client_mounts = nats.client_volumes(fleet)
+    volumes += client_volumes
+    container["volumeMounts"] += client_mounts
+    if fleet.spec.gateway.tls is not None:
+        # Readable by the gateway's group (the pod's fsGroup) only: it holds the private key.
+        secret = {"secretName": fleet.spec.gateway.tls.secret_name, "defaultMode": 0o440}
+        volumes.append({"name": "gateway-tls", "secret": secret})
+        container["volumeMounts"].append({"name": "gateway-tls", "mountPath": TLS_DIR, "readOnly": True})
     spec: JsonObject = {
         "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
         # A new pod must be ready before an old one goes, so devices never meet a gateway-less fleet.
@@ -207,7 +220,8 @@ def gateway_hpa(fleet: DeviceFleet) -> JsonObject | None:
 def endpoints(fleet: DeviceFleet) -> dict[str, str]:
     """Where devices and services reach the fleet, as shown in `status.gateway.endpoints`."""
     host = f"{name(fleet)}.{namespace_of(fleet)}.svc"
-    found = {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
+    scheme = "https" if fleet.spec.gateway.tls else "http"
+    found = {"http": f"{scheme}://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
     if nats.managed(fleet):
         found["mqtt"] = nats.mqtt_endpoint(fleet)
     return found

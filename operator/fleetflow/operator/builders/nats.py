@@ -5,12 +5,15 @@ MQTT devices through the gateway's auth callout, other servers of the cluster wi
 secrets come from the fleet's Secret (`fleetflow.operator.nats_credentials`) as environment variables, which
 nats.conf names as `$VARIABLE`: no secret is in the ConfigMap."""
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.api.quantities import parse_bytes
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, TlsSecret
 from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import shaping
 from fleetflow.operator.builders.common import (
@@ -62,6 +65,17 @@ SERVER_AUTH = natsauth.ServerAuth(
 )
 
 
+# A managed NATS's certificate (spec.nats.managed.tls), in the server pods and, its CA alone, in service pods.
+TLS_DIR = "/etc/nats-tls"
+TLS_VOLUME = "nats-tls"
+CLIENT_TLS_DIR = "/var/run/fleetflow/nats-tls"
+CLIENT_TLS_VOLUME = "nats-tls-ca"
+# An external NATS's password (spec.nats.external.passwordSecretRef) in service pods.
+CLIENT_LOGIN_DIR = "/var/run/fleetflow/nats-login"
+CLIENT_LOGIN_VOLUME = "nats-login"
+CLIENT_PASSWORD_FILE = "password"
+
+
 def statefulset_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-nats"
 
@@ -78,15 +92,62 @@ def config_map_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-nats-config"
 
 
+def tls(fleet: DeviceFleet) -> TlsSecret | None:
+    """The managed NATS's certificate Secret; None for plain NATS or an external NATS."""
+    return fleet.spec.nats.managed.tls if managed(fleet) and fleet.spec.nats.managed else None
+
+
 def nats_url(fleet: DeviceFleet) -> str:
-    """Where the services reach the fleet's NATS: the external URL, or the managed cluster's client Service."""
+    """Where the services reach the fleet's NATS: the external URL, or the managed cluster's client Service
+    (`tls://` with a certificate, so that no client ever falls back to plaintext)."""
     if fleet.spec.nats.external is not None:
         return fleet.spec.nats.external.url
-    return f"nats://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{CLIENT_PORT}"
+    scheme = "tls" if tls(fleet) else "nats"
+    return f"{scheme}://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{CLIENT_PORT}"
 
 
 def mqtt_endpoint(fleet: DeviceFleet) -> str:
-    return f"mqtt://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{MQTT_PORT}"
+    scheme = "mqtts" if tls(fleet) else "mqtt"
+    return f"{scheme}://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{MQTT_PORT}"
+
+
+def tls_dns_names(fleet: DeviceFleet) -> list[str]:
+    """The names a managed NATS's certificate must hold: the client Service the services dial and every
+    server's name in the headless Service the routes dial (add the names MQTT devices use from outside)."""
+    namespace, client, headless = namespace_of(fleet), client_service_name(fleet), headless_service_name(fleet)
+    return [client, f"{client}.{namespace}", f"{client}.{namespace}.svc", f"*.{headless}.{namespace}.svc"]
+
+
+def client_settings(fleet: DeviceFleet) -> dict[str, Any]:
+    """What a service's settings need to reach the fleet's NATS beyond its URL: the CA it verifies the server
+    with, and an external NATS's user and password file (a managed NATS's login is the services' own)."""
+    found: dict[str, Any] = {}
+    external = fleet.spec.nats.external
+    if tls(fleet) or (external and external.ca_secret_ref):
+        found["nats_tls_ca_file"] = f"{CLIENT_TLS_DIR}/{CA_KEY}"
+    if external and external.user and external.password_secret_ref:
+        found.update(nats_user=external.user, nats_password_file=f"{CLIENT_LOGIN_DIR}/{CLIENT_PASSWORD_FILE}")
+    return found
+
+
+def client_volumes(fleet: DeviceFleet) -> tuple[list[JsonObject], list[JsonObject]]:
+    """(volumes, mounts) of a service pod for `client_settings`: the CA's key alone, never a private key."""
+    volumes, mounts = [], []
+    certificate, external = tls(fleet), fleet.spec.nats.external
+    ca = (certificate.secret_name, CA_KEY) if certificate else None
+    if external and external.ca_secret_ref:
+        ca = (external.ca_secret_ref.name, external.ca_secret_ref.key)
+    if ca:
+        items = [{"key": ca[1], "path": CA_KEY}]
+        volumes.append({"name": CLIENT_TLS_VOLUME, "secret": {"secretName": ca[0], "items": items}})
+        mounts.append({"name": CLIENT_TLS_VOLUME, "mountPath": CLIENT_TLS_DIR, "readOnly": True})
+    if external and external.password_secret_ref:
+        ref = external.password_secret_ref
+        items = [{"key": ref.key, "path": CLIENT_PASSWORD_FILE}]
+        secret = {"secretName": ref.name, "defaultMode": 0o440, "items": items}
+        volumes.append({"name": CLIENT_LOGIN_VOLUME, "secret": secret})
+        mounts.append({"name": CLIENT_LOGIN_VOLUME, "mountPath": CLIENT_LOGIN_DIR, "readOnly": True})
+    return volumes, mounts
 
 
 def managed(fleet: DeviceFleet) -> bool:
@@ -102,8 +163,11 @@ def server_config(fleet: DeviceFleet) -> str:
     """nats.conf; nats-server expands `$POD_NAME` and the `$NATS_*` secrets from its environment."""
     managed_spec = fleet.spec.nats.managed_or_default
     store_bytes = int(parse_bytes(managed_spec.storage_size) * STORE_SHARE)
+    certificate = tls(fleet)
     lines = [
         f"listen: 0.0.0.0:{CLIENT_PORT}",
+        # With a certificate the client port takes TLS only.
+        *(natsauth.tls_block(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}") if certificate else []),
         # Monitoring has no authentication: only the pod itself (probes, the exporter) may reach it.
         f"http: 127.0.0.1:{MONITOR_PORT}",
         "server_name: $POD_NAME",
@@ -119,7 +183,10 @@ def server_config(fleet: DeviceFleet) -> str:
     ]
     if managed_spec.replicas > 1:
         lines += _cluster(fleet)
-    return "\n".join(lines) + "\n" + natsauth.server_config(SERVER_AUTH)
+    auth = SERVER_AUTH
+    if certificate:
+        auth = dataclasses.replace(auth, mqtt_tls=(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}"))
+    return "\n".join(lines) + "\n" + natsauth.server_config(auth)
 
 
 def _cluster(fleet: DeviceFleet) -> list[str]:
@@ -134,6 +201,12 @@ def _cluster(fleet: DeviceFleet) -> list[str]:
         f"    password: {natsauth.from_environment(ROUTES_PASSWORD_ENV)}",
         "  }",
         f"  routes: {natsauth.from_environment(ROUTES_ENV)}",
+        # Routes verify each other with the certificate's CA.
+        *(
+            natsauth.tls_block(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}", f"{TLS_DIR}/{CA_KEY}", indent="  ")
+            if tls(fleet)
+            else []
+        ),
         "}",
     ]
 
@@ -236,8 +309,17 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
             {"name": "config", "mountPath": "/etc/nats-config", "readOnly": True},
             {"name": "pid", "mountPath": "/var/run/nats"},
             {"name": "data", "mountPath": "/data"},
+            *([{"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}] if tls(fleet) else []),
         ],
     }
+
+
+def _tls_volumes(fleet: DeviceFleet) -> list[JsonObject]:
+    certificate = tls(fleet)
+    if certificate is None:
+        return []
+    # Readable by nats-server's group (the pod's fsGroup) only: it holds the private key.
+    return [{"name": TLS_VOLUME, "secret": {"secretName": certificate.secret_name, "defaultMode": 0o440}}]
 
 
 def nats_statefulset(
@@ -284,6 +366,7 @@ def nats_statefulset(
                     "volumes": [
                         {"name": "config", "configMap": {"name": config_map_name(fleet)}},
                         {"name": "pid", "emptyDir": {}},
+                        *_tls_volumes(fleet),
                     ],
                 },
             },

@@ -46,11 +46,10 @@ def writer_config_map_name(pipeline: Pipeline) -> str:
 
 
 def processor_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
-    return render_config(
-        processor_config(
-            fleet, pipeline, nats_url=nats.nats_url(fleet), nats_password_file=nats.services_password_file(fleet)
-        )
+    config = processor_config(
+        fleet, pipeline, nats_url=nats.nats_url(fleet), nats_password_file=nats.services_password_file(fleet)
     )
+    return render_config({**config, **nats.client_settings(fleet)})
 
 
 def sqlite_path(pipeline: Pipeline) -> Path | None:
@@ -71,7 +70,7 @@ def writer_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
     )
     if pipeline.spec.sink.cassandra and pipeline.spec.sink.cassandra.credentials_secret_ref:
         config["cassandra_credentials_dir"] = CASSANDRA_CREDENTIALS_DIR
-    return render_config(config)
+    return render_config({**config, **nats.client_settings(fleet)})
 
 
 def processor_config_map(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
@@ -143,10 +142,13 @@ def processor_statefulset(
 
 
 def _nats_login_volumes(fleet: DeviceFleet) -> tuple[list[JsonObject], list[JsonObject]]:
-    """(volumes, mounts) with the services' NATS password, for a managed NATS (it has no default user)."""
+    """(volumes, mounts) with what the services log in to NATS with: a managed NATS's services password (it has
+    no default user), or an external NATS's password; and the CA they verify the server with."""
+    volumes, mounts = nats.client_volumes(fleet)
     if not nats.managed(fleet):
-        return [], []
-    return [nats_credentials.volume(fleet, [nats_credentials.SERVICES_PASSWORD_KEY])], [nats_credentials.mount()]
+        return volumes, mounts
+    password = nats_credentials.volume(fleet, [nats_credentials.SERVICES_PASSWORD_KEY])
+    return [password, *volumes], [nats_credentials.mount(), *mounts]
 
 
 def _writer_volumes(pipeline: Pipeline) -> tuple[list[JsonObject], list[JsonObject]]:
