@@ -54,8 +54,11 @@ def secret_value(secret: dict[str, Any], key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
-def local_config(fleet: DeviceFleet, pod: Pod, folder: Path) -> str:
+def local_config(fleet: DeviceFleet, pod: Pod, folder: Path, tls_dir: Path | None = None) -> str:
+    """`tls_dir` holds the files of the fleet's TLS Secret (spec.nats.managed.tls), as the pod mounts them."""
     conf = nats.server_config(fleet)
+    if tls_dir is not None:
+        conf = conf.replace(nats.TLS_DIR, str(tls_dir))
     for port, local in pod.ports.items():  # monitoring already listens on the pod's loopback only
         conf = conf.replace(f"0.0.0.0:{port}", f"127.0.0.1:{local}").replace(f"127.0.0.1:{port}", f"127.0.0.1:{local}")
     return conf.replace(nats.STORE_DIR, str(folder / "jetstream")).replace(nats.PID_FILE, str(folder / "nats.pid"))
@@ -94,10 +97,12 @@ def wait_ready(pod: Pod, timeout: float = 30) -> None:
 
 
 @contextmanager
-def running_pod(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod], folder: Path) -> Iterator[Pod]:
+def running_pod(
+    fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod], folder: Path, tls_dir: Path | None = None
+) -> Iterator[Pod]:
     folder.mkdir(parents=True)
     conf = folder / "nats.conf"
-    conf.write_text(local_config(fleet, pod, folder))
+    conf.write_text(local_config(fleet, pod, folder, tls_dir))
     with (folder / "nats.log").open("wb") as log:
         pod.process = subprocess.Popen([str(nats_server_binary()), "-c", str(conf)], stdout=log,
                                        stderr=subprocess.STDOUT, env=pod_environment(fleet, secret, pod, pods))  # fmt: skip
@@ -109,7 +114,9 @@ def running_pod(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list
 
 
 @contextmanager
-def managed_nats(fleet: DeviceFleet, secret: dict[str, Any], folder: Path) -> Iterator[list[Pod]]:
+def managed_nats(
+    fleet: DeviceFleet, secret: dict[str, Any], folder: Path, tls_dir: Path | None = None
+) -> Iterator[list[Pod]]:
     """Every pod of the fleet's NATS StatefulSet, started together (its podManagementPolicy is Parallel)."""
     replicas = fleet.spec.nats.managed_or_default.replicas
     pods = [
@@ -118,7 +125,7 @@ def managed_nats(fleet: DeviceFleet, secret: dict[str, Any], folder: Path) -> It
     ]
     with ExitStack() as stack:
         for pod in pods:
-            stack.enter_context(running_pod(fleet, secret, pod, pods, folder / pod.name))
+            stack.enter_context(running_pod(fleet, secret, pod, pods, folder / pod.name, tls_dir))
         for pod in pods:
             wait_ready(pod)
         yield pods
