@@ -2,12 +2,22 @@
 pull secrets reach the children, a published MQTT listener comes and goes with the spec, and a patch that does
 not apply is a condition, not a crash."""
 
+import base64
+import secrets
+import ssl
+from pathlib import Path
 from typing import Any
+
+import nats
+import nats.js.errors
+import yaml
 
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.conftest import OperatorStarter, wait_until
 from tests.operator.test_operator_reconcile import Api, cr, create, has_condition, patch
 from tests.operator.variants import fleet_doc, pipeline_doc
+from tests.support.certificates import new_authority
+from tests.support.natsserver import running_nats
 
 OPTIONS = OperatorOptions(image="fleetflow:test", resync_seconds=0.5, image_pull_secrets=("regcred",))
 
@@ -128,3 +138,74 @@ async def test_published_endpoints_reach_the_status_once_assigned(
         await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"ingress": None}}})
         await wait_until(lambda: emulator.get("networking.k8s.io/v1", "ingresses", "ns1", "cold-gateway-http") is None,
                          what="the Ingress gone")  # fmt: skip
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+async def create_secret(emulator: Any, name: str, data: dict[str, bytes]) -> None:
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "ns1"},
+            "data": {key: b64(value) for key, value in data.items()}}  # fmt: skip
+    async with emulator.post("/api/v1/namespaces/ns1/secrets", json=body) as response:
+        assert response.status == 201, await response.text()
+
+
+async def test_an_external_nats_is_reached_with_its_user_password_and_ca(
+    apiserver: Api, start_operator: OperatorStarter, tmp_path: Path
+) -> None:
+    """The operator provisions the streams of a TLS-only NATS that asks for a user, and hands the services the same
+    user, password file and CA (on main, such a NATS answered `Authorization Violation`)."""
+    emulator, _ = apiserver
+    authority = new_authority()
+    files = authority.tls_secret_files(tmp_path / "tls", ["nats.shared.svc"])
+    password = "pw-" + secrets.token_hex(12)
+    args = ["--tls", "--tlscert", str(files / "tls.crt"), "--tlskey", str(files / "tls.key"),
+            "--user", "fleetflow", "--pass", password]  # fmt: skip
+    with running_nats(tmp_path / "jetstream", args=args) as server:
+        url = server.url.replace("nats://", "tls://")
+        external = {"url": url, "user": "fleetflow", "passwordSecretRef": {"name": "shared-nats-login", "key": "pw"},
+                    "caSecretRef": {"name": "shared-nats-ca"}}  # fmt: skip
+        async with start_operator():
+            await create_secret(emulator, "shared-nats-ca", {"ca.crt": authority.pem})
+            await create_secret(emulator, "shared-nats-login", {"pw": password.encode()})
+            await create(emulator, fleet_doc(nats={"external": external}))
+            trusted = ssl.create_default_context(cadata=authority.pem.decode())
+
+            async def provisioned() -> bool:
+                nc = await nats.connect(url, user="fleetflow", password=password, tls=trusted, allow_reconnect=False)
+                try:
+                    return (await nc.jetstream().stream_info("ff-cold-telemetry")) is not None
+                except nats.js.errors.NotFoundError:
+                    return False
+                finally:
+                    await nc.close()
+
+            await wait_until(provisioned, timeout=15, what="the fleet's streams on the external NATS")
+            gateway = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"),
+                                       what="the gateway")  # fmt: skip
+            volumes = {v["name"]: v["secret"] for v in gateway["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+            assert volumes["nats-tls-ca"]["secretName"] == "shared-nats-ca"
+            assert volumes["nats-login"]["items"] == [{"key": "pw", "path": "password"}]
+            config_map = emulator.get("v1", "configmaps", "ns1", "cold-gateway-config")
+            assert config_map is not None
+            config = yaml.safe_load(config_map["data"]["config.yaml"])
+            assert config["nats_user"] == "fleetflow"
+            assert config["nats_password_file"].endswith("/password") and config["nats_tls_ca_file"].endswith("ca.crt")
+            assert "tls-hash" in str(gateway["spec"]["template"]["metadata"]["annotations"])
+
+
+async def test_a_missing_ca_secret_is_reported_naming_the_field(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    external = {"url": "tls://nats.shared.svc:4222", "caSecretRef": {"name": "nowhere"}}
+    async with start_operator():
+        await create(emulator, fleet_doc(nats={"external": external}))
+
+        def reported() -> Any:
+            found = has_condition(emulator, "devicefleets", "cold", "Ready", "False")
+            return found if found and found["reason"] == "TlsSecretInvalid" else None
+
+        problem = await wait_until(reported, what="Ready False, reason TlsSecretInvalid")
+        assert "spec.nats.external.caSecretRef.name = 'nowhere': no such Secret" in problem["message"]
