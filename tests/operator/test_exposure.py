@@ -120,3 +120,30 @@ def test_the_production_example_renders_valid_objects_and_its_certificate_covers
     assert hosts == set(certificate["spec"]["dnsNames"]) and hosts
     assert secrets == {certificate["spec"]["secretName"]}
     assert certificate["metadata"]["namespace"] == f.metadata.namespace
+
+
+def test_the_production_examples_internal_certificates_name_what_their_clients_dial() -> None:
+    f = fleet(yaml.safe_load((PRODUCTION / "fleet.yaml").read_text()))
+    documents = list(yaml.safe_load_all((PRODUCTION / "internal-tls.yaml").read_text()))
+    certificates = {d["spec"]["secretName"]: d["spec"] for d in documents if d["kind"] == "Certificate"}
+    nats_tls, gateway_tls = nats.tls(f), f.spec.gateway.tls
+    assert nats_tls is not None and gateway_tls is not None
+    assert set(nats.tls_dns_names(f)) <= set(certificates[nats_tls.secret_name]["dnsNames"])
+    gateway_host = gateway.endpoints(f)["http"].removeprefix("https://").rsplit(":", 1)[0]
+    assert gateway_host in certificates[gateway_tls.secret_name]["dnsNames"]
+    issuers = {d["metadata"]["name"] for d in documents if d["kind"] == "Issuer"}
+    assert all(c["issuerRef"]["name"] in issuers for c in certificates.values())
+    assert {d["metadata"]["namespace"] for d in documents} == {f.metadata.namespace}
+
+
+def test_published_endpoints_say_when_they_speak_tls() -> None:
+    f = fleet(fleet_doc(gateway={"service": {"type": "LoadBalancer"}, "tls": {"secretName": "g"}},
+                        nats={"managed": {"tls": {"secretName": "n"}, "mqttService": {"type": "LoadBalancer"}}}))  # fmt: skip
+    mqtt = nats.nats_mqtt_service(f)
+    assert mqtt is not None
+    address = [{"ip": "203.0.113.10"}]
+    found = exposure.external_endpoints(f, live(gateway.gateway_service(f), {"http": 1, "grpc": 2}, address),
+                                        live(mqtt, {"mqtt": 3}, address))  # fmt: skip
+    assert found["httpExternal"] == "https://203.0.113.10:8080"
+    assert found["mqttExternal"] == "mqtts://203.0.113.10:1883"
+    assert nats.nats_url(f).startswith("tls://") and nats.mqtt_endpoint(f).startswith("mqtts://")

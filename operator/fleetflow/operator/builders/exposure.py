@@ -71,8 +71,8 @@ def _ingress_endpoint(route: IngressRoute, protocol: str) -> str:
     return f"{route.host}:{443 if secure else 80}"
 
 
-def _url(protocol: str, host: str, port: int) -> str:
-    return f"{host}:{port}" if protocol == "grpc" else f"{protocol}://{host}:{port}"
+def _url(scheme: str, host: str, port: int) -> str:
+    return f"{host}:{port}" if scheme == "grpc" else f"{scheme}://{host}:{port}"
 
 
 def external_endpoints(
@@ -88,9 +88,10 @@ def external_endpoints(
         if route is not None:
             found[f"{protocol}External"] = _ingress_endpoint(route, protocol)
         elif where is not None:
-            found[f"{protocol}External"] = _url(protocol, *where)
+            scheme = "https" if protocol == "http" and fleet.spec.gateway.tls else protocol
+            found[f"{protocol}External"] = _url(scheme, *where)
     publishes_mqtt = nats.managed(fleet) and fleet.spec.nats.managed_or_default.mqtt_service is not None
     mqtt = _published(mqtt_service, "mqtt") if publishes_mqtt else None
     if mqtt is not None:
-        found["mqttExternal"] = _url("mqtt", *mqtt)
+        found["mqttExternal"] = _url("mqtts" if nats.tls(fleet) else "mqtt", *mqtt)
     return found
