@@ -19,7 +19,8 @@ from tests.operator.variants import fleet_doc, pipeline_doc
 from tests.support.certificates import new_authority
 from tests.support.natsserver import running_nats
 
-OPTIONS = OperatorOptions(image="fleetflow:test", resync_seconds=0.5, image_pull_secrets=("regcred",))
+OPTIONS = OperatorOptions(image="fleetflow:test", resync_seconds=0.5, image_pull_secrets=("regcred",),
+                          nats_exporter_image="mirror.example/prometheus-nats-exporter:test")  # fmt: skip
 
 
 def pull_secrets(obj: dict[str, Any] | None) -> list[str]:
@@ -47,6 +48,10 @@ async def test_pull_secrets_and_overrides_reach_every_workload_and_mqtt_follows_
             assert pull_secrets(workload) == ["regcred"], name
         gateway = emulator.get("apps/v1", "deployments", "ns1", "cold-gateway")
         assert gateway is not None and gateway["spec"]["template"]["spec"]["priorityClassName"] == "iot"
+        servers = emulator.get("apps/v1", "statefulsets", "ns1", "cold-nats")
+        assert servers is not None
+        images = {c["name"]: c["image"] for c in servers["spec"]["template"]["spec"]["containers"]}
+        assert images["metrics"] == OPTIONS.nats_exporter_image
         assert (emulator.get("v1", "services", "ns1", "cold-gateway") or {})["spec"]["type"] == "LoadBalancer"
         mqtt = await wait_until(lambda: emulator.get("v1", "services", "ns1", "cold-mqtt"), what="the MQTT Service")
         assert mqtt["spec"]["type"] == "NodePort"

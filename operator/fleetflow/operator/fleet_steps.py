@@ -92,6 +92,7 @@ async def apply_nats(ctx: Context) -> None:
             opts.image_pull_policy,
             resources_of(opts.resources, "nats"),
             opts.image_pull_secrets,
+            opts.nats_exporter_image,
         )
     except PatchError as exc:
         raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
