@@ -2,6 +2,7 @@
 pull secrets reach the children, a published MQTT listener comes and goes with the spec, and a patch that does
 not apply is a condition, not a crash."""
 
+import asyncio
 import base64
 import secrets
 import ssl
@@ -214,3 +215,51 @@ async def test_a_missing_ca_secret_is_reported_naming_the_field(
 
         problem = await wait_until(reported, what="Ready False, reason TlsSecretInvalid")
         assert "spec.nats.external.caSecretRef.name = 'nowhere': no such Secret" in problem["message"]
+
+
+async def test_a_renewed_certificate_rolls_the_pods_that_read_it_and_only_those(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    authority = new_authority()
+    names = ["cold-nats.ns1.svc"]
+
+    def hashes() -> dict[str, str | None]:
+        found = {}
+        for api_version, plural, name in [("apps/v1", "statefulsets", "cold-nats"),
+                                          ("apps/v1", "deployments", "cold-gateway"),
+                                          ("apps/v1", "statefulsets", "store-processor")]:  # fmt: skip
+            workload = emulator.get(api_version, plural, "ns1", name) or {}
+            annotations = workload.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+            found[name] = annotations.get("fleetflow.io/tls-hash")
+        return found
+
+    async def put(secret: dict[str, Any]) -> None:
+        await emulator.write("v1", "secrets", "ns1", "cold-nats-tls", {"data": secret["data"]})
+
+    async with start_operator():
+        secret = authority.tls_secret("cold-nats-tls", "ns1", names)
+        async with emulator.post("/api/v1/namespaces/ns1/secrets", json=secret) as response:
+            assert response.status == 201, await response.text()
+        await create(emulator, fleet_doc(nats={"managed": {"tls": {"secretName": "cold-nats-tls"}}}))
+        await create(emulator, pipeline_doc())
+
+        def complete() -> dict[str, str | None] | None:
+            found = hashes()
+            return found if all(found.values()) else None
+
+        def rolled(name: str, before: dict[str, str | None]) -> dict[str, str | None] | None:
+            found = hashes()
+            return found if found[name] != before[name] else None
+
+        first = await wait_until(complete, what="every workload's hash")
+
+        await put(authority.tls_secret("cold-nats-tls", "ns1", names))  # renewed by the same CA
+        renewed = await wait_until(lambda: rolled("cold-nats", first), what="the NATS servers to roll")
+        await asyncio.sleep(1.5)  # three resyncs of both resources: time for a wrong roll to show
+        for name in ("cold-gateway", "store-processor"):
+            assert hashes()[name] == first[name], f"{name}: a renewed leaf certificate changes nothing it reads"
+
+        await put(new_authority("a new CA").tls_secret("cold-nats-tls", "ns1", names))
+        await wait_until(lambda: rolled("store-processor", renewed), what="the processors to roll for the new CA")
+        await wait_until(lambda: rolled("cold-gateway", renewed), what="the gateways to roll for the new CA")
