@@ -138,9 +138,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             ("apps", "v1", "deployments", "Deployment"), ("apps", "v1", "statefulsets", "StatefulSet"),
             ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
             ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+            ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+            ("networking.k8s.io", "v1", "ingresses", "Ingress"),
             ("events.k8s.io", "v1", "events", "Event"),
         ]:  # fmt: skip
-            status = kind not in {"ConfigMap", "Secret", "Event"}
+            status = kind not in {"ConfigMap", "Secret", "Event", "NetworkPolicy"}
             self.kinds[(group, version, plural)] = (kind, status)
         self.scale_paths[("apps", "v1", "deployments")] = ("spec", "replicas")
         self.scale_paths[("apps", "v1", "statefulsets")] = ("spec", "replicas")

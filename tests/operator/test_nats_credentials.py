@@ -40,7 +40,9 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_of(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    (container,) = pod_spec(obj)["containers"]
+    """The main container's environment; NATS's metrics exporter gets none (and so no secret)."""
+    container, *sidecars = pod_spec(obj)["containers"]
+    assert all("env" not in sidecar for sidecar in sidecars)
     return list(container["env"])
 
 

@@ -1,5 +1,5 @@
-"""DeviceFleet and Pipeline documents the operator tests render: minimal, full, external NATS, 3-server NATS
-and a pipeline with two processor partitions."""
+"""DeviceFleet and Pipeline documents the operator tests render: minimal, full, external NATS, 3-server NATS,
+shaped by an admin (every pod and Service override) and a pipeline with two processor partitions."""
 
 from typing import Any
 
@@ -51,6 +51,33 @@ FULL_PIPELINE_SPEC: dict[str, Any] = {
 }
 
 
+# What an admin shapes: every pod override, a published gateway and MQTT listener.
+POD_OVERRIDES: dict[str, Any] = {
+    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+    "nodeSelector": {"node-role.example.com/iot": "true"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "iot", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": {"app": "noisy"}}, "topologyKey": "kubernetes.io/hostname"}}]},
+    },
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "DoNotSchedule"}],
+    "priorityClassName": "iot-critical",
+    "imagePullSecrets": [{"name": "component-registry"}],
+    "labels": {"team": "iot"},
+    "annotations": {"example.com/owner": "iot-team"},
+}  # fmt: skip
+PUBLISHED = {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal"},
+             "loadBalancerSourceRanges": ["203.0.113.0/24"], "externalTrafficPolicy": "Local"}  # fmt: skip
+SHAPED_FLEET_SPEC: dict[str, Any] = {
+    "gateway": {"pod": POD_OVERRIDES, "service": PUBLISHED},
+    "nats": {"managed": {"pod": POD_OVERRIDES, "mqttService": {"type": "NodePort"}}},
+}
+SHAPED_PIPELINE_SPEC: dict[str, Any] = {"processor": {"pod": POD_OVERRIDES}, "writer": {"pod": POD_OVERRIDES}}
+
+
 def fleet(doc: dict[str, Any]) -> DeviceFleet:
     resource = parse_resource(doc)
     assert isinstance(resource, DeviceFleet)
@@ -73,6 +100,7 @@ def variants() -> dict[str, tuple[DeviceFleet, Pipeline]]:
             pipeline(pipeline_doc()),
         ),
         "nats-3": (fleet(fleet_doc(nats={"managed": {"replicas": 3}})), pipeline(pipeline_doc())),
+        "shaped": (fleet(fleet_doc(**SHAPED_FLEET_SPEC)), pipeline(pipeline_doc(**SHAPED_PIPELINE_SPEC))),
         "two-partitions": (
             fleet(fleet_doc(streams={"partitions": 2})),
             pipeline(pipeline_doc(processor={"replicas": 2})),

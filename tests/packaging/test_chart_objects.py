@@ -7,7 +7,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from fleetflow.api import DeviceFleet
 from fleetflow.cli.main import build_parser
+from fleetflow.operator.builders import nats as nats_builder
 from fleetflow.operator.builders.common import SERVICE_UID
 from fleetflow.operator.main import OPS_PORT
 from fleetflow.operator.options import OperatorOptions
@@ -16,6 +18,7 @@ from tests.packaging import chart
 FULL = chart.load_values(Path(__file__).with_name("full-values.yaml"))
 WATCHING_TWO = {"operator": {"watchNamespaces": ["plant-a", "plant-b"]}}
 MONITORED = {"podMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}}
+NATS_FLEET = DeviceFleet.model_validate({"metadata": {"name": "plant", "namespace": "plant-a"}})
 # Kinds of prometheus-operator, not of Kubernetes itself: checked by the tests below instead.
 CUSTOM_KINDS = {"PodMonitor", "ServiceMonitor"}
 
@@ -93,7 +96,11 @@ def test_operator_gives_its_own_image_and_settings_to_the_services_it_creates(mo
     assert options.image == image, "gateways, processors and writers run the operator's own image"
     assert options.image_pull_policy == FULL["image"]["pullPolicy"] == container["imagePullPolicy"]
     assert options.nats_image == FULL["operator"]["natsImage"]
+    assert options.nats_exporter_image == FULL["operator"]["natsExporterImage"]
     assert options.resync_seconds == FULL["operator"]["resyncSeconds"]
+    pulled_with = tuple(secret["name"] for secret in FULL["imagePullSecrets"])
+    assert pulled_with, "full-values.yaml sets imagePullSecrets"
+    assert options.image_pull_secrets == pulled_with, "every pod the operator creates pulls as the operator does"
     assert env["FLEETFLOW_LOG_LEVEL"] == "debug"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == FULL["otlp"]["endpoint"]
 
@@ -146,10 +153,12 @@ def test_monitors_scrape_the_ops_port_of_the_operators_pods_in_the_watched_names
         assert monitor["metadata"]["labels"]["release"] == "kps"
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["plant-a", "plant-b"]}
         assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"] == "fleetflow-operator"
-        (endpoint,) = monitor["spec"][endpoints]
-        assert endpoint["port"] == "ops" and endpoint["path"] == "/metrics"
-        targets = {r["targetLabel"] for r in endpoint["relabelings"]}
-        assert {"fleet", "pipeline", "component"} <= targets, "the dashboards filter on these"
+        services, exporter = monitor["spec"][endpoints]
+        assert services["port"] == "ops" and services["path"] == "/metrics"
+        assert exporter["port"] == nats_builder.nats_headless_service(NATS_FLEET)["spec"]["ports"][-1]["name"]
+        for endpoint in (services, exporter):
+            targets = {r["targetLabel"] for r in endpoint["relabelings"]}
+            assert {"fleet", "pipeline", "component"} <= targets, "the dashboards filter on these"
     with_pod_monitors = chart.objects({"podMonitor": {"enabled": True}})
     assert chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-pods")["spec"]["namespaceSelector"] == {"any": True}
     operator_monitor = chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-operator")["spec"]

@@ -19,6 +19,7 @@ NAMESPACED = {
     ("", "configmaps"), ("", "services"), ("", "secrets"), ("", "events"),
     ("apps", "deployments"), ("apps", "statefulsets"),
     ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers"),
+    ("networking.k8s.io", "networkpolicies"), ("networking.k8s.io", "ingresses"),
 }  # fmt: skip
 TWO_NAMESPACES = ["plant-a", "plant-b"]
 

@@ -1,4 +1,5 @@
-"""The Grafana dashboards query only metrics the services really export, filtered by fleet and pipeline."""
+"""The Grafana dashboards query only metrics the services (or the NATS exporter) really export, filtered by fleet
+and pipeline."""
 
 import json
 import re
@@ -13,6 +14,21 @@ DASHBOARDS = sorted((chart.CHART / "dashboards").glob("*.json"))
 SOURCES = (chart.REPO / "services" / "fleetflow", chart.REPO / "operator" / "fleetflow")
 INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge|observable_gauge)\(\s*\"(fleetflow_\w+)\"")
 METRIC = re.compile(r"\bfleetflow_\w+")
+NATS_METRIC = re.compile(r"\b(?:gnatsd|jetstream)_\w+")
+# What prometheus-nats-exporter 0.20 serves with the sidecar's flags (-varz -healthz -jsz=all), as its source
+# names them: `gnatsd_varz_<key of nats-server's /varz>`, `gnatsd_healthz_status` and the collector/jsz.go
+# descriptors. Every series is a gauge, counters of the server included.
+NATS_EXPORTER_SERIES = {
+    *(f"gnatsd_varz_{key}" for key in ("connections", "in_msgs", "out_msgs", "in_bytes", "out_bytes",
+                                        "slow_consumers", "subscriptions", "mem", "cpu")),
+    "gnatsd_healthz_status",
+    *(f"jetstream_server_{name}" for name in ("total_streams", "total_consumers", "total_messages",
+                                               "total_message_bytes", "max_memory", "max_storage")),
+    *(f"jetstream_stream_{name}" for name in ("total_messages", "total_bytes", "limit_bytes", "limit_messages",
+                                               "consumer_count")),
+    *(f"jetstream_consumer_{name}" for name in ("num_pending", "num_ack_pending", "num_redelivered", "num_waiting")),
+}  # fmt: skip
+NATS_DASHBOARD = "nats.json"
 
 
 def exported_series() -> set[str]:
@@ -44,8 +60,8 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
     return [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
 
 
-def test_there_are_fleet_pipeline_and_operator_dashboards() -> None:
-    assert {"fleet-overview.json", "pipeline.json", "operator.json"} <= {p.name for p in DASHBOARDS}
+def test_there_are_fleet_pipeline_operator_and_nats_dashboards() -> None:
+    assert {"fleet-overview.json", "pipeline.json", "operator.json", NATS_DASHBOARD} <= {p.name for p in DASHBOARDS}
 
 
 def test_instrument_scan_finds_the_services_metrics() -> None:
@@ -57,13 +73,21 @@ def test_instrument_scan_finds_the_services_metrics() -> None:
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_every_queried_metric_is_exported_by_a_service(path: Path) -> None:
-    exported = exported_series()
     dashboard = json.loads(path.read_text())
-    queried = {
-        m for text in [*expressions(dashboard), json.dumps(dashboard["templating"])] for m in METRIC.findall(text)
-    }
-    assert queried, "no fleetflow metric queried at all"
-    assert not queried - exported, f"{path.name} queries metrics no service exports: {sorted(queried - exported)}"
+    texts = [*expressions(dashboard), json.dumps(dashboard["templating"])]
+    pattern, exported = (
+        (NATS_METRIC, NATS_EXPORTER_SERIES) if path.name == NATS_DASHBOARD else (METRIC, exported_series())
+    )
+    queried = {m for text in texts for m in pattern.findall(text)}
+    assert queried, f"no {pattern.pattern} metric queried at all"
+    assert not queried - exported, f"{path.name} queries metrics nothing exports: {sorted(queried - exported)}"
+
+
+def test_the_nats_dashboard_reads_the_exporter_the_operator_runs() -> None:
+    from fleetflow.operator.builders import nats
+
+    args = nats.exporter_container("exporter", "IfNotPresent")["args"]
+    assert {"-varz", "-healthz", "-jsz=all"} <= set(args), "the series NATS_EXPORTER_SERIES lists need these flags"
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
@@ -76,7 +100,8 @@ def test_panels_use_the_datasource_variable_and_filter_by_fleet(path: Path) -> N
         assert all('kind=~"$kind"' in t["expr"] for p in panels(dashboard) for t in p["targets"])
         return
     assert variables["fleet"]["type"] == "query" and variables["fleet"]["includeAll"]
-    assert variables["pipeline"]["type"] == "query"
+    if path.name != NATS_DASHBOARD:  # NATS serves the fleet: its dashboard has no pipeline filter
+        assert variables["pipeline"]["type"] == "query"
     for panel in panels(dashboard):
         if panel["type"] == "row":
             continue

@@ -1,7 +1,7 @@
 """The NATS StatefulSet the operator renders for a fleet, run as real nats-server processes on this machine.
 
 Each pod gets the operator's nats.conf with only what a test machine needs changed: its listen addresses move
-from 0.0.0.0 to free ports on 127.0.0.1, its store and pid file into a temporary folder. Its environment is
+to free ports on 127.0.0.1, its store and pid file into a temporary folder. Its environment is
 what the kubelet would give the container: the StatefulSet's env, with `secretKeyRef`s read from the Secret,
 the pod's name from `fieldRef`, and `$(VAR)` references expanded; the other pods' DNS names in the route URLs
 point at their local cluster ports."""
@@ -54,17 +54,20 @@ def secret_value(secret: dict[str, Any], key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
-def local_config(fleet: DeviceFleet, pod: Pod, folder: Path) -> str:
+def local_config(fleet: DeviceFleet, pod: Pod, folder: Path, tls_dir: Path | None = None) -> str:
+    """`tls_dir` holds the files of the fleet's TLS Secret (spec.nats.managed.tls), as the pod mounts them."""
     conf = nats.server_config(fleet)
-    for port, local in pod.ports.items():
-        conf = conf.replace(f"0.0.0.0:{port}", f"127.0.0.1:{local}")
+    if tls_dir is not None:
+        conf = conf.replace(nats.TLS_DIR, str(tls_dir))
+    for port, local in pod.ports.items():  # monitoring already listens on the pod's loopback only
+        conf = conf.replace(f"0.0.0.0:{port}", f"127.0.0.1:{local}").replace(f"127.0.0.1:{port}", f"127.0.0.1:{local}")
     return conf.replace(nats.STORE_DIR, str(folder / "jetstream")).replace(nats.PID_FILE, str(folder / "nats.pid"))
 
 
 def pod_environment(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod]) -> dict[str, str]:
     """What the kubelet gives the NATS container of `pod`."""
     statefulset = nats.nats_statefulset(fleet, "nats", "IfNotPresent", {})
-    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]  # nats-server; [1] is its exporter
     env: dict[str, str] = {}
     for item in container["env"]:
         if "value" in item:
@@ -94,10 +97,12 @@ def wait_ready(pod: Pod, timeout: float = 30) -> None:
 
 
 @contextmanager
-def running_pod(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod], folder: Path) -> Iterator[Pod]:
+def running_pod(
+    fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod], folder: Path, tls_dir: Path | None = None
+) -> Iterator[Pod]:
     folder.mkdir(parents=True)
     conf = folder / "nats.conf"
-    conf.write_text(local_config(fleet, pod, folder))
+    conf.write_text(local_config(fleet, pod, folder, tls_dir))
     with (folder / "nats.log").open("wb") as log:
         pod.process = subprocess.Popen([str(nats_server_binary()), "-c", str(conf)], stdout=log,
                                        stderr=subprocess.STDOUT, env=pod_environment(fleet, secret, pod, pods))  # fmt: skip
@@ -109,7 +114,9 @@ def running_pod(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list
 
 
 @contextmanager
-def managed_nats(fleet: DeviceFleet, secret: dict[str, Any], folder: Path) -> Iterator[list[Pod]]:
+def managed_nats(
+    fleet: DeviceFleet, secret: dict[str, Any], folder: Path, tls_dir: Path | None = None
+) -> Iterator[list[Pod]]:
     """Every pod of the fleet's NATS StatefulSet, started together (its podManagementPolicy is Parallel)."""
     replicas = fleet.spec.nats.managed_or_default.replicas
     pods = [
@@ -118,7 +125,7 @@ def managed_nats(fleet: DeviceFleet, secret: dict[str, Any], folder: Path) -> It
     ]
     with ExitStack() as stack:
         for pod in pods:
-            stack.enter_context(running_pod(fleet, secret, pod, pods, folder / pod.name))
+            stack.enter_context(running_pod(fleet, secret, pod, pods, folder / pod.name, tls_dir))
         for pod in pods:
             wait_ready(pod)
         yield pods

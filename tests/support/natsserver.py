@@ -3,7 +3,7 @@
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +30,12 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def running_nats(store_dir: Path, port: int | None = None) -> Iterator[NatsServer]:
-    """Start nats-server with JetStream storing in `store_dir`; stop it on exit."""
+def running_nats(store_dir: Path, port: int | None = None, args: Sequence[str] = ()) -> Iterator[NatsServer]:
+    """Start nats-server with JetStream storing in `store_dir` (and more command-line `args`, such as --tls or
+    --user); stop it on exit."""
     port = port or free_port()
     process = subprocess.Popen(
-        [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
+        [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -78,3 +78,14 @@ matchNames:
   {{- toYaml .Values.operator.watchNamespaces | nindent 2 }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The names of .Values.imagePullSecrets, separated by commas, as FLEETFLOW_OPERATOR_IMAGE_PULL_SECRETS takes them.
+*/}}
+{{- define "fleetflow.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}

@@ -18,6 +18,8 @@ CHILD_RESOURCES = [
     ("apps", "v1", "statefulsets"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("networking.k8s.io", "v1", "ingresses"),
 ]
 # Every child carries it; the watches select on it, so other workloads' churn never reaches a handler.
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}

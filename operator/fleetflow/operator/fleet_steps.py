@@ -4,11 +4,12 @@ import base64
 import secrets
 
 from fleetflow.api import DeviceFleet
-from fleetflow.operator import nats_credentials, streams
-from fleetflow.operator.builders import gateway, nats
+from fleetflow.operator import nats_credentials, streams, tls_secrets
+from fleetflow.operator.builders import exposure, gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
+from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
-from fleetflow.operator.kube import Ref
+from fleetflow.operator.kube import JsonObject, Ref
 from fleetflow.operator.readiness import Readiness, workload
 from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec
 
@@ -68,13 +69,39 @@ async def ensure_nats_credentials(ctx: Context) -> None:
         raise Stop(Problem(exc.reason, str(exc))) from None
 
 
+async def read_tls_secrets(ctx: Context) -> None:
+    """The certificates and the external NATS's login the spec names must exist before pods mount them."""
+    try:
+        ctx.fleet_secrets = await tls_secrets.read(ctx.api, fleet_of(ctx))
+    except tls_secrets.TlsSecretError as exc:
+        raise Stop(Problem(exc.reason, str(exc))) from None
+
+
+def _stamped(ctx: Context, obj: JsonObject) -> JsonObject:
+    """Pods roll when the NATS credentials or the TLS Secrets they read at start change."""
+    return tls_secrets.stamped(nats_credentials.stamped(obj, ctx.nats_credentials), ctx.fleet_secrets)
+
+
 async def apply_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
-    desired = nats.nats_objects(fleet, opts.nats_image, opts.image_pull_policy, resources_of(opts.resources, "nats"))
+    try:
+        desired = nats.nats_objects(
+            fleet,
+            opts.nats_image,
+            opts.image_pull_policy,
+            resources_of(opts.resources, "nats"),
+            opts.image_pull_secrets,
+            opts.nats_exporter_image,
+        )
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in desired:
-        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
+        await ctx.apply_owned(_stamped(ctx, obj))
+    if not desired or fleet.spec.nats.managed_or_default.mqtt_service is None:
+        await ctx.remove_owned("v1", "Service", nats.mqtt_service_name(fleet))
     if not desired:  # switched to an external NATS: the managed one goes (its PVCs stay, as StatefulSets do)
+        await ctx.remove_owned("policy/v1", "PodDisruptionBudget", nats.statefulset_name(fleet))
         await ctx.remove_owned("apps/v1", "StatefulSet", nats.statefulset_name(fleet))
         await ctx.remove_owned("policy/v1", "PodDisruptionBudget", nats.statefulset_name(fleet))
         await ctx.remove_owned("v1", "Service", nats.client_service_name(fleet))
@@ -86,12 +113,55 @@ async def apply_nats(ctx: Context) -> None:
 async def apply_gateway(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
-    for obj in gateway.gateway_objects(
-        fleet, opts.image, opts.image_pull_policy, resources_of(opts.resources, "gateway"), opts.service_env()
-    ):
-        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
+    try:
+        desired = gateway.gateway_objects(
+            fleet,
+            opts.image,
+            opts.image_pull_policy,
+            resources_of(opts.resources, "gateway"),
+            opts.service_env(),
+            pull_secrets=opts.image_pull_secrets,
+        )
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
+    for obj in desired:
+        await ctx.apply_owned(_stamped(ctx, obj))
     if fleet.spec.gateway.autoscaling is None:
         await ctx.remove_owned("autoscaling/v2", "HorizontalPodAutoscaler", gateway.name(fleet))
+
+
+async def apply_network_policies(ctx: Context) -> None:
+    """The allowances go first, the default deny last; a policy the spec no longer asks for goes."""
+    fleet = fleet_of(ctx)
+    desired = network.network_policies(fleet, ctx.options.operator_namespace)
+    for obj in desired:
+        await ctx.apply_owned(obj)
+    wanted = {obj["metadata"]["name"] for obj in desired}
+    for name in network.all_names(fleet):
+        if name not in wanted:
+            await ctx.remove_owned(network.API_VERSION, "NetworkPolicy", name)
+
+
+async def apply_exposure(ctx: Context) -> None:
+    """The gateway's Ingresses the spec asks for; one it no longer asks for goes."""
+    fleet = fleet_of(ctx)
+    for protocol in exposure.PROTOCOLS:
+        ingress = exposure.gateway_ingress(fleet, protocol)
+        if ingress is not None:
+            await ctx.apply_owned(ingress)
+        else:
+            await ctx.remove_owned(exposure.API_VERSION, "Ingress", exposure.ingress_name(fleet, protocol))
+
+
+async def observe_exposure(ctx: Context) -> None:
+    """Where devices outside the cluster connect, once the load balancers or node ports are assigned."""
+    fleet = fleet_of(ctx)
+    service = await ctx.api.get_or_none(Ref("v1", "Service", ctx.namespace, gateway.name(fleet)))
+    mqtt = None
+    if nats.managed(fleet) and fleet.spec.nats.managed_or_default.mqtt_service is not None:
+        mqtt = await ctx.api.get_or_none(Ref("v1", "Service", ctx.namespace, nats.mqtt_service_name(fleet)))
+    status = ctx.status.setdefault("gateway", {})
+    status["endpoints"] = {**status.get("endpoints", {}), **exposure.external_endpoints(fleet, service, mqtt)}
 
 
 async def observe_nats(ctx: Context) -> None:
@@ -116,7 +186,7 @@ async def provision_streams(ctx: Context) -> None:
         return
     try:
         states = await streams.provision_fleet(
-            nats.nats_url(fleet), fleet, ctx.options.nats_timeout_seconds, ctx.nats_login
+            nats.nats_url(fleet), fleet, ctx.options.nats_timeout_seconds, ctx.nats_login, ctx.nats_tls
         )
     except streams.StreamError as exc:
         ctx.outcome.problems.append(Problem("StreamProvisioningFailed", str(exc)))
@@ -148,9 +218,13 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("ensure-device-secret", ensure_device_secret),
     ("ensure-nats-credentials", ensure_nats_credentials),
+    ("read-tls-secrets", read_tls_secrets),
     ("apply-nats", apply_nats),
     ("apply-gateway", apply_gateway),
+    ("apply-network-policies", apply_network_policies),
+    ("apply-exposure", apply_exposure),
     ("observe-nats", observe_nats),
     ("provision-streams", provision_streams),
     ("observe-gateway", observe_gateway),
+    ("observe-exposure", observe_exposure),
 ]

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import copy
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -12,7 +13,7 @@ import structlog
 from kubernetes import client as k8s_client
 
 from fleetflow.api import GROUP, VERSION, DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import children, conditions, nats_credentials, streams
+from fleetflow.operator import children, conditions, nats_credentials, streams, tls_secrets
 from fleetflow.operator.builders import nats
 from fleetflow.operator.fleet_steps import FLEET_STEPS
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref, authorization
@@ -134,7 +135,7 @@ class Operator:
         try:
             async with self._lock(body):  # after any reconcile in flight, which could re-create what goes
                 await self._remove_streams(resource)
-        except (streams.StreamError, nats_credentials.CredentialsError, ApiError) as exc:
+        except (streams.StreamError, nats_credentials.CredentialsError, tls_secrets.TlsSecretError, ApiError) as exc:
             if retry + 1 < CLEANUP_ATTEMPTS:
                 raise kopf.TemporaryError(str(exc), delay=self.retry_delay) from exc
             log.warning("giving up removing streams; delete them by hand", resource=kind, error=str(exc))
@@ -144,8 +145,8 @@ class Operator:
         timeout = self.options.nats_timeout_seconds
         if isinstance(resource, DeviceFleet):
             if resource.spec.streams.delete_on_removal:
-                login = await self._nats_login(resource)
-                removed = await streams.delete_fleet_streams(nats.nats_url(resource), resource, timeout, login)
+                login, tls = await self._nats_access(resource)
+                removed = await streams.delete_fleet_streams(nats.nats_url(resource), resource, timeout, login, tls)
                 log.info("fleet streams deleted", fleet=resource.name, streams=removed)
             return
         if not resource.spec.delivery.delete_on_removal:
@@ -157,15 +158,17 @@ class Operator:
             return
         fleet = parse_resource(resource_document(fleet_body))
         assert isinstance(fleet, DeviceFleet)
-        login = await self._nats_login(fleet)
-        removed = await streams.delete_pipeline_streams(nats.nats_url(fleet), fleet, resource, timeout, login)
+        login, tls = await self._nats_access(fleet)
+        removed = await streams.delete_pipeline_streams(nats.nats_url(fleet), fleet, resource, timeout, login, tls)
         log.info("pipeline streams and consumers deleted", pipeline=resource.name, removed=removed)
 
-    async def _nats_login(self, fleet: DeviceFleet) -> NatsLogin | None:
-        """A managed NATS's login, from the fleet's Secret (its child: there while the fleet is)."""
+    async def _nats_access(self, fleet: DeviceFleet) -> tuple[NatsLogin | None, ssl.SSLContext | None]:
+        """A managed NATS's login, from the fleet's Secret (its child: there while the fleet is), or an external
+        NATS's; and the CA the server is verified with, when it speaks TLS."""
+        secrets = await tls_secrets.read(self.api, fleet, with_gateway=False)
         if not nats.managed(fleet):
-            return None
-        return (await nats_credentials.fetch(self.api, fleet)).login
+            return secrets.login, secrets.tls
+        return (await nats_credentials.fetch(self.api, fleet)).login, secrets.tls
 
 
 def _key(body: Mapping[str, Any]) -> str:

@@ -23,6 +23,8 @@ PLURALS = {
     ("apps/v1", "StatefulSet"): "statefulsets",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
     (f"{GROUP}/{VERSION}", "DeviceFleet"): "devicefleets",
     (f"{GROUP}/{VERSION}", "Pipeline"): "pipelines",
 }

@@ -1,9 +1,10 @@
 """The Pipeline reconcile, as an ordered list of small named idempotent steps."""
 
 from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import nats_credentials, streams
+from fleetflow.operator import nats_credentials, streams, tls_secrets
 from fleetflow.operator.builders import nats, pipeline
 from fleetflow.operator.builders.resources import resources_of
+from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import Ref
 from fleetflow.operator.readiness import Readiness, workload
@@ -63,14 +64,32 @@ async def read_nats_credentials(ctx: Context) -> None:
         raise Stop(Problem(exc.reason, f"the fleet's NATS credentials: {exc}")) from None
 
 
+async def read_tls_secrets(ctx: Context) -> None:
+    """The CA the processor and the writer verify the fleet's NATS with, and an external NATS's login."""
+    try:
+        ctx.fleet_secrets = await tls_secrets.read(ctx.api, fleet_of(ctx), with_gateway=False)
+    except tls_secrets.TlsSecretError as exc:
+        raise Stop(Problem(exc.reason, f"the fleet's {exc}")) from None
+
+
 async def apply_workloads(ctx: Context) -> None:
     opts = ctx.options
     table = {c: resources_of(opts.resources, c) for c in ("processor", "writer")}
-    objects = pipeline.pipeline_objects(
-        fleet_of(ctx), pipeline_of(ctx), opts.image, opts.image_pull_policy, table, opts.service_env()
-    )
+    try:
+        objects = pipeline.pipeline_objects(
+            fleet_of(ctx),
+            pipeline_of(ctx),
+            opts.image,
+            opts.image_pull_policy,
+            table,
+            opts.service_env(),
+            opts.image_pull_secrets,
+        )
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in objects:
-        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
+        stamped = nats_credentials.stamped(obj, ctx.nats_credentials)
+        await ctx.apply_owned(tls_secrets.stamped(stamped, ctx.fleet_secrets))
 
 
 async def provision_consumers(ctx: Context) -> None:
@@ -83,7 +102,12 @@ async def provision_consumers(ctx: Context) -> None:
             return
     try:
         outcome = await streams.provision_pipeline(
-            nats.nats_url(fleet), fleet, pipeline_of(ctx), ctx.options.nats_timeout_seconds, ctx.nats_login
+            nats.nats_url(fleet),
+            fleet,
+            pipeline_of(ctx),
+            ctx.options.nats_timeout_seconds,
+            ctx.nats_login,
+            ctx.nats_tls,
         )
     except streams.StreamError as exc:
         ctx.outcome.problems.append(Problem("StreamProvisioningFailed", str(exc)))
@@ -105,6 +129,7 @@ PIPELINE_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("read-fleet", read_fleet),
     ("read-nats-credentials", read_nats_credentials),
+    ("read-tls-secrets", read_tls_secrets),
     ("compile-steps", compile_steps),
     ("apply-workloads", apply_workloads),
     ("provision-consumers", provision_consumers),

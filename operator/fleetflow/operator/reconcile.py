@@ -1,6 +1,7 @@
 """The reconcile machinery: a context, an ordered chain of small named idempotent steps, and the status
 write at the end. The steps themselves live in fleet_steps.py and pipeline_steps.py."""
 
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref
 from fleetflow.operator.nats_credentials import NatsCredentials
 from fleetflow.operator.options import OperatorOptions
 from fleetflow.operator.readiness import Readiness
+from fleetflow.operator.tls_secrets import FleetSecrets
 from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,7 @@ class Context:
     fleet: DeviceFleet | None = None
     pipeline: Pipeline | None = None
     nats_credentials: NatsCredentials | None = None  # of a managed NATS; None for an external one
+    fleet_secrets: FleetSecrets | None = None  # the fleet's TLS and external-NATS login, once read
     changes: list[str] = field(default_factory=list)  # what this reconcile changed, for one Event
 
     def __post_init__(self) -> None:
@@ -63,8 +66,16 @@ class Context:
 
     @property
     def nats_login(self) -> NatsLogin | None:
-        """How the operator connects to the fleet's NATS: a managed one has no default user."""
-        return self.nats_credentials.login if self.nats_credentials else None
+        """How the operator connects to the fleet's NATS: a managed one has no default user; an external one may
+        name a user."""
+        if self.nats_credentials:
+            return self.nats_credentials.login
+        return self.fleet_secrets.login if self.fleet_secrets else None
+
+    @property
+    def nats_tls(self) -> ssl.SSLContext | None:
+        """What the operator verifies the fleet's NATS with, if it speaks TLS."""
+        return self.fleet_secrets.tls if self.fleet_secrets else None
 
     async def apply_owned(self, desired: JsonObject, *, create_only: bool = False) -> JsonObject:
         outcome, stored = await apply(self.api, owned(desired, self.body), create_only=create_only)

@@ -1,6 +1,7 @@
 """The fleet's JetStream streams and a pipeline's durable consumers, provisioned through the NATS API."""
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,9 +26,11 @@ class StreamError(Exception):
 
 
 @asynccontextmanager
-async def connected(url: str, timeout: float, login: NatsLogin | None) -> AsyncIterator[JetStreamContext]:
+async def connected(
+    url: str, timeout: float, login: NatsLogin | None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[JetStreamContext]:
     """One short connection per reconcile: the operator holds no NATS state between reconciles. A managed NATS
-    has no default user: the operator logs in as the services do."""
+    has no default user: the operator logs in as the services do; over TLS it verifies the server with `tls`."""
     user, password = (login.user, login.password) if login else (None, None)
     try:
         nc = await asyncio.wait_for(
@@ -36,6 +39,7 @@ async def connected(url: str, timeout: float, login: NatsLogin | None) -> AsyncI
                 name="fleetflow-operator",
                 user=user,
                 password=password,
+                tls=tls,
                 connect_timeout=timeout,
                 allow_reconnect=False,
             ),
@@ -73,12 +77,12 @@ async def _states(js: JetStreamContext, names: list[str]) -> list[dict[str, Any]
 
 
 async def provision_fleet(
-    url: str, fleet: DeviceFleet, timeout: float, login: NatsLogin | None
+    url: str, fleet: DeviceFleet, timeout: float, login: NatsLogin | None, tls: ssl.SSLContext | None = None
 ) -> list[dict[str, Any]]:
     """Create, update or re-create the fleet's streams; returns each stream's state for the status, with
     `created` telling whether this call created it."""
     try:
-        async with connected(url, timeout, login) as js:
+        async with connected(url, timeout, login, tls) as js:
             outcome = await jetstream.provision_fleet(js, fleet)
             recreated = [name for name, result in outcome.items() if result == "created"]
             if recreated:
@@ -92,12 +96,17 @@ async def provision_fleet(
 
 
 async def provision_pipeline(
-    url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float, login: NatsLogin | None
+    url: str,
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    timeout: float,
+    login: NatsLogin | None,
+    tls: ssl.SSLContext | None = None,
 ) -> dict[str, str]:
     """The fleet's streams first (the consumers live on the telemetry stream), then the pipeline's stream
     and consumers; processor consumers of replicas that no longer exist are removed."""
     try:
-        async with connected(url, timeout, login) as js:
+        async with connected(url, timeout, login, tls) as js:
             await jetstream.provision_fleet(js, fleet)
             outcome = await jetstream.provision_pipeline(js, fleet, pipeline)
             await _remove_surplus_processors(js, fleet, pipeline)
@@ -119,18 +128,25 @@ async def _remove_surplus_processors(js: JetStreamContext, fleet: DeviceFleet, p
             log.info("surplus processor consumer removed", stream=stream, consumer=name)
 
 
-async def delete_fleet_streams(url: str, fleet: DeviceFleet, timeout: float, login: NatsLogin | None) -> list[str]:
+async def delete_fleet_streams(
+    url: str, fleet: DeviceFleet, timeout: float, login: NatsLogin | None, tls: ssl.SSLContext | None = None
+) -> list[str]:
     """Remove the fleet's streams and their data; returns the names that existed."""
-    async with connected(url, timeout, login) as js:
+    async with connected(url, timeout, login, tls) as js:
         return [cfg.name for cfg in jetstream.fleet_streams(fleet) if cfg.name and await _delete_stream(js, cfg.name)]
 
 
 async def delete_pipeline_streams(
-    url: str, fleet: DeviceFleet, pipeline: Pipeline, timeout: float, login: NatsLogin | None
+    url: str,
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    timeout: float,
+    login: NatsLogin | None,
+    tls: ssl.SSLContext | None = None,
 ) -> list[str]:
     """Remove the pipeline's processor and writer consumers and its output stream."""
     removed = []
-    async with connected(url, timeout, login) as js:
+    async with connected(url, timeout, login, tls) as js:
         telemetry = subjects.telemetry_stream(fleet.name)
         prefix = subjects.processor_consumer(pipeline.name, 0).rsplit("-", 1)[0] + "-"
         try:

@@ -8,6 +8,9 @@ from pydantic.config import JsonDict
 
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
+from fleetflow.api.core import NetworkPolicyPeer
+from fleetflow.api.overrides import IngressSpec, PodOverrides, ServiceOverrides
+from fleetflow.api.tls import CaSecretRef, TlsSecret
 
 
 def _regex(text: str) -> str:
@@ -114,6 +117,18 @@ class GatewaySpec(Model):
         "device and gateway replica; a new one beyond it replaces the device's oldest, which ends with a status "
         "that says so.",
     )
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the gateway pods (cluster only).")
+    service: ServiceOverrides = Field(
+        default_factory=ServiceOverrides,
+        description="Publish the gateway's HTTP and gRPC ports (cluster only): NodePort or LoadBalancer.",
+    )
+    ingress: IngressSpec | None = Field(
+        default=None, description="Publish the gateway's HTTP and gRPC through an Ingress controller (cluster only)."
+    )
+    tls: TlsSecret | None = Field(
+        default=None,
+        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate (cluster only).",
+    )
 
     @property
     def largest_message_bytes(self) -> int:
@@ -127,7 +142,26 @@ def max_payload_for(fleets: "list[DeviceFleet]", floor: int = 1048576) -> int:
 
 
 class ExternalNats(Model):
+    """A NATS the fleet does not own. The services and the operator log in as `user` with the password in
+    `passwordSecretRef`, and verify the server with the CA in `caSecretRef`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.user) == has(self.passwordSecretRef)",
+                    "message": "nats.external.user and nats.external.passwordSecretRef go together",
+                }
+            ]
+        }
+    )
+
     url: str = Field(pattern=r"^(nats|tls|ws|wss)://[^\s]+$")
+    user: str | None = Field(default=None, min_length=1, max_length=256)
+    password_secret_ref: SecretKeyRef | None = None
+    ca_secret_ref: CaSecretRef | None = Field(
+        default=None, description="The CA the server's certificate is verified with (key default ca.crt)."
+    )
     max_payload_bytes: int = Field(
         default=1048576,
         ge=1024,
@@ -136,11 +170,30 @@ class ExternalNats(Model):
         "must not exceed it; a body that grows past it once encoded is refused with 413 batch_too_large.",
     )
 
+    @model_validator(mode="after")
+    def _login_is_whole(self) -> Self:
+        if (self.user is None) != (self.password_secret_ref is None):
+            raise ValueError("nats.external.user and nats.external.passwordSecretRef go together: set both or neither")
+        return self
+
 
 class ManagedNats(Model):
+    """NATS JetStream servers the operator runs for the fleet."""
+
     replicas: Literal[1, 3] = 1
     storage_size: Size = "10Gi"
     storage_class_name: str | None = None
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the NATS server pods.")
+    mqtt_service: ServiceOverrides | None = Field(
+        default=None,
+        description="Publish the MQTT listener alone, as Service <fleet>-mqtt (NodePort or LoadBalancer); the "
+        "client port stays inside the cluster.",
+    )
+    tls: TlsSecret | None = Field(
+        default=None,
+        description="Client, MQTT and route connections over TLS only, with this Secret's certificate; the "
+        "services and the operator verify it with its ca.crt.",
+    )
 
 
 class NatsSpec(Model):
@@ -247,6 +300,28 @@ TRANSITION_RULES: list[JsonDict] = [
 ]
 
 
+NAMESPACE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class NetworkPolicySpec(Model):
+    """NetworkPolicies for the fleet's pods (its pipelines' included): every ingress is denied but devices to the
+    gateway's HTTP and gRPC and to MQTT, the fleet's services and the operator to NATS, NATS servers to each
+    other, and metrics scrapes from `metricsNamespace`. Egress is not restricted."""
+
+    enabled: bool = False
+    devices: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        description="Where devices (or the Ingress controller or load balancer in front of them) connect from; "
+        "unset: anywhere.",
+    )
+    metrics_namespace: str | None = Field(
+        default=None,
+        pattern=NAMESPACE_NAME_PATTERN,
+        description="The namespace whose pods (Prometheus) may scrape the services' ops port and the NATS "
+        "exporter; unset: none.",
+    )
+
+
 class DeviceFleetSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -274,6 +349,7 @@ class DeviceFleetSpec(Model):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     nats: NatsSpec = Field(default_factory=NatsSpec)
     streams: StreamSpec = Field(default_factory=StreamSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
     @model_validator(mode="after")
     def _stream_replicas_fit(self) -> Self:

@@ -7,6 +7,7 @@ from pydantic import ConfigDict, Field, model_validator
 from fleetflow.api import quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, ObjectRef, SecretKeyRef, TableName
 from fleetflow.api.devicefleet import ComponentStatus
+from fleetflow.api.overrides import PodOverrides
 from fleetflow.api.steps import Step, check_steps
 
 
@@ -72,11 +73,13 @@ class SinkSpec(Model):
 
 class ProcessorSpec(Model):
     replicas: int = Field(default=1, ge=1, le=64, description="Each replica takes a share of the partitions.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the processor pods (cluster only).")
 
 
 class WriterSpec(Model):
     replicas: int = Field(default=1, ge=1, le=64)
     batch_messages: int = Field(default=256, ge=1, le=10000, description="Messages fetched per write.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the writer pods (cluster only).")
 
 
 class DeliverySpec(Model):

@@ -22,7 +22,11 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     meter = telemetry.configure("gateway", fleet=fleet.name)
     watch = jetstream.ConnectionWatch()
     nc = await jetstream.connect(
-        settings.nats_url, f"fleetflow-gateway-{fleet.name}", on_state=watch.update, login=settings.nats_login()
+        settings.nats_url,
+        f"fleetflow-gateway-{fleet.name}",
+        on_state=watch.update,
+        login=settings.nats_login(),
+        tls=settings.nats_tls(),
     )
     await jetstream.provision_fleet(nc.jetstream(), fleet)
     links = await Connectivity.start(settings, nc, watch, meter)  # intake, commands, gRPC, MQTT, buffer
@@ -47,7 +51,12 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         return False, "NATS is not connected and the outage buffer is full"
 
     ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
-    api_runner, api_port = await httpserver.start_device_site(app, settings.listen_host, settings.listen_port)
+    api_runner, api_port = await httpserver.start_device_site(
+        app,
+        settings.listen_host,
+        settings.listen_port,
+        httpserver.tls_context(settings.tls_cert_file, settings.tls_key_file),
+    )
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)
     await stop.wait()

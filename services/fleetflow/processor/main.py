@@ -20,7 +20,7 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     compiled = compile_pipeline(pipeline, fleet)
     meter = telemetry.configure("processor", fleet=fleet.name, pipeline=pipeline.name)
     name = f"fleetflow-processor-{pipeline.name}-{settings.replica}"
-    nc = await jetstream.connect(settings.nats_url, name, login=settings.nats_login())
+    nc = await jetstream.connect(settings.nats_url, name, login=settings.nats_login(), tls=settings.nats_tls())
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
     await jetstream.provision_pipeline(js, fleet, pipeline)

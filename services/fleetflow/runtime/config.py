@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from fleetflow.api import DeviceFleet, Pipeline
+from fleetflow.api.overrides import without_cluster_fields
 from fleetflow.runtime.natsauth import CALLOUT_USER, SERVICE_USER
 
 
 def _resource(resource: DeviceFleet | Pipeline) -> dict[str, Any]:
-    """The resource's spec and identity; status and server-managed metadata stay out of service config."""
+    """The resource's spec and identity; status, server-managed metadata and the fields that only shape
+    Kubernetes objects (pod placement, Service publishing) stay out of service config."""
     data = resource.to_k8s()
     data.pop("status", None)
+    data["spec"] = without_cluster_fields(resource.kind, data["spec"])
     data["metadata"] = {"name": resource.metadata.name}
     if resource.metadata.namespace:
         data["metadata"]["namespace"] = resource.metadata.namespace

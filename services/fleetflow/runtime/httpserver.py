@@ -14,8 +14,10 @@ clients, so this module adds:
 Handlers that read a body bound the read with `read_body` (a 408 `request_timeout` when it takes too long)."""
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -137,10 +139,27 @@ def device_app(client_max_size: int) -> web.Application:
     return web.Application(client_max_size=client_max_size, middlewares=[json_errors])
 
 
-async def start_device_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve a device-facing `app`; returns the runner and the port bound (port 0 picks a free one)."""
+def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or None for plain HTTP (both files or neither must be given)."""
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise ValueError(f"TLS needs both tls_cert_file and tls_key_file; got cert {cert_file} and key {key_file}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"tls_cert_file {str(cert_file)!r} and tls_key_file {str(key_file)!r}: {exc}") from None
+    return context
+
+
+async def start_device_site(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve a device-facing `app`, over TLS only when `tls` is given; returns the runner and the port bound
+    (port 0 picks a free one)."""
     runner = DeviceRunner(app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT_S)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
     await site.start()
     return runner, runner.addresses[0][1]

@@ -1,6 +1,7 @@
 """NATS connection and idempotent provisioning of a fleet's streams and a pipeline's durable consumers."""
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,8 +34,10 @@ async def connect(
     name: str,
     on_state: Callable[[bool], Awaitable[None] | None] | None = None,
     login: NatsLogin | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Client:
-    """Connect with unlimited reconnects, as `login` if given; `on_state(connected)` hears about outages."""
+    """Connect with unlimited reconnects, as `login` if given, over TLS verified by `tls` if given;
+    `on_state(connected)` hears about outages."""
 
     async def disconnected() -> None:
         log.warning("nats disconnected", url=url)
@@ -54,6 +57,7 @@ async def connect(
         name=name,
         user=login.user if login else None,
         password=login.password if login else None,
+        tls=tls,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

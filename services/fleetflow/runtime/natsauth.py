@@ -115,6 +115,7 @@ class ServerAuth:
     # requests (they carry the devices' tokens), not even through a stream. None: the callout is served in the
     # streams' account, by a services' user (the operator's, which every service shares).
     callout_user: ServiceUser | None = None
+    mqtt_tls: tuple[str, str] | None = None  # (certificate file, key file): MQTT devices connect over TLS only
 
     @classmethod
     def local(
@@ -145,6 +146,14 @@ class ServerAuth:
         return [user.name for user in self.users] + callout
 
 
+def tls_block(cert_file: str, key_file: str, ca_file: str | None = None, indent: str = "") -> list[str]:
+    """A nats.conf `tls {}` block; with `ca_file` the server also verifies its peers (cluster routes)."""
+    lines = [f"{indent}tls {{", f'{indent}  cert_file: "{cert_file}"', f'{indent}  key_file: "{key_file}"']
+    if ca_file:
+        lines += [f'{indent}  ca_file: "{ca_file}"', f"{indent}  verify: true"]
+    return [*lines, f"{indent}}}"]
+
+
 def server_config(auth: ServerAuth) -> str:
     """The nats.conf lines that enable MQTT with devices authenticated by the gateway, and the services' users."""
     entries = [user.entry() for user in auth.users]
@@ -160,6 +169,7 @@ def server_config(auth: ServerAuth) -> str:
             f"  listen: {auth.mqtt_listen}",
             # An MQTT client without credentials is this user, whom the callout refuses.
             f"  no_auth_user: {ANONYMOUS_USER}",
+            *(tls_block(*auth.mqtt_tls, indent="  ") if auth.mqtt_tls else []),
             "}",
             "accounts {",
             f"  {SERVICE_ACCOUNT} {{",

@@ -1,6 +1,7 @@
 """Service settings: a config file rendered from the custom resources, overridden by FLEETFLOW_* variables."""
 
 import json
+import ssl
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -26,6 +27,8 @@ class ServiceSettings(BaseSettings):
     # A NATS with authentication (the operator's, local mode's) needs a login; a test's bare nats-server does not.
     nats_user: str | None = None
     nats_password_file: Path | None = pydantic.Field(default=None, validate_default=True)
+    # Set: the NATS connection is TLS, and the server's certificate must chain to this CA (PEM).
+    nats_tls_ca_file: Path | None = None
     ops_host: str = "127.0.0.1"
     ops_port: int = pydantic.Field(default=8081, ge=0, le=65535)
     status_file: Path | None = None
@@ -55,6 +58,17 @@ class ServiceSettings(BaseSettings):
     def nats_login(self) -> NatsLogin | None:
         """The user and password to connect with (the password read from its file now), or None."""
         return _login(self.nats_user, self.nats_password_file)
+
+    def nats_tls(self) -> ssl.SSLContext | None:
+        """The TLS context the NATS connection verifies the server with, or None for plain NATS."""
+        if self.nats_tls_ca_file is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.nats_tls_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"nats_tls_ca_file = {str(self.nats_tls_ca_file)!r}: cannot read a PEM CA from it ({exc})"
+            ) from None
 
     @classmethod
     def load(cls, path: Path | None) -> Self:
@@ -100,7 +114,7 @@ class GatewaySettings(ServiceSettings):
     coap_port: int | None = pydantic.Field(default=None, ge=0, le=65535)  # UDP
     # WebSocket sessions (on listen_port) get a ping this often; one that answers none within half of it is closed.
     ws_heartbeat: float = pydantic.Field(default=20.0, ge=0.1, le=3600)
-    tls_cert_file: Path | None = None  # with tls_key_file: gRPC over TLS
+    tls_cert_file: Path | None = None  # with tls_key_file: HTTP and gRPC over TLS only
     tls_key_file: Path | None = None
     buffer_dir: Path | None = None  # store-and-forward while NATS is unreachable
     buffer_max_bytes: int = pydantic.Field(default=256 * 1024 * 1024, ge=4096)

@@ -65,7 +65,9 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
     if not await open_until_stopped(store, stop):
         await ops_runner.cleanup()
         return
-    nc = await jetstream.connect(settings.nats_url, f"fleetflow-writer-{pipeline.name}", login=settings.nats_login())
+    nc = await jetstream.connect(
+        settings.nats_url, f"fleetflow-writer-{pipeline.name}", login=settings.nats_login(), tls=settings.nats_tls()
+    )
     js = nc.jetstream()
     await jetstream.provision_fleet(js, fleet)
     await jetstream.provision_pipeline(js, fleet, pipeline)

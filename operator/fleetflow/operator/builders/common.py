@@ -202,3 +202,13 @@ def owned(child: JsonObject, owner: JsonObject) -> JsonObject:
     """A copy of `child` carrying `owner`'s controller reference."""
     meta = {**child["metadata"], "ownerReferences": [owner_reference(owner)]}
     return {**child, "metadata": meta}
+
+
+def pdb(name: str, namespace: str | None, object_labels: dict[str, str], selector: dict[str, str]) -> JsonObject:
+    """A PodDisruptionBudget that lets a drain evict one of the selected pods at a time, even when only one runs."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(name, namespace, object_labels),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
+    }

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.common import SecretKeyRef
+from fleetflow.api.tls import CERT_KEY, KEY_KEY
 from fleetflow.operator import nats_credentials
-from fleetflow.operator.builders import nats
+from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
     JsonObject,
@@ -16,6 +17,7 @@ from fleetflow.operator.builders.common import (
     fleet_labels,
     metadata,
     namespace_of,
+    pdb,
     pod_template,
     render_config,
     selector_labels,
@@ -27,6 +29,7 @@ from fleetflow.runtime.config import gateway_config
 HTTP_PORT = 8080
 GRPC_PORT = 9090
 SECRET_DIR = "/var/run/fleetflow/device-secret"
+TLS_DIR = "/var/run/fleetflow/gateway-tls"  # spec.gateway.tls: the certificate devices' HTTP and gRPC use
 BUFFER_DIR = "/var/lib/fleetflow/buffer"
 
 
@@ -80,6 +83,9 @@ def gateway_service_config(fleet: DeviceFleet) -> JsonObject:
     )
     if nats.managed(fleet):  # its MQTT listener admits devices through this gateway's auth callout
         config["mqtt_issuer_seed_file"] = str(nats_credentials.file(nats_credentials.ISSUER_SEED_KEY))
+    config.update(nats.client_settings(fleet))
+    if fleet.spec.gateway.tls is not None:
+        config.update(tls_cert_file=f"{TLS_DIR}/{CERT_KEY}", tls_key_file=f"{TLS_DIR}/{KEY_KEY}")
     return config
 
 
@@ -103,7 +109,12 @@ def gateway_config_map(fleet: DeviceFleet) -> JsonObject:
 
 
 def gateway_deployment(
-    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, env: Sequence[JsonObject] = ()
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    env: Sequence[JsonObject] = (),
+    pull_secrets: Sequence[str] = (),
 ) -> JsonObject:
     ref = device_secret_ref(fleet)
     container = service_container(
@@ -136,6 +147,14 @@ def gateway_deployment(
         keys = [nats_credentials.SERVICES_PASSWORD_KEY, nats_credentials.ISSUER_SEED_KEY]
         container["volumeMounts"].append(nats_credentials.mount())
         volumes.append(nats_credentials.volume(fleet, keys))
+    client_volumes, client_mounts = nats.client_volumes(fleet)
+    volumes += client_volumes
+    container["volumeMounts"] += client_mounts
+    if fleet.spec.gateway.tls is not None:
+        # Readable by the gateway's group (the pod's fsGroup) only: it holds the private key.
+        secret = {"secretName": fleet.spec.gateway.tls.secret_name, "defaultMode": 0o440}
+        volumes.append({"name": "gateway-tls", "secret": secret})
+        container["volumeMounts"].append({"name": "gateway-tls", "mountPath": TLS_DIR, "readOnly": True})
     spec: JsonObject = {
         "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
         # A new pod must be ready before an old one goes, so devices never meet a gateway-less fleet.
@@ -150,16 +169,19 @@ def gateway_deployment(
     }
     if fleet.spec.gateway.autoscaling is None:
         spec = {"replicas": fleet.spec.gateway.replicas, **spec}
-    return {
+    deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
         "spec": spec,
     }
+    selector = selector_labels(fleet.name, "gateway")
+    return shaping.shaped(deployment, "gateway", fleet.spec.gateway.pod, selector, pull_secrets)
 
 
 def gateway_service(fleet: DeviceFleet) -> JsonObject:
-    return {
+    """Devices' HTTP and gRPC; `spec.gateway.service` may publish it as a NodePort or LoadBalancer."""
+    service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
@@ -172,16 +194,12 @@ def gateway_service(fleet: DeviceFleet) -> JsonObject:
             ],
         },
     }
+    return shaping.published(service, fleet.spec.gateway.service)
 
 
 def gateway_pdb(fleet: DeviceFleet) -> JsonObject:
     """At most one gateway pod is evicted at a time; with one replica, a drain is still possible."""
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(fleet.name, "gateway")}},
-    }
+    return pdb(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway"), selector_labels(fleet.name, "gateway"))
 
 
 def gateway_hpa(fleet: DeviceFleet) -> JsonObject | None:
@@ -212,20 +230,26 @@ def gateway_hpa(fleet: DeviceFleet) -> JsonObject | None:
 def endpoints(fleet: DeviceFleet) -> dict[str, str]:
     """Where devices and services reach the fleet, as shown in `status.gateway.endpoints`."""
     host = f"{name(fleet)}.{namespace_of(fleet)}.svc"
-    found = {"http": f"http://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
+    scheme = "https" if fleet.spec.gateway.tls else "http"
+    found = {"http": f"{scheme}://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
     if nats.managed(fleet):
         found["mqtt"] = nats.mqtt_endpoint(fleet)
     return found
 
 
 def gateway_objects(
-    fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject, env: Sequence[JsonObject] = ()
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    env: Sequence[JsonObject] = (),
+    pull_secrets: Sequence[str] = (),
 ) -> list[JsonObject]:
     """The gateway's objects in apply order (the device Secret is handled apart: it is created, never patched)."""
     objects = [
         gateway_config_map(fleet),
         gateway_service(fleet),
-        gateway_deployment(fleet, image, pull_policy, resources, env),
+        gateway_deployment(fleet, image, pull_policy, resources, env, pull_secrets),
         gateway_pdb(fleet),
     ]
     hpa = gateway_hpa(fleet)

@@ -5,12 +5,17 @@ MQTT devices through the gateway's auth callout, other servers of the cluster wi
 secrets come from the fleet's Secret (`fleetflow.operator.nats_credentials`) as environment variables, which
 nats.conf names as `$VARIABLE`: no secret is in the ConfigMap."""
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.api.quantities import parse_bytes
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, TlsSecret
 from fleetflow.operator import nats_credentials
+from fleetflow.operator.builders import shaping
 from fleetflow.operator.builders.common import (
     JsonObject,
     config_hash,
@@ -20,6 +25,7 @@ from fleetflow.operator.builders.common import (
     http_probe,
     metadata,
     namespace_of,
+    pdb,
     pod_security_context,
     selector_labels,
 )
@@ -28,6 +34,10 @@ from fleetflow.runtime import natsauth
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
 MONITOR_PORT = 8222
+EXPORTER_PORT = 7777
+# The NATS project's own Prometheus exporter; it reads the monitoring endpoint over the pod's loopback.
+DEFAULT_EXPORTER_IMAGE = "natsio/prometheus-nats-exporter:0.20.1"
+EXPORTER_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
 MQTT_PORT = 1883
 NATS_UID = 1000
 STORE_DIR = "/data/jetstream"
@@ -55,6 +65,17 @@ SERVER_AUTH = natsauth.ServerAuth(
 )
 
 
+# A managed NATS's certificate (spec.nats.managed.tls), in the server pods and, its CA alone, in service pods.
+TLS_DIR = "/etc/nats-tls"
+TLS_VOLUME = "nats-tls"
+CLIENT_TLS_DIR = "/var/run/fleetflow/nats-tls"
+CLIENT_TLS_VOLUME = "nats-tls-ca"
+# An external NATS's password (spec.nats.external.passwordSecretRef) in service pods.
+CLIENT_LOGIN_DIR = "/var/run/fleetflow/nats-login"
+CLIENT_LOGIN_VOLUME = "nats-login"
+CLIENT_PASSWORD_FILE = "password"
+
+
 def statefulset_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-nats"
 
@@ -71,15 +92,62 @@ def config_map_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-nats-config"
 
 
+def tls(fleet: DeviceFleet) -> TlsSecret | None:
+    """The managed NATS's certificate Secret; None for plain NATS or an external NATS."""
+    return fleet.spec.nats.managed.tls if managed(fleet) and fleet.spec.nats.managed else None
+
+
 def nats_url(fleet: DeviceFleet) -> str:
-    """Where the services reach the fleet's NATS: the external URL, or the managed cluster's client Service."""
+    """Where the services reach the fleet's NATS: the external URL, or the managed cluster's client Service
+    (`tls://` with a certificate, so that no client ever falls back to plaintext)."""
     if fleet.spec.nats.external is not None:
         return fleet.spec.nats.external.url
-    return f"nats://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{CLIENT_PORT}"
+    scheme = "tls" if tls(fleet) else "nats"
+    return f"{scheme}://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{CLIENT_PORT}"
 
 
 def mqtt_endpoint(fleet: DeviceFleet) -> str:
-    return f"mqtt://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{MQTT_PORT}"
+    scheme = "mqtts" if tls(fleet) else "mqtt"
+    return f"{scheme}://{client_service_name(fleet)}.{namespace_of(fleet)}.svc:{MQTT_PORT}"
+
+
+def tls_dns_names(fleet: DeviceFleet) -> list[str]:
+    """The names a managed NATS's certificate must hold: the client Service the services dial and every
+    server's name in the headless Service the routes dial (add the names MQTT devices use from outside)."""
+    namespace, client, headless = namespace_of(fleet), client_service_name(fleet), headless_service_name(fleet)
+    return [client, f"{client}.{namespace}", f"{client}.{namespace}.svc", f"*.{headless}.{namespace}.svc"]
+
+
+def client_settings(fleet: DeviceFleet) -> dict[str, Any]:
+    """What a service's settings need to reach the fleet's NATS beyond its URL: the CA it verifies the server
+    with, and an external NATS's user and password file (a managed NATS's login is the services' own)."""
+    found: dict[str, Any] = {}
+    external = fleet.spec.nats.external
+    if tls(fleet) or (external and external.ca_secret_ref):
+        found["nats_tls_ca_file"] = f"{CLIENT_TLS_DIR}/{CA_KEY}"
+    if external and external.user and external.password_secret_ref:
+        found.update(nats_user=external.user, nats_password_file=f"{CLIENT_LOGIN_DIR}/{CLIENT_PASSWORD_FILE}")
+    return found
+
+
+def client_volumes(fleet: DeviceFleet) -> tuple[list[JsonObject], list[JsonObject]]:
+    """(volumes, mounts) of a service pod for `client_settings`: the CA's key alone, never a private key."""
+    volumes, mounts = [], []
+    certificate, external = tls(fleet), fleet.spec.nats.external
+    ca = (certificate.secret_name, CA_KEY) if certificate else None
+    if external and external.ca_secret_ref:
+        ca = (external.ca_secret_ref.name, external.ca_secret_ref.key)
+    if ca:
+        items = [{"key": ca[1], "path": CA_KEY}]
+        volumes.append({"name": CLIENT_TLS_VOLUME, "secret": {"secretName": ca[0], "items": items}})
+        mounts.append({"name": CLIENT_TLS_VOLUME, "mountPath": CLIENT_TLS_DIR, "readOnly": True})
+    if external and external.password_secret_ref:
+        ref = external.password_secret_ref
+        items = [{"key": ref.key, "path": CLIENT_PASSWORD_FILE}]
+        secret = {"secretName": ref.name, "defaultMode": 0o440, "items": items}
+        volumes.append({"name": CLIENT_LOGIN_VOLUME, "secret": secret})
+        mounts.append({"name": CLIENT_LOGIN_VOLUME, "mountPath": CLIENT_LOGIN_DIR, "readOnly": True})
+    return volumes, mounts
 
 
 def managed(fleet: DeviceFleet) -> bool:
@@ -95,9 +163,13 @@ def server_config(fleet: DeviceFleet) -> str:
     """nats.conf; nats-server expands `$POD_NAME` and the `$NATS_*` secrets from its environment."""
     managed_spec = fleet.spec.nats.managed_or_default
     store_bytes = int(parse_bytes(managed_spec.storage_size) * STORE_SHARE)
+    certificate = tls(fleet)
     lines = [
         f"listen: 0.0.0.0:{CLIENT_PORT}",
-        f"http: 0.0.0.0:{MONITOR_PORT}",
+        # With a certificate the client port takes TLS only.
+        *(natsauth.tls_block(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}") if certificate else []),
+        # Monitoring has no authentication: only the pod itself (probes, the exporter) may reach it.
+        f"http: 127.0.0.1:{MONITOR_PORT}",
         "server_name: $POD_NAME",
         f'pid_file: "{PID_FILE}"',
         # Large enough for the largest message a valid device body becomes, so none is ever unpublishable.
@@ -111,7 +183,10 @@ def server_config(fleet: DeviceFleet) -> str:
     ]
     if managed_spec.replicas > 1:
         lines += _cluster(fleet)
-    return "\n".join(lines) + "\n" + natsauth.server_config(SERVER_AUTH)
+    auth = SERVER_AUTH
+    if certificate:
+        auth = dataclasses.replace(auth, mqtt_tls=(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}"))
+    return "\n".join(lines) + "\n" + natsauth.server_config(auth)
 
 
 def _cluster(fleet: DeviceFleet) -> list[str]:
@@ -126,6 +201,12 @@ def _cluster(fleet: DeviceFleet) -> list[str]:
         f"    password: {natsauth.from_environment(ROUTES_PASSWORD_ENV)}",
         "  }",
         f"  routes: {natsauth.from_environment(ROUTES_ENV)}",
+        # Routes verify each other with the certificate's CA.
+        *(
+            natsauth.tls_block(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}", f"{TLS_DIR}/{CA_KEY}", indent="  ")
+            if tls(fleet)
+            else []
+        ),
         "}",
     ]
 
@@ -167,9 +248,45 @@ def _ports() -> list[JsonObject]:
     return [
         {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
         {"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"},
-        {"name": "monitor", "containerPort": MONITOR_PORT, "protocol": "TCP"},
         {"name": "mqtt", "containerPort": MQTT_PORT, "protocol": "TCP"},
     ]
+
+
+def monitor_probe(path: str, period: int, failures: int) -> JsonObject:
+    """Monitoring listens on the loopback only, where the kubelet's HTTP probes cannot reach; busybox `wget` of
+    the Alpine-based NATS image asks from inside the pod and fails on any status but 2xx."""
+    url = f"http://127.0.0.1:{MONITOR_PORT}{path}"
+    return {
+        "exec": {"command": ["wget", "-q", "-O", "/dev/null", "-T", "2", url]},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def exporter_container(image: str, pull_policy: str) -> JsonObject:
+    """prometheus-nats-exporter: server, connection, route, subscription, health and JetStream (streams and
+    consumers) metrics on `nats-metrics`, each series labelled with the server's name (the pod's)."""
+    return {
+        "name": "metrics",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "args": [
+            f"-port={EXPORTER_PORT}",
+            "-varz",
+            "-connz",
+            "-routez",
+            "-subz",
+            "-healthz",
+            "-jsz=all",
+            "-use_internal_server_name",
+            f"http://127.0.0.1:{MONITOR_PORT}",
+        ],
+        "ports": [{"name": "nats-metrics", "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
+        "readinessProbe": http_probe("/metrics", "nats-metrics", period=30, failures=3),
+        "resources": {kind: dict(values) for kind, values in EXPORTER_RESOURCES.items()},
+        "securityContext": container_security_context(),
+    }
 
 
 def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
@@ -180,10 +297,10 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
         "args": ["--config", "/etc/nats-config/nats.conf"],
         "env": _env(fleet),
         "ports": _ports(),
-        "startupProbe": http_probe("/healthz", "monitor", period=5, failures=60),
+        "startupProbe": monitor_probe("/healthz", period=5, failures=60),
         # Ready only once JetStream is up: a server still catching up with its peers takes no clients.
-        "readinessProbe": http_probe("/healthz?js-enabled-only=true", "monitor", period=10, failures=3),
-        "livenessProbe": http_probe("/healthz?js-enabled-only=true", "monitor", period=30, failures=3),
+        "readinessProbe": monitor_probe("/healthz?js-enabled-only=true", period=10, failures=3),
+        "livenessProbe": monitor_probe("/healthz?js-enabled-only=true", period=30, failures=3),
         # Lame-duck mode moves clients to the other servers before this one stops.
         "lifecycle": {"preStop": {"exec": {"command": ["nats-server", f"-sl=ldm={PID_FILE}"]}}},
         "resources": resources,
@@ -192,11 +309,27 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
             {"name": "config", "mountPath": "/etc/nats-config", "readOnly": True},
             {"name": "pid", "mountPath": "/var/run/nats"},
             {"name": "data", "mountPath": "/data"},
+            *([{"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}] if tls(fleet) else []),
         ],
     }
 
 
-def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> JsonObject:
+def _tls_volumes(fleet: DeviceFleet) -> list[JsonObject]:
+    certificate = tls(fleet)
+    if certificate is None:
+        return []
+    # Readable by nats-server's group (the pod's fsGroup) only: it holds the private key.
+    return [{"name": TLS_VOLUME, "secret": {"secretName": certificate.secret_name, "defaultMode": 0o440}}]
+
+
+def nats_statefulset(
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    pull_secrets: Sequence[str] = (),
+    exporter_image: str = DEFAULT_EXPORTER_IMAGE,
+) -> JsonObject:
     managed = fleet.spec.nats.managed_or_default
     pod_labels = fleet_labels(fleet, "nats")
     claim_spec: JsonObject = {
@@ -206,7 +339,7 @@ def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources
     if managed.storage_class_name:
         claim_spec["storageClassName"] = managed.storage_class_name
     config_text = server_config(fleet)
-    return {
+    statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": metadata(statefulset_name(fleet), namespace_of(fleet), pod_labels),
@@ -226,10 +359,14 @@ def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 60,
-                    "containers": [_container(fleet, image, pull_policy, resources)],
+                    "containers": [
+                        _container(fleet, image, pull_policy, resources),
+                        exporter_container(exporter_image, pull_policy),
+                    ],
                     "volumes": [
                         {"name": "config", "configMap": {"name": config_map_name(fleet)}},
                         {"name": "pid", "emptyDir": {}},
+                        *_tls_volumes(fleet),
                     ],
                     "topologySpreadConstraints": [
                         {
@@ -248,10 +385,12 @@ def nats_statefulset(fleet: DeviceFleet, image: str, pull_policy: str, resources
             ],
         },
     }
+    return shaping.shaped(statefulset, "nats", managed.pod, selector_labels(fleet.name, "nats"), pull_secrets)
 
 
 def nats_headless_service(fleet: DeviceFleet) -> JsonObject:
-    """Gives every server a stable DNS name for the cluster routes; lists servers before they are ready."""
+    """Gives every server a stable DNS name for the cluster routes; lists servers before they are ready (and so
+    the chart's ServiceMonitor scrapes the metrics of every server, ready or not)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -263,7 +402,7 @@ def nats_headless_service(fleet: DeviceFleet) -> JsonObject:
             "ports": [
                 {"name": "client", "port": CLIENT_PORT, "targetPort": "client"},
                 {"name": "cluster", "port": CLUSTER_PORT, "targetPort": "cluster"},
-                {"name": "monitor", "port": MONITOR_PORT, "targetPort": "monitor"},
+                {"name": "nats-metrics", "port": EXPORTER_PORT, "targetPort": "nats-metrics"},
             ],
         },
     }
@@ -287,25 +426,52 @@ def nats_client_service(fleet: DeviceFleet) -> JsonObject:
 
 
 def nats_pdb(fleet: DeviceFleet) -> JsonObject:
-    """A drain evicts one server at a time: 3 servers keep their JetStream quorum (2 of 3); 1 server may still go,
-    so that a node can be drained (the gateways buffer meanwhile)."""
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": metadata(statefulset_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats")),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(fleet.name, "nats")}},
+    """One server at a time: three servers keep their JetStream quorum through a drain, and lame-duck mode
+    moves a single server's clients to the others."""
+    selector = selector_labels(fleet.name, "nats")
+    return pdb(statefulset_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats"), selector)
+
+
+def mqtt_service_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-mqtt"
+
+
+def nats_mqtt_service(fleet: DeviceFleet) -> JsonObject | None:
+    """The MQTT listener alone, published as `spec.nats.managed.mqttService` asks; None when it does not. The
+    client port is never published: only the services and the operator use it."""
+    overrides = fleet.spec.nats.managed_or_default.mqtt_service
+    if overrides is None:
+        return None
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(mqtt_service_name(fleet), namespace_of(fleet), fleet_labels(fleet, "nats")),
+        "spec": {
+            "selector": selector_labels(fleet.name, "nats"),
+            "ports": [{"name": "mqtt", "port": MQTT_PORT, "targetPort": "mqtt", "protocol": "TCP"}],
+        },
     }
+    return shaping.published(service, overrides)
 
 
-def nats_objects(fleet: DeviceFleet, image: str, pull_policy: str, resources: JsonObject) -> list[JsonObject]:
+def nats_objects(
+    fleet: DeviceFleet,
+    image: str,
+    pull_policy: str,
+    resources: JsonObject,
+    pull_secrets: Sequence[str] = (),
+    exporter_image: str = DEFAULT_EXPORTER_IMAGE,
+) -> list[JsonObject]:
     """Everything a managed NATS needs, in apply order (its credentials Secret is handled apart: it is created,
     never patched); empty when the fleet uses an external NATS."""
     if not managed(fleet):
         return []
+    mqtt = nats_mqtt_service(fleet)
     return [
         nats_config_map(fleet),
         nats_headless_service(fleet),
         nats_client_service(fleet),
-        nats_statefulset(fleet, image, pull_policy, resources),
+        *([mqtt] if mqtt else []),
+        nats_statefulset(fleet, image, pull_policy, resources, pull_secrets, exporter_image),
         nats_pdb(fleet),
     ]

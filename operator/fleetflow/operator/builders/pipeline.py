@@ -5,7 +5,7 @@ from pathlib import Path
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.operator import nats_credentials
-from fleetflow.operator.builders import nats
+from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
     JsonObject,
@@ -13,6 +13,7 @@ from fleetflow.operator.builders.common import (
     config_map,
     metadata,
     namespace_of,
+    pdb,
     pipeline_labels,
     pod_template,
     render_config,
@@ -59,9 +60,10 @@ WRITER_UNREAD = [
 
 
 def processor_service_config(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
-    return processor_config(
+    config = processor_config(
         fleet, pipeline, nats_url=nats.nats_url(fleet), nats_password_file=nats.services_password_file(fleet)
     )
+    return {**config, **nats.client_settings(fleet)}
 
 
 def processor_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
@@ -90,7 +92,7 @@ def writer_service_config(fleet: DeviceFleet, pipeline: Pipeline) -> JsonObject:
     )
     if pipeline.spec.sink.cassandra and pipeline.spec.sink.cassandra.credentials_secret_ref:
         config["cassandra_credentials_dir"] = CASSANDRA_CREDENTIALS_DIR
-    return config
+    return {**config, **nats.client_settings(fleet)}
 
 
 def writer_rendered_config(fleet: DeviceFleet, pipeline: Pipeline) -> str:
@@ -136,6 +138,7 @@ def processor_statefulset(
     pull_policy: str,
     resources: JsonObject,
     env: Sequence[JsonObject] = (),
+    pull_secrets: Sequence[str] = (),
 ) -> JsonObject:
     """One pod per partition share; pod N consumes the partitions p with p % replicas == N."""
     replica_env = {
@@ -145,7 +148,7 @@ def processor_statefulset(
     container = service_container("processor", image, pull_policy, resources, ports=[], env=[replica_env, *env])
     volumes, mounts = _nats_login_volumes(fleet)
     container["volumeMounts"].extend(mounts)
-    return {
+    statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": metadata(processor_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "processor")),
@@ -164,13 +167,18 @@ def processor_statefulset(
             ),
         },
     }
+    selector = selector_labels(pipeline.name, "processor")
+    return shaping.shaped(statefulset, "processor", pipeline.spec.processor.pod, selector, pull_secrets)
 
 
 def _nats_login_volumes(fleet: DeviceFleet) -> tuple[list[JsonObject], list[JsonObject]]:
-    """(volumes, mounts) with the services' NATS password, for a managed NATS (it has no default user)."""
+    """(volumes, mounts) with what the services log in to NATS with: a managed NATS's services password (it has
+    no default user), or an external NATS's password; and the CA they verify the server with."""
+    volumes, mounts = nats.client_volumes(fleet)
     if not nats.managed(fleet):
-        return [], []
-    return [nats_credentials.volume(fleet, [nats_credentials.SERVICES_PASSWORD_KEY])], [nats_credentials.mount()]
+        return volumes, mounts
+    password = nats_credentials.volume(fleet, [nats_credentials.SERVICES_PASSWORD_KEY])
+    return [password, *volumes], [nats_credentials.mount(), *mounts]
 
 
 def _writer_volumes(pipeline: Pipeline) -> tuple[list[JsonObject], list[JsonObject]]:
@@ -194,6 +202,7 @@ def writer_deployment(
     pull_policy: str,
     resources: JsonObject,
     env: Sequence[JsonObject] = (),
+    pull_secrets: Sequence[str] = (),
 ) -> JsonObject:
     """The writer migrates its store's schema at start, then persists the pipeline's records."""
     container = service_container("writer", image, pull_policy, resources, ports=[], env=list(env))
@@ -201,7 +210,7 @@ def writer_deployment(
     login_volumes, login_mounts = _nats_login_volumes(fleet)
     volumes = [*store_volumes, *login_volumes]
     container["volumeMounts"].extend([*store_mounts, *login_mounts])
-    return {
+    deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(writer_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "writer")),
@@ -218,6 +227,20 @@ def writer_deployment(
             ),
         },
     }
+    selector = selector_labels(pipeline.name, "writer")
+    return shaping.shaped(deployment, "writer", pipeline.spec.writer.pod, selector, pull_secrets)
+
+
+def processor_pdb(pipeline: Pipeline) -> JsonObject:
+    """At most one processor is evicted at a time: its partitions wait for it (and only for it) to come back."""
+    return pdb(processor_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "processor"),
+               selector_labels(pipeline.name, "processor"))  # fmt: skip
+
+
+def writer_pdb(pipeline: Pipeline) -> JsonObject:
+    """At most one writer is evicted at a time; what it had fetched and not acknowledged is redelivered."""
+    return pdb(writer_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "writer"),
+               selector_labels(pipeline.name, "writer"))  # fmt: skip
 
 
 def pipeline_objects(
@@ -227,12 +250,15 @@ def pipeline_objects(
     pull_policy: str,
     resources: dict[str, JsonObject],
     env: Sequence[JsonObject] = (),
+    pull_secrets: Sequence[str] = (),
 ) -> list[JsonObject]:
     """The processor's and the writer's objects in apply order."""
     return [
         processor_config_map(fleet, pipeline),
         processor_service(pipeline),
-        processor_statefulset(fleet, pipeline, image, pull_policy, resources["processor"], env),
+        processor_statefulset(fleet, pipeline, image, pull_policy, resources["processor"], env, pull_secrets),
+        processor_pdb(pipeline),
         writer_config_map(fleet, pipeline),
-        writer_deployment(fleet, pipeline, image, pull_policy, resources["writer"], env),
+        writer_deployment(fleet, pipeline, image, pull_policy, resources["writer"], env, pull_secrets),
+        writer_pdb(pipeline),
     ]

@@ -1,0 +1,105 @@
+"""The Secrets behind a fleet's TLS and an external NATS's login, as the operator reads them through the API:
+to verify and log in to the fleet's NATS when it provisions streams, and to roll the pods that read them at
+start when their content changes (cert-manager renewing a certificate, an admin rotating a password)."""
+
+import base64
+import ssl
+from dataclasses import dataclass
+
+from fleetflow.api import DeviceFleet
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY
+from fleetflow.operator.builders import nats
+from fleetflow.operator.builders.common import JsonObject, config_hash, namespace_of
+from fleetflow.operator.kube import KubeApi, Ref
+from fleetflow.runtime.natsauth import NatsLogin
+
+HASH_ANNOTATION = "fleetflow.io/tls-hash"
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+class TlsSecretError(ValueError):
+    """A Secret the spec names is missing or unusable; the message names the field, the Secret and the key (never
+    a value)."""
+
+    reason = "TlsSecretInvalid"
+
+
+@dataclass(frozen=True)
+class FleetSecrets:
+    """What the operator read. The digests change with the content each kind of pod reads at start."""
+
+    tls: ssl.SSLContext | None = None  # verifies the fleet's NATS
+    login: NatsLogin | None = None  # an external NATS's user
+    server_digest: str = ""  # the managed NATS's certificate: its servers roll
+    client_digest: str = ""  # the CA and an external password: every service rolls
+    gateway_digest: str = ""  # the gateway's own certificate: the gateways roll
+
+    def digest_for(self, component: str) -> str:
+        if component == "nats":
+            return self.server_digest
+        if component == "gateway":
+            return config_hash(self.client_digest, self.gateway_digest) if self.gateway_digest else self.client_digest
+        return self.client_digest
+
+
+async def _keys(api: KubeApi, fleet: DeviceFleet, field: str, name: str, keys: list[str]) -> dict[str, bytes]:
+    secret = await api.get_or_none(Ref("v1", "Secret", namespace_of(fleet), name))
+    if secret is None:
+        raise TlsSecretError(f"{field} = {name!r}: no such Secret in namespace {namespace_of(fleet)!r}")
+    data = secret.get("data") or {}
+    missing = [key for key in keys if key not in data]
+    if missing:
+        present = ", ".join(sorted(data)) or "none"
+        raise TlsSecretError(f"{field} = {name!r}: the Secret lacks the keys {missing} (it has: {present})")
+    return {key: base64.b64decode(data[key]) for key in keys}
+
+
+def _context(field: str, name: str, key: str, pem: bytes) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cadata=pem.decode(errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise TlsSecretError(f"{field} = {name!r}: key {key!r} is not a PEM CA certificate ({exc})") from None
+
+
+def _digest(values: dict[str, bytes]) -> str:
+    return config_hash(*(f"{key}={base64.b64encode(value).decode()}" for key, value in sorted(values.items())))
+
+
+async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> FleetSecrets:
+    """The fleet's TLS and login Secrets; TlsSecretError when one the spec names is missing or unusable."""
+    certificate, external = nats.tls(fleet), fleet.spec.nats.external
+    tls, server_digest, client = None, "", {}
+    if certificate is not None:
+        field = "spec.nats.managed.tls.secretName"
+        values = await _keys(api, fleet, field, certificate.secret_name, [CERT_KEY, KEY_KEY, CA_KEY])
+        tls, server_digest = _context(field, certificate.secret_name, CA_KEY, values[CA_KEY]), _digest(values)
+        client[CA_KEY] = values[CA_KEY]
+    if external is not None and external.ca_secret_ref is not None:
+        ca, field = external.ca_secret_ref, "spec.nats.external.caSecretRef.name"
+        client[CA_KEY] = (await _keys(api, fleet, field, ca.name, [ca.key]))[ca.key]
+        tls = _context(field, ca.name, ca.key, client[CA_KEY])
+    login = None
+    if external is not None and external.user and external.password_secret_ref is not None:
+        ref, field = external.password_secret_ref, "spec.nats.external.passwordSecretRef.name"
+        client["password"] = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
+        login = NatsLogin(external.user, client["password"].decode(errors="replace").strip())
+    gateway_digest = ""
+    if with_gateway and fleet.spec.gateway.tls is not None:
+        field, name = "spec.gateway.tls.secretName", fleet.spec.gateway.tls.secret_name
+        gateway_digest = _digest(await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY]))
+    client_digest = _digest(client) if client else ""
+    return FleetSecrets(tls, login, server_digest, client_digest, gateway_digest)
+
+
+def stamped(obj: JsonObject, secrets: FleetSecrets | None) -> JsonObject:
+    """A workload whose pods roll when the Secrets they read at start change; other objects as they are."""
+    if secrets is None or obj["kind"] not in WORKLOADS:
+        return obj
+    component = obj["metadata"]["labels"].get("app.kubernetes.io/name", "").removeprefix("fleetflow-")
+    digest = secrets.digest_for(component)
+    if not digest:
+        return obj
+    template = obj["spec"]["template"]
+    annotations = {**template.get("metadata", {}).get("annotations", {}), HASH_ANNOTATION: digest}
+    template = {**template, "metadata": {**template.get("metadata", {}), "annotations": annotations}}
+    return {**obj, "spec": {**obj["spec"], "template": template}}
