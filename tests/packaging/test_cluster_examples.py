@@ -1,4 +1,5 @@
-"""`kubectl apply -f examples/cluster/` applies every file in the folder: each must hold Kubernetes objects only."""
+"""`kubectl apply -f examples/cluster/` applies every file in the folder (not its subfolders, such as
+production/, which is applied on its own): each must hold Kubernetes objects only."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ CLUSTER_EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "cluster"
 
 
 def test_every_file_in_the_cluster_examples_is_a_kubernetes_manifest() -> None:
-    files = sorted(CLUSTER_EXAMPLES.glob("*"))
+    files = sorted(path for path in CLUSTER_EXAMPLES.glob("*") if path.is_file())
     assert files, f"{CLUSTER_EXAMPLES} is empty"
     for path in files:
         assert path.suffix in (".yaml", ".yml"), f"{path.name}: kubectl apply -f reads only .yaml, .yml and .json"

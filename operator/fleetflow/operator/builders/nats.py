@@ -376,7 +376,13 @@ def nats_statefulset(
                             # them. A node with room for no other server leaves the pod Pending, which shows.
                             "whenUnsatisfiable": "DoNotSchedule",
                             "labelSelector": {"matchLabels": selector_labels(fleet.name, "nats")},
-                        }
+                        },
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "topology.kubernetes.io/zone",
+                            "whenUnsatisfiable": "ScheduleAnyway",  # zones where the cluster has them
+                            "labelSelector": {"matchLabels": selector_labels(fleet.name, "nats")},
+                        },
                     ],
                 },
             },
