@@ -75,4 +75,3 @@ def device_rounds(
                 this_round.append(device.batch(fleet, 1 + (r - 1) * batch, ts_ms - batch * READING_INTERVAL_MS, batch))
         out.append(this_round)
     return out
-

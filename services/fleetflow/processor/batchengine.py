@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from fleetflow.api import identifiers
-from fleetflow.processor import alerts, commands
+from fleetflow.processor import alerts, commands, dedupe
 from fleetflow.processor.alerts import AlertState, Phase
 from fleetflow.processor.celnative import native_evaluator
 from fleetflow.processor.compiler import CompiledPipeline, CompiledStep
-from fleetflow.processor.dedupe import PRUNE_EVERY, SeenSeqs
+from fleetflow.processor.dedupe import SeenSeqs
 from fleetflow.processor.engine import Engine, EngineState, Outputs, as_bool, as_number, count_error, plain
 from fleetflow.processor.expressions import EvaluationError
 from fleetflow.processor.windows import Accumulator, KeyWindows, group_key, window_starts
@@ -95,7 +95,7 @@ class DedupeRunner(StepRunner):
         assert self.step.spec.dedupe is not None
         horizon = self.step.spec.dedupe.horizon_ms
         seen = self.engine.state.dedupe.setdefault(self.name, {}).setdefault(batch.device, SeenSeqs())
-        readings, kept = batch.readings, []
+        readings, kept, prune_every = batch.readings, [], dedupe.PRUNE_EVERY
         for i in alive:  # dedupe.first_time, inline
             reading = readings[i]
             seq, ts = reading.seq, reading.ts
@@ -104,7 +104,7 @@ class DedupeRunner(StepRunner):
             seen.seqs[seq] = ts
             if ts > seen.newest_ts:
                 seen.newest_ts = ts
-            if len(seen.seqs) % PRUNE_EVERY == 0:
+            if len(seen.seqs) % prune_every == 0:
                 cutoff = seen.newest_ts - horizon
                 seen.seqs = {s: t for s, t in seen.seqs.items() if t >= cutoff}
             kept.append(i)

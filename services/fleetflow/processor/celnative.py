@@ -152,17 +152,30 @@ def library_evaluator(expr: Expression) -> Evaluator:
     return evaluate
 
 
+def _translated(expr: Expression) -> tuple[Code, dict[str, object]] | None:
+    """The Python code of `expr` and the constants it uses; None when the translation does not cover it."""
+    translator = _Translator()
+    try:
+        return translator.code(celsyntax.parse(expr.text)), translator.constants
+    except (Unsupported, celsyntax.SyntaxProblem):
+        return None
+
+
+def translates(expr: Expression) -> bool:
+    """Whether `expr` runs natively (else every reading goes through the library)."""
+    return _translated(expr) is not None
+
+
 def native_evaluator(expr: Expression) -> Evaluator:
     """A Python function with the library's results for `expr`: native where the translation covers the
     expression and the reading, the library otherwise."""
     fallback = library_evaluator(expr)
-    try:
-        translator = _Translator()
-        code = translator.code(celsyntax.parse(expr.text))
-    except (Unsupported, celsyntax.SyntaxProblem):
+    translated = _translated(expr)
+    if translated is None:
         return fallback
+    code, constants = translated
     namespace: dict[str, Any] = {
-        **translator.constants,
+        **constants,
         "_float": float,
         "_not_a_double": _not_a_double,
         "_fallback": fallback,
