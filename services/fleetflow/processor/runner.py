@@ -26,7 +26,8 @@ from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
 from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
-from fleetflow.processor.engine import Engine, Outputs, error_reasons
+from fleetflow.processor.batchengine import BatchEngine
+from fleetflow.processor.engine import Outputs, error_reasons
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
@@ -72,7 +73,7 @@ class Runner:
         self.fetch_batch, self.checkpoint_interval, self.clock = fetch_batch, checkpoint_interval, clock
         self.checkpoints = CheckpointStore(js, fleet.name, pipeline, replica, fleet.spec.streams.replicas)
         self.dead_letters = DeadLetters(js, fleet.name, f"processor-{pipeline.name}")
-        self.engine = Engine(compiled, now_ms=self._now_ms())
+        self.engine = BatchEngine(compiled, now_ms=self._now_ms())
         self.tracer = telemetry.tracer("processor")
         self.error_log = EvaluationErrorLog(pipeline.name)
         self.ready = False
@@ -119,7 +120,7 @@ class Runner:
         """Restore the checkpoint and replay what was delivered after it; returns the inputs replayed."""
         state = await self.checkpoints.load()
         if state is not None:
-            self.engine = Engine(self.compiled, state, now_ms=self._now_ms())
+            self.engine = BatchEngine(self.compiled, state, now_ms=self._now_ms())
             self._saved_seq = state.applied_seq
         # The replica is its consumer's only reader: what a crashed predecessor held unacknowledged comes back
         # now, in stream order, instead of after ack_wait (which would also hold up a drain that long).
