@@ -37,15 +37,17 @@ class DeviceReadings:
                 metrics["temp_c"] = -127.0
             self.metrics.append(metrics)
 
-    def readings(self, seq: int, ts_ms: int, count: int) -> list[tuple[int, int, dict[str, float]]]:
-        """`count` readings from `seq` on, READING_INTERVAL_MS apart, the last at `ts_ms`."""
-        first = ts_ms - (count - 1) * READING_INTERVAL_MS
-        return [(seq + i, first + i * READING_INTERVAL_MS, self.metrics[(seq + i) % CYCLE]) for i in range(count)]
+    def readings(
+        self, seq: int, ts_ms: int, count: int, interval_ms: int = READING_INTERVAL_MS
+    ) -> list[tuple[int, int, dict[str, float]]]:
+        """`count` readings from `seq` on, `interval_ms` apart, the last at `ts_ms`."""
+        first = ts_ms - (count - 1) * interval_ms
+        return [(seq + i, first + i * interval_ms, self.metrics[(seq + i) % CYCLE]) for i in range(count)]
 
-    def body(self, seq: int, ts_ms: int, count: int) -> bytes:
+    def body(self, seq: int, ts_ms: int, count: int, interval_ms: int = READING_INTERVAL_MS) -> bytes:
         """A telemetry request body, as a device sends it."""
-        rows = [{"seq": s, "ts": ts, "metrics": metrics} for s, ts, metrics in self.readings(seq, ts_ms, count)]
-        return _encoder.encode({"readings": rows})
+        readings = self.readings(seq, ts_ms, count, interval_ms)
+        return _encoder.encode({"readings": [{"seq": s, "ts": ts, "metrics": m} for s, ts, m in readings]})
 
     def batch(self, fleet: str, seq: int, ts_ms: int, count: int) -> ReadingBatch:
         """The same readings as the gateway hands them to the processor."""

@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cassandra", metavar="HOST:PORT", help="store into this Cassandra instead of SQLite")
     bench.add_argument("--data-dir", type=Path, help="keep the platform's data here (default: a temporary dir)")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument(
+        "--pipeline",
+        type=Path,
+        metavar="DIR",
+        help="run the pipeline (and its fleet) in DIR, e.g. examples/cold-chain; default: no steps",
+    )
+    bench.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="measure only the pipeline's step engine, in this process: readings/s per core, per step",
+    )
+    bench.add_argument("--durability", choices=["default", "strict"], default="default",
+                       help="strict: JetStream fsyncs before every ack (sync_interval always)")  # fmt: skip
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions, or write them to a folder")
     crds.add_argument("--write", type=Path, metavar="DIR")

@@ -24,9 +24,9 @@ from opentelemetry.trace import SpanKind
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
+from fleetflow.processor.batchengine import BatchEngine
 from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
-from fleetflow.processor.batchengine import BatchEngine
 from fleetflow.processor.engine import Outputs, error_reasons
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
