@@ -12,6 +12,7 @@ differential test holds it to that) at a fraction of the cost:
 - CEL runs as native Python functions (celnative.py), with the library as the fallback per reading.
 - Metrics are copied only by a derive; a reading no step changed goes out as the object that came in."""
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ from fleetflow.processor.compiler import CompiledPipeline, CompiledStep
 from fleetflow.processor.dedupe import SeenSeqs
 from fleetflow.processor.engine import Engine, EngineState, Outputs, as_bool, as_number, count_error, plain
 from fleetflow.processor.expressions import EvaluationError
-from fleetflow.processor.windows import Accumulator, KeyWindows, group_key, window_starts
+from fleetflow.processor.windows import NEVER, Accumulator, KeyWindows, group_key, window_starts
 from fleetflow.runtime.codec import AlertEvent, Command, Reading, ReadingBatch
 
 
@@ -66,11 +67,6 @@ class StepRunner:
     def run(self, batch: Batch, alive: list[int]) -> list[int]:
         raise NotImplementedError
 
-    def condition(self, key: str, batch: Batch, i: int) -> bool:
-        """A boolean expression of the step on reading i (EvaluationError as in the reference)."""
-        value = self.value(key, batch, i)
-        return value if value is True or value is False else as_bool(self.step.expr(key), value)
-
     def value(self, key: str, batch: Batch, i: int) -> Any:
         reading = batch.readings[i]
         return self.evaluators[key](batch.metrics[i], batch.labels, batch.device, reading.ts, reading.seq)
@@ -89,28 +85,76 @@ def runs(kind: str) -> Callable[[type[StepRunner]], type[StepRunner]]:
     return register
 
 
+class _SeqOrder:
+    """Whether one device's seen seqs (`seqs`, the state's dict) are held in event-time order, and the event
+    time of the last one: true as long as the device sends in order, which makes pruning cheap."""
+
+    __slots__ = ("in_order", "last_ts", "seqs")
+
+    def __init__(self, seqs: dict[int, int]):
+        times = list(seqs.values())
+        self.seqs = seqs
+        self.in_order = all(a <= b for a, b in itertools.pairwise(times))
+        self.last_ts = times[-1] if times else NEVER
+
+
 @runs("dedupe")
 class DedupeRunner(StepRunner):
+    """dedupe.first_time, inline. Its pruning keeps the seqs seen within the horizon and rebuilds the whole
+    dict to do so, which for a device with many readings in its horizon costs more than the rest of the
+    step. Here seqs held in event-time order lose their oldest in place; seqs out of order are rebuilt once,
+    sorted. Both keep exactly the seqs the reference keeps (their order in the dict is not state)."""
+
+    def __init__(self, engine: "BatchEngine", step: CompiledStep):
+        super().__init__(engine, step)
+        self.orders: dict[str, _SeqOrder] = {}
+
     def run(self, batch: Batch, alive: list[int]) -> list[int]:
         assert self.step.spec.dedupe is not None
         horizon = self.step.spec.dedupe.horizon_ms
         seen = self.engine.state.dedupe.setdefault(self.name, {}).setdefault(batch.device, SeenSeqs())
+        order = self.orders.get(batch.device)
+        if order is None or order.seqs is not seen.seqs:
+            order = self.orders[batch.device] = _SeqOrder(seen.seqs)
+        seqs, in_order, last_ts = seen.seqs, order.in_order, order.last_ts
         readings, kept, prune_every = batch.readings, [], dedupe.PRUNE_EVERY
-        for i in alive:  # dedupe.first_time, inline
+        for i in alive:
             reading = readings[i]
             seq, ts = reading.seq, reading.ts
-            if seq in seen.seqs:
+            if seq in seqs:
                 continue
-            seen.seqs[seq] = ts
+            seqs[seq] = ts
+            in_order = in_order and ts >= last_ts
+            last_ts = ts
             if ts > seen.newest_ts:
                 seen.newest_ts = ts
-            if len(seen.seqs) % prune_every == 0:
+            if len(seqs) % prune_every == 0:
                 cutoff = seen.newest_ts - horizon
-                seen.seqs = {s: t for s, t in seen.seqs.items() if t >= cutoff}
+                if in_order:
+                    _drop_before(seqs, cutoff)
+                else:
+                    seqs = seen.seqs = dict(sorted(((s, t) for s, t in seqs.items() if t >= cutoff), key=_event_time))
+                    in_order, last_ts = True, next(reversed(seqs.values()), NEVER)
             kept.append(i)
+        order.seqs, order.in_order, order.last_ts = seqs, in_order, last_ts
         batch.count(self.name, "passed", len(kept))
         batch.count(self.name, "duplicate", len(alive) - len(kept))
         return kept
+
+
+def _drop_before(seqs: dict[int, int], cutoff: int) -> None:
+    """Remove the seqs seen before `cutoff` from `seqs`, which holds them in event-time order."""
+    stale = []
+    for seq, ts in seqs.items():
+        if ts >= cutoff:
+            break
+        stale.append(seq)
+    for seq in stale:
+        del seqs[seq]
+
+
+def _event_time(item: tuple[int, int]) -> int:
+    return item[1]
 
 
 @runs("filter")
@@ -240,16 +284,27 @@ class AlertRunner(StepRunner):
         spec = self.step.spec.alert
         assert spec is not None
         state: AlertState | None = self.engine.state.alerts.get(self.name, {}).get(batch.device)
+        metrics, labels, device, readings = batch.metrics, batch.labels, batch.device, batch.readings
+        holds, holds_expr = self.evaluators["condition"], self.step.expr("condition")
+        clears = self.evaluators.get("clear")
         for i in alive:
+            reading = readings[i]
+            ts = reading.ts
             try:
-                condition = self.condition("condition", batch, i)
-                clear = self.condition("clear", batch, i) if spec.clear is not None else not condition
+                condition = holds(metrics[i], labels, device, ts, reading.seq)
+                if condition.__class__ is not bool:
+                    as_bool(holds_expr, condition)  # raises
+                if clears is None:
+                    clear = not condition
+                else:
+                    clear = clears(metrics[i], labels, device, ts, reading.seq)
+                    if clear.__class__ is not bool:
+                        as_bool(self.step.expr("clear"), clear)  # raises
             except EvaluationError as exc:
                 batch.error(self.name, i, exc)
                 continue
             if state is None:  # created by the first reading that reaches the rule, as in the reference
                 state = self.engine.state.alerts.setdefault(self.name, {}).setdefault(batch.device, AlertState())
-            ts = batch.readings[i].ts
             if not condition and ts >= state.last_ts and state.phase == Phase.OK:  # step_alert's usual case
                 state.last_ts = ts
                 continue
@@ -274,9 +329,15 @@ class AlertRunner(StepRunner):
 @runs("command")
 class CommandRunner(StepRunner):
     def run(self, batch: Batch, alive: list[int]) -> list[int]:
+        metrics, labels, device, readings = batch.metrics, batch.labels, batch.device, batch.readings
+        holds, holds_expr = self.evaluators["condition"], self.step.expr("condition")
         for i in alive:
+            reading = readings[i]
             try:
-                if self.condition("condition", batch, i):
+                condition = holds(metrics[i], labels, device, reading.ts, reading.seq)
+                if condition.__class__ is not bool:
+                    as_bool(holds_expr, condition)  # raises
+                if condition:
                     self.triggered(batch, i)
             except EvaluationError as exc:
                 batch.error(self.name, i, exc)
