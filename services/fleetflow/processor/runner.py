@@ -37,6 +37,15 @@ log = structlog.get_logger(__name__)
 PUBLISH_ATTEMPTS = 8
 PUBLISH_CHUNK = 512
 ADVANCE_INTERVAL = 1.0
+# A checkpoint encodes the whole state and blocks the loop while it does; with a big state (long dedupe
+# horizons, long windows of many devices) that cost would grow without bound, so at most 1/20 of the time.
+CHECKPOINT_TIME_SHARE = 0.05
+
+
+def next_checkpoint_at(now: float, interval: float, last_seconds: float) -> float:
+    """When to checkpoint next: after `interval`, or later if the last one took more than its share of time.
+    A later checkpoint only means a longer replay after a crash, never other results."""
+    return now + max(interval, last_seconds / CHECKPOINT_TIME_SHARE)
 
 
 class PublishFailed(Exception):
@@ -79,6 +88,7 @@ class Runner:
         self.ready = False
         self._saved_seq = -1
         self._next_checkpoint = 0.0
+        self._checkpoint_seconds = 0.0
         self._next_advance = 0.0
         self._metrics(meter)
 
@@ -206,6 +216,7 @@ class Runner:
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_interval
             await self.checkpoint()
+            self._next_checkpoint = next_checkpoint_at(now, self.checkpoint_interval, self._checkpoint_seconds)
         self.error_log.flush(now)
 
     async def checkpoint(self) -> None:
@@ -218,8 +229,9 @@ class Runner:
             log.warning("checkpoint failed", error=str(exc))
             return
         self._saved_seq = self.engine.state.applied_seq
+        self._checkpoint_seconds = time.perf_counter() - started
         self.checkpoint_bytes.record(size)
-        self.checkpoint_duration.record(time.perf_counter() - started)
+        self.checkpoint_duration.record(self._checkpoint_seconds)
 
     async def publish(self, messages: list[records.Message]) -> None:
         """Publish and wait for every ack, retrying failures; PublishFailed if JetStream keeps refusing."""
