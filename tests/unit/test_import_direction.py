@@ -13,7 +13,7 @@ ALLOWED = {
     "writer": {"api", "runtime"},
     "operator": {"api", "runtime"},
     "local": {"api", "runtime", "device", "gateway", "processor", "writer"},
-    "bench": {"api", "runtime", "device", "writer", "local"},
+    "bench": {"api", "runtime", "device", "processor", "writer", "local"},  # processor: --engine-only
     "cli": {"api", "runtime", "device", "gateway", "processor", "writer", "operator", "local", "bench"},
 }
 
