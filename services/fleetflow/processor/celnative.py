@@ -17,7 +17,9 @@ from typing import Any
 
 from fleetflow.processor import celsyntax
 from fleetflow.processor.celsyntax import Binary, Call, Conditional, Ident, Literal, Node, Select, Unary
+from fleetflow.processor.engine import ReadingScope
 from fleetflow.processor.expressions import Expression
+from fleetflow.runtime.codec import Reading
 
 # metrics, labels, device, ts, seq -> the expression's value (or EvaluationError, as Expression.evaluate)
 Evaluator = Callable[[dict[str, float], dict[str, str], str, int, int], Any]
@@ -143,8 +145,6 @@ def _not_a_double() -> float:
 
 def library_evaluator(expr: Expression) -> Evaluator:
     """The library's evaluation of `expr` for one reading, as the reference engine does it."""
-    from fleetflow.processor.engine import ReadingScope  # the engine imports this module
-    from fleetflow.runtime.codec import Reading
 
     def evaluate(m: dict[str, float], l: dict[str, str], d: str, t: int, s: int) -> Any:  # noqa: E741
         return ReadingScope(d, l, Reading(s, t, m)).evaluate(expr)
