@@ -3,10 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
+COLD_CHAIN = Path(__file__).parents[2] / "examples" / "cold-chain"
 
 
 def test_small_bench_run_reports_everything_and_loses_nothing() -> None:
@@ -34,3 +36,51 @@ def test_bench_refuses_a_bad_rate() -> None:
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 2
     assert "--rate 'fast': give readings per second (e.g. 50000) or max" in result.stderr
+
+
+def test_a_pipeline_bench_runs_its_steps_and_accounts_for_what_they_removed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetflow.cli", "bench", "--pipeline", str(COLD_CHAIN), "--durability", "strict",
+         "--devices", "4", "--batch", "50", "--duration", "3", "--warmup", "1", "--baseline-seconds", "1", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["options"]["pipeline"] == str(COLD_CHAIN)
+    assert report["durability"].startswith("JetStream sync_interval always")
+    state = report["end_state"]
+    # one generated reading in 200 is a disconnected probe, which the example's filter drops
+    assert state["removed_by_steps"] > 0
+    assert state["acknowledged"] == state["stored"] + state["removed_by_steps"]
+    assert (state["rejected"], state["duplicated"], state["lost"]) == (0, 0, 0)
+
+
+def test_engine_only_measures_each_step_and_finds_both_engines_agree() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only", "--pipeline", str(COLD_CHAIN),
+         "--devices", "10", "--batch", "100", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["outputs_identical"] is True
+    assert [(s["name"], s["kind"]) for s in report["steps"]] == [
+        ("once", "dedupe"), ("plausible", "filter"), ("units", "derive"), ("box-health", "window"),
+        ("over-temperature", "alert"), ("boost-cooling", "command"),
+    ]  # fmt: skip
+    assert report["batch_engine"]["readings_per_s_per_core"] > 0
+    outputs = report["outputs"]
+    assert outputs["aggregates"] > 0 and outputs["alerts"] > 0 and outputs["commands"] > 0
+    assert outputs["plausible:dropped"] > 0 and outputs["once:duplicate"] > 0
+
+
+def test_engine_only_needs_a_directory_with_one_pipeline(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only"],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert "--engine-only needs --pipeline DIR" in result.stderr
+    (tmp_path / "fleet.yaml").write_text((COLD_CHAIN / "fleet.yaml").read_text())
+    result = subprocess.run([sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only", "--pipeline", str(tmp_path)],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert f"--pipeline {tmp_path}: found pipelines none; give a directory with exactly one" in result.stderr

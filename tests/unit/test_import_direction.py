@@ -14,7 +14,7 @@ ALLOWED = {
     "appapi": {"api", "runtime", "writer"},  # the writer's store interface only: see WRITER_PARTS
     "operator": {"api", "runtime"},
     "local": {"api", "runtime", "device", "gateway", "processor", "writer", "appapi"},
-    "bench": {"api", "runtime", "device", "writer", "local"},
+    "bench": {"api", "runtime", "device", "processor", "writer", "local"},  # processor: --engine-only
     "cli": {"api", "runtime", "device", "gateway", "processor", "writer", "appapi", "operator", "local", "bench"},
 }
 # Where a package may use only part of another: the application API reads the stores through their interface.

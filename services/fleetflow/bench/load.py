@@ -7,6 +7,7 @@ import functools
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ class LoadResult:
 
 _encoder = msgspec.json.Encoder()
 InFlight = collections.deque[tuple[asyncio.Future[None], bytes]]  # PUBACK, body
+# (device, first seq, readings, now in ms) -> a request body; the readings' `ts` is the send time
+BodyMaker = Callable[[str, int, int, int], bytes]
 
 
 def batch_body(seq: int, size: int, now_ms: int) -> bytes:
@@ -48,9 +51,16 @@ def batch_body(seq: int, size: int, now_ms: int) -> bytes:
     return _encoder.encode({"readings": readings})
 
 
+def plain_body(device: str, seq: int, size: int, now_ms: int) -> bytes:
+    """The stepless bench's readings: the same two metrics for every device."""
+    return batch_body(seq, size, now_ms)
+
+
 async def device_loop(
     session: aiohttp.ClientSession,
     url: str,
+    device: str,
+    bodies: BodyMaker,
     token: str,
     batch: int,
     interval: float,
@@ -63,7 +73,7 @@ async def device_loop(
     seq = 1
     next_send = await _first_send(interval, stop)
     while not stop.is_set():
-        body = batch_body(seq, batch, int(time.time() * 1000))
+        body = bodies(device, seq, batch, int(time.time() * 1000))
         await _send_until_acknowledged(session, url, headers, body, batch, result, warmup_end)
         seq += batch
         next_send = await _pace(next_send, interval, stop)
@@ -97,7 +107,14 @@ async def _send_until_acknowledged(
 
 
 async def link_loop(
-    link: Link, batch: int, interval: float, result: LoadResult, warmup_end: float, stop: asyncio.Event
+    link: Link,
+    device: str,
+    bodies: BodyMaker,
+    batch: int,
+    interval: float,
+    result: LoadResult,
+    warmup_end: float,
+    stop: asyncio.Event,
 ) -> None:
     """The gRPC devices: the protocol client of fleetflow.device, one batch at a time."""
     await link.reconnect()
@@ -105,7 +122,8 @@ async def link_loop(
     next_send = await _first_send(interval, stop)
     try:
         while not stop.is_set():
-            await _deliver_until_acknowledged(link, _readings(seq, batch), result, warmup_end)
+            body = bodies(device, seq, batch, int(time.time() * 1000))
+            await _deliver_until_acknowledged(link, msgspec.json.decode(body)["readings"], result, warmup_end)
             seq += batch
             next_send = await _pace(next_send, interval, stop)
     finally:
@@ -131,7 +149,14 @@ async def _deliver_until_acknowledged(
 
 
 async def mqtt_loop(
-    device: MqttDevice, batch: int, interval: float, result: LoadResult, warmup_end: float, stop: asyncio.Event
+    device: MqttDevice,
+    device_id: str,
+    bodies: BodyMaker,
+    batch: int,
+    interval: float,
+    result: LoadResult,
+    warmup_end: float,
+    stop: asyncio.Event,
 ) -> None:
     """An MQTT device keeps up to its in-flight limit of QoS 1 messages unacknowledged, as a paho device does,
     and settles them in the order sent. A message that failed is sent again on its own until acknowledged."""
@@ -143,7 +168,7 @@ async def mqtt_loop(
     next_send = await _first_send(interval, stop)
     try:
         while not stop.is_set():
-            body = batch_body(seq, batch, int(time.time() * 1000))
+            body = bodies(device_id, seq, batch, int(time.time() * 1000))
             acked = device.publish(topic, body)
             # Counted when the PUBACK arrives, not when the loop gets round to the oldest message.
             acked.add_done_callback(functools.partial(_on_puback, result, batch, time.monotonic(), warmup_end))
@@ -171,12 +196,6 @@ async def _settle_oldest(link: MqttLink, in_flight: InFlight, result: LoadResult
     except ConnectionError:
         link.connected = False
         await _deliver_until_acknowledged(link, json.loads(body)["readings"], result, warmup_end)
-
-
-def _readings(seq: int, batch: int) -> list[dict[str, Any]]:
-    now_ms = int(time.time() * 1000)
-    return [{"seq": seq + i, "ts": now_ms, "metrics": {"temperature": 20.0 + (i % 7), "voltage": 3.7}}
-            for i in range(batch)]  # fmt: skip
 
 
 def _acknowledged(result: LoadResult, count: int, duplicate: bool, started: float, warmup_end: float) -> None:
@@ -215,6 +234,7 @@ async def run_load(
     rate: float | None,
     warmup: float,
     duration: float,
+    bodies: BodyMaker = plain_body,
 ) -> LoadResult:
     """Drive one coroutine per device for warmup + duration seconds. `targets` are the fleet's entries in
     endpoints.json (http, grpc, mqtt)."""
@@ -228,21 +248,21 @@ async def run_load(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         if protocol == "http":
             loops = [
-                device_loop(session, f"{targets['http']}/v1/fleets/{fleet}/devices/{device}/telemetry", token,
-                            batch, interval, result, result.measure_start, stop)
+                device_loop(session, f"{targets['http']}/v1/fleets/{fleet}/devices/{device}/telemetry", device,
+                            bodies, token, batch, interval, result, result.measure_start, stop)
                 for device, token in tokens.items()
             ]  # fmt: skip
         elif protocol == "mqtt":
             host, _, port = targets["mqtt"].removeprefix("mqtt://").rpartition(":")
             loops = [
-                mqtt_loop(MqttDevice(host, int(port), fleet, device, token), batch, interval, result,
+                mqtt_loop(MqttDevice(host, int(port), fleet, device, token), device, bodies, batch, interval, result,
                           result.measure_start, stop)
                 for device, token in tokens.items()
             ]  # fmt: skip
         else:
             loops = [
-                link_loop(make_link(protocol, targets[protocol], fleet, device, token), batch, interval, result,
-                          result.measure_start, stop)
+                link_loop(make_link(protocol, targets[protocol], fleet, device, token), device, bodies, batch, interval,
+                          result, result.measure_start, stop)
                 for device, token in tokens.items()
             ]  # fmt: skip
         tasks = [asyncio.create_task(loop) for loop in loops]

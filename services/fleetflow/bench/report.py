@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from fleetflow.bench.run import BenchResult
+from fleetflow.bench.run import DURABILITY, BenchResult
 
 MIB = 1024 * 1024
 
@@ -12,8 +12,9 @@ def summary(result: BenchResult) -> dict[str, Any]:
     seconds = max(1e-9, load.measure_end - load.measure_start)
     stored_in_window = end.stored - start.stored
     per_k = max(1.0, stored_in_window) / 1000
-    duplicated = max(0, result.stored_total - load.acknowledged)
-    lost = max(0, load.acknowledged - result.stored_total)
+    accounted = result.stored_total + result.removed  # a reading a step removed is not stored, by design
+    duplicated = max(0, accounted - load.acknowledged)
+    lost = max(0, load.acknowledged - accounted)
     return {
         "options": {
             "devices": result.options.devices,
@@ -24,8 +25,12 @@ def summary(result: BenchResult) -> dict[str, Any]:
             "rate": result.options.rate or "max",
             "processors": result.options.processors,
             "store": "cassandra" if result.options.cassandra else "sqlite",
+            "pipeline": str(result.options.pipeline_dir) if result.options.pipeline_dir else "no steps",
+            "durability": result.options.durability,
         },
+        "durability": DURABILITY[result.options.durability],
         "cores": result.cores,
+        "load_average": [round(x, 2) for x in result.load_average],
         "throughput": {
             "accepted_readings_per_s": round(load.measured_acknowledged / seconds),
             "stored_readings_per_s": round(stored_in_window / seconds),
@@ -50,6 +55,7 @@ def summary(result: BenchResult) -> dict[str, Any]:
             "consumer_lag_at_end": result.lag_at_end,
             "acknowledged": load.acknowledged,
             "stored": result.stored_total,
+            "removed_by_steps": result.removed,
             "rejected": load.rejected,
             "duplicated": duplicated,
             "lost": lost,
@@ -68,7 +74,9 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"fleetflow bench: {o['devices']} devices x {o['batch']} readings/request over {o['protocol']}, "
         f"rate {o['rate']}, {o['duration_s']:g} s measured after {o['warmup_s']:g} s warm-up, "
-        f"{o['processors']} processor(s), {o['store']}, {report['cores']} cores",
+        f"{o['processors']} processor(s), {o['store']}, {report['cores']} cores, "
+        f"load average {' '.join(map(str, report['load_average']))}",
+        f"pipeline: {o['pipeline']}; durability {o['durability']}: {report['durability']}",
         "",
         "throughput (readings/s)            fleetflow     raw JetStream, same bytes",
         f"  accepted by the gateway       {t['accepted_readings_per_s']:>12,}     "
@@ -88,7 +96,8 @@ def table(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"end state: consumer lag when the load stopped {state['consumer_lag_at_end']:,} messages; "
-        f"acknowledged {state['acknowledged']:,}, stored {state['stored']:,}",
+        f"acknowledged {state['acknowledged']:,}, stored {state['stored']:,}, "
+        f"removed by the pipeline's steps {state['removed_by_steps']:,}",
         f"  rejected {state['rejected']:,}  duplicated {state['duplicated']:,}  lost {state['lost']:,}  "
         f"-> {'OK' if healthy(report) else 'FAILED'}",
     ]

@@ -11,15 +11,24 @@ from typing import Any
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.bench.baseline import BaselineResult, transport_baseline
-from fleetflow.bench.load import LoadResult, batch_body, run_load
+from fleetflow.bench.load import BodyMaker, LoadResult, batch_body, plain_body, run_load
 from fleetflow.bench.procstats import ProcessSample, percentile, sample
+from fleetflow.bench.readings import generated_devices
 from fleetflow.local.platform import LocalPlatform
 from fleetflow.local.progress import scrape, stored_readings
-from fleetflow.local.resources import ResourceSet
+from fleetflow.local.resources import ResourceSet, load_resources
 from fleetflow.runtime import codec, credentials
 
 FLEET = "bench"
 STORED_METRIC = "fleetflow_writer_readings_stored_total"
+REMOVED_METRIC = "fleetflow_processor_readings_removed_total"
+# What an acknowledged reading survives, per profile: JetStream fsyncs its files every 2 minutes by default
+# (a power cut can lose what the last 2 minutes acknowledged; a crash of nats-server cannot) or before every
+# acknowledgement; the writer's SQLite commits with synchronous=FULL in both.
+DURABILITY = {
+    "default": "JetStream sync every 2 min (nats-server default), SQLite synchronous=FULL",
+    "strict": "JetStream sync_interval always (fsync before every ack), SQLite synchronous=FULL",
+}
 
 
 @dataclass(frozen=True)
@@ -34,15 +43,46 @@ class BenchOptions:
     baseline_seconds: float = 5.0
     data_dir: Path | None = None
     cassandra: str | None = None  # host:port of an external Cassandra
+    pipeline_dir: Path | None = None  # a user's or example's fleet and pipeline; None: no steps
+    durability: str = "default"  # a key of DURABILITY
+
+
+class BenchSetupError(ValueError):
+    """The bench cannot run what it was given; the message says what and what it accepts."""
+
+
+def user_pipeline(directory: Path) -> tuple[DeviceFleet, Pipeline]:
+    """The one pipeline in `directory` and its fleet; BenchSetupError if there is not exactly one, with its fleet."""
+    resources = load_resources([directory])
+    if len(resources.pipelines) != 1:
+        found = ", ".join(sorted(resources.pipelines)) or "none"
+        raise BenchSetupError(f"--pipeline {directory}: found pipelines {found}; give a directory with exactly one")
+    [pipeline] = resources.pipelines.values()
+    if pipeline.fleet not in resources.fleets:
+        raise BenchSetupError(
+            f"--pipeline {directory}: pipeline {pipeline.name} belongs to fleet {pipeline.fleet!r}, which is not "
+            "in that directory; put its DeviceFleet beside it"
+        )
+    return resources.fleets[pipeline.fleet], pipeline
 
 
 def bench_resources(options: BenchOptions) -> ResourceSet:
+    fleet_spec: dict[str, Any] = {}
+    pipeline_spec: dict[str, Any] = {}
+    if options.pipeline_dir is not None:  # renamed to the bench's fleet; its devices, labels and steps as they are
+        user_fleet, user = user_pipeline(options.pipeline_dir)
+        fleet_spec, pipeline_spec = user_fleet.to_k8s()["spec"], user.to_k8s()["spec"]
     fleet = DeviceFleet.model_validate(
         {
             "metadata": {"name": FLEET},
             "spec": {
-                "gateway": {"maxBatchReadings": max(1000, options.batch), "maxBodyBytes": 16 * 1024 * 1024},
-                "streams": {"maxAge": "1h", "maxBytes": "6Gi", "partitions": 4},
+                **fleet_spec,
+                "gateway": {
+                    **fleet_spec.get("gateway", {}),
+                    "maxBatchReadings": max(1000, options.batch),
+                    "maxBodyBytes": 16 * 1024 * 1024,
+                },
+                "streams": {**fleet_spec.get("streams", {}), "maxAge": "1h", "maxBytes": "6Gi", "partitions": 4},
             },
         }
     )
@@ -65,6 +105,7 @@ def bench_resources(options: BenchOptions) -> ResourceSet:
         {
             "metadata": {"name": FLEET},
             "spec": {
+                **pipeline_spec,
                 "fleetRef": {"name": FLEET},
                 "sink": sink,
                 "processor": {"replicas": options.processors},
@@ -96,6 +137,8 @@ class BenchResult:
     peak_rss: dict[str, int]
     baseline: BaselineResult
     cores: int
+    removed: int  # readings the pipeline's steps removed (filtered out, duplicates): never stored
+    load_average: tuple[float, float, float]
 
 
 async def _window(platform: LocalPlatform) -> Window:
@@ -126,6 +169,8 @@ def _store_latencies(platform: LocalPlatform, start_ms: int, end_ms: int) -> dic
 async def run_bench(options: BenchOptions) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="fleetflow-bench-") as scratch:
         platform = LocalPlatform(bench_resources(options), options.data_dir or Path(scratch))
+        if options.durability == "strict":
+            platform.nats.sync_interval = "always"
         try:
             await platform.start()
             return await _measure(platform, options)
@@ -135,7 +180,8 @@ async def run_bench(options: BenchOptions) -> BenchResult:
 
 async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResult:
     secret = credentials.ensure_local_secret(platform.data_dir, FLEET)
-    tokens = {f"d{i:05d}": credentials.device_token(secret, FLEET, f"d{i:05d}") for i in range(options.devices)}
+    devices, bodies = _devices(platform, options)
+    tokens = {device: credentials.device_token(secret, FLEET, device) for device in devices}
     load_task = asyncio.create_task(
         run_load(
             platform.endpoints()["fleets"][FLEET],
@@ -146,6 +192,7 @@ async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResul
             options.rate,
             options.warmup,
             options.duration,
+            bodies,
         )
     )
     await asyncio.sleep(options.warmup)
@@ -162,7 +209,31 @@ async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResul
         platform.resources.pipelines[FLEET], platform.store_path(platform.resources.pipelines[FLEET])
     )
     latencies = _store_latencies(platform, start.wall_ms, end.wall_ms)
-    return BenchResult(options, load, start, end, lag, stored_total, latencies, peak, baseline, os.cpu_count() or 1)
+    removed = await _removed(platform)
+    return BenchResult(options, load, start, end, lag, stored_total, latencies, peak, baseline, os.cpu_count() or 1,
+                       removed, os.getloadavg())  # fmt: skip
+
+
+def _devices(platform: LocalPlatform, options: BenchOptions) -> tuple[list[str], BodyMaker]:
+    """The devices' ids and readings: for a user pipeline, ids and metrics its rules and expressions expect."""
+    if options.pipeline_dir is None:
+        return [f"d{i:05d}" for i in range(options.devices)], plain_body
+    fleet = platform.resources.fleets[FLEET]
+    generated = {d.device: d for d in generated_devices(fleet, options.devices, int(time.time() * 1000))}
+
+    def body(device: str, seq: int, size: int, now_ms: int) -> bytes:
+        return generated[device].body(seq, now_ms, size, interval_ms=0)  # ts is the send time, for latency
+
+    return list(generated), body
+
+
+async def _removed(platform: LocalPlatform) -> int:
+    total = 0.0
+    for service in platform.services:
+        if service.name.startswith("processor-"):
+            found = await scrape(f"http://127.0.0.1:{service.status['ops_port']}/metrics") or {}
+            total += found.get(REMOVED_METRIC, 0.0)
+    return int(total)
 
 
 def _sample_message(batch: int) -> bytes:

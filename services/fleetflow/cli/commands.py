@@ -119,17 +119,23 @@ async def print_streams(nc: Client) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     from fleetflow.bench.report import healthy, summary, table
-    from fleetflow.bench.run import BenchOptions, run_bench
+    from fleetflow.bench.run import BenchOptions, BenchSetupError, run_bench
 
     if args.commands:
         return bench_commands(args)
+    if args.engine_only:
+        return _bench_engine(args)
     rate = None if args.rate == "max" else _rate(args.rate)
     if args.cassandra and not re.fullmatch(r"[^:\s]+(:[0-9]{1,5})?", args.cassandra):
         raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
     options = BenchOptions(args.devices, args.batch, args.protocol, args.duration, args.warmup, rate,
-                           args.processors, args.baseline_seconds, args.data_dir, args.cassandra)  # fmt: skip
+                           args.processors, args.baseline_seconds, args.data_dir, args.cassandra, args.pipeline,
+                           args.durability)  # fmt: skip
     os.umask(private.UMASK)  # as `fleetflow up`
-    report = summary(asyncio.run(run_bench(options)))
+    try:
+        report = summary(asyncio.run(run_bench(options)))
+    except BenchSetupError as exc:
+        raise UsageError(str(exc)) from None
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0 if healthy(report) else 1
 
@@ -141,6 +147,22 @@ def bench_commands(args: argparse.Namespace) -> int:
     report = asyncio.run(command_fanout.run_command_bench(options))
     print(json.dumps(report, indent=2) if args.json else command_fanout.table(report))
     return 0 if command_fanout.healthy(report) else 1
+
+
+def _bench_engine(args: argparse.Namespace) -> int:
+    from fleetflow.bench.engineonly import EngineOptions, engine_summary, engine_table, measure_engine
+    from fleetflow.bench.run import BenchSetupError, user_pipeline
+
+    if args.pipeline is None:
+        raise UsageError("--engine-only needs --pipeline DIR, the pipeline whose steps to measure")
+    try:
+        fleet, pipeline = user_pipeline(args.pipeline)
+    except BenchSetupError as exc:
+        raise UsageError(str(exc)) from None
+    result = measure_engine(fleet, pipeline, EngineOptions(devices=args.devices, batch=args.batch))
+    report = engine_summary(result, os.getloadavg())
+    print(json.dumps(report, indent=2) if args.json else engine_table(report))
+    return 0 if report["outputs_identical"] else 1
 
 
 def _rate(text: str) -> float:

@@ -38,8 +38,10 @@ LOCAL_MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1",
-                  max_payload: int = LOCAL_MAX_PAYLOAD) -> str:  # fmt: skip
-    """nats-server configuration: JetStream storing under the data dir, listening on loopback only."""
+                  max_payload: int = LOCAL_MAX_PAYLOAD, sync_interval: str | None = None) -> str:  # fmt: skip
+    """nats-server configuration: JetStream storing under the data dir, listening on loopback only.
+    `sync_interval` ("always", or a duration) overrides how often JetStream fsyncs (default every 2 min)."""
+    sync = [f"  sync_interval: {sync_interval}"] if sync_interval else []
     return "\n".join(
         [
             "server_name: fleetflow-local",
@@ -48,6 +50,7 @@ def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "12
             f"max_payload: {max_payload}",
             "jetstream {",
             f'  store_dir: "{store_dir}"',
+            *sync,
             "}",
             "",
         ]
@@ -74,6 +77,7 @@ class EmbeddedNats:
         self.stopping = False
         self.started_at = 0.0
         self.passwords: dict[str, str] = {}
+        self.sync_interval: str | None = None  # None: nats-server's default; "always": fsync before each ack
 
     @property
     def running(self) -> bool:
@@ -133,7 +137,11 @@ class EmbeddedNats:
         private.write_private(
             self.config_file,
             server_config(
-                self.data_dir / "nats" / "jetstream", self.port, self.monitor_port, max_payload=self.max_payload
+                self.data_dir / "nats" / "jetstream",
+                self.port,
+                self.monitor_port,
+                max_payload=self.max_payload,
+                sync_interval=self.sync_interval,
             )
             + natsauth.server_config(auth),
         )

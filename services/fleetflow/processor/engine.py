@@ -122,14 +122,22 @@ def error_reasons(step: CompiledStep) -> tuple[str, ...]:
 
 
 def evaluate_bool(expr: Expression, scope: ReadingScope) -> bool:
-    value = scope.evaluate(expr)
+    return as_bool(expr, scope.evaluate(expr))
+
+
+def evaluate_number(expr: Expression, scope: ReadingScope) -> float:
+    return as_number(expr, scope.evaluate(expr))
+
+
+def as_bool(expr: Expression, value: Any) -> bool:
+    """`value`, which `expr` gave, as a condition; EvaluationError if it is not true or false."""
     if not isinstance(value, bool):
         raise EvaluationError("not_boolean", f"{expr.path}: {expr.source!r} gave {value!r}, not true or false")
     return value
 
 
-def evaluate_number(expr: Expression, scope: ReadingScope) -> float:
-    value = scope.evaluate(expr)
+def as_number(expr: Expression, value: Any) -> float:
+    """`value`, which `expr` gave, as a metric; EvaluationError if it is not a finite number."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise EvaluationError("not_a_number", f"{expr.path}: {expr.source!r} gave {value!r}, not a finite number")
     return float(value)
@@ -291,7 +299,7 @@ class Engine:
             return
         params: dict[str, Any] = dict(spec.params)
         for name in spec.computed_params:
-            params[name] = _plain(scope.evaluate(step.expr(f"computedParams.{name}")))
+            params[name] = plain(scope.evaluate(step.expr(f"computedParams.{name}")))
         out.commands.append(
             Command(
                 id=commands.command_id(self.pipeline.pipeline, step.name, scope.device, target, scope.reading.ts),
@@ -307,12 +315,17 @@ class Engine:
 
 
 def _count_error(out: Outputs, step: CompiledStep, scope: ReadingScope, exc: EvaluationError) -> None:
-    key = (step.name, exc.reason)
+    count_error(out, step.name, scope.device, scope.reading.seq, exc)
+
+
+def count_error(out: Outputs, step: str, device: str, seq: int, exc: EvaluationError) -> None:
+    """Count one evaluation error of `step`; the first of each reason is kept as the example for the log."""
+    key = (step, exc.reason)
     out.errors[key] += 1
-    out.error_examples.setdefault(key, f"device {scope.device} seq {scope.reading.seq}: {exc}")
+    out.error_examples.setdefault(key, f"device {device} seq {seq}: {exc}")
 
 
-def _plain(value: Any) -> float | int | str | bool | None:
+def plain(value: Any) -> float | int | str | bool | None:
     """A computed parameter as JSON scalar; anything richer (lists, maps, timestamps) becomes its text."""
     if value is None or isinstance(value, bool | int | float | str):
         return value

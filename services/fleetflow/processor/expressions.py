@@ -98,6 +98,11 @@ class Expression:
     needs: tuple[str, ...] = VARIABLES
     metric_fields: tuple[str, ...] | None = None
     label_fields: tuple[str, ...] | None = None
+    rewritten: str | None = None  # the text the program runs, when the type check wrote literals as doubles
+
+    @property
+    def text(self) -> str:
+        return self.rewritten or self.source
 
     @property
     def scope_key(self) -> tuple[object, ...]:
@@ -128,10 +133,12 @@ def compile_expression(path: str, source: str, wanted: Wanted = ANYTHING) -> Exp
         checked = celtypes.check(celsyntax.parse(source), source, wanted)
     except (celsyntax.SyntaxProblem, celtypes.TypeProblem) as exc:
         return ExpressionError(path, source, *_line_column(source, exc.offset), str(exc))
-    if checked.doubles:
-        program = cel.compile(checked.rewrite(source))
+    rewritten = checked.rewrite(source) if checked.doubles else None
+    if rewritten is not None:
+        program = cel.compile(rewritten)
     needs = tuple(v for v in VARIABLES if v in program.variables())
-    return Expression(path, source, program, needs, fields_named(source, "metrics"), fields_named(source, "labels"))
+    metric_fields, label_fields = fields_named(source, "metrics"), fields_named(source, "labels")
+    return Expression(path, source, program, needs, metric_fields, label_fields, rewritten)
 
 
 def _unknown_name(path: str, source: str, program: Any) -> ExpressionError | None:

@@ -11,6 +11,7 @@ with the same ids. docs/processor.md explains the choice."""
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -24,9 +25,10 @@ from opentelemetry.trace import SpanKind
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
+from fleetflow.processor.batchengine import BatchEngine
 from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
-from fleetflow.processor.engine import Engine, Outputs, error_reasons
+from fleetflow.processor.engine import Outputs, error_reasons
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
@@ -36,6 +38,32 @@ log = structlog.get_logger(__name__)
 PUBLISH_ATTEMPTS = 8
 PUBLISH_CHUNK = 512
 ADVANCE_INTERVAL = 1.0
+# A checkpoint encodes the whole state and blocks the loop while it does; with a big state (long dedupe
+# horizons, long windows of many devices) that cost would grow without bound, so at most 1/20 of the time.
+CHECKPOINT_TIME_SHARE = 0.05
+
+
+def next_checkpoint_at(now: float, interval: float, last_seconds: float) -> float:
+    """When to checkpoint next: after `interval`, or later if the last one took more than its share of time.
+    A later checkpoint only means a longer replay after a crash, never other results."""
+    return now + max(interval, last_seconds / CHECKPOINT_TIME_SHARE)
+
+
+class FetchTally:
+    """What the batches of one fetch counted, added to the metrics at once."""
+
+    def __init__(self) -> None:
+        self.outputs = Outputs()  # counts, errors and the first example of each error
+        self.processed = 0
+        self.removed = 0
+
+    def add(self, batch: codec.ReadingBatch, out: Outputs) -> None:
+        self.processed += 1
+        self.removed += len(batch.readings) - sum(len(kept.readings) for kept in out.readings)
+        self.outputs.counts.update(out.counts)
+        self.outputs.errors.update(out.errors)
+        for key, example in out.error_examples.items():
+            self.outputs.error_examples.setdefault(key, example)
 
 
 class PublishFailed(Exception):
@@ -72,12 +100,13 @@ class Runner:
         self.fetch_batch, self.checkpoint_interval, self.clock = fetch_batch, checkpoint_interval, clock
         self.checkpoints = CheckpointStore(js, fleet.name, pipeline, replica, fleet.spec.streams.replicas)
         self.dead_letters = DeadLetters(js, fleet.name, f"processor-{pipeline.name}")
-        self.engine = Engine(compiled, now_ms=self._now_ms())
+        self.engine = BatchEngine(compiled, now_ms=self._now_ms())
         self.tracer = telemetry.tracer("processor")
         self.error_log = EvaluationErrorLog(pipeline.name)
         self.ready = False
         self._saved_seq = -1
         self._next_checkpoint = 0.0
+        self._checkpoint_seconds = 0.0
         self._next_advance = 0.0
         self._metrics(meter)
 
@@ -119,7 +148,7 @@ class Runner:
         """Restore the checkpoint and replay what was delivered after it; returns the inputs replayed."""
         state = await self.checkpoints.load()
         if state is not None:
-            self.engine = Engine(self.compiled, state, now_ms=self._now_ms())
+            self.engine = BatchEngine(self.compiled, state, now_ms=self._now_ms())
             self._saved_seq = state.applied_seq
         # The replica is its consumer's only reader: what a crashed predecessor held unacknowledged comes back
         # now, in stream order, instead of after ack_wait (which would also hold up a drain that long).
@@ -160,6 +189,7 @@ class Runner:
         """Apply `msgs` in order, publish their outputs, then (if `ack`) acknowledge them."""
         outgoing: list[records.Message] = []
         now_ms = self._now_ms()
+        tally = FetchTally()  # metrics are added once per fetch: an OpenTelemetry add costs microseconds
         for msg in msgs:
             seq = msg.metadata.sequence.stream if msg.metadata else 0
             if seq <= self.engine.state.applied_seq:
@@ -180,11 +210,10 @@ class Runner:
             ):
                 out = self.engine.process(batch, now_ms)
                 trace = telemetry.inject({})
-            self.removed.add(len(batch.readings) - sum(len(kept.readings) for kept in out.readings))
-            self._count(out)
+            tally.add(batch, out)
             outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out, trace)
             self.engine.state.applied_seq = seq
-            self.batches.add(1, {"outcome": "processed"})
+        self._count(tally)
         await self.publish(outgoing)
         if ack:
             for msg in msgs:
@@ -205,6 +234,7 @@ class Runner:
         if now >= self._next_checkpoint:
             self._next_checkpoint = now + self.checkpoint_interval
             await self.checkpoint()
+            self._next_checkpoint = next_checkpoint_at(now, self.checkpoint_interval, self._checkpoint_seconds)
         self.error_log.flush(now)
 
     async def checkpoint(self) -> None:
@@ -217,8 +247,9 @@ class Runner:
             log.warning("checkpoint failed", error=str(exc))
             return
         self._saved_seq = self.engine.state.applied_seq
+        self._checkpoint_seconds = time.perf_counter() - started
         self.checkpoint_bytes.record(size)
-        self.checkpoint_duration.record(time.perf_counter() - started)
+        self.checkpoint_duration.record(self._checkpoint_seconds)
 
     async def publish(self, messages: list[records.Message]) -> None:
         """Publish and wait for every ack, retrying failures; PublishFailed if JetStream keeps refusing."""
@@ -233,11 +264,14 @@ class Runner:
                 return_exceptions=True,
             )
             failed = []
+            published: Counter[tuple[str, bool]] = Counter()
             for message, result in zip(remaining, results, strict=True):
                 if isinstance(result, BaseException):
                     failed.append((message, result))
                 else:
-                    self.published.add(1, {"record": message.record, "duplicate": str(bool(result.duplicate)).lower()})
+                    published[(message.record, bool(result.duplicate))] += 1
+            for (record, duplicate), n in published.items():
+                self.published.add(n, {"record": record, "duplicate": str(duplicate).lower()})
             if not failed:
                 return
             remaining = [message for message, _ in failed]
@@ -246,7 +280,12 @@ class Runner:
             await asyncio.sleep(redelivery_delay(attempt))
         raise PublishFailed(f"{len(remaining)} outputs, e.g. to {remaining[0].subject}, were not accepted")
 
-    def _count(self, out: Outputs) -> None:
+    def _count(self, tally: FetchTally) -> None:
+        if tally.processed:
+            self.batches.add(tally.processed, {"outcome": "processed"})
+        if tally.removed:
+            self.removed.add(tally.removed)
+        out = tally.outputs
         for (step, outcome), n in out.counts.items():
             self.step_readings.add(n, {"step": step, "outcome": outcome})
         for (step, reason), n in out.errors.items():
