@@ -8,6 +8,7 @@ from pydantic.config import JsonDict
 
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
+from fleetflow.api.sites import EdgeSite, check_unique_sites
 
 
 def _regex(text: str) -> str:
@@ -274,6 +275,15 @@ class DeviceFleetSpec(Model):
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     nats: NatsSpec = Field(default_factory=NatsSpec)
     streams: StreamSpec = Field(default_factory=StreamSpec)
+    sites: list[EdgeSite] = Field(
+        default_factory=list,
+        description="Edge sites: leaf nodes of this fleet's NATS that run on their own (docs/edge.md).",
+    )
+
+    @model_validator(mode="after")
+    def _sites_unique(self) -> Self:
+        check_unique_sites(self.sites)
+        return self
 
     @model_validator(mode="after")
     def _stream_replicas_fit(self) -> Self:

@@ -38,16 +38,19 @@ LOCAL_MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1",
-                  max_payload: int = LOCAL_MAX_PAYLOAD) -> str:  # fmt: skip
-    """nats-server configuration: JetStream storing under the data dir, listening on loopback only."""
+                  max_payload: int = LOCAL_MAX_PAYLOAD, domain: str | None = None,
+                  server_name: str = "fleetflow-local") -> str:  # fmt: skip
+    """nats-server configuration: JetStream storing under the data dir, listening on loopback only. A JetStream
+    `domain` is set where leaf nodes join (edge sites, docs/edge.md)."""
     return "\n".join(
         [
-            "server_name: fleetflow-local",
+            f"server_name: {server_name}",
             f"listen: {host}:{port}",
             f"http: {host}:{monitor_port}",
             f"max_payload: {max_payload}",
             "jetstream {",
             f'  store_dir: "{store_dir}"',
+            *([f"  domain: {domain}"] if domain else []),
             "}",
             "",
         ]
@@ -74,6 +77,10 @@ class EmbeddedNats:
         self.stopping = False
         self.started_at = 0.0
         self.passwords: dict[str, str] = {}
+        # Edge sites (docs/edge.md): the JetStream domain, the server's name and a leafnodes block, set before start.
+        self.domain: str | None = None
+        self.server_name = "fleetflow-local"
+        self.leafnodes = ""
 
     @property
     def running(self) -> bool:
@@ -133,9 +140,15 @@ class EmbeddedNats:
         private.write_private(
             self.config_file,
             server_config(
-                self.data_dir / "nats" / "jetstream", self.port, self.monitor_port, max_payload=self.max_payload
+                self.data_dir / "nats" / "jetstream",
+                self.port,
+                self.monitor_port,
+                max_payload=self.max_payload,
+                domain=self.domain,
+                server_name=self.server_name,
             )
-            + natsauth.server_config(auth),
+            + natsauth.server_config(auth)
+            + self.leafnodes,
         )
 
     def spawn(self) -> None:

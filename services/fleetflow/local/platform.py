@@ -16,14 +16,14 @@ from nats.js.errors import NotFoundError
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.appapi.keys import keys_file
-from fleetflow.local import natslogins, private
+from fleetflow.local import natslogins, private, sitelogins
 from fleetflow.local.datadir import DataDirLock
 from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
-from fleetflow.local.ports import PortChoice
+from fleetflow.local.ports import LOOPBACK, PortChoice
 from fleetflow.local.processes import ServiceProcess
-from fleetflow.local.resources import ResourceSet
+from fleetflow.local.resources import ResourceSet, central_resources
 from fleetflow.local.supervisor import Supervisor
-from fleetflow.runtime import config, credentials, jetstream, natsauth, subjects
+from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -42,12 +42,20 @@ class ConsumerState:
 
 
 class LocalPlatform:
-    def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None):
-        self.resources = resources
+    def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
+                 leafnode_listen: tuple[str, int | None] | None = None):  # fmt: skip
+        self.resources = central_resources(resources)
         self.data_dir = data_dir.resolve()
         self.ports = PortChoice()
         max_payload = max_payload_for(list(resources.fleets.values()), floor=LOCAL_MAX_PAYLOAD)
         self.nats = EmbeddedNats(self.data_dir, nats_port, self.ports, max_payload)
+        self.leafnode_url: str | None = None
+        if any(fleet.spec.sites for fleet in resources.fleets.values()):  # the hub of edge sites (docs/edge.md)
+            host, port = leafnode_listen or (LOOPBACK, None)
+            port = port or self.ports.take()
+            self.leafnode_url = f"nats://{host}:{port}"
+            self.nats.domain = edgelink.HUB_DOMAIN
+            self.nats.leafnodes = sitelogins.hub_leafnodes(self.data_dir, list(resources.fleets.values()), host, port)
         self.lock = DataDirLock(self.data_dir)
         self.services: list[ServiceProcess] = []
         self._stop_supervising = asyncio.Event()
@@ -106,9 +114,17 @@ class LocalPlatform:
             for fleet in self.resources.fleets.values():
                 await jetstream.provision_fleet(js, fleet)
             for pipeline in self.resources.pipelines.values():
-                await jetstream.provision_pipeline(js, self.resources.fleet_of(pipeline), pipeline)
+                fleet = self.resources.fleet_of(pipeline)
+                if self.runs_processor(pipeline):
+                    await jetstream.provision_pipeline(js, fleet, pipeline)
+                else:
+                    await jetstream.provision_forwarded_records(js, fleet, pipeline)
         finally:
             await nc.close()
+
+    def runs_processor(self, pipeline: Pipeline) -> bool:
+        """False for an edge pipeline whose records sites forward: its processors run at the sites, its writer here."""
+        return pipeline.name not in edgelink.edge_pipelines(self.resources.fleet_of(pipeline))
 
     def _run_dir(self) -> Path:
         return self.data_dir / "run"
@@ -143,7 +159,7 @@ class LocalPlatform:
         services = []
         for pipeline in self.resources.pipelines.values():
             fleet = self.resources.fleet_of(pipeline)
-            for replica in range(pipeline.spec.processor.replicas):
+            for replica in range(pipeline.spec.processor.replicas if self.runs_processor(pipeline) else 0):
                 login = self._login(natslogins.PROCESSOR)
                 cfg = config.processor_config(fleet, pipeline, nats_url=self.nats.url, replica=replica,
                                               ops_port=self.ports.take(), **login)  # fmt: skip
@@ -211,11 +227,23 @@ class LocalPlatform:
                 }
                 for s in self.services
             },
+            **({"leafnodes": self.leafnodes_endpoint()} if self.leafnode_url else {}),
             "stores": {
                 name: {"kind": p.spec.sink.kind, "path": str(self.store_path(p))}
                 for name, p in self.resources.pipelines.items()
             },
         }
+
+    def leafnodes_endpoint(self) -> dict[str, Any]:
+        """Where edge sites dial in, and the file with each site's password (`fleetflow edge up --credentials`)."""
+        sites = {
+            edgelink.site_domain(fleet.name, site.name): str(
+                sitelogins.site_password_file(self.data_dir, fleet.name, site.name)
+            )
+            for fleet in self.resources.fleets.values()
+            for site in fleet.spec.sites
+        }
+        return {"url": self.leafnode_url, "credentials": sites}
 
     async def consumer_states(self) -> list[ConsumerState]:
         """Where every pipeline's durable consumers stand: unprocessed and unacknowledged messages."""
@@ -230,7 +258,7 @@ class LocalPlatform:
         found = []
         for pipeline in self.resources.pipelines.values():
             fleet = pipeline.fleet
-            for replica in range(pipeline.spec.processor.replicas):
+            for replica in range(pipeline.spec.processor.replicas if self.runs_processor(pipeline) else 0):
                 found.append((subjects.telemetry_stream(fleet), subjects.processor_consumer(pipeline.name, replica)))
             found.append((subjects.pipeline_stream(fleet, pipeline.name), subjects.writer_consumer(pipeline.name)))
         return found

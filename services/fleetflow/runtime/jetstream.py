@@ -22,7 +22,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.runtime import subjects
+from fleetflow.runtime import edgelink, subjects
 from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
@@ -108,6 +108,7 @@ def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
             subjects=[f"ff.{name}.{subjects.TELEMETRY}.*"],
             subject_transform=partition,
             max_bytes=spec.max_bytes_value,
+            sources=edgelink.telemetry_sources(fleet) or None,  # the fleet's edge sites (docs/edge.md)
             **common,
         ),
         StreamConfig(
@@ -150,6 +151,7 @@ def pipeline_streams(fleet: DeviceFleet, pipeline: Pipeline) -> list[StreamConfi
             max_age=spec.max_age_seconds,
             max_bytes=-1,  # explicit, so that updating a stream made with a byte limit lifts it
             duplicate_window=spec.duplicate_window_seconds,
+            sources=edgelink.record_sources(fleet, pipeline.name) or None,  # an edge pipeline's forwarded records
         )
     ]
 
@@ -247,6 +249,16 @@ def _differs(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 async def provision_fleet(js: JetStreamContext, fleet: DeviceFleet) -> dict[str, str]:
     return {cfg.name or "": await ensure_stream(js, cfg) for cfg in fleet_streams(fleet)}
+
+
+async def provision_forwarded_records(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> dict[str, str]:
+    """The centre's side of an edge pipeline whose records sites forward: its output stream (sourcing the sites')
+    and its writer's consumer; its processors run at the sites."""
+    outcome = {cfg.name or "": await ensure_stream(js, cfg) for cfg in pipeline_streams(fleet, pipeline)}
+    out_stream = subjects.pipeline_stream(fleet.name, pipeline.name)
+    config = writer_consumer(fleet, pipeline)
+    outcome[f"{out_stream}/{config.durable_name}"] = await ensure_consumer(js, out_stream, config)
+    return outcome
 
 
 async def provision_pipeline(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> dict[str, str]:
