@@ -32,6 +32,7 @@ class UpOptions:
     batch: int = 10
     interval: float = 1.0
     nats_port: int | None = None
+    leafnode_listen: tuple[str, int | None] | None = None  # where edge sites dial in (docs/edge.md)
 
 
 @dataclass
@@ -164,7 +165,7 @@ async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
 async def run_up(resources: ResourceSet, options: UpOptions) -> int:
     stop = asyncio.Event()
     handle_stop_signals(stop)
-    platform = LocalPlatform(resources, options.data_dir, options.nats_port)
+    platform = LocalPlatform(resources, options.data_dir, options.nats_port, options.leafnode_listen)
     try:
         endpoints = await platform.start()
     except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:
@@ -232,6 +233,10 @@ def print_started(platform: LocalPlatform, endpoints: dict[str, object]) -> None
               f"api-key create {name} --scope read --data-dir {platform.data_dir})")  # fmt: skip
     admin = natslogins.ADMIN
     print(f"  nats: {platform.nats.url} (user {admin}, password in {platform.nats.password_file(admin)})")
+    if platform.leafnode_url:
+        for domain, password_file in platform.leafnodes_endpoint()["credentials"].items():
+            print(f"  edge site {domain}: fleetflow edge up PATH --hub {platform.leafnode_url} --credentials "
+                  f"{password_file}")  # fmt: skip
     print("  press Ctrl-C to stop", flush=True)
 
 

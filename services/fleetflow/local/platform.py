@@ -22,6 +22,7 @@ from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
 from fleetflow.local.ports import LOOPBACK, PortChoice
 from fleetflow.local.processes import ServiceProcess
 from fleetflow.local.resources import ResourceSet, central_resources
+from fleetflow.local.sitelinks import SiteLinks
 from fleetflow.local.supervisor import Supervisor
 from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, subjects
 
@@ -44,23 +45,35 @@ class ConsumerState:
 class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
                  leafnode_listen: tuple[str, int | None] | None = None):  # fmt: skip
-        self.resources = central_resources(resources)
+        self.resources = self._placed(resources)
         self.data_dir = data_dir.resolve()
         self.ports = PortChoice()
         max_payload = max_payload_for(list(resources.fleets.values()), floor=LOCAL_MAX_PAYLOAD)
         self.nats = EmbeddedNats(self.data_dir, nats_port, self.ports, max_payload)
         self.leafnode_url: str | None = None
-        if any(fleet.spec.sites for fleet in resources.fleets.values()):  # the hub of edge sites (docs/edge.md)
-            host, port = leafnode_listen or (LOOPBACK, None)
-            port = port or self.ports.take()
-            self.leafnode_url = f"nats://{host}:{port}"
-            self.nats.domain = edgelink.HUB_DOMAIN
-            self.nats.leafnodes = sitelogins.hub_leafnodes(self.data_dir, list(resources.fleets.values()), host, port)
+        self._serve_sites(leafnode_listen)
         self.lock = DataDirLock(self.data_dir)
         self.services: list[ServiceProcess] = []
         self._stop_supervising = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._drained: bool | None = None
+        self.site_links: SiteLinks | None = None
+        self._site_watch: asyncio.Task[None] | None = None
+
+    def _placed(self, resources: ResourceSet) -> ResourceSet:
+        """What runs here: the centre's share (an edge site's platform runs its site's share)."""
+        return central_resources(resources)
+
+    def _serve_sites(self, leafnode_listen: tuple[str, int | None] | None) -> None:
+        """Be the hub of the fleets' edge sites, if any (docs/edge.md): a JetStream domain and a leaf-node listener."""
+        fleets = list(self.resources.fleets.values())
+        if not any(fleet.spec.sites for fleet in fleets):
+            return
+        host, port = leafnode_listen or (LOOPBACK, None)
+        port = port or self.ports.take()
+        self.leafnode_url = f"nats://{host}:{port}"
+        self.nats.domain = edgelink.HUB_DOMAIN
+        self.nats.leafnodes = sitelogins.hub_leafnodes(self.data_dir, fleets, host, port)
 
     @property
     def endpoints_file(self) -> Path:
@@ -90,6 +103,9 @@ class LocalPlatform:
             await service.wait_ready()
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
+        if self.leafnode_url:
+            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, self._sourcing_streams())
+            self._site_watch = asyncio.create_task(self.site_links.run(self._stop_supervising))
         endpoints = self.endpoints()
         private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")
         private.write_private(self.pipelines_file, json.dumps(self.stores(), indent=2) + "\n")
@@ -125,6 +141,16 @@ class LocalPlatform:
     def runs_processor(self, pipeline: Pipeline) -> bool:
         """False for an edge pipeline whose records sites forward: its processors run at the sites, its writer here."""
         return pipeline.name not in edgelink.edge_pipelines(self.resources.fleet_of(pipeline))
+
+    def _sourcing_streams(self) -> list[str]:
+        """The streams here that source from edge sites."""
+        found = []
+        for pipeline in self.resources.pipelines.values():
+            streams = jetstream.pipeline_streams(self.resources.fleet_of(pipeline), pipeline)
+            found += [c.name or "" for c in streams if c.sources]
+        for fleet in self.resources.fleets.values():
+            found += [c.name or "" for c in jetstream.fleet_streams(fleet) if c.sources]
+        return [name for name in dict.fromkeys(found) if name]
 
     def _run_dir(self) -> Path:
         return self.data_dir / "run"
@@ -285,6 +311,8 @@ class LocalPlatform:
     async def _stop_supervisor(self) -> None:
         """Stop restarting children; a restart under way is abandoned (the child it spawned is stopped next)."""
         self._stop_supervising.set()
+        if self._site_watch:
+            await self._site_watch  # it ends on the same event, within a poll
         if self._supervisor:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -264,6 +264,12 @@ async def provision_forwarded_records(js: JetStreamContext, fleet: DeviceFleet, 
 async def provision_pipeline(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> dict[str, str]:
     """The pipeline's stream, one processor consumer per replica, and the writer consumer."""
     outcome = {cfg.name or "": await ensure_stream(js, cfg) for cfg in pipeline_streams(fleet, pipeline)}
+    return outcome | await provision_pipeline_consumers(js, fleet, pipeline)
+
+
+async def provision_pipeline_consumers(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> dict[str, str]:
+    """One processor consumer per replica on the telemetry stream, and the writer's consumer on the output stream."""
+    outcome = {}
     telemetry = subjects.telemetry_stream(fleet.name)
     for replica in range(pipeline.spec.processor.replicas):
         config = processor_consumer(fleet, pipeline, replica)
