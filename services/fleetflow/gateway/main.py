@@ -24,7 +24,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     nc = await jetstream.connect(
         settings.nats_url, f"fleetflow-gateway-{fleet.name}", on_state=watch.update, login=settings.nats_login()
     )
-    await jetstream.provision_fleet(nc.jetstream(), fleet)
+    await jetstream.provision_fleet(nc.jetstream(), fleet, settings.site)
     links = await Connectivity.start(settings, nc, watch, meter)  # intake, commands, gRPC, MQTT, buffer
     app = TelemetryApi(links.intake).app()
     links.add_routes(app)

@@ -2,20 +2,18 @@
 fleet and edge pipelines), whose NATS is a leaf node of the hub with a JetStream domain of its own, and whose
 telemetry stream is bounded by the site's disk budget. The hub sources what the site forwards (docs/edge.md)."""
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import nats.errors
-from nats.js import JetStreamContext
 
 from fleetflow.api import Pipeline
 from fleetflow.api.sites import EdgeSite
 from fleetflow.local.platform import LocalPlatform
 from fleetflow.local.resources import ResourceSet
-from fleetflow.runtime import edgelink, jetstream, natsauth, subjects
+from fleetflow.runtime import edgelink, natsauth, subjects
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class EdgePlatform(LocalPlatform):
         """`resources`: the site's share (resources.site_resources); `password`: the site's on the hub."""
         edgelink.check_hub_url(hub_url)
         super().__init__(resources, data_dir, nats_port)
-        self.site, self.hub_url = site, hub_url
+        self.site, self.hub_url, self.site_name = site, hub_url, site.name
         self.fleet = next(iter(self.resources.fleets.values()))
         self.domain = edgelink.site_domain(self.fleet.name, site.name)
         self.nats.domain, self.nats.server_name = self.domain, f"fleetflow-{self.domain}"
@@ -57,25 +55,6 @@ class EdgePlatform(LocalPlatform):
 
     def runs_processor(self, pipeline: Pipeline) -> bool:
         return True  # every pipeline here is one of the site's edge pipelines
-
-    async def _provision(self) -> None:
-        nc = await self._connect()
-        try:
-            await self._provision_site(nc.jetstream())
-        finally:
-            await nc.close()
-
-    async def _provision_site(self, js: JetStreamContext) -> None:
-        """The fleet's streams, the telemetry stream within the site's budget; the edge pipelines' streams without
-        the centre's sources, and their consumers."""
-        for config in jetstream.fleet_streams(self.fleet):
-            if config.name == subjects.telemetry_stream(self.fleet.name):
-                config = edgelink.site_telemetry(config, self.site)
-            await jetstream.ensure_stream(js, config)
-        for pipeline in self.resources.pipelines.values():
-            for config in jetstream.pipeline_streams(self.fleet, pipeline):
-                await jetstream.ensure_stream(js, dataclasses.replace(config, sources=None))
-            await jetstream.provision_pipeline_consumers(js, self.fleet, pipeline)
 
     def endpoints(self) -> dict[str, Any]:
         site = {"name": self.site.name, "fleet": self.fleet.name, "domain": self.domain, "hub": self.hub_url}

@@ -45,6 +45,7 @@ class ConsumerState:
 class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
                  leafnode_listen: tuple[str, int | None] | None = None):  # fmt: skip
+        self.site_name: str | None = None  # the edge site this platform is, if it is one (edgesite.py)
         self.resources = self._placed(resources)
         self.data_dir = data_dir.resolve()
         self.ports = PortChoice()
@@ -128,13 +129,9 @@ class LocalPlatform:
         try:
             js = nc.jetstream()
             for fleet in self.resources.fleets.values():
-                await jetstream.provision_fleet(js, fleet)
+                await jetstream.provision_fleet(js, fleet, self.site_name)
             for pipeline in self.resources.pipelines.values():
-                fleet = self.resources.fleet_of(pipeline)
-                if self.runs_processor(pipeline):
-                    await jetstream.provision_pipeline(js, fleet, pipeline)
-                else:
-                    await jetstream.provision_forwarded_records(js, fleet, pipeline)
+                await jetstream.provision_pipeline(js, self.resources.fleet_of(pipeline), pipeline, self.site_name)
         finally:
             await nc.close()
 
@@ -172,6 +169,7 @@ class LocalPlatform:
                 sole_consumer=True,  # one gateway per fleet here, whatever gateway.replicas says
                 **self._login(natslogins.GATEWAY),
                 nats_callout_password_file=self.nats.password_file(natsauth.CALLOUT_USER),
+                site=self.site_name,
             )
             # Device connectivity (docs/devices.md): gRPC, CoAP (UDP), MQTT through the embedded server, outage
             # buffer; WebSockets share the HTTP port.
@@ -188,12 +186,12 @@ class LocalPlatform:
             for replica in range(pipeline.spec.processor.replicas if self.runs_processor(pipeline) else 0):
                 login = self._login(natslogins.PROCESSOR)
                 cfg = config.processor_config(fleet, pipeline, nats_url=self.nats.url, replica=replica,
-                                              ops_port=self.ports.take(), **login)  # fmt: skip
+                                              ops_port=self.ports.take(), site=self.site_name, **login)  # fmt: skip
                 name = f"processor-{pipeline.name}-{replica}"
                 services.append(ServiceProcess(name, "processor", cfg, self._run_dir()))
             # One writer per pipeline here, whatever writer.replicas says.
             cfg = config.writer_config(fleet, pipeline, nats_url=self.nats.url, sqlite_path=self.store_path(pipeline),
-                                       ops_port=self.ports.take(), sole_consumer=True,
+                                       ops_port=self.ports.take(), sole_consumer=True, site=self.site_name,
                                        **self._login(natslogins.WRITER))  # fmt: skip
             services.append(ServiceProcess(f"writer-{pipeline.name}", "writer", cfg, self._run_dir()))
         return services

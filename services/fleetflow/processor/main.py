@@ -22,8 +22,8 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     name = f"fleetflow-processor-{pipeline.name}-{settings.replica}"
     nc = await jetstream.connect(settings.nats_url, name, login=settings.nats_login())
     js = nc.jetstream()
-    await jetstream.provision_fleet(js, fleet)
-    await jetstream.provision_pipeline(js, fleet, pipeline)
+    await jetstream.provision_fleet(js, fleet, settings.site)
+    await jetstream.provision_pipeline(js, fleet, pipeline, settings.site)
     runner = Runner(
         js, fleet, pipeline, compiled, settings.replica, meter, settings.fetch_batch, settings.checkpoint_interval
     )
