@@ -5,6 +5,7 @@ link is back the centre holds every acknowledged batch exactly once, in each dev
 those of an uninterrupted run. The site's disk budget refuses or drops oldest, as configured."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -156,15 +157,21 @@ def window_values(a: WindowAggregate) -> tuple[Any, ...]:
     return (a.count, a.min, a.max, a.sum, a.last)
 
 
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[tuple[LocalPlatform, ResourceSet]]:
-    resources = load_resources([write_yaml(tmp_path / "yaml", {"forward": {"readings": True, "records": ["alerts"]}})])
+@contextlib.asynccontextmanager
+async def running_hub(tmp_path: Path, forward: dict[str, Any]) -> AsyncIterator[tuple[LocalPlatform, ResourceSet]]:
+    resources = load_resources([write_yaml(tmp_path / "yaml", {"forward": forward})])
     platform = LocalPlatform(resources, tmp_path / "hub")
     await platform.start()
     try:
         yield platform, resources
     finally:
         await platform.stop(drain_timeout=30)
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[tuple[LocalPlatform, ResourceSet]]:
+    async with running_hub(tmp_path, {"readings": True, "records": ["alerts"]}) as running:
+        yield running
 
 
 async def start_site(resources: ResourceSet, data_dir: Path, hub_url: str, password: str) -> EdgePlatform:
@@ -286,3 +293,29 @@ async def test_the_site_budget_refuses_or_drops_oldest_as_configured(tmp_path: P
             assert f"dropped oldest {state.removed:,}" in state.line(when_full)
     finally:
         await site.stop(drain_timeout=30)
+
+
+async def test_a_metered_link_carries_the_edge_aggregates_and_alerts_not_the_raw_readings(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, {"readings": False, "records": ["aggregates", "alerts"]}) as (centre, resources):
+        assert centre.leafnode_url is not None
+        password = site_password_file(centre.data_dir, FLEET, SITE).read_text().strip()
+        site = await start_site(resources, tmp_path / "site", centre.leafnode_url, password)
+        edge = resources.pipelines[EDGE]
+        try:
+            async with aiohttp.ClientSession() as session:
+                await Devices(site, session).send_range(0, 80)
+            at_site = await poll("the site's windows", lambda: _windows(site.store_path(edge), edge, 14))
+            in_centre = await poll("the edge windows in the centre",
+                                   lambda: _windows(centre.store_path(edge), edge, len(at_site)))  # fmt: skip
+            assert in_centre == at_site
+            alerts = await poll("the edge alerts in the centre", lambda: _alerts(centre.store_path(edge), edge))
+            assert {a.device for a in alerts if a.state == "firing"} == set(DEVICES)
+
+            assert await telemetry_in_stream(centre) == [], "raw readings crossed a metered link"
+            assert await stored_seqs(centre.store_path(edge), edge) == {device: [] for device in DEVICES}
+            raw = (await site.site_state()).stored_bytes
+            assert centre.site_links is not None
+            crossed = sum(link.in_bytes for link in centre.site_links.links)
+            assert 0 < crossed < raw, f"{crossed} bytes crossed the link; the raw readings at the site are {raw}"
+        finally:
+            await site.stop(drain_timeout=30)

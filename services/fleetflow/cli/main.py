@@ -81,7 +81,7 @@ def _edge(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                             description=f"{text}. See docs/edge.md.")  # fmt: skip
     up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="YAML files or folders (the fleet's)")
     up.add_argument("--hub", required=True, metavar="URL",
-                    help="the hub's leaf-node listener, nats://HOST:PORT or tls://HOST:PORT")  # fmt: skip
+                    help="the hub's leaf-node listener, nats://HOST:PORT")  # fmt: skip
     up.add_argument("--credentials", required=True, type=Path, metavar="FILE",
                     help="the site's password on the hub (the hub's fleetflow up writes it to "
                          "<data-dir>/secrets/sites/<fleet>-<site>.password)")  # fmt: skip

@@ -140,6 +140,17 @@ async def show_progress(platform: LocalPlatform, counts: RunCounts, stop: asynci
             flush=True,
         )
         last_stored, last_time = stored, now
+        print_site_links(platform)
+
+
+def print_site_links(platform: LocalPlatform) -> None:
+    """The hub's edge sites: which are connected, and the bytes each link carried (metered links, docs/edge.md)."""
+    if platform.site_links is None:
+        return
+    sites = len(platform.leafnodes_endpoint()["credentials"])
+    links = ", ".join(f"{link.name} ({link.address}) {link.in_bytes:,} bytes in, {link.out_bytes:,} out"
+                      for link in platform.site_links.links)  # fmt: skip
+    print(f"  edge sites connected {len(platform.site_links.links)}/{sites}{': ' + links if links else ''}", flush=True)
 
 
 def _sum(counts: dict[str, int | None]) -> int | None:
