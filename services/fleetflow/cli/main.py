@@ -89,7 +89,8 @@ def _edge(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     up.add_argument("--fleet", metavar="NAME", help="which fleet (default: the only one with sites)")
     up.add_argument("--data-dir", type=Path, default=DEFAULT_EDGE_DATA_DIR, metavar="DIR",
                     help="the site's state: JetStream store, SQLite store, logs (default: %(default)s)")  # fmt: skip
-    up.add_argument("--simulate", type=int, default=0, metavar="N", help="simulate N devices of the site")
+    up.add_argument("--simulate", type=int, default=0, metavar="N",
+                    help="simulate N devices of the site (default: %(default)s)")  # fmt: skip
     up.add_argument("--duration", type=positive_float, metavar="SECONDS",
                     help="stop after this long (default: run until Ctrl-C or SIGTERM)")  # fmt: skip
     up.add_argument("--batch", type=positive_int, default=10, metavar="N",
