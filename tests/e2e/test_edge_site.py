@@ -214,7 +214,10 @@ async def test_a_cut_off_site_keeps_deciding_and_the_centre_gets_everything_once
             assert not state.link_up and state.batches == 16 and state.removed == 0, state
 
             proxy.restore()
+            restored = time.monotonic()
             await poll("the centre catching up", lambda: _all_stored(centre.store_path(central), central, 80))
+            print(f"catch-up: the centre stored the {state.batches} batches held at the site "
+                  f"{time.monotonic() - restored:.1f}s after the link returned")  # fmt: skip
         batches = await telemetry_in_stream(centre)
         ids = [message_id for _, message_id in batches]
         assert len(ids) == len(set(ids)) == 16, "each acknowledged batch once in the centre's stream"
@@ -317,5 +320,7 @@ async def test_a_metered_link_carries_the_edge_aggregates_and_alerts_not_the_raw
             raw = (await site.site_state()).stored_bytes
             crossed = sum(link.in_bytes for link in await leaf_links(centre.nats.monitor_url))
             assert 0 < crossed < raw, f"{crossed} bytes crossed the link; the raw readings at the site are {raw}"
+            print(f"metered link: {crossed:,} bytes crossed (aggregates and alerts); raw readings kept at the site: "
+                  f"{raw:,} bytes")  # fmt: skip
         finally:
             await site.stop(drain_timeout=30)
