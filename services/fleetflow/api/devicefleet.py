@@ -10,6 +10,7 @@ from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
 from fleetflow.api.core import NetworkPolicyPeer
 from fleetflow.api.overrides import IngressSpec, PodOverrides, ServiceOverrides
+from fleetflow.api.sites import EdgeSite, check_unique_sites
 from fleetflow.api.tls import CaSecretRef, TlsSecret
 
 
@@ -350,6 +351,15 @@ class DeviceFleetSpec(Model):
     nats: NatsSpec = Field(default_factory=NatsSpec)
     streams: StreamSpec = Field(default_factory=StreamSpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    sites: list[EdgeSite] = Field(
+        default_factory=list,
+        description="Edge sites: leaf nodes of this fleet's NATS that run on their own (docs/edge.md).",
+    )
+
+    @model_validator(mode="after")
+    def _sites_unique(self) -> Self:
+        check_unique_sites(self.sites)
+        return self
 
     @model_validator(mode="after")
     def _stream_replicas_fit(self) -> Self:

@@ -44,3 +44,11 @@ def identifiers(fleet: str, device: str | None = None) -> None:
             check_device_id(device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT, e.g. 0.0.0.0:7422."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: use HOST:PORT, e.g. 127.0.0.1:7422 or 0.0.0.0:7422")
+    return host, int(port)

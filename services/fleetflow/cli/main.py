@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TypeAlias
 
 from fleetflow.cli import errors
-from fleetflow.cli.arguments import positive_float, positive_int, seconds
+from fleetflow.cli.arguments import host_port, positive_float, positive_int, seconds
 
 DEFAULT_DATA_DIR = Path("fleetflow-data")
+DEFAULT_EDGE_DATA_DIR = Path("fleetflow-edge-data")
 SERVICES = ("gateway", "processor", "writer", "appapi")
 # Commands that only look at the local platform: their own one-line errors replace the libraries' log lines.
 INSPECTING = ("token", "query", "status", "simulate", "command")
@@ -64,9 +65,40 @@ def _up(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                     help="seconds between a simulated device's requests (default: %(default)s)")  # fmt: skip
     up.add_argument("--nats-port", type=positive_int, metavar="PORT",
                     help="port of the embedded NATS (default: a free one)")  # fmt: skip
+    up.add_argument("--leafnode-listen", type=host_port, metavar="HOST:PORT",
+                    help="where edge sites' leaf nodes dial in, for fleets with spec.sites (default: 127.0.0.1 and a "
+                         "free port; see docs/edge.md)")  # fmt: skip
     up.add_argument("--otlp-endpoint", metavar="URL",
                     help="send the services' traces and metrics over OTLP/gRPC, e.g. http://127.0.0.1:4317 "
                          "(default: not exported)")  # fmt: skip
+
+
+def _edge(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    text = "run an edge site of a fleet here: its own NATS (a leaf node of the hub), gateway and edge pipelines"
+    edge = sub.add_parser("edge", help=text, description=text, parents=[common])
+    actions = edge.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("up", parents=[common], epilog=EPILOG, help="run the site until Ctrl-C (docs/edge.md)",
+                            description=f"{text}. See docs/edge.md.")  # fmt: skip
+    up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="YAML files or folders (the fleet's)")
+    up.add_argument("--hub", required=True, metavar="URL",
+                    help="the hub's leaf-node listener, nats://HOST:PORT")  # fmt: skip
+    up.add_argument("--credentials", required=True, type=Path, metavar="FILE",
+                    help="the site's password on the hub (the hub's fleetflow up writes it to "
+                         "<data-dir>/secrets/sites/<fleet>-<site>.password)")  # fmt: skip
+    up.add_argument("--site", metavar="NAME", help="which of the fleet's sites (default: its only one)")
+    up.add_argument("--fleet", metavar="NAME", help="which fleet (default: the only one with sites)")
+    up.add_argument("--data-dir", type=Path, default=DEFAULT_EDGE_DATA_DIR, metavar="DIR",
+                    help="the site's state: JetStream store, SQLite store, logs (default: %(default)s)")  # fmt: skip
+    up.add_argument("--simulate", type=int, default=0, metavar="N",
+                    help="simulate N devices of the site (default: %(default)s)")  # fmt: skip
+    up.add_argument("--duration", type=positive_float, metavar="SECONDS",
+                    help="stop after this long (default: run until Ctrl-C or SIGTERM)")  # fmt: skip
+    up.add_argument("--batch", type=positive_int, default=10, metavar="N",
+                    help="readings per simulated request (default: %(default)s)")  # fmt: skip
+    up.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
+                    help="seconds between a simulated device's requests (default: %(default)s)")  # fmt: skip
+    up.add_argument("--nats-port", type=positive_int, metavar="PORT",
+                    help="port of the site's NATS (default: a free one)")  # fmt: skip
 
 
 def _token(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -262,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _up(sub, common)
+    _edge(sub, common)
     _token(sub, common)
     _query(sub, common)
     _status(sub, common)
@@ -292,6 +325,7 @@ def _run_service(name: str) -> Callable[[argparse.Namespace], int]:
 # Each command imports only what it needs: `fleetflow token` should not wait for the CEL compiler or gRPC.
 HANDLERS = {
     "up": ("commands", "up", False),
+    "edge": ("edge", "run", False),
     "token": ("commands", "token", False),
     "query": ("query", "run", True),
     "status": ("commands", "status", True),
@@ -318,7 +352,7 @@ def configure_logs(command: str, debug: bool) -> None:
     from fleetflow.runtime import logs
 
     # The command's own lines go to stderr, so stdout stays clean for --json and for piping.
-    logs.configure("info" if command in ("up", "operator") else "warning", "auto")
+    logs.configure("info" if command in ("up", "edge", "operator") else "warning", "auto")
     if command in INSPECTING and not debug:
         from fleetflow.cli.platform_nats import quiet_client_logs
 
@@ -340,7 +374,7 @@ def invalid_configuration(exc: Exception) -> bool:
 
 def service_logs(args: argparse.Namespace) -> Path | None:
     """Where `fleetflow up` keeps the services' logs, when this command ran one."""
-    logs_dir = Path(args.data_dir) / "logs" if args.command == "up" else None
+    logs_dir = Path(args.data_dir) / "logs" if args.command in ("up", "edge") else None
     return logs_dir if logs_dir is not None and logs_dir.is_dir() else None
 
 

@@ -37,6 +37,7 @@ _STATUS_CODES = {
     413: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
+    507: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 _RESULTS = {pb.CommandResult.SUCCEEDED: "succeeded", pb.CommandResult.FAILED: "failed",
             pb.CommandResult.REJECTED: "rejected"}  # fmt: skip

@@ -42,6 +42,7 @@ REASONS = (
     "invalid_metric_name", "duplicate_key", "seq_not_increasing", "empty_batch", "invalid_device_id",
     "missing_token", "invalid_token", "unknown_fleet", "batch_too_large", "body_too_large", "rate_limited",
     "unavailable", "buffer_full", "request_timeout", "invalid_message", "unsupported_content_format",
+    "storage_full",
 )  # fmt: skip
 
 

@@ -28,7 +28,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         login=settings.nats_login(),
         tls=settings.nats_tls(),
     )
-    await jetstream.provision_fleet(nc.jetstream(), fleet)
+    await jetstream.provision_fleet(nc.jetstream(), fleet, settings.site)
     links = await Connectivity.start(settings, nc, watch, meter)  # intake, commands, gRPC, MQTT, buffer
     app = TelemetryApi(links.intake).app()
     links.add_routes(app)

@@ -2,7 +2,8 @@
 
 Every failure is classified. A batch NATS can never carry (larger than the server's max_payload, or refused by
 the stream as too large) is a permanent 413 the device is told at once; a missing answer, a lost connection or a
-JetStream that cannot store right now is a transient 503 (buffered by BufferedPublisher, retried by devices)."""
+JetStream that cannot store right now is a transient 503 (buffered by BufferedPublisher, retried by devices); a
+stream at its byte budget that refuses new batches is a 507 storage_full, never buffered."""
 
 import asyncio
 import time
@@ -22,6 +23,9 @@ PUBLISH_TIMEOUT = 5.0
 HEADER_ALLOWANCE = 1024
 # JetStream's "message size exceeds maximum allowed" (a stream's max_msg_size): no retry can fix it.
 JS_MESSAGE_TOO_LARGE = 10054
+# JetStream's "could not store": with a stream that refuses new batches when full (an edge site's disk budget with
+# whenFull RejectNew, docs/edge.md) it says "maximum bytes exceeded" or "maximum messages exceeded".
+JS_STORE_FAILED = 10077
 tracer = telemetry.tracer("gateway")
 
 
@@ -29,6 +33,13 @@ def too_large(size: int, limit: int | None) -> Rejection:
     carries = f"which carries at most {limit} bytes per message" if limit else "whose stream refuses it as too large"
     return Rejection(413, "batch_too_large", f"the batch is {size} bytes once encoded for NATS, {carries}: send "
                      "fewer readings per request")  # fmt: skip
+
+
+def storage_full(description: str) -> Rejection:
+    """Not an outage: buffering it in the gateway would only move the budget's overflow to another disk."""
+    detail = (f"the telemetry stream is at its disk budget and refuses new batches ({description}); it keeps what "
+              "it has until the oldest ages out")  # fmt: skip
+    return Rejection(507, "storage_full", detail, {"Retry-After": "60"})
 
 
 def unavailable(cause: str) -> Rejection:
@@ -82,6 +93,8 @@ class TelemetryPublisher:
             except APIError as exc:
                 if exc.err_code == JS_MESSAGE_TOO_LARGE:
                     raise too_large(len(payload), None) from None
+                if exc.err_code == JS_STORE_FAILED and "maximum" in (exc.description or ""):
+                    raise storage_full(exc.description or "") from None
                 raise unavailable(f"JetStream error {exc.err_code}: {exc.description}") from None
             except (TimeoutError, nats.errors.Error) as exc:
                 raise unavailable(type(exc).__name__) from None

@@ -38,19 +38,22 @@ LOCAL_MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 def server_config(store_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1",
-                  max_payload: int = LOCAL_MAX_PAYLOAD, sync_interval: str | None = None) -> str:  # fmt: skip
+                  max_payload: int = LOCAL_MAX_PAYLOAD, sync_interval: str | None = None, domain: str | None = None,
+                  server_name: str = "fleetflow-local") -> str:  # fmt: skip
     """nats-server configuration: JetStream storing under the data dir, listening on loopback only.
-    `sync_interval` ("always", or a duration) overrides how often JetStream fsyncs (default every 2 min)."""
+    `sync_interval` ("always", or a duration) overrides how often JetStream fsyncs (default every 2 min). A
+    JetStream `domain` is set where leaf nodes join (edge sites, docs/edge.md)."""
     sync = [f"  sync_interval: {sync_interval}"] if sync_interval else []
     return "\n".join(
         [
-            "server_name: fleetflow-local",
+            f"server_name: {server_name}",
             f"listen: {host}:{port}",
             f"http: {host}:{monitor_port}",
             f"max_payload: {max_payload}",
             "jetstream {",
             f'  store_dir: "{store_dir}"',
             *sync,
+            *([f"  domain: {domain}"] if domain else []),
             "}",
             "",
         ]
@@ -78,6 +81,10 @@ class EmbeddedNats:
         self.started_at = 0.0
         self.passwords: dict[str, str] = {}
         self.sync_interval: str | None = None  # None: nats-server's default; "always": fsync before each ack
+        # Edge sites (docs/edge.md): the JetStream domain, the server's name and a leafnodes block, set before start.
+        self.domain: str | None = None
+        self.server_name = "fleetflow-local"
+        self.leafnodes = ""
 
     @property
     def running(self) -> bool:
@@ -142,8 +149,11 @@ class EmbeddedNats:
                 self.monitor_port,
                 max_payload=self.max_payload,
                 sync_interval=self.sync_interval,
+                domain=self.domain,
+                server_name=self.server_name,
             )
-            + natsauth.server_config(auth),
+            + natsauth.server_config(auth)
+            + self.leafnodes,
         )
 
     def spawn(self) -> None:

@@ -16,14 +16,15 @@ from nats.js.errors import NotFoundError
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.appapi.keys import keys_file
-from fleetflow.local import natslogins, private
+from fleetflow.local import natslogins, private, sitelogins
 from fleetflow.local.datadir import DataDirLock
 from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
-from fleetflow.local.ports import PortChoice
+from fleetflow.local.ports import LOOPBACK, PortChoice
 from fleetflow.local.processes import ServiceProcess
-from fleetflow.local.resources import ResourceSet
+from fleetflow.local.resources import ResourceSet, central_resources
+from fleetflow.local.sitelinks import SiteLinks
 from fleetflow.local.supervisor import Supervisor
-from fleetflow.runtime import config, credentials, jetstream, natsauth, subjects
+from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -42,17 +43,38 @@ class ConsumerState:
 
 
 class LocalPlatform:
-    def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None):
-        self.resources = resources
+    def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
+                 leafnode_listen: tuple[str, int | None] | None = None):  # fmt: skip
+        self.site_name: str | None = None  # the edge site this platform is, if it is one (edgesite.py)
+        self.resources = self._placed(resources)
         self.data_dir = data_dir.resolve()
         self.ports = PortChoice()
         max_payload = max_payload_for(list(resources.fleets.values()), floor=LOCAL_MAX_PAYLOAD)
         self.nats = EmbeddedNats(self.data_dir, nats_port, self.ports, max_payload)
+        self.leafnode_url: str | None = None
+        self._serve_sites(leafnode_listen)
         self.lock = DataDirLock(self.data_dir)
         self.services: list[ServiceProcess] = []
         self._stop_supervising = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._drained: bool | None = None
+        self.site_links: SiteLinks | None = None
+        self._site_watch: asyncio.Task[None] | None = None
+
+    def _placed(self, resources: ResourceSet) -> ResourceSet:
+        """What runs here: the centre's share (an edge site's platform runs its site's share)."""
+        return central_resources(resources)
+
+    def _serve_sites(self, leafnode_listen: tuple[str, int | None] | None) -> None:
+        """Be the hub of the fleets' edge sites, if any (docs/edge.md): a JetStream domain and a leaf-node listener."""
+        fleets = list(self.resources.fleets.values())
+        if not any(fleet.spec.sites for fleet in fleets):
+            return
+        host, port = leafnode_listen or (LOOPBACK, None)
+        port = port or self.ports.take()
+        self.leafnode_url = f"nats://{host}:{port}"
+        self.nats.domain = edgelink.HUB_DOMAIN
+        self.nats.leafnodes = sitelogins.hub_leafnodes(self.data_dir, fleets, host, port)
 
     @property
     def endpoints_file(self) -> Path:
@@ -82,6 +104,9 @@ class LocalPlatform:
             await service.wait_ready()
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
+        if self.leafnode_url:
+            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, self._sourcing_streams())
+            self._site_watch = asyncio.create_task(self.site_links.run(self._stop_supervising))
         endpoints = self.endpoints()
         private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")
         private.write_private(self.pipelines_file, json.dumps(self.stores(), indent=2) + "\n")
@@ -104,11 +129,25 @@ class LocalPlatform:
         try:
             js = nc.jetstream()
             for fleet in self.resources.fleets.values():
-                await jetstream.provision_fleet(js, fleet)
+                await jetstream.provision_fleet(js, fleet, self.site_name)
             for pipeline in self.resources.pipelines.values():
-                await jetstream.provision_pipeline(js, self.resources.fleet_of(pipeline), pipeline)
+                await jetstream.provision_pipeline(js, self.resources.fleet_of(pipeline), pipeline, self.site_name)
         finally:
             await nc.close()
+
+    def runs_processor(self, pipeline: Pipeline) -> bool:
+        """False for an edge pipeline whose records sites forward: its processors run at the sites, its writer here."""
+        return pipeline.name not in edgelink.edge_pipelines(self.resources.fleet_of(pipeline))
+
+    def _sourcing_streams(self) -> list[str]:
+        """The streams here that source from edge sites."""
+        found = []
+        for pipeline in self.resources.pipelines.values():
+            streams = jetstream.pipeline_streams(self.resources.fleet_of(pipeline), pipeline)
+            found += [c.name or "" for c in streams if c.sources]
+        for fleet in self.resources.fleets.values():
+            found += [c.name or "" for c in jetstream.fleet_streams(fleet) if c.sources]
+        return [name for name in dict.fromkeys(found) if name]
 
     def _run_dir(self) -> Path:
         return self.data_dir / "run"
@@ -130,6 +169,7 @@ class LocalPlatform:
                 sole_consumer=True,  # one gateway per fleet here, whatever gateway.replicas says
                 **self._login(natslogins.GATEWAY),
                 nats_callout_password_file=self.nats.password_file(natsauth.CALLOUT_USER),
+                site=self.site_name,
             )
             # Device connectivity (docs/devices.md): gRPC, CoAP (UDP), MQTT through the embedded server, outage
             # buffer; WebSockets share the HTTP port.
@@ -143,15 +183,15 @@ class LocalPlatform:
         services = []
         for pipeline in self.resources.pipelines.values():
             fleet = self.resources.fleet_of(pipeline)
-            for replica in range(pipeline.spec.processor.replicas):
+            for replica in range(pipeline.spec.processor.replicas if self.runs_processor(pipeline) else 0):
                 login = self._login(natslogins.PROCESSOR)
                 cfg = config.processor_config(fleet, pipeline, nats_url=self.nats.url, replica=replica,
-                                              ops_port=self.ports.take(), **login)  # fmt: skip
+                                              ops_port=self.ports.take(), site=self.site_name, **login)  # fmt: skip
                 name = f"processor-{pipeline.name}-{replica}"
                 services.append(ServiceProcess(name, "processor", cfg, self._run_dir()))
             # One writer per pipeline here, whatever writer.replicas says.
             cfg = config.writer_config(fleet, pipeline, nats_url=self.nats.url, sqlite_path=self.store_path(pipeline),
-                                       ops_port=self.ports.take(), sole_consumer=True,
+                                       ops_port=self.ports.take(), sole_consumer=True, site=self.site_name,
                                        **self._login(natslogins.WRITER))  # fmt: skip
             services.append(ServiceProcess(f"writer-{pipeline.name}", "writer", cfg, self._run_dir()))
         return services
@@ -211,11 +251,23 @@ class LocalPlatform:
                 }
                 for s in self.services
             },
+            **({"leafnodes": self.leafnodes_endpoint()} if self.leafnode_url else {}),
             "stores": {
                 name: {"kind": p.spec.sink.kind, "path": str(self.store_path(p))}
                 for name, p in self.resources.pipelines.items()
             },
         }
+
+    def leafnodes_endpoint(self) -> dict[str, Any]:
+        """Where edge sites dial in, and the file with each site's password (`fleetflow edge up --credentials`)."""
+        sites = {
+            edgelink.site_domain(fleet.name, site.name): str(
+                sitelogins.site_password_file(self.data_dir, fleet.name, site.name)
+            )
+            for fleet in self.resources.fleets.values()
+            for site in fleet.spec.sites
+        }
+        return {"url": self.leafnode_url, "credentials": sites}
 
     async def consumer_states(self) -> list[ConsumerState]:
         """Where every pipeline's durable consumers stand: unprocessed and unacknowledged messages."""
@@ -230,7 +282,7 @@ class LocalPlatform:
         found = []
         for pipeline in self.resources.pipelines.values():
             fleet = pipeline.fleet
-            for replica in range(pipeline.spec.processor.replicas):
+            for replica in range(pipeline.spec.processor.replicas if self.runs_processor(pipeline) else 0):
                 found.append((subjects.telemetry_stream(fleet), subjects.processor_consumer(pipeline.name, replica)))
             found.append((subjects.pipeline_stream(fleet, pipeline.name), subjects.writer_consumer(pipeline.name)))
         return found
@@ -257,6 +309,8 @@ class LocalPlatform:
     async def _stop_supervisor(self) -> None:
         """Stop restarting children; a restart under way is abandoned (the child it spawned is stopped next)."""
         self._stop_supervising.set()
+        if self._site_watch:
+            await self._site_watch  # it ends on the same event, within a poll
         if self._supervisor:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,7 @@ import yaml
 
 from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
 from fleetflow.processor.compiler import compile_pipeline
+from fleetflow.runtime import edgelink
 
 
 @dataclass
@@ -16,6 +17,24 @@ class ResourceSet:
 
     def fleet_of(self, pipeline: Pipeline) -> DeviceFleet:
         return self.fleets[pipeline.fleet]
+
+
+def central_resources(found: ResourceSet) -> ResourceSet:
+    """What runs in the centre: every fleet, and every pipeline but the edge pipelines of the fleets' sites whose
+    records no site forwards (those run at their sites only: `fleetflow edge up`, docs/edge.md)."""
+    pipelines = {
+        name: p
+        for name, p in found.pipelines.items()
+        if name not in edgelink.edge_pipelines(found.fleet_of(p))
+        or name in edgelink.forwarded_pipelines(found.fleet_of(p))
+    }
+    return ResourceSet(found.fleets, pipelines)
+
+
+def site_resources(found: ResourceSet, fleet: str, site: str) -> ResourceSet:
+    """What runs at one site: its fleet and its edge pipelines."""
+    edge = edgelink.find_site(found.fleets[fleet], site)
+    return ResourceSet({fleet: found.fleets[fleet]}, {name: found.pipelines[name] for name in edge.pipelines})
 
 
 def yaml_files(paths: list[Path]) -> list[Path]:
@@ -60,6 +79,16 @@ def _add(found: ResourceSet, resource: DeviceFleet | Pipeline, file: Path) -> No
 def _check_references(found: ResourceSet) -> None:
     if not found.fleets:
         raise SpecError("input", ["no DeviceFleet found; fleetflow up needs at least one"])
+    for fleet in found.fleets.values():
+        for site in fleet.spec.sites:
+            for name in site.pipelines:
+                pipeline = found.pipelines.get(name)
+                if pipeline is None or pipeline.fleet != fleet.name:
+                    raise SpecError(
+                        f"DeviceFleet/{fleet.name}",
+                        [f"spec.sites[{site.name}].pipelines: {name!r} is no Pipeline of fleet {fleet.name!r}; "
+                         f"defined: {', '.join(p.name for p in found.pipelines.values() if p.fleet == fleet.name)}"],
+                    )  # fmt: skip
     for pipeline in found.pipelines.values():
         if pipeline.fleet not in found.fleets:
             raise SpecError(

@@ -8,7 +8,7 @@ import structlog
 
 from fleetflow.processor.compiler import PipelineCompileError, compile_pipeline
 from fleetflow.processor.runner import Runner
-from fleetflow.runtime import jetstream, logs, ops, service, telemetry
+from fleetflow.runtime import edgelink, jetstream, logs, ops, service, telemetry
 from fleetflow.runtime.lag import ConsumerLag
 from fleetflow.runtime.settings import ProcessorSettings
 
@@ -22,8 +22,8 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     name = f"fleetflow-processor-{pipeline.name}-{settings.replica}"
     nc = await jetstream.connect(settings.nats_url, name, login=settings.nats_login(), tls=settings.nats_tls())
     js = nc.jetstream()
-    await jetstream.provision_fleet(js, fleet)
-    await jetstream.provision_pipeline(js, fleet, pipeline)
+    await jetstream.provision_fleet(js, fleet, settings.site)
+    await jetstream.provision_pipeline(js, fleet, pipeline, settings.site)
     runner = Runner(
         js, fleet, pipeline, compiled, settings.replica, meter, settings.fetch_batch, settings.checkpoint_interval
     )
@@ -50,6 +50,13 @@ def main(config: Path | None) -> int:
     settings = ProcessorSettings.load(config)
     logs.configure(settings.log_level, settings.log_format, service="processor",
                    fleet=settings.fleet.name, pipeline=settings.pipeline.name)  # fmt: skip
+    if settings.site is None and settings.pipeline.name in edgelink.edge_pipelines(settings.fleet):
+        # Its consumers exist only at the sites; in the centre only its writer runs (docs/edge.md).
+        problem = (f"pipeline {settings.pipeline.name!r} is an edge pipeline of fleet {settings.fleet.name!r} "
+                   "(spec.sites[].pipelines): its processors run at its sites (fleetflow edge up)")  # fmt: skip
+        log.error("edge pipeline started in the centre", problem=problem)
+        print(f"fleetflow processor: {problem}", file=sys.stderr)
+        return 2
     try:
         compile_pipeline(settings.pipeline, settings.fleet)
     except PipelineCompileError as exc:

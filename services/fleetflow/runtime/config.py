@@ -22,9 +22,11 @@ def _resource(resource: DeviceFleet | Pipeline) -> dict[str, Any]:
     return data
 
 
-def _common(nats_url: str, ops_port: int, nats_password_file: Path | None, nats_user: str) -> dict[str, Any]:
-    """`nats_password_file` set: the service logs in as `nats_user` (a NATS without a default user)."""
-    common: dict[str, Any] = {"nats_url": nats_url, "ops_port": ops_port}
+def _common(nats_url: str, ops_port: int, nats_password_file: Path | None, nats_user: str,
+            site: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """`nats_password_file` set: the service logs in as `nats_user` (a NATS without a default user). `site`: the
+    service runs at that edge site of the fleet (docs/edge.md)."""
+    common: dict[str, Any] = {"nats_url": nats_url, "ops_port": ops_port, **({"site": site} if site else {})}
     if nats_password_file is not None:
         common.update(nats_user=nats_user, nats_password_file=str(nats_password_file))
     return common
@@ -41,13 +43,14 @@ def gateway_config(
     sole_consumer: bool = False,
     nats_user: str = SERVICE_USER,
     nats_callout_password_file: Path | None = None,
+    site: str | None = None,
 ) -> dict[str, Any]:
     """`sole_consumer`: this gateway is the only reader of the fleet's MQTT intake. Not so on a cluster, where
     the replicas (a number the HPA may change) share it; locally one gateway runs per fleet.
     `nats_callout_password_file` set: the gateway answers the MQTT auth callout as the user of the callout's
     own account (local mode), on a second connection."""
     config = {
-        **_common(nats_url, ops_port, nats_password_file, nats_user),
+        **_common(nats_url, ops_port, nats_password_file, nats_user, site),
         "fleet": _resource(fleet),
         "listen_port": listen_port,
         "secret_file": str(secret_file),
@@ -67,9 +70,10 @@ def processor_config(
     ops_port: int = 8081,
     nats_password_file: Path | None = None,
     nats_user: str = SERVICE_USER,
+    site: str | None = None,
 ) -> dict[str, Any]:
     return {
-        **_common(nats_url, ops_port, nats_password_file, nats_user),
+        **_common(nats_url, ops_port, nats_password_file, nats_user, site),
         "fleet": _resource(fleet),
         "pipeline": _resource(pipeline),
         "replica": replica,
@@ -86,11 +90,12 @@ def writer_config(
     nats_password_file: Path | None = None,
     sole_consumer: bool | None = None,
     nats_user: str = SERVICE_USER,
+    site: str | None = None,
 ) -> dict[str, Any]:
     """`sole_consumer`: this writer reads the pipeline's consumer alone, so after a crash it resumes from the ack
     floor at once; by default, when the pipeline has one writer replica."""
     config = {
-        **_common(nats_url, ops_port, nats_password_file, nats_user),
+        **_common(nats_url, ops_port, nats_password_file, nats_user, site),
         "fleet": _resource(fleet),
         "pipeline": _resource(pipeline),
         "sole_consumer": pipeline.spec.writer.replicas == 1 if sole_consumer is None else sole_consumer,

@@ -23,7 +23,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.runtime import subjects
+from fleetflow.runtime import edgelink, subjects
 from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
@@ -88,8 +88,9 @@ async def _maybe_await(value: Awaitable[None] | None) -> None:
         await value
 
 
-def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
-    """The fleet's streams: telemetry (partitioned by device), commands, alerts and dead letters."""
+def fleet_streams(fleet: DeviceFleet, site: str | None = None) -> list[StreamConfig]:
+    """The fleet's streams: telemetry (partitioned by device), commands, alerts and dead letters. In the centre
+    (`site` None) the telemetry stream sources the fleet's edge sites; at a site it keeps to the site's budget."""
     name, spec = fleet.name, fleet.spec.streams
     common: dict[str, Any] = {
         "retention": RetentionPolicy.LIMITS,
@@ -105,15 +106,19 @@ def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
         src=f"ff.{name}.{subjects.TELEMETRY}.*",
         dest=f"ff.{name}.{subjects.TELEMETRY}.{{{{partition({spec.partitions},1)}}}}.{{{{wildcard(1)}}}}",
     )
+    telemetry = StreamConfig(
+        name=subjects.telemetry_stream(name),
+        description=f"Telemetry batches of fleet {name}",
+        subjects=[f"ff.{name}.{subjects.TELEMETRY}.*"],
+        subject_transform=partition,
+        max_bytes=spec.max_bytes_value,
+        sources=edgelink.telemetry_sources(fleet) or None,  # the fleet's edge sites (docs/edge.md)
+        **common,
+    )
+    if site is not None:
+        telemetry = edgelink.site_telemetry(telemetry, edgelink.find_site(fleet, site))
     return [
-        StreamConfig(
-            name=subjects.telemetry_stream(name),
-            description=f"Telemetry batches of fleet {name}",
-            subjects=[f"ff.{name}.{subjects.TELEMETRY}.*"],
-            subject_transform=partition,
-            max_bytes=spec.max_bytes_value,
-            **common,
-        ),
+        telemetry,
         StreamConfig(
             name=subjects.commands_stream(name),
             description=f"Commands to devices of fleet {name}",
@@ -136,8 +141,9 @@ def fleet_streams(fleet: DeviceFleet) -> list[StreamConfig]:
     ]
 
 
-def pipeline_streams(fleet: DeviceFleet, pipeline: Pipeline) -> list[StreamConfig]:
-    """The stream that carries a pipeline's processed records to its writer.
+def pipeline_streams(fleet: DeviceFleet, pipeline: Pipeline, site: str | None = None) -> list[StreamConfig]:
+    """The stream that carries a pipeline's processed records to its writer; in the centre, an edge pipeline's
+    sources the records its sites forward.
 
     No max_bytes: JetStream reserves a stream's max_bytes from the server's store when the stream is created,
     so a byte limit per pipeline would use up a managed NATS volume after a pipeline or two. The stream is
@@ -154,6 +160,7 @@ def pipeline_streams(fleet: DeviceFleet, pipeline: Pipeline) -> list[StreamConfi
             max_age=spec.max_age_seconds,
             max_bytes=-1,  # explicit, so that updating a stream made with a byte limit lifts it
             duplicate_window=spec.duplicate_window_seconds,
+            sources=(edgelink.record_sources(fleet, pipeline.name) or None) if site is None else None,
         )
     ]
 
@@ -249,15 +256,20 @@ def _differs(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return any(current.get(key) != value for key, value in wanted.items() if value is not None)
 
 
-async def provision_fleet(js: JetStreamContext, fleet: DeviceFleet) -> dict[str, str]:
-    return {cfg.name or "": await ensure_stream(js, cfg) for cfg in fleet_streams(fleet)}
+async def provision_fleet(js: JetStreamContext, fleet: DeviceFleet, site: str | None = None) -> dict[str, str]:
+    """The fleet's streams in the centre (`site` None) or at one of its edge sites."""
+    return {cfg.name or "": await ensure_stream(js, cfg) for cfg in fleet_streams(fleet, site)}
 
 
-async def provision_pipeline(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> dict[str, str]:
-    """The pipeline's stream, one processor consumer per replica, and the writer consumer."""
-    outcome = {cfg.name or "": await ensure_stream(js, cfg) for cfg in pipeline_streams(fleet, pipeline)}
+async def provision_pipeline(
+    js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline, site: str | None = None
+) -> dict[str, str]:
+    """The pipeline's stream, one processor consumer per replica, and the writer consumer. An edge pipeline has no
+    processors in the centre (they run at its sites), only the writer of the records the sites forward."""
+    outcome = {cfg.name or "": await ensure_stream(js, cfg) for cfg in pipeline_streams(fleet, pipeline, site)}
     telemetry = subjects.telemetry_stream(fleet.name)
-    for replica in range(pipeline.spec.processor.replicas):
+    processors = site is not None or pipeline.name not in edgelink.edge_pipelines(fleet)
+    for replica in range(pipeline.spec.processor.replicas if processors else 0):
         config = processor_consumer(fleet, pipeline, replica)
         outcome[f"{telemetry}/{config.durable_name}"] = await ensure_consumer(js, telemetry, config)
     out_stream = subjects.pipeline_stream(fleet.name, pipeline.name)

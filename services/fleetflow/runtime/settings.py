@@ -35,6 +35,8 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "json"
     drain_timeout: float = pydantic.Field(default=20.0, gt=0)
+    # The edge site of the fleet this service runs at (docs/edge.md): its streams are the site's. None: the centre.
+    site: str | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -69,8 +69,8 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         settings.nats_url, f"fleetflow-writer-{pipeline.name}", login=settings.nats_login(), tls=settings.nats_tls()
     )
     js = nc.jetstream()
-    await jetstream.provision_fleet(js, fleet)
-    await jetstream.provision_pipeline(js, fleet, pipeline)
+    await jetstream.provision_fleet(js, fleet, settings.site)
+    await jetstream.provision_pipeline(js, fleet, pipeline, settings.site)
     consumer = BatchConsumer(
         js,
         subjects.pipeline_stream(fleet.name, pipeline.name),

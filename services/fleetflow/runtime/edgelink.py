@@ -1,0 +1,148 @@
+"""The link between an edge site and the centre, as NATS sees it: JetStream domains, the leaf-node connection
+(both ends of nats.conf) and the streams that source a site's data into the centre.
+
+A site's NATS is a leaf node of the fleet's NATS with a JetStream domain of its own. Its fleet streams capture the
+same subjects as the centre's, so nothing on `ff.>` may cross the leaf connection itself (each side would store
+it twice); the centre's streams *source* the site's streams over the JetStream API of the site's domain instead.
+A sourced message keeps its Nats-Msg-Id and carries its origin sequence, from which the centre resumes after an
+outage: every batch the site stored arrives once, in the site's order (docs/edge.md)."""
+
+import dataclasses
+from urllib.parse import urlsplit
+
+from nats.js.api import DiscardPolicy, ExternalStream, StreamConfig, StreamSource, SubjectTransform
+
+from fleetflow.api import DeviceFleet
+from fleetflow.api.sites import EdgeSite
+from fleetflow.runtime import subjects
+
+HUB_DOMAIN = "hub"
+# Subjects that stay on their own side of the leaf connection: the fleets' data (captured by streams on both sides)
+# and the MQTT sessions of each side's devices.
+LOCAL_ONLY = ("ff.>", "$MQTT.>")
+HUB_SCHEMES = ("nats",)  # TLS on the leaf connection is not built yet (docs/edge.md, Security)
+
+
+def site_domain(fleet: str, site: str) -> str:
+    """The site's JetStream domain, unique on the hub: also the user its leaf connection logs in as."""
+    return f"{fleet}-{site}"
+
+
+def site_api(fleet: str, site: str) -> str:
+    return f"$JS.{site_domain(fleet, site)}.API"
+
+
+def telemetry_sources(fleet: DeviceFleet) -> list[StreamSource]:
+    """The centre's telemetry stream sources every site that forwards its readings."""
+    stream = subjects.telemetry_stream(fleet.name)
+    return [
+        StreamSource(name=stream, external=ExternalStream(api=site_api(fleet.name, site.name)))
+        for site in fleet.spec.sites
+        if site.forward.readings
+    ]
+
+
+def record_sources(fleet: DeviceFleet, pipeline: str) -> list[StreamSource]:
+    """The centre's copy of an edge pipeline's output stream sources, from each site running it, only the record
+    kinds that site forwards (metered links): the raw and late readings stay at the site."""
+    stream = subjects.pipeline_stream(fleet.name, pipeline)
+    found = []
+    for site in fleet.spec.sites:
+        if pipeline in site.pipelines and site.forward.records:
+            kinds = [f"ff.{fleet.name}.pl.{pipeline}.{record}.>" for record in site.forward.records]
+            found.append(
+                StreamSource(
+                    name=stream,
+                    external=ExternalStream(api=site_api(fleet.name, site.name)),
+                    # A transform to itself is a filter; a source may carry several.
+                    subject_transforms=[SubjectTransform(src=kind, dest=kind) for kind in kinds],
+                )
+            )
+    return found
+
+
+def edge_pipelines(fleet: DeviceFleet) -> set[str]:
+    """Pipelines that run at a site of the fleet, not in the centre."""
+    return {name for site in fleet.spec.sites for name in site.pipelines}
+
+
+def forwarded_pipelines(fleet: DeviceFleet) -> set[str]:
+    """Edge pipelines whose records some site forwards: the centre runs their writer."""
+    return {name for site in fleet.spec.sites if site.forward.records for name in site.pipelines}
+
+
+def site_telemetry(stream: StreamConfig, site: EdgeSite) -> StreamConfig:
+    """The site's telemetry stream: the centre's, bounded by the site's disk budget and longest outage, and full
+    either refusing new batches or dropping the oldest. Limits retention: the centre's source reads it again after
+    every outage, which work-queue or interest retention would not allow."""
+    storage = site.storage
+    discard = DiscardPolicy.NEW if storage.when_full == "RejectNew" else DiscardPolicy.OLD
+    return dataclasses.replace(
+        stream, max_bytes=storage.max_bytes_value, max_age=storage.max_age_seconds, discard=discard, sources=None
+    )
+
+
+def find_site(fleet: DeviceFleet, name: str | None) -> EdgeSite:
+    """The site `name` of the fleet; without a name, its only site. ValueError names what is declared."""
+    declared = [site.name for site in fleet.spec.sites]
+    if not declared:
+        raise ValueError(f"DeviceFleet {fleet.name!r} declares no sites: add spec.sites (docs/edge.md)")
+    if name is None:
+        if len(declared) > 1:
+            raise ValueError(f"DeviceFleet {fleet.name!r} declares sites {', '.join(declared)}: choose one with --site")
+        return fleet.spec.sites[0]
+    for site in fleet.spec.sites:
+        if site.name == name:
+            return site
+    raise ValueError(f"--site {name!r}: DeviceFleet {fleet.name!r} declares sites {', '.join(declared)}")
+
+
+def check_hub_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a hub's leaf-node URL; ValueError naming the value and what is accepted."""
+    accepted = "nats://HOST:PORT (the hub's leaf-node listener, no user or password in it)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"--hub {url!r}: use {accepted}") from None
+    if parts.scheme not in HUB_SCHEMES or not parts.hostname or port is None or parts.username or parts.path:
+        raise ValueError(f"--hub {url!r}: use {accepted}")
+    return parts.scheme, parts.hostname, port
+
+
+def leaf_remote_config(hub_url: str, user: str, password: str, account: str) -> str:
+    """The site's nats.conf block that dials the hub. Passwords are letters and digits (natsauth.new_password),
+    so they sit in the URL as they are."""
+    scheme, host, port = check_hub_url(hub_url)
+    denied = ", ".join(f'"{subject}"' for subject in LOCAL_ONLY)
+    return "\n".join(
+        [
+            "leafnodes {",
+            "  remotes: [",
+            f'    {{ url: "{scheme}://{user}:{password}@{host}:{port}", account: {account},',
+            f"      deny_exports: [{denied}], deny_imports: [{denied}] }}",
+            "  ]",
+            "}",
+            "",
+        ]
+    )
+
+
+def hub_leafnodes_config(host: str, port: int, sites: dict[str, str], account: str) -> str:
+    """The hub's nats.conf block: a leaf-node listener where each site logs in as its own user (its domain name)
+    with its own password, into the fleets' account. `sites` maps user to a nats.conf password value. The listener
+    does not advertise other URLs: a site dials the address it was given (a proxy or a load balancer in between
+    stays in the path)."""
+    users = ", ".join(
+        f"{{ user: {user}, password: {password}, account: {account} }}" for user, password in sites.items()
+    )
+    return "\n".join(
+        [
+            "leafnodes {",
+            f"  listen: {host}:{port}",
+            "  no_advertise: true",
+            f"  authorization {{ users: [ {users} ] }}",
+            "}",
+            "",
+        ]
+    )
