@@ -139,8 +139,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
             ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
             ("events.k8s.io", "v1", "events", "Event"),
+            ("coordination.k8s.io", "v1", "leases", "Lease"),
         ]:  # fmt: skip
-            status = kind not in {"ConfigMap", "Secret", "Event"}
+            status = kind not in {"ConfigMap", "Secret", "Event", "Lease"}
             self.kinds[(group, version, plural)] = (kind, status)
         self.scale_paths[("apps", "v1", "deployments")] = ("spec", "replicas")
         self.scale_paths[("apps", "v1", "statefulsets")] = ("spec", "replicas")

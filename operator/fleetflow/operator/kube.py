@@ -25,6 +25,7 @@ PLURALS = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     (f"{GROUP}/{VERSION}", "DeviceFleet"): "devicefleets",
     (f"{GROUP}/{VERSION}", "Pipeline"): "pipelines",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
 }
 # Worth another try: the server was busy, restarting or briefly unreachable.
 TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
