@@ -235,7 +235,9 @@ def test_device_secret_is_generated_only_without_a_secret_ref() -> None:
     assert gateway.device_secret_ref(named).name == "cold-tokens"
     deployment = gateway.gateway_deployment(named, IMAGE, "Always", {})
     volume = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["device-secret"]
-    assert volume["secret"] == {"secretName": "cold-tokens", "items": [{"key": "fleet-secret", "path": "fleet-secret"}]}
+    assert volume["secret"] == {"secretName": "cold-tokens"}, "all keys: fleet-secret.previous during a rotation"
+    config = yaml.safe_load(gateway.rendered_config(named))
+    assert config["secret_file"] == "/var/run/fleetflow/device-secret/fleet-secret"
 
 
 def test_gateway_service_pdb_and_endpoints() -> None:

@@ -12,7 +12,7 @@ import structlog
 from kubernetes import client as k8s_client
 
 from fleetflow.api import GROUP, VERSION, DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import children, conditions, nats_credentials, streams
+from fleetflow.operator import children, conditions, device_secret, nats_credentials, streams
 from fleetflow.operator.builders import nats
 from fleetflow.operator.fleet_steps import FLEET_STEPS
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref, authorization
@@ -227,8 +227,8 @@ def _register(registry: kopf.OperatorRegistry, operator: Operator, kind: str, pl
     @kopf.on.event(*resource, id=f"{plural}-pause", registry=registry)
     async def pause_changed(body: kopf.Body, **_: Any) -> None:
         # kopf's change detection ignores the operator's own `fleetflow.io/*` annotations (where it keeps its
-        # bookkeeping), so a pause or a resume would wait for the timer without this.
-        if children.pause_not_yet_reported(body):
+        # bookkeeping), so a pause, a resume or a device-key rotation would wait for the timer without this.
+        if children.pause_not_yet_reported(body) or device_secret.request_pending(body):
             with contextlib.suppress(kopf.TemporaryError):  # recorded in the conditions; the timer retries it
                 await operator.reconcile(kind, body)
 

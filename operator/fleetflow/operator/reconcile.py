@@ -48,6 +48,7 @@ class Context:
     fleet: DeviceFleet | None = None
     pipeline: Pipeline | None = None
     nats_credentials: NatsCredentials | None = None  # of a managed NATS; None for an external one
+    device_secret_digest: str | None = None  # of the device Secret's keys; the gateway pods roll when it changes
     changes: list[str] = field(default_factory=list)  # what this reconcile changed, for one Event
 
     def __post_init__(self) -> None:
@@ -91,6 +92,7 @@ class Context:
 
 
 Step = Callable[[Context], Awaitable[None]]
+STICKY_STATUS = ("deviceSecret",)
 
 
 async def run_steps(ctx: Context, steps: list[tuple[str, Step]]) -> None:
@@ -117,7 +119,11 @@ def build_status(ctx: Context, previous: JsonObject | None) -> JsonObject:
     """The complete status; conditions keep their lastTransitionTime while their status holds."""
     previous = previous or {}
     wanted = conditions.derive(ctx.outcome)
+    # What a reconcile that stopped early did not look at stays as recorded: the device Secret's record is what
+    # tells, later, that a fleet has issued tokens.
+    sticky = {key: previous[key] for key in STICKY_STATUS if key in previous}
     status = {
+        **sticky,
         **ctx.status,
         "observedGeneration": ctx.outcome.generation,
         "conditions": conditions.merge(previous.get("conditions") or [], wanted, conditions.now()),

@@ -129,7 +129,9 @@ def gateway_deployment(
     ]
     volumes = [
         *service_volumes(config_map_name(fleet)),
-        {"name": "device-secret", "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]}},
+        # The whole Secret: during a rotation's overlap `<key>.previous` lies beside the key (items would have to
+        # name it, and a named item that is missing keeps the pod from starting).
+        {"name": "device-secret", "secret": {"secretName": ref.name}},
         {"name": "buffer", "emptyDir": {"sizeLimit": "512Mi"}},
     ]
     if nats.managed(fleet):
