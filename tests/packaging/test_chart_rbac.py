@@ -11,7 +11,9 @@ from tests.packaging import chart
 Grant = tuple[str, str, str]  # (API group, resource, verb)
 
 # Where each resource the operator touches lives: cluster-scoped ones can only be granted by a ClusterRole.
-CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+CLUSTER_SCOPED = {
+    ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"), ("storage.k8s.io", "storageclasses")
+}  # fmt: skip
 NAMESPACED = {
     ("fleetflow.io", "devicefleets"), ("fleetflow.io", "pipelines"),
     ("fleetflow.io", "devicefleets/status"), ("fleetflow.io", "pipelines/status"),
@@ -19,7 +21,7 @@ NAMESPACED = {
     ("", "configmaps"), ("", "services"), ("", "secrets"), ("", "events"),
     ("apps", "deployments"), ("apps", "statefulsets"),
     ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers"),
-    ("coordination.k8s.io", "leases"),
+    ("coordination.k8s.io", "leases"), ("", "persistentvolumeclaims"),
 }  # fmt: skip
 LEADER_ELECTION_ROLE = "ff-fleetflow-operator-leader-election"
 TWO_NAMESPACES = ["plant-a", "plant-b"]

@@ -1,7 +1,7 @@
 """The DeviceFleet reconcile, as an ordered list of small named idempotent steps."""
 
 from fleetflow.api import DeviceFleet
-from fleetflow.operator import device_secret, nats_credentials, streams
+from fleetflow.operator import device_secret, nats_credentials, nats_storage, streams
 from fleetflow.operator.builders import gateway, nats
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.conditions import Problem
@@ -130,11 +130,31 @@ async def ensure_nats_credentials(ctx: Context) -> None:
         raise Stop(Problem(exc.reason, str(exc))) from None
 
 
+async def plan_nats_storage(ctx: Context) -> None:
+    """Never a patch the API server refuses: a changed volume size is expanded in place or reported."""
+    fleet = fleet_of(ctx)
+    if not nats.managed(fleet):
+        return
+    plan = await nats_storage.plan(ctx.api, fleet, ctx.namespace)
+    ctx.nats_storage = plan
+    ctx.changes += plan.changes
+    if plan.problem is not None:
+        ctx.outcome.problems.append(plan.problem)
+    if plan.waiting is not None:
+        ctx.wait_for(plan.waiting)
+
+
 async def apply_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
-    desired = nats.nats_objects(fleet, opts.nats_image, opts.image_pull_policy, resources_of(opts.resources, "nats"))
+    plan = ctx.nats_storage
+    built = nats_storage.with_storage(fleet, plan.storage) if plan is not None else fleet
+    desired = nats.nats_objects(built, opts.nats_image, opts.image_pull_policy, resources_of(opts.resources, "nats"))
     for obj in desired:
+        if obj["kind"] == "StatefulSet" and plan is not None:
+            if plan.statefulset_going:
+                continue  # being re-created with new volumes: created again once it is gone
+            obj = nats_storage.carried_over(obj, plan)
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
     if not desired:  # switched to an external NATS: the managed one goes (its PVCs stay, as StatefulSets do)
         await ctx.remove_owned("apps/v1", "StatefulSet", nats.statefulset_name(fleet))
@@ -211,6 +231,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("ensure-device-secret", ensure_device_secret),
     ("ensure-nats-credentials", ensure_nats_credentials),
+    ("plan-nats-storage", plan_nats_storage),
     ("apply-nats", apply_nats),
     ("apply-gateway", apply_gateway),
     ("observe-nats", observe_nats),

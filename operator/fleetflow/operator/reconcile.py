@@ -14,6 +14,7 @@ from fleetflow.operator.builders.common import owned
 from fleetflow.operator.conditions import Outcome, Problem
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref
 from fleetflow.operator.nats_credentials import NatsCredentials
+from fleetflow.operator.nats_storage import StoragePlan
 from fleetflow.operator.options import OperatorOptions
 from fleetflow.operator.readiness import Readiness
 from fleetflow.runtime.natsauth import NatsLogin
@@ -49,6 +50,7 @@ class Context:
     pipeline: Pipeline | None = None
     nats_credentials: NatsCredentials | None = None  # of a managed NATS; None for an external one
     device_secret_digest: str | None = None  # of the device Secret's keys; the gateway pods roll when it changes
+    nats_storage: StoragePlan | None = None  # the volumes a managed NATS has, and what changes them
     changes: list[str] = field(default_factory=list)  # what this reconcile changed, for one Event
 
     def __post_init__(self) -> None:
