@@ -29,7 +29,7 @@ def keys(emulator: ApiServerEmulator, name: str = SECRET) -> dict[str, str]:
 
 
 def gateway_hash(emulator: ApiServerEmulator) -> str | None:
-    found = emulator.get("apps/v1", "deployments", "ns1", "cold-gateway") or {}
+    found = emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway") or {}
     return found.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(HASH_ANNOTATION)
 
 

@@ -43,13 +43,13 @@ def gateway_images(emulator: ApiServerEmulator) -> set[str]:
     return {
         container["image"]
         for _, rkey, event in emulator.history
-        if rkey == ("apps", "v1", "deployments") and event["object"]["metadata"]["name"] == "cold-gateway"
+        if rkey == ("apps", "v1", "statefulsets") and event["object"]["metadata"]["name"] == "cold-gateway"
         for container in event["object"]["spec"]["template"]["spec"]["containers"]
     }
 
 
 def gateway_image(emulator: ApiServerEmulator) -> str | None:
-    found = emulator.get("apps/v1", "deployments", "ns1", "cold-gateway")
+    found = emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway")
     return found["spec"]["template"]["spec"]["containers"][0]["image"] if found else None
 
 

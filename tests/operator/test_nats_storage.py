@@ -72,7 +72,7 @@ def limit_for(size: str) -> int:
 
 
 def gateway_replicas(emulator: ApiServerEmulator) -> int | None:
-    return (emulator.get("apps/v1", "deployments", "ns1", "cold-gateway") or {}).get("spec", {}).get("replicas")
+    return (emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway") or {}).get("spec", {}).get("replicas")
 
 
 def conditions_text(emulator: ApiServerEmulator) -> str:
@@ -129,8 +129,11 @@ async def test_a_storage_class_that_cannot_expand_is_a_condition_and_the_other_s
         assert "StorageClass 'fixed' does not allow volume expansion" in refused["message"]
         assert "set it back to '10Gi'" in refused["message"]
         await wait_until(lambda: gateway_replicas(emulator) == 3, timeout=WITHIN, what="the gateway step to go on")
-        warning = [e for e in emulator.items("v1", "events", "ns1") if e.get("reason") == "StorageNotExpandable"]
-        assert warning and warning[0]["type"] == "Warning"
+        (warning,) = await wait_until(
+            lambda: [e for e in emulator.items("v1", "events", "ns1") if e.get("reason") == "StorageNotExpandable"],
+            what="a Warning Event",
+        )
+        assert warning["type"] == "Warning"
         assert requested(emulator) == ["10Gi"] * SERVERS
         assert template_size(emulator) == "10Gi" and store_limit(emulator) == limit_for("10Gi"), "NATS as it was"
         assert "KubernetesApiError" not in conditions_text(emulator)

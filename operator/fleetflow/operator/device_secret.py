@@ -119,8 +119,8 @@ async def retire_previous(api: KubeApi, secret: JsonObject, key: str) -> JsonObj
 
 
 def stamped(obj: JsonObject, secret_digest: str | None) -> JsonObject:
-    """The gateway Deployment, whose pods roll when the device Secret's keys change; other objects as they are."""
-    if secret_digest is None or obj["kind"] != "Deployment":
+    """The gateway StatefulSet, whose pods roll when the device Secret's keys change; other objects as they are."""
+    if secret_digest is None or obj["kind"] != "StatefulSet":
         return obj
     template = obj["spec"]["template"]
     annotations = {**template.get("metadata", {}).get("annotations", {}), HASH_ANNOTATION: secret_digest}

@@ -69,8 +69,11 @@ async def may_generate(ctx: Context, recorded: device_secret.Recorded | None, ro
     explicit rotation may replace it; fleets reconciled before the status recorded the Secret show it by their
     gateway."""
     if recorded is None:
-        deployed = await ctx.api.get_or_none(Ref("apps/v1", "Deployment", ctx.namespace, gateway.name(fleet_of(ctx))))
-        return deployed is None
+        name = gateway.name(fleet_of(ctx))
+        for kind in ("StatefulSet", "Deployment"):  # a Deployment: the gateway of earlier operator versions
+            if await ctx.api.get_or_none(Ref("apps/v1", kind, ctx.namespace, name)) is not None:
+                return False
+        return True
     return rotation is not None and rotation != recorded.rotation
 
 
@@ -216,9 +219,13 @@ async def provision_streams(ctx: Context) -> None:
 
 async def observe_gateway(ctx: Context) -> None:
     fleet = fleet_of(ctx)
-    current = await ctx.api.get_or_none(Ref("apps/v1", "Deployment", ctx.namespace, gateway.name(fleet)))
+    current = await ctx.api.get_or_none(Ref("apps/v1", "StatefulSet", ctx.namespace, gateway.name(fleet)))
     readiness = workload("gateway", current)
     ctx.wait_for(readiness)
+    if readiness.ready:
+        # Earlier operator versions ran the gateway as a Deployment (its buffer in an emptyDir): it goes once the
+        # StatefulSet serves, so devices never meet a fleet without a gateway.
+        await ctx.remove_owned("apps/v1", "Deployment", gateway.name(fleet))
     live = (current or {}).get("status") or {}
     ctx.status["gateway"] = {
         "replicas": int(live.get("replicas") or 0),
