@@ -13,7 +13,7 @@ from kubernetes import client as k8s_client
 
 from fleetflow.operator.kube import KubeApi
 from fleetflow.operator.leadership import Leadership, LeadershipLost, LeaseSettings
-from fleetflow.operator.main import lead
+from fleetflow.operator.main import lead, operate
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.apiserver import ApiServerEmulator
 from tests.operator.conftest import OperatorStarter, wait_until
@@ -176,3 +176,24 @@ def test_without_a_lease_setting_the_operator_acts_alone(monkeypatch: pytest.Mon
 def test_lease_timings_that_would_let_two_lead_are_refused() -> None:
     with pytest.raises(ValueError, match="expected 0 < renew_every < renew_deadline < duration"):
         LeaseSettings("ns", "l", "a", duration=5, renew_deadline=10, renew_every=1)
+
+
+async def test_a_standby_stops_when_asked_like_a_leader(apiserver: Api) -> None:
+    _, url = apiserver
+    async with kube(url) as api:
+        holder_of_it = Leadership(api, LeaseSettings(LEASE_NS, LEASE_NAME, "a", duration=60, renew_deadline=30))
+        await holder_of_it.acquire()
+    stop = asyncio.Event()
+    standing_by = asyncio.create_task(
+        operate(
+            ["ns1"],
+            options=replica("fleetflow:b"),
+            configuration=k8s_client.Configuration(host=url),
+            lease=lease("b"),
+            stop_flag=stop,
+        )  # fmt: skip
+    )
+    await asyncio.sleep(0.3)
+    assert not standing_by.done(), "standing by while another holds the Lease"
+    stop.set()
+    await asyncio.wait_for(standing_by, WITHIN)

@@ -1,9 +1,10 @@
 """`fleetflow operator`: run the operator until SIGTERM (or until `stop_flag` is set)."""
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import kopf
@@ -82,8 +83,7 @@ async def operate(
     try:
         if leadership is None:
             await acting()
-        else:
-            await leadership.acquire()
+        elif await unless_stopped(leadership.acquire(), stop_flag):
             await lead(leadership, acting)
     finally:
         if leadership is not None:
@@ -93,7 +93,24 @@ async def operate(
             await ops_runner.cleanup()
 
 
-async def lead(leadership: Leadership, acting: Any) -> None:
+async def unless_stopped(work: Coroutine[Any, Any, None], stop_flag: asyncio.Event | threading.Event | None) -> bool:
+    """Await `work` unless `stop_flag` is set first (a standby stops as promptly as a leader); True if it finished."""
+    task = asyncio.create_task(work)
+    try:
+        while not task.done():
+            if stop_flag is not None and stop_flag.is_set():
+                return False
+            await asyncio.wait({task}, timeout=0.1)
+        task.result()
+        return True
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def lead(leadership: Leadership, acting: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run `acting()` (kopf) while renewing the Lease; stop it the moment leadership is lost."""
     # Created before kopf starts: kopf cancels, when it stops, every task that appeared after its start.
     holding = asyncio.create_task(leadership.hold(), name="lease renewal")
