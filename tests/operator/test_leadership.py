@@ -191,7 +191,7 @@ async def test_a_standby_stops_when_asked_like_a_leader(apiserver: Api) -> None:
             configuration=k8s_client.Configuration(host=url),
             lease=lease("b"),
             stop_flag=stop,
-        )  # fmt: skip
+        )
     )
     await asyncio.sleep(0.3)
     assert not standing_by.done(), "standing by while another holds the Lease"
