@@ -101,6 +101,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     failures: dict[tuple[str, str], int] = attrs.field(factory=dict)
     failed: list[tuple[str, str]] = attrs.field(factory=list)
     state_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    cluster_scoped: set[tuple[str, str, str]] = attrs.field(factory=set)
 
     # --- registration ---------------------------------------------------------------------------------
 
@@ -141,9 +142,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
             ("networking.k8s.io", "v1", "ingresses", "Ingress"),
             ("events.k8s.io", "v1", "events", "Event"),
+            ("coordination.k8s.io", "v1", "leases", "Lease"),
+            ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+            ("storage.k8s.io", "v1", "storageclasses", "StorageClass"),
         ]:  # fmt: skip
-            status = kind not in {"ConfigMap", "Secret", "Event", "NetworkPolicy"}
+            status = kind not in {"ConfigMap", "Secret", "Event", "NetworkPolicy", "Lease", "StorageClass"}
             self.kinds[(group, version, plural)] = (kind, status)
+        self.cluster_scoped.add(("storage.k8s.io", "v1", "storageclasses"))
         self.scale_paths[("apps", "v1", "deployments")] = ("spec", "replicas")
         self.scale_paths[("apps", "v1", "statefulsets")] = ("spec", "replicas")
 
@@ -214,7 +219,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         if method == "POST" and name is None:
             async with self.state_lock:
                 return aiohttp.web.json_response(self._create(rkey, ns, request.data), status=201)
-        if name is None or ns is None:
+        if name is None or (ns is None and rkey not in self.cluster_scoped):
             raise ApiError(405, "MethodNotAllowed", f"{method} {raw.path} is not supported by the emulator")
         key = (*rkey, ns, name)
         if method == "GET":
@@ -250,10 +255,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             raise ApiError(400, "BadRequest", "the body of a create must be a JSON object")
         obj = _strip_directives(copy.deepcopy(data))
         meta = obj.setdefault("metadata", {})
-        meta["namespace"] = ns or meta.get("namespace") or "default"
+        if rkey in self.cluster_scoped:
+            meta.pop("namespace", None)
+        else:
+            meta["namespace"] = ns or meta.get("namespace") or "default"
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
-        key = (*rkey, meta["namespace"], meta.get("name"))
+        key = (*rkey, meta.get("namespace"), meta.get("name"))
         if not meta.get("name"):
             raise ApiError(422, "Invalid", "metadata.name: Required value")
         if key in self.store:
@@ -262,7 +270,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         obj["apiVersion"] = f"{rkey[0]}/{rkey[1]}" if rkey[0] else rkey[1]
         obj["kind"] = kind
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
-        self.namespaces.add(meta["namespace"])
+        if "namespace" in meta:
+            self.namespaces.add(meta["namespace"])
         self._bump(obj)
         self.store[key] = obj  # type: ignore[index]
         self._emit(rkey, "ADDED", obj)
@@ -313,7 +322,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             after.pop("status", None)
         meta = after.setdefault("metadata", {})
         for fixed in ("uid", "creationTimestamp", "namespace", "name"):
-            meta[fixed] = before["metadata"][fixed]
+            if fixed in before["metadata"]:
+                meta[fixed] = before["metadata"][fixed]
+        if key[:3] == ("apps", "v1", "statefulsets") and sub == "":
+            _refuse_immutable_statefulset_change(before, after)
         meta["generation"] = before["metadata"].get("generation", 1)
         if {k: v for k, v in after.items() if k not in ("metadata", "status")} != {
             k: v for k, v in before.items() if k not in ("metadata", "status")
@@ -446,6 +458,22 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         except ConnectionError:
             pass  # the client went away
         return response
+
+
+# What the API server lets a StatefulSet update change; anything else in its spec is refused with a 422.
+_STATEFULSET_MUTABLE = {"replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
+                        "minReadySeconds"}  # fmt: skip
+
+
+def _refuse_immutable_statefulset_change(before: JsonObject, after: JsonObject) -> None:
+    def fixed(obj: JsonObject) -> JsonObject:
+        return {k: v for k, v in (obj.get("spec") or {}).items() if k not in _STATEFULSET_MUTABLE}
+
+    if fixed(before) != fixed(after):
+        raise ApiError(422, "Invalid", f'StatefulSet.apps "{before["metadata"]["name"]}" is invalid: spec: Forbidden: '
+                       "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', "
+                       "'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are "
+                       "forbidden")  # fmt: skip
 
 
 def _selected(raw: aiohttp.web.BaseRequest, obj: JsonObject) -> bool:

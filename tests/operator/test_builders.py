@@ -137,10 +137,10 @@ def test_gateway_config_map_is_the_runtime_config_the_gateway_loads() -> None:
     assert settings.nats_url == "nats://cold-nats.ns1.svc:4222"
 
 
-def test_gateway_deployment_runs_the_one_image_with_probes_and_a_locked_down_pod() -> None:
+def test_gateway_runs_the_one_image_with_probes_and_a_locked_down_pod() -> None:
     f = fleet(fleet_doc(gateway={"replicas": 2}))
-    deployment = gateway.gateway_deployment(f, IMAGE, "IfNotPresent", DEFAULT_RESOURCES["gateway"])
-    assert deployment["spec"]["replicas"] == 2
+    deployment = gateway.gateway_statefulset(f, IMAGE, "IfNotPresent", DEFAULT_RESOURCES["gateway"])
+    assert deployment["kind"] == "StatefulSet" and deployment["spec"]["replicas"] == 2
     c = container(deployment)
     assert c["command"] == ["fleetflow"]
     assert c["args"] == ["gateway", "--config", "/etc/fleetflow/config.yaml"]
@@ -160,7 +160,7 @@ def test_gateway_deployment_runs_the_one_image_with_probes_and_a_locked_down_pod
 
 def test_the_gateway_container_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     f = fleet(fleet_doc())
-    c = container(gateway.gateway_deployment(f, IMAGE, "Always", {}))
+    c = container(gateway.gateway_statefulset(f, IMAGE, "Always", {}))
     for item in c["env"]:
         if "value" in item:
             monkeypatch.setenv(item["name"], item["value"])
@@ -197,8 +197,8 @@ def test_operator_options_come_from_the_charts_environment(monkeypatch: pytest.M
 
 
 def test_a_changed_spec_changes_the_config_hash_so_pods_roll() -> None:
-    one = gateway.gateway_deployment(fleet(fleet_doc()), IMAGE, "Always", {})
-    two = gateway.gateway_deployment(fleet(fleet_doc(gateway={"maxBodyBytes": 4096})), IMAGE, "Always", {})
+    one = gateway.gateway_statefulset(fleet(fleet_doc()), IMAGE, "Always", {})
+    two = gateway.gateway_statefulset(fleet(fleet_doc(gateway={"maxBodyBytes": 4096})), IMAGE, "Always", {})
     key = common.CONFIG_HASH_ANNOTATION
     assert (
         one["spec"]["template"]["metadata"]["annotations"][key]
@@ -209,12 +209,24 @@ def test_a_changed_spec_changes_the_config_hash_so_pods_roll() -> None:
 def test_scaling_the_gateway_does_not_restart_its_pods() -> None:
     key = common.CONFIG_HASH_ANNOTATION
     hashes = {
-        gateway.gateway_deployment(fleet(fleet_doc(gateway=spec)), IMAGE, "Always", {})["spec"]["template"]["metadata"][
-            "annotations"
-        ][key]
+        gateway.gateway_statefulset(fleet(fleet_doc(gateway=spec)), IMAGE, "Always", {})["spec"]["template"][
+            "metadata"
+        ]["annotations"][key]
         for spec in ({"replicas": 1}, {"replicas": 5}, {"autoscaling": {"maxReplicas": 9}})
     }
     assert len(hashes) == 1
+
+
+def test_each_gateway_replica_buffers_on_a_volume_of_its_own() -> None:
+    workload = gateway.gateway_statefulset(fleet(fleet_doc()), IMAGE, "Always", {})
+    (claim,) = workload["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "buffer"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    pod = workload["spec"]["template"]["spec"]
+    assert "buffer" not in {v["name"] for v in pod["volumes"]}, "an emptyDir would go with the pod"
+    assert {"name": "buffer", "mountPath": gateway.BUFFER_DIR} in container(workload)["volumeMounts"]
+    assert workload["spec"]["serviceName"] == gateway.name(fleet(fleet_doc()))
+    assert workload["spec"]["podManagementPolicy"] == "Parallel"
 
 
 def test_autoscaling_adds_an_hpa_and_leaves_replicas_to_it() -> None:
@@ -223,7 +235,8 @@ def test_autoscaling_adds_an_hpa_and_leaves_replicas_to_it() -> None:
     assert hpa is not None
     assert hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 8
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
-    assert "replicas" not in gateway.gateway_deployment(f, IMAGE, "Always", {})["spec"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "cold-gateway"}
+    assert "replicas" not in gateway.gateway_statefulset(f, IMAGE, "Always", {})["spec"]
     assert gateway.gateway_hpa(fleet(fleet_doc())) is None
     assert [o["kind"] for o in gateway.gateway_objects(f, IMAGE, "Always", {})][-1] == "HorizontalPodAutoscaler"
 
@@ -237,9 +250,11 @@ def test_device_secret_is_generated_only_without_a_secret_ref() -> None:
     named = fleet(fleet_doc(**FULL_FLEET_SPEC))
     assert not gateway.operator_generates_secret(named)
     assert gateway.device_secret_ref(named).name == "cold-tokens"
-    deployment = gateway.gateway_deployment(named, IMAGE, "Always", {})
+    deployment = gateway.gateway_statefulset(named, IMAGE, "Always", {})
     volume = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["device-secret"]
-    assert volume["secret"] == {"secretName": "cold-tokens", "items": [{"key": "fleet-secret", "path": "fleet-secret"}]}
+    assert volume["secret"] == {"secretName": "cold-tokens"}, "all keys: fleet-secret.previous during a rotation"
+    config = yaml.safe_load(gateway.rendered_config(named))
+    assert config["secret_file"] == "/var/run/fleetflow/device-secret/fleet-secret"
 
 
 def test_gateway_service_pdb_and_endpoints() -> None:
@@ -308,7 +323,7 @@ def test_every_child_is_labelled_and_owned() -> None:
 
 
 def test_the_schema_check_really_rejects_a_wrong_object() -> None:
-    deployment = gateway.gateway_deployment(variants()["minimal"][0], IMAGE, "Always", {})
+    deployment = gateway.gateway_statefulset(variants()["minimal"][0], IMAGE, "Always", {})
     deployment["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)

@@ -63,7 +63,9 @@ async def test_kubectl_applies_the_examples_shows_printer_columns_and_scales_the
         assert f"devicefleet.fleetflow.io/{fleet_name} created" in applied
         assert f"pipeline.fleetflow.io/{pipeline_name} created" in applied
 
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", f"{fleet_name}-gateway"), what="gateway")
+        await wait_until(
+            lambda: emulator.get("apps/v1", "statefulsets", "ns1", f"{fleet_name}-gateway"), what="gateway"
+        )
         await wait_until(lambda: has_condition(emulator, "devicefleets", fleet_name, "Ready", "False"), what="status")
         await wait_until(
             lambda: emulator.get("apps/v1", "deployments", "ns1", f"{pipeline_name}-writer"), what="writer"
@@ -80,8 +82,8 @@ async def test_kubectl_applies_the_examples_shows_printer_columns_and_scales_the
         scaled = await kubectl("scale", f"devicefleet/{fleet_name}", "--replicas=5")
         assert "scaled" in scaled
         await wait_until(
-            lambda: emulator.get("apps/v1", "deployments", "ns1", f"{fleet_name}-gateway")["spec"]["replicas"] == 5,
-            what="the gateway Deployment to follow kubectl scale",
+            lambda: emulator.get("apps/v1", "statefulsets", "ns1", f"{fleet_name}-gateway")["spec"]["replicas"] == 5,
+            what="the gateway StatefulSet to follow kubectl scale",
         )
 
         again = await kubectl("apply", "--validate=false", *files)

@@ -80,7 +80,7 @@ def test_every_variable_of_nats_conf_comes_from_the_secret_or_the_downward_api(r
 
 def test_pods_get_only_the_keys_they_need_and_their_settings_name_them() -> None:
     f, p = fleet(fleet_doc()), pipeline_of(pipeline_doc())
-    deployment = gateway.gateway_deployment(f, IMAGE, "Always", {})
+    deployment = gateway.gateway_statefulset(f, IMAGE, "Always", {})
     volume = credentials_volume(deployment)
     assert volume is not None
     assert volume["secret"]["secretName"] == "cold-nats-credentials"
@@ -152,7 +152,7 @@ def test_a_broken_secret_is_refused_naming_the_key_but_not_the_value(change: dic
 
 def test_workloads_carry_a_hash_of_the_credentials_so_they_roll_when_it_changes() -> None:
     f = fleet(fleet_doc())
-    deployment, config_map = gateway.gateway_deployment(f, IMAGE, "Always", {}), gateway.gateway_config_map(f)
+    deployment, config_map = gateway.gateway_statefulset(f, IMAGE, "Always", {}), gateway.gateway_config_map(f)
     one = nats_credentials.NatsCredentials(nats_credentials.new_values())
     two = nats_credentials.NatsCredentials(nats_credentials.new_values())
     annotations = [nats_credentials.stamped(deployment, c)["spec"]["template"]["metadata"]["annotations"]
@@ -187,7 +187,7 @@ async def test_the_secret_is_created_once_owned_and_its_hash_is_on_every_pod(
         fleet_uid = cr(emulator, "devicefleets", "cold")["metadata"]["uid"]
         assert secret["metadata"]["ownerReferences"][0]["uid"] == fleet_uid
         digest = nats_credentials.read(secret).digest
-        children = [("apps/v1", "statefulsets", "cold-nats"), ("apps/v1", "deployments", "cold-gateway"),
+        children = [("apps/v1", "statefulsets", "cold-nats"), ("apps/v1", "statefulsets", "cold-gateway"),
                     ("apps/v1", "statefulsets", "store-processor"), ("apps/v1", "deployments", "store-writer")]  # fmt: skip
         await wait_until(lambda: all(pod_annotation(emulator, *child) == digest for child in children),
                          what="the pods of NATS, gateway, processor and writer to carry the credentials' hash")  # fmt: skip

@@ -90,7 +90,7 @@ async def test_create_builds_the_children_and_turns_ready_once_they_are(
     async with start_operator():
         await create(emulator, fleet_doc(nats={"external": {"url": nats_server.url}}, gateway={"replicas": 2}))
         await create(emulator, pipeline_doc())
-        gateway = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"),
+        gateway = await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"),
                                    what="the gateway Deployment")  # fmt: skip
         assert gateway["spec"]["replicas"] == 2
         await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "store-writer"), what="the writer")
@@ -128,7 +128,7 @@ async def test_create_builds_the_children_and_turns_ready_once_they_are(
 
             assert await wait_until(consumer_max_deliver, what="the processor's durable consumer") == 5
 
-        await mark_ready(emulator, "apps/v1", "deployments", "cold-gateway")
+        await mark_ready(emulator, "apps/v1", "statefulsets", "cold-gateway")
         ready = await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "True"), what="Ready")
         assert ready["reason"] == "AllComponentsReady"
         status = cr(emulator, "devicefleets", "cold")["status"]
@@ -161,7 +161,9 @@ async def test_updates_to_replicas_retention_and_steps_reach_the_children(
         await patch(emulator, "pipelines", "store", {"spec": {"steps": [step], "processor": {"replicas": 2}}})
 
         def gateway_replicas() -> Any:
-            return (emulator.get("apps/v1", "deployments", "ns1", "cold-gateway") or {}).get("spec", {}).get("replicas")
+            return (
+                (emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway") or {}).get("spec", {}).get("replicas")
+            )
 
         await wait_until(lambda: gateway_replicas() == 3, what="3 gateway replicas")
         await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "store-processor")["spec"]["replicas"] == 2,
@@ -192,13 +194,13 @@ async def test_a_deleted_or_edited_child_comes_back(apiserver: Api, start_operat
         await create(emulator, fleet_doc())
         original = await wait_until(lambda: emulator.get("v1", "configmaps", "ns1", "cold-gateway-config"),
                                     what="the gateway ConfigMap")  # fmt: skip
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), what="the Deployment")
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), what="the Deployment")
 
-        await delete(emulator, "/apis/apps/v1/namespaces/ns1/deployments/cold-gateway")
+        await delete(emulator, "/apis/apps/v1/namespaces/ns1/statefulsets/cold-gateway")
         await emulator.write("v1", "configmaps", "ns1", "cold-gateway-config", {"data": {"config.yaml": "edited"}})
         await emulator.write("apps/v1", "statefulsets", "ns1", "cold-nats", {"spec": {"replicas": 7}})
 
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), what="it to return")
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), what="it to return")
         await wait_until(lambda: emulator.get("v1", "configmaps", "ns1", "cold-gateway-config")["data"] == original["data"],
                          what="the ConfigMap's data to return")  # fmt: skip
         await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-nats")["spec"]["replicas"] == 1,
@@ -208,8 +210,8 @@ async def test_a_deleted_or_edited_child_comes_back(apiserver: Api, start_operat
             return [e.get("message", "") for e in emulator.items("v1", "events", "ns1")
                     if e.get("reason") == "Reconciled"]  # fmt: skip
 
-        await wait_until(lambda: any("created Deployment cold-gateway" in m for m in described()),
-                         what="an Event saying the Deployment was re-created")  # fmt: skip
+        await wait_until(lambda: any("created StatefulSet cold-gateway" in m for m in described()),
+                         what="an Event saying the gateway StatefulSet was re-created")  # fmt: skip
 
 
 async def test_a_paused_resource_is_left_alone_and_says_so(apiserver: Api, start_operator: OperatorStarter) -> None:
@@ -223,13 +225,13 @@ async def test_a_paused_resource_is_left_alone_and_says_so(apiserver: Api, start
         assert 'fleetflow.io/paused is "true"' in paused["message"]
 
         await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"replicas": 4}}})
-        await delete(emulator, "/apis/apps/v1/namespaces/ns1/deployments/cold-gateway")
+        await delete(emulator, "/apis/apps/v1/namespaces/ns1/statefulsets/cold-gateway")
         await asyncio.sleep(1.5)  # three resync periods: long enough for the timer to have acted
-        assert emulator.get("apps/v1", "deployments", "ns1", "cold-gateway") is None
+        assert emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway") is None
         assert has_condition(emulator, "devicefleets", "cold", "Paused", "True")
 
         await patch(emulator, "devicefleets", "cold", {"metadata": {"annotations": {"fleetflow.io/paused": None}}})
-        back = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), what="resume")
+        back = await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), what="resume")
         assert back["spec"]["replicas"] == 4
         await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Paused", "False"))
 
@@ -244,10 +246,10 @@ async def test_invalid_specs_are_reported_in_a_condition_naming_the_field(
         assert ready["reason"] == "InvalidSpec"
         assert "spec.gateway.replicas = 500" in ready["message"] and "100" in ready["message"]
         assert has_condition(emulator, "devicefleets", "cold", "Degraded", "True")
-        assert emulator.get("apps/v1", "deployments", "ns1", "cold-gateway") is None
+        assert emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway") is None
 
         await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"replicas": 2}}})
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), what="the fix applied")
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), what="the fix applied")
 
         await create(emulator, pipeline_doc(steps=[{"name": "bad", "filter": {"condition": "metrics.x >"}}]))
         cel = await wait_until(lambda: has_condition(emulator, "pipelines", "store", "Ready", "False"))
@@ -329,24 +331,24 @@ async def test_the_operator_watches_the_namespaces_it_is_given(
     async with start_operator(namespaces=watched or []):
         await create(emulator, fleet_doc(namespace="ns1"))
         await create(emulator, fleet_doc(namespace="ns2"))
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), what="ns1's gateway")
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), what="ns1's gateway")
         if watched is None:
-            await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns2", "cold-gateway"), what="ns2's")
+            await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns2", "cold-gateway"), what="ns2's")
         else:
             await asyncio.sleep(1.0)  # two resync periods
-            assert emulator.get("apps/v1", "deployments", "ns2", "cold-gateway") is None
+            assert emulator.get("apps/v1", "statefulsets", "ns2", "cold-gateway") is None
 
 
 async def test_transient_api_errors_are_retried_until_the_children_exist(
     apiserver: Api, start_operator: OperatorStarter
 ) -> None:
     emulator, _ = apiserver
-    emulator.failures[("POST", "deployments")] = 5  # more than one reconcile's retries: kopf's backoff takes over
+    emulator.failures[("POST", "statefulsets")] = 5  # more than one reconcile's retries: kopf's backoff takes over
     emulator.failures[("PATCH", "devicefleets")] = 1
     async with start_operator():
         await create(emulator, fleet_doc())
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), timeout=10,
-                         what="the Deployment despite the failures")  # fmt: skip
-        assert emulator.failed.count(("POST", "deployments")) == 5
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), timeout=10,
+                         what="the gateway despite the failures")  # fmt: skip
+        assert emulator.failed.count(("POST", "statefulsets")) == 5
         await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Degraded", "False"),
                          what="no lingering problem")  # fmt: skip

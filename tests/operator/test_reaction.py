@@ -32,13 +32,13 @@ async def test_a_deleted_child_is_back_within_seconds(apiserver: Api, start_oper
     async with start_operator(options=SLOW_RESYNC):
         await create(emulator, fleet_doc())
         await create(emulator, pipeline_doc())
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), what="the gateway")
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), what="the gateway")
         await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "store-processor"), what="processor")
 
-        await delete(emulator, "/apis/apps/v1/namespaces/ns1/deployments/cold-gateway")
+        await delete(emulator, "/apis/apps/v1/namespaces/ns1/statefulsets/cold-gateway")
         await delete(emulator, "/apis/apps/v1/namespaces/ns1/statefulsets/store-processor")
         await delete(emulator, "/api/v1/namespaces/ns1/configmaps/cold-gateway-config")
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), timeout=WITHIN,
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), timeout=WITHIN,
                          what="the deleted gateway Deployment to be back")  # fmt: skip
         await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "store-processor"), timeout=WITHIN,
                          what="the deleted processor StatefulSet to be back")  # fmt: skip
@@ -54,15 +54,15 @@ async def test_ready_is_reported_within_seconds_of_the_pods(
         await create(emulator, fleet_doc(nats={"external": {"url": nats_server.url}}, gateway={"replicas": 2}))
         waiting = await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "False"))
         assert "gateway: 0/2 replicas ready" in waiting["message"]
-        await mark_ready(emulator, "apps/v1", "deployments", "cold-gateway")
+        await mark_ready(emulator, "apps/v1", "statefulsets", "cold-gateway")
         await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "True"), what="Ready")
 
         started = time.monotonic()
-        await emulator.write("apps/v1", "deployments", "ns1", "cold-gateway", {"status": {"readyReplicas": 1}})
+        await emulator.write("apps/v1", "statefulsets", "ns1", "cold-gateway", {"status": {"readyReplicas": 1}})
         lost = await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "False"),
                                 timeout=WITHIN, what="a gateway pod's loss in Ready")  # fmt: skip
         assert "gateway: 1/2 replicas ready" in lost["message"]
-        await mark_ready(emulator, "apps/v1", "deployments", "cold-gateway")
+        await mark_ready(emulator, "apps/v1", "statefulsets", "cold-gateway")
         await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "True"), timeout=WITHIN,
                          what="Ready again once the pod is back")  # fmt: skip
         assert time.monotonic() - started < 2 * WITHIN
@@ -77,12 +77,12 @@ async def test_pausing_and_resuming_take_effect_within_seconds(apiserver: Api, s
         await patch(emulator, "devicefleets", "cold", {"metadata": {"annotations": {"fleetflow.io/paused": "true"}}})
         await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Paused", "True"), timeout=WITHIN,
                          what="the pause to be reported")  # fmt: skip
-        await delete(emulator, "/apis/apps/v1/namespaces/ns1/deployments/cold-gateway")
+        await delete(emulator, "/apis/apps/v1/namespaces/ns1/statefulsets/cold-gateway")
 
         await patch(emulator, "devicefleets", "cold", {"metadata": {"annotations": {"fleetflow.io/paused": None}}})
         await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Paused", "False"), timeout=WITHIN,
                          what="the resume to be reported")  # fmt: skip
-        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"), timeout=WITHIN,
+        await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"), timeout=WITHIN,
                          what="the gateway deleted while paused to be back")  # fmt: skip
 
 

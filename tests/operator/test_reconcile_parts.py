@@ -103,13 +103,14 @@ def test_workload_readiness_reads_the_controller_status() -> None:
 
 
 def test_rbac_rules_cover_every_kind_the_client_writes_with_exactly_its_verbs() -> None:
-    granted = {(group, resource): set(rule["verbs"]) for rule in rbac.RULES for group in rule["apiGroups"]
-               for resource in rule["resources"]}  # fmt: skip
+    granted = {(group, resource): set(rule["verbs"]) for rule in [*rbac.RULES, *rbac.LEADER_ELECTION_RULES]
+               for group in rule["apiGroups"] for resource in rule["resources"]}  # fmt: skip
     for (api_version, _), plural in kube.PLURALS.items():
         group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
         assert (group, plural) in granted, f"no rule for {group}/{plural}"
     assert granted[("apps", "deployments")] == {"get", "list", "watch", "create", "patch", "delete"}
     assert granted[("fleetflow.io", "devicefleets/status")] == {"get", "patch"}
+    assert granted[("coordination.k8s.io", "leases")] == {"get", "create", "patch"}, "leader election"
     # The operator only patches. `update` on the finalizers subresource is never called: the API server checks
     # it for children whose ownerReferences set blockOwnerDeletion.
     updated = {key for key, verbs in granted.items() if "update" in verbs}

@@ -21,7 +21,7 @@ def template_hashes(fleet_spec: dict[str, Any], pipeline_spec: dict[str, Any]) -
     f = fleet(fleet_doc(**fleet_spec))
     p = pipeline_of(pipeline_doc(**pipeline_spec))
     templates = {
-        "gateway": gateway.gateway_deployment(f, IMAGE, "Always", {}),
+        "gateway": gateway.gateway_statefulset(f, IMAGE, "Always", {}),
         "processor": pipeline.processor_statefulset(f, p, IMAGE, "Always", {}),
         "writer": pipeline.writer_deployment(f, p, IMAGE, "Always", {}),
     }
@@ -114,7 +114,7 @@ async def test_the_gateway_gets_the_service_environment(apiserver: Api, start_op
                               otlp_endpoint="http://collector.observability:4317")  # fmt: skip
     async with start_operator(options=options):
         await create(emulator, fleet_doc())
-        found = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"),
+        found = await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"),
                                  what="the gateway")  # fmt: skip
         env = {e["name"]: e.get("value") for e in found["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["FLEETFLOW_LOG_LEVEL"] == "debug"

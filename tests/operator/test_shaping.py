@@ -32,7 +32,7 @@ def workloads(fleet_spec: Obj, pipeline_spec: Obj, pull_secrets: tuple[str, ...]
     """Component -> its rendered Deployment or StatefulSet."""
     f, p = fleet(fleet_doc(**fleet_spec)), pipeline_of(pipeline_doc(**pipeline_spec))
     return {
-        "gateway": gateway.gateway_deployment(f, "img", "IfNotPresent", {}, pull_secrets=pull_secrets),
+        "gateway": gateway.gateway_statefulset(f, "img", "IfNotPresent", {}, pull_secrets=pull_secrets),
         "nats": nats.nats_statefulset(f, "nats:x", "IfNotPresent", {}, pull_secrets),
         "processor": pipeline.processor_statefulset(f, p, "img", "IfNotPresent", {}, pull_secrets=pull_secrets),
         "writer": pipeline.writer_deployment(f, p, "img", "IfNotPresent", {}, pull_secrets=pull_secrets),

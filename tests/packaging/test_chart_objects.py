@@ -60,15 +60,20 @@ def test_operator_runs_non_root_on_a_read_only_root_filesystem_with_a_writable_t
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert "emptyDir" in volumes["tmp"]
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "ops"}, probe
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
     assert container["resources"] == chart.load_values(chart.CHART / "values.yaml")["resources"]
 
 
-def test_one_operator_at_a_time_even_during_a_rollout() -> None:
-    deployment = chart.one(chart.objects(), "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+def test_two_operators_by_default_that_elect_a_leader_on_a_lease_in_the_release_namespace() -> None:
+    found = chart.objects()
+    deployment = chart.one(found, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}, "safe: only the Lease holder acts"
+    env = {e["name"]: e for e in operator_container(found)["env"]}
+    assert env["FLEETFLOW_OPERATOR_LEASE"]["value"] == f"{chart.NAMESPACE}/ff-fleetflow-operator"
+    assert env["FLEETFLOW_OPERATOR_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 @pytest.mark.parametrize(
@@ -171,7 +176,7 @@ def test_monitors_scrape_the_ops_port_of_the_operators_pods_in_the_watched_names
 def test_network_policy_lets_the_operator_reach_only_what_it_needs() -> None:
     policy = chart.one(chart.objects(FULL), "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["ingress"] == [{"ports": [{"port": "health", "protocol": "TCP"}, {"port": "ops", "protocol": "TCP"}]}]
+    assert policy["ingress"] == [{"ports": [{"port": "ops", "protocol": "TCP"}]}]
     ports = [[p["port"] for p in rule.get("ports", [])] for rule in policy["egress"]]
     assert ports[:4] == [[53, 53], [443], [4222], [4317]]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "172.18.0.2/32"}}]
@@ -185,15 +190,12 @@ def test_notes_tell_the_next_commands_with_the_release_names() -> None:
     assert "port-forward service/<fleet>-gateway 8080:8080" in notes
 
 
-def test_probes_point_at_the_liveness_endpoint_the_operator_serves() -> None:
+def test_probes_point_at_the_ops_port_the_operator_serves() -> None:
     import inspect
-    from urllib.parse import urlsplit
 
     from fleetflow.operator.main import run
 
-    served = urlsplit(inspect.signature(run).parameters["liveness_endpoint"].default)
     container = operator_container(chart.objects())
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports["health"] == served.port
-    assert ports["ops"] == OPS_PORT  # the operator's /metrics
-    assert container["livenessProbe"]["httpGet"]["path"] == served.path
+    assert ports == {"ops": OPS_PORT}, "leader and standby serve /healthz, /readyz and /metrics there"
+    assert inspect.signature(run).parameters["liveness_endpoint"].default is None, "kopf's own: not for a standby"

@@ -5,13 +5,15 @@ from typing import Any
 
 import pytest
 
-from fleetflow.operator.rbac import RULES
+from fleetflow.operator.rbac import LEADER_ELECTION_RULES, RULES
 from tests.packaging import chart
 
 Grant = tuple[str, str, str]  # (API group, resource, verb)
 
 # Where each resource the operator touches lives: cluster-scoped ones can only be granted by a ClusterRole.
-CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+CLUSTER_SCOPED = {
+    ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"), ("storage.k8s.io", "storageclasses")
+}  # fmt: skip
 NAMESPACED = {
     ("fleetflow.io", "devicefleets"), ("fleetflow.io", "pipelines"),
     ("fleetflow.io", "devicefleets/status"), ("fleetflow.io", "pipelines/status"),
@@ -20,7 +22,9 @@ NAMESPACED = {
     ("apps", "deployments"), ("apps", "statefulsets"),
     ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers"),
     ("networking.k8s.io", "networkpolicies"), ("networking.k8s.io", "ingresses"),
+    ("coordination.k8s.io", "leases"), ("", "persistentvolumeclaims"),
 }  # fmt: skip
+LEADER_ELECTION_ROLE = "ff-fleetflow-operator-leader-election"
 TWO_NAMESPACES = ["plant-a", "plant-b"]
 
 
@@ -52,7 +56,9 @@ def test_watching_every_namespace_grants_exactly_the_rules_in_one_cluster_role()
     role = chart.one(found, "ClusterRole")
     granted = grants(role["rules"])
     assert granted == used(), f"missing {sorted(used() - granted)}; not used {sorted(granted - used())}"
-    assert not [o for o in found if o["kind"] in ("Role", "RoleBinding")]
+    assert not [
+        o for o in found if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"] != LEADER_ELECTION_ROLE
+    ]
     binding = chart.one(found, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}  # fmt: skip
@@ -65,8 +71,8 @@ def test_watching_some_namespaces_grants_namespaced_rules_only_there() -> None:
     cluster = grants(chart.one(found, "ClusterRole")["rules"])
     assert cluster == cluster_scoped(used()), "only what cannot be granted in a namespace"
     account = chart.one(found, "ServiceAccount")["metadata"]["name"]
-    roles = [o for o in found if o["kind"] == "Role"]
-    bindings = [o for o in found if o["kind"] == "RoleBinding"]
+    roles = [o for o in found if o["kind"] == "Role" and o["metadata"]["name"] != LEADER_ELECTION_ROLE]
+    bindings = [o for o in found if o["kind"] == "RoleBinding" and o["metadata"]["name"] != LEADER_ELECTION_ROLE]
     assert sorted(r["metadata"]["namespace"] for r in roles) == TWO_NAMESPACES
     for role in roles:
         assert grants(role["rules"]) == used() - cluster_scoped(used()), role["metadata"]["namespace"]
@@ -74,6 +80,20 @@ def test_watching_some_namespaces_grants_namespaced_rules_only_there() -> None:
         assert binding["roleRef"]["kind"] == "Role"
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": chart.NAMESPACE}]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == TWO_NAMESPACES
+
+
+@pytest.mark.parametrize("values", [None, {"operator": {"watchNamespaces": TWO_NAMESPACES}}], ids=["all", "two"])
+def test_leader_election_is_granted_on_leases_in_the_release_namespace_only(values: dict[str, Any] | None) -> None:
+    found = chart.objects(values)
+    role = chart.one(found, "Role", LEADER_ELECTION_ROLE)
+    assert role["metadata"]["namespace"] == chart.NAMESPACE
+    assert grants(role["rules"]) == grants(LEADER_ELECTION_RULES)
+    binding = chart.one(found, "RoleBinding", LEADER_ELECTION_ROLE)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEADER_ELECTION_ROLE}
+    account = chart.one(found, "ServiceAccount")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": chart.NAMESPACE}]
+    for other in (o for o in found if o["kind"] in ("Role", "ClusterRole") and o is not role):
+        assert not {g for g in grants(other["rules"]) if g[1] == "leases"}, other["metadata"]["name"]
 
 
 @pytest.mark.parametrize("values", [None, {"operator": {"watchNamespaces": TWO_NAMESPACES}}], ids=["all", "two"])

@@ -40,6 +40,11 @@ def is_paused(body: dict[str, Any]) -> bool:
     return str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true"
 
 
+def is_true(status: dict[str, Any], kind: str) -> bool:
+    """Whether the status's condition of this type is True."""
+    return any(c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
 def condition(kind: str, status: bool, reason: str, message: str, generation: int | None) -> dict[str, Any]:
     cond: dict[str, Any] = {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message}
     if generation is not None:

@@ -1,10 +1,7 @@
 """The DeviceFleet reconcile, as an ordered list of small named idempotent steps."""
 
-import base64
-import secrets
-
 from fleetflow.api import DeviceFleet
-from fleetflow.operator import nats_credentials, streams, tls_secrets
+from fleetflow.operator import device_secret, nats_credentials, nats_storage, streams, tls_secrets
 from fleetflow.operator.builders import exposure, gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
@@ -12,8 +9,6 @@ from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import JsonObject, Ref
 from fleetflow.operator.readiness import Readiness, workload
 from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec
-
-SECRET_BYTES = 32
 
 
 def fleet_of(ctx: Context) -> DeviceFleet:
@@ -28,24 +23,21 @@ async def parse_spec(ctx: Context) -> None:
 
 
 async def ensure_device_secret(ctx: Context) -> None:
-    """Generated once when the spec names no Secret; a named Secret must exist and hold the named key."""
+    """Generated once when the spec names no Secret, rotated only when asked; a named Secret must exist and hold
+    the named key. Once the fleet has run, a Secret that is gone is reported, never replaced (see device_secret)."""
     fleet = fleet_of(ctx)
-    if gateway.operator_generates_secret(fleet):
-        # The value is base64 text, as `fleetflow up` writes its local secret file.
-        value = base64.b64encode(secrets.token_bytes(SECRET_BYTES))
-        await ctx.apply_owned(gateway.device_secret(fleet, value), create_only=True)
-        return
     ref = gateway.device_secret_ref(fleet)
+    recorded = device_secret.Recorded.of(ctx.body)
+    rotation, retire = device_secret.asked(ctx.body)
     found = await ctx.api.get_or_none(Ref("v1", "Secret", ctx.namespace, ref.name))
+    generates = gateway.operator_generates_secret(fleet)
+    if found is None and generates and await may_generate(ctx, recorded, rotation):
+        fresh = device_secret.with_rotation(gateway.device_secret(fleet, device_secret.new_value()), rotation)
+        found = await ctx.apply_owned(fresh, create_only=True)
     if found is None:
-        ctx.outcome.problems.append(
-            Problem(
-                "DeviceSecretMissing",
-                f"spec.auth.secretRef.name = {ref.name!r}: no such Secret in namespace {ctx.namespace!r}; "
-                f"create it with the fleet secret under key {ref.key!r}",
-            )
-        )
-    elif ref.key not in (found.get("data") or {}):
+        lost_device_secret(ctx, recorded)
+        return
+    if ref.key not in (found.get("data") or {}):
         keys = ", ".join(sorted(found.get("data") or {})) or "none"
         ctx.outcome.problems.append(
             Problem(
@@ -53,6 +45,79 @@ async def ensure_device_secret(ctx: Context) -> None:
                 f"spec.auth.secretRef.key = {ref.key!r}: Secret {ref.name!r} has no such key (it has: {keys})",
             )
         )
+        return
+    if generates:
+        found = await rotate_as_asked(ctx, found, ref.key, rotation, retire)
+    elif rotation or retire:
+        ctx.outcome.problems.append(
+            Problem(
+                "RotationNotApplicable",
+                f"annotation {device_secret.ROTATE_ANNOTATION} or {device_secret.RETIRE_ANNOTATION}: the operator "
+                f"rotates only the Secret it generates, and this fleet names its own (spec.auth.secretRef.name = "
+                f"{ref.name!r}); rotate it by editing it: the new secret under {ref.key!r}, the old one under "
+                f"{device_secret.previous_key(ref.key)!r} until every device has its new token",
+            )
+        )
+    ctx.device_secret_digest = device_secret.digest(found, ref.key)
+    previous_accepted = device_secret.previous_key(ref.key) in (found.get("data") or {})
+    ctx.status[device_secret.STATUS_KEY] = device_secret.status_of(
+        ref.name, ctx.device_secret_digest, device_secret.rotation_of(found), previous_accepted
+    )
+
+
+async def may_generate(ctx: Context, recorded: device_secret.Recorded | None, rotation: str | None) -> bool:
+    """A new fleet gets a generated secret. One that has run has issued tokens from the Secret, so only an
+    explicit rotation may replace it; fleets reconciled before the status recorded the Secret show it by their
+    gateway."""
+    if recorded is None:
+        name = gateway.name(fleet_of(ctx))
+        for kind in ("StatefulSet", "Deployment"):  # a Deployment: the gateway of earlier operator versions
+            if await ctx.api.get_or_none(Ref("apps/v1", kind, ctx.namespace, name)) is not None:
+                return False
+        return True
+    return rotation is not None and rotation != recorded.rotation
+
+
+def lost_device_secret(ctx: Context, recorded: device_secret.Recorded | None) -> None:
+    """The gateways keep the key they started with (their pods do not roll); new pods cannot start until the
+    Secret is back."""
+    fleet = fleet_of(ctx)
+    ref = gateway.device_secret_ref(fleet)
+    if recorded is not None:
+        ctx.status[device_secret.STATUS_KEY] = recorded.to_status()
+        ctx.device_secret_digest = recorded.hash
+    if not gateway.operator_generates_secret(fleet):
+        message = (
+            f"spec.auth.secretRef.name = {ref.name!r}: no such Secret in namespace {ctx.namespace!r}; "
+            f"create it with the fleet secret under key {ref.key!r}"
+        )
+    else:
+        message = (
+            f"Secret {ref.name!r} is gone, and the devices' tokens derive from it: the operator does not make a new "
+            f"one, which would lock every device out. Restore it from your copy (kubectl apply -f), or issue new "
+            f"tokens to every device: kubectl annotate devicefleet/{fleet.name} "
+            f"{device_secret.ROTATE_ANNOTATION}=<a new value>"
+        )
+    ctx.outcome.problems.append(Problem("DeviceSecretMissing", message))
+
+
+async def rotate_as_asked(
+    ctx: Context, secret: JsonObject, key: str, rotation: str | None, retire: str | None
+) -> JsonObject:
+    """Rotate once per distinct value of the rotate annotation; drop the previous key when the retire
+    annotation names the rotation that made it."""
+    done = device_secret.rotation_of(secret)
+    if rotation and rotation != done:
+        secret = await device_secret.rotate(ctx.api, secret, key, rotation)
+        ctx.changes.append(
+            f"rotated the device secret ({device_secret.ROTATE_ANNOTATION}={rotation}); tokens of the previous one "
+            f"are accepted until {device_secret.RETIRE_ANNOTATION}={rotation}"
+        )
+        done = rotation
+    if retire and retire == done and device_secret.previous_key(key) in (secret.get("data") or {}):
+        secret = await device_secret.retire_previous(ctx.api, secret, key)
+        ctx.changes.append(f"retired the device secret before rotation {retire}: only new tokens are accepted")
+    return secret
 
 
 async def ensure_nats_credentials(ctx: Context) -> None:
@@ -82,12 +147,28 @@ def _stamped(ctx: Context, obj: JsonObject) -> JsonObject:
     return tls_secrets.stamped(nats_credentials.stamped(obj, ctx.nats_credentials), ctx.fleet_secrets)
 
 
+async def plan_nats_storage(ctx: Context) -> None:
+    """Never a patch the API server refuses: a changed volume size is expanded in place or reported."""
+    fleet = fleet_of(ctx)
+    if not nats.managed(fleet):
+        return
+    plan = await nats_storage.plan(ctx.api, fleet, ctx.namespace)
+    ctx.nats_storage = plan
+    ctx.changes += plan.changes
+    if plan.problem is not None:
+        ctx.outcome.problems.append(plan.problem)
+    if plan.waiting is not None:
+        ctx.wait_for(plan.waiting)
+
+
 async def apply_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     opts = ctx.options
+    plan = ctx.nats_storage
+    built = nats_storage.with_storage(fleet, plan.storage) if plan is not None else fleet
     try:
         desired = nats.nats_objects(
-            fleet,
+            built,
             opts.nats_image,
             opts.image_pull_policy,
             resources_of(opts.resources, "nats"),
@@ -97,6 +178,10 @@ async def apply_nats(ctx: Context) -> None:
     except PatchError as exc:
         raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in desired:
+        if obj["kind"] == "StatefulSet" and plan is not None:
+            if plan.statefulset_going:
+                continue  # being re-created with new volumes: created again once it is gone
+            obj = nats_storage.carried_over(obj, plan)
         await ctx.apply_owned(_stamped(ctx, obj))
     if not desired or fleet.spec.nats.managed_or_default.mqtt_service is None:
         await ctx.remove_owned("v1", "Service", nats.mqtt_service_name(fleet))
@@ -125,7 +210,7 @@ async def apply_gateway(ctx: Context) -> None:
     except PatchError as exc:
         raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in desired:
-        await ctx.apply_owned(_stamped(ctx, obj))
+        await ctx.apply_owned(_stamped(ctx, device_secret.stamped(obj, ctx.device_secret_digest)))
     if fleet.spec.gateway.autoscaling is None:
         await ctx.remove_owned("autoscaling/v2", "HorizontalPodAutoscaler", gateway.name(fleet))
 
@@ -203,9 +288,13 @@ async def provision_streams(ctx: Context) -> None:
 
 async def observe_gateway(ctx: Context) -> None:
     fleet = fleet_of(ctx)
-    current = await ctx.api.get_or_none(Ref("apps/v1", "Deployment", ctx.namespace, gateway.name(fleet)))
+    current = await ctx.api.get_or_none(Ref("apps/v1", "StatefulSet", ctx.namespace, gateway.name(fleet)))
     readiness = workload("gateway", current)
     ctx.wait_for(readiness)
+    if readiness.ready:
+        # Earlier operator versions ran the gateway as a Deployment (its buffer in an emptyDir): it goes once the
+        # StatefulSet serves, so devices never meet a fleet without a gateway.
+        await ctx.remove_owned("apps/v1", "Deployment", gateway.name(fleet))
     live = (current or {}).get("status") or {}
     ctx.status["gateway"] = {
         "replicas": int(live.get("replicas") or 0),
@@ -219,6 +308,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("ensure-device-secret", ensure_device_secret),
     ("ensure-nats-credentials", ensure_nats_credentials),
     ("read-tls-secrets", read_tls_secrets),
+    ("plan-nats-storage", plan_nats_storage),
     ("apply-nats", apply_nats),
     ("apply-gateway", apply_gateway),
     ("apply-network-policies", apply_network_policies),

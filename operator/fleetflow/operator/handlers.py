@@ -13,7 +13,7 @@ import structlog
 from kubernetes import client as k8s_client
 
 from fleetflow.api import GROUP, VERSION, DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import children, conditions, nats_credentials, streams, tls_secrets
+from fleetflow.operator import children, conditions, device_secret, nats_credentials, streams, tls_secrets
 from fleetflow.operator.builders import nats
 from fleetflow.operator.fleet_steps import FLEET_STEPS
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref, authorization
@@ -87,10 +87,13 @@ class Operator:
             fresh = await self.api.get_or_none(Ref.of({**body, "kind": kind}))
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 result.outcome = "gone"
+                self._report_ready(kind, body, None)
                 return  # going away: the cleanup owns it now, nothing may be re-provisioned
             body = fresh
             if conditions.is_paused(body):
-                await write_status(self.api, body, paused_status(body))
+                status = paused_status(body)
+                self._report_ready(kind, body, conditions.is_true(status, conditions.READY))
+                await write_status(self.api, body, status)
                 result.outcome = "paused"
                 return
             ctx = Context(self.api, self.options, body, self.compile_pipeline)
@@ -102,14 +105,21 @@ class Operator:
             trouble = conditions.new_trouble(previous, conditions.derive(ctx.outcome))
             if trouble is not None:  # something a user must act on: `kubectl get events --field-selector type=Warning`
                 kopf.warn(event_target, reason=trouble["reason"], message=trouble["message"][:1000])
+            status = build_status(ctx, body.get("status"))
+            self._report_ready(kind, body, conditions.is_true(status, conditions.READY))
             try:
-                await write_status(self.api, body, build_status(ctx, body.get("status")))
+                await write_status(self.api, body, status)
             except ApiError as exc:
                 if exc.status != 404:
                     raise
         result.outcome = "retry" if ctx.outcome.retry else "invalid" if ctx.outcome.invalid else "ready"
         if ctx.outcome.retry:
             raise kopf.TemporaryError("; ".join(p.message for p in ctx.outcome.problems), delay=self.retry_delay)
+
+    def _report_ready(self, kind: str, body: JsonObject, ready: bool | None) -> None:
+        if self.metrics is not None:
+            meta = body["metadata"]
+            self.metrics.resource_ready(kind, meta.get("namespace", ""), meta.get("name", ""), ready)
 
     async def follow_fleet(self, fleet: Mapping[str, Any]) -> None:
         """A changed fleet reaches its pipelines now (their config, consumers and hashes derive from it), not at
@@ -140,6 +150,7 @@ class Operator:
                 raise kopf.TemporaryError(str(exc), delay=self.retry_delay) from exc
             log.warning("giving up removing streams; delete them by hand", resource=kind, error=str(exc))
         self._locks.pop(_key(body), None)
+        self._report_ready(kind, body, None)
 
     async def _remove_streams(self, resource: DeviceFleet | Pipeline) -> None:
         timeout = self.options.nats_timeout_seconds
@@ -230,8 +241,8 @@ def _register(registry: kopf.OperatorRegistry, operator: Operator, kind: str, pl
     @kopf.on.event(*resource, id=f"{plural}-pause", registry=registry)
     async def pause_changed(body: kopf.Body, **_: Any) -> None:
         # kopf's change detection ignores the operator's own `fleetflow.io/*` annotations (where it keeps its
-        # bookkeeping), so a pause or a resume would wait for the timer without this.
-        if children.pause_not_yet_reported(body):
+        # bookkeeping), so a pause, a resume or a device-key rotation would wait for the timer without this.
+        if children.pause_not_yet_reported(body) or device_secret.request_pending(body):
             with contextlib.suppress(kopf.TemporaryError):  # recorded in the conditions; the timer retries it
                 await operator.reconcile(kind, body)
 

@@ -27,7 +27,12 @@ PLURALS = {
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
     (f"{GROUP}/{VERSION}", "DeviceFleet"): "devicefleets",
     (f"{GROUP}/{VERSION}", "Pipeline"): "pipelines",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("storage.k8s.io/v1", "StorageClass"): "storageclasses",
 }
+# Kinds without a namespace; their Ref carries namespace "".
+CLUSTER_SCOPED = {("storage.k8s.io/v1", "StorageClass")}
 # Worth another try: the server was busy, restarting or briefly unreachable.
 TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
 
@@ -69,6 +74,8 @@ def collection_path(api_version: str, kind: str, namespace: str) -> str:
         known = ", ".join(f"{v} {k}" for v, k in PLURALS)
         raise ValueError(f"the operator does not manage {api_version} {kind}; known kinds: {known}")
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if (api_version, kind) in CLUSTER_SCOPED:
+        return f"{prefix}/{plural}"
     return f"{prefix}/namespaces/{namespace}/{plural}"
 
 
@@ -173,10 +180,10 @@ class KubeApi:
         """RFC 7386: dicts merge, lists are replaced whole; the same on every server (unlike strategic merge)."""
         return await self.request("PATCH", object_path(ref, subresource), patch, "application/merge-patch+json")
 
-    async def delete(self, ref: Ref) -> bool:
-        """True if it was deleted, False if it was already gone."""
+    async def delete(self, ref: Ref, propagation: str = "Background") -> bool:
+        """True if it was deleted, False if it was already gone. With propagation "Orphan", what it owns stays."""
         try:
-            await self.request("DELETE", object_path(ref), {"propagationPolicy": "Background"})
+            await self.request("DELETE", object_path(ref), {"propagationPolicy": propagation})
         except ApiError as exc:
             if exc.status == 404:
                 return False

@@ -15,6 +15,7 @@ from fleetflow.operator.builders.common import owned
 from fleetflow.operator.conditions import Outcome, Problem
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref
 from fleetflow.operator.nats_credentials import NatsCredentials
+from fleetflow.operator.nats_storage import StoragePlan
 from fleetflow.operator.options import OperatorOptions
 from fleetflow.operator.readiness import Readiness
 from fleetflow.operator.tls_secrets import FleetSecrets
@@ -51,6 +52,8 @@ class Context:
     pipeline: Pipeline | None = None
     nats_credentials: NatsCredentials | None = None  # of a managed NATS; None for an external one
     fleet_secrets: FleetSecrets | None = None  # the fleet's TLS and external-NATS login, once read
+    device_secret_digest: str | None = None  # of the device Secret's keys; the gateway pods roll when it changes
+    nats_storage: StoragePlan | None = None  # the volumes a managed NATS has, and what changes them
     changes: list[str] = field(default_factory=list)  # what this reconcile changed, for one Event
 
     def __post_init__(self) -> None:
@@ -102,6 +105,7 @@ class Context:
 
 
 Step = Callable[[Context], Awaitable[None]]
+STICKY_STATUS = ("deviceSecret",)
 
 
 async def run_steps(ctx: Context, steps: list[tuple[str, Step]]) -> None:
@@ -128,7 +132,11 @@ def build_status(ctx: Context, previous: JsonObject | None) -> JsonObject:
     """The complete status; conditions keep their lastTransitionTime while their status holds."""
     previous = previous or {}
     wanted = conditions.derive(ctx.outcome)
+    # What a reconcile that stopped early did not look at stays as recorded: the device Secret's record is what
+    # tells, later, that a fleet has issued tokens.
+    sticky = {key: previous[key] for key in STICKY_STATUS if key in previous}
     status = {
+        **sticky,
         **ctx.status,
         "observedGeneration": ctx.outcome.generation,
         "conditions": conditions.merge(previous.get("conditions") or [], wanted, conditions.now()),

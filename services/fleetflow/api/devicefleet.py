@@ -416,12 +416,27 @@ class ComponentStatus(Model):
     message: str = ""
 
 
+class DeviceSecretStatus(Model):
+    """What the operator last saw of the device Secret: a fleet with this recorded has issued tokens, so a lost
+    Secret is reported, never silently replaced."""
+
+    name: str
+    hash: str = Field(description="Changes when the Secret's keys do; the gateway pods carry it and roll with it.")
+    rotation: str | None = Field(
+        default=None, description="The last rotation done (the value of fleetflow.io/rotate-device-secret)."
+    )
+    previous_key_accepted: bool = Field(
+        default=False, description="Tokens of the secret before the last rotation are still accepted."
+    )
+
+
 class DeviceFleetStatus(Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     gateway: GatewayStatus = Field(default_factory=GatewayStatus)
     streams: list[StreamStatus] = Field(default_factory=list)
     components: list[ComponentStatus] = Field(default_factory=list)
+    device_secret: DeviceSecretStatus | None = None
 
 
 class DeviceFleet(Model):

@@ -62,11 +62,11 @@ class ResultRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class CommandApi:
     def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, js: JetStreamContext, store: CommandStore,
-                 sessions: CommandSessions, meter: Meter):  # fmt: skip
+                 sessions: CommandSessions, meter: Meter, previous_secret: bytes | None = None):  # fmt: skip
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
-        self.devices = DeviceAuthenticator(fleet.name, fleet_secret)
-        self.applications = DeviceAuthenticator(fleet.name, fleet_secret)
+        self.devices = DeviceAuthenticator(fleet.name, fleet_secret, previous_secret)
+        self.applications = DeviceAuthenticator(fleet.name, fleet_secret, previous_secret)
         self.js, self.store, self.sessions = js, store, sessions
         self.commands_sent = meter.create_counter(
             "fleetflow_gateway_commands_sent", unit="1", description="Commands accepted from applications"

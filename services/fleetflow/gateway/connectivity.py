@@ -46,15 +46,16 @@ class Connectivity:
         fleet = settings.fleet
         js = nc.jetstream()
         secret = credentials.read_secret(settings.secret_file)
+        previous = credentials.read_previous_secret(settings.secret_file)  # during a rotation's overlap
         store = await CommandStore.open(js, fleet.name)
         publisher = TelemetryPublisher(nc, meter, settings.max_publishes_in_flight)
         if settings.buffer_dir is not None:
             buffer = DiskBuffer(settings.buffer_dir, settings.buffer_max_bytes)
             publisher = BufferedPublisher(nc, watch, meter, settings.max_publishes_in_flight, buffer)
-        intake = DeviceIntake(fleet, secret, publisher, meter)
+        intake = DeviceIntake(fleet, secret, publisher, meter, previous_secret=previous)
         sessions = CommandSessions(nc, store, fleet.spec.gateway.max_streams_per_device, meter)
         await sessions.start()
-        commands = CommandApi(fleet, secret, js, store, sessions, meter)
+        commands = CommandApi(fleet, secret, js, store, sessions, meter, previous_secret=previous)
         pushed = DeviceSessions(meter)  # one per device, across WebSocket and CoAP
         websockets = WebSocketApi(intake, pushed, sessions, store, commands.commands_delivered, settings.ws_heartbeat)
         links = cls(intake=intake, commands=commands, websockets=websockets)
@@ -65,7 +66,9 @@ class Connectivity:
         if settings.mqtt_issuer_seed_file is not None:
             seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
             callout = await links._callout_connection(settings, nc)
-            links._closers.append((await MqttAuthorizer(fleet, secret, seed, meter).subscribe(callout)).unsubscribe)
+            links._closers.append(
+                (await MqttAuthorizer(fleet, secret, seed, meter, previous).subscribe(callout)).unsubscribe
+            )
             bridge = MqttBridge(nc, fleet, intake, store, sessions, sole=settings.sole_consumer)
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:

@@ -68,10 +68,11 @@ class DeviceIntake:
         publisher: TelemetryPublisher,
         meter: Meter,
         wall_clock: Callable[[], float] = time.time,
+        previous_secret: bytes | None = None,
     ):
         self.fleet = fleet
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
-        self.auth = DeviceAuthenticator(fleet.name, fleet_secret)
+        self.auth = DeviceAuthenticator(fleet.name, fleet_secret, previous_secret)
         self.validator = BatchValidator(fleet)
         self.limiter = DeviceRateLimiter(fleet.spec.gateway.rate_limit)
         self.publisher = publisher

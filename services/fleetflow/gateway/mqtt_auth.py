@@ -61,10 +61,11 @@ class Refusal(Exception):
 class MqttAuthorizer:
     """Answers nats-server's authorization requests for this fleet's MQTT devices."""
 
-    def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, issuer_seed: bytes, meter: Meter):
+    def __init__(self, fleet: DeviceFleet, fleet_secret: bytes, issuer_seed: bytes, meter: Meter,
+                 previous_secret: bytes | None = None):  # fmt: skip
         self.fleet = fleet.name
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
-        self.secret = fleet_secret
+        self.secrets = [fleet_secret] if previous_secret is None else [fleet_secret, previous_secret]
         self.keys = nkeys.from_seed(issuer_seed)
         self.issuer = self.keys.public_key.decode()
         self.decisions = meter.create_counter(
@@ -115,8 +116,8 @@ class MqttAuthorizer:
         if client.get("mqtt_id") != username:
             raise Refusal(f"MQTT client id {client.get('mqtt_id')!r} must equal the username {username!r}")
         token = str(request.get("connect_opts", {}).get("pass", ""))
-        expected = credentials.device_token(self.secret, self.fleet, device)
-        if not credentials.constant_time_equal(expected, token):
+        expected = [credentials.device_token(secret, self.fleet, device) for secret in self.secrets]
+        if not any([credentials.constant_time_equal(e, token) for e in expected]):  # each compared, no early exit
             raise Refusal(f"the password is not the device token of {username!r}")
         prefix = subject_prefix(self.fleet, device)
         return {

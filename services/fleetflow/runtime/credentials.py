@@ -42,6 +42,22 @@ def read_secret(path: Path) -> bytes:
     return value
 
 
+# During an explicit rotation the Secret holds the new key under its name and the old one under the same name with
+# this suffix; a gateway accepts tokens of both until the old one is retired (docs/operator.md, "Rotating").
+PREVIOUS_SUFFIX = ".previous"
+
+
+def previous_secret_path(path: Path) -> Path:
+    """Where the previous fleet secret lies beside the current one, while a rotation overlaps them."""
+    return path.with_name(path.name + PREVIOUS_SUFFIX)
+
+
+def read_previous_secret(path: Path) -> bytes | None:
+    """The previous fleet secret beside `path` if a rotation is in its overlap, else None."""
+    previous = previous_secret_path(path)
+    return read_secret(previous) if previous.exists() else None
+
+
 def constant_time_equal(expected: str, presented: str) -> bool:
     # "replace": a header that is not valid UTF-8 is a wrong token, not an encoding error.
     return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "replace"))

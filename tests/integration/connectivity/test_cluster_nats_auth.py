@@ -79,7 +79,7 @@ def mounted_config(rendered: str, folder: Path) -> dict[str, Any]:
 
 
 def gateway_settings(secret: dict[str, Any], pod: Pod, folder: Path) -> GatewaySettings:
-    mount(gateway.gateway_deployment(FLEET, "fleetflow", "IfNotPresent", {}), secret, folder)
+    mount(gateway.gateway_statefulset(FLEET, "fleetflow", "IfNotPresent", {}), secret, folder)
     device_secret = folder / "device-secret"
     device_secret.write_bytes(base64.b64encode(secrets.token_bytes(32)))
     data = mounted_config(gateway.rendered_config(FLEET), folder)

@@ -68,7 +68,7 @@ def mounted(rendered: str, mounts: Path, pod: Pod) -> dict[str, Any]:
 
 def mount_client_secrets(fleet_: DeviceFleet, secret: dict[str, Any], authority: Authority, mounts: Path) -> None:
     """The volumes a service pod gets: the NATS credentials' keys and the certificate's CA alone."""
-    workload = gateway.gateway_deployment(fleet_, "fleetflow", "IfNotPresent", {})
+    workload = gateway.gateway_statefulset(fleet_, "fleetflow", "IfNotPresent", {})
     volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
     (mounts / "nats").mkdir(parents=True)
     for item in volumes[nats_credentials.VOLUME]["secret"]["items"]:
@@ -204,7 +204,7 @@ async def test_mqtt_devices_connect_over_tls_only(
 def test_the_gateway_reads_its_certificate_where_the_operator_mounts_it() -> None:
     f = fleet(fleet_doc(gateway={"tls": {"secretName": "devices-tls"}}))
     config = yaml.safe_load(gateway.rendered_config(f))
-    deployment = gateway.gateway_deployment(f, "fleetflow", "IfNotPresent", {})
+    deployment = gateway.gateway_statefulset(f, "fleetflow", "IfNotPresent", {})
     spec = deployment["spec"]["template"]["spec"]
     (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "devices-tls"]
     (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]

@@ -1,4 +1,4 @@
-"""A fleet's gateway: ConfigMap, device-credentials Secret, Deployment, Service, PodDisruptionBudget and HPA."""
+"""A fleet's gateway: ConfigMap, device-credentials Secret, StatefulSet, Service, PodDisruptionBudget and HPA."""
 
 import base64
 from collections.abc import Sequence
@@ -31,10 +31,13 @@ GRPC_PORT = 9090
 SECRET_DIR = "/var/run/fleetflow/device-secret"
 TLS_DIR = "/var/run/fleetflow/gateway-tls"  # spec.gateway.tls: the certificate devices' HTTP and gRPC use
 BUFFER_DIR = "/var/lib/fleetflow/buffer"
+# Each replica's outage buffer is a volume of its own; the gateway caps what it buffers at 256 MiB by default
+# (FLEETFLOW_BUFFER_MAX_BYTES), the rest is room for the file system.
+BUFFER_VOLUME_SIZE = "1Gi"
 
 
 def name(fleet: DeviceFleet) -> str:
-    """The Deployment, Service, PodDisruptionBudget and HorizontalPodAutoscaler share this name."""
+    """The StatefulSet, Service, PodDisruptionBudget and HorizontalPodAutoscaler share this name."""
     return f"{fleet.name}-gateway"
 
 
@@ -108,7 +111,7 @@ def gateway_config_map(fleet: DeviceFleet) -> JsonObject:
     )
 
 
-def gateway_deployment(
+def gateway_statefulset(
     fleet: DeviceFleet,
     image: str,
     pull_policy: str,
@@ -116,6 +119,9 @@ def gateway_deployment(
     env: Sequence[JsonObject] = (),
     pull_secrets: Sequence[str] = (),
 ) -> JsonObject:
+    """A StatefulSet, not a Deployment, so that each replica keeps its outage buffer on a volume of its own:
+    readings answered 202 while NATS was unreachable survive the pod, and its replacement (same ordinal, same
+    volume) publishes them."""
     ref = device_secret_ref(fleet)
     container = service_container(
         "gateway",
@@ -140,8 +146,9 @@ def gateway_deployment(
     ]
     volumes = [
         *service_volumes(config_map_name(fleet)),
-        {"name": "device-secret", "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]}},
-        {"name": "buffer", "emptyDir": {"sizeLimit": "512Mi"}},
+        # The whole Secret: during a rotation's overlap `<key>.previous` lies beside the key (items would have to
+        # name it, and a named item that is missing keeps the pod from starting).
+        {"name": "device-secret", "secret": {"secretName": ref.name}},
     ]
     if nats.managed(fleet):
         keys = [nats_credentials.SERVICES_PASSWORD_KEY, nats_credentials.ISSUER_SEED_KEY]
@@ -156,9 +163,11 @@ def gateway_deployment(
         volumes.append({"name": "gateway-tls", "secret": secret})
         container["volumeMounts"].append({"name": "gateway-tls", "mountPath": TLS_DIR, "readOnly": True})
     spec: JsonObject = {
+        "serviceName": name(fleet),
         "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
-        # A new pod must be ready before an old one goes, so devices never meet a gateway-less fleet.
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        # Replicas are alike: start and stop them together. A rolling update replaces one pod at a time.
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate"},
         "template": pod_template(
             fleet_labels(fleet, "gateway"),
             [container],
@@ -166,17 +175,23 @@ def gateway_deployment(
             rollout_hash(fleet),
             terminationGracePeriodSeconds=30,
         ),
+        "volumeClaimTemplates": [
+            {
+                "metadata": {"name": "buffer", "labels": fleet_labels(fleet, "gateway")},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": BUFFER_VOLUME_SIZE}}},
+            }
+        ],
     }
     if fleet.spec.gateway.autoscaling is None:
         spec = {"replicas": fleet.spec.gateway.replicas, **spec}
-    deployment = {
+    statefulset = {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
         "spec": spec,
     }
     selector = selector_labels(fleet.name, "gateway")
-    return shaping.shaped(deployment, "gateway", fleet.spec.gateway.pod, selector, pull_secrets)
+    return shaping.shaped(statefulset, "gateway", fleet.spec.gateway.pod, selector, pull_secrets)
 
 
 def gateway_service(fleet: DeviceFleet) -> JsonObject:
@@ -211,7 +226,7 @@ def gateway_hpa(fleet: DeviceFleet) -> JsonObject | None:
         "kind": "HorizontalPodAutoscaler",
         "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name(fleet)},
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name(fleet)},
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": [
@@ -249,7 +264,7 @@ def gateway_objects(
     objects = [
         gateway_config_map(fleet),
         gateway_service(fleet),
-        gateway_deployment(fleet, image, pull_policy, resources, env, pull_secrets),
+        gateway_statefulset(fleet, image, pull_policy, resources, env, pull_secrets),
         gateway_pdb(fleet),
     ]
     hpa = gateway_hpa(fleet)
