@@ -41,13 +41,13 @@ async def test_pull_secrets_and_overrides_reach_every_workload_and_mqtt_follows_
     async with start_operator(options=OPTIONS):
         await create(emulator, fleet)
         await create(emulator, pipeline_doc())
-        for api_version, plural, name in [("apps/v1", "deployments", "cold-gateway"),
+        for api_version, plural, name in [("apps/v1", "statefulsets", "cold-gateway"),
                                           ("apps/v1", "statefulsets", "cold-nats"),
                                           ("apps/v1", "statefulsets", "store-processor"),
                                           ("apps/v1", "deployments", "store-writer")]:  # fmt: skip
             workload = await wait_until(lambda v=api_version, p=plural, n=name: emulator.get(v, p, "ns1", n), what=name)
             assert pull_secrets(workload) == ["regcred"], name
-        gateway = emulator.get("apps/v1", "deployments", "ns1", "cold-gateway")
+        gateway = emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway")
         assert gateway is not None and gateway["spec"]["template"]["spec"]["priorityClassName"] == "iot"
         servers = emulator.get("apps/v1", "statefulsets", "ns1", "cold-nats")
         assert servers is not None
@@ -79,11 +79,11 @@ async def test_a_patch_that_does_not_apply_stops_the_reconcile_with_a_condition_
 
         failed = await wait_until(patch_failed, what="Ready False, reason PatchFailed")
         assert "spec.gateway.pod.patches" in failed["message"] and "nothingHere" in failed["message"]
-        assert emulator.get("apps/v1", "deployments", "ns1", "cold-gateway") is None
+        assert emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway") is None
 
         fixed = [{"op": "add", "path": "/spec/template/spec/terminationGracePeriodSeconds", "value": 90}]
         await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"pod": {"patches": fixed}}}})
-        gateway = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"),
+        gateway = await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"),
                                    what="the gateway once the patch applies")  # fmt: skip
         assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
 
@@ -188,7 +188,7 @@ async def test_an_external_nats_is_reached_with_its_user_password_and_ca(
                     await nc.close()
 
             await wait_until(provisioned, timeout=15, what="the fleet's streams on the external NATS")
-            gateway = await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-gateway"),
+            gateway = await wait_until(lambda: emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway"),
                                        what="the gateway")  # fmt: skip
             volumes = {v["name"]: v["secret"] for v in gateway["spec"]["template"]["spec"]["volumes"] if "secret" in v}
             assert volumes["nats-tls-ca"]["secretName"] == "shared-nats-ca"
@@ -227,7 +227,7 @@ async def test_a_renewed_certificate_rolls_the_pods_that_read_it_and_only_those(
     def hashes() -> dict[str, str | None]:
         found = {}
         for api_version, plural, name in [("apps/v1", "statefulsets", "cold-nats"),
-                                          ("apps/v1", "deployments", "cold-gateway"),
+                                          ("apps/v1", "statefulsets", "cold-gateway"),
                                           ("apps/v1", "statefulsets", "store-processor")]:  # fmt: skip
             workload = emulator.get(api_version, plural, "ns1", name) or {}
             annotations = workload.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
