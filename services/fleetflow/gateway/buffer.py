@@ -106,8 +106,9 @@ class BufferedPublisher(TelemetryPublisher):
     and one that turns out unpublishable during replay is set aside, so nothing waits behind it. While anything
     is buffered, new batches are buffered too, so replay keeps the order in which batches were accepted."""
 
-    def __init__(self, nc: Client, watch: ConnectionWatch, meter: Meter, max_in_flight: int, buffer: DiskBuffer):
-        super().__init__(nc, meter, max_in_flight)
+    def __init__(self, nc: Client, watch: ConnectionWatch, meter: Meter, max_in_flight: int, buffer: DiskBuffer,
+                 budgeted: bool = False):  # fmt: skip
+        super().__init__(nc, meter, max_in_flight, budgeted)
         self.watch, self.buffer = watch, buffer
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()

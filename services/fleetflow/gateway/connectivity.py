@@ -48,10 +48,11 @@ class Connectivity:
         secret = credentials.read_secret(settings.secret_file)
         previous = credentials.read_previous_secret(settings.secret_file)  # during a rotation's overlap
         store = await CommandStore.open(js, fleet.name)
-        publisher = TelemetryPublisher(nc, meter, settings.max_publishes_in_flight)
+        budgeted = settings.site is not None  # an edge site's telemetry stream refuses new batches when full
+        publisher = TelemetryPublisher(nc, meter, settings.max_publishes_in_flight, budgeted)
         if settings.buffer_dir is not None:
             buffer = DiskBuffer(settings.buffer_dir, settings.buffer_max_bytes)
-            publisher = BufferedPublisher(nc, watch, meter, settings.max_publishes_in_flight, buffer)
+            publisher = BufferedPublisher(nc, watch, meter, settings.max_publishes_in_flight, buffer, budgeted)
         intake = DeviceIntake(fleet, secret, publisher, meter, previous_secret=previous)
         sessions = CommandSessions(nc, store, fleet.spec.gateway.max_streams_per_device, meter)
         await sessions.start()

@@ -2,8 +2,8 @@
 
 Every failure is classified. A batch NATS can never carry (larger than the server's max_payload, or refused by
 the stream as too large) is a permanent 413 the device is told at once; a missing answer, a lost connection or a
-JetStream that cannot store right now is a transient 503 (buffered by BufferedPublisher, retried by devices); a
-stream at its byte budget that refuses new batches is a 507 storage_full, never buffered."""
+JetStream that cannot store right now is a transient 503 (buffered by BufferedPublisher, retried by devices); an
+edge site's stream at its byte budget that refuses new batches is a 507 storage_full, never buffered."""
 
 import asyncio
 import time
@@ -48,8 +48,11 @@ def unavailable(cause: str) -> Rejection:
 
 
 class TelemetryPublisher:
-    def __init__(self, nc: Client, meter: Meter, max_in_flight: int):
-        self.nc, self.js = nc, nc.jetstream()
+    def __init__(self, nc: Client, meter: Meter, max_in_flight: int, budgeted: bool = False):
+        """`budgeted`: the stream refuses new batches when full by design (an edge site's disk budget with
+        whenFull RejectNew), so "maximum bytes exceeded" is the documented 507; elsewhere a full stream is an
+        operational fault like any other JetStream refusal, a passing 503 the outage buffer and devices retry."""
+        self.nc, self.js, self.budgeted = nc, nc.jetstream(), budgeted
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.publish_duration = meter.create_histogram(
             "fleetflow_gateway_publish_duration_seconds", unit="s", description="JetStream publish to ack"
@@ -93,7 +96,7 @@ class TelemetryPublisher:
             except APIError as exc:
                 if exc.err_code == JS_MESSAGE_TOO_LARGE:
                     raise too_large(len(payload), None) from None
-                if exc.err_code == JS_STORE_FAILED and "maximum" in (exc.description or ""):
+                if self.budgeted and exc.err_code == JS_STORE_FAILED and "maximum" in (exc.description or ""):
                     raise storage_full(exc.description or "") from None
                 raise unavailable(f"JetStream error {exc.err_code}: {exc.description}") from None
             except (TimeoutError, nats.errors.Error) as exc:
