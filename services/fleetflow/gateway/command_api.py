@@ -22,7 +22,10 @@ from opentelemetry.metrics import Meter
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway.auth import DeviceAuthenticator
 from fleetflow.gateway.command_sessions import CommandSessions, SessionReplaced
-from fleetflow.gateway.commands import (
+from fleetflow.gateway.errors import Rejection
+from fleetflow.gateway.ingest import check_device_id
+from fleetflow.runtime import credentials
+from fleetflow.runtime.commands import (
     DEFAULT_TTL_MS,
     MAX_PARAMS_DEPTH,
     MAX_TTL_MS,
@@ -33,9 +36,6 @@ from fleetflow.gateway.commands import (
     new_command,
     send_command,
 )
-from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.ingest import check_device_id
-from fleetflow.runtime import credentials
 
 log = structlog.get_logger(__name__)
 

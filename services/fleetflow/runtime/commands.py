@@ -1,4 +1,5 @@
-"""Commands to devices: the durable command stream, each command's state with its history, delivery claims.
+"""Commands to devices, as the gateway delivers them and the application API sends and shows them: the durable
+command stream, each command's state with its history, delivery claims.
 
 A command is one message on `ff.<fleet>.cmd.<device>` in the fleet's command stream (its id is the
 Nats-Msg-Id, so a resend is a duplicate JetStream drops). Its state lives in the JetStream key-value bucket
@@ -12,8 +13,6 @@ reconnects over another protocol) can never deliver the same command twice.
 (An MQTT delivery that provably reached no subscriber goes back from delivered to queued; see mqtt_bridge.)
 """
 
-import asyncio
-import contextlib
 import hashlib
 import re
 import time
@@ -22,16 +21,13 @@ from typing import Any
 
 import msgspec
 import nats.errors
-import structlog
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from fleetflow.runtime import subjects
 from fleetflow.runtime.codec import Command
-
-log = structlog.get_logger(__name__)
 
 QUEUED, DELIVERED, EXPIRED = "queued", "delivered", "expired"
 RESULTS = ("succeeded", "failed", "rejected")
@@ -364,53 +360,3 @@ async def send_command(js: JetStreamContext, store: CommandStore, command: Comma
         timeout=5,
     )
     return await store.ensure_queued(command)
-
-
-class CommandExpirer:
-    """Moves queued commands to `expired` when their TTL passes, whether or not their device ever connects.
-
-    Follows the whole command stream (so it also sees commands the processor published directly), records a
-    `queued` state for any command that has none, and keeps a timer per queued command. Idempotent across
-    gateway replicas: the transition is compare-and-set."""
-
-    def __init__(self, js: JetStreamContext, store: CommandStore):
-        self.js, self.store = js, store
-        self._deadlines: dict[tuple[str, str], Command] = {}
-
-    async def run(self, stop: asyncio.Event, tick: float = 0.25) -> None:
-        sub = await self.js.subscribe(
-            f"ff.{self.store.fleet}.cmd.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-            cb=self._on_message, stream=subjects.commands_stream(self.store.fleet),
-        )  # fmt: skip
-        try:
-            while not stop.is_set():
-                await self._expire_due()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), tick)
-        finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await sub.unsubscribe()
-
-    async def _on_message(self, msg: Any) -> None:
-        try:
-            command = _command_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            return
-        try:
-            record = await self.store.ensure_queued(command)
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("could not record command state; will expire it on time anyway", error=str(exc))
-            record = None
-        if record is None or record.state == QUEUED:
-            self._deadlines[(command.device, command.id)] = command
-
-    async def _expire_due(self) -> None:
-        now = now_ms()
-        due = [c for c in self._deadlines.values() if c.created_ms + c.ttl_ms <= now]
-        for command in due:
-            try:
-                if await self.store.expire(command):
-                    log.info("command expired", command=command.id, device=command.device)
-            except (nats.errors.Error, TimeoutError):
-                continue  # NATS is away; try again on the next tick
-            self._deadlines.pop((command.device, command.id), None)
