@@ -157,6 +157,23 @@ def new_command(
     )
 
 
+class SendRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """The JSON body an application sends a command with, to the gateway's command API or the application API."""
+
+    name: str
+    params: dict[str, Any] = {}  # any JSON values, nested too (depth and size: check_params)
+    ttl_seconds: float = DEFAULT_TTL_MS / 1000
+    id: str | None = None
+
+    def to_command(self, fleet: str, device: str, source: str) -> Command:
+        """The validated command; CommandError names the field that is wrong and what is accepted."""
+        if not 1 <= self.ttl_seconds <= MAX_TTL_MS / 1000:  # also NaN; before int(), which inf would overflow
+            raise CommandError(400, "invalid_command", f"ttlSeconds {self.ttl_seconds} is out of range: use 1 to "
+                               f"{MAX_TTL_MS // 1000} (7 days)")  # fmt: skip
+        return new_command(fleet, device, self.name, dict(self.params), int(self.ttl_seconds * 1000), source=source,
+                           command_id=self.id)  # fmt: skip
+
+
 def check_params(values: dict[str, Any]) -> None:
     """Params every protocol can carry: JSON values, at most MAX_PARAMS_DEPTH deep and MAX_PARAMS_BYTES long."""
     depth = _depth(values)

@@ -16,9 +16,11 @@ import pytest
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.appapi import keys
 from fleetflow.appapi.main import serve
+from fleetflow.runtime import jetstream
 from fleetflow.runtime.codec import AlertEvent, Reading, ReadingBatch, WindowAggregate
 from fleetflow.runtime.settings import AppApiSettings
 from fleetflow.writer.stores.sqlite import SqliteStore
+from tests.support.natsserver import NatsServer
 
 FLEET, PIPELINE, STEP = "demo", "p1", "per-minute"
 MINUTE = 60_000
@@ -72,6 +74,15 @@ async def fill(path: Path) -> None:
         db.execute("UPDATE device_latest SET stored_ms = ? WHERE device = ?", (NOW - 10 * MINUTE, STALE))
 
 
+async def provision(nats_url: str) -> None:
+    """The fleet's streams (the command stream among them), as `fleetflow up` and the operator provision them."""
+    nc = await jetstream.connect(nats_url, "test-provision")
+    try:
+        await jetstream.provision_fleet(nc.jetstream(), fleet())
+    finally:
+        await nc.close()
+
+
 @dataclass
 class RunningApi:
     url: str
@@ -87,15 +98,25 @@ class RunningApi:
             assert response.content_type == "application/json", await response.text()
             return response.status, await response.json()
 
+    async def post(self, path: str, body: Any, key: str | None = "command") -> tuple[int, Any]:
+        """POST `body` as JSON (bytes: as they are), with the key of scope `key` (None: no key)."""
+        headers = {} if key is None else {"Authorization": f"Bearer {self.keys[key]}"}
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        async with aiohttp.ClientSession() as session, session.post(self.url + path, data=data,
+                                                                    headers=headers) as response:  # fmt: skip
+            assert response.content_type == "application/json", await response.text()
+            return response.status, await response.json()
+
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
+async def api(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RunningApi]:
     store_path, keys_file, status_file = tmp_path / "store.sqlite3", tmp_path / "keys.json", tmp_path / "status.json"
     await fill(store_path)
+    await provision(nats_server.url)
     texts = {scope: keys.create_key(keys_file, FLEET, scope, f"test {scope}")[1] for scope in keys.SCOPES}
     settings = AppApiSettings(
-        fleet=fleet(), pipelines=[pipeline()], listen_port=0, ops_port=0, keys_file=keys_file,
-        sqlite_paths={PIPELINE: store_path}, status_file=status_file, offline_after_seconds=300,
+        nats_url=nats_server.url, fleet=fleet(), pipelines=[pipeline()], listen_port=0, ops_port=0,
+        keys_file=keys_file, sqlite_paths={PIPELINE: store_path}, status_file=status_file, offline_after_seconds=300,
     )  # fmt: skip
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))
