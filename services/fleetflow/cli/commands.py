@@ -200,7 +200,7 @@ def api_key(args: argparse.Namespace) -> int:
     path = args.keys_file or keys.keys_file(args.data_dir, args.fleet)
     try:
         if args.action == "create":
-            _, text = keys.create_key(path, args.fleet, args.scope, args.name)
+            _, text = keys.create_key(path, args.fleet, args.scope, args.name or "")
             print(text)
         elif args.action == "list":
             listed = [key for key in keys.read_keys(path) if key.fleet == args.fleet]

@@ -189,7 +189,7 @@ def _api_key(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     create.add_argument("fleet", help="the DeviceFleet's name")
     create.add_argument("--scope", required=True, choices=["read", "command", "admin"],
                         help="what the key may do; each includes the ones before it")  # fmt: skip
-    create.add_argument("--name", default="", help="who or what the key is for (default: none)")
+    create.add_argument("--name", help="who or what the key is for (default: none)")
     key_list = key_actions.add_parser("list", help="the fleet's keys: id, scope, name, created, revoked",
                                       parents=[common])  # fmt: skip
     key_list.add_argument("fleet", help="the DeviceFleet's name")
