@@ -302,6 +302,24 @@ OPERATIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
             },
         },
     ),
+    "listDeviceCommands": (
+        "The device's commands from the store's command log, newest first, each in its latest state (default: the "
+        "last 7 days); kept as long as the store keeps data",
+        ["fleet", "device", "pipelineQuery", "from", "to", "limit", "cursor"],
+        {
+            "type": "object",
+            "required": ["fleet", "device", "pipeline", "fromMs", "toMs", "commands", "nextCursor"],
+            "properties": {
+                "fleet": _STR,
+                "device": _STR,
+                "pipeline": _STR,
+                "fromMs": _MS,
+                "toMs": _MS,
+                "commands": {"type": "array", "items": _ref("Command")},
+                "nextCursor": _CURSOR,
+            },
+        },
+    ),
     "getCommand": ("One command with its state history", ["fleet", "command"], _ref("Command")),
     "listApiKeys": (
         "The fleet's API keys (never their secrets): id, scope, name, created and revoked times",

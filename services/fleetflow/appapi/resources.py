@@ -19,6 +19,7 @@ from fleetflow.runtime.httpserver import HttpRefusal
 from fleetflow.writer.stores import (
     AggregateQuery,
     AlertQuery,
+    CommandQuery,
     DeviceQuery,
     Page,
     ReadingQuery,
@@ -54,6 +55,7 @@ ROUTES = (
     Route("GET", "/v1/fleets/{fleet}/api-keys", "listApiKeys", "admin"),
     Route("POST", "/v1/fleets/{fleet}/devices/{device}/commands", "sendCommand", "command"),
     Route("GET", "/v1/fleets/{fleet}/commands", "listCommands", "read"),
+    Route("GET", "/v1/fleets/{fleet}/devices/{device}/commands", "listDeviceCommands", "read"),
     Route("GET", "/v1/fleets/{fleet}/commands/{command}", "getCommand", "read"),
 )
 # How the router matches a path parameter where it is not one plain segment: command ids may hold '/' (the
@@ -93,6 +95,7 @@ class FleetResources:
             "listAlerts": self.alerts,
             "listOpenAlerts": self.open_alerts,
             "listApiKeys": self.api_keys,
+            "listDeviceCommands": self.device_commands,
         }
 
     # Resources
@@ -187,6 +190,20 @@ class FleetResources:
         since, until = params.time_range(request.query, "0", self.clock)
         events = await self._open_alerts(name, since, until)
         return json_response({"fleet": self.fleet.name, "pipeline": name, "alerts": [views.alert(e) for e in events]})
+
+    async def device_commands(self, request: web.Request) -> web.Response:
+        """The device's commands from the store's command log (kept as long as the sink keeps data, where the
+        state bucket forgets them with the command stream's retention), newest first."""
+        self._fleet(request)
+        q = request.query
+        name, store = self._pipeline_store(q.get("pipeline"), "pipeline")
+        since, until = params.time_range(q, "-7d", self.clock)
+        device = params.path_identifier(request.match_info["device"], "device", check_device_id)
+        query = CommandQuery(self.fleet.name, device, since, until, params.limit(q, 100), q.get("cursor"))
+        page = await store_answer(store.command_page(query), query.page_token)
+        return json_response({"fleet": self.fleet.name, "device": device, "pipeline": name, "fromMs": since,
+                              "toMs": until, "commands": [r.to_json() for r in page.items],
+                              "nextCursor": page.next_page_token})  # fmt: skip
 
     async def api_keys(self, request: web.Request) -> web.Response:
         """The fleet's keys without their hashes: who has access, with which scope, since and until when."""

@@ -116,7 +116,7 @@ _command_decoder = msgspec.json.Decoder(Command)
 
 
 def state_bucket(fleet: str) -> str:
-    return f"ff-{fleet}-command-state"
+    return subjects.command_state_bucket(fleet)
 
 
 def record_key(device: str, command_id: str) -> str:
@@ -239,7 +239,7 @@ class CommandStore:
             command=command, state=QUEUED, history=[Transition(state=QUEUED, at_ms=command.created_ms)]
         )
         try:
-            record.revision = await self.kv.create(record_key(command.device, command.id), _encode(record))
+            record.revision = await self.kv.create(record_key(command.device, command.id), encode_record(record))
             return record
         except KeyWrongLastSequenceError:
             existing = await self.get(command.device, command.id)
@@ -261,7 +261,9 @@ class CommandStore:
                                    f"become {to_state} only from {' or '.join(sorted(allowed_from))}")  # fmt: skip
             moved = record.moved_to(to_state, at_ms if at_ms is not None else now_ms(), detail)
             try:
-                moved.revision = await self.kv.update(record_key(device, command_id), _encode(moved), record.revision)
+                moved.revision = await self.kv.update(
+                    record_key(device, command_id), encode_record(moved), record.revision
+                )
                 return moved
             except KeyWrongLastSequenceError:
                 continue  # someone else moved it meanwhile: look again
@@ -287,9 +289,9 @@ class CommandStore:
         key = record_key(command.device, command.id)
         try:
             if record is None:
-                delivered.revision = await self.kv.create(key, _encode(delivered))
+                delivered.revision = await self.kv.create(key, encode_record(delivered))
             else:
-                delivered.revision = await self.kv.update(key, _encode(delivered), record.revision)
+                delivered.revision = await self.kv.update(key, encode_record(delivered), record.revision)
         except KeyWrongLastSequenceError:
             return await self.claim(command, protocol)  # it moved meanwhile (most likely: delivered elsewhere)
         return delivered
@@ -363,7 +365,8 @@ async def _allow_direct_get(js: JetStreamContext, bucket: str) -> None:
         await js.update_stream(info.config)
 
 
-def _encode(record: CommandRecord) -> bytes:
+def encode_record(record: CommandRecord) -> bytes:
+    """The record as the state bucket and the command log hold it."""
     # The revision is where the record was read from, not part of it.
     return _record_encoder.encode(CommandRecord(command=record.command, state=record.state, history=record.history))
 

@@ -1,14 +1,16 @@
 """Commands through the application API over a real NATS: send (scope command), list with cursors, show with the
 state history the gateways' delivery code writes, who sent it, and each bad input."""
 
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
 
 from fleetflow.runtime import jetstream
 from fleetflow.runtime.codec import Command
-from fleetflow.runtime.commands import RESULTS, CommandStore, now_ms, send_command
-from tests.integration.appapi.conftest import BUSY, FLEET, RunningApi
+from fleetflow.runtime.commands import RESULTS, CommandRecord, CommandStore, Transition, now_ms, send_command
+from fleetflow.writer.stores.sqlite import SqliteStore
+from tests.integration.appapi.conftest import BUSY, FLEET, RunningApi, pipeline
 from tests.support.natsserver import NatsServer
 
 BASE = f"/v1/fleets/{FLEET}"
@@ -162,3 +164,43 @@ async def test_without_nats_commands_are_503_and_the_stored_data_still_serves(
     assert (status, body["error"]) == (503, "commands_unavailable"), body
     status, body = await api.get(f"{BASE}/devices/{BUSY}")
     assert status == 200 and body["device"] == BUSY
+
+
+async def test_a_devices_command_history_comes_from_the_store_after_nats_forgot_it(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    # What the writer logged (tests/integration/writer/test_command_log.py); the state bucket has none of them.
+    created = now_ms() - 3_600_000
+    records = []
+    for i in range(5):
+        command = Command(id=f"old-{i}", fleet=FLEET, device=BUSY, name="set", params={"i": i},
+                          created_ms=created + i * 60_000, ttl_ms=60_000, source="api-key/abc")  # fmt: skip
+        record = CommandRecord(command=command, state="queued", history=[Transition(state="queued",
+                               at_ms=command.created_ms)])  # fmt: skip
+        records.append(record.moved_to("expired", command.created_ms + 60_000, "ttl passed"))
+    store = SqliteStore(tmp_path / "store.sqlite3", pipeline().spec.sink.tables, 30 * 86400)
+    await store.open()
+    try:
+        await store.write_commands(records)
+    finally:
+        await store.close()
+
+    got, cursor = [], None
+    while True:
+        status, body = await api.get(f"{BASE}/devices/{BUSY}/commands", limit=2, **({"cursor": cursor} if cursor
+                                     else {}))  # fmt: skip
+        assert status == 200, body
+        got += body["commands"]
+        cursor = body["nextCursor"]
+        if cursor is None:
+            break
+    assert [c["id"] for c in got] == [f"old-{i}" for i in range(4, -1, -1)]
+    assert all(c["state"] == "expired" and c["source"] == "api-key/abc" for c in got)
+    assert [t["state"] for t in got[0]["history"]] == ["queued", "expired"]
+    status, body = await api.get(f"{BASE}/commands/old-1")
+    assert (status, body["error"]) == (404, "unknown_command")
+
+    status, body = await api.get(f"{BASE}/devices/{BUSY}/commands", **{"from": "-10m"})
+    assert status == 200 and body["commands"] == []
+    status, body = await api.get(f"{BASE}/devices/bad%20device/commands")
+    assert (status, body["error"]) == (400, "invalid_device")
