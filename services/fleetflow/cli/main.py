@@ -99,7 +99,12 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     kind = query.add_mutually_exclusive_group()
     kind.add_argument("--aggregates", action="store_true", help="closed window aggregates instead of readings")
     kind.add_argument("--alerts", action="store_true", help="alert transitions (firing, resolved) instead")
-    kind.add_argument("--commands", action="store_true", help="commands and their states instead (platform running)")
+    kind.add_argument(
+        "--commands",
+        action="store_true",
+        help="commands and their state histories instead: a "
+        "device's from the store's command log, a whole fleet's from the running platform",
+    )
     _data_dir(query)
     query.add_argument(
         "--pipeline",
