@@ -9,6 +9,7 @@ import structlog
 
 from fleetflow.appapi.app import build_app
 from fleetflow.appapi.commands import CommandLink, FleetCommands
+from fleetflow.appapi.events import EventLimits, FleetEvents
 from fleetflow.appapi.keys import ApiKeys
 from fleetflow.appapi.resources import FleetResources
 from fleetflow.runtime import httpserver, jetstream, logs, ops, service, telemetry
@@ -92,7 +93,10 @@ async def serve(settings: AppApiSettings, stop: asyncio.Event) -> None:
         keys = ApiKeys(settings.keys_file, fleet.name)
         pipelines = {p.name: p for p in settings.pipelines}
         resources = FleetResources(fleet, pipelines, stores, keys, settings.offline_after_seconds)
-        app = build_app(resources, FleetCommands(fleet, link), keys, meter)
+        limits = EventLimits(settings.max_event_streams, settings.event_queue, settings.event_patience_seconds,
+                             settings.event_keepalive_seconds)  # fmt: skip
+        events = FleetEvents(fleet, settings.pipelines, link, limits)
+        app = build_app(resources, FleetCommands(fleet, link), events, keys, meter)
         runner, port = await httpserver.start_device_site(app, settings.listen_host, settings.listen_port)
         await asyncio.wait({linking}, timeout=LINK_WAIT)
         if not linking.done():
@@ -101,6 +105,7 @@ async def serve(settings: AppApiSettings, stop: asyncio.Event) -> None:
         service.write_status(settings.status_file, {"ops_port": ops_port, "http_port": port})
         log.info("application API ready", port=port, ops_port=ops_port, pipelines=sorted(pipelines))
         await stop.wait()
+        events.stop()  # open event streams would otherwise hold the shutdown until aiohttp's timeout
         await runner.cleanup()
     finally:
         await unlink_commands(linking, link)

@@ -61,6 +61,16 @@ PARAMETERS = {
     "command": _param("command", "path", "the command's id (a '/' in it sent as %2F)"),
     "commandState": _param("state", "query", "only commands now in this state", {"enum": list(STATES)}),
     "commandDevice": _param("device", "query", "only the commands to this device"),
+    "kinds": _param(
+        "kinds", "query", "comma-separated event kinds: alerts, commands, aggregates, readings (default: all)"
+    ),
+    "lastEventId": _param(
+        "Last-Event-ID",
+        "header",
+        "the id of the last event received: continue right after it "
+        "(also as the query parameter lastEventId, for clients that cannot set headers)",
+    ),
+    "eventDevice": _param("device", "query", "only this device's events (aggregates: its group device=<id>)"),
 }
 
 _LATEST = {
@@ -247,6 +257,13 @@ SUMMARY = {
     },
 }
 
+EVENT_STREAM = {
+    "type": "string",
+    "description": "text/event-stream: `id` (pass the last one as Last-Event-ID to resume), `event` (alert, "
+    "command, aggregate, readings, or overflow: reconnect), `data` (JSON: an Alert, a Command, an Aggregate, or "
+    "{device, readings})",
+}
+
 # Per operation: its summary, its parameters (names in PARAMETERS) and the schema of its 200 answer.
 OPERATIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "openapi": ("This document", [], {"type": "object"}),
@@ -321,6 +338,16 @@ OPERATIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         },
     ),
     "getCommand": ("One command with its state history", ["fleet", "command"], _ref("Command")),
+    "fleetEvents": (
+        "Live updates as Server-Sent Events (alert, command, aggregate, readings); resumable with Last-Event-ID",
+        ["fleet", "kinds", "eventDevice", "lastEventId"],
+        EVENT_STREAM,
+    ),
+    "deviceEvents": (
+        "One device's live updates as Server-Sent Events; resumable with Last-Event-ID",
+        ["fleet", "device", "kinds", "lastEventId"],
+        EVENT_STREAM,
+    ),
     "listApiKeys": (
         "The fleet's API keys (never their secrets): id, scope, name, created and revoked times",
         ["fleet"],
@@ -349,7 +376,8 @@ SUCCESS = {"sendCommand": ("202", "Accepted: queued for the device")}
 def _operation(route: Route) -> dict[str, Any]:
     summary, names, schema = OPERATIONS[route.name]
     status, text = SUCCESS.get(route.name, ("200", "OK"))
-    responses: dict[str, Any] = {status: {"description": text, "content": {"application/json": {"schema": schema}}}}
+    media = "text/event-stream" if schema is EVENT_STREAM else "application/json"
+    responses: dict[str, Any] = {status: {"description": text, "content": {media: {"schema": schema}}}}
     for status, text in _ERRORS.items():
         if route.scope is not None:
             responses[status] = {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}

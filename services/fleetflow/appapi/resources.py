@@ -57,6 +57,8 @@ ROUTES = (
     Route("GET", "/v1/fleets/{fleet}/commands", "listCommands", "read"),
     Route("GET", "/v1/fleets/{fleet}/devices/{device}/commands", "listDeviceCommands", "read"),
     Route("GET", "/v1/fleets/{fleet}/commands/{command}", "getCommand", "read"),
+    Route("GET", "/v1/fleets/{fleet}/events", "fleetEvents", "read"),
+    Route("GET", "/v1/fleets/{fleet}/devices/{device}/events", "deviceEvents", "read"),
 )
 # How the router matches a path parameter where it is not one plain segment: command ids may hold '/' (the
 # processor's are "<pipeline>/<step>/<device>/<target>/<ts>"), which a client sends as %2F.

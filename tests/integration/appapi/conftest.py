@@ -2,6 +2,7 @@
 answering over real HTTP; keys of every scope in a real key file."""
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -75,10 +76,11 @@ async def fill(path: Path) -> None:
 
 
 async def provision(nats_url: str) -> None:
-    """The fleet's streams (the command stream among them), as `fleetflow up` and the operator provision them."""
+    """The fleet's and the pipeline's streams, as `fleetflow up` and the operator provision them."""
     nc = await jetstream.connect(nats_url, "test-provision")
     try:
         await jetstream.provision_fleet(nc.jetstream(), fleet())
+        await jetstream.provision_pipeline(nc.jetstream(), fleet(), pipeline())
     finally:
         await nc.close()
 
@@ -89,6 +91,8 @@ class RunningApi:
     keys_file: Path
     keys: dict[str, str]  # scope -> key text
     ops_port: int
+    stop: asyncio.Event
+    task: "asyncio.Task[None]"
 
     async def get(self, path: str, key: str | None = "read", **query: Any) -> tuple[int, Any]:
         """`key`: a scope (its key is sent), None (no key), or anything else sent as the Authorization header."""
@@ -108,8 +112,9 @@ class RunningApi:
             return response.status, await response.json()
 
 
-@pytest.fixture
-async def api(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RunningApi]:
+@contextlib.asynccontextmanager
+async def running_api(tmp_path: Path, nats_server: NatsServer, **overrides: Any) -> AsyncIterator[RunningApi]:
+    """The API over the filled store, with `overrides` of its settings; `stop` on the result stops it early."""
     store_path, keys_file, status_file = tmp_path / "store.sqlite3", tmp_path / "keys.json", tmp_path / "status.json"
     await fill(store_path)
     await provision(nats_server.url)
@@ -117,6 +122,7 @@ async def api(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RunningA
     settings = AppApiSettings(
         nats_url=nats_server.url, fleet=fleet(), pipelines=[pipeline()], listen_port=0, ops_port=0,
         keys_file=keys_file, sqlite_paths={PIPELINE: store_path}, status_file=status_file, offline_after_seconds=300,
+        **overrides,
     )  # fmt: skip
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))
@@ -126,6 +132,13 @@ async def api(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RunningA
         assert time.monotonic() < deadline, "the API did not come up within 10 s"
         await asyncio.sleep(0.02)
     status = json.loads(status_file.read_text())
-    yield RunningApi(f"http://127.0.0.1:{status['http_port']}", keys_file, texts, status["ops_port"])
+    running = RunningApi(f"http://127.0.0.1:{status['http_port']}", keys_file, texts, status["ops_port"], stop, task)
+    yield running
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def api(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RunningApi]:
+    async with running_api(tmp_path, nats_server) as running:
+        yield running
