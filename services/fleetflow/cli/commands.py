@@ -123,6 +123,8 @@ def bench(args: argparse.Namespace) -> int:
 
     if args.commands:
         return bench_commands(args)
+    if args.api:
+        return bench_api(args)
     rate = None if args.rate == "max" else _rate(args.rate)
     if args.cassandra and not re.fullmatch(r"[^:\s]+(:[0-9]{1,5})?", args.cassandra):
         raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
@@ -141,6 +143,16 @@ def bench_commands(args: argparse.Namespace) -> int:
     report = asyncio.run(command_fanout.run_command_bench(options))
     print(json.dumps(report, indent=2) if args.json else command_fanout.table(report))
     return 0 if command_fanout.healthy(report) else 1
+
+
+def bench_api(args: argparse.Namespace) -> int:
+    from fleetflow.bench import app_api
+
+    options = app_api.ApiBenchOptions(args.api_readings, args.api_devices, args.subscribers, args.data_dir)
+    os.umask(private.UMASK)  # as `fleetflow up`
+    report = asyncio.run(app_api.run_api_bench(options))
+    print(json.dumps(report, indent=2) if args.json else app_api.table(report))
+    return 0 if app_api.healthy(report) else 1
 
 
 def _rate(text: str) -> float:

@@ -239,6 +239,14 @@ def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                        help="instead: hold --devices gRPC devices on one gateway and send each a command")  # fmt: skip
     bench.add_argument("--channels", type=positive_int, default=8, metavar="N",
                        help="with --commands: gRPC channels the devices share (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--api", action="store_true",
+                       help="instead: the application API over a big store (docs/performance.md)")  # fmt: skip
+    bench.add_argument("--api-readings", type=positive_int, default=10_000_000, metavar="N",
+                       help="with --api: readings stored before measuring (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--api-devices", type=positive_int, default=10_000, metavar="N",
+                       help="with --api: devices they belong to (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--subscribers", type=positive_int, default=100, metavar="N",
+                       help="with --api: live event stream clients (default: %(default)s)")  # fmt: skip
 
 
 def _operator(sub: Subparsers, common: argparse.ArgumentParser) -> None:
