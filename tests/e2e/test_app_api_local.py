@@ -94,3 +94,41 @@ def test_readings_sent_to_the_gateway_come_back_from_the_api_which_heals_on_its_
         assert (status, body["error"]) == (401, "revoked_key")
         output = platform.stop()
     assert platform.process.returncode == 0, output
+
+
+def request(url: str, token: str, body: Any = None) -> tuple[int, Any]:
+    """GET, or POST `body` as JSON, with a bearer token."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=15) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_command_sent_through_the_api_reaches_the_device_through_the_gateway(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with fleetflow_up(data_dir, QUICKSTART) as platform:
+        api, gateway = platform.endpoints["fleets"]["demo"]["api"], platform.gateway("demo")
+        secret = credentials.read_secret(Path(platform.endpoints["fleets"]["demo"]["secretFile"]))
+        device_token = credentials.device_token(secret, "demo", "dev-a")
+        key = fleetflow("api-key", "create", "demo", "--scope", "command", "--data-dir", str(data_dir))
+
+        status, sent = request(f"{api}/v1/fleets/demo/devices/dev-a/commands", key, {"name": "set", "params":
+                               {"setpoint": 4.5}})  # fmt: skip
+        assert status == 202, sent
+        status, polled = request(f"{gateway}/v1/fleets/demo/devices/dev-a/commands?wait=10", device_token)
+        assert status == 200, polled
+        assert [(c["id"], c["params"]) for c in polled["commands"]] == [(sent["id"], {"setpoint": 4.5})]
+        status, _ = request(f"{gateway}/v1/fleets/demo/devices/dev-a/commands/{sent['id']}/result", device_token,
+                            {"status": "succeeded", "detail": "done"})  # fmt: skip
+        assert status == 200
+
+        status, shown = request(f"{api}/v1/fleets/demo/commands/{sent['id']}", key)
+        assert status == 200, shown
+        assert [t["state"] for t in shown["history"]] == ["queued", "delivered", "succeeded"]
+        assert shown["source"] == f"api-key/{key.split('_')[1]}"
+        assert fleetflow("command", "list", "--data-dir", str(data_dir), "demo").count(sent["source"]) == 1
+        output = platform.stop()
+    assert platform.process.returncode == 0, output

@@ -27,6 +27,8 @@ NOT_RUN = {
         "Quickstart": "what `make demo` runs (30 s); tests/e2e/test_local_platform.py runs it shorter",
         "A real pipeline: the cold chain": "a 60 s run of the example; the processor's e2e tests cover the steps",
         "On Kubernetes": "needs a cluster (helm, kubectl)",
+        "Applications: the application API": "tests/e2e/test_app_api_local.py makes the same requests of a running "
+        "platform",
         "Developing": "make targets",
         "Who can reach the local platform": "needs the `nats` CLI; tests/e2e/test_local_nats_auth.py logs in as admin",
     },

@@ -129,6 +129,8 @@ async def test_create_builds_the_children_and_turns_ready_once_they_are(
             assert await wait_until(consumer_max_deliver, what="the processor's durable consumer") == 5
 
         await mark_ready(emulator, "apps/v1", "statefulsets", "cold-gateway")
+        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-api"), what="the API Deployment")
+        await mark_ready(emulator, "apps/v1", "deployments", "cold-api")
         ready = await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "True"), what="Ready")
         assert ready["reason"] == "AllComponentsReady"
         status = cr(emulator, "devicefleets", "cold")["status"]
@@ -136,7 +138,13 @@ async def test_create_builds_the_children_and_turns_ready_once_they_are(
         assert status["gateway"]["readyReplicas"] == 2
         assert status["gateway"]["endpoints"]["http"] == "http://cold-gateway.ns1.svc:8080"
         assert {s["name"]: s["state"] for s in status["streams"]} == dict.fromkeys(FLEET_STREAMS, "Ready")
-        assert {c["name"]: c["ready"] for c in status["components"]} == {"streams": True, "gateway": True}
+        assert {c["name"]: c["ready"] for c in status["components"]} == {"streams": True, "gateway": True,
+                                                                         "appapi": True}  # fmt: skip
+        assert status["gateway"]["endpoints"]["api"] == "http://cold-api.ns1.svc:8090"
+        for api_version, plural, name in [("v1", "configmaps", "cold-api-config"), ("v1", "secrets", "cold-api-keys"),
+                                          ("v1", "services", "cold-api")]:  # fmt: skip
+            child = emulator.get(api_version, plural, "ns1", name)
+            assert child is not None and child["metadata"]["ownerReferences"][0]["uid"] == fleet_uid, name
 
         await mark_ready(emulator, "apps/v1", "statefulsets", "store-processor")
         await mark_ready(emulator, "apps/v1", "deployments", "store-writer")

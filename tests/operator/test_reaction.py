@@ -55,6 +55,7 @@ async def test_ready_is_reported_within_seconds_of_the_pods(
         waiting = await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "False"))
         assert "gateway: 0/2 replicas ready" in waiting["message"]
         await mark_ready(emulator, "apps/v1", "statefulsets", "cold-gateway")
+        await mark_ready(emulator, "apps/v1", "deployments", "cold-api")  # the application API
         await wait_until(lambda: has_condition(emulator, "devicefleets", "cold", "Ready", "True"), what="Ready")
 
         started = time.monotonic()

@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from fleetflow.runtime.codec import AlertEvent, Command, Reading, ReadingBatch, WindowAggregate
+from fleetflow.runtime.commands import DELIVERED, QUEUED, RESULTS, CommandRecord, Transition
 from fleetflow.writer.stores import (
     AggregateQuery,
     AlertQuery,
@@ -260,15 +261,38 @@ async def test_alerts_round_trip_by_device_oldest_first(stores: Stores) -> None:
     assert paged.items == [e for e in events if e.device == "d1"][:3] and paged.next_page_token is not None
 
 
+def command_record(fleet: str, i: int, state: str = QUEUED) -> CommandRecord:
+    command = Command(id=f"c{i}", fleet=fleet, device="d1", name="set-fan", params={"speed": i, "mode": "auto"},
+                      created_ms=T0 + i * 30 * 60_000, ttl_ms=60_000, source="api-key/3f9c2a71b0d4")  # fmt: skip
+    record = CommandRecord(command=command, state=QUEUED, history=[Transition(state=QUEUED, at_ms=command.created_ms)])
+    for step, later in enumerate((DELIVERED, state) if state in RESULTS else ()):
+        record = record.moved_to(later, command.created_ms + step + 1, f"step {step}")
+    return record
+
+
 async def test_command_log_round_trip_newest_first(stores: Stores) -> None:
     store, fleet = await stores.open(bucket="1h"), unique_fleet()
-    commands = [Command(id=f"c{i}", fleet=fleet, device="d1", name="set-fan", params={"speed": i, "mode": "auto"},
-                        created_ms=T0 + i * 30 * 60_000, ttl_ms=60_000, source="cli") for i in range(6)]  # fmt: skip
-    await store.write_commands(commands)
-    await store.write_commands(commands[2:4])
+    records = [command_record(fleet, i) for i in range(6)]
+    await store.write_commands(records)
+    await store.write_commands(records[2:4])
 
     first = await store.command_page(CommandQuery(fleet, "d1", limit=4))
     rest = await store.command_page(CommandQuery(fleet, "d1", limit=4, page_token=first.next_page_token))
 
-    assert first.items + rest.items == commands[::-1]
+    assert first.items + rest.items == records[::-1]
     assert rest.next_page_token is None
+
+
+async def test_the_command_log_keeps_each_commands_newest_state_whatever_order_states_arrive_in(
+    stores: Stores,
+) -> None:
+    store, fleet = await stores.open(bucket="1h"), unique_fleet()
+    queued, done = command_record(fleet, 1), command_record(fleet, 1, "succeeded")
+    await store.write_commands([queued])
+    await store.write_commands([done])
+    await store.write_commands([queued])  # an older state, redelivered late
+
+    page = await store.command_page(CommandQuery(fleet, "d1"))
+    assert page.items == [done]
+    assert [t.state for t in page.items[0].history] == [QUEUED, DELIVERED, "succeeded"]
+    assert page.items[0].command.source == "api-key/3f9c2a71b0d4"

@@ -19,7 +19,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.runtime import codec, jetstream, subjects
-from fleetflow.runtime.codec import AlertEvent, Command, ReadingBatch, WindowAggregate
+from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
+from fleetflow.runtime.commands import CommandRecord
 from fleetflow.runtime.consumer import ERROR_HEADER, BatchConsumer, DeadLetters
 from fleetflow.writer.persist import RecordWriter
 from fleetflow.writer.stores import (
@@ -70,9 +71,9 @@ class SwitchedStore(TelemetryStore):
         self._gate()
         await self.store.write_alerts(events)
 
-    async def write_commands(self, commands: Sequence[Command]) -> None:
+    async def write_commands(self, records: Sequence[CommandRecord]) -> None:
         self._gate()
-        await self.store.write_commands(commands)
+        await self.store.write_commands(records)
 
     async def readings(self, query: ReadingQuery) -> Page[StoredReading]:
         return await self.store.readings(query)
@@ -83,7 +84,7 @@ class SwitchedStore(TelemetryStore):
     async def alert_page(self, query: AlertQuery) -> Page[AlertEvent]:
         return await self.store.alert_page(query)
 
-    async def command_page(self, query: CommandQuery) -> Page[Command]:
+    async def command_page(self, query: CommandQuery) -> Page[CommandRecord]:
         return await self.store.command_page(query)
 
     async def latest(self, fleet: str, device: str) -> StoredReading | None:

@@ -1,14 +1,14 @@
 """The DeviceFleet reconcile, as an ordered list of small named idempotent steps."""
 
-from fleetflow.api import DeviceFleet
+from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
 from fleetflow.operator import device_secret, nats_credentials, nats_storage, streams, tls_secrets
-from fleetflow.operator.builders import exposure, gateway, nats, network
+from fleetflow.operator.builders import appapi, exposure, gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import JsonObject, Ref
 from fleetflow.operator.readiness import Readiness, workload
-from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec
+from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec, resource_document
 
 
 def fleet_of(ctx: Context) -> DeviceFleet:
@@ -249,6 +249,40 @@ async def observe_exposure(ctx: Context) -> None:
     status["endpoints"] = {**status.get("endpoints", {}), **exposure.external_endpoints(fleet, service, mqtt)}
 
 
+async def fleet_pipelines(ctx: Context) -> list[Pipeline]:
+    """The valid Pipelines of the fleet in its namespace (an invalid one has a condition of its own)."""
+    found = []
+    for body in await ctx.api.list("fleetflow.io/v1alpha1", "Pipeline", ctx.namespace):
+        try:
+            resource = parse_resource(resource_document(body), source="Pipeline")
+        except SpecError:
+            continue
+        if isinstance(resource, Pipeline) and resource.fleet == fleet_of(ctx).name:
+            found.append(resource)
+    return found
+
+
+async def apply_appapi(ctx: Context) -> None:
+    """The application API, over the stores of the fleet's pipelines as they are now (the timer's re-reconcile
+    brings a new or changed pipeline in); its keys Secret is created once, empty, and then is the user's."""
+    fleet, opts = fleet_of(ctx), ctx.options
+    await ctx.apply_owned(appapi.keys_secret(fleet), create_only=True)
+    chosen = opts.resources.get(appapi.COMPONENT, appapi.DEFAULT_RESOURCES)
+    resources = {kind: dict(values) for kind, values in chosen.items()}
+    pipelines = await fleet_pipelines(ctx)
+    objects = appapi.appapi_objects(fleet, pipelines, opts.image, opts.image_pull_policy, resources, opts.service_env())
+    for obj in objects:
+        await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
+
+
+async def observe_appapi(ctx: Context) -> None:
+    """Its readiness, and its URL beside the gateway's endpoints in the fleet's status."""
+    fleet = fleet_of(ctx)
+    current = await ctx.api.get_or_none(Ref("apps/v1", "Deployment", ctx.namespace, appapi.name(fleet)))
+    ctx.wait_for(workload(appapi.COMPONENT, current))
+    ctx.status.setdefault("gateway", {}).setdefault("endpoints", {})["api"] = appapi.url(fleet)
+
+
 async def observe_nats(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     if fleet.spec.nats.external is not None:
@@ -317,4 +351,6 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("provision-streams", provision_streams),
     ("observe-gateway", observe_gateway),
     ("observe-exposure", observe_exposure),
+    ("apply-appapi", apply_appapi),
+    ("observe-appapi", observe_appapi),
 ]

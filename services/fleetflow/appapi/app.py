@@ -7,12 +7,13 @@ from aiohttp import web
 from opentelemetry.metrics import Meter
 
 from fleetflow.appapi import openapi
-from fleetflow.appapi.keys import ApiKey, ApiKeys
-from fleetflow.appapi.resources import ROUTES, FleetResources, Handler, Route, json_response
+from fleetflow.appapi.commands import FleetCommands
+from fleetflow.appapi.events import FleetEvents
+from fleetflow.appapi.keys import API_KEY, ApiKeys
+from fleetflow.appapi.resources import ROUTES, FleetResources, Handler, Route, json_response, router_path
 from fleetflow.runtime.httpserver import HttpRefusal, device_app
 
 MAX_BODY = 256 * 1024  # command bodies are at most 64 KiB of params
-API_KEY = web.RequestKey("api_key", ApiKey)  # the key a request was authenticated with
 
 
 class Instruments:
@@ -52,7 +53,8 @@ def _guarded(route: Route, handler: Handler, keys: ApiKeys, instruments: Instrum
     return guarded
 
 
-def build_app(resources: FleetResources, keys: ApiKeys, meter: Meter) -> web.Application:
+def build_app(resources: FleetResources, commands: FleetCommands, events: FleetEvents, keys: ApiKeys,
+              meter: Meter) -> web.Application:  # fmt: skip
     """Every route of ROUTES; aiohttp's own refusals (unknown path, wrong method) are JSON too."""
     app = device_app(MAX_BODY)
     instruments = Instruments(meter)
@@ -64,7 +66,9 @@ def build_app(resources: FleetResources, keys: ApiKeys, meter: Meter) -> web.App
     handlers: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
         "openapi": serve_document,
         **resources.handlers(),
+        **commands.handlers(),
+        **events.handlers(),
     }
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _guarded(route, handlers[route.name], keys, instruments))
+        app.router.add_route(route.method, router_path(route), _guarded(route, handlers[route.name], keys, instruments))
     return app

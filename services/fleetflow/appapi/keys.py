@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+from aiohttp import web
 
 from fleetflow.runtime.httpserver import HttpRefusal
 
@@ -45,6 +46,9 @@ class ApiKey(msgspec.Struct, kw_only=True, rename="camel"):
         """What `fleetflow api-key list` shows: never the hash."""
         return {"id": self.id, "fleet": self.fleet, "scope": self.scope, "name": self.name,
                 "createdMs": self.created_ms, "revokedMs": self.revoked_ms}  # fmt: skip
+
+
+API_KEY = web.RequestKey("api_key", ApiKey)  # the key a request was authenticated with
 
 
 class KeyFile(msgspec.Struct):

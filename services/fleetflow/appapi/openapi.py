@@ -9,6 +9,7 @@ from typing import Any
 from fleetflow.appapi import params
 from fleetflow.appapi.keys import SCOPES
 from fleetflow.appapi.resources import ALERT_STATES, ROUTES, Route
+from fleetflow.runtime.commands import COMMAND_NAME_RULE, MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH, MAX_TTL_MS, STATES
 
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
@@ -57,12 +58,30 @@ PARAMETERS = {
     "group": _param("group", "query", params.GROUP_RULE),
     "deviceQuery": _param("device", "query", "only this device's (for aggregates: group=device=<id>)"),
     "state": _param("state", "query", "only transitions to this state", {"enum": list(ALERT_STATES)}),
+    "command": _param("command", "path", "the command's id (a '/' in it sent as %2F)"),
+    "commandState": _param("state", "query", "only commands now in this state", {"enum": list(STATES)}),
+    "commandDevice": _param("device", "query", "only the commands to this device"),
+    "kinds": _param(
+        "kinds", "query", "comma-separated event kinds: alerts, commands, aggregates, readings (default: all)"
+    ),
+    "lastEventId": _param(
+        "Last-Event-ID",
+        "header",
+        "the id of the last event received: continue right after it "
+        "(also as the query parameter lastEventId, for clients that cannot set headers)",
+    ),
+    "eventDevice": _param("device", "query", "only this device's events (aggregates: its group device=<id>)"),
 }
 
 _LATEST = {
     "type": "object",
     "required": ["seq", "ts", "metrics"],
     "properties": {"seq": _INT, "ts": _MS, "metrics": _METRICS},
+}
+_TRANSITION = {
+    "type": "object",
+    "required": ["state", "atMs", "detail"],
+    "properties": {"state": {"enum": list(STATES)}, "atMs": _MS, "detail": _STR},
 }
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -130,6 +149,68 @@ SCHEMAS: dict[str, Any] = {
             "revokedMs": {"type": ["integer", "null"]},
         },
     },
+    "Command": {
+        "type": "object",
+        "required": [
+            "id",
+            "fleet",
+            "device",
+            "name",
+            "params",
+            "source",
+            "createdMs",
+            "ttlMs",
+            "expiresMs",
+            "state",
+            "history",
+        ],
+        "properties": {
+            "id": _STR,
+            "fleet": _STR,
+            "device": _STR,
+            "name": _STR,
+            "params": {"type": "object"},
+            "source": {
+                **_STR,
+                "description": "who sent it: api-key/<key id>, api (the gateway's application token), "
+                "cli, or pipeline/<name>/<rule>",
+            },
+            "createdMs": _MS,
+            "ttlMs": _INT,
+            "expiresMs": _MS,
+            "state": {"enum": list(STATES)},
+            "history": {
+                "type": "array",
+                "items": _TRANSITION,
+                "description": "every state it went through, oldest first",
+            },
+        },
+    },
+    "SendCommand": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {**_STR, "description": COMMAND_NAME_RULE},
+            "params": {
+                "type": "object",
+                "description": f"any JSON values, at most {MAX_PARAMS_DEPTH} levels deep and "
+                f"{MAX_PARAMS_BYTES} bytes as JSON",
+            },
+            "ttlSeconds": {
+                "type": "number",
+                "minimum": 1,
+                "maximum": MAX_TTL_MS // 1000,
+                "default": 3600,
+                "description": "how long the command waits for its device before it expires",
+            },
+            "id": {
+                **_STR,
+                "description": "your id for it (1 to 100 letters, digits, '_', '=' or '-'): sending the "
+                "same id again is a duplicate that changes nothing; default: a new one",
+            },
+        },
+    },
     "Alert": {
         "type": "object",
         "required": ["pipeline", "rule", "device", "state", "severity", "tsMs", "values", "message"],
@@ -176,6 +257,13 @@ SUMMARY = {
     },
 }
 
+EVENT_STREAM = {
+    "type": "string",
+    "description": "text/event-stream: `id` (pass the last one as Last-Event-ID to resume), `event` (alert, "
+    "command, aggregate, readings, or overflow: reconnect), `data` (JSON: an Alert, a Command, an Aggregate, or "
+    "{device, readings})",
+}
+
 # Per operation: its summary, its parameters (names in PARAMETERS) and the schema of its 200 answer.
 OPERATIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "openapi": ("This document", [], {"type": "object"}),
@@ -213,6 +301,53 @@ OPERATIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         ["fleet", "pipeline", "from", "to"],
         _list_of("alerts", "Alert"),
     ),
+    "sendCommand": (
+        "Queue a command for the device (202); it is delivered when the device is, or next gets, connected",
+        ["fleet", "device"],
+        _ref("Command"),
+    ),
+    "listCommands": (
+        "The fleet's commands with their state history, oldest first, while NATS keeps their state",
+        ["fleet", "commandDevice", "commandState", "limit", "cursor"],
+        {
+            "type": "object",
+            "required": ["fleet", "commands", "nextCursor"],
+            "properties": {
+                "fleet": _STR,
+                "commands": {"type": "array", "items": _ref("Command")},
+                "nextCursor": _CURSOR,
+            },
+        },
+    ),
+    "listDeviceCommands": (
+        "The device's commands from the store's command log, newest first, each in its latest state (default: the "
+        "last 7 days); kept as long as the store keeps data",
+        ["fleet", "device", "pipelineQuery", "from", "to", "limit", "cursor"],
+        {
+            "type": "object",
+            "required": ["fleet", "device", "pipeline", "fromMs", "toMs", "commands", "nextCursor"],
+            "properties": {
+                "fleet": _STR,
+                "device": _STR,
+                "pipeline": _STR,
+                "fromMs": _MS,
+                "toMs": _MS,
+                "commands": {"type": "array", "items": _ref("Command")},
+                "nextCursor": _CURSOR,
+            },
+        },
+    ),
+    "getCommand": ("One command with its state history", ["fleet", "command"], _ref("Command")),
+    "fleetEvents": (
+        "Live updates as Server-Sent Events (alert, command, aggregate, readings); resumable with Last-Event-ID",
+        ["fleet", "kinds", "eventDevice", "lastEventId"],
+        EVENT_STREAM,
+    ),
+    "deviceEvents": (
+        "One device's live updates as Server-Sent Events; resumable with Last-Event-ID",
+        ["fleet", "device", "kinds", "lastEventId"],
+        EVENT_STREAM,
+    ),
     "listApiKeys": (
         "The fleet's API keys (never their secrets): id, scope, name, created and revoked times",
         ["fleet"],
@@ -228,14 +363,21 @@ _ERRORS = {
     "400": "a parameter is not valid; the detail names it and what is accepted",
     "401": "no API key, or one that is unknown, wrong or revoked",
     "403": "the API key's scope does not include the one this needs",
-    "404": "no such fleet, device or pipeline",
-    "503": "the store cannot answer now; retry",
+    "404": "no such fleet, device, pipeline or command",
+    "503": "the store (or, for commands, the fleet's NATS) cannot answer now; retry",
 }
+
+
+# Operations that take a JSON body, and what they answer with instead of 200.
+REQUEST_BODIES = {"sendCommand": "SendCommand"}
+SUCCESS = {"sendCommand": ("202", "Accepted: queued for the device")}
 
 
 def _operation(route: Route) -> dict[str, Any]:
     summary, names, schema = OPERATIONS[route.name]
-    responses: dict[str, Any] = {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+    status, text = SUCCESS.get(route.name, ("200", "OK"))
+    media = "text/event-stream" if schema is EVENT_STREAM else "application/json"
+    responses: dict[str, Any] = {status: {"description": text, "content": {media: {"schema": schema}}}}
     for status, text in _ERRORS.items():
         if route.scope is not None:
             responses[status] = {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
@@ -245,6 +387,9 @@ def _operation(route: Route) -> dict[str, Any]:
         "responses": responses,
         "parameters": [{"$ref": f"#/components/parameters/{n}"} for n in names],
     }
+    if route.name in REQUEST_BODIES:
+        body = {"application/json": {"schema": _ref(REQUEST_BODIES[route.name])}}
+        operation["requestBody"] = {"required": True, "content": body}
     if route.scope is not None:
         operation["security"] = [{"apiKey": [route.scope]}]
         operation["description"] = f"Needs an API key with scope `{route.scope}` or one that includes it."

@@ -119,3 +119,12 @@ def identifier(query: Mapping[str, str], name: str, check: Callable[[str], objec
     except ValueError as exc:
         raise HttpRefusal(400, "invalid_parameter", f"{name}={text!r} is not valid: {exc}") from None
     return text
+
+
+def path_identifier(text: str, name: str, check: Callable[[str], object]) -> str:
+    """An identifier from the path, checked by `check`: 400 `invalid_<name>` naming it."""
+    try:
+        check(text)
+    except ValueError as exc:
+        raise HttpRefusal(400, f"invalid_{name}", f"{name} {text!r} is not valid: {exc}") from None
+    return text

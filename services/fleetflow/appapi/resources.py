@@ -19,6 +19,7 @@ from fleetflow.runtime.httpserver import HttpRefusal
 from fleetflow.writer.stores import (
     AggregateQuery,
     AlertQuery,
+    CommandQuery,
     DeviceQuery,
     Page,
     ReadingQuery,
@@ -52,7 +53,23 @@ ROUTES = (
     Route("GET", "/v1/fleets/{fleet}/pipelines/{pipeline}/alerts", "listAlerts", "read"),
     Route("GET", "/v1/fleets/{fleet}/pipelines/{pipeline}/alerts/open", "listOpenAlerts", "read"),
     Route("GET", "/v1/fleets/{fleet}/api-keys", "listApiKeys", "admin"),
+    Route("POST", "/v1/fleets/{fleet}/devices/{device}/commands", "sendCommand", "command"),
+    Route("GET", "/v1/fleets/{fleet}/commands", "listCommands", "read"),
+    Route("GET", "/v1/fleets/{fleet}/devices/{device}/commands", "listDeviceCommands", "read"),
+    Route("GET", "/v1/fleets/{fleet}/commands/{command}", "getCommand", "read"),
+    Route("GET", "/v1/fleets/{fleet}/events", "fleetEvents", "read"),
+    Route("GET", "/v1/fleets/{fleet}/devices/{device}/events", "deviceEvents", "read"),
 )
+# How the router matches a path parameter where it is not one plain segment: command ids may hold '/' (the
+# processor's are "<pipeline>/<step>/<device>/<target>/<ts>"), which a client sends as %2F.
+PATH_PATTERNS = {"{command}": "{command:.+}"}
+
+
+def router_path(route: Route) -> str:
+    path = route.path
+    for plain, pattern in PATH_PATTERNS.items():
+        path = path.replace(plain, pattern)
+    return path
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -80,6 +97,7 @@ class FleetResources:
             "listAlerts": self.alerts,
             "listOpenAlerts": self.open_alerts,
             "listApiKeys": self.api_keys,
+            "listDeviceCommands": self.device_commands,
         }
 
     # Resources
@@ -107,7 +125,7 @@ class FleetResources:
         self._fleet(request)
         name, store = self._pipeline_store(request.query.get("pipeline"), "pipeline")
         query = DeviceQuery(self.fleet.name, params.limit(request.query, 100), request.query.get("cursor"))
-        page = await _paged(store.latest_page(query), query.page_token)
+        page = await store_answer(store.latest_page(query), query.page_token)
         now = self._now()
         items = [views.device(item, self.fleet.spec.devices.labels_of(item.device), self._online(item, now))
                  for item in page.items]  # fmt: skip
@@ -130,7 +148,7 @@ class FleetResources:
         keep, limit = params.metrics(q), params.limit(q, 1000, params.MAX_READINGS)
         device = (await self._known_device(store, request.match_info["device"])).device
         query = ReadingQuery(self.fleet.name, device, since, until, limit, q.get("cursor"))
-        page = await _paged(store.readings(query), query.page_token)
+        page = await store_answer(store.readings(query), query.page_token)
         items = [view for item in page.items if (view := views.reading(item, keep)) is not None]
         return json_response({"fleet": self.fleet.name, "device": device, "pipeline": name, "fromMs": since,
                               "toMs": until, "readings": items, "nextCursor": page.next_page_token})  # fmt: skip
@@ -148,7 +166,7 @@ class FleetResources:
                               "device=<id> is short for group=device=<id>; give one")  # fmt: skip
         group = f"device={device}" if device is not None else group
         query = AggregateQuery(self.fleet.name, name, group, since, until, params.limit(q, 500), q.get("cursor"), step)
-        page = await _paged(store.aggregate_page(query), query.page_token)
+        page = await store_answer(store.aggregate_page(query), query.page_token)
         return json_response({"fleet": self.fleet.name, "pipeline": name, "fromMs": since, "toMs": until,
                               "aggregates": [views.aggregate(a) for a in page.items],
                               "nextCursor": page.next_page_token})  # fmt: skip
@@ -162,7 +180,7 @@ class FleetResources:
         state = params.choice(q, "state", ALERT_STATES)
         device = params.identifier(q, "device", check_device_id)
         query = AlertQuery(self.fleet.name, name, device, since, until, params.limit(q, 500), q.get("cursor"))
-        page = await _paged(store.alert_page(query), query.page_token)
+        page = await store_answer(store.alert_page(query), query.page_token)
         items = [views.alert(e) for e in page.items if state is None or e.state == state]
         return json_response({"fleet": self.fleet.name, "pipeline": name, "fromMs": since, "toMs": until,
                               "alerts": items, "nextCursor": page.next_page_token})  # fmt: skip
@@ -174,6 +192,20 @@ class FleetResources:
         since, until = params.time_range(request.query, "0", self.clock)
         events = await self._open_alerts(name, since, until)
         return json_response({"fleet": self.fleet.name, "pipeline": name, "alerts": [views.alert(e) for e in events]})
+
+    async def device_commands(self, request: web.Request) -> web.Response:
+        """The device's commands from the store's command log (kept as long as the sink keeps data, where the
+        state bucket forgets them with the command stream's retention), newest first."""
+        self._fleet(request)
+        q = request.query
+        name, store = self._pipeline_store(q.get("pipeline"), "pipeline")
+        since, until = params.time_range(q, "-7d", self.clock)
+        device = params.path_identifier(request.match_info["device"], "device", check_device_id)
+        query = CommandQuery(self.fleet.name, device, since, until, params.limit(q, 100), q.get("cursor"))
+        page = await store_answer(store.command_page(query), query.page_token)
+        return json_response({"fleet": self.fleet.name, "device": device, "pipeline": name, "fromMs": since,
+                              "toMs": until, "commands": [r.to_json() for r in page.items],
+                              "nextCursor": page.next_page_token})  # fmt: skip
 
     async def api_keys(self, request: web.Request) -> web.Response:
         """The fleet's keys without their hashes: who has access, with which scope, since and until when."""
@@ -189,10 +221,7 @@ class FleetResources:
         return now - item.stored_ms <= self.offline_after_ms
 
     def _fleet(self, request: web.Request) -> None:
-        fleet = request.match_info["fleet"]
-        if fleet != self.fleet.name:
-            raise HttpRefusal(404, "unknown_fleet", f"fleet {fleet!r} is not served here; this API serves fleet "
-                              f"{self.fleet.name!r}")  # fmt: skip
+        check_fleet(request, self.fleet.name)
 
     def _pipeline_store(self, name: str | None, parameter: str | None) -> tuple[str, TelemetryStore]:
         """The pipeline named by a path segment (`parameter` None) or a query parameter, or the default one."""
@@ -214,7 +243,7 @@ class FleetResources:
             check_device_id(device)
         except ValueError as exc:
             raise HttpRefusal(400, "invalid_device", f"device {device!r} is not valid: {exc}") from None
-        latest = await _paged(store.latest(self.fleet.name, device))
+        latest = await store_answer(store.latest(self.fleet.name, device))
         if latest is None:
             raise HttpRefusal(404, "unknown_device", f"device {device!r} of fleet {self.fleet.name!r} has no stored "
                               "readings (never seen, or its data expired)")  # fmt: skip
@@ -223,7 +252,7 @@ class FleetResources:
     async def _all_devices(self, pipeline: str) -> Any:
         store, token = self.stores[pipeline], None
         while True:
-            page = await _paged(store.latest_page(DeviceQuery(self.fleet.name, 1000, token)))
+            page = await store_answer(store.latest_page(DeviceQuery(self.fleet.name, 1000, token)))
             for item in page.items:
                 yield item
             if page.next_page_token is None:
@@ -235,7 +264,7 @@ class FleetResources:
         last: dict[tuple[str, str], AlertEvent] = {}
         while True:
             query = AlertQuery(self.fleet.name, pipeline, None, since, until, OPEN_ALERTS_PAGE, token)
-            page: Page[AlertEvent] = await _paged(store.alert_page(query))
+            page: Page[AlertEvent] = await store_answer(store.alert_page(query))
             for event in page.items:  # oldest first: the last one seen is the current state
                 last[(event.rule, event.device)] = event
             if page.next_page_token is None:
@@ -244,7 +273,15 @@ class FleetResources:
         return [e for e in last.values() if e.state == "firing"]
 
 
-async def _paged(call: Awaitable[T], cursor: str | None = None) -> T:
+def check_fleet(request: web.Request, served: str) -> None:
+    """404 unless the path's fleet is the one this API serves."""
+    fleet = request.match_info["fleet"]
+    if fleet != served:
+        raise HttpRefusal(404, "unknown_fleet", f"fleet {fleet!r} is not served here; this API serves fleet "
+                          f"{served!r}")  # fmt: skip
+
+
+async def store_answer(call: Awaitable[T], cursor: str | None = None) -> T:
     """A store call: a cursor the store did not issue is a 400 naming it; an outage is a 503 to retry."""
     try:
         return await call
@@ -256,4 +293,4 @@ async def _paged(call: Awaitable[T], cursor: str | None = None) -> T:
                           {"Retry-After": "1"}) from None  # fmt: skip
 
 
-__all__ = ["ROUTES", "FleetResources", "Route", "json_response"]
+__all__ = ["ROUTES", "FleetResources", "Route", "check_fleet", "json_response", "router_path", "store_answer"]

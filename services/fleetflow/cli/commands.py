@@ -126,6 +126,8 @@ def bench(args: argparse.Namespace) -> int:
         return bench_commands(args)
     if args.engine_only:
         return _bench_engine(args)
+    if args.api:
+        return bench_api(args)
     rate = None if args.rate == "max" else _rate(args.rate)
     if args.cassandra and not re.fullmatch(r"[^:\s]+(:[0-9]{1,5})?", args.cassandra):
         raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
@@ -164,6 +166,16 @@ def _bench_engine(args: argparse.Namespace) -> int:
     report = engine_summary(result, os.getloadavg())
     print(json.dumps(report, indent=2) if args.json else engine_table(report))
     return 0 if report["outputs_identical"] else 1
+
+
+def bench_api(args: argparse.Namespace) -> int:
+    from fleetflow.bench import app_api
+
+    options = app_api.ApiBenchOptions(args.api_readings, args.api_devices, args.subscribers, args.data_dir)
+    os.umask(private.UMASK)  # as `fleetflow up`
+    report = asyncio.run(app_api.run_api_bench(options))
+    print(json.dumps(report, indent=2) if args.json else app_api.table(report))
+    return 0 if app_api.healthy(report) else 1
 
 
 def _rate(text: str) -> float:
@@ -223,7 +235,7 @@ def api_key(args: argparse.Namespace) -> int:
     path = args.keys_file or keys.keys_file(args.data_dir, args.fleet)
     try:
         if args.action == "create":
-            _, text = keys.create_key(path, args.fleet, args.scope, args.name)
+            _, text = keys.create_key(path, args.fleet, args.scope, args.name or "")
             print(text)
         elif args.action == "list":
             listed = [key for key in keys.read_keys(path) if key.fleet == args.fleet]

@@ -9,7 +9,7 @@ from fleetflow.cli import arguments, datadir, tables
 from fleetflow.cli.errors import UsageError
 from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.gateway import command_admin
-from fleetflow.gateway.commands import CommandError, CommandRecord
+from fleetflow.runtime.commands import CommandError, CommandRecord
 
 HEADER = ("ID", "DEVICE", "NAME", "STATE", "CREATED", "SOURCE")
 

@@ -131,7 +131,12 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     kind = query.add_mutually_exclusive_group()
     kind.add_argument("--aggregates", action="store_true", help="closed window aggregates instead of readings")
     kind.add_argument("--alerts", action="store_true", help="alert transitions (firing, resolved) instead")
-    kind.add_argument("--commands", action="store_true", help="commands and their states instead (platform running)")
+    kind.add_argument(
+        "--commands",
+        action="store_true",
+        help="commands and their state histories instead: a "
+        "device's from the store's command log, a whole fleet's from the running platform",
+    )
     _data_dir(query)
     query.add_argument(
         "--pipeline",
@@ -221,7 +226,7 @@ def _api_key(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     create.add_argument("fleet", help="the DeviceFleet's name")
     create.add_argument("--scope", required=True, choices=["read", "command", "admin"],
                         help="what the key may do; each includes the ones before it")  # fmt: skip
-    create.add_argument("--name", default="", help="who or what the key is for (default: %(default)s, none)")
+    create.add_argument("--name", help="who or what the key is for (default: none)")
     key_list = key_actions.add_parser("list", help="the fleet's keys: id, scope, name, created, revoked",
                                       parents=[common])  # fmt: skip
     key_list.add_argument("fleet", help="the DeviceFleet's name")
@@ -275,6 +280,14 @@ def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                        "(default: %(default)s)")  # fmt: skip
     bench.add_argument("--channels", type=positive_int, default=8, metavar="N",
                        help="with --commands: gRPC channels the devices share (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--api", action="store_true",
+                       help="instead: the application API over a big store (docs/performance.md)")  # fmt: skip
+    bench.add_argument("--api-readings", type=positive_int, default=10_000_000, metavar="N",
+                       help="with --api: readings stored before measuring (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--api-devices", type=positive_int, default=10_000, metavar="N",
+                       help="with --api: devices they belong to (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--subscribers", type=positive_int, default=100, metavar="N",
+                       help="with --api: live event stream clients (default: %(default)s)")  # fmt: skip
 
 
 def _operator(sub: Subparsers, common: argparse.ArgumentParser) -> None:

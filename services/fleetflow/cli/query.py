@@ -1,10 +1,10 @@
 """`fleetflow query`: what a pipeline stored (readings, window aggregates, alert transitions) and the commands
 sent to a fleet's devices, newest first, as a table or as JSON lines.
 
-Readings, aggregates and alerts come from the pipeline's store as the last `fleetflow up` on the data dir ran
-it (pipelines.json), so they can be read after the platform stopped. Commands come from the running platform's
-command state on NATS, the same records `fleetflow command list` shows: nothing writes the store's command log
-yet."""
+Readings, aggregates, alerts and a device's commands come from the pipeline's store as the last `fleetflow up`
+on the data dir ran it (pipelines.json), so they can be read after the platform stopped; the writer logs every
+command's state changes there. The commands of a whole fleet come from the running platform's command state on
+NATS, the same records `fleetflow command list` shows (the store's command log is kept per device)."""
 
 import argparse
 import asyncio
@@ -26,7 +26,15 @@ from fleetflow.cli.errors import UsageError
 from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.gateway import command_admin
 from fleetflow.runtime.codec import AlertEvent, WindowAggregate
-from fleetflow.writer.stores import AggregateQuery, AlertQuery, Page, ReadingQuery, StoredReading, TelemetryStore
+from fleetflow.writer.stores import (
+    AggregateQuery,
+    AlertQuery,
+    CommandQuery,
+    Page,
+    ReadingQuery,
+    StoredReading,
+    TelemetryStore,
+)
 from fleetflow.writer.stores import open_store as open_sink_store
 
 T = TypeVar("T")
@@ -104,6 +112,9 @@ async def stored_items(args: argparse.Namespace, what: str, since: int, until: i
         if what == "readings":
             page = await store.readings(ReadingQuery(fleet, device, since, until, limit))
             return name, list(page.items)
+        if what == "commands":  # newest first already, like readings
+            logged = await store.command_page(CommandQuery(fleet, device, since, until, limit))
+            return name, list(logged.items)
         if what == "aggregates":
             group = None if device is None else f"device={device}"
 
@@ -163,7 +174,7 @@ def as_json(what: str, item: Any) -> dict[str, Any]:
 
 async def fetch(args: argparse.Namespace, what: str, since: int, until: int) -> tuple[str, list[Any]]:
     """Where the items come from (for the "none found" line) and the items."""
-    if what == "commands":
+    if what == "commands" and args.device is None:
         return "the running platform's command state", await command_records(args, since, until)
     pipeline, items = await stored_items(args, what, since, until)
     return f"pipeline {pipeline}'s store", items

@@ -47,11 +47,11 @@ from opentelemetry.metrics import Counter
 
 from fleetflow.gateway.command_push import push_commands
 from fleetflow.gateway.command_sessions import CommandSessions
-from fleetflow.gateway.commands import CommandError, CommandStore
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.sessions import DeviceSessions
 from fleetflow.runtime import telemetry
+from fleetflow.runtime.commands import CommandError, CommandStore
 
 log = structlog.get_logger(__name__)
 PROTOCOL = "coap"

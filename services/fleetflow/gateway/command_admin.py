@@ -9,7 +9,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from fleetflow.gateway.commands import (
+from fleetflow.runtime.commands import (
     DEFAULT_TTL_MS,
     STATES,
     CommandError,

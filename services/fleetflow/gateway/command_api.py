@@ -22,20 +22,18 @@ from opentelemetry.metrics import Meter
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway.auth import DeviceAuthenticator
 from fleetflow.gateway.command_sessions import CommandSessions, SessionReplaced
-from fleetflow.gateway.commands import (
-    DEFAULT_TTL_MS,
-    MAX_PARAMS_DEPTH,
-    MAX_TTL_MS,
-    STATES,
-    CommandError,
-    CommandStore,
-    device_view,
-    new_command,
-    send_command,
-)
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import check_device_id
 from fleetflow.runtime import credentials
+from fleetflow.runtime.commands import (
+    MAX_PARAMS_DEPTH,
+    STATES,
+    CommandError,
+    CommandStore,
+    SendRequest,
+    device_view,
+    send_command,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -46,13 +44,6 @@ MAX_WAIT_S = 60.0
 def application_token(fleet_secret: bytes, fleet: str) -> str:
     """The token applications (and `fleetflow command`) present to send and inspect commands."""
     return credentials.device_token(fleet_secret, fleet, APPLICATIONS)
-
-
-class SendRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
-    name: str
-    params: dict[str, Any] = {}  # any JSON values, nested too (depth and size: commands.check_params)
-    ttl_seconds: float = DEFAULT_TTL_MS / 1000
-    id: str | None = None
 
 
 class ResultRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -103,11 +94,7 @@ class CommandApi:
         device = self._device(request)
         self._application(request)
         body = _decode(SendRequest, await request.read())
-        if not 1 <= body.ttl_seconds <= MAX_TTL_MS / 1000:  # also NaN; before int(), which inf would overflow
-            raise CommandError(400, "invalid_command", f"ttlSeconds {body.ttl_seconds} is out of range: use 1 to "
-                               f"{MAX_TTL_MS // 1000} (7 days)")  # fmt: skip
-        command = new_command(self.fleet.name, device, body.name, dict(body.params), int(body.ttl_seconds * 1000),
-                              source="api", command_id=body.id)  # fmt: skip
+        command = body.to_command(self.fleet.name, device, source="api")
         record = await send_command(self.js, self.store, command)
         self.commands_sent.add(1)
         return record.to_json()

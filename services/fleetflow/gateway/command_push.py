@@ -8,7 +8,7 @@ from typing import Any
 from opentelemetry.metrics import Counter
 
 from fleetflow.gateway.command_sessions import CommandSessions
-from fleetflow.gateway.commands import device_view
+from fleetflow.runtime.commands import device_view
 
 Deliver = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -31,9 +31,9 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from opentelemetry.metrics import Meter
 
-from fleetflow.gateway.commands import CommandRecord, CommandStore
 from fleetflow.runtime import directget, subjects
 from fleetflow.runtime.codec import Command
+from fleetflow.runtime.commands import CommandRecord, CommandStore
 
 log = structlog.get_logger(__name__)
 CLAIMS_IN_FLIGHT = 128

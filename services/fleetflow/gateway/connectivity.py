@@ -15,8 +15,8 @@ from fleetflow.gateway.buffer import BufferedPublisher, DiskBuffer
 from fleetflow.gateway.coap import CoapDeviceApi
 from fleetflow.gateway.coap import start_server as start_coap_server
 from fleetflow.gateway.command_api import CommandApi
+from fleetflow.gateway.command_expiry import CommandExpirer
 from fleetflow.gateway.command_sessions import CommandSessions
-from fleetflow.gateway.commands import CommandExpirer, CommandStore
 from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
@@ -25,6 +25,7 @@ from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.gateway.sessions import DeviceSessions
 from fleetflow.gateway.ws import WebSocketApi
 from fleetflow.runtime import credentials, jetstream
+from fleetflow.runtime.commands import CommandStore
 from fleetflow.runtime.jetstream import ConnectionWatch
 from fleetflow.runtime.settings import GatewaySettings
 

@@ -20,10 +20,10 @@ from opentelemetry.context import Context
 from fleetflow.api.protocol import device_pb2 as pb
 from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
 from fleetflow.gateway.command_sessions import CommandSession, CommandSessions, SessionReplaced
-from fleetflow.gateway.commands import CommandError, CommandRecord, CommandStore
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.runtime import telemetry
+from fleetflow.runtime.commands import CommandError, CommandRecord, CommandStore
 
 log = structlog.get_logger(__name__)
 PROTOCOL = "grpc"

@@ -24,12 +24,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
 from fleetflow.gateway.command_sessions import CommandSessions
-from fleetflow.gateway.commands import CommandError, CommandStore, device_view
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import subject_prefix
 from fleetflow.gateway.mqtt_intake import TelemetryIntake
 from fleetflow.runtime import jetstream
 from fleetflow.runtime.codec import Command
+from fleetflow.runtime.commands import CommandError, CommandStore, device_view
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
 
 log = structlog.get_logger(__name__)

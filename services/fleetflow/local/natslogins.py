@@ -16,8 +16,8 @@ from fleetflow.local import private
 from fleetflow.runtime import natsauth
 from fleetflow.runtime.natsauth import CALLOUT_USER, NatsLogin
 
-GATEWAY, PROCESSOR, WRITER, ADMIN = "gateway", "processor", "writer", "admin"
-SERVICE_USERS = (GATEWAY, PROCESSOR, WRITER, ADMIN)  # the users of the streams' account
+GATEWAY, PROCESSOR, WRITER, APPAPI, ADMIN = "gateway", "processor", "writer", "appapi", "admin"
+SERVICE_USERS = (GATEWAY, PROCESSOR, WRITER, APPAPI, ADMIN)  # the users of the streams' account
 USERS = (*SERVICE_USERS, CALLOUT_USER)
 
 

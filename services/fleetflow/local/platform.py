@@ -209,6 +209,7 @@ class LocalPlatform:
                 listen_port=self.ports.take(),
                 ops_port=self.ports.take(),
                 sqlite_paths={p.name: self.store_path(p) for p in pipelines},
+                **self._login(natslogins.APPAPI),  # commands: the fleet's command stream and state bucket
             )
             apis.append(ServiceProcess(f"appapi-{fleet.name}", "appapi", cfg, self._run_dir()))
         return apis

@@ -169,6 +169,13 @@ class AppApiSettings(ServiceSettings):
     cassandra_credentials_dir: Path | None = None
     # A device whose latest reading arrived longer ago than this is reported offline.
     offline_after_seconds: float = pydantic.Field(default=300.0, gt=0)
+    # Live updates (Server-Sent Events): connections at once, events waiting per connection, how long a full queue
+    # waits for its client before the connection ends (the client resumes from its last id), and how often an
+    # idle connection gets a keep-alive.
+    max_event_streams: int = pydantic.Field(default=256, ge=1)
+    event_queue: int = pydantic.Field(default=1024, ge=1)
+    event_patience_seconds: float = pydantic.Field(default=10.0, gt=0, le=600)
+    event_keepalive_seconds: float = pydantic.Field(default=15.0, gt=0, le=300)
 
     @pydantic.model_validator(mode="after")
     def _pipelines_of_the_fleet(self) -> Self:

@@ -64,6 +64,26 @@ def writer_consumer(pipeline: str) -> str:
     return f"writer-{pipeline}"
 
 
+def command_state_bucket(fleet: str) -> str:
+    """The key-value bucket of the fleet's command states (fleetflow.runtime.commands)."""
+    return f"ff-{fleet}-command-state"
+
+
+def command_state_stream(fleet: str) -> str:
+    """The stream JetStream keeps the bucket in: every state change of every command is a message on it."""
+    return f"KV_{command_state_bucket(fleet)}"
+
+
+def command_state_changes(fleet: str) -> str:
+    """The subjects of the bucket's entries, `$KV.<bucket>.<device>.<command key>`."""
+    return f"$KV.{command_state_bucket(fleet)}.>"
+
+
+def command_log_consumer(pipeline: str) -> str:
+    """The writer's durable consumer of command state changes, which it copies into its store's command log."""
+    return f"command-log-{pipeline}"
+
+
 class _Identified(Protocol):
     seq: int
     ts: int

@@ -11,6 +11,8 @@ from fleetflow.runtime import jetstream, logs, ops, service, subjects, telemetry
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters
 from fleetflow.runtime.lag import ConsumerLag
 from fleetflow.runtime.settings import WriterSettings
+from fleetflow.writer import command_log
+from fleetflow.writer.command_log import CommandLogWriter
 from fleetflow.writer.persist import RecordWriter
 from fleetflow.writer.stores import StoreUnavailable, TelemetryStore, open_store
 
@@ -81,9 +83,20 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         pipeline.spec.writer.batch_messages,
         sole=settings.sole_consumer,
     )
-    lag = ConsumerLag(js, meter, [(consumer.stream, consumer.durable)])
-    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(expire_periodically(store, stop)),
-             asyncio.create_task(lag.poll(stop))]  # fmt: skip
+    await command_log.provision(js, fleet, pipeline)
+    commands = BatchConsumer(
+        js,
+        subjects.command_state_stream(fleet.name),
+        subjects.command_log_consumer(pipeline.name),
+        CommandLogWriter(store, fleet.name).handle,
+        DeadLetters(js, fleet.name, subjects.command_log_consumer(pipeline.name)),
+        pipeline.spec.delivery.max_deliver,
+        pipeline.spec.writer.batch_messages,
+        sole=settings.sole_consumer,
+    )
+    lag = ConsumerLag(js, meter, [(consumer.stream, consumer.durable), (commands.stream, commands.durable)])
+    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(commands.run(stop)),
+             asyncio.create_task(expire_periodically(store, stop)), asyncio.create_task(lag.poll(stop))]  # fmt: skip
     log.info("writer ready", ops_port=ops_port, sink=pipeline.spec.sink.kind)
     await asyncio.gather(*tasks)
     await nc.drain()

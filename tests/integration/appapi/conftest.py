@@ -2,6 +2,7 @@
 answering over real HTTP; keys of every scope in a real key file."""
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -16,9 +17,11 @@ import pytest
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.appapi import keys
 from fleetflow.appapi.main import serve
+from fleetflow.runtime import jetstream
 from fleetflow.runtime.codec import AlertEvent, Reading, ReadingBatch, WindowAggregate
 from fleetflow.runtime.settings import AppApiSettings
 from fleetflow.writer.stores.sqlite import SqliteStore
+from tests.support.natsserver import NatsServer
 
 FLEET, PIPELINE, STEP = "demo", "p1", "per-minute"
 MINUTE = 60_000
@@ -72,12 +75,24 @@ async def fill(path: Path) -> None:
         db.execute("UPDATE device_latest SET stored_ms = ? WHERE device = ?", (NOW - 10 * MINUTE, STALE))
 
 
+async def provision(nats_url: str) -> None:
+    """The fleet's and the pipeline's streams, as `fleetflow up` and the operator provision them."""
+    nc = await jetstream.connect(nats_url, "test-provision")
+    try:
+        await jetstream.provision_fleet(nc.jetstream(), fleet())
+        await jetstream.provision_pipeline(nc.jetstream(), fleet(), pipeline())
+    finally:
+        await nc.close()
+
+
 @dataclass
 class RunningApi:
     url: str
     keys_file: Path
     keys: dict[str, str]  # scope -> key text
     ops_port: int
+    stop: asyncio.Event
+    task: "asyncio.Task[None]"
 
     async def get(self, path: str, key: str | None = "read", **query: Any) -> tuple[int, Any]:
         """`key`: a scope (its key is sent), None (no key), or anything else sent as the Authorization header."""
@@ -87,15 +102,27 @@ class RunningApi:
             assert response.content_type == "application/json", await response.text()
             return response.status, await response.json()
 
+    async def post(self, path: str, body: Any, key: str | None = "command") -> tuple[int, Any]:
+        """POST `body` as JSON (bytes: as they are), with the key of scope `key` (None: no key)."""
+        headers = {} if key is None else {"Authorization": f"Bearer {self.keys[key]}"}
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        async with aiohttp.ClientSession() as session, session.post(self.url + path, data=data,
+                                                                    headers=headers) as response:  # fmt: skip
+            assert response.content_type == "application/json", await response.text()
+            return response.status, await response.json()
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
+
+@contextlib.asynccontextmanager
+async def running_api(tmp_path: Path, nats_server: NatsServer, **overrides: Any) -> AsyncIterator[RunningApi]:
+    """The API over the filled store, with `overrides` of its settings; `stop` on the result stops it early."""
     store_path, keys_file, status_file = tmp_path / "store.sqlite3", tmp_path / "keys.json", tmp_path / "status.json"
     await fill(store_path)
+    await provision(nats_server.url)
     texts = {scope: keys.create_key(keys_file, FLEET, scope, f"test {scope}")[1] for scope in keys.SCOPES}
     settings = AppApiSettings(
-        fleet=fleet(), pipelines=[pipeline()], listen_port=0, ops_port=0, keys_file=keys_file,
-        sqlite_paths={PIPELINE: store_path}, status_file=status_file, offline_after_seconds=300,
+        nats_url=nats_server.url, fleet=fleet(), pipelines=[pipeline()], listen_port=0, ops_port=0,
+        keys_file=keys_file, sqlite_paths={PIPELINE: store_path}, status_file=status_file, offline_after_seconds=300,
+        **overrides,
     )  # fmt: skip
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))
@@ -105,6 +132,13 @@ async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
         assert time.monotonic() < deadline, "the API did not come up within 10 s"
         await asyncio.sleep(0.02)
     status = json.loads(status_file.read_text())
-    yield RunningApi(f"http://127.0.0.1:{status['http_port']}", keys_file, texts, status["ops_port"])
+    running = RunningApi(f"http://127.0.0.1:{status['http_port']}", keys_file, texts, status["ops_port"], stop, task)
+    yield running
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def api(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[RunningApi]:
+    async with running_api(tmp_path, nats_server) as running:
+        yield running

@@ -2,6 +2,7 @@
 query parameter honoured (a bad value is a 400 naming it), every answer valid against its schema; and the
 401/403/404 of keys, scopes, fleets and pipelines."""
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -14,10 +15,11 @@ from fleetflow.appapi import keys
 from fleetflow.appapi.resources import ROUTES
 from tests.integration.appapi.conftest import BUSY, FLEET, PIPELINE, RunningApi
 
-VALUES = {"fleet": FLEET, "device": BUSY, "pipeline": PIPELINE}
+VALUES = {"fleet": FLEET, "device": BUSY, "pipeline": PIPELINE, "command": "cmd-1"}
 # A value each query parameter refuses; `cursor` gets one no store issued.
 BAD = {"from": "yesterday", "to": "1e9", "limit": "0", "cursor": "bm90LWEtY3Vyc29y", "metrics": "temp,9lives",
-       "pipeline": "nope", "step": "nope", "group": "no-equals-sign", "device": "bad device", "state": "open"}  # fmt: skip
+       "pipeline": "nope", "step": "nope", "group": "no-equals-sign", "device": "bad device", "state": "open",
+       "kinds": "alerts,nope"}  # fmt: skip
 
 
 async def document(api: RunningApi) -> dict[str, Any]:
@@ -40,17 +42,41 @@ def concrete(path: str) -> str:
     return path
 
 
+def success(op: dict[str, Any]) -> str:
+    return next(status for status in op["responses"] if status.startswith("2"))
+
+
+def is_event_stream(op: dict[str, Any]) -> bool:
+    return "text/event-stream" in op["responses"][success(op)]["content"]
+
+
+async def call(api: RunningApi, method: str, path: str, **query: Any) -> tuple[int, Any]:
+    """The operation with an admin key; a POST sends a valid command to BUSY; an event stream (valid query) is
+    opened, its first id read, and closed (its events: test_events.py)."""
+    if method == "POST":
+        return await api.post(concrete(path), {"name": "reboot", "params": {"delay": 1}}, key="admin")
+    if path.endswith("/events") and not query:
+        headers = {"Authorization": f"Bearer {api.keys['admin']}"}
+        async with aiohttp.ClientSession() as session, session.get(api.url + concrete(path),
+                                                                   headers=headers) as response:  # fmt: skip
+            assert response.content_type == "text/event-stream", await response.text()
+            first = await asyncio.wait_for(response.content.readline(), 5)
+            return response.status, first.decode()
+    return await api.get(concrete(path), key="admin", **query)
+
+
 async def test_the_document_lists_exactly_the_served_routes(api: RunningApi) -> None:
     doc = await document(api)
     documented = {(method, path) for method, path, _ in operations(doc)}
     assert documented == {(r.method, r.path) for r in ROUTES}
     assert doc["openapi"] == "3.1.0"
-    for _, path, op in operations(doc):
+    await api.post(f"/v1/fleets/{FLEET}/devices/{BUSY}/commands", {"name": "reboot", "id": "cmd-1"})
+    for method, path, op in operations(doc):
         in_path = {p["name"] for p in parameters(doc, op) if p["in"] == "path"}
         assert in_path == {part[1:-1] for part in path.split("/") if part.startswith("{")}, path
         # Served: with the right key, never the router's 404 or 405.
-        status, body = await api.get(concrete(path), key="admin")
-        assert status == 200, (path, body)
+        status, body = await call(api, method, path)
+        assert str(status) == success(op), (method, path, body)
 
 
 async def test_every_answer_matches_its_schema(api: RunningApi) -> None:
@@ -58,10 +84,15 @@ async def test_every_answer_matches_its_schema(api: RunningApi) -> None:
     registry = Registry().with_resource("urn:api", Resource.from_contents({**doc, "$schema":
                                         "https://json-schema.org/draft/2020-12/schema"}))  # fmt: skip
     error_schema = {"$ref": "urn:api#/components/schemas/Error"}
-    for method, path, _ in operations(doc):
-        status, body = await api.get(concrete(path), key="admin")
-        assert status == 200, body
-        schema = f"urn:api#/paths/{_pointer(path)}/{method.lower()}/responses/200/content/application~1json/schema"
+    await api.post(f"/v1/fleets/{FLEET}/devices/{BUSY}/commands", {"name": "reboot", "id": "cmd-1"})
+    for method, path, op in operations(doc):
+        status, body = await call(api, method, path)
+        assert str(status) == success(op), body
+        if is_event_stream(op):
+            assert body.startswith("retry: ")
+            continue
+        where = f"{_pointer(path)}/{method.lower()}/responses/{status}"
+        schema = f"urn:api#/paths/{where}/content/application~1json/schema"
         jsonschema.Draft202012Validator({"$ref": schema}, registry=registry).validate(body)
     status, body = await api.get(f"/v1/fleets/{FLEET}/devices/nobody")
     assert status == 404
@@ -75,11 +106,11 @@ def _pointer(path: str) -> str:
 async def test_every_documented_query_parameter_refuses_a_bad_value_naming_it(api: RunningApi) -> None:
     doc = await document(api)
     checked = 0
-    for _, path, op in operations(doc):
+    for method, path, op in operations(doc):
         for param in parameters(doc, op):
             if param["in"] != "query":
                 continue
-            status, body = await api.get(concrete(path), key="admin", **{param["name"]: BAD[param["name"]]})
+            status, body = await call(api, method, path, **{param["name"]: BAD[param["name"]]})
             assert status == 400, (path, param["name"], body)
             assert body["error"] == "invalid_parameter"
             assert body["detail"].startswith(f"{param['name']}={BAD[param['name']]!r}"), body

@@ -14,7 +14,7 @@ import pytest
 from aiocoap import CON, POST, Code, Context, Message
 
 from fleetflow.device.coap_client import CoapDevice
-from fleetflow.gateway.commands import CommandStore
+from fleetflow.runtime.commands import CommandStore
 from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
 from tests.integration.connectivity.test_grpc import queue_command, readings
 from tests.support.natsserver import NatsServer

@@ -4,8 +4,8 @@ import pytest
 from nats.aio.client import Client
 
 from fleetflow.gateway import command_admin
-from fleetflow.gateway.commands import CommandError
 from fleetflow.runtime import jetstream
+from fleetflow.runtime.commands import CommandError
 from tests.integration.connectivity.conftest import fleet_resource
 from tests.support.natsserver import NatsServer
 

@@ -12,10 +12,10 @@ from nats.js.api import KeyValueConfig
 
 from fleetflow.bench.grpc_streams import StreamPool, command_received, wait_until
 from fleetflow.device.commands import CommandChannelError, HttpCommands
-from fleetflow.gateway.commands import CommandStore, new_command, send_command, state_bucket
 from fleetflow.local.progress import scrape
 from fleetflow.runtime import subjects
 from fleetflow.runtime.codec import Command
+from fleetflow.runtime.commands import CommandStore, new_command, send_command, state_bucket
 from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
 from tests.support.natsserver import NatsServer
 

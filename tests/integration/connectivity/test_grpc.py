@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
-from fleetflow.gateway.commands import CommandStore, new_command, send_command
+from fleetflow.runtime.commands import CommandStore, new_command, send_command
 from tests.integration.connectivity.conftest import FLEET, Gateway, start_gateway, stop_gateway
 from tests.support.natsserver import NatsServer
 

@@ -15,8 +15,8 @@ import pytest
 from nats.js.api import DiscardPolicy
 
 from fleetflow.device.mqtt_client import MqttDevice, MqttRefused
-from fleetflow.gateway.commands import CommandStore, new_command, send_command
 from fleetflow.runtime import subjects
+from fleetflow.runtime.commands import CommandStore, new_command, send_command
 from tests.integration.connectivity.conftest import FLEET, MqttPlatform, Store
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from fleetflow.device.ws_client import SessionClosed, WsDevice, session_url
-from fleetflow.gateway.commands import CommandStore
+from fleetflow.runtime.commands import CommandStore
 from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
 from tests.integration.connectivity.test_grpc import queue_command, readings
 from tests.support.natsserver import NatsServer

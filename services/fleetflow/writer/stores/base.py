@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from fleetflow.runtime.codec import AlertEvent, Command, ReadingBatch, WindowAggregate
+from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
+from fleetflow.runtime.commands import CommandRecord
 
 T = TypeVar("T")
 FOREVER_MS = 2**62
@@ -75,7 +76,7 @@ class AlertQuery:
 
 @dataclass(frozen=True)
 class CommandQuery:
-    """Commands sent to a device with since_ms <= created_ms < until_ms, newest first."""
+    """Commands sent to a device with since_ms <= created_ms < until_ms, newest first, each in its latest state."""
 
     fleet: str
     device: str
@@ -130,8 +131,11 @@ class TelemetryStore(abc.ABC):
         """Upsert alert transitions keyed by (fleet, pipeline, rule, device, ts_ms, state)."""
 
     @abc.abstractmethod
-    async def write_commands(self, commands: Sequence[Command]) -> None:
-        """Upsert commands into the command log keyed by (fleet, device, created_ms, id)."""
+    async def write_commands(self, records: Sequence[CommandRecord]) -> None:
+        """Upsert commands with their state history into the command log, keyed by (fleet, device, created_ms, id).
+
+        A record with fewer transitions than the stored one (an older state, redelivered late) changes nothing:
+        the history only ever grows, so the longest one is the newest."""
 
     @abc.abstractmethod
     async def readings(self, query: ReadingQuery) -> Page[StoredReading]:
@@ -146,8 +150,8 @@ class TelemetryStore(abc.ABC):
         """One page of a pipeline's stored alert transitions."""
 
     @abc.abstractmethod
-    async def command_page(self, query: CommandQuery) -> Page[Command]:
-        """One page of the commands sent to a device."""
+    async def command_page(self, query: CommandQuery) -> Page[CommandRecord]:
+        """One page of the commands sent to a device, each with its state history."""
 
     async def aggregates(self, fleet: str, pipeline: str, group: str | None = None) -> list[WindowAggregate]:
         """Every stored window of a pipeline (all pages); only those of `group` when given."""

@@ -25,6 +25,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statem
 
 from fleetflow.api.pipeline import SinkSpec
 from fleetflow.runtime.codec import AlertEvent, Command, ReadingBatch, WindowAggregate
+from fleetflow.runtime.commands import QUEUED, CommandRecord, Transition
 from fleetflow.writer.stores import cql
 from fleetflow.writer.stores.base import (
     FOREVER_MS,
@@ -66,6 +67,8 @@ BATCH_ROWS = 20
 OPEN_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, Unavailable)
 _params_encoder = msgspec.json.Encoder()
 _params_decoder = msgspec.json.Decoder(dict[str, Any])
+_history_encoder = msgspec.json.Encoder()
+_history_decoder = msgspec.json.Decoder(list[Transition])
 
 
 def _ms(value: datetime) -> int:
@@ -288,15 +291,18 @@ class CassandraStore(TelemetryStore):
         await self._ensure_indexed(entries)
         await self._write_rows(rows, "write alerts")
 
-    async def write_commands(self, commands: Sequence[Command]) -> None:
+    async def write_commands(self, records: Sequence[CommandRecord]) -> None:
         bucket, table = self.layout.bucket_ms, self.layout.tables.commands
         rows: list[tuple[tuple[Any, ...], Statement]] = []
         entries: set[IndexEntry] = set()
-        for c in commands:
+        for r in records:
+            c = r.command
             b = cql.bucket_of(c.created_ms, bucket)
             entries.add(IndexEntry(table, c.fleet, c.device, b))
             params = _params_encoder.encode(c.params).decode()
-            values = (c.fleet, c.device, b, c.created_ms, c.id, c.name, params, c.ttl_ms, c.source)
+            history = _history_encoder.encode(r.history).decode()
+            values = (c.fleet, c.device, b, c.created_ms, c.id, c.name, params, c.ttl_ms, c.source, r.state, history,
+                      command_cell_time(r))  # fmt: skip
             rows.append(((c.fleet, c.device, b), self._bind_row("insert_command", values)))
         await self._ensure_indexed(entries)
         await self._write_rows(rows, "write commands")
@@ -388,7 +394,7 @@ class CassandraStore(TelemetryStore):
             keep=lambda e: device is None or e.device == device,
         )
 
-    async def command_page(self, query: CommandQuery) -> Page[Command]:
+    async def command_page(self, query: CommandQuery) -> Page[CommandRecord]:
         index = await self._index(
             self.layout.tables.commands, query.fleet, query.device, query.since_ms, query.until_ms
         )
@@ -502,8 +508,8 @@ def _alert(row: dict[str, Any]) -> AlertEvent:
     )
 
 
-def _command(row: dict[str, Any]) -> Command:
-    return Command(
+def _command(row: dict[str, Any]) -> CommandRecord:
+    command = Command(
         id=row["id"],
         fleet=row["fleet"],
         device=row["device"],
@@ -513,3 +519,11 @@ def _command(row: dict[str, Any]) -> Command:
         ttl_ms=row["ttl_ms"],
         source=row["source"],
     )
+    history = _history_decoder.decode(row["history"]) if row.get("history") else []
+    return CommandRecord(command=command, state=row.get("state") or QUEUED, history=history)
+
+
+def command_cell_time(record: CommandRecord) -> int:
+    """The write time of a command log row, in microseconds: later states of a command get later ones whatever the
+    writers' clocks say, since its history only grows; near its creation time, so TTLs stay meaningful."""
+    return record.command.created_ms * 1000 + len(record.history)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.cluster import Session
 
 from fleetflow.writer.stores.cassandra_cluster import Unavailable, execute
@@ -152,7 +152,14 @@ async def ensure_applied(
 async def apply(session: Session, ledger: Ledger, migration: Migration, owner: uuid.UUID, lease: Lease) -> None:
     log.info("applying schema migration", version=migration.version, description=migration.description)
     for statement in migration.statements:
-        await ddl(session, statement, lease)
+        try:
+            await ddl(session, statement, lease)
+        except InvalidRequest as exc:
+            # CREATE ... IF NOT EXISTS re-runs cleanly; ALTER TABLE ... ADD has no IF NOT EXISTS before Cassandra
+            # 5, so a re-run after a writer died mid-migration finds its columns there: that is the goal reached.
+            if not (statement.startswith("ALTER TABLE") and "conflicts with an existing column" in str(exc)):
+                raise
+            log.info("columns already added by an earlier attempt", version=migration.version)
     done = datetime.now(UTC).replace(tzinfo=None)
     result = await execute(session, ledger.complete, (done, ledger.scope, migration.version, owner))
     if not result.was_applied:

@@ -260,8 +260,11 @@ def migrations(lay: Layout) -> list[Migration]:
 ) WITH CLUSTERING ORDER BY (bucket ASC, member ASC)
     AND gc_grace_seconds = {GC_GRACE_SECONDS}
     AND comment = 'fleetflow partition index: which buckets and groups hold data, so reads skip empty ones'"""
+    # The command log keeps each command's latest state and its history (JSON of the transitions) beside it.
+    command_states = f"ALTER TABLE {q(t.commands)} ADD (state text, history text)"
     return [Migration(1, "readings, aggregates, alerts, latest, command log, partition index",
-                      (readings, aggregates, alerts, latest, commands, index))]  # fmt: skip
+                      (readings, aggregates, alerts, latest, commands, index)),
+            Migration(2, "command log: state and history", (command_states,))]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -300,8 +303,9 @@ def statements(lay: Layout) -> Statements:
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         insert_alert=f"INSERT INTO {q(t.alerts)} (fleet, pipeline, bucket, ts, device, rule, state, severity, "
         "alert_values, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        # The cell time grows with the history (see command_cell_time): an older state delivered late loses.
         insert_command=f"INSERT INTO {q(t.commands)} (fleet, device, bucket, created, id, name, params, ttl_ms, "
-        "source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "source, state, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
         insert_index=f"INSERT INTO {q(PARTITION_INDEX)} (tbl, fleet, scope, bucket, member) VALUES (?, ?, ?, ?, ?) "
         "USING TTL ?",
         select_index=f"SELECT bucket, member FROM {q(PARTITION_INDEX)} "
@@ -317,7 +321,8 @@ def statements(lay: Layout) -> Statements:
         "WHERE fleet = ? AND pipeline = ? AND grp = ? AND bucket = ? AND window_start >= ? AND window_start < ?",
         select_alerts="SELECT fleet, pipeline, ts, device, rule, state, severity, alert_values, message "
         f"FROM {q(t.alerts)} WHERE fleet = ? AND pipeline = ? AND bucket = ? AND ts >= ? AND ts < ?",
-        select_commands=f"SELECT fleet, device, created, id, name, params, ttl_ms, source FROM {q(t.commands)} "
+        select_commands="SELECT fleet, device, created, id, name, params, ttl_ms, source, state, history "
+        f"FROM {q(t.commands)} "
         "WHERE fleet = ? AND device = ? AND bucket = ? AND created >= ? AND created < ?",
         count_partition=f"SELECT count(*) FROM {q(t.readings)} WHERE fleet = ? AND device = ? AND bucket = ?",
         claim_version=f"INSERT INTO {q(LEDGER)} (scope, version, description, owner, claimed_at) "

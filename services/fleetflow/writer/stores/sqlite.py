@@ -15,7 +15,8 @@ import msgspec
 
 from fleetflow.api.identifiers import check_table_name
 from fleetflow.api.pipeline import Tables
-from fleetflow.runtime.codec import AlertEvent, Command, ReadingBatch, WindowAggregate
+from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
+from fleetflow.runtime.commands import CommandRecord, encode_record
 from fleetflow.writer.stores.base import (
     AggregateQuery,
     AlertQuery,
@@ -215,9 +216,13 @@ class SqliteStore(TelemetryStore):
         sql = f"INSERT OR REPLACE INTO {self.tables.alerts} VALUES (?, ?, ?, ?, ?, ?, ?)"
         await self._write("alerts", ALERT_COLUMNS, rows, lambda db: db.executemany(sql, rows))
 
-    async def write_commands(self, commands: Sequence[Command]) -> None:
-        rows = [(c.fleet, c.device, c.created_ms, c.id, msgspec.json.encode(c).decode()) for c in commands]
-        sql = f"INSERT OR REPLACE INTO {self.tables.commands} VALUES (?, ?, ?, ?, ?)"
+    async def write_commands(self, records: Sequence[CommandRecord]) -> None:
+        rows = [(r.command.fleet, r.command.device, r.command.created_ms, r.command.id, encode_record(r).decode())
+                for r in records]  # fmt: skip
+        t = self.tables.commands
+        sql = f"""INSERT INTO {t} VALUES (?, ?, ?, ?, ?) ON CONFLICT (fleet, device, created_ms, id)
+            DO UPDATE SET record = excluded.record WHERE json_array_length(excluded.record, '$.history')
+            >= coalesce(json_array_length({t}.record, '$.history'), 0)"""
         await self._write("commands", COMMAND_COLUMNS, rows, lambda db: db.executemany(sql, rows))
 
     async def aggregate_page(self, query: AggregateQuery) -> Page[WindowAggregate]:
@@ -241,14 +246,14 @@ class SqliteStore(TelemetryStore):
         rows = await self._run(lambda db: db.execute(sql, params).fetchall())
         return _page(rows, query.limit, AlertEvent)
 
-    async def command_page(self, query: CommandQuery) -> Page[Command]:
+    async def command_page(self, query: CommandQuery) -> Page[CommandRecord]:
         before = decode_token(query.page_token, 2) if query.page_token else [2**62, ""]
         sql = f"""SELECT record, created_ms, id FROM {self.tables.commands}
             WHERE fleet = ? AND device = ? AND created_ms >= ? AND created_ms < ? AND (created_ms, id) < (?, ?)
             ORDER BY created_ms DESC, id DESC LIMIT ?"""
         params = (query.fleet, query.device, query.since_ms, query.until_ms, *before, query.limit + 1)
         rows = await self._run(lambda db: db.execute(sql, params).fetchall())
-        return _page(rows, query.limit, Command)
+        return _page(rows, query.limit, CommandRecord)
 
     async def readings(self, query: ReadingQuery) -> Page[StoredReading]:
         before_ts, before_seq = decode_token(query.page_token, 2) if query.page_token else (2**62, 2**62)

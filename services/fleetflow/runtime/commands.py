@@ -1,4 +1,5 @@
-"""Commands to devices: the durable command stream, each command's state with its history, delivery claims.
+"""Commands to devices, as the gateway delivers them and the application API sends and shows them: the durable
+command stream, each command's state with its history, delivery claims.
 
 A command is one message on `ff.<fleet>.cmd.<device>` in the fleet's command stream (its id is the
 Nats-Msg-Id, so a resend is a duplicate JetStream drops). Its state lives in the JetStream key-value bucket
@@ -12,8 +13,6 @@ reconnects over another protocol) can never deliver the same command twice.
 (An MQTT delivery that provably reached no subscriber goes back from delivered to queued; see mqtt_bridge.)
 """
 
-import asyncio
-import contextlib
 import hashlib
 import re
 import time
@@ -22,16 +21,13 @@ from typing import Any
 
 import msgspec
 import nats.errors
-import structlog
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from fleetflow.runtime import subjects
 from fleetflow.runtime.codec import Command
-
-log = structlog.get_logger(__name__)
 
 QUEUED, DELIVERED, EXPIRED = "queued", "delivered", "expired"
 RESULTS = ("succeeded", "failed", "rejected")
@@ -120,7 +116,7 @@ _command_decoder = msgspec.json.Decoder(Command)
 
 
 def state_bucket(fleet: str) -> str:
-    return f"ff-{fleet}-command-state"
+    return subjects.command_state_bucket(fleet)
 
 
 def record_key(device: str, command_id: str) -> str:
@@ -159,6 +155,23 @@ def new_command(
         ttl_ms=ttl_ms,
         source=source,
     )
+
+
+class SendRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """The JSON body an application sends a command with, to the gateway's command API or the application API."""
+
+    name: str
+    params: dict[str, Any] = {}  # any JSON values, nested too (depth and size: check_params)
+    ttl_seconds: float = DEFAULT_TTL_MS / 1000
+    id: str | None = None
+
+    def to_command(self, fleet: str, device: str, source: str) -> Command:
+        """The validated command; CommandError names the field that is wrong and what is accepted."""
+        if not 1 <= self.ttl_seconds <= MAX_TTL_MS / 1000:  # also NaN; before int(), which inf would overflow
+            raise CommandError(400, "invalid_command", f"ttlSeconds {self.ttl_seconds} is out of range: use 1 to "
+                               f"{MAX_TTL_MS // 1000} (7 days)")  # fmt: skip
+        return new_command(fleet, device, self.name, dict(self.params), int(self.ttl_seconds * 1000), source=source,
+                           command_id=self.id)  # fmt: skip
 
 
 def check_params(values: dict[str, Any]) -> None:
@@ -226,7 +239,7 @@ class CommandStore:
             command=command, state=QUEUED, history=[Transition(state=QUEUED, at_ms=command.created_ms)]
         )
         try:
-            record.revision = await self.kv.create(record_key(command.device, command.id), _encode(record))
+            record.revision = await self.kv.create(record_key(command.device, command.id), encode_record(record))
             return record
         except KeyWrongLastSequenceError:
             existing = await self.get(command.device, command.id)
@@ -248,7 +261,9 @@ class CommandStore:
                                    f"become {to_state} only from {' or '.join(sorted(allowed_from))}")  # fmt: skip
             moved = record.moved_to(to_state, at_ms if at_ms is not None else now_ms(), detail)
             try:
-                moved.revision = await self.kv.update(record_key(device, command_id), _encode(moved), record.revision)
+                moved.revision = await self.kv.update(
+                    record_key(device, command_id), encode_record(moved), record.revision
+                )
                 return moved
             except KeyWrongLastSequenceError:
                 continue  # someone else moved it meanwhile: look again
@@ -274,9 +289,9 @@ class CommandStore:
         key = record_key(command.device, command.id)
         try:
             if record is None:
-                delivered.revision = await self.kv.create(key, _encode(delivered))
+                delivered.revision = await self.kv.create(key, encode_record(delivered))
             else:
-                delivered.revision = await self.kv.update(key, _encode(delivered), record.revision)
+                delivered.revision = await self.kv.update(key, encode_record(delivered), record.revision)
         except KeyWrongLastSequenceError:
             return await self.claim(command, protocol)  # it moved meanwhile (most likely: delivered elsewhere)
         return delivered
@@ -350,7 +365,8 @@ async def _allow_direct_get(js: JetStreamContext, bucket: str) -> None:
         await js.update_stream(info.config)
 
 
-def _encode(record: CommandRecord) -> bytes:
+def encode_record(record: CommandRecord) -> bytes:
+    """The record as the state bucket and the command log hold it."""
     # The revision is where the record was read from, not part of it.
     return _record_encoder.encode(CommandRecord(command=record.command, state=record.state, history=record.history))
 
@@ -364,53 +380,3 @@ async def send_command(js: JetStreamContext, store: CommandStore, command: Comma
         timeout=5,
     )
     return await store.ensure_queued(command)
-
-
-class CommandExpirer:
-    """Moves queued commands to `expired` when their TTL passes, whether or not their device ever connects.
-
-    Follows the whole command stream (so it also sees commands the processor published directly), records a
-    `queued` state for any command that has none, and keeps a timer per queued command. Idempotent across
-    gateway replicas: the transition is compare-and-set."""
-
-    def __init__(self, js: JetStreamContext, store: CommandStore):
-        self.js, self.store = js, store
-        self._deadlines: dict[tuple[str, str], Command] = {}
-
-    async def run(self, stop: asyncio.Event, tick: float = 0.25) -> None:
-        sub = await self.js.subscribe(
-            f"ff.{self.store.fleet}.cmd.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-            cb=self._on_message, stream=subjects.commands_stream(self.store.fleet),
-        )  # fmt: skip
-        try:
-            while not stop.is_set():
-                await self._expire_due()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), tick)
-        finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await sub.unsubscribe()
-
-    async def _on_message(self, msg: Any) -> None:
-        try:
-            command = _command_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            return
-        try:
-            record = await self.store.ensure_queued(command)
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("could not record command state; will expire it on time anyway", error=str(exc))
-            record = None
-        if record is None or record.state == QUEUED:
-            self._deadlines[(command.device, command.id)] = command
-
-    async def _expire_due(self) -> None:
-        now = now_ms()
-        due = [c for c in self._deadlines.values() if c.created_ms + c.ttl_ms <= now]
-        for command in due:
-            try:
-                if await self.store.expire(command):
-                    log.info("command expired", command=command.id, device=command.device)
-            except (nats.errors.Error, TimeoutError):
-                continue  # NATS is away; try again on the next tick
-            self._deadlines.pop((command.device, command.id), None)
