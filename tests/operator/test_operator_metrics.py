@@ -62,6 +62,8 @@ async def test_each_resource_s_readiness_is_a_series_that_follows_its_ready_cond
         await create(emulator, fleet_doc(name="gauged", nats={"external": {"url": nats_server.url}}))
         await wait_until(lambda: ready_series("gauged") == [0.0], what="not ready: the gateway has no pods yet")
         await mark_ready(emulator, "apps/v1", "statefulsets", "gauged-gateway")
+        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "gauged-api"), what="the API Deployment")
+        await mark_ready(emulator, "apps/v1", "deployments", "gauged-api")
         await wait_until(lambda: has_condition(emulator, "devicefleets", "gauged", "Ready", "True"), what="Ready")
         await wait_until(lambda: ready_series("gauged") == [1.0], what="the series to follow Ready")
         text = prometheus_client.generate_latest().decode()
