@@ -150,6 +150,7 @@ def test_monitors_scrape_the_ops_port_of_the_operators_pods_in_the_watched_names
         assert endpoint["port"] == "ops" and endpoint["path"] == "/metrics"
         targets = {r["targetLabel"] for r in endpoint["relabelings"]}
         assert {"fleet", "pipeline", "component"} <= targets, "the dashboards filter on these"
+        assert endpoint["honorLabels"] is True, "the services' own fleet/pipeline/component labels must win"
     with_pod_monitors = chart.objects({"podMonitor": {"enabled": True}})
     assert chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-pods")["spec"]["namespaceSelector"] == {"any": True}
     operator_monitor = chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-operator")["spec"]

@@ -26,7 +26,7 @@ from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
 from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
-from fleetflow.processor.engine import Engine, Outputs, error_reasons
+from fleetflow.processor.engine import Engine, Outputs, error_reasons, step_outcomes
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
@@ -101,16 +101,32 @@ class Runner:
             unit="1",
             description="Expressions that failed on a reading, by pipeline, step and reason (see docs/processor.md)",
         )
-        # Every series exists from the start, at 0, so that rate() and increase() see the first error.
-        for step in self.compiled.steps:
-            for reason in error_reasons(step):
-                self.evaluation_errors.add(0, {"pipeline": self.pipeline, "step": step.name, "reason": reason})
         self.checkpoint_bytes = meter.create_histogram(
             "fleetflow_processor_checkpoint_bytes", unit="By", description="Size of each state checkpoint"
         )
         self.checkpoint_duration = meter.create_histogram(
             "fleetflow_processor_checkpoint_duration_seconds", unit="s", description="Writing one checkpoint"
         )
+        self.checkpoint_failures = meter.create_counter(
+            "fleetflow_processor_checkpoint_failures", unit="1", description="Checkpoints JetStream did not take"
+        )
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Every series exists from the start, at 0, so that rate() and increase() see the first event (the
+        first alert fired, late reading, error); a series born at 1 looks like no change to Prometheus."""
+        for step in self.compiled.steps:
+            for reason in error_reasons(step):
+                self.evaluation_errors.add(0, {"pipeline": self.pipeline, "step": step.name, "reason": reason})
+            for outcome in step_outcomes(step):
+                self.step_readings.add(0, {"step": step.name, "outcome": outcome})
+        for outcome in ("processed", "invalid", "already_applied"):
+            self.batches.add(0, {"outcome": outcome})
+        for record in records.RECORDS:
+            for duplicate in ("false", "true"):
+                self.published.add(0, {"record": record, "duplicate": duplicate})
+        self.removed.add(0)
+        self.checkpoint_failures.add(0)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -214,6 +230,7 @@ class Runner:
         try:
             size = await self.checkpoints.save(self.engine.state)
         except (nats.errors.Error, OSError) as exc:  # the next tick tries again; replay covers the gap
+            self.checkpoint_failures.add(1)
             log.warning("checkpoint failed", error=str(exc))
             return
         self._saved_seq = self.engine.state.applied_seq
