@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
@@ -32,9 +33,11 @@ from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import BatchValidator, check_device_id
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.runtime import telemetry
 from fleetflow.runtime.codec import ReadingBatch
 
 log = structlog.get_logger(__name__)
+_tracer = telemetry.tracer("gateway")
 PROTOCOLS = ("http", "grpc", "mqtt", "ws", "coap")
 # Exported at 0 from the start, so that rate() and increase() see the first refusal of each reason.
 REASONS = (
@@ -127,7 +130,7 @@ class DeviceIntake:
 
     async def publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
         """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it."""
-        with self.counted(protocol, batch.device):
+        with self.traced(protocol, batch), self.counted(protocol, batch.device):
             duplicate = await self.publisher.publish(batch)
         count = len(batch.readings)
         (self.readings_duplicate if duplicate else self.readings_accepted).add(count, {"protocol": protocol})
@@ -139,6 +142,31 @@ class DeviceIntake:
             return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
         finally:
             self.request_duration.record(time.perf_counter() - started, {"protocol": protocol})
+
+    @contextlib.contextmanager
+    def traced(self, protocol: str, batch: ReadingBatch) -> Iterator[None]:
+        """Within the adapter's span (HTTP, gRPC, WebSocket and CoAP open a SERVER span that continues the
+        device's trace), or, for an adapter that has none (MQTT's messages arrive through a stream), in a new
+        CONSUMER span: every protocol's batch starts a trace here at the latest."""
+        if trace.get_current_span().get_span_context().is_valid:
+            yield
+            return
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "receive",
+            "fleetflow.protocol": protocol,
+            "fleetflow.device": batch.device,
+            "fleetflow.readings": len(batch.readings),
+        }
+        with _tracer.start_as_current_span(f"receive {protocol} telemetry", kind=trace.SpanKind.CONSUMER,
+                                           attributes=attributes) as span:  # fmt: skip
+            try:
+                yield
+            except Rejection as rejection:
+                span.set_attribute("error.type", rejection.reason)
+                if rejection.permanent:
+                    span.set_status(trace.StatusCode.ERROR, rejection.detail)
+                raise
 
     @contextlib.contextmanager
     def counted(self, protocol: str, device: str) -> Iterator[None]:

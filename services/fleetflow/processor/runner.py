@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.metrics import Meter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
@@ -188,11 +188,10 @@ class Runner:
                 await self.dead_letters.send(msg, f"not a telemetry batch: {exc}")
                 self.engine.state.applied_seq = seq
                 continue
+            attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
+                          "fleetflow.readings": len(batch.readings)}  # fmt: skip
             with self.tracer.start_as_current_span(
-                f"process {self.pipeline}",
-                context=telemetry.extract(msg.headers),
-                kind=SpanKind.CONSUMER,
-                attributes={"fleetflow.device": batch.device, "fleetflow.readings": len(batch.readings)},
+                f"process {self.pipeline}", telemetry.extract(msg.headers), SpanKind.CONSUMER, attributes
             ):
                 out = self.engine.process(batch, now_ms)
                 trace = telemetry.inject({})
@@ -243,10 +242,29 @@ class Runner:
             await self._publish_chunk(messages[start : start + PUBLISH_CHUNK])
 
     async def _publish_chunk(self, messages: list[records.Message]) -> None:
+        # One PRODUCER span per output, a child of the span that produced it, open until JetStream acks it;
+        # the message carries the PRODUCER span's context, so the writer continues from there.
+        spans = {id(m): self._send_span(m) for m in messages}
+        try:
+            await self._publish_attempts(messages, spans)
+        finally:
+            for span in spans.values():
+                span.end()
+
+    def _send_span(self, message: records.Message) -> Span:
+        attributes = telemetry.producer_attributes(message.subject, message.msg_id)
+        name = f"send {message.subject.rsplit('.', 1)[0]}"
+        return self.tracer.start_span(name, telemetry.extract(dict(message.trace)), SpanKind.PRODUCER, attributes)
+
+    async def _publish_attempts(self, messages: list[records.Message], spans: dict[int, Span]) -> None:
         remaining = messages
+
+        def headers(m: records.Message) -> dict[str, str]:
+            return telemetry.inject(m.headers, set_span_in_context(spans[id(m)])) if m.trace else m.headers
+
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             results = await asyncio.gather(
-                *(self.js.publish(m.subject, m.data, headers=m.headers, timeout=10) for m in remaining),
+                *(self.js.publish(m.subject, m.data, headers=headers(m), timeout=10) for m in remaining),
                 return_exceptions=True,
             )
             failed = []
@@ -257,6 +275,8 @@ class Runner:
                     self.published.add(1, {"record": message.record, "duplicate": str(bool(result.duplicate)).lower()})
             if not failed:
                 return
+            for message, error in failed:
+                spans[id(message)].set_status(StatusCode.ERROR, f"attempt {attempt}: {type(error).__name__}: {error}")
             remaining = [message for message, _ in failed]
             log.warning("publish failed; retrying", failed=len(failed), attempt=attempt, error=str(failed[0][1]),
                         subject=failed[0][0].subject)  # fmt: skip

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from importlib import metadata
 
 import prometheus_client
-
+from nats.aio.msg import Msg
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -55,7 +55,11 @@ def _otlp(signal: str) -> bool:
 
 
 def resource(service: str, fleet: str | None = None, pipeline: str | None = None) -> Resource:
-    attributes = {"service.name": f"fleetflow-{service}", "service.namespace": "fleetflow", "service.version": version()}
+    attributes = {
+        "service.name": f"fleetflow-{service}",
+        "service.namespace": "fleetflow",
+        "service.version": version(),
+    }
     if fleet:
         attributes["fleetflow.fleet"] = fleet
     if pipeline:
@@ -169,11 +173,52 @@ def extract(headers: Mapping[str, str] | None) -> Context:
     return _PROPAGATOR.extract(dict(headers or {}))
 
 
+def consumer_attributes(msg: Msg, consumer_group: str = "") -> dict[str, str | int]:
+    """OpenTelemetry messaging attributes of a span that processes `msg` from a JetStream consumer."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": msg.subject,
+    }
+    if consumer_group:
+        attributes["messaging.consumer.group.name"] = consumer_group
+    message_id = (msg.headers or {}).get("Nats-Msg-Id")
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    return attributes
+
+
+def producer_attributes(subject: str, message_id: str | None = None) -> dict[str, str | int]:
+    """OpenTelemetry messaging attributes of a span that publishes one message to `subject`."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": subject,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    return attributes
+
+
 def link_to(headers: Mapping[str, str] | None) -> trace.Link | None:
     """A span link to the span that produced a message, for consumers that combine many messages."""
     span_context = trace.get_current_span(extract(headers)).get_span_context()
     return trace.Link(span_context) if span_context.is_valid else None
 
 
-__all__ = ["configure", "extract", "inject", "link_to", "prometheus_text", "resource", "series_labels", "shutdown",
-           "tracer", "version"]
+__all__ = [
+    "configure",
+    "consumer_attributes",
+    "extract",
+    "inject",
+    "link_to",
+    "producer_attributes",
+    "prometheus_text",
+    "resource",
+    "series_labels",
+    "shutdown",
+    "tracer",
+    "version",
+]
