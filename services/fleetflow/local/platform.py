@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.appapi.keys import keys_file
-from fleetflow.local import natslogins, private
+from fleetflow.local import natslogins, private, scrape
 from fleetflow.local.datadir import DataDirLock
 from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
 from fleetflow.local.ports import PortChoice
@@ -85,6 +85,7 @@ class LocalPlatform:
         endpoints = self.endpoints()
         private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")
         private.write_private(self.pipelines_file, json.dumps(self.stores(), indent=2) + "\n")
+        scrape.write(self.data_dir, self.services)
         return endpoints
 
     def stores(self) -> dict[str, Any]:
@@ -211,6 +212,7 @@ class LocalPlatform:
                 }
                 for s in self.services
             },
+            "prometheus": {"config": str(scrape.config_path(self.data_dir))},
             "stores": {
                 name: {"kind": p.spec.sink.kind, "path": str(self.store_path(p))}
                 for name, p in self.resources.pipelines.items()
@@ -283,6 +285,7 @@ class LocalPlatform:
         await self.nats.stop()
         if self.lock.held:  # only the run that owns the data dir removes its endpoints.json
             self.endpoints_file.unlink(missing_ok=True)
+            scrape.clear(self.data_dir)
             self.lock.release()
         return drained
 
