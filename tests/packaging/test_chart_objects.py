@@ -17,7 +17,7 @@ FULL = chart.load_values(Path(__file__).with_name("full-values.yaml"))
 WATCHING_TWO = {"operator": {"watchNamespaces": ["plant-a", "plant-b"]}}
 MONITORED = {"podMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}}
 # Kinds of prometheus-operator, not of Kubernetes itself: checked by the tests below instead.
-CUSTOM_KINDS = {"PodMonitor", "ServiceMonitor"}
+CUSTOM_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 
 def operator_container(found: list[dict[str, Any]]) -> dict[str, Any]:

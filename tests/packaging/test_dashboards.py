@@ -8,28 +8,9 @@ from typing import Any
 import pytest
 
 from tests.packaging import chart
+from tests.packaging.instruments import METRIC, exported_series
 
 DASHBOARDS = sorted((chart.CHART / "dashboards").glob("*.json"))
-SOURCES = (chart.REPO / "services" / "fleetflow", chart.REPO / "operator" / "fleetflow")
-INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge|observable_gauge)\(\s*\"(fleetflow_\w+)\"")
-METRIC = re.compile(r"\bfleetflow_\w+")
-
-
-def exported_series() -> set[str]:
-    """Prometheus series names of every OpenTelemetry instrument the services create.
-
-    The Prometheus exporter adds `_total` to counters and `_bucket`, `_sum`, `_count` to histograms;
-    the unit is already part of each name (`..._seconds`)."""
-    series: set[str] = set()
-    for path in (p for source in SOURCES for p in source.rglob("*.py")):
-        for kind, name in INSTRUMENT.findall(path.read_text()):
-            if kind == "histogram":
-                series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-            elif kind == "counter":
-                series.add(f"{name}_total")
-            else:
-                series.add(name)
-    return series
 
 
 def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
