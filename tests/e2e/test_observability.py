@@ -136,5 +136,5 @@ def test_every_metric_the_dashboards_query_is_exported_and_logs_are_clean(tmp_pa
     lines = [line for log in (tmp_path / "logs").glob("*.log") if log.name != "nats-server.log"
              for line in log.read_text().splitlines()]  # fmt: skip
     records = [json.loads(line) for line in lines]  # every line is JSON
-    assert any(r.get("event") == "request rejected" and len(r.get("trace_id", "")) == 32 for r in records)
+    assert any(r.get("event") == "telemetry refused" and len(r.get("trace_id", "")) == 32 for r in records)
     assert all(token not in line and token[::-1] not in line for line in lines), "a device token was logged"
