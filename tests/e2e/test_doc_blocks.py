@@ -28,6 +28,7 @@ NOT_RUN = {
         "A real pipeline: the cold chain": "a 60 s run of the example; the processor's e2e tests cover the steps",
         "On Kubernetes": "needs a cluster (helm, kubectl)",
         "Developing": "make targets",
+        "Watching it": "starts a Prometheus server; tests/e2e/test_prometheus.py runs one on the config `fleetflow up` writes",
     },
     DEVICES: {"MQTT": "needs mosquitto_pub; tests/e2e/test_connectivity_local.py covers MQTT devices"},
 }
