@@ -209,13 +209,15 @@ class RecordWriter:
         if error.outage:
             return {p.index: self._retry(record, error) for p in parts}
         isolation = await isolate(parts, error, lambda half: self._write(record, half, links), _splits[record])
-        return self._verdicts(record, parts, isolation)
+        return self._verdicts(record, parts, isolation, links)
 
     @staticmethod
     def _retry(record: str, outage: WriteError) -> Failure:
         return Failure(f"store unavailable while writing {record}: {outage.message}")
 
-    def _verdicts(self, record: str, parts: list[Part[Any]], isolation: Isolation[Any]) -> dict[int, Failure | None]:
+    def _verdicts(
+        self, record: str, parts: list[Part[Any]], isolation: Isolation[Any], links: dict[int, trace.Link]
+    ) -> dict[int, Failure | None]:
         """A message with records left unwritten by an outage is retried whole (nothing dead-lettered for an
         outage); one with refused records is dead-lettered, as a whole if none of it was stored."""
         verdicts: dict[int, Failure | None] = dict.fromkeys((p.index for p in parts), None)
@@ -229,7 +231,9 @@ class RecordWriter:
             if part.index not in unwritten:
                 refused.setdefault(part.index, []).append((part, error))
         for index, refusals in refused.items():
-            verdicts[index] = self._dead_letter(record, refusals, partial=index in stored)
+            # Logged in the refused message's trace, like its dead letter, so the log line and the trace join up.
+            with trace.use_span(trace.NonRecordingSpan(links[index].context)):
+                verdicts[index] = self._dead_letter(record, refusals, partial=index in stored)
         return verdicts
 
     def _dead_letter(self, record: str, refusals: list[tuple[Part[Any], WriteError]], partial: bool) -> Failure:
