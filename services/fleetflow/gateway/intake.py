@@ -129,8 +129,19 @@ class DeviceIntake:
             return batch
 
     async def publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
-        """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it."""
-        with self.traced(protocol, batch), self.counted(protocol, batch.device):
+        """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it.
+
+        Within the adapter's span (HTTP, gRPC, WebSocket and CoAP open a SERVER span that continues the device's
+        trace), or, for an adapter that has none (MQTT's messages arrive through a stream), in a CONSUMER span of
+        its own: every protocol's batch starts a trace here at the latest."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return await self._publish(protocol, batch)
+        with _tracer.start_as_current_span(f"receive {protocol} telemetry", kind=trace.SpanKind.CONSUMER,
+                                           attributes=_intake_attributes(protocol, batch)):  # fmt: skip
+            return await self._publish(protocol, batch)
+
+    async def _publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
+        with self.counted(protocol, batch.device):
             duplicate = await self.publisher.publish(batch)
         count = len(batch.readings)
         (self.readings_duplicate if duplicate else self.readings_accepted).add(count, {"protocol": protocol})
@@ -142,31 +153,6 @@ class DeviceIntake:
             return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
         finally:
             self.request_duration.record(time.perf_counter() - started, {"protocol": protocol})
-
-    @contextlib.contextmanager
-    def traced(self, protocol: str, batch: ReadingBatch) -> Iterator[None]:
-        """Within the adapter's span (HTTP, gRPC, WebSocket and CoAP open a SERVER span that continues the
-        device's trace), or, for an adapter that has none (MQTT's messages arrive through a stream), in a new
-        CONSUMER span: every protocol's batch starts a trace here at the latest."""
-        if trace.get_current_span().get_span_context().is_valid:
-            yield
-            return
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "receive",
-            "fleetflow.protocol": protocol,
-            "fleetflow.device": batch.device,
-            "fleetflow.readings": len(batch.readings),
-        }
-        with _tracer.start_as_current_span(f"receive {protocol} telemetry", kind=trace.SpanKind.CONSUMER,
-                                           attributes=attributes) as span:  # fmt: skip
-            try:
-                yield
-            except Rejection as rejection:
-                span.set_attribute("error.type", rejection.reason)
-                if rejection.permanent:
-                    span.set_status(trace.StatusCode.ERROR, rejection.detail)
-                raise
 
     @contextlib.contextmanager
     def counted(self, protocol: str, device: str) -> Iterator[None]:
@@ -181,3 +167,13 @@ class DeviceIntake:
         self.requests_rejected.add(1, {"protocol": protocol, "reason": rejection.reason})
         log.info("telemetry refused", protocol=protocol, reason=rejection.reason, detail=rejection.detail,
                  device=device)  # fmt: skip
+
+
+def _intake_attributes(protocol: str, batch: ReadingBatch) -> dict[str, str | int]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "receive",
+        "fleetflow.protocol": protocol,
+        "fleetflow.device": batch.device,
+        "fleetflow.readings": len(batch.readings),
+    }

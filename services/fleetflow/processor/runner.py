@@ -242,9 +242,10 @@ class Runner:
             await self._publish_chunk(messages[start : start + PUBLISH_CHUNK])
 
     async def _publish_chunk(self, messages: list[records.Message]) -> None:
-        # One PRODUCER span per output, a child of the span that produced it, open until JetStream acks it;
-        # the message carries the PRODUCER span's context, so the writer continues from there.
-        spans = {id(m): self._send_span(m) for m in messages}
+        # One PRODUCER span per output of a traced input, a child of the span that produced it, open until
+        # JetStream acks it; the message carries the PRODUCER span's context, so the writer continues from there.
+        # (Windows closed by the clock have no input, so no trace to continue.)
+        spans = {id(m): self._send_span(m) for m in messages if m.trace}
         try:
             await self._publish_attempts(messages, spans)
         finally:
@@ -260,7 +261,8 @@ class Runner:
         remaining = messages
 
         def headers(m: records.Message) -> dict[str, str]:
-            return telemetry.inject(m.headers, set_span_in_context(spans[id(m)])) if m.trace else m.headers
+            span = spans.get(id(m))
+            return telemetry.inject(m.headers, set_span_in_context(span)) if span else m.headers
 
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             results = await asyncio.gather(
@@ -276,7 +278,8 @@ class Runner:
             if not failed:
                 return
             for message, error in failed:
-                spans[id(message)].set_status(StatusCode.ERROR, f"attempt {attempt}: {type(error).__name__}: {error}")
+                if span := spans.get(id(message)):
+                    span.set_status(StatusCode.ERROR, f"attempt {attempt}: {type(error).__name__}: {error}")
             remaining = [message for message, _ in failed]
             log.warning("publish failed; retrying", failed=len(failed), attempt=attempt, error=str(failed[0][1]),
                         subject=failed[0][0].subject)  # fmt: skip
