@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SOURCES := $(wildcard services operator tests)
 PACKAGES := $(wildcard services/fleetflow operator/fleetflow)
 
-.PHONY: demo test lint unit bench crds clean
+.PHONY: demo test lint unit bench crds clean observability-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ bench: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/fleetflow crds --write crds
 	$(BIN)/fleetflow crds --write charts/fleetflow/crds
+
+# promtool and prometheus (Debian's `prometheus` package) for the alerting-rule tests and the test that runs a
+# real Prometheus against `fleetflow up`; without them those tests are reported as skipped.
+observability-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
 
 clean:
 	rm -rf $(VENV) fleetflow-data

@@ -31,6 +31,7 @@ NOT_RUN = {
         "platform",
         "Developing": "make targets",
         "Who can reach the local platform": "needs the `nats` CLI; tests/e2e/test_local_nats_auth.py logs in as admin",
+        "Watching it": "starts a Prometheus server; tests/e2e/test_prometheus.py runs one on the config `fleetflow up` writes",
     },
     DEVICES: {
         "MQTT": "needs mosquitto_pub; tests/e2e/test_connectivity_local.py covers MQTT devices",

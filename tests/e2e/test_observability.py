@@ -4,6 +4,8 @@ dashboards query really exported, and JSON logs with trace ids and without devic
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,3 +140,83 @@ def test_every_metric_the_dashboards_query_is_exported_and_logs_are_clean(tmp_pa
     records = [json.loads(line) for line in lines]  # every line is JSON
     assert any(r.get("event") == "telemetry refused" and len(r.get("trace_id", "")) == 32 for r in records)
     assert all(token not in line and token[::-1] not in line for line in lines), "a device token was logged"
+
+
+POISON_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+STORED = "upsert readings"
+
+
+def reaches_the_store(spans: list[ReceivedSpan], root: ReceivedSpan) -> bool:
+    """The root's trace continues to a store write, or a store write links to it (one write, many traces)."""
+    return any(s.name == STORED and (s.trace_id == root.trace_id or root.trace_id in s.links) for s in spans)
+
+
+def protocol_roots(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
+    """The first gateway span of each protocol whose trace reached the store."""
+    kinds = {
+        "http": lambda s: s.kind == SERVER and s.name.startswith("POST "),
+        "grpc": lambda s: s.kind == SERVER and s.name == "fleetflow.device.v1.DeviceGateway/telemetry",
+        "mqtt": lambda s: s.kind == CONSUMER and s.name == "receive mqtt telemetry",
+    }
+    found = {}
+    for protocol, is_root in kinds.items():
+        roots = [s for s in spans if s.service == "fleetflow-gateway" and is_root(s) and reaches_the_store(spans, s)]
+        if roots:
+            found[protocol] = roots[0]
+    return found
+
+
+async def publish_poison(platform: RunningPlatform) -> None:
+    """A message on the telemetry stream that is no telemetry batch, sent inside a known trace."""
+    nc = await platform.connect_nats()
+    try:
+        headers = {"traceparent": f"00-{POISON_TRACE}-00f067aa0ba902b7-01", "Nats-Msg-Id": "poison-1"}
+        await nc.jetstream().publish("ff.coldchain.tm.box-z9", b"not a batch", headers=headers)
+    finally:
+        await nc.close()
+
+
+async def dead_letter_headers(platform: RunningPlatform) -> dict[str, str]:
+    nc = await platform.connect_nats()
+    try:
+        msg = await nc.jetstream().get_last_msg("ff-coldchain-deadletter", "ff.coldchain.dlq.>")
+        return dict(msg.headers or {})
+    finally:
+        await nc.close()
+
+
+def test_each_protocol_has_one_trace_to_the_store_and_a_dead_letter_ends_its_trace_in_an_error(
+    tmp_path: Path,
+) -> None:
+    with (
+        otlp_receiver() as (endpoint, receiver),
+        fleetflow_up(tmp_path, COLD_CHAIN, extra=("--otlp-endpoint", endpoint), env=FAST_EXPORT) as platform,
+    ):
+        devices = [
+            subprocess.Popen([sys.executable, "-m", "fleetflow.cli", "simulate", "--fleet", "coldchain", "--protocol",
+                              protocol, "--devices", "2", "--batch", "3", "--interval", "0.3", "--duration", "2",
+                              "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for protocol in ("grpc", "mqtt")
+        ]  # fmt: skip
+        send_traffic(platform)
+        asyncio.run(publish_poison(platform))
+        for device in devices:
+            output, _ = device.communicate(timeout=60)
+            assert device.returncode == 0, output
+        roots = wait_for(lambda: (r := protocol_roots(receiver.snapshot())) and len(r) == 3 and r, "3 protocols stored")
+        dead = wait_for(
+            lambda: [s for s in receiver.snapshot() if s.trace_id == POISON_TRACE and s.name.startswith("dead-letter")],
+            "the dead-letter span",
+        )
+        headers = asyncio.run(dead_letter_headers(platform))
+        platform.stop()
+    assert {"http", "grpc", "mqtt"} == set(roots)
+    (span,) = dead
+    assert span.status[0] == 2 and "not a telemetry batch" in span.status[1], span.status
+    assert "not a telemetry batch" in str(span.attributes["fleetflow.dead_letter.reason"])
+    assert span.attributes["messaging.destination.name"] == "ff.coldchain.dlq.processor-cold-chain"
+    assert headers["traceparent"].split("-")[1] == POISON_TRACE, "the dead letter lost its trace"
+    assert "not a telemetry batch" in headers["Fleetflow-Error"]
+    log = (tmp_path / "logs").glob("processor-*.log")
+    lines = [json.loads(line) for path in log for line in path.read_text().splitlines()]
+    assert any(r.get("event") == "message dead-lettered" and r.get("trace_id") == POISON_TRACE for r in lines)

@@ -260,7 +260,7 @@ def test_device_secret_is_generated_only_without_a_secret_ref() -> None:
 def test_gateway_service_pdb_and_endpoints() -> None:
     f = fleet(fleet_doc())
     service = gateway.gateway_service(f)
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "grpc": 9090}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "grpc": 9090, "ops": 8081}
     assert gateway.gateway_pdb(f)["spec"]["maxUnavailable"] == 1
     assert gateway.endpoints(f) == {
         "http": "http://cold-gateway.ns1.svc:8080",
@@ -268,6 +268,25 @@ def test_gateway_service_pdb_and_endpoints() -> None:
         "nats": "nats://cold-nats.ns1.svc:4222",
         "mqtt": "mqtt://cold-nats.ns1.svc:1883",
     }
+
+
+def test_every_service_component_is_behind_a_service_with_the_ops_port_the_service_monitor_scrapes() -> None:
+    """The chart's ServiceMonitor selects Services by the operator's labels and scrapes their `ops` port; the
+    dashboards need the gateway's and the writer's series as much as the processor's."""
+    objects = rendered(fleet(fleet_doc()), pipeline_of(pipeline_doc()))
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    services = [o for o in objects if o["kind"] == "Service" and any(p["name"] == "ops" for p in o["spec"]["ports"])]
+    scraped = {
+        w["metadata"]["labels"]["app.kubernetes.io/name"]
+        for w in workloads
+        for s in services
+        if s["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+    }
+    assert scraped == {"fleetflow-gateway", "fleetflow-processor", "fleetflow-writer"}
+    for service in services:
+        assert service["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "fleetflow-operator"
+        (ops,) = [p for p in service["spec"]["ports"] if p["name"] == "ops"]
+        assert ops["targetPort"] == "ops" and ops["port"] == 8081
 
 
 # --- processor and writer --------------------------------------------------------------------------------

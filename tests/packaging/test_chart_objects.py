@@ -20,7 +20,7 @@ WATCHING_TWO = {"operator": {"watchNamespaces": ["plant-a", "plant-b"]}}
 MONITORED = {"podMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}}
 NATS_FLEET = DeviceFleet.model_validate({"metadata": {"name": "plant", "namespace": "plant-a"}})
 # Kinds of prometheus-operator, not of Kubernetes itself: checked by the tests below instead.
-CUSTOM_KINDS = {"PodMonitor", "ServiceMonitor"}
+CUSTOM_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 
 def operator_container(found: list[dict[str, Any]]) -> dict[str, Any]:
@@ -164,6 +164,7 @@ def test_monitors_scrape_the_ops_port_of_the_operators_pods_in_the_watched_names
         for endpoint in (services, exporter):
             targets = {r["targetLabel"] for r in endpoint["relabelings"]}
             assert {"fleet", "pipeline", "component"} <= targets, "the dashboards filter on these"
+        assert services["honorLabels"] is True, "the services' own fleet/pipeline/component labels must win"
     with_pod_monitors = chart.objects({"podMonitor": {"enabled": True}})
     assert chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-pods")["spec"]["namespaceSelector"] == {"any": True}
     operator_monitor = chart.one(with_pod_monitors, "PodMonitor", "ff-fleetflow-operator")["spec"]

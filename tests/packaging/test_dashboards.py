@@ -9,11 +9,9 @@ from typing import Any
 import pytest
 
 from tests.packaging import chart
+from tests.packaging.instruments import METRIC, exported_series
 
 DASHBOARDS = sorted((chart.CHART / "dashboards").glob("*.json"))
-SOURCES = (chart.REPO / "services" / "fleetflow", chart.REPO / "operator" / "fleetflow")
-INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge|observable_gauge)\(\s*\"(fleetflow_\w+)\"")
-METRIC = re.compile(r"\bfleetflow_\w+")
 NATS_METRIC = re.compile(r"\b(?:gnatsd|jetstream)_\w+")
 # What prometheus-nats-exporter 0.20 serves with the sidecar's flags (-varz -healthz -jsz=all), as its source
 # names them: `gnatsd_varz_<key of nats-server's /varz>`, `gnatsd_healthz_status` and the collector/jsz.go
@@ -29,23 +27,6 @@ NATS_EXPORTER_SERIES = {
     *(f"jetstream_consumer_{name}" for name in ("num_pending", "num_ack_pending", "num_redelivered", "num_waiting")),
 }  # fmt: skip
 NATS_DASHBOARD = "nats.json"
-
-
-def exported_series() -> set[str]:
-    """Prometheus series names of every OpenTelemetry instrument the services create.
-
-    The Prometheus exporter adds `_total` to counters and `_bucket`, `_sum`, `_count` to histograms;
-    the unit is already part of each name (`..._seconds`)."""
-    series: set[str] = set()
-    for path in (p for source in SOURCES for p in source.rglob("*.py")):
-        for kind, name in INSTRUMENT.findall(path.read_text()):
-            if kind == "histogram":
-                series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-            elif kind == "counter":
-                series.add(f"{name}_total")
-            else:
-                series.add(name)
-    return series
 
 
 def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,3 +104,50 @@ def test_dashboard_is_well_formed_for_grafana(path: Path) -> None:
         assert grid["x"] + grid["w"] <= 24, f"{panel['title']} overflows the 24-column grid"
         if panel["type"] != "row":
             assert panel.get("description"), f"{panel['title']} has no description"
+
+
+PER_SECOND_UNITS = {"reqps", "cps", "ops", "rps", "wps"}
+
+
+def target_unit(panel: dict[str, Any], target: dict[str, Any]) -> str:
+    """The unit Grafana shows a target's series in: an override matching its legend, else the panel's."""
+    legend = target.get("legendFormat", "")
+    for override in panel["fieldConfig"].get("overrides", []):
+        matcher = override["matcher"]
+        matches = (matcher["id"] == "byName" and matcher["options"] == legend) or (
+            matcher["id"] == "byRegexp" and re.fullmatch(matcher["options"], legend)
+        )
+        units = [p["value"] for p in override["properties"] if p["id"] == "unit"]
+        if matches and units:
+            return str(units[0])
+    return str(panel["fieldConfig"]["defaults"].get("unit", ""))
+
+
+def expected_unit(expr: str) -> str | None:
+    """What a query's values are measured in, where its shape says so: a latency quantile or a seconds gauge in
+    seconds, a byte size in bytes, a plain rate per second; None where the query leaves it open (ratios)."""
+    if re.search(r"histogram_quantile\(.*_seconds_bucket", expr) or re.search(r"\bfleetflow_\w+_seconds\{", expr):
+        return "s"
+    if re.search(r"fleetflow_\w+_bytes(_sum)?\b", expr):
+        return "bytes"
+    if "rate(" in expr and " / " not in expr and "histogram_quantile" not in expr:
+        return "per second"
+    return None
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_series_is_shown_in_the_unit_of_what_it_measures(path: Path) -> None:
+    """No rate shown as a bare count, and no seconds and bytes sharing one axis."""
+    checked = 0
+    for panel in panels(json.loads(path.read_text())):
+        for target in panel.get("targets", []):
+            expected, unit = expected_unit(target["expr"]), target_unit(panel, target)
+            if expected is None:
+                continue
+            checked += 1
+            what = f"{path.name} / {panel['title']} / {target.get('legendFormat')}: unit {unit!r}"
+            if expected == "per second":
+                assert unit.endswith("/s") or unit in PER_SECOND_UNITS, f"{what}, but it plots a rate"
+            else:
+                assert unit == expected, f"{what}, but it plots {expected}"
+    assert checked, "no target's unit checked"

@@ -20,6 +20,7 @@ class ReceivedSpan:
     parent_span_id: str
     links: tuple[str, ...]  # trace ids this span links to
     attributes: dict[str, object]
+    status: tuple[int, str] = (0, "")  # OTLP status code (2: error) and message
 
 
 @dataclass
@@ -37,7 +38,7 @@ class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                     received.append(ReceivedSpan(
                         service, span.name, span.kind, span.trace_id.hex(), span.span_id.hex(),
                         span.parent_span_id.hex(), tuple(link.trace_id.hex() for link in span.links),
-                        {a.key: _value(a.value) for a in span.attributes},
+                        {a.key: _value(a.value) for a in span.attributes}, (span.status.code, span.status.message),
                     ))  # fmt: skip
         with self.lock:
             self.spans.extend(received)

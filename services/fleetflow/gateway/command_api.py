@@ -65,6 +65,8 @@ class CommandApi:
         self.commands_delivered = meter.create_counter(
             "fleetflow_gateway_commands_delivered", unit="1", description="Commands handed to devices, by protocol"
         )
+        self.commands_sent.add(0)  # exported at 0, so that increase() sees the first one
+        self.commands_delivered.add(0, {"protocol": "http"})
 
     def add_routes(self, app: web.Application) -> None:
         base = "/v1/fleets/{fleet}"

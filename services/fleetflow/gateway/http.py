@@ -27,8 +27,7 @@ class TelemetryApi:
 
     async def post_telemetry(self, request: web.Request) -> web.Response:
         device = request.match_info["device"]
-        attributes = {"http.request.method": "POST", "http.route": ROUTE, "url.path": request.path,
-                      "fleetflow.device": device}  # fmt: skip
+        attributes = {**_server_attributes(request), "fleetflow.device": device}
         with tracer.start_as_current_span(f"POST {ROUTE}", context=telemetry.extract(request.headers),
                                           kind=trace.SpanKind.SERVER, attributes=attributes) as span:  # fmt: skip
             try:
@@ -60,3 +59,23 @@ def _refused(span: trace.Span, rejection: Rejection) -> None:
     span.set_attribute("error.type", rejection.reason)
     if rejection.status >= 500:
         span.set_status(trace.StatusCode.ERROR, rejection.detail)
+
+
+def _server_attributes(request: web.Request) -> dict[str, str | int]:
+    """The OpenTelemetry HTTP server span attributes of a telemetry request."""
+    host, _, port = (request.host or "").rpartition(":")
+    attributes: dict[str, str | int] = {
+        "http.request.method": request.method,
+        "http.route": ROUTE,
+        "url.path": request.path,
+        "url.scheme": request.scheme,
+        "server.address": host or request.host,
+        "network.protocol.version": f"{request.version.major}.{request.version.minor}",
+    }
+    if port.isdigit():
+        attributes["server.port"] = int(port)
+    if request.remote:
+        attributes["client.address"] = request.remote
+    if user_agent := request.headers.get("User-Agent"):
+        attributes["user_agent.original"] = user_agent
+    return attributes

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
@@ -32,9 +33,11 @@ from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import BatchValidator, check_device_id
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.gateway.ratelimit import DeviceRateLimiter
+from fleetflow.runtime import telemetry
 from fleetflow.runtime.codec import ReadingBatch
 
 log = structlog.get_logger(__name__)
+_tracer = telemetry.tracer("gateway")
 PROTOCOLS = ("http", "grpc", "mqtt", "ws", "coap")
 # Exported at 0 from the start, so that rate() and increase() see the first refusal of each reason.
 REASONS = (
@@ -128,7 +131,18 @@ class DeviceIntake:
             return batch
 
     async def publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
-        """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it."""
+        """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it.
+
+        Within the adapter's span (HTTP, gRPC, WebSocket and CoAP open a SERVER span that continues the device's
+        trace), or, for an adapter that has none (MQTT's messages arrive through a stream), in a CONSUMER span of
+        its own: every protocol's batch starts a trace here at the latest."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return await self._publish(protocol, batch)
+        with _tracer.start_as_current_span(f"receive {protocol} telemetry", kind=trace.SpanKind.CONSUMER,
+                                           attributes=_intake_attributes(protocol, batch)):  # fmt: skip
+            return await self._publish(protocol, batch)
+
+    async def _publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
         with self.counted(protocol, batch.device):
             duplicate = await self.publisher.publish(batch)
         count = len(batch.readings)
@@ -155,3 +169,13 @@ class DeviceIntake:
         self.requests_rejected.add(1, {"protocol": protocol, "reason": rejection.reason})
         log.info("telemetry refused", protocol=protocol, reason=rejection.reason, detail=rejection.detail,
                  device=device)  # fmt: skip
+
+
+def _intake_attributes(protocol: str, batch: ReadingBatch) -> dict[str, str | int]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "receive",
+        "fleetflow.protocol": protocol,
+        "fleetflow.device": batch.device,
+        "fleetflow.readings": len(batch.readings),
+    }

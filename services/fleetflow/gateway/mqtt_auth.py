@@ -71,6 +71,8 @@ class MqttAuthorizer:
         self.decisions = meter.create_counter(
             "fleetflow_gateway_mqtt_connections", unit="1", description="MQTT connection attempts, by outcome"
         )
+        for outcome in ("admitted", "refused"):  # exported at 0, so that increase() sees the first one
+            self.decisions.add(0, {"outcome": outcome})
 
     async def subscribe(self, nc: Client) -> Any:
         return await nc.subscribe(AUTH_SUBJECT, cb=self._on_request)

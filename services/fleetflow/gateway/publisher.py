@@ -78,9 +78,7 @@ class TelemetryPublisher:
     async def publish_encoded(self, batch: ReadingBatch, payload: bytes) -> bool:
         message_id = subjects.batch_id(batch.fleet, batch.device, batch.readings)
         subject = subjects.telemetry_subject(batch.fleet, batch.device)
-        attributes: dict[str, str | int] = {"messaging.system": "nats", "messaging.operation.type": "send",
-                      "messaging.destination.name": subject, "messaging.message.id": message_id,
-                      "fleetflow.readings": len(batch.readings)}  # fmt: skip
+        attributes = {**telemetry.producer_attributes(subject, message_id), "fleetflow.readings": len(batch.readings)}
         with tracer.start_as_current_span(f"send ff.{batch.fleet}.tm", kind=trace.SpanKind.PRODUCER,
                                           attributes=attributes):  # fmt: skip
             headers = telemetry.inject({"Nats-Msg-Id": message_id})

@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.appapi.keys import keys_file
-from fleetflow.local import natslogins, private, sitelogins
+from fleetflow.local import natslogins, private, scrape, sitelogins
 from fleetflow.local.datadir import DataDirLock
 from fleetflow.local.natsserver import LOCAL_MAX_PAYLOAD, EmbeddedNats
 from fleetflow.local.ports import LOOPBACK, PortChoice
@@ -110,6 +110,7 @@ class LocalPlatform:
         endpoints = self.endpoints()
         private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")
         private.write_private(self.pipelines_file, json.dumps(self.stores(), indent=2) + "\n")
+        scrape.write(self.data_dir, self.services)
         return endpoints
 
     def stores(self) -> dict[str, Any]:
@@ -253,6 +254,7 @@ class LocalPlatform:
                 for s in self.services
             },
             **({"leafnodes": self.leafnodes_endpoint()} if self.leafnode_url else {}),
+            "prometheus": {"config": str(scrape.config_path(self.data_dir))},
             "stores": {
                 name: {"kind": p.spec.sink.kind, "path": str(self.store_path(p))}
                 for name, p in self.resources.pipelines.items()
@@ -338,6 +340,7 @@ class LocalPlatform:
         await self.nats.stop()
         if self.lock.held:  # only the run that owns the data dir removes its endpoints.json
             self.endpoints_file.unlink(missing_ok=True)
+            scrape.clear(self.data_dir)
             self.lock.release()
         return drained
 

@@ -114,6 +114,22 @@ _RESULT_REASONS = {
 }
 
 
+# Per step kind, every outcome it counts a reading under (Outputs.counts), so the series exist from the start.
+_OUTCOMES = {
+    "dedupe": ("passed", "duplicate"),
+    "filter": ("passed", "dropped"),
+    "derive": ("derived",),
+    "window": ("windowed", "late", "ungrouped"),
+    "alert": ("firing", "resolved"),
+    "command": ("command_send", "command_expired", "command_out_of_order", "command_cooldown"),
+}
+
+
+def step_outcomes(step: CompiledStep) -> tuple[str, ...]:
+    """Every outcome `step` can count a reading under."""
+    return _OUTCOMES.get(step.kind, ())
+
+
 def error_reasons(step: CompiledStep) -> tuple[str, ...]:
     """Every reason an evaluation error of `step` can have; none for a step without expressions."""
     if not step.expressions:

@@ -11,6 +11,8 @@ from fleetflow.processor.engine import Outputs
 from fleetflow.runtime import codec, subjects
 
 RECORD_HEADER = "Fleetflow-Record"
+# Every record kind the processor publishes (a metric label; its series exist from the start).
+RECORDS = ("readings", "late", "aggregates", "alerts", "alert-events", "commands")
 _UNSAFE_TOKEN = re.compile(r"[^A-Za-z0-9_=,-]")
 
 

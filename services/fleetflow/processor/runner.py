@@ -21,14 +21,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.metrics import Meter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
 from fleetflow.processor.batchengine import BatchEngine
 from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
-from fleetflow.processor.engine import Outputs, error_reasons
+from fleetflow.processor.engine import Outputs, error_reasons, step_outcomes
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
@@ -130,16 +130,32 @@ class Runner:
             unit="1",
             description="Expressions that failed on a reading, by pipeline, step and reason (see docs/processor.md)",
         )
-        # Every series exists from the start, at 0, so that rate() and increase() see the first error.
-        for step in self.compiled.steps:
-            for reason in error_reasons(step):
-                self.evaluation_errors.add(0, {"pipeline": self.pipeline, "step": step.name, "reason": reason})
         self.checkpoint_bytes = meter.create_histogram(
             "fleetflow_processor_checkpoint_bytes", unit="By", description="Size of each state checkpoint"
         )
         self.checkpoint_duration = meter.create_histogram(
             "fleetflow_processor_checkpoint_duration_seconds", unit="s", description="Writing one checkpoint"
         )
+        self.checkpoint_failures = meter.create_counter(
+            "fleetflow_processor_checkpoint_failures", unit="1", description="Checkpoints JetStream did not take"
+        )
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Every series exists from the start, at 0, so that rate() and increase() see the first event (the
+        first alert fired, late reading, error); a series born at 1 looks like no change to Prometheus."""
+        for step in self.compiled.steps:
+            for reason in error_reasons(step):
+                self.evaluation_errors.add(0, {"pipeline": self.pipeline, "step": step.name, "reason": reason})
+            for outcome in step_outcomes(step):
+                self.step_readings.add(0, {"step": step.name, "outcome": outcome})
+        for outcome in ("processed", "invalid", "already_applied"):
+            self.batches.add(0, {"outcome": outcome})
+        for record in records.RECORDS:
+            for duplicate in ("false", "true"):
+                self.published.add(0, {"record": record, "duplicate": duplicate})
+        self.removed.add(0)
+        self.checkpoint_failures.add(0)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -202,11 +218,10 @@ class Runner:
                 await self.dead_letters.send(msg, f"not a telemetry batch: {exc}")
                 self.engine.state.applied_seq = seq
                 continue
+            attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
+                          "fleetflow.readings": len(batch.readings)}  # fmt: skip
             with self.tracer.start_as_current_span(
-                f"process {self.pipeline}",
-                context=telemetry.extract(msg.headers),
-                kind=SpanKind.CONSUMER,
-                attributes={"fleetflow.device": batch.device, "fleetflow.readings": len(batch.readings)},
+                f"process {self.pipeline}", telemetry.extract(msg.headers), SpanKind.CONSUMER, attributes
             ):
                 out = self.engine.process(batch, now_ms)
                 trace = telemetry.inject({})
@@ -244,6 +259,7 @@ class Runner:
         try:
             size = await self.checkpoints.save(self.engine.state)
         except (nats.errors.Error, OSError) as exc:  # the next tick tries again; replay covers the gap
+            self.checkpoint_failures.add(1)
             log.warning("checkpoint failed", error=str(exc))
             return
         self._saved_seq = self.engine.state.applied_seq
@@ -257,10 +273,31 @@ class Runner:
             await self._publish_chunk(messages[start : start + PUBLISH_CHUNK])
 
     async def _publish_chunk(self, messages: list[records.Message]) -> None:
+        # One PRODUCER span per output of a traced input, a child of the span that produced it, open until
+        # JetStream acks it; the message carries the PRODUCER span's context, so the writer continues from there.
+        # (Windows closed by the clock have no input, so no trace to continue.)
+        spans = {id(m): self._send_span(m) for m in messages if m.trace}
+        try:
+            await self._publish_attempts(messages, spans)
+        finally:
+            for span in spans.values():
+                span.end()
+
+    def _send_span(self, message: records.Message) -> Span:
+        attributes = telemetry.producer_attributes(message.subject, message.msg_id)
+        name = f"send {message.subject.rsplit('.', 1)[0]}"
+        return self.tracer.start_span(name, telemetry.extract(dict(message.trace)), SpanKind.PRODUCER, attributes)
+
+    async def _publish_attempts(self, messages: list[records.Message], spans: dict[int, Span]) -> None:
         remaining = messages
+
+        def headers(m: records.Message) -> dict[str, str]:
+            span = spans.get(id(m))
+            return telemetry.inject(m.headers, set_span_in_context(span)) if span else m.headers
+
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             results = await asyncio.gather(
-                *(self.js.publish(m.subject, m.data, headers=m.headers, timeout=10) for m in remaining),
+                *(self.js.publish(m.subject, m.data, headers=headers(m), timeout=10) for m in remaining),
                 return_exceptions=True,
             )
             failed = []
@@ -274,6 +311,9 @@ class Runner:
                 self.published.add(n, {"record": record, "duplicate": str(duplicate).lower()})
             if not failed:
                 return
+            for message, error in failed:
+                if span := spans.get(id(message)):
+                    span.set_status(StatusCode.ERROR, f"attempt {attempt}: {type(error).__name__}: {error}")
             remaining = [message for message, _ in failed]
             log.warning("publish failed; retrying", failed=len(failed), attempt=attempt, error=str(failed[0][1]),
                         subject=failed[0][0].subject)  # fmt: skip

@@ -12,10 +12,12 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry import metrics, trace
 
-from fleetflow.runtime import jetstream, subjects
+from fleetflow.runtime import jetstream, subjects, telemetry
 
 log = structlog.get_logger(__name__)
+_tracer = telemetry.tracer("runtime")
 
 ERROR_HEADER = "Fleetflow-Error"
 SOURCE_HEADERS = ("Fleetflow-Source-Stream", "Fleetflow-Source-Subject")
@@ -45,17 +47,34 @@ def redelivery_delay(attempt: int) -> float:
 class DeadLetters:
     def __init__(self, js: JetStreamContext, fleet: str, source: str):
         self.js = js
+        self.source = source
         self.subject = subjects.dead_letter_subject(fleet, source)
+        self.sent = metrics.get_meter("fleetflow.runtime").create_counter(
+            "fleetflow_messages_dead_lettered", unit="1", description="Messages dead-lettered, by source"
+        )
+        self.sent.add(0, {"source": source})  # exported at 0, so that increase() sees the first one
 
     async def send(self, msg: Msg, reason: str, data: bytes | None = None) -> None:
         """Dead-letter `msg` (or `data`, the part of it that failed) with `reason`. The id derives from the
-        message's stream sequence, so a redelivered message is dead-lettered once within the duplicate window."""
+        message's stream sequence, so a redelivered message is dead-lettered once within the duplicate window.
+
+        The message's trace ends here, in an error span that names the reason; the dead letter carries that
+        span's `traceparent`, so whoever replays it continues the same trace."""
         headers = {ERROR_HEADER: reason[:1000], SOURCE_HEADERS[1]: msg.subject}
         if msg.metadata and msg.metadata.stream:
             headers[SOURCE_HEADERS[0]] = msg.metadata.stream
             headers["Nats-Msg-Id"] = f"dlq/{msg.metadata.stream}/{msg.metadata.sequence.stream}"
-        await self.js.publish(self.subject, msg.data if data is None else data, headers=headers)
-        log.warning("message dead-lettered", subject=msg.subject, reason=reason)
+        attributes = {
+            **telemetry.producer_attributes(self.subject, headers.get("Nats-Msg-Id")),
+            "fleetflow.dead_letter.reason": reason[:1000],
+            "fleetflow.dead_letter.source": msg.subject,
+        }
+        with _tracer.start_as_current_span(f"dead-letter {self.source}", telemetry.extract(msg.headers),
+                                           trace.SpanKind.PRODUCER, attributes) as span:  # fmt: skip
+            span.set_status(trace.StatusCode.ERROR, reason[:1000])
+            await self.js.publish(self.subject, msg.data if data is None else data, headers=telemetry.inject(headers))
+            self.sent.add(1, {"source": self.source})
+            log.warning("message dead-lettered", subject=msg.subject, reason=reason)
 
 
 class BatchConsumer:

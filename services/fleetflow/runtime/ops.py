@@ -5,6 +5,8 @@ from collections.abc import Callable
 import prometheus_client
 from aiohttp import web
 
+from fleetflow.runtime import telemetry
+
 
 def ops_app(ready: Callable[[], tuple[bool, str]]) -> web.Application:
     """`ready()` says whether the service can do its work now, and why not."""
@@ -17,7 +19,7 @@ def ops_app(ready: Callable[[], tuple[bool, str]]) -> web.Application:
         return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+        body = telemetry.prometheus_text()
         return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
     app = web.Application()

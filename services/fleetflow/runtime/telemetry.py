@@ -2,8 +2,11 @@
 W3C context rides in NATS headers, and the resource that says which service, fleet, pipeline and pod."""
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from importlib import metadata
 
+import prometheus_client
+from nats.aio.msg import Msg
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -15,9 +18,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 # Seconds: fine resolution where JetStream acks and SQLite commits live, up to a minute of backlog.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Device to store: the same fine start, then store-and-forward backlogs of minutes to a day (a device or a
+# gateway buffers while offline and sends hours late; those readings must not all land in +Inf).
+END_TO_END_BUCKETS = (*LATENCY_BUCKETS, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+# Bytes of a processor checkpoint: 1 KiB to 256 MiB in factors of 4 (the default buckets stop at 10000).
+CHECKPOINT_BYTES_BUCKETS = tuple(float(1024 * 4**i) for i in range(10))
+END_TO_END_HISTOGRAM = "fleetflow_end_to_end_latency_seconds"
+CHECKPOINT_BYTES_HISTOGRAM = "fleetflow_processor_checkpoint_bytes"
 
 # The downward API puts these into a pod's environment (the operator's builders do), so spans and
 # metrics name the pod they came from.
@@ -25,6 +37,15 @@ _KUBERNETES_ENV = {"k8s.pod.name": "POD_NAME", "k8s.namespace.name": "POD_NAMESP
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _configured = False
+_series_labels: dict[str, str] = {}
+
+
+def version() -> str:
+    """The installed fleetflow's version (service.version), or "unknown" when run from a bare source tree."""
+    try:
+        return metadata.version("fleetflow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _otlp(signal: str) -> bool:
@@ -34,7 +55,11 @@ def _otlp(signal: str) -> bool:
 
 
 def resource(service: str, fleet: str | None = None, pipeline: str | None = None) -> Resource:
-    attributes = {"service.name": f"fleetflow-{service}", "service.namespace": "fleetflow"}
+    attributes = {
+        "service.name": f"fleetflow-{service}",
+        "service.namespace": "fleetflow",
+        "service.version": version(),
+    }
     if fleet:
         attributes["fleetflow.fleet"] = fleet
     if pipeline:
@@ -57,16 +82,60 @@ def configure(service: str, fleet: str | None = None, pipeline: str | None = Non
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        view = View(instrument_name="*_seconds", aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS))
-        metrics.set_meter_provider(MeterProvider(resource=res, metric_readers=readers, views=[view]))
+        metrics.set_meter_provider(MeterProvider(resource=res, metric_readers=readers, views=_views()))
         tracer_provider = TracerProvider(resource=res, sampler=_sampler())
         if _otlp("TRACES"):
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(tracer_provider)
+        _series_labels.update(series_labels(service, fleet, pipeline))
         _configured = True
     return metrics.get_meter(f"fleetflow.{service}")
+
+
+def _views() -> list[View]:
+    # The first matching view wins per instrument name, so the specific ones come before the wildcard.
+    return [
+        View(instrument_name=END_TO_END_HISTOGRAM, aggregation=ExplicitBucketHistogramAggregation(END_TO_END_BUCKETS)),
+        View(
+            instrument_name=CHECKPOINT_BYTES_HISTOGRAM,
+            aggregation=ExplicitBucketHistogramAggregation(CHECKPOINT_BYTES_BUCKETS),
+        ),
+        View(instrument_name="*_seconds", aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS)),
+    ]
+
+
+def series_labels(service: str, fleet: str | None = None, pipeline: str | None = None) -> dict[str, str]:
+    """The labels every series of a service carries: `component`, and `fleet`/`pipeline` where it serves one.
+
+    They are part of the exposition itself, so a plain Prometheus pointed at `fleetflow up` and one on a
+    cluster see the same series; the dashboards and rules filter and group by them."""
+    labels = {"component": service}
+    if fleet:
+        labels["fleet"] = fleet
+    if pipeline:
+        labels["pipeline"] = pipeline
+    return labels
+
+
+class _LabelledCollector(Collector):
+    """Every family of `registry` with `labels` added to each sample (a label a sample has already wins)."""
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry, labels: Mapping[str, str]):
+        self.registry, self.labels = registry, dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            family.samples = [s._replace(labels={**self.labels, **s.labels}) for s in family.samples]
+            yield family
+
+
+def prometheus_text() -> bytes:
+    """The service's /metrics body: every series with the labels of series_labels()."""
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(_LabelledCollector(prometheus_client.REGISTRY, _series_labels))
+    return prometheus_client.generate_latest(registry)
 
 
 def _sampler() -> Sampler | None:
@@ -104,10 +173,52 @@ def extract(headers: Mapping[str, str] | None) -> Context:
     return _PROPAGATOR.extract(dict(headers or {}))
 
 
+def consumer_attributes(msg: Msg, consumer_group: str = "") -> dict[str, str | int]:
+    """OpenTelemetry messaging attributes of a span that processes `msg` from a JetStream consumer."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": msg.subject,
+    }
+    if consumer_group:
+        attributes["messaging.consumer.group.name"] = consumer_group
+    message_id = (msg.headers or {}).get("Nats-Msg-Id")
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    return attributes
+
+
+def producer_attributes(subject: str, message_id: str | None = None) -> dict[str, str | int]:
+    """OpenTelemetry messaging attributes of a span that publishes one message to `subject`."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": subject,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    return attributes
+
+
 def link_to(headers: Mapping[str, str] | None) -> trace.Link | None:
     """A span link to the span that produced a message, for consumers that combine many messages."""
     span_context = trace.get_current_span(extract(headers)).get_span_context()
     return trace.Link(span_context) if span_context.is_valid else None
 
 
-__all__ = ["configure", "extract", "inject", "link_to", "resource", "shutdown", "tracer"]
+__all__ = [
+    "configure",
+    "consumer_attributes",
+    "extract",
+    "inject",
+    "link_to",
+    "producer_attributes",
+    "prometheus_text",
+    "resource",
+    "series_labels",
+    "shutdown",
+    "tracer",
+    "version",
+]

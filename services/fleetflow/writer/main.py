@@ -77,7 +77,7 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
         js,
         subjects.pipeline_stream(fleet.name, pipeline.name),
         subjects.writer_consumer(pipeline.name),
-        RecordWriter(store, meter).handle,
+        RecordWriter(store, meter, subjects.writer_consumer(pipeline.name)).handle,
         DeadLetters(js, fleet.name, f"writer-{pipeline.name}"),
         pipeline.spec.delivery.max_deliver,
         pipeline.spec.writer.batch_messages,

@@ -123,8 +123,9 @@ _splits: dict[str, Split[Any]] = {READINGS: split_batch, AGGREGATES: whole, ALER
 
 
 class RecordWriter:
-    def __init__(self, store: TelemetryStore, meter: Meter):
+    def __init__(self, store: TelemetryStore, meter: Meter, consumer_group: str = ""):
         self.store = store
+        self.consumer_group = consumer_group  # the durable consumer, for messaging.consumer.group.name
         self.stored = meter.create_counter(
             "fleetflow_writer_records_stored",
             unit="1",
@@ -150,8 +151,11 @@ class RecordWriter:
             unit="1",
             description="Records the store refused, dead-lettered alone, by record type and the store's error",
         )
-        for record in (READINGS, AGGREGATES, ALERTS):  # export 0, not nothing, until the first error
+        for record in (READINGS, AGGREGATES, ALERTS):  # export 0, so rate() and increase() see the first one
             self.errors.add(0, {"record": record, "reason": "unavailable"})
+            self.stored.add(0, {"record": record})
+        self.rows.add(0)
+        self.late.add(0)
         self.write_duration = meter.create_histogram(
             "fleetflow_writer_write_duration_seconds", unit="s", description="One batched store write, by record"
         )
@@ -167,7 +171,7 @@ class RecordWriter:
     async def handle(self, msgs: Sequence[Msg]) -> list[Failure | None]:
         outcomes: list[Failure | None] = [None] * len(msgs)
         decoded = Decoded()
-        links: list[trace.Link] = []
+        links: dict[int, trace.Link] = {}  # message position -> its receive span
         for index, msg in enumerate(msgs):
             outcomes[index] = self._receive(msg, decoded, index, links)
         groups: dict[str, list[Part[Any]]] = {
@@ -183,20 +187,21 @@ class RecordWriter:
                 outcomes[index] = failure
         return outcomes
 
-    def _receive(self, msg: Msg, decoded: Decoded, index: int, links: list[trace.Link]) -> Failure | None:
-        """Decode one message inside a span that continues its trace; the batched write links to it."""
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": msg.subject,
-        }
+    def _receive(self, msg: Msg, decoded: Decoded, index: int, links: dict[int, trace.Link]) -> Failure | None:
+        """Decode one message inside a span that continues its trace; the write that stores it links to it."""
         name = f"process {msg.subject.rsplit('.', 2)[0]}"
         context = telemetry.extract(msg.headers)
+        attributes = telemetry.consumer_attributes(msg, self.consumer_group)
         with tracer.start_as_current_span(name, context, trace.SpanKind.CONSUMER, attributes) as span:
-            links.append(trace.Link(span.get_span_context()))
-            return decode(msg, decoded, index)
+            links[index] = trace.Link(span.get_span_context())
+            failure = decode(msg, decoded, index)
+            if failure is not None:
+                span.set_status(trace.StatusCode.ERROR, failure.reason)
+            return failure
 
-    async def _store(self, record: str, parts: list[Part[Any]], links: list[trace.Link]) -> dict[int, Failure | None]:
+    async def _store(
+        self, record: str, parts: list[Part[Any]], links: dict[int, trace.Link]
+    ) -> dict[int, Failure | None]:
         """Write one record type's messages in one go; the outcome by message position."""
         error = await self._write(record, parts, links)
         if error is None:
@@ -204,13 +209,15 @@ class RecordWriter:
         if error.outage:
             return {p.index: self._retry(record, error) for p in parts}
         isolation = await isolate(parts, error, lambda half: self._write(record, half, links), _splits[record])
-        return self._verdicts(record, parts, isolation)
+        return self._verdicts(record, parts, isolation, links)
 
     @staticmethod
     def _retry(record: str, outage: WriteError) -> Failure:
         return Failure(f"store unavailable while writing {record}: {outage.message}")
 
-    def _verdicts(self, record: str, parts: list[Part[Any]], isolation: Isolation[Any]) -> dict[int, Failure | None]:
+    def _verdicts(
+        self, record: str, parts: list[Part[Any]], isolation: Isolation[Any], links: dict[int, trace.Link]
+    ) -> dict[int, Failure | None]:
         """A message with records left unwritten by an outage is retried whole (nothing dead-lettered for an
         outage); one with refused records is dead-lettered, as a whole if none of it was stored."""
         verdicts: dict[int, Failure | None] = dict.fromkeys((p.index for p in parts), None)
@@ -224,7 +231,9 @@ class RecordWriter:
             if part.index not in unwritten:
                 refused.setdefault(part.index, []).append((part, error))
         for index, refusals in refused.items():
-            verdicts[index] = self._dead_letter(record, refusals, partial=index in stored)
+            # Logged in the refused message's trace, like its dead letter, so the log line and the trace join up.
+            with trace.use_span(trace.NonRecordingSpan(links[index].context)):
+                verdicts[index] = self._dead_letter(record, refusals, partial=index in stored)
         return verdicts
 
     def _dead_letter(self, record: str, refusals: list[tuple[Part[Any], WriteError]], partial: bool) -> Failure:
@@ -244,11 +253,15 @@ class RecordWriter:
             data = codec.encode(msgspec.structs.replace(first, readings=readings))
         return Failure("; ".join(reasons), poison=True, dead_letter=data)
 
-    async def _write(self, record: str, parts: Sequence[Part[Any]], links: list[trace.Link]) -> WriteError | None:
+    async def _write(
+        self, record: str, parts: Sequence[Part[Any]], all_links: dict[int, trace.Link]
+    ) -> WriteError | None:
         """Run one store write; why it failed, if it did.
 
-        One write combines many messages: its span continues the first message's trace and links to every
-        message's span (the OpenTelemetry convention for batch consumers), so each trace reaches the store."""
+        One write combines many messages: its span continues the first message's trace and links to the span
+        of every message it writes (the OpenTelemetry convention for batch consumers), so each trace reaches
+        the store, and a message reaches only the writes that held its records."""
+        links = [all_links[i] for i in dict.fromkeys(p.index for p in parts) if i in all_links]
         records = [p.record for p in parts]
         count = sum(count_of(r) for r in records)
         started = time.perf_counter()

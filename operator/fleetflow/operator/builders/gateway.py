@@ -11,6 +11,7 @@ from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
+    OPS_PORT,
     JsonObject,
     component_hash,
     config_map,
@@ -206,6 +207,8 @@ def gateway_service(fleet: DeviceFleet) -> JsonObject:
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                # /metrics, for the chart's ServiceMonitor (the pods' ops port; the kubelet probes it directly).
+                {"name": "ops", "port": OPS_PORT, "targetPort": "ops", "protocol": "TCP"},
             ],
         },
     }

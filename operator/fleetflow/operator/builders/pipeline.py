@@ -8,6 +8,7 @@ from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
+    OPS_PORT,
     JsonObject,
     component_hash,
     config_map,
@@ -126,7 +127,21 @@ def processor_service(pipeline: Pipeline) -> JsonObject:
         "spec": {
             "clusterIP": "None",
             "selector": selector_labels(pipeline.name, "processor"),
-            "ports": [{"name": "ops", "port": 8081, "targetPort": "ops", "protocol": "TCP"}],
+            "ports": [{"name": "ops", "port": OPS_PORT, "targetPort": "ops", "protocol": "TCP"}],
+        },
+    }
+
+
+def writer_service(pipeline: Pipeline) -> JsonObject:
+    """A headless Service over the writer pods: nothing calls the writer, but a ServiceMonitor scrapes its ops port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(writer_name(pipeline), namespace_of(pipeline), pipeline_labels(pipeline, "writer")),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(pipeline.name, "writer"),
+            "ports": [{"name": "ops", "port": OPS_PORT, "targetPort": "ops", "protocol": "TCP"}],
         },
     }
 
@@ -259,6 +274,7 @@ def pipeline_objects(
         processor_statefulset(fleet, pipeline, image, pull_policy, resources["processor"], env, pull_secrets),
         processor_pdb(pipeline),
         writer_config_map(fleet, pipeline),
+        writer_service(pipeline),
         writer_deployment(fleet, pipeline, image, pull_policy, resources["writer"], env, pull_secrets),
         writer_pdb(pipeline),
     ]

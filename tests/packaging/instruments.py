@@ -1,0 +1,27 @@
+"""The metric names the services export, read from the instruments they create: what dashboards and alerting
+rules may query."""
+
+import re
+
+from tests.packaging import chart
+
+SOURCES = (chart.REPO / "services" / "fleetflow", chart.REPO / "operator" / "fleetflow")
+INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge|observable_gauge)\(\s*\"(fleetflow_\w+)\"")
+METRIC = re.compile(r"\bfleetflow_\w+")
+
+
+def exported_series() -> set[str]:
+    """Prometheus series names of every OpenTelemetry instrument the services create.
+
+    The Prometheus exporter adds `_total` to counters and `_bucket`, `_sum`, `_count` to histograms;
+    the unit is already part of each name (`..._seconds`)."""
+    series: set[str] = set()
+    for path in (p for source in SOURCES for p in source.rglob("*.py")):
+        for kind, name in INSTRUMENT.findall(path.read_text()):
+            if kind == "histogram":
+                series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            elif kind == "counter":
+                series.add(f"{name}_total")
+            else:
+                series.add(name)
+    return series
