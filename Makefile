@@ -40,7 +40,8 @@ crds: $(STAMP)
 observability-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
+		  { apt-get update -qq || true; } && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 clean:
 	rm -rf $(VENV) fleetflow-data

@@ -106,7 +106,7 @@ def test_dashboard_is_well_formed_for_grafana(path: Path) -> None:
             assert panel.get("description"), f"{panel['title']} has no description"
 
 
-PER_SECOND_UNITS = {"reqps", "cps", "ops", "rps", "wps"}
+PER_SECOND_UNITS = {"reqps", "cps", "ops", "rps", "wps", "Bps", "binBps"}
 
 
 def target_unit(panel: dict[str, Any], target: dict[str, Any]) -> str:
