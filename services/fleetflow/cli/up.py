@@ -33,6 +33,7 @@ class UpOptions:
     interval: float = 1.0
     nats_port: int | None = None
     leafnode_listen: tuple[str, int | None] | None = None  # where edge sites dial in (docs/edge.md)
+    leafnode_tls: tuple[Path, Path] | None = None  # certificate and key: edge sites dial in over TLS
 
 
 @dataclass
@@ -183,7 +184,9 @@ async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
 async def run_up(resources: ResourceSet, options: UpOptions) -> int:
     stop = asyncio.Event()
     handle_stop_signals(stop)
-    platform = LocalPlatform(resources, options.data_dir, options.nats_port, options.leafnode_listen)
+    platform = LocalPlatform(
+        resources, options.data_dir, options.nats_port, options.leafnode_listen, options.leafnode_tls
+    )
     try:
         endpoints = await platform.start()
     except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:

@@ -44,7 +44,9 @@ class ConsumerState:
 
 class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
-                 leafnode_listen: tuple[str, int | None] | None = None):  # fmt: skip
+                 leafnode_listen: tuple[str, int | None] | None = None,
+                 leafnode_tls: tuple[Path, Path] | None = None):  # fmt: skip
+        self.leafnode_tls = leafnode_tls  # (certificate, key) of the hub's leaf-node listener: sites dial tls://
         self.site_name: str | None = None  # the edge site this platform is, if it is one (edgesite.py)
         self.resources = self._placed(resources)
         self.data_dir = data_dir.resolve()
@@ -72,9 +74,21 @@ class LocalPlatform:
             return
         host, port = leafnode_listen or (LOOPBACK, None)
         port = port or self.ports.take()
-        self.leafnode_url = f"nats://{host}:{port}"
+        self.leafnode_url = f"{'tls' if self.leafnode_tls else 'nats'}://{host}:{port}"
         self.nats.domain = edgelink.HUB_DOMAIN
-        self.nats.leafnodes = sitelogins.hub_leafnodes(self.data_dir, fleets, host, port)
+        self._leafnode_listen = (host, port)
+        self._render_site_logins()
+
+    def _render_site_logins(self) -> None:
+        fleets = list(self.resources.fleets.values())
+        self.nats.leafnodes, self.nats.linked_accounts = sitelogins.hub_leafnodes(
+            self.data_dir, fleets, *self._leafnode_listen, self.leafnode_tls
+        )
+
+    def reload_site_logins(self) -> None:
+        """Apply a revocation (`fleetflow edge revoke`) to the running NATS: the site's next connect is refused."""
+        self._render_site_logins()
+        self.nats.reload()
 
     @property
     def endpoints_file(self) -> Path:
@@ -106,6 +120,7 @@ class LocalPlatform:
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         if self.leafnode_url:
             self.site_links = SiteLinks(self.nats.monitor_url, self._connect, self._sourcing_streams())
+            self.site_links.watch_revocations(lambda: sitelogins.revocations(self.data_dir), self.reload_site_logins)
             self._site_watch = asyncio.create_task(self.site_links.run(self._stop_supervising))
         endpoints = self.endpoints()
         private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")

@@ -62,10 +62,21 @@ class SiteLinks:
         self.monitor_url, self.connect, self.streams = monitor_url, connect, streams
         self.links: list[LeafLink] = []
         self.rearmed = 0  # how many times the sources were re-armed: a test and the logs can tell
+        self._revocations: Callable[[], frozenset[str]] = frozenset
+        self._on_revoked: Callable[[], None] = lambda: None
+
+    def watch_revocations(self, revoked: Callable[[], frozenset[str]], reload: Callable[[], None]) -> None:
+        """Call `reload` whenever the set `revoked()` returns changes (fleetflow edge revoke, or readmitting)."""
+        self._revocations, self._on_revoked = revoked, reload
 
     async def run(self, stop: asyncio.Event) -> None:
         known: set[tuple[str, str]] = set()
+        revoked = self._revocations()
         while not stop.is_set():
+            if (now_revoked := self._revocations()) != revoked:
+                revoked = now_revoked
+                self._on_revoked()
+                log.info("edge site logins reloaded", revoked=sorted(revoked))
             try:
                 self.links = await leaf_links(self.monitor_url)
                 current = {(link.name, link.address) for link in self.links}
