@@ -89,6 +89,10 @@ async def status(args: argparse.Namespace) -> int:
         print(f"  {name:<32} {state}")
     async with admin_connection(endpoints["nats"]["url"], args.data_dir) as nc:
         await print_streams(nc)
+    if "leafnodes" in endpoints:
+        from fleetflow.cli.edgestatus import print_sites
+
+        await print_sites(endpoints["leafnodes"]["sites"])
     return 0 if all(state == "ready" for state in states.values()) else 1
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import nats
 import nats.errors
 import structlog
+from aiohttp import web
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
@@ -23,8 +24,10 @@ from fleetflow.local.ports import LOOPBACK, PortChoice
 from fleetflow.local.processes import ServiceProcess
 from fleetflow.local.resources import ResourceSet, central_resources
 from fleetflow.local.sitelinks import SiteLinks
+from fleetflow.local.sitemetrics import SiteMetrics
+from fleetflow.local.sitestates import SiteStates
 from fleetflow.local.supervisor import Supervisor
-from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, subjects
+from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, ops, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +65,9 @@ class LocalPlatform:
         self._drained: bool | None = None
         self.site_links: SiteLinks | None = None
         self._site_watch: asyncio.Task[None] | None = None
+        self.site_metrics: SiteMetrics | None = None  # a hub's: /metrics and /sites of its edge sites
+        self.sites_url: str | None = None
+        self._site_ops: web.AppRunner | None = None
 
     def _placed(self, resources: ResourceSet) -> ResourceSet:
         """What runs here: the centre's share (an edge site's platform runs its site's share)."""
@@ -119,7 +125,10 @@ class LocalPlatform:
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         if self.leafnode_url:
-            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, self._sourcing_streams())
+            await self._serve_site_metrics()
+            assert self.site_metrics is not None
+            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, self.site_metrics.streams,
+                                        self.site_metrics.observe)  # fmt: skip
             self.site_links.watch_revocations(lambda: sitelogins.revocations(self.data_dir), self.reload_site_logins)
             self._site_watch = asyncio.create_task(self.site_links.run(self._stop_supervising))
         endpoints = self.endpoints()
@@ -273,6 +282,12 @@ class LocalPlatform:
             },
         }
 
+    async def _serve_site_metrics(self) -> None:
+        declared = [(fleet.name, site.name) for fleet in self.resources.fleets.values() for site in fleet.spec.sites]
+        self.site_metrics = SiteMetrics(SiteStates(declared), self._sourcing_streams())
+        self._site_ops, port = await ops.start_site(self.site_metrics.app(), LOOPBACK, self.ports.take())
+        self.sites_url = f"http://{LOOPBACK}:{port}"
+
     def leafnodes_endpoint(self) -> dict[str, Any]:
         """Where edge sites dial in, and the file with each site's password (`fleetflow edge up --credentials`)."""
         sites = {
@@ -282,7 +297,8 @@ class LocalPlatform:
             for fleet in self.resources.fleets.values()
             for site in fleet.spec.sites
         }
-        return {"url": self.leafnode_url, "credentials": sites}
+        return {"url": self.leafnode_url, "credentials": sites, "sites": f"{self.sites_url}/sites",
+                "metrics": f"{self.sites_url}/metrics"}  # fmt: skip
 
     async def consumer_states(self) -> list[ConsumerState]:
         """Where every pipeline's durable consumers stand: unprocessed and unacknowledged messages."""
@@ -326,6 +342,10 @@ class LocalPlatform:
         self._stop_supervising.set()
         if self._site_watch:
             await self._site_watch  # it ends on the same event, within a poll
+        if self._site_ops:
+            await self._site_ops.cleanup()
+        if self.site_metrics:
+            self.site_metrics.close()
         if self._supervisor:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
