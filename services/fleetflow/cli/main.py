@@ -66,7 +66,8 @@ def _up(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     up.add_argument("--nats-port", type=positive_int, metavar="PORT",
                     help="port of the embedded NATS (default: a free one)")  # fmt: skip
     up.add_argument("--leafnode-tls", nargs=2, type=Path, metavar=("CERT", "KEY"),
-                    help="serve edge sites over TLS with this certificate and key (PEM): they dial tls://")  # fmt: skip
+                    help="serve edge sites over TLS with this certificate and key (PEM); they dial tls:// (default: "
+                         "plain TCP)")  # fmt: skip
     up.add_argument("--leafnode-listen", type=host_port, metavar="HOST:PORT",
                     help="where edge sites' leaf nodes dial in, for fleets with spec.sites (default: 127.0.0.1 and a "
                          "free port; see docs/edge.md)")  # fmt: skip
