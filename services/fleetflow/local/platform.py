@@ -125,10 +125,8 @@ class LocalPlatform:
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         if self.leafnode_url:
-            await self._serve_site_metrics()
-            assert self.site_metrics is not None
-            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, self.site_metrics.streams,
-                                        self.site_metrics.observe)  # fmt: skip
+            metrics = self.site_metrics = await self._serve_site_metrics()
+            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, metrics.streams, metrics.observe)
             self.site_links.watch_revocations(lambda: sitelogins.revocations(self.data_dir), self.reload_site_logins)
             self._site_watch = asyncio.create_task(self.site_links.run(self._stop_supervising))
         endpoints = self.endpoints()
@@ -282,11 +280,12 @@ class LocalPlatform:
             },
         }
 
-    async def _serve_site_metrics(self) -> None:
+    async def _serve_site_metrics(self) -> SiteMetrics:
         declared = [(fleet.name, site.name) for fleet in self.resources.fleets.values() for site in fleet.spec.sites]
-        self.site_metrics = SiteMetrics(SiteStates(declared), self._sourcing_streams())
-        self._site_ops, port = await ops.start_site(self.site_metrics.app(), LOOPBACK, self.ports.take())
+        metrics = SiteMetrics(SiteStates(declared), self._sourcing_streams())
+        self._site_ops, port = await ops.start_site(metrics.app(), LOOPBACK, self.ports.take())
         self.sites_url = f"http://{LOOPBACK}:{port}"
+        return metrics
 
     def leafnodes_endpoint(self) -> dict[str, Any]:
         """Where edge sites dial in, and the file with each site's password (`fleetflow edge up --credentials`)."""

@@ -89,17 +89,16 @@ class SiteLinks:
                     await self._rearm()
                 known = current
                 if self.observe:
-                    await self._observe()
+                    await self._observe(self.observe)
             except UNAVAILABLE as exc:  # the hub's NATS restarting: look again next round
                 log.warning("cannot look at the edge sites' links yet", error=str(exc) or type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL)
 
-    async def _observe(self) -> None:
-        assert self.observe is not None
+    async def _observe(self, observe: Callable[[list[LeafLink], Client], Awaitable[None]]) -> None:
         nc = await self.connect()
         try:
-            await self.observe(self.links, nc)
+            await observe(self.links, nc)
         finally:
             await nc.close()
 

@@ -15,7 +15,6 @@ from nats.js.api import DiscardPolicy, ExternalStream, StreamConfig, StreamSourc
 from fleetflow.api import DeviceFleet
 from fleetflow.api.sites import EdgeSite
 from fleetflow.runtime import natsauth, subjects
-from fleetflow.runtime.natsauth import LinkedAccounts
 
 HUB_DOMAIN = "hub"
 # Subjects that stay on their own side of the leaf connection: the fleets' data (captured by streams on both sides)
@@ -154,7 +153,7 @@ def leaf_remote_config(hub_url: str, user: str, password: str, account: str, hub
     )
 
 
-def hub_site_accounts(sites: dict[str, str]) -> LinkedAccounts:
+def hub_site_accounts(sites: dict[str, str]) -> natsauth.LinkedAccounts:
     """The hub's account per site, its leaf-node user, and what the fleets' account imports from it: the JetStream
     API of the site's domain (to create the sourcing consumers), the site's deliveries, and the flow-control replies
     of its consumers. Nothing else a site publishes reaches the fleets' account: a compromised site cannot write into
@@ -172,7 +171,7 @@ def hub_site_accounts(sites: dict[str, str]) -> LinkedAccounts:
             f'{{ stream: {{ {source}, subject: "{deliver_prefix(domain)}.>" }} }}',
             f'{{ service: {{ {source}, subject: "{FLOW_CONTROL}" }} }}',
         ]
-    return LinkedAccounts(tuple(accounts), tuple(imports), tuple(sites))
+    return natsauth.LinkedAccounts(tuple(accounts), tuple(imports), tuple(sites))
 
 
 def hub_leafnodes_config(host: str, port: int, tls: tuple[str, str] | None = None) -> str:
