@@ -6,7 +6,9 @@ import re
 from tests.packaging import chart
 
 SOURCES = (chart.REPO / "services" / "fleetflow", chart.REPO / "operator" / "fleetflow")
-INSTRUMENT = re.compile(r"create_(counter|up_down_counter|histogram|gauge|observable_gauge)\(\s*\"(fleetflow_\w+)\"")
+INSTRUMENT = re.compile(
+    r"create_(counter|up_down_counter|histogram|gauge|observable_gauge|observable_counter)\(\s*\"(fleetflow_\w+)\""
+)
 METRIC = re.compile(r"\bfleetflow_\w+")
 
 
@@ -20,7 +22,7 @@ def exported_series() -> set[str]:
         for kind, name in INSTRUMENT.findall(path.read_text()):
             if kind == "histogram":
                 series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-            elif kind == "counter":
+            elif kind in ("counter", "observable_counter"):
                 series.add(f"{name}_total")
             else:
                 series.add(name)

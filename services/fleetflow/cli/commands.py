@@ -36,7 +36,7 @@ def up(args: argparse.Namespace) -> int:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
         os.environ.setdefault("OTEL_EXPORTER_OTLP_INSECURE", str(args.otlp_endpoint.startswith("http://")).lower())
     options = UpOptions(args.data_dir, args.simulate, args.duration, args.batch, args.interval, args.nats_port,
-                        args.leafnode_listen)  # fmt: skip
+                        args.leafnode_listen, tuple(args.leafnode_tls) if args.leafnode_tls else None)  # fmt: skip
     os.umask(private.UMASK)  # nothing `fleetflow up` writes is for other users of the machine (local/private.py)
     return asyncio.run(run_up(resources, options))
 
@@ -89,6 +89,10 @@ async def status(args: argparse.Namespace) -> int:
         print(f"  {name:<32} {state}")
     async with admin_connection(endpoints["nats"]["url"], args.data_dir) as nc:
         await print_streams(nc)
+    if "leafnodes" in endpoints:
+        from fleetflow.cli.edgestatus import print_sites
+
+        await print_sites(endpoints["leafnodes"]["sites"])
     return 0 if all(state == "ready" for state in states.values()) else 1
 
 

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.cli.errors import UsageError
@@ -18,12 +19,31 @@ from fleetflow.runtime import edgelink
 
 
 def run(args: argparse.Namespace) -> int:
+    return revoke(args) if args.action == "revoke" else up(args)
+
+
+def revoke(args: argparse.Namespace) -> int:
+    fleet = fleet_with_sites(load_resources(args.paths), args.fleet)
+    try:
+        site = edgelink.find_site(fleet, args.site)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    os.umask(private.UMASK)
+    marker = sitelogins.revoke_site(args.data_dir, fleet.name, site.name)
+    print(f"site {site.name} of fleet {fleet.name} revoked at the hub in {args.data_dir}: its next connection is "
+          f"refused (a running fleetflow up applies it within a second); delete {marker} to readmit it with a new "
+          "password")  # fmt: skip
+    return 0
+
+
+def up(args: argparse.Namespace) -> int:
     resources = load_resources(args.paths)
     fleet = fleet_with_sites(resources, args.fleet)
     try:
         site = edgelink.find_site(fleet, args.site)
-        edgelink.check_hub_url(args.hub)
+        scheme, _, _ = edgelink.check_hub_url(args.hub)
         password = sitelogins.read_site_password(args.credentials)
+        hub_ca = check_hub_ca(args.hub_ca, scheme)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.simulate < 0:
@@ -31,7 +51,18 @@ def run(args: argparse.Namespace) -> int:
     options = UpOptions(args.data_dir, args.simulate, args.duration, args.batch, args.interval, args.nats_port)
     os.umask(private.UMASK)
     platform_resources = site_resources(resources, fleet.name, site.name)
-    return asyncio.run(run_site(EdgePlatform, platform_resources, options, site.name, args.hub, password))
+    return asyncio.run(run_site(EdgePlatform, platform_resources, options, site.name, args.hub, password, hub_ca))
+
+
+def check_hub_ca(path: Path | None, scheme: str) -> Path | None:
+    """The CA file for a tls:// hub; ValueError if it is given for nats:// or cannot be read."""
+    if path is None:
+        return None
+    if scheme != "tls":
+        raise ValueError(f"--hub-ca {str(path)!r}: only for a tls:// hub; use --hub tls://HOST:PORT")
+    if not path.is_file():
+        raise ValueError(f"--hub-ca {str(path)!r}: no such file; give the PEM file of the CA that signed the hub")
+    return path.resolve()
 
 
 def fleet_with_sites(resources: ResourceSet, name: str | None) -> DeviceFleet:
@@ -48,11 +79,13 @@ def fleet_with_sites(resources: ResourceSet, name: str | None) -> DeviceFleet:
 
 
 async def run_site(make: type[EdgePlatform], resources: ResourceSet, options: UpOptions, site: str, hub: str,
-                   password: str) -> int:  # fmt: skip
+                   password: str, hub_ca: Path | None = None) -> int:  # fmt: skip
     stop = asyncio.Event()
     handle_stop_signals(stop)
     fleet = next(iter(resources.fleets.values()))
-    platform = make(resources, options.data_dir, edgelink.find_site(fleet, site), hub, password, options.nats_port)
+    platform = make(
+        resources, options.data_dir, edgelink.find_site(fleet, site), hub, password, options.nats_port, hub_ca
+    )
     try:
         endpoints = await platform.start()
     except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:

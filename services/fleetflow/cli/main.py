@@ -65,6 +65,9 @@ def _up(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                     help="seconds between a simulated device's requests (default: %(default)s)")  # fmt: skip
     up.add_argument("--nats-port", type=positive_int, metavar="PORT",
                     help="port of the embedded NATS (default: a free one)")  # fmt: skip
+    up.add_argument("--leafnode-tls", nargs=2, type=Path, metavar=("CERT", "KEY"),
+                    help="serve edge sites over TLS with this certificate and key (PEM); they dial tls:// (default: "
+                         "plain TCP)")  # fmt: skip
     up.add_argument("--leafnode-listen", type=host_port, metavar="HOST:PORT",
                     help="where edge sites' leaf nodes dial in, for fleets with spec.sites (default: 127.0.0.1 and a "
                          "free port; see docs/edge.md)")  # fmt: skip
@@ -81,7 +84,10 @@ def _edge(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                             description=f"{text}. See docs/edge.md.")  # fmt: skip
     up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="YAML files or folders (the fleet's)")
     up.add_argument("--hub", required=True, metavar="URL",
-                    help="the hub's leaf-node listener, nats://HOST:PORT")  # fmt: skip
+                    help="the hub's leaf-node listener, nats://HOST:PORT or tls://HOST:PORT")  # fmt: skip
+    up.add_argument("--hub-ca", type=Path, metavar="FILE",
+                    help="with a tls:// hub: the CA certificate (PEM) that signed the hub's certificate (default: "
+                         "the system's CAs)")  # fmt: skip
     up.add_argument("--credentials", required=True, type=Path, metavar="FILE",
                     help="the site's password on the hub (the hub's fleetflow up writes it to "
                          "<data-dir>/secrets/sites/<fleet>-<site>.password)")  # fmt: skip
@@ -99,6 +105,14 @@ def _edge(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                     help="seconds between a simulated device's requests (default: %(default)s)")  # fmt: skip
     up.add_argument("--nats-port", type=positive_int, metavar="PORT",
                     help="port of the site's NATS (default: a free one)")  # fmt: skip
+    revoke = actions.add_parser("revoke", parents=[common], epilog=EPILOG, help="refuse a site's next connection "
+                                "to this hub (docs/edge.md)", description="revoke an edge site at the hub: its "
+                                "password is forgotten and its next leaf connection refused; a running `fleetflow "
+                                "up` applies it within a second. See docs/edge.md.")  # fmt: skip
+    revoke.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="YAML files or folders (the fleet's)")
+    revoke.add_argument("--site", metavar="NAME", help="which of the fleet's sites (default: its only one)")
+    revoke.add_argument("--fleet", metavar="NAME", help="which fleet (default: the only one with sites)")
+    _data_dir(revoke)
 
 
 def _token(sub: Subparsers, common: argparse.ArgumentParser) -> None:

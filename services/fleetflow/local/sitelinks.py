@@ -33,11 +33,13 @@ class LeafLink:
     address: str
     in_bytes: int
     out_bytes: int
+    account: str = ""  # the hub's account the site logged in to: one per site (edgelink.site_account)
 
     @classmethod
     def from_leafz(cls, entry: dict[str, Any]) -> "LeafLink":
-        return cls(str(entry.get("name", "?")), f"{entry.get('ip')}:{entry.get('port')}",
-                   int(entry.get("in_bytes", 0)), int(entry.get("out_bytes", 0)))  # fmt: skip
+        address = f"{entry.get('ip')}:{entry.get('port')}"
+        return cls(str(entry.get("name", "?")), address, int(entry.get("in_bytes", 0)), int(entry.get("out_bytes", 0)),
+                   str(entry.get("account", "")))  # fmt: skip
 
 
 async def leaf_links(monitor_url: str) -> list[LeafLink]:
@@ -58,24 +60,47 @@ async def rearm_sources(js: JetStreamContext, stream: str) -> None:
 class SiteLinks:
     """Polls the hub's leaf connections; on each new one, re-arms the sourcing streams."""
 
-    def __init__(self, monitor_url: str, connect: Callable[[], Awaitable[Client]], streams: list[str]):
-        self.monitor_url, self.connect, self.streams = monitor_url, connect, streams
+    def __init__(self, monitor_url: str, connect: Callable[[], Awaitable[Client]], streams: list[str],
+                 observe: Callable[[list[LeafLink], Client], Awaitable[None]] | None = None):  # fmt: skip
+        """`observe(links, connection)`, if given, is called every round with the links and a connection to the
+        hub's NATS (sitestates.py)."""
+        self.monitor_url, self.connect, self.streams, self.observe = monitor_url, connect, streams, observe
         self.links: list[LeafLink] = []
         self.rearmed = 0  # how many times the sources were re-armed: a test and the logs can tell
+        self._revocations: Callable[[], frozenset[str]] = frozenset
+        self._on_revoked: Callable[[], None] = lambda: None
+
+    def watch_revocations(self, revoked: Callable[[], frozenset[str]], reload: Callable[[], None]) -> None:
+        """Call `reload` whenever the set `revoked()` returns changes (fleetflow edge revoke, or readmitting)."""
+        self._revocations, self._on_revoked = revoked, reload
 
     async def run(self, stop: asyncio.Event) -> None:
         known: set[tuple[str, str]] = set()
+        revoked = self._revocations()
         while not stop.is_set():
+            if (now_revoked := self._revocations()) != revoked:
+                revoked = now_revoked
+                self._on_revoked()
+                log.info("edge site logins reloaded", revoked=sorted(revoked))
             try:
                 self.links = await leaf_links(self.monitor_url)
                 current = {(link.name, link.address) for link in self.links}
                 if current - known:
                     await self._rearm()
                 known = current
+                if self.observe:
+                    await self._observe(self.observe)
             except UNAVAILABLE as exc:  # the hub's NATS restarting: look again next round
                 log.warning("cannot look at the edge sites' links yet", error=str(exc) or type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL)
+
+    async def _observe(self, observe: Callable[[list[LeafLink], Client], Awaitable[None]]) -> None:
+        nc = await self.connect()
+        try:
+            await observe(self.links, nc)
+        finally:
+            await nc.close()
 
     async def _rearm(self) -> None:
         nc = await self.connect()

@@ -14,13 +14,14 @@ from nats.js.api import DiscardPolicy, ExternalStream, StreamConfig, StreamSourc
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.sites import EdgeSite
-from fleetflow.runtime import subjects
+from fleetflow.runtime import natsauth, subjects
 
 HUB_DOMAIN = "hub"
 # Subjects that stay on their own side of the leaf connection: the fleets' data (captured by streams on both sides)
 # and the MQTT sessions of each side's devices.
 LOCAL_ONLY = ("ff.>", "$MQTT.>")
-HUB_SCHEMES = ("nats",)  # TLS on the leaf connection is not built yet (docs/edge.md, Security)
+FLOW_CONTROL = "$JS.FC.>"  # where a sourcing consumer at a site asks the hub to confirm it keeps up
+HUB_SCHEMES = ("nats", "tls")  # tls://: the site verifies the hub's certificate against --hub-ca
 
 
 def site_domain(fleet: str, site: str) -> str:
@@ -32,11 +33,32 @@ def site_api(fleet: str, site: str) -> str:
     return f"$JS.{site_domain(fleet, site)}.API"
 
 
+def site_api_subjects(domain: str) -> str:
+    return f"$JS.{domain}.API.>"
+
+
+def site_account(domain: str) -> str:
+    """The hub's account for one site's leaf connection: what the site publishes stays in it, except what the
+    fleets' account imports from it (hub_site_accounts)."""
+    return f"site-{domain}"
+
+
+def deliver_prefix(domain: str) -> str:
+    """Where a site's stream delivers what the hub sources from it: a prefix of the site's own, so the fleets'
+    account imports the site's deliveries and nothing else the site publishes."""
+    return f"fleetflow-site.{domain}.deliver"
+
+
+def site_source(fleet: str, site: str) -> ExternalStream:
+    domain = site_domain(fleet, site)
+    return ExternalStream(api=site_api(fleet, site), deliver=deliver_prefix(domain))
+
+
 def telemetry_sources(fleet: DeviceFleet) -> list[StreamSource]:
     """The centre's telemetry stream sources every site that forwards its readings."""
     stream = subjects.telemetry_stream(fleet.name)
     return [
-        StreamSource(name=stream, external=ExternalStream(api=site_api(fleet.name, site.name)))
+        StreamSource(name=stream, external=site_source(fleet.name, site.name))
         for site in fleet.spec.sites
         if site.forward.readings
     ]
@@ -53,7 +75,7 @@ def record_sources(fleet: DeviceFleet, pipeline: str) -> list[StreamSource]:
             found.append(
                 StreamSource(
                     name=stream,
-                    external=ExternalStream(api=site_api(fleet.name, site.name)),
+                    external=site_source(fleet.name, site.name),
                     # A transform to itself is a filter; a source may carry several.
                     subject_transforms=[SubjectTransform(src=kind, dest=kind) for kind in kinds],
                 )
@@ -99,7 +121,7 @@ def find_site(fleet: DeviceFleet, name: str | None) -> EdgeSite:
 
 def check_hub_url(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of a hub's leaf-node URL; ValueError naming the value and what is accepted."""
-    accepted = "nats://HOST:PORT (the hub's leaf-node listener, no user or password in it)"
+    accepted = "nats://HOST:PORT or tls://HOST:PORT (the hub's leaf-node listener, no user or password in it)"
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -110,16 +132,19 @@ def check_hub_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port
 
 
-def leaf_remote_config(hub_url: str, user: str, password: str, account: str) -> str:
-    """The site's nats.conf block that dials the hub. Passwords are letters and digits (natsauth.new_password),
-    so they sit in the URL as they are."""
+def leaf_remote_config(hub_url: str, user: str, password: str, account: str, hub_ca: str | None = None) -> str:
+    """The site's nats.conf block that dials the hub; over TLS (tls://) it trusts the certificates `hub_ca` signed
+    (without one, the system's). Passwords are letters and digits (natsauth.new_password), so they sit in the URL
+    as they are."""
     scheme, host, port = check_hub_url(hub_url)
     denied = ", ".join(f'"{subject}"' for subject in LOCAL_ONLY)
+    tls = [f'      tls {{ ca_file: "{hub_ca}" }}'] if scheme == "tls" and hub_ca else []
     return "\n".join(
         [
             "leafnodes {",
             "  remotes: [",
             f'    {{ url: "{scheme}://{user}:{password}@{host}:{port}", account: {account},',
+            *tls,
             f"      deny_exports: [{denied}], deny_imports: [{denied}] }}",
             "  ]",
             "}",
@@ -128,20 +153,37 @@ def leaf_remote_config(hub_url: str, user: str, password: str, account: str) -> 
     )
 
 
-def hub_leafnodes_config(host: str, port: int, sites: dict[str, str], account: str) -> str:
-    """The hub's nats.conf block: a leaf-node listener where each site logs in as its own user (its domain name)
-    with its own password, into the fleets' account. `sites` maps user to a nats.conf password value. The listener
-    does not advertise other URLs: a site dials the address it was given (a proxy or a load balancer in between
-    stays in the path)."""
-    users = ", ".join(
-        f"{{ user: {user}, password: {password}, account: {account} }}" for user, password in sites.items()
-    )
+def hub_site_accounts(sites: dict[str, str]) -> natsauth.LinkedAccounts:
+    """The hub's account per site, its leaf-node user, and what the fleets' account imports from it: the JetStream
+    API of the site's domain (to create the sourcing consumers), the site's deliveries, and the flow-control replies
+    of its consumers. Nothing else a site publishes reaches the fleets' account: a compromised site cannot write into
+    `ff.>` there. `sites` maps each site's user (its domain) to its nats.conf password value. The users live in
+    accounts, not in the leafnodes block, because nats-server reloads those (SIGHUP): a revocation needs no restart."""
+    accounts, imports = [], []
+    for domain, password in sites.items():
+        exported = [f'{{ service: "{site_api_subjects(domain)}" }}', f'{{ stream: "{deliver_prefix(domain)}.>" }}',
+                    f'{{ service: "{FLOW_CONTROL}" }}']  # fmt: skip
+        user = f"{{ user: {domain}, password: {password}, allowed_connection_types: [LEAFNODE] }}"
+        accounts.append(f"{site_account(domain)} {{ users: [ {user} ], exports: [ {', '.join(exported)} ] }}")
+        source = f"account: {site_account(domain)}"
+        imports += [
+            f'{{ service: {{ {source}, subject: "{site_api_subjects(domain)}" }} }}',
+            f'{{ stream: {{ {source}, subject: "{deliver_prefix(domain)}.>" }} }}',
+            f'{{ service: {{ {source}, subject: "{FLOW_CONTROL}" }} }}',
+        ]
+    return natsauth.LinkedAccounts(tuple(accounts), tuple(imports), tuple(sites))
+
+
+def hub_leafnodes_config(host: str, port: int, tls: tuple[str, str] | None = None) -> str:
+    """The hub's nats.conf block: a leaf-node listener where each site logs in as its own user (its domain name,
+    a user of the site's own account: hub_site_accounts). The listener does not advertise other URLs: a site dials
+    the address it was given (a proxy or a load balancer in between stays in the path)."""
     return "\n".join(
         [
             "leafnodes {",
             f"  listen: {host}:{port}",
             "  no_advertise: true",
-            f"  authorization {{ users: [ {users} ] }}",
+            *(natsauth.tls_block(*tls, indent="  ") if tls else []),
             "}",
             "",
         ]

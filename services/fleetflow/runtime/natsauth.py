@@ -103,6 +103,16 @@ class ServiceUser:
 
 
 @dataclass(frozen=True)
+class LinkedAccounts:
+    """Accounts beside the streams' account, and what the streams' account imports from them: on a hub of edge
+    sites, one account per site (fleetflow.runtime.edgelink.hub_site_accounts). nats.conf values, rendered."""
+
+    accounts: tuple[str, ...] = ()
+    imports: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()  # their users, whom nats-server admits itself (not the callout)
+
+
+@dataclass(frozen=True)
 class ServerAuth:
     """What nats.conf's authentication needs. The issuer and the passwords are nats.conf values: `quoted(...)`
     or `from_environment(...)`."""
@@ -116,6 +126,7 @@ class ServerAuth:
     # streams' account, by a services' user (the operator's, which every service shares).
     callout_user: ServiceUser | None = None
     mqtt_tls: tuple[str, str] | None = None  # (certificate file, key file): MQTT devices connect over TLS only
+    linked: LinkedAccounts = LinkedAccounts()
 
     @classmethod
     def local(
@@ -143,7 +154,7 @@ class ServerAuth:
     def callout_bypass(self) -> list[str]:
         """Users nats-server admits itself; every other connection is for the callout to admit or refuse."""
         callout = [] if self.callout_user is None else [self.callout_user.name]
-        return [user.name for user in self.users] + callout
+        return [user.name for user in self.users] + callout + list(self.linked.users)
 
 
 def tls_block(cert_file: str, key_file: str, ca_file: str | None = None, indent: str = "") -> list[str]:
@@ -177,8 +188,10 @@ def server_config(auth: ServerAuth) -> str:
             "    users: [",
             ",\n".join(f"      {entry}" for entry in entries),
             "    ]",
+            *([f"    imports: [ {', '.join(auth.linked.imports)} ]"] if auth.linked.imports else []),
             "  }",
             *callout_account,
+            *(f"  {account}" for account in auth.linked.accounts),
             f"  {SYSTEM_ACCOUNT} {{ }}",
             "}",
             f"system_account: {SYSTEM_ACCOUNT}",

@@ -64,15 +64,40 @@ def test_the_leaf_connection_keeps_the_fleets_subjects_on_their_side() -> None:
     site = edgelink.leaf_remote_config("nats://hub.example:7422", "depot-a", "Secret1", "FLEETFLOW")
     assert 'url: "nats://depot-a:Secret1@hub.example:7422", account: FLEETFLOW' in site
     assert 'deny_exports: ["ff.>", "$MQTT.>"], deny_imports: ["ff.>", "$MQTT.>"]' in site
-    hub = edgelink.hub_leafnodes_config("127.0.0.1", 7422, {"depot-a": '"Secret1"'}, "FLEETFLOW")
-    assert "listen: 127.0.0.1:7422" in hub and "no_advertise: true" in hub
-    assert '{ user: depot-a, password: "Secret1", account: FLEETFLOW }' in hub
+    hub = edgelink.hub_leafnodes_config("127.0.0.1", 7422)
+    assert "listen: 127.0.0.1:7422" in hub and "no_advertise: true" in hub and "tls" not in hub
 
 
-@pytest.mark.parametrize("url", ["hub.example:7422", "nats://hub.example", "nats://u:p@hub:7422", "tls://hub:7422",
+def test_each_site_logs_in_to_an_account_of_its_own_whose_deliveries_alone_reach_the_fleets() -> None:
+    linked = edgelink.hub_site_accounts({"depot-a": '"Secret1"', "depot-b": '"Secret2"'})
+    assert [account.split(" ", 1)[0] for account in linked.accounts] == ["site-depot-a", "site-depot-b"]
+    assert (
+        'users: [ { user: depot-a, password: "Secret1", allowed_connection_types: [LEAFNODE] } ]' in linked.accounts[0]
+    )
+    assert linked.users == ("depot-a", "depot-b"), "the auth callout lets the sites' users through"
+    assert not any("ff." in entry for entry in linked.accounts + linked.imports)
+    imported = [entry for entry in linked.imports if "site-depot-a" in entry]
+    assert imported == [
+        '{ service: { account: site-depot-a, subject: "$JS.depot-a.API.>" } }',
+        '{ stream: { account: site-depot-a, subject: "fleetflow-site.depot-a.deliver.>" } }',
+        '{ service: { account: site-depot-a, subject: "$JS.FC.>" } }',
+    ]
+    depot = fleet({"name": "a"})
+    (source,) = edgelink.telemetry_sources(depot)
+    assert source.external is not None and source.external.deliver == "fleetflow-site.depot-a.deliver"
+
+
+def test_over_tls_the_hub_serves_its_certificate_and_the_site_trusts_the_given_ca() -> None:
+    hub = edgelink.hub_leafnodes_config("127.0.0.1", 7422, ("/c/tls.crt", "/c/tls.key"))
+    assert 'cert_file: "/c/tls.crt"' in hub and 'key_file: "/c/tls.key"' in hub
+    site = edgelink.leaf_remote_config("tls://hub.example:7422", "depot-a", "S1", "FLEETFLOW", "/c/ca.crt")
+    assert 'url: "tls://depot-a:S1@hub.example:7422"' in site and 'tls { ca_file: "/c/ca.crt" }' in site
+
+
+@pytest.mark.parametrize("url", ["hub.example:7422", "nats://hub.example", "nats://u:p@hub:7422", "tls://hub",
                                  "http://hub:7422", "nats://hub:7422/x", "nats://hub:99999"])  # fmt: skip
 def test_a_bad_hub_url_is_refused_naming_it_and_what_is_accepted(url: str) -> None:
-    with pytest.raises(ValueError, match=r"--hub .*: use nats://HOST:PORT") as caught:
+    with pytest.raises(ValueError, match=r"--hub .*: use nats://HOST:PORT or tls://HOST:PORT") as caught:
         edgelink.check_hub_url(url)
     assert repr(url) in str(caught.value)
 
