@@ -1,4 +1,5 @@
-"""Generated device load over HTTP, gRPC, MQTT, WebSocket or CoAP: closed-loop devices (rate `max`) or paced to a target rate."""
+"""Generated device load over HTTP, gRPC, MQTT, WebSocket or CoAP: closed-loop devices (rate `max`) or paced to a
+target rate."""
 
 import asyncio
 import collections

@@ -28,6 +28,7 @@ from fleetflow.runtime.config import gateway_config
 
 HTTP_PORT = 8080
 GRPC_PORT = 9090
+COAP_PORT = 5683  # UDP, the port RFC 7252 assigns to coap://
 SECRET_DIR = "/var/run/fleetflow/device-secret"
 TLS_DIR = "/var/run/fleetflow/gateway-tls"  # spec.gateway.tls: the certificate devices' HTTP and gRPC use
 BUFFER_DIR = "/var/lib/fleetflow/buffer"
@@ -79,6 +80,7 @@ def gateway_service_config(fleet: DeviceFleet) -> JsonObject:
         nats_url=nats.nats_url(fleet),
         secret_file=Path(SECRET_DIR) / device_secret_ref(fleet).key,
         listen_port=HTTP_PORT,
+        coap_port=COAP_PORT,
         nats_password_file=nats.services_password_file(fleet),
     )
     if nats.managed(fleet):  # its MQTT listener admits devices through this gateway's auth callout
@@ -125,6 +127,7 @@ def gateway_deployment(
         ports=[
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "coap", "containerPort": COAP_PORT, "protocol": "UDP"},
         ],
         env=[
             {"name": "FLEETFLOW_LISTEN_HOST", "value": "0.0.0.0"},
@@ -180,7 +183,8 @@ def gateway_deployment(
 
 
 def gateway_service(fleet: DeviceFleet) -> JsonObject:
-    """Devices' HTTP and gRPC; `spec.gateway.service` may publish it as a NodePort or LoadBalancer."""
+    """Devices' HTTP (and WebSocket sessions on it), gRPC and CoAP (UDP); `spec.gateway.service` may publish it as
+    a NodePort or LoadBalancer."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -191,6 +195,7 @@ def gateway_service(fleet: DeviceFleet) -> JsonObject:
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "coap", "port": COAP_PORT, "targetPort": "coap", "protocol": "UDP"},
             ],
         },
     }
@@ -231,7 +236,14 @@ def endpoints(fleet: DeviceFleet) -> dict[str, str]:
     """Where devices and services reach the fleet, as shown in `status.gateway.endpoints`."""
     host = f"{name(fleet)}.{namespace_of(fleet)}.svc"
     scheme = "https" if fleet.spec.gateway.tls else "http"
-    found = {"http": f"{scheme}://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
+    found = {
+        "http": f"{scheme}://{host}:{HTTP_PORT}",
+        "grpc": f"{host}:{GRPC_PORT}",
+        # The WebSocket route is on the HTTP port, behind the same TLS; CoAP has no DTLS (docs/devices.md).
+        "ws": f"{'wss' if fleet.spec.gateway.tls else 'ws'}://{host}:{HTTP_PORT}",
+        "coap": f"coap://{host}:{COAP_PORT}",
+        "nats": nats.nats_url(fleet),
+    }
     if nats.managed(fleet):
         found["mqtt"] = nats.mqtt_endpoint(fleet)
     return found
