@@ -177,6 +177,33 @@ async def test_websocket_and_coap_devices_on_the_endpoints_json_urls(tmp_path: P
         assert await stored_seqs(data_dir, device) == list(range(50)), device
 
 
+async def test_a_vanished_coap_observer_does_not_deafen_the_gateway_to_other_devices(tmp_path: Path) -> None:
+    """A device that observes its commands and goes away (its port closed, no deregistration) makes the gateway's
+    next notification come back as an ICMP port-unreachable; the gateway (on uvloop, as a service runs) keeps
+    answering every other CoAP device."""
+    platform = LocalPlatform(load_resources([QUICKSTART]), tmp_path / "data")
+    fleet = (await platform.start())["fleets"]["demo"]
+    secret = credentials.read_secret(Path(fleet["secretFile"]))
+    token = lambda device: credentials.device_token(secret, "demo", device)  # noqa: E731
+    try:
+        async with aiohttp.ClientSession() as session:
+            gone = CoapDevice(fleet["coap"], "demo", "c-gone", token("c-gone"))
+            await gone.connect()
+            assert (await gone.observe_commands())["status"] == 200
+            await gone.close()  # the device vanishes: its socket is closed, the gateway still observes it
+            sent = await send_command(session, fleet["http"], secret, "c-gone", "calibrate")
+            deadline = time.monotonic() + 10
+            # Handed to the observation: its notification went to the closed port.
+            while await command_state(session, fleet["http"], secret, sent["id"]) != "delivered":
+                assert time.monotonic() < deadline, "the command never reached the observation"
+                await asyncio.sleep(0.05)
+            async with CoapDevice(fleet["coap"], "demo", "c-next", token("c-next")) as other:
+                answer = await other.send(readings(0, 1), timeout=10)
+            assert (answer["status"], answer["accepted"]) == (202, 1)
+    finally:
+        assert await platform.stop(drain_timeout=30)
+
+
 @pytest.mark.parametrize("protocol", ["http", "ws", "coap"])
 async def test_an_outage_of_the_local_nats_server_under_load(tmp_path: Path, protocol: str) -> None:
     """NATS stops for several seconds while devices send over `protocol`; every acknowledged reading is stored
