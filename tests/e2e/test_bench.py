@@ -31,6 +31,24 @@ def test_small_bench_run_reports_everything_and_loses_nothing() -> None:
     assert all(cost["peak_rss_mib"] > 0 for cost in report["cost"].values())
 
 
+@pytest.mark.parametrize(("protocol", "batch"), [("coap", "1"), ("ws", "100")])
+def test_coap_and_websocket_devices_are_benched_end_to_end(protocol: str, batch: str) -> None:
+    """CoAP devices send one reading per message, WebSocket devices 100 per batch, as in docs/performance.md."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetflow.cli", "bench", "--protocol", protocol, "--devices", "5", "--batch", batch,
+         "--duration", "3", "--warmup", "1", "--baseline-seconds", "1", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["options"]["protocol"] == protocol
+    state = report["end_state"]
+    assert (state["rejected"], state["duplicated"], state["lost"]) == (0, 0, 0)
+    assert state["acknowledged"] == state["stored"] > 0
+    assert report["throughput"]["stored_readings_per_s"] > 0
+    assert report["cost"]["gateway-bench"]["cpu_s_per_1k_readings"] > 0
+
+
 def test_bench_refuses_a_bad_rate() -> None:
     result = subprocess.run([sys.executable, "-m", "fleetflow.cli", "bench", "--rate", "fast"],
                             capture_output=True, text=True, timeout=30)  # fmt: skip

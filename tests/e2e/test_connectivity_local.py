@@ -3,26 +3,32 @@ WebSocket and CoAP devices on the endpoints in endpoints.json, commands to offli
 load."""
 
 import asyncio
+import contextlib
 import sys
 import time
 from asyncio.subprocess import PIPE
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
+import nats.errors
 import pytest
 
 from fleetflow.api import Pipeline
 from fleetflow.device.coap_client import CoapDevice
 from fleetflow.device.commands import HttpCommands
+from fleetflow.device.forwarding import Outcome
 from fleetflow.device.grpc_client import GrpcDevice
 from fleetflow.device.http import HttpDevice
 from fleetflow.device.mqtt_client import MqttDevice
+from fleetflow.device.protocols import make_link
 from fleetflow.device.ws_client import WsDevice
 from fleetflow.gateway.command_api import application_token
 from fleetflow.local.platform import LocalPlatform
 from fleetflow.local.resources import load_resources
-from fleetflow.runtime import credentials
+from fleetflow.runtime import codec, credentials, subjects
 from fleetflow.writer.stores import ReadingQuery
 from fleetflow.writer.stores.sqlite import SqliteStore
 
@@ -171,9 +177,38 @@ async def test_websocket_and_coap_devices_on_the_endpoints_json_urls(tmp_path: P
         assert await stored_seqs(data_dir, device) == list(range(50)), device
 
 
-async def test_an_outage_of_the_local_nats_server_under_load(tmp_path: Path) -> None:
-    """NATS stops for several seconds while devices send; every acknowledged reading is stored exactly once
-    (none lost, none extra), and the gateway's buffer drains to zero."""
+async def test_a_vanished_coap_observer_does_not_deafen_the_gateway_to_other_devices(tmp_path: Path) -> None:
+    """A device that observes its commands and goes away (its port closed, no deregistration) makes the gateway's
+    next notification come back as an ICMP port-unreachable; the gateway (on uvloop, as a service runs) keeps
+    answering every other CoAP device."""
+    platform = LocalPlatform(load_resources([QUICKSTART]), tmp_path / "data")
+    fleet = (await platform.start())["fleets"]["demo"]
+    secret = credentials.read_secret(Path(fleet["secretFile"]))
+    token = lambda device: credentials.device_token(secret, "demo", device)  # noqa: E731
+    try:
+        async with aiohttp.ClientSession() as session:
+            gone = CoapDevice(fleet["coap"], "demo", "c-gone", token("c-gone"))
+            await gone.connect()
+            assert (await gone.observe_commands())["status"] == 200
+            await gone.close()  # the device vanishes: its socket is closed, the gateway still observes it
+            sent = await send_command(session, fleet["http"], secret, "c-gone", "calibrate")
+            deadline = time.monotonic() + 10
+            # Handed to the observation: its notification went to the closed port.
+            while await command_state(session, fleet["http"], secret, sent["id"]) != "delivered":
+                assert time.monotonic() < deadline, "the command never reached the observation"
+                await asyncio.sleep(0.05)
+            async with CoapDevice(fleet["coap"], "demo", "c-next", token("c-next")) as other:
+                answer = await other.send(readings(0, 1), timeout=10)
+            assert (answer["status"], answer["accepted"]) == (202, 1)
+    finally:
+        assert await platform.stop(drain_timeout=30)
+
+
+@pytest.mark.parametrize("protocol", ["http", "ws", "coap"])
+async def test_an_outage_of_the_local_nats_server_under_load(tmp_path: Path, protocol: str) -> None:
+    """NATS stops for several seconds while devices send over `protocol`; every acknowledged reading is stored
+    exactly once (none lost, none extra) in the order each device sent it, and the gateway's buffer drains to
+    zero."""
     data_dir = tmp_path / "data"
     platform = LocalPlatform(load_resources([QUICKSTART]), data_dir)
     endpoints = await platform.start()
@@ -184,36 +219,68 @@ async def test_an_outage_of_the_local_nats_server_under_load(tmp_path: Path) -> 
     stop = asyncio.Event()
 
     async def device_loop(session: aiohttp.ClientSession, name: str) -> None:
-        device = HttpDevice(session, fleet["http"], "demo", name, credentials.device_token(secret, "demo", name))
+        token = credentials.device_token(secret, "demo", name)
+        link = make_link(protocol, fleet[protocol], "demo", name, token, session)
+        await link.reconnect()
         seq = 0
-        while not stop.is_set():
-            batch = readings(seq, 10)
-            if (await device.send(batch, timeout=20)).acknowledged:
-                acknowledged[name].extend(r["seq"] for r in batch)
-                seq += 10
-            await asyncio.sleep(0.02)
+        try:
+            while not stop.is_set():
+                batch = readings(seq, 10)
+                delivery = await link.deliver(batch)
+                assert delivery.outcome is not Outcome.REFUSED, delivery.reason
+                if delivery.outcome is Outcome.ACKNOWLEDGED:
+                    acknowledged[name].extend(r["seq"] for r in batch)
+                    seq += 10
+                else:  # the same batch again, as a device does after a lost answer
+                    await asyncio.sleep(0.2)
+                    with contextlib.suppress(Exception):
+                        await link.reconnect()
+                await asyncio.sleep(0.02)
+        finally:
+            await link.close()
 
     try:
         async with aiohttp.ClientSession() as session:
             loops = [asyncio.create_task(device_loop(session, name)) for name in acknowledged]
-            while sum(map(len, acknowledged.values())) < 400:
-                await asyncio.sleep(0.05)
+            await until(lambda: sum(map(len, acknowledged.values())) >= 400, 30, "the devices' first 400 readings")
             await platform.nats.stop()
             before_outage = sum(map(len, acknowledged.values()))
-            deadline = time.monotonic() + 15
-            while len(list(buffer_dir.glob("*.batch"))) < 10:
-                assert time.monotonic() < deadline, "the gateway did not buffer during the outage"
-                await asyncio.sleep(0.05)
+            await until(lambda: len(list(buffer_dir.glob("*.batch"))) >= 10, 15, "the gateway buffering the outage")
             assert sum(map(len, acknowledged.values())) > before_outage  # acknowledged while NATS was away
             await platform.nats.start()
-            deadline = time.monotonic() + 30
-            while list(buffer_dir.glob("*.batch")):
-                assert time.monotonic() < deadline, "the gateway's buffer did not drain"
-                await asyncio.sleep(0.1)
+            await until(lambda: not list(buffer_dir.glob("*.batch")), 30, "the gateway's buffer draining")
             stop.set()
             await asyncio.gather(*loops)
+        in_stream = {name: await telemetry_seqs(platform, name) for name in acknowledged}
     finally:
         stop.set()
         assert await platform.stop(drain_timeout=60)
     for name, seqs in acknowledged.items():
         assert await stored_seqs(data_dir, name) == seqs, name
+        assert in_stream[name] == seqs, f"{name}'s readings reached JetStream out of order or twice"
+
+
+async def telemetry_seqs(platform: LocalPlatform, device: str) -> list[int]:
+    """The device's reading seqs in the order its telemetry stream holds them (what the processor reads)."""
+    login = platform.nats.login()
+    nc = await nats.connect(platform.nats.url, user=login.user, password=login.password)
+    try:
+        js = nc.jetstream()
+        stream = subjects.telemetry_stream("demo")
+        sub = await js.subscribe(f"ff.demo.tm.*.{device}", ordered_consumer=True, stream=stream)
+        seqs: list[int] = []
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+            while True:
+                seqs.extend(r.seq for r in codec.decode_batch((await sub.next_msg(timeout=1)).data).readings)
+        return seqs
+    finally:
+        await nc.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds (generous: a loaded 2-core
+    machine runs the platform, the devices and this test at once)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        await asyncio.sleep(0.05)

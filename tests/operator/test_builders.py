@@ -124,6 +124,12 @@ def test_external_nats_means_no_nats_objects_and_its_url_everywhere() -> None:
     assert yaml.safe_load(gateway.rendered_config(f))["nats_url"] == "nats://shared:4222"
 
 
+def test_a_gateway_with_tls_lists_its_websocket_endpoint_as_wss() -> None:
+    f = fleet(fleet_doc(gateway={"tls": {"secretName": "g"}}))
+    assert gateway.endpoints(f)["ws"] == "wss://cold-gateway.ns1.svc:8080"
+    assert gateway.endpoints(f)["coap"] == "coap://cold-gateway.ns1.svc:5683"  # no DTLS: see docs/devices.md
+
+
 # --- gateway --------------------------------------------------------------------------------------------
 
 
@@ -134,6 +140,7 @@ def test_gateway_config_map_is_the_runtime_config_the_gateway_loads() -> None:
     assert settings.fleet.spec.gateway.max_batch_readings == 77
     assert str(settings.secret_file) == "/var/run/fleetflow/device-secret/secret"
     assert settings.listen_port == gateway.HTTP_PORT
+    assert settings.coap_port == gateway.COAP_PORT == 5683
     assert settings.nats_url == "nats://cold-nats.ns1.svc:4222"
 
 
@@ -154,6 +161,8 @@ def test_gateway_runs_the_one_image_with_probes_and_a_locked_down_pod() -> None:
     secret = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["device-secret"]
     assert secret["secret"]["secretName"] == "cold-device-secret"
     assert env["FLEETFLOW_GRPC_PORT"] == "9090" and env["FLEETFLOW_BUFFER_DIR"] == gateway.BUFFER_DIR
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in c["ports"]}
+    assert {"http": (8080, "TCP"), "grpc": (9090, "TCP"), "coap": (5683, "UDP")}.items() <= ports.items()
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert {"/etc/fleetflow", "/tmp", gateway.SECRET_DIR, gateway.BUFFER_DIR} <= mounts, "writable paths are volumes"
 
@@ -225,7 +234,7 @@ def test_each_gateway_replica_buffers_on_a_volume_of_its_own() -> None:
     pod = workload["spec"]["template"]["spec"]
     assert "buffer" not in {v["name"] for v in pod["volumes"]}, "an emptyDir would go with the pod"
     assert {"name": "buffer", "mountPath": gateway.BUFFER_DIR} in container(workload)["volumeMounts"]
-    assert workload["spec"]["serviceName"] == gateway.name(fleet(fleet_doc()))
+    assert workload["spec"]["serviceName"] == gateway.pods_service_name(fleet(fleet_doc()))  # headless, governing
     assert workload["spec"]["podManagementPolicy"] == "Parallel"
 
 
@@ -260,11 +269,19 @@ def test_device_secret_is_generated_only_without_a_secret_ref() -> None:
 def test_gateway_service_pdb_and_endpoints() -> None:
     f = fleet(fleet_doc())
     service = gateway.gateway_service(f)
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "grpc": 9090, "ops": 8081}
+    assert {p["name"]: (p["port"], p["protocol"]) for p in service["spec"]["ports"]} == {
+        "http": (8080, "TCP"),
+        "grpc": (9090, "TCP"),
+        "coap": (5683, "UDP"),
+    }
+    pods = gateway.gateway_pods_service(f)
+    assert pods["spec"]["clusterIP"] == "None" and [p["name"] for p in pods["spec"]["ports"]] == ["ops"]
     assert gateway.gateway_pdb(f)["spec"]["maxUnavailable"] == 1
     assert gateway.endpoints(f) == {
         "http": "http://cold-gateway.ns1.svc:8080",
         "grpc": "cold-gateway.ns1.svc:9090",
+        "ws": "ws://cold-gateway.ns1.svc:8080",
+        "coap": "coap://cold-gateway.ns1.svc:5683",
         "nats": "nats://cold-nats.ns1.svc:4222",
         "mqtt": "mqtt://cold-nats.ns1.svc:1883",
     }

@@ -140,6 +140,10 @@ async def test_published_endpoints_reach_the_status_once_assigned(
                              {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}})  # fmt: skip
         await wait_until(lambda: endpoints().get("grpcExternal") == "203.0.113.10:9090", what="grpcExternal")
         assert endpoints()["http"] == "http://cold-gateway.ns1.svc:8080", "the in-cluster endpoints stay"
+        assert (endpoints()["ws"], endpoints()["coap"]) == ("ws://cold-gateway.ns1.svc:8080",
+                                                            "coap://cold-gateway.ns1.svc:5683")  # fmt: skip
+        assert endpoints()["coapExternal"] == "coap://203.0.113.10:5683"
+        assert endpoints()["wsExternal"] == "wss://telemetry.example.com"  # on the HTTP Ingress
 
         await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"ingress": None}}})
         await wait_until(lambda: emulator.get("networking.k8s.io/v1", "ingresses", "ns1", "cold-gateway-http") is None,

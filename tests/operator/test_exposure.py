@@ -58,6 +58,7 @@ def test_status_reports_ingress_hosts_with_their_scheme() -> None:
     f = fleet(fleet_doc(gateway={"ingress": INGRESS}))
     assert exposure.external_endpoints(f, None, None) == {
         "httpExternal": "https://telemetry.example.com",
+        "wsExternal": "wss://telemetry.example.com",
         "grpcExternal": "grpc.telemetry.example.com:443",
     }
 
@@ -67,24 +68,29 @@ def test_status_reports_a_load_balancers_address_once_assigned_and_nothing_while
                         nats={"managed": {"mqttService": {"type": "LoadBalancer"}}}))  # fmt: skip
     service, mqtt = gateway.gateway_service(f), nats.nats_mqtt_service(f)
     assert mqtt is not None
-    pending = live(service, {"http": 30080, "grpc": 30090}, [])
+    pending = live(service, {"http": 30080, "grpc": 30090, "coap": 30683}, [])
     assert exposure.external_endpoints(f, pending, None) == {
         "httpExternal": "http://<node>:30080",  # a pending load balancer's node ports already work
+        "wsExternal": "ws://<node>:30080",
         "grpcExternal": "<node>:30090",
+        "coapExternal": "coap://<node>:30683",
     }
-    assigned = live(service, {"http": 30080, "grpc": 30090}, [{"ip": "203.0.113.10"}])
+    assigned = live(service, {"http": 30080, "grpc": 30090, "coap": 30683}, [{"ip": "203.0.113.10"}])
     mqtt_assigned = live(mqtt, {"mqtt": 31883}, [{"hostname": "mqtt.lb.example.com"}])
     assert exposure.external_endpoints(f, assigned, mqtt_assigned) == {
         "httpExternal": "http://203.0.113.10:8080",
+        "wsExternal": "ws://203.0.113.10:8080",
         "grpcExternal": "203.0.113.10:9090",
+        "coapExternal": "coap://203.0.113.10:5683",
         "mqttExternal": "mqtt://mqtt.lb.example.com:1883",
     }
 
 
 def test_status_reports_node_ports_and_nothing_for_a_cluster_ip() -> None:
     f = fleet(fleet_doc(gateway={"service": {"type": "NodePort"}}))
-    node_port = live(gateway.gateway_service(f), {"http": 31080, "grpc": 31090}, [])
+    node_port = live(gateway.gateway_service(f), {"http": 31080, "grpc": 31090, "coap": 31683}, [])
     assert exposure.external_endpoints(f, node_port, None)["httpExternal"] == "http://<node>:31080"
+    assert exposure.external_endpoints(f, node_port, None)["coapExternal"] == "coap://<node>:31683"
     plain = fleet(fleet_doc())
     assert exposure.external_endpoints(plain, gateway.gateway_service(plain), None) == {}
 
@@ -142,8 +148,10 @@ def test_published_endpoints_say_when_they_speak_tls() -> None:
     mqtt = nats.nats_mqtt_service(f)
     assert mqtt is not None
     address = [{"ip": "203.0.113.10"}]
-    found = exposure.external_endpoints(f, live(gateway.gateway_service(f), {"http": 1, "grpc": 2}, address),
+    found = exposure.external_endpoints(f, live(gateway.gateway_service(f), {"http": 1, "grpc": 2, "coap": 4}, address),
                                         live(mqtt, {"mqtt": 3}, address))  # fmt: skip
     assert found["httpExternal"] == "https://203.0.113.10:8080"
+    assert found["wsExternal"] == "wss://203.0.113.10:8080"
+    assert found["coapExternal"] == "coap://203.0.113.10:5683"  # no DTLS: see docs/devices.md
     assert found["mqttExternal"] == "mqtts://203.0.113.10:1883"
     assert nats.nats_url(f).startswith("tls://") and nats.mqtt_endpoint(f).startswith("mqtts://")

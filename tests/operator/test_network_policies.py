@@ -88,10 +88,12 @@ def test_no_policies_unless_enabled() -> None:
     assert policies(networkPolicy={"metricsNamespace": MONITORING}) == []
 
 
-def test_devices_reach_only_the_gateways_http_and_grpc_and_mqtt() -> None:
+def test_devices_reach_only_the_gateways_http_grpc_and_coap_and_mqtt() -> None:
     found = policies(networkPolicy={"enabled": True})
-    for port in ("http", "grpc"):
+    for port in ("http", "grpc", "coap"):
         assert allowed(found, pod_of("gateway"), port, INTERNET)
+    [devices] = [p for p in found if p["metadata"]["name"] == network.devices_name(fleet(fleet_doc()))]
+    assert {"port": "coap", "protocol": "UDP"} in devices["spec"]["ingress"][0]["ports"]  # CoAP is UDP
     assert allowed(found, pod_of("nats"), "mqtt", INTERNET)
     assert not allowed(found, pod_of("gateway"), "ops", INTERNET)
     for port in ("client", "cluster", "nats-metrics"):

@@ -1,4 +1,5 @@
-"""Generated device load over HTTP, gRPC or MQTT: closed-loop devices (rate `max`) or paced to a target rate."""
+"""Generated device load over HTTP, gRPC, MQTT, WebSocket or CoAP: closed-loop devices (rate `max`) or paced to a
+target rate."""
 
 import asyncio
 import collections
@@ -116,7 +117,8 @@ async def link_loop(
     warmup_end: float,
     stop: asyncio.Event,
 ) -> None:
-    """The gRPC devices: the protocol client of fleetflow.device, one batch at a time."""
+    """The gRPC, WebSocket and CoAP devices: the protocol client of fleetflow.device, one batch at a time (a
+    WebSocket session waits for each batch's answer; a CoAP device sends confirmable POSTs, one per batch)."""
     await link.reconnect()
     seq = 1
     next_send = await _first_send(interval, stop)
@@ -237,7 +239,7 @@ async def run_load(
     bodies: BodyMaker = plain_body,
 ) -> LoadResult:
     """Drive one coroutine per device for warmup + duration seconds. `targets` are the fleet's entries in
-    endpoints.json (http, grpc, mqtt)."""
+    endpoints.json (http, grpc, mqtt, ws, coap)."""
     result = LoadResult()
     stop = asyncio.Event()
     interval = len(tokens) * batch / rate if rate else 0.0
@@ -261,8 +263,8 @@ async def run_load(
             ]  # fmt: skip
         else:
             loops = [
-                link_loop(make_link(protocol, targets[protocol], fleet, device, token), device, bodies, batch, interval,
-                          result, result.measure_start, stop)
+                link_loop(make_link(protocol, targets[protocol], fleet, device, token, session), device, bodies, batch,
+                          interval, result, result.measure_start, stop)
                 for device, token in tokens.items()
             ]  # fmt: skip
         tasks = [asyncio.create_task(loop) for loop in loops]

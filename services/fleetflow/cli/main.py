@@ -264,8 +264,9 @@ def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                        help="simulated devices (default: %(default)s)")  # fmt: skip
     bench.add_argument("--batch", type=positive_int, default=100, metavar="N",
                        help="readings per request (default: %(default)s)")  # fmt: skip
-    bench.add_argument("--protocol", choices=["http", "grpc", "mqtt"], default="http",
-                       help="how the devices connect (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--protocol", choices=["http", "grpc", "mqtt", "ws", "coap"], default="http",
+                       help="how the devices connect; ws: one session per device, coap: a confirmable POST per "
+                       "batch (default: %(default)s)")  # fmt: skip
     bench.add_argument("--duration", type=positive_float, default=60.0, metavar="SECONDS",
                        help="measured seconds (default: %(default)s)")  # fmt: skip
     bench.add_argument("--warmup", type=seconds, default=5.0, metavar="SECONDS",

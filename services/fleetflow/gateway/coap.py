@@ -42,6 +42,7 @@ import structlog
 from aiocoap import Code, Context, Message, error, resource
 from aiocoap.blockwise import Block1Spool
 from aiocoap.numbers.contentformat import ContentFormat
+from aiocoap.util import socknumbers
 from opentelemetry import trace
 from opentelemetry.metrics import Counter
 
@@ -312,7 +313,29 @@ async def start_server(api: CoapDeviceApi, host: str, port: int) -> tuple[Contex
     """Serve `api` on UDP host:port (0 picks a free port); returns the context and the port bound."""
     port = port or _free_udp_port(host)
     context = await Context.create_server_context(api, bind=(host, port), transports=["udp6"])
+    _ignore_icmp_errors(context)
     return context, port
+
+
+def _ignore_icmp_errors(context: Context) -> None:
+    """Turn off the ICMP error queue (RECVERR) that aiocoap's udp6 transport asks for. On uvloop, every service's
+    loop, the first error queued (a port-unreachable for a notification to a device that vanished while observing
+    its commands) stops the socket from being read, and the gateway goes deaf to every CoAP device. Without it a
+    vanished device's notification fails by its retransmissions instead. (aiocoap's simplesocketserver transport
+    ignores ICMP too, but cannot bind the any-address a pod listens on.)"""
+    if not socknumbers.HAS_RECVERR:  # not Linux: aiocoap never asked for it
+        return
+    sockets = [
+        interface.token_interface.message_interface.transport.get_extra_info("socket")
+        for interface in context.request_interfaces
+        if hasattr(getattr(interface.token_interface, "message_interface", None), "transport")
+    ]
+    if not sockets:
+        raise RuntimeError("aiocoap's udp6 transport has no socket where fleetflow expects it; its ICMP error queue "
+                           "cannot be turned off (see gateway/coap.py)")  # fmt: skip
+    for sock in sockets:
+        sock.setsockopt(socket.IPPROTO_IPV6, socknumbers.IPV6_RECVERR, 0)
+        sock.setsockopt(socket.IPPROTO_IP, socknumbers.IP_RECVERR, 0)
 
 
 def _free_udp_port(host: str) -> int:

@@ -189,6 +189,7 @@ class LocalPlatform:
                 secret_file=credentials.local_secret_path(self.data_dir, fleet.name),
                 listen_port=self.ports.take(),
                 ops_port=self.ports.take(),
+                coap_port=self.ports.take_udp(),
                 sole_consumer=True,  # one gateway per fleet here, whatever gateway.replicas says
                 **self._login(natslogins.GATEWAY),
                 nats_callout_password_file=self.nats.password_file(natsauth.CALLOUT_USER),
@@ -196,7 +197,7 @@ class LocalPlatform:
             )
             # Device connectivity (docs/devices.md): gRPC, CoAP (UDP), MQTT through the embedded server, outage
             # buffer; WebSockets share the HTTP port.
-            cfg.update(grpc_port=self.ports.take(), coap_port=self.ports.take_udp(),
+            cfg.update(grpc_port=self.ports.take(),
                        buffer_dir=str(self.data_dir / "buffer" / fleet.name),
                        mqtt_issuer_seed_file=str(self.nats.mqtt_issuer_seed_file))  # fmt: skip
             gateways.append(ServiceProcess(f"gateway-{fleet.name}", "gateway", cfg, self._run_dir()))

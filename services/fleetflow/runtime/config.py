@@ -39,6 +39,7 @@ def gateway_config(
     secret_file: Path,
     listen_port: int = 8080,
     ops_port: int = 8081,
+    coap_port: int | None = None,
     nats_password_file: Path | None = None,
     sole_consumer: bool = False,
     nats_user: str = SERVICE_USER,
@@ -48,7 +49,8 @@ def gateway_config(
     """`sole_consumer`: this gateway is the only reader of the fleet's MQTT intake. Not so on a cluster, where
     the replicas (a number the HPA may change) share it; locally one gateway runs per fleet.
     `nats_callout_password_file` set: the gateway answers the MQTT auth callout as the user of the callout's
-    own account (local mode), on a second connection."""
+    own account (local mode), on a second connection. `coap_port`: the UDP port of the CoAP listener (None: no
+    CoAP)."""
     config = {
         **_common(nats_url, ops_port, nats_password_file, nats_user, site),
         "fleet": _resource(fleet),
@@ -56,6 +58,8 @@ def gateway_config(
         "secret_file": str(secret_file),
         "sole_consumer": sole_consumer,
     }
+    if coap_port is not None:
+        config["coap_port"] = coap_port
     if nats_callout_password_file is not None:
         config.update(nats_callout_user=CALLOUT_USER, nats_callout_password_file=str(nats_callout_password_file))
     return config

@@ -78,9 +78,9 @@ def _url(scheme: str, host: str, port: int) -> str:
 def external_endpoints(
     fleet: DeviceFleet, gateway_service: JsonObject | None, mqtt_service: JsonObject | None
 ) -> dict[str, str]:
-    """`httpExternal`, `grpcExternal` and `mqttExternal` for `status.gateway.endpoints`, from the Ingress hosts of
-    the spec and the live Services; an endpoint still being assigned (a pending load balancer) is left out. An
-    Ingress host wins over the gateway's published Service."""
+    """`httpExternal`, `wsExternal`, `grpcExternal`, `coapExternal` and `mqttExternal` for
+    `status.gateway.endpoints`, from the Ingress hosts of the spec and the live Services; an endpoint still being
+    assigned (a pending load balancer) is left out. An Ingress host wins over the gateway's published Service."""
     found: dict[str, str] = {}
     for protocol in PROTOCOLS:
         route = _route(fleet, protocol)
@@ -90,6 +90,11 @@ def external_endpoints(
         elif where is not None:
             scheme = "https" if protocol == "http" and fleet.spec.gateway.tls else protocol
             found[f"{protocol}External"] = _url(scheme, *where)
+    if "httpExternal" in found:  # WebSocket sessions are on the HTTP route, behind the same TLS
+        found["wsExternal"] = "ws" + found["httpExternal"].removeprefix("http")
+    coap = _published(gateway_service, "coap") if fleet.spec.gateway.service.exposed else None
+    if coap is not None:  # UDP: no Ingress carries it, only the published Service
+        found["coapExternal"] = _url("coap", *coap)
     publishes_mqtt = nats.managed(fleet) and fleet.spec.nats.managed_or_default.mqtt_service is not None
     mqtt = _published(mqtt_service, "mqtt") if publishes_mqtt else None
     if mqtt is not None:

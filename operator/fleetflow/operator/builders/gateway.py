@@ -29,6 +29,7 @@ from fleetflow.runtime.config import gateway_config
 
 HTTP_PORT = 8080
 GRPC_PORT = 9090
+COAP_PORT = 5683  # UDP, the port RFC 7252 assigns to coap://
 SECRET_DIR = "/var/run/fleetflow/device-secret"
 TLS_DIR = "/var/run/fleetflow/gateway-tls"  # spec.gateway.tls: the certificate devices' HTTP and gRPC use
 BUFFER_DIR = "/var/lib/fleetflow/buffer"
@@ -83,6 +84,7 @@ def gateway_service_config(fleet: DeviceFleet) -> JsonObject:
         nats_url=nats.nats_url(fleet),
         secret_file=Path(SECRET_DIR) / device_secret_ref(fleet).key,
         listen_port=HTTP_PORT,
+        coap_port=COAP_PORT,
         nats_password_file=nats.services_password_file(fleet),
     )
     if nats.managed(fleet):  # its MQTT listener admits devices through this gateway's auth callout
@@ -132,6 +134,7 @@ def gateway_statefulset(
         ports=[
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "coap", "containerPort": COAP_PORT, "protocol": "UDP"},
         ],
         env=[
             {"name": "FLEETFLOW_LISTEN_HOST", "value": "0.0.0.0"},
@@ -164,7 +167,7 @@ def gateway_statefulset(
         volumes.append({"name": "gateway-tls", "secret": secret})
         container["volumeMounts"].append({"name": "gateway-tls", "mountPath": TLS_DIR, "readOnly": True})
     spec: JsonObject = {
-        "serviceName": name(fleet),
+        "serviceName": pods_service_name(fleet),
         "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
         # Replicas are alike: start and stop them together. A rolling update replaces one pod at a time.
         "podManagementPolicy": "Parallel",
@@ -196,7 +199,8 @@ def gateway_statefulset(
 
 
 def gateway_service(fleet: DeviceFleet) -> JsonObject:
-    """Devices' HTTP and gRPC; `spec.gateway.service` may publish it as a NodePort or LoadBalancer."""
+    """Devices' HTTP (and WebSocket sessions on it), gRPC and CoAP (UDP); `spec.gateway.service` may publish it as
+    a NodePort or LoadBalancer."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -207,12 +211,31 @@ def gateway_service(fleet: DeviceFleet) -> JsonObject:
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                # /metrics, for the chart's ServiceMonitor (the pods' ops port; the kubelet probes it directly).
-                {"name": "ops", "port": OPS_PORT, "targetPort": "ops", "protocol": "TCP"},
+                {"name": "coap", "port": COAP_PORT, "targetPort": "coap", "protocol": "UDP"},
             ],
         },
     }
     return shaping.published(service, fleet.spec.gateway.service)
+
+
+def pods_service_name(fleet: DeviceFleet) -> str:
+    return f"{name(fleet)}-pods"
+
+
+def gateway_pods_service(fleet: DeviceFleet) -> JsonObject:
+    """A headless Service over the gateway pods: the StatefulSet's governing Service (stable pod names) and what
+    the chart's ServiceMonitor scrapes (the ops port, /metrics). Apart from the devices' Service, so that publishing
+    that one (NodePort, LoadBalancer) never publishes the ops port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(pods_service_name(fleet), namespace_of(fleet), fleet_labels(fleet, "gateway")),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(fleet.name, "gateway"),
+            "ports": [{"name": "ops", "port": OPS_PORT, "targetPort": "ops", "protocol": "TCP"}],
+        },
+    }
 
 
 def gateway_pdb(fleet: DeviceFleet) -> JsonObject:
@@ -249,7 +272,14 @@ def endpoints(fleet: DeviceFleet) -> dict[str, str]:
     """Where devices and services reach the fleet, as shown in `status.gateway.endpoints`."""
     host = f"{name(fleet)}.{namespace_of(fleet)}.svc"
     scheme = "https" if fleet.spec.gateway.tls else "http"
-    found = {"http": f"{scheme}://{host}:{HTTP_PORT}", "grpc": f"{host}:{GRPC_PORT}", "nats": nats.nats_url(fleet)}
+    found = {
+        "http": f"{scheme}://{host}:{HTTP_PORT}",
+        "grpc": f"{host}:{GRPC_PORT}",
+        # The WebSocket route is on the HTTP port, behind the same TLS; CoAP has no DTLS (docs/devices.md).
+        "ws": f"{'wss' if fleet.spec.gateway.tls else 'ws'}://{host}:{HTTP_PORT}",
+        "coap": f"coap://{host}:{COAP_PORT}",
+        "nats": nats.nats_url(fleet),
+    }
     if nats.managed(fleet):
         found["mqtt"] = nats.mqtt_endpoint(fleet)
     return found
@@ -267,6 +297,7 @@ def gateway_objects(
     objects = [
         gateway_config_map(fleet),
         gateway_service(fleet),
+        gateway_pods_service(fleet),
         gateway_statefulset(fleet, image, pull_policy, resources, env, pull_secrets),
         gateway_pdb(fleet),
     ]

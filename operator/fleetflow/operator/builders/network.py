@@ -44,8 +44,8 @@ def _policy(fleet: DeviceFleet, name: str, pods: dict[str, str], ingress: list[J
     }
 
 
-def _ports(*names: str) -> list[JsonObject]:
-    return [{"port": name, "protocol": "TCP"} for name in names]
+def _ports(*names: str, protocol: str = "TCP") -> list[JsonObject]:
+    return [{"port": name, "protocol": protocol} for name in names]
 
 
 def _from_devices(fleet: DeviceFleet, ports: list[JsonObject]) -> list[JsonObject]:
@@ -64,7 +64,7 @@ def default_deny(fleet: DeviceFleet) -> JsonObject:
 
 def devices_to_gateway(fleet: DeviceFleet) -> JsonObject:
     return _policy(fleet, devices_name(fleet), selector_labels(fleet.name, "gateway"),
-                   _from_devices(fleet, _ports("http", "grpc")))  # fmt: skip
+                   _from_devices(fleet, _ports("http", "grpc") + _ports("coap", protocol="UDP")))  # fmt: skip
 
 
 def nats_policies(fleet: DeviceFleet, operator_namespace: str | None) -> list[JsonObject]:
