@@ -202,8 +202,13 @@ async def test_requests_and_refusals_are_counted_on_metrics(api: RunningApi) -> 
     after = await counters(api)
 
     def added(name: str, **labels: str) -> float:
-        key = (name, frozenset(labels.items()))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        """The growth of the series of `name` that carry `labels` (fleet and component are on every series too)."""
+        wanted = set(labels.items())
+
+        def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+            return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
+
+        return total(after) - total(before)
 
     assert added("fleetflow_appapi_refusals_total", reason="unauthenticated") == 1
     assert added("fleetflow_appapi_refusals_total", reason="invalid_parameter") == 1
