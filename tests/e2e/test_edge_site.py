@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 FLEET, SITE, EDGE, CENTRAL = "yard", "north", "yard-edge", "yard-central"
 DEVICES = ("crane-1", "crane-2")
 PER_REQUEST = 10
-BASE = (int(time.time() * 1000) // 10_000) * 10_000 - 60_000  # event time; within the commands' TTL
+BASE = (int(time.time() * 1000) // 10_000) * 10_000 - 60_000  # event time, taken at import: the commands live 6 h
 
 
 def write_yaml(folder: Path, site: dict[str, Any]) -> Path:
@@ -42,7 +42,7 @@ def write_yaml(folder: Path, site: dict[str, Any]) -> Path:
              "spec": {"streams": {"partitions": 2}, "sites": [{"name": SITE, "pipelines": [EDGE], **site}]}}  # fmt: skip
     edge = pipeline(EDGE, [
         {"name": "too-hot", "alert": {"condition": "metrics.temp_c > 8.0", "clear": "metrics.temp_c < 6.0"}},
-        {"name": "cool-down", "command": {"condition": "metrics.temp_c > 8.0", "command": "cool", "ttl": "10m",
+        {"name": "cool-down", "command": {"condition": "metrics.temp_c > 8.0", "command": "cool", "ttl": "6h",
                                           "cooldown": "1h"}},
         {"name": "minutes", "window": {"size": "1m", "metrics": ["temp_c"], "watermarkDelay": "0s",
                                        "allowedLateness": "0s", "idleTimeout": "10m"}},

@@ -23,9 +23,7 @@ COLD_CHAIN = ROOT / "examples" / "cold-chain"
 # The operator's dashboard is held to the operator's metrics in tests/operator; these run locally.
 # Fed by the operator, the NATS exporter sidecar of a managed NATS and a hub with edge sites: not by `fleetflow up`.
 NOT_LOCAL = {"operator.json", "nats.json", "edge-sites.json"}
-DASHBOARDS = sorted(
-    p for p in (ROOT / "charts" / "fleetflow" / "dashboards").glob("*.json") if p.name not in NOT_LOCAL
-)
+DASHBOARDS = sorted(p for p in (ROOT / "charts" / "fleetflow" / "dashboards").glob("*.json") if p.name not in NOT_LOCAL)
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # OTLP span kinds
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,9 @@ from fleetflow.runtime import codec, jetstream, subjects
 from fleetflow.runtime.codec import AlertEvent, Command, Reading, ReadingBatch, WindowAggregate
 from tests.support.natsserver import NatsServer
 
-BASE = (int(time.time() * 1000) // 60_000 - 2) * 60_000  # recent, so commands are within their TTL
+# Recent, so that commands are within their TTL (below) however long the rest of the suite runs between this
+# module's import, when BASE is taken, and its tests.
+BASE = (int(time.time() * 1000) // 60_000 - 2) * 60_000
 RETRY_MS = BASE + 1
 STEPS: list[dict[str, Any]] = [
     {"name": "once", "dedupe": {}},
@@ -36,7 +38,7 @@ STEPS: list[dict[str, Any]] = [
             "command": "set_cooling",
             "target": "'cooler-' + device",
             "cooldown": "15s",
-            "ttl": "10m",
+            "ttl": "6h",
         },
     },
 ]
