@@ -14,28 +14,13 @@ from fleetflow.appapi.keys import ApiKeys
 from fleetflow.appapi.resources import FleetResources
 from fleetflow.runtime import httpserver, jetstream, logs, ops, service, telemetry
 from fleetflow.runtime.settings import AppApiSettings
-from fleetflow.writer.stores import StoreUnavailable, TelemetryStore, open_store
+from fleetflow.writer.stores import TelemetryStore, open_store
+from fleetflow.writer.stores.opening import RETRY_CAP_S, open_until_stopped
 
 log = structlog.get_logger(__name__)
-STORE_RETRY_CAP = 30.0
 # How long the start waits for NATS before it serves the stored data anyway (commands then answer 503 until
 # NATS is there): long enough for a NATS that is up, so commands work from the first request.
 LINK_WAIT = 5.0
-
-
-async def open_until_stopped(store: TelemetryStore, stop: asyncio.Event) -> bool:
-    """Open the store, retrying with capped backoff while it is unavailable; False if stopped first."""
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            await store.open()
-            return True
-        except StoreUnavailable as exc:
-            log.warning("store unavailable; retrying", error=str(exc), retry_in=delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(STORE_RETRY_CAP, delay * 2)
-    return False
 
 
 def open_stores(settings: AppApiSettings) -> dict[str, TelemetryStore]:
@@ -58,7 +43,7 @@ async def link_commands(settings: AppApiSettings, link: CommandLink) -> None:
         except (nats.errors.Error, TimeoutError) as exc:  # JetStream not ready yet, a timeout: an outage
             log.warning("cannot open the command state bucket; retrying", error=str(exc), retry_in=delay)
         await asyncio.sleep(delay)
-        delay = min(STORE_RETRY_CAP, delay * 2)
+        delay = min(RETRY_CAP_S, delay * 2)
     log.info("commands linked", nats=settings.nats_url)
 
 

@@ -14,11 +14,11 @@ from fleetflow.runtime.settings import WriterSettings
 from fleetflow.writer import command_log
 from fleetflow.writer.command_log import CommandLogWriter
 from fleetflow.writer.persist import RecordWriter
-from fleetflow.writer.stores import StoreUnavailable, TelemetryStore, open_store
+from fleetflow.writer.stores import TelemetryStore, open_store
+from fleetflow.writer.stores.opening import open_until_stopped
 
 log = structlog.get_logger(__name__)
 EXPIRY_INTERVAL = 60.0
-STORE_RETRY_CAP = 30.0
 
 
 async def expire_periodically(store: TelemetryStore, stop: asyncio.Event) -> None:
@@ -28,23 +28,6 @@ async def expire_periodically(store: TelemetryStore, stop: asyncio.Event) -> Non
             log.info("expired readings past the sink's ttl", rows=removed)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL)
-
-
-async def open_until_stopped(store: TelemetryStore, stop: asyncio.Event) -> bool:
-    """Open the store, retrying with capped backoff while it is unavailable; False if stopped first.
-
-    A Cassandra that is still starting (or briefly down) must not crash-loop the writer: it waits, not ready."""
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            await store.open()
-            return True
-        except StoreUnavailable as exc:
-            log.warning("store unavailable; retrying", error=str(exc), retry_in=delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(STORE_RETRY_CAP, delay * 2)
-    return False
 
 
 async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
