@@ -64,7 +64,28 @@ class HttpLink:
         return None
 
 
-class GrpcLink:
+class _Session(Protocol):
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _SessionLink:
+    """A link over a device session (gRPC stream, WebSocket, CoAP context): reconnecting opens a new one."""
+
+    device: _Session
+
+    async def reconnect(self) -> None:
+        await self.device.close()
+        await self.device.connect()
+
+    async def close(self) -> None:
+        await self.device.close()
+
+
+class GrpcLink(_SessionLink):
+    device: GrpcDevice
+
     def __init__(self, device: GrpcDevice):
         self.device = device
 
@@ -80,15 +101,10 @@ class GrpcLink:
         retry = ack["status"] in (429, 503)
         return Delivery(Outcome.RETRY if retry else Outcome.REFUSED, reason=str(ack["error"]))
 
-    async def reconnect(self) -> None:
-        await self.device.close()
-        await self.device.connect()
 
-    async def close(self) -> None:
-        await self.device.close()
+class WsLink(_SessionLink):
+    device: WsDevice
 
-
-class WsLink:
     def __init__(self, device: WsDevice):
         self.device = device
 
@@ -101,15 +117,10 @@ class WsLink:
             return Delivery(Outcome.RETRY, reason=str(exc))
         return _delivery(answer)
 
-    async def reconnect(self) -> None:
-        await self.device.close()
-        await self.device.connect()
 
-    async def close(self) -> None:
-        await self.device.close()
+class CoapLink(_SessionLink):
+    device: CoapDevice
 
-
-class CoapLink:
     def __init__(self, device: CoapDevice):
         self.device = device
 
@@ -119,13 +130,6 @@ class CoapLink:
         except CoapUnreachable as exc:
             return Delivery(Outcome.RETRY, reason=str(exc))
         return _delivery(answer)
-
-    async def reconnect(self) -> None:
-        await self.device.close()
-        await self.device.connect()
-
-    async def close(self) -> None:
-        await self.device.close()
 
 
 def _delivery(answer: dict[str, Any]) -> Delivery:

@@ -12,6 +12,7 @@ differential test holds it to that) at a fraction of the cost:
 - CEL runs as native Python functions (celnative.py), with the library as the fallback per reading.
 - Metrics are copied only by a derive; a reading no step changed goes out as the object that came in."""
 
+import abc
 import itertools
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ class Batch:
         return reading if metrics is reading.metrics else Reading(reading.seq, reading.ts, metrics)
 
 
-class StepRunner:
+class StepRunner(abc.ABC):
     """One step over the readings of a batch still in the pipeline (`alive`, indices in order); returns
     those that go on to the next step."""
 
@@ -64,8 +65,9 @@ class StepRunner:
         self.engine, self.step, self.name = engine, step, step.name
         self.evaluators = {key: native_evaluator(expr) for key, expr in step.expressions.items()}
 
+    @abc.abstractmethod
     def run(self, batch: Batch, alive: list[int]) -> list[int]:
-        raise NotImplementedError
+        """Each step kind's own: registered with @runs(kind)."""
 
     def value(self, key: str, batch: Batch, i: int) -> Any:
         reading = batch.readings[i]

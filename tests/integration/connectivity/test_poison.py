@@ -6,6 +6,7 @@ maxBodyBytes), its MQTT listener, a gateway with an outage buffer serving HTTP, 
 pipeline storing into SQLite."""
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -169,11 +170,10 @@ async def dead_letter_reasons(platform: MqttPlatform) -> list[str]:
     sub = await js.subscribe(f"ff.{FLEET}.dlq.>", ordered_consumer=True)
     reasons = []
     try:
-        while True:
-            msg = await sub.next_msg(timeout=1)
-            reasons.append((msg.headers or {}).get("Fleetflow-Error", ""))
-    except (TimeoutError, nats.errors.TimeoutError):
-        pass  # nothing more to read
+        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):  # a second without one: all were read
+            while True:
+                msg = await sub.next_msg(timeout=1)
+                reasons.append((msg.headers or {}).get("Fleetflow-Error", ""))
     finally:
         await sub.unsubscribe()
     return reasons
