@@ -1,14 +1,18 @@
-"""The operator's own metrics: reconciles by kind and outcome, their duration, errors, and each resource's
-readiness."""
+"""The operator's own metrics: reconciles by kind and outcome, their duration, errors, each resource's
+readiness, and when the certificates in the fleets' TLS Secrets expire."""
 
+import base64
 import re
+from typing import Any
 
 import prometheus_client
+from cryptography import x509
 
 from fleetflow.processor.compiler import compile_pipeline
 from tests.operator.conftest import OperatorStarter, wait_until
 from tests.operator.test_operator_reconcile import Api, create, delete, has_condition, mark_ready
 from tests.operator.variants import fleet_doc, pipeline_doc
+from tests.support.certificates import new_authority
 from tests.support.natsserver import NatsServer
 
 
@@ -71,3 +75,50 @@ async def test_each_resource_s_readiness_is_a_series_that_follows_its_ready_cond
 
         await delete(emulator, "/apis/fleetflow.io/v1alpha1/namespaces/ns1/devicefleets/gauged")
         await wait_until(lambda: ready_series("gauged") == [], what="a deleted fleet's series to go")
+
+
+EXPIRY = "fleetflow_tls_certificate_expiry_timestamp_seconds"
+
+
+def expiries(fleet: str) -> dict[str, float]:
+    """certificate -> the exported expiry, for one fleet in ns1."""
+    return {
+        s.labels["certificate"]: float(s.value)
+        for family in prometheus_client.REGISTRY.collect()
+        for s in family.samples
+        if s.name == EXPIRY and s.labels.get("fleet") == fleet and s.labels.get("namespace") == "ns1"
+    }
+
+
+def not_after(secret: dict[str, Any], key: str) -> float:
+    pem = base64.b64decode(secret["data"][key])  # type: ignore[index]
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+async def test_the_expiry_of_each_certificate_in_a_fleet_s_secrets_is_exported_and_follows_a_renewal(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    authority = new_authority()
+    nats_tls = authority.tls_secret("certs-nats-tls", "ns1", ["certs-nats.ns1.svc"], days=2)
+    gateway_tls = authority.tls_secret("certs-gateway-tls", "ns1", ["certs-gateway.ns1.svc"], days=10)
+    for secret in (nats_tls, gateway_tls):
+        async with emulator.post("/api/v1/namespaces/ns1/secrets", json=secret) as response:
+            assert response.status == 201, await response.text()
+    wanted = {"nats": not_after(nats_tls, "tls.crt"), "gateway": not_after(gateway_tls, "tls.crt"),
+              "ca": not_after(nats_tls, "ca.crt")}  # fmt: skip
+    assert len(set(wanted.values())) == 3, "the three certificates must be told apart by their expiry"
+    async with start_operator():
+        await create(emulator, fleet_doc(name="certs", nats={"managed": {"tls": {"secretName": "certs-nats-tls"}}},
+                                         gateway={"tls": {"secretName": "certs-gateway-tls"}}))  # fmt: skip
+        await wait_until(lambda: expiries("certs") == wanted, what=f"the expiries {wanted}", timeout=15)
+        text = prometheus_client.generate_latest().decode()
+        assert re.search(rf'{EXPIRY}\{{.*certificate="gateway".*fleet="certs".*namespace="ns1".*\}}', text), text
+
+        renewed = authority.tls_secret("certs-gateway-tls", "ns1", ["certs-gateway.ns1.svc"], days=30)
+        await emulator.write("v1", "secrets", "ns1", "certs-gateway-tls", {"data": renewed["data"]})
+        wanted["gateway"] = not_after(renewed, "tls.crt")
+        await wait_until(lambda: expiries("certs") == wanted, what="the renewed gateway certificate", timeout=15)
+
+        await delete(emulator, "/apis/fleetflow.io/v1alpha1/namespaces/ns1/devicefleets/certs")
+        await wait_until(lambda: expiries("certs") == {}, what="a deleted fleet's certificates to go", timeout=15)

@@ -33,8 +33,9 @@ class Authority:
     def pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, dns_names: list[str]) -> tuple[bytes, bytes]:
-        """(certificate PEM, key PEM) for a server known by `dns_names` and 127.0.0.1, where tests dial it."""
+    def issue(self, dns_names: list[str], days: float = 1) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) for a server known by `dns_names` and 127.0.0.1, where tests dial it, valid
+        for `days` from now."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
@@ -47,7 +48,7 @@ class Authority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -64,9 +65,9 @@ class Authority:
         (folder / "ca.crt").write_bytes(self.pem)
         return folder
 
-    def tls_secret(self, name: str, namespace: str, dns_names: list[str]) -> dict[str, object]:
+    def tls_secret(self, name: str, namespace: str, dns_names: list[str], days: float = 1) -> dict[str, object]:
         """The same as a Secret object, for the API server."""
-        certificate, key = self.issue(dns_names)
+        certificate, key = self.issue(dns_names, days)
         data = {"tls.crt": certificate, "tls.key": key, "ca.crt": self.pem}
         return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {"name": name, "namespace": namespace},

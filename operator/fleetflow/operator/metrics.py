@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from fleetflow.runtime import telemetry
+from fleetflow.runtime import certificates, telemetry
 
 tracer = telemetry.tracer("operator")
 
@@ -55,9 +55,12 @@ class ReconcileMetrics:
             )
 
     def resource_ready(self, kind: str, namespace: str, name: str, ready: bool | None) -> None:
-        """Record the Ready condition a reconcile wrote; None forgets the resource (it is gone)."""
+        """Record the Ready condition a reconcile wrote; None forgets the resource (it is gone), and a fleet's
+        certificates with it."""
         if ready is None:
             _READY.pop((kind, namespace, name), None)
+            if kind == "DeviceFleet":
+                certificates.forget(fleet=name, namespace=namespace)
         else:
             _READY[(kind, namespace, name)] = int(ready)
 

@@ -11,6 +11,7 @@ from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY
 from fleetflow.operator.builders import nats
 from fleetflow.operator.builders.common import JsonObject, config_hash, namespace_of
 from fleetflow.operator.kube import KubeApi, Ref
+from fleetflow.runtime import certificates
 from fleetflow.runtime.natsauth import NatsLogin
 
 HASH_ANNOTATION = "fleetflow.io/tls-hash"
@@ -61,6 +62,15 @@ def _context(field: str, name: str, key: str, pem: bytes) -> ssl.SSLContext:
         raise TlsSecretError(f"{field} = {name!r}: key {key!r} is not a PEM CA certificate ({exc})") from None
 
 
+def _expiry(fleet: DeviceFleet, certificate: str, field: str, name: str, key: str, pem: bytes) -> None:
+    """Export when a certificate of the fleet expires; each read replaces the value, so a renewal shows at once."""
+    try:
+        certificates.record(certificate, pem, f"{field} = {name!r}, key {key!r}", fleet=fleet.name,
+                            namespace=namespace_of(fleet))  # fmt: skip
+    except ValueError as exc:
+        raise TlsSecretError(str(exc)) from None
+
+
 def _digest(values: dict[str, bytes]) -> str:
     return config_hash(*(f"{key}={base64.b64encode(value).decode()}" for key, value in sorted(values.items())))
 
@@ -73,11 +83,14 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
         field = "spec.nats.managed.tls.secretName"
         values = await _keys(api, fleet, field, certificate.secret_name, [CERT_KEY, KEY_KEY, CA_KEY])
         tls, server_digest = _context(field, certificate.secret_name, CA_KEY, values[CA_KEY]), _digest(values)
+        _expiry(fleet, "nats", field, certificate.secret_name, CERT_KEY, values[CERT_KEY])
+        _expiry(fleet, "ca", field, certificate.secret_name, CA_KEY, values[CA_KEY])
         client[CA_KEY] = values[CA_KEY]
     if external is not None and external.ca_secret_ref is not None:
         ca, field = external.ca_secret_ref, "spec.nats.external.caSecretRef.name"
         client[CA_KEY] = (await _keys(api, fleet, field, ca.name, [ca.key]))[ca.key]
         tls = _context(field, ca.name, ca.key, client[CA_KEY])
+        _expiry(fleet, "ca", field, ca.name, ca.key, client[CA_KEY])
     login = None
     if external is not None and external.user and external.password_secret_ref is not None:
         ref, field = external.password_secret_ref, "spec.nats.external.passwordSecretRef.name"
@@ -86,9 +99,20 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
     gateway_digest = ""
     if with_gateway and fleet.spec.gateway.tls is not None:
         field, name = "spec.gateway.tls.secretName", fleet.spec.gateway.tls.secret_name
-        gateway_digest = _digest(await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY]))
+        gateway = await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY])
+        gateway_digest = _digest(gateway)
+        _expiry(fleet, "gateway", field, name, CERT_KEY, gateway[CERT_KEY])
+    _forget_dropped(fleet, with_gateway, nats=certificate is not None, ca=CA_KEY in client)
     client_digest = _digest(client) if client else ""
     return FleetSecrets(tls, login, server_digest, client_digest, gateway_digest)
+
+
+def _forget_dropped(fleet: DeviceFleet, with_gateway: bool, nats: bool, ca: bool) -> None:
+    """A certificate the spec no longer names stops being exported (a pipeline's read does not see the gateway's)."""
+    dropped = [name for name, used in (("nats", nats), ("ca", ca)) if not used]
+    if with_gateway and fleet.spec.gateway.tls is None:
+        dropped.append("gateway")
+    certificates.forget(dropped, fleet=fleet.name, namespace=namespace_of(fleet))
 
 
 def stamped(obj: JsonObject, secrets: FleetSecrets | None) -> JsonObject:

@@ -9,7 +9,7 @@ import structlog
 from fleetflow.gateway.buffer import BufferedPublisher
 from fleetflow.gateway.connectivity import Connectivity
 from fleetflow.gateway.http import TelemetryApi
-from fleetflow.runtime import httpserver, jetstream, logs, ops, service, telemetry
+from fleetflow.runtime import certificates, httpserver, jetstream, logs, ops, service, telemetry
 from fleetflow.runtime.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -20,6 +20,9 @@ BUFFER_STALL_S = 30.0
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     fleet = settings.fleet
     meter = telemetry.configure("gateway", fleet=fleet.name)
+    device_tls = httpserver.tls_context(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_cert_file is not None:  # the HTTP and gRPC listeners serve the same certificate
+        certificates.record_file("gateway", settings.tls_cert_file)
     watch = jetstream.ConnectionWatch()
     nc = await jetstream.connect(
         settings.nats_url,
@@ -55,7 +58,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         app,
         settings.listen_host,
         settings.listen_port,
-        httpserver.tls_context(settings.tls_cert_file, settings.tls_key_file),
+        device_tls,
     )
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)

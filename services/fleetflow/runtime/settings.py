@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.api.errors import describe
+from fleetflow.runtime import certificates
 from fleetflow.runtime.natsauth import NatsLogin
 
 
@@ -62,15 +63,18 @@ class ServiceSettings(BaseSettings):
         return _login(self.nats_user, self.nats_password_file)
 
     def nats_tls(self) -> ssl.SSLContext | None:
-        """The TLS context the NATS connection verifies the server with, or None for plain NATS."""
+        """The TLS context the NATS connection verifies the server with, or None for plain NATS. The CA's expiry
+        is exported from here on (certificate="ca"): every service that verifies NATS loads it through this."""
         if self.nats_tls_ca_file is None:
             return None
         try:
-            return ssl.create_default_context(cafile=str(self.nats_tls_ca_file))
-        except (OSError, ssl.SSLError) as exc:
+            context = ssl.create_default_context(cafile=str(self.nats_tls_ca_file))
+            certificates.record_file("ca", self.nats_tls_ca_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
             raise SettingsError(
                 f"nats_tls_ca_file = {str(self.nats_tls_ca_file)!r}: cannot read a PEM CA from it ({exc})"
             ) from None
+        return context
 
     @classmethod
     def load(cls, path: Path | None) -> Self:

@@ -21,6 +21,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from fleetflow.runtime import certificates
+
 # Seconds: fine resolution where JetStream acks and SQLite commits live, up to a minute of backlog.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Device to store: the same fine start, then store-and-forward backlogs of minutes to a day (a device or a
@@ -90,6 +92,7 @@ def configure(service: str, fleet: str | None = None, pipeline: str | None = Non
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(tracer_provider)
         _series_labels.update(series_labels(service, fleet, pipeline))
+        certificates.register(metrics.get_meter("fleetflow.certificates"))
         _configured = True
     return metrics.get_meter(f"fleetflow.{service}")
 
