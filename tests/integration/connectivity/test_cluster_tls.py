@@ -6,6 +6,7 @@ the services' and the operator's NATS connections (nats-py), MQTT devices (paho)
 import asyncio
 import base64
 import json
+import re
 import secrets
 import socket
 import ssl
@@ -22,6 +23,7 @@ import nats
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from cryptography import x509
 from opentelemetry import metrics
 
 from fleetflow.api import DeviceFleet
@@ -31,7 +33,7 @@ from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.operator import nats_credentials, streams
 from fleetflow.operator.builders import gateway, pipeline
 from fleetflow.operator.builders import nats as nats_builder
-from fleetflow.runtime import credentials, jetstream
+from fleetflow.runtime import credentials, jetstream, telemetry
 from fleetflow.runtime.settings import GatewaySettings, ProcessorSettings
 from tests.integration.connectivity.conftest import FLEET as LOCAL_FLEET
 from tests.integration.connectivity.conftest import start_gateway, stop_gateway
@@ -43,6 +45,7 @@ from tests.support.natsserver import NatsServer
 
 STREAMS = {"partitions": 2, "maxBytes": "1Gi"}
 TLS_FLEET = fleet(fleet_doc(streams=STREAMS, nats={"managed": {"tls": {"secretName": "cold-nats-tls"}}}))
+EXPIRY = "fleetflow_tls_certificate_expiry_timestamp_seconds"
 BODY = json.dumps({"readings": [{"seq": 1, "ts": 1763892000000, "metrics": {"pressure": 1.0}}]})
 
 
@@ -93,6 +96,16 @@ def tls_nats(tmp_path: Path, authority: Authority) -> Iterator[TlsNats]:
         yield TlsNats(pods[0], secret, authority, tmp_path / "mounts")
 
 
+def not_after(pem: bytes) -> float:
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+def exported_expiries(text: str) -> dict[str, float]:
+    """certificate -> the expiry exported in a /metrics body."""
+    series = re.findall(rf'^{EXPIRY}\{{.*certificate="([^"]*)".*\}} (\S+)$', text, re.MULTILINE)
+    return {certificate: float(value) for certificate, value in series}
+
+
 def services_login(tls_nats: TlsNats) -> nats_credentials.NatsCredentials:
     values = {key: secret_value(tls_nats.secret, key) for key in nats_credentials.KEYS}
     return nats_credentials.NatsCredentials(values)
@@ -104,11 +117,14 @@ async def test_the_services_and_the_operator_connect_only_over_tls_verified_with
     )
     assert config["nats_url"].startswith("tls://"), "the operator never lets a service fall back to plaintext"
     settings = ProcessorSettings(**config)
+    telemetry.configure("processor", TLS_FLEET.name, "store")  # as the processor does before it connects
     nc = await jetstream.connect(settings.nats_url, "processor", login=settings.nats_login(), tls=settings.nats_tls())
     try:
         assert nc.is_connected and (await nc.jetstream().account_info()).streams >= 0
     finally:
         await nc.close()
+    # The CA the service verifies NATS with is the certificate whose expiry it exports.
+    assert exported_expiries(telemetry.prometheus_text().decode())["ca"] == not_after(tls_nats.authority.pem)
     operator_tls = ssl.create_default_context(cadata=tls_nats.authority.pem.decode())
     states = await streams.provision_fleet(tls_nats.pod.url, TLS_FLEET, 5.0, services_login(tls_nats).login,
                                            operator_tls)  # fmt: skip
@@ -242,6 +258,10 @@ async def test_devices_reach_the_gateway_over_https_and_grpc_with_tls_only(
         async with GrpcDevice(target, LOCAL_FLEET, "meter-7", gw.token("meter-7")) as plaintext:
             with pytest.raises((StreamClosed, grpc.aio.AioRpcError, TimeoutError)):
                 await plaintext.send(readings, timeout=3)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{gw.status['ops_port']}/metrics") as response:
+                served = exported_expiries(await response.text())
+        assert served["gateway"] == not_after((files / "tls.crt").read_bytes()), "the certificate it serves"
     finally:
         await stop_gateway(gw)
 
