@@ -32,7 +32,9 @@ RULES = ROOT / "charts" / "fleetflow" / "rules" / "fleetflow.rules.yaml"
 # and a hub with edge sites.
 NOT_LOCAL = {"operator.json", "nats.json", "edge-sites.json"}
 DASHBOARDS = sorted(p for p in (ROOT / "charts" / "fleetflow" / "dashboards").glob("*.json") if p.name not in NOT_LOCAL)
-LOCAL_SERIES = re.compile(r"\b(?!fleetflow_operator_)(fleetflow_\w+|up)(\{[^}]*\})?")
+# Series that cannot exist here: the operator's, and certificate expiries (`fleetflow up` serves no TLS; they are
+# scraped in tests/integration/connectivity/test_cluster_tls.py and tests/operator/test_operator_metrics.py).
+LOCAL_SERIES = re.compile(r"\b(?!fleetflow_operator_|fleetflow_tls_)(fleetflow_\w+|up)(\{[^}]*\})?")
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
     pytest.mark.e2e,

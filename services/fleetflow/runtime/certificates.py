@@ -12,8 +12,6 @@ from pathlib import Path
 from cryptography import x509
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-EXPIRY_GAUGE = "fleetflow_tls_certificate_expiry_timestamp_seconds"
-
 # One series per (labels): the certificate's role plus, in the operator, the fleet and namespace it belongs to.
 _Key = frozenset[tuple[str, str]]
 _EXPIRIES: dict[_Key, float] = {}
@@ -69,7 +67,7 @@ def register(meter: Meter) -> None:
         return
     _REGISTERED.add(id(meter))
     meter.create_observable_gauge(
-        EXPIRY_GAUGE,
+        "fleetflow_tls_certificate_expiry_timestamp_seconds",
         [_observe],
         unit="s",
         description="When a certificate this process serves or verifies with expires (Unix time), by certificate",
