@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,36 @@ def test_every_metric_the_dashboards_query_is_exported_and_logs_are_clean(tmp_pa
     assert all(token not in line and token[::-1] not in line for line in lines), "a device token was logged"
 
 
+# What each protocol's gateway span carries (OpenTelemetry semantic conventions), beyond fleetflow.protocol and
+# fleetflow.device. MQTT devices talk to nats-server's MQTT listener, not to the gateway: its span consumes their
+# messages from JetStream and knows no connection.
+CONVENTIONS: dict[str, dict[str, object]] = {
+    "http": {"network.transport": "tcp", "network.protocol.name": "http", "url.scheme": "http",
+             "http.request.method": "POST", "http.response.status_code": 202},
+    "grpc": {"network.transport": "tcp", "network.protocol.name": "http", "network.protocol.version": "2",
+             "rpc.system": "grpc", "rpc.service": "fleetflow.device.v1.DeviceGateway", "rpc.method": "Connect"},
+    "ws": {"network.transport": "tcp", "network.protocol.name": "websocket"},
+    "coap": {"network.transport": "udp", "network.protocol.name": "coap"},
+    "mqtt": {"network.protocol.name": "mqtt", "messaging.system": "nats", "messaging.operation.type": "receive"},
+}  # fmt: skip
+
+
+def assert_semantic_conventions(protocol: str, span: ReceivedSpan, endpoint: str) -> None:
+    """`span` carries its protocol's attributes, and the connection's ends: the gateway's `endpoint`, where the
+    device dialled it, and the device's own address and port."""
+    found = span.attributes
+    assert found["fleetflow.protocol"] == protocol and str(found["fleetflow.device"]), found
+    for key, value in CONVENTIONS[protocol].items():
+        assert found.get(key) == value, f"{protocol}: {key} is {found.get(key)!r}, not {value!r}"
+    if protocol == "mqtt":
+        assert not {"server.address", "client.address"} & set(found), f"mqtt: no connection to describe: {found}"
+        return
+    dialled = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    assert (found["server.address"], found["server.port"]) == (dialled.hostname, dialled.port), (protocol, found)
+    assert found["client.address"] == "127.0.0.1", (protocol, found)
+    assert isinstance(found["client.port"], int) and found["client.port"] not in (0, dialled.port), (protocol, found)
+
+
 POISON_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 STORED = "upsert readings"
 
@@ -151,12 +182,17 @@ def reaches_the_store(spans: list[ReceivedSpan], root: ReceivedSpan) -> bool:
     return any(s.name == STORED and (s.trace_id == root.trace_id or root.trace_id in s.links) for s in spans)
 
 
+PROTOCOLS = ("http", "grpc", "mqtt", "ws", "coap")
+
+
 def protocol_roots(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
     """The first gateway span of each protocol whose trace reached the store."""
     kinds = {
         "http": lambda s: s.kind == SERVER and s.name.startswith("POST "),
-        "grpc": lambda s: s.kind == SERVER and s.name == "fleetflow.device.v1.DeviceGateway/telemetry",
+        "grpc": lambda s: s.kind == SERVER and s.name == "fleetflow.device.v1.DeviceGateway/Connect",
         "mqtt": lambda s: s.kind == CONSUMER and s.name == "receive mqtt telemetry",
+        "ws": lambda s: s.kind == SERVER and s.name == "WS telemetry",
+        "coap": lambda s: s.kind == SERVER and s.name == "CoAP POST telemetry",
     }
     found = {}
     for protocol, is_root in kinds.items():
@@ -196,21 +232,24 @@ def test_each_protocol_has_one_trace_to_the_store_and_a_dead_letter_ends_its_tra
             subprocess.Popen([sys.executable, "-m", "fleetflow.cli", "simulate", "--fleet", "coldchain", "--protocol",
                               protocol, "--devices", "2", "--batch", "3", "--interval", "0.3", "--duration", "2",
                               "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for protocol in ("grpc", "mqtt")
+            for protocol in PROTOCOLS[1:]
         ]  # fmt: skip
         send_traffic(platform)
         asyncio.run(publish_poison(platform))
         for device in devices:
             output, _ = device.communicate(timeout=60)
             assert device.returncode == 0, output
-        roots = wait_for(lambda: (r := protocol_roots(receiver.snapshot())) and len(r) == 3 and r, "3 protocols stored")
+        roots = wait_for(lambda: (r := protocol_roots(receiver.snapshot())) and len(r) == 5 and r, "5 protocols stored")
         dead = wait_for(
             lambda: [s for s in receiver.snapshot() if s.trace_id == POISON_TRACE and s.name.startswith("dead-letter")],
             "the dead-letter span",
         )
         headers = asyncio.run(dead_letter_headers(platform))
+        endpoints = platform.endpoints["fleets"]["coldchain"]
         platform.stop()
-    assert {"http", "grpc", "mqtt"} == set(roots)
+    assert set(PROTOCOLS) == set(roots)
+    for protocol, root in roots.items():
+        assert_semantic_conventions(protocol, root, endpoints[protocol])
     (span,) = dead
     assert span.status[0] == 2 and "not a telemetry batch" in span.status[1], span.status
     assert "not a telemetry batch" in str(span.attributes["fleetflow.dead_letter.reason"])

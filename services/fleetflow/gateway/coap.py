@@ -41,17 +41,16 @@ import nats.errors
 import structlog
 from aiocoap import Code, Context, Message, error, resource
 from aiocoap.blockwise import Block1Spool
+from aiocoap.numbers.constants import COAP_PORT
 from aiocoap.numbers.contentformat import ContentFormat
-from aiocoap.util import socknumbers
-from opentelemetry import trace
+from aiocoap.util import hostportsplit, socknumbers
 from opentelemetry.metrics import Counter
 
 from fleetflow.gateway.command_push import push_commands
 from fleetflow.gateway.command_sessions import CommandSessions
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.intake import DeviceIntake
+from fleetflow.gateway.intake import DeviceIntake, Peer
 from fleetflow.gateway.sessions import DeviceSessions
-from fleetflow.runtime import telemetry
 from fleetflow.runtime.commands import CommandError, CommandStore
 
 log = structlog.get_logger(__name__)
@@ -59,7 +58,6 @@ PROTOCOL = "coap"
 JSON, CBOR = ContentFormat.JSON, ContentFormat.CBOR
 OUTSTANDING = 16  # commands handed over and not yet reported, per device
 OBSERVE_CHECK_S = 60.0
-tracer = telemetry.tracer("gateway")
 _json = msgspec.json.Encoder().encode
 
 
@@ -223,17 +221,11 @@ class CoapDeviceApi(resource.ObservableResource, resource.PathCapable):
                             "(a Uri-Query option)") from None  # fmt: skip
 
     async def _telemetry(self, device: str, request: Message) -> Message:
-        attributes = {"fleetflow.device": device, "network.protocol.name": "coap"}
-        with tracer.start_as_current_span("CoAP POST telemetry", kind=trace.SpanKind.SERVER,
-                                          attributes=attributes) as span:  # fmt: skip
+        with self.intake.server_span(PROTOCOL, "CoAP POST telemetry", peer_of(request), device):
             payload = request.payload
-            try:
-                with self.intake.counted(PROTOCOL, device):
-                    body = json_body(payload, request.opt.content_format, self.intake.max_body)
-                accepted = await self.intake.ingest(PROTOCOL, device, body, received_bytes=len(payload))
-            except Rejection as rejection:
-                span.set_attribute("error.type", rejection.reason)
-                raise
+            with self.intake.counted(PROTOCOL, device):
+                body = json_body(payload, request.opt.content_format, self.intake.max_body)
+            accepted = await self.intake.ingest(PROTOCOL, device, body, received_bytes=len(payload))
         return answer(Code.CHANGED, accepted.to_json(), request)
 
     def _commands(self, device: str, request: Message) -> Message:
@@ -299,6 +291,19 @@ class CoapDeviceApi(resource.ObservableResource, resource.PathCapable):
     async def close(self) -> None:
         for observation in list(self._observations.values()):
             await observation.stop()
+
+
+def peer_of(request: Message) -> Peer:
+    """The datagram's two ends: the device's address and port, and the host it addressed (its Uri-Host option, else
+    the address it was sent to) with our port. aiocoap leaves out the default port 5683."""
+    client_address, client_port = hostportsplit(request.remote.hostinfo)
+    try:
+        local_address, local_port = hostportsplit(request.remote.hostinfo_local)
+    except (ValueError, error.AnonymousHost):  # the socket's local side is not known: leave it out
+        local_address, local_port = "", None
+    return Peer(transport="udp", protocol="coap", server_address=request.opt.uri_host or local_address,
+                server_port=local_port or COAP_PORT, client_address=client_address,
+                client_port=client_port or COAP_PORT)  # fmt: skip
 
 
 def _route(request: Message) -> tuple[str, str, tuple[str, ...]]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,20 @@ import msgspec
 import nats.errors
 import structlog
 from google.protobuf import json_format, struct_pb2
-from opentelemetry import trace
 from opentelemetry.context import Context
 
 from fleetflow.api.protocol import device_pb2 as pb
 from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
 from fleetflow.gateway.command_sessions import CommandSession, CommandSessions, SessionReplaced
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.intake import DeviceIntake
+from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
 from fleetflow.runtime import telemetry
 from fleetflow.runtime.commands import CommandError, CommandRecord, CommandStore
 
 log = structlog.get_logger(__name__)
 PROTOCOL = "grpc"
-tracer = telemetry.tracer("gateway")
+SERVICE = "fleetflow.device.v1.DeviceGateway"
+ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")  # a listener on every interface: no address a device could dial
 
 _STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -70,6 +71,7 @@ def _error(rejection: Rejection | CommandError) -> pb.Error:
 class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
     def __init__(self, intake: DeviceIntake, sessions: CommandSessions, store: CommandStore):
         self.intake, self.sessions, self.store = intake, sessions, store
+        self.address: tuple[str, int | None] = ("", None)  # where the server listens, once start_server bound it
         self.streams_open = intake.meter.create_up_down_counter(
             "fleetflow_gateway_grpc_streams", unit="1", description="Open gRPC Connect streams"
         )
@@ -81,30 +83,39 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         self.intake.admit(PROTOCOL, metadata.get("fleetflow-fleet", ""), device, metadata.get("authorization"))
         return device
 
-    async def _ingest(self, device: str, batch: pb.TelemetryBatch, trace_context: Context) -> pb.TelemetryAck:
+    async def _ingest(self, device: str, batch: pb.TelemetryBatch, call: "_Call") -> pb.TelemetryAck:
         """Validate, rate-limit and publish one batch; a refusal is an ack carrying the error."""
         first = batch.readings[0].seq if batch.readings else 0
         last = batch.readings[-1].seq if batch.readings else 0
-        attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": "fleetflow.device.v1.DeviceGateway",
-                      "fleetflow.device": device, "fleetflow.readings": len(batch.readings)}  # fmt: skip
-        with tracer.start_as_current_span("fleetflow.device.v1.DeviceGateway/telemetry", context=trace_context,
-                                          kind=trace.SpanKind.SERVER, attributes=attributes) as span:  # fmt: skip
+        attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": call.method,
+                                            "fleetflow.readings": len(batch.readings)}  # fmt: skip
+        with self.intake.server_span(PROTOCOL, f"{SERVICE}/{call.method}", call.peer, device, call.trace_context,
+                                     attributes) as span:  # fmt: skip
             try:
                 with self.intake.counted(PROTOCOL, device):
                     body = batch_body(batch)
                 accepted = await self.intake.ingest(PROTOCOL, device, body, received_bytes=batch.ByteSize())
             except Rejection as rejection:
-                span.set_attribute("error.type", rejection.reason)
+                mark_refused(span, rejection)
                 return pb.TelemetryAck(first_seq=first, last_seq=last, error=_error(rejection))
         return pb.TelemetryAck(first_seq=first, last_seq=last, accepted=accepted.readings,
                                duplicate=accepted.duplicate)  # fmt: skip
+
+    def _call(self, context: grpc.aio.ServicerContext, method: str) -> "_Call":
+        """Who called `method` over which connection, and the trace the device's metadata continues."""
+        client_address, client_port = _peer_address(context.peer())
+        server_address, server_port = self.address
+        peer = Peer(transport="tcp", protocol="http", protocol_version="2", client_address=client_address,
+                    client_port=client_port, server_address="" if server_address in ANY_ADDRESS else server_address,
+                    server_port=server_port)  # fmt: skip
+        return _Call(method, peer, telemetry.extract(_metadata(context)))
 
     async def PublishTelemetry(self, request: pb.TelemetryBatch, context: grpc.aio.ServicerContext) -> pb.TelemetryAck:
         try:
             device = self._device(context)
         except Rejection as rejection:
             await context.abort(_STATUS_CODES[rejection.status], rejection.detail)
-        ack = await self._ingest(device, request, telemetry.extract(_metadata(context)))
+        ack = await self._ingest(device, request, self._call(context, "PublishTelemetry"))
         if ack.HasField("error"):
             await context.abort(_STATUS_CODES.get(ack.error.status, grpc.StatusCode.UNKNOWN),
                                 f"{ack.error.reason}: {ack.error.detail}")  # fmt: skip
@@ -124,8 +135,8 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         log.info("device connected", device=device, protocol="grpc")
         try:
             async with self.sessions.open(device, "grpc") as session:
-                trace_context = telemetry.extract(_metadata(context))
-                reader = asyncio.create_task(self._read(device, request_iterator, outbound, trace_context))
+                call = self._call(context, "Connect")
+                reader = asyncio.create_task(self._read(device, request_iterator, outbound, call))
                 pusher = asyncio.create_task(self._push(session, outbound))
                 try:
                     while (message := await outbound.get()) is not None:
@@ -143,12 +154,12 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
             log.info("device disconnected", device=device, protocol="grpc")
 
     async def _read(self, device: str, requests: AsyncIterator[pb.DeviceMessage],
-                    outbound: asyncio.Queue[pb.GatewayMessage | None], trace_context: Context) -> None:  # fmt: skip
+                    outbound: asyncio.Queue[pb.GatewayMessage | None], call: "_Call") -> None:  # fmt: skip
         """Handle the device's messages in order: each batch is acked before the next one is read."""
         try:
             async for message in requests:
                 if message.HasField("telemetry"):
-                    ack = await self._ingest(device, message.telemetry, trace_context)
+                    ack = await self._ingest(device, message.telemetry, call)
                     await outbound.put(pb.GatewayMessage(ack=ack))
                 elif message.HasField("result"):
                     await outbound.put(pb.GatewayMessage(result_ack=await self._result(device, message.result)))
@@ -202,6 +213,24 @@ def tls_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.Serve
     return grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())])
 
 
+@dataclass(frozen=True)
+class _Call:
+    """A device's call: its method, the connection it came over, and the trace its metadata continues."""
+
+    method: str
+    peer: Peer
+    trace_context: Context
+
+
+def _peer_address(peer: str) -> tuple[str, int | None]:
+    """gRPC's peer string ("ipv4:10.0.0.7:52140", "ipv6:[::1]:52140") as an address and a port."""
+    _, _, hostport = peer.partition(":")
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit():
+        return hostport, None
+    return host.strip("[]"), int(port)
+
+
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
 
@@ -217,6 +246,7 @@ async def start_server(service: DeviceGatewayService, host: str, port: int, tls:
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     await server.start()
+    service.address = (host, bound)
     return server, bound
 
 

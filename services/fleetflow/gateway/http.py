@@ -2,15 +2,13 @@
 
 import msgspec
 from aiohttp import web
-from opentelemetry import trace
 
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.intake import DeviceIntake
+from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
 from fleetflow.runtime import httpserver, telemetry
 
 PROTOCOL = "http"
 ROUTE = "/v1/fleets/{fleet}/devices/{device}/telemetry"
-tracer = telemetry.tracer("gateway")
 _json = msgspec.json.Encoder().encode
 
 
@@ -26,17 +24,17 @@ class TelemetryApi:
         return app
 
     async def post_telemetry(self, request: web.Request) -> web.Response:
-        device = request.match_info["device"]
-        attributes = {**_server_attributes(request), "fleetflow.device": device}
-        with tracer.start_as_current_span(f"POST {ROUTE}", context=telemetry.extract(request.headers),
-                                          kind=trace.SpanKind.SERVER, attributes=attributes) as span:  # fmt: skip
+        device, peer = request.match_info["device"], peer_of(request, "http")
+        with self.intake.server_span(PROTOCOL, f"POST {ROUTE}", peer, device, telemetry.extract(request.headers),
+                                     _http_attributes(request)) as span:  # fmt: skip
             try:
                 self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"))
                 with self.intake.counted(PROTOCOL, device):
                     body = await self._body(request)
                 accepted = await self.intake.ingest(PROTOCOL, device, body)
             except Rejection as rejection:
-                _refused(span, rejection)
+                mark_refused(span, rejection)
+                span.set_attribute("http.response.status_code", rejection.status)
                 return web.json_response(rejection.body(), status=rejection.status, headers=rejection.headers)
             span.set_attribute("http.response.status_code", 202)
             return web.Response(body=_json(accepted.to_json()), status=202, content_type="application/json")
@@ -54,28 +52,35 @@ class TelemetryApi:
             raise Rejection(refusal.status, refusal.reason, refusal.detail) from None
 
 
-def _refused(span: trace.Span, rejection: Rejection) -> None:
-    span.set_attribute("http.response.status_code", rejection.status)
-    span.set_attribute("error.type", rejection.reason)
-    if rejection.status >= 500:
-        span.set_status(trace.StatusCode.ERROR, rejection.detail)
-
-
-def _server_attributes(request: web.Request) -> dict[str, str | int]:
-    """The OpenTelemetry HTTP server span attributes of a telemetry request."""
+def peer_of(request: web.Request, protocol: str) -> Peer:
+    """The connection of an HTTP request (or of a WebSocket's upgrade request): the host and port the device
+    dialled (its Host header, else our socket's), and its own address and port."""
     host, _, port = (request.host or "").rpartition(":")
+    if not port.isdigit():
+        host, port = request.host or "", ""
+    transport = request.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    remote = transport.get_extra_info("peername") if transport is not None else None
+    server_port = int(port) if port else (local[1] if isinstance(local, tuple) else None)
+    return Peer(
+        transport="tcp",
+        protocol=protocol,
+        protocol_version=f"{request.version.major}.{request.version.minor}" if protocol == "http" else "",
+        server_address=host.strip("[]") or (local[0] if isinstance(local, tuple) else ""),
+        server_port=server_port,
+        client_address=request.remote or "",
+        client_port=remote[1] if isinstance(remote, tuple) else None,
+    )
+
+
+def _http_attributes(request: web.Request) -> dict[str, str | int]:
+    """The HTTP server span's own attributes, beside the connection's (peer_of)."""
     attributes: dict[str, str | int] = {
         "http.request.method": request.method,
         "http.route": ROUTE,
         "url.path": request.path,
         "url.scheme": request.scheme,
-        "server.address": host or request.host,
-        "network.protocol.version": f"{request.version.major}.{request.version.minor}",
     }
-    if port.isdigit():
-        attributes["server.port"] = int(port)
-    if request.remote:
-        attributes["client.address"] = request.remote
     if user_agent := request.headers.get("User-Agent"):
         attributes["user_agent.original"] = user_agent
     return attributes

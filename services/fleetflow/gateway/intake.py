@@ -9,6 +9,9 @@ protocol into these calls and the answers back. Adding a protocol means one adap
     accepted = await intake.ingest(protocol, device, body)   # validate, rate-limit, publish; Rejection 4xx/503
 
 (or `receive` and `publish` separately, when the adapter merges several messages into one batch as MQTT does),
+inside `with intake.server_span(protocol, name, peer, device, ...)`, where `peer` (a Peer) says which connection the
+request came over: every protocol's SERVER span then carries the same OpenTelemetry attributes (server.*,
+client.*, network.*, fleetflow.protocol, fleetflow.device) and the same error marking. Then add
 its registration in connectivity.py (and its name in PROTOCOLS below, so its metrics exist from the start), its
 docs section in docs/devices.md and its tests. An adapter that holds a session open and pushes commands (ws.py,
 coap.py) also opens the device's session in sessions.py (one per device, across those protocols) and takes its
@@ -20,11 +23,12 @@ permanent and must never be retried or buffered."""
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
@@ -61,6 +65,40 @@ class Accepted:
     def to_json(self) -> dict[str, object]:
         return {"accepted": self.readings, "duplicate": self.duplicate, "firstSeq": self.first_seq,
                 "lastSeq": self.last_seq}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The connection a device's request came over, as the OpenTelemetry semantic conventions describe it on a
+    SERVER span. Empty fields are left out (a protocol that cannot tell, or a listener on the any-address)."""
+
+    transport: str  # network.transport: "tcp", "udp"
+    protocol: str  # network.protocol.name: "http", "websocket", "coap"
+    server_address: str = ""  # the name or address the device dialled (Host, :authority, Uri-Host), else ours
+    server_port: int | None = None
+    client_address: str = ""
+    client_port: int | None = None
+    protocol_version: str = ""
+
+    def attributes(self) -> dict[str, str | int]:
+        found: dict[str, str | int | None] = {
+            "network.transport": self.transport,
+            "network.protocol.name": self.protocol,
+            "network.protocol.version": self.protocol_version,
+            "server.address": self.server_address,
+            "server.port": self.server_port,
+            "client.address": self.client_address,
+            "client.port": self.client_port,
+        }
+        return {key: value for key, value in found.items() if value not in ("", None)}
+
+
+def mark_refused(span: trace.Span, rejection: Rejection) -> None:
+    """A refused request's span: error.type is the reason; only a 5xx (the gateway's trouble, not the device's
+    request) makes the span an error, as the HTTP conventions have it for servers."""
+    span.set_attribute("error.type", rejection.reason)
+    if rejection.status >= 500:
+        span.set_status(trace.StatusCode.ERROR, rejection.detail)
 
 
 class DeviceIntake:
@@ -130,6 +168,28 @@ class DeviceIntake:
             self.limiter.admit(device, len(batch.readings))
             return batch
 
+    @contextlib.contextmanager
+    def server_span(
+        self,
+        protocol: str,
+        name: str,
+        peer: Peer,
+        device: str,
+        trace_context: Context | None = None,
+        attributes: Mapping[str, str | int] | None = None,
+    ) -> Iterator[trace.Span]:
+        """The SERVER span of one device request, continuing the device's trace (`trace_context`) if it sent one;
+        `attributes`: the protocol's own (http.*, rpc.*). A Rejection raised inside is marked (mark_refused) and
+        goes on to the adapter."""
+        found = {**peer.attributes(), "fleetflow.protocol": protocol, "fleetflow.device": device, **(attributes or {})}
+        with _tracer.start_as_current_span(name, context=trace_context, kind=trace.SpanKind.SERVER, attributes=found,
+                                           record_exception=False, set_status_on_exception=False) as span:  # fmt: skip
+            try:
+                yield span
+            except Rejection as rejection:
+                mark_refused(span, rejection)
+                raise
+
     async def publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
         """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it.
 
@@ -175,6 +235,7 @@ def _intake_attributes(protocol: str, batch: ReadingBatch) -> dict[str, str | in
     return {
         "messaging.system": "nats",
         "messaging.operation.type": "receive",
+        "network.protocol.name": protocol,
         "fleetflow.protocol": protocol,
         "fleetflow.device": batch.device,
         "fleetflow.readings": len(batch.readings),

@@ -19,20 +19,21 @@ was answered, so a device that outruns JetStream fills its TCP window instead of
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import nats.errors
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import Counter
 
 from fleetflow.gateway.command_push import push_commands
 from fleetflow.gateway.command_sessions import CommandSessions
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.intake import DeviceIntake
+from fleetflow.gateway.http import peer_of
+from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
 from fleetflow.gateway.sessions import DeviceSessions
 from fleetflow.runtime import telemetry
 from fleetflow.runtime.commands import CommandError, CommandStore
@@ -43,7 +44,6 @@ ROUTE = "/v1/fleets/{fleet}/devices/{device}/ws"
 SUBPROTOCOL = "fleetflow.v1"
 TOKEN_SUBPROTOCOL = "bearer."
 REPLACED = 4001  # close code (the private range 4000-4999) of a session a newer one of the device replaced
-tracer = telemetry.tracer("gateway")
 
 
 class TelemetryMessage(msgspec.Struct, tag="telemetry", tag_field="type", forbid_unknown_fields=True):
@@ -101,7 +101,8 @@ class WebSocketApi:
                     )
                 )
                 try:
-                    await self._read(device, ws, session, telemetry.extract(request.headers))
+                    origin = _Origin(peer_of(request, "websocket"), telemetry.extract(request.headers))
+                    await self._read(device, ws, session, origin)
                 finally:
                     await session.stop_pushing()
         finally:
@@ -110,10 +111,10 @@ class WebSocketApi:
         return ws
 
     async def _read(self, device: str, ws: web.WebSocketResponse, session: "_WsSession",
-                    trace_context: Context) -> None:  # fmt: skip
+                    origin: "_Origin") -> None:  # fmt: skip
         async for message in ws:
             if message.type is WSMsgType.TEXT:
-                answer = await self._answer(device, message.data.encode(), trace_context)
+                answer = await self._answer(device, message.data.encode(), origin)
             elif message.type is WSMsgType.BINARY:
                 binary = Rejection(400, "invalid_message", "binary frames are not accepted; send each message as a "
                                    "JSON text frame")  # fmt: skip
@@ -123,7 +124,7 @@ class WebSocketApi:
                 break
             await session.send(answer)
 
-    async def _answer(self, device: str, data: bytes, trace_context: Context) -> dict[str, Any]:
+    async def _answer(self, device: str, data: bytes, origin: "_Origin") -> dict[str, Any]:
         try:
             with self.intake.counted(PROTOCOL, device):
                 message = decode_message(data)
@@ -131,18 +132,16 @@ class WebSocketApi:
             return error_frame(rejection)
         if isinstance(message, ResultMessage):
             return await self._report(device, message)
-        return await self._telemetry(device, message, len(data), trace_context)
+        return await self._telemetry(device, message, len(data), origin)
 
     async def _telemetry(self, device: str, message: TelemetryMessage, size: int,
-                         trace_context: Context) -> dict[str, Any]:  # fmt: skip
-        attributes = {"fleetflow.device": device, "network.protocol.name": "websocket"}
-        with tracer.start_as_current_span("WS telemetry", context=trace_context, kind=trace.SpanKind.SERVER,
-                                          attributes=attributes) as span:  # fmt: skip
+                         origin: "_Origin") -> dict[str, Any]:  # fmt: skip
+        with self.intake.server_span(PROTOCOL, "WS telemetry", origin.peer, device, origin.trace_context) as span:
             body = b'{"readings":' + bytes(message.readings) + b"}"
             try:
                 accepted = await self.intake.ingest(PROTOCOL, device, body, received_bytes=size)
             except Rejection as rejection:
-                span.set_attribute("error.type", rejection.reason)
+                mark_refused(span, rejection)
                 return _with_id(error_frame(rejection), message.id)
         return _with_id({"type": "ack", **accepted.to_json()}, message.id)
 
@@ -197,6 +196,14 @@ def error_frame(rejection: Rejection) -> dict[str, Any]:
 
 def _with_id(frame: dict[str, Any], message_id: Any) -> dict[str, Any]:
     return frame if message_id is None else {**frame, "id": message_id}
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a session's messages come from: its connection, and the trace its upgrade request continued."""
+
+    peer: Peer
+    trace_context: Context
 
 
 class _WsSession:

@@ -258,9 +258,9 @@ async def test_devices_reach_the_gateway_over_https_and_grpc_with_tls_only(
         async with GrpcDevice(target, LOCAL_FLEET, "meter-7", gw.token("meter-7")) as plaintext:
             with pytest.raises((StreamClosed, grpc.aio.AioRpcError, TimeoutError)):
                 await plaintext.send(readings, timeout=3)
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{gw.status['ops_port']}/metrics") as response:
-                served = exported_expiries(await response.text())
+        metrics_url = f"http://127.0.0.1:{gw.status['ops_port']}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
+            served = exported_expiries(await response.text())
         assert served["gateway"] == not_after((files / "tls.crt").read_bytes()), "the certificate it serves"
     finally:
         await stop_gateway(gw)
