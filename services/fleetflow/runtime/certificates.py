@@ -16,7 +16,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 _Key = frozenset[tuple[str, str]]
 _EXPIRIES: dict[_Key, float] = {}
 _LOCK = threading.Lock()  # the Prometheus exporter's callback runs in the scraping thread
-_REGISTERED: set[int] = set()
+_REGISTERED: list[Meter] = []  # held, not their ids: a collected meter's id may come again
 
 
 def not_after(pem: bytes, source: str) -> float:
@@ -63,9 +63,9 @@ def expiries() -> dict[_Key, float]:
 
 def register(meter: Meter) -> None:
     """Create the gauge on `meter` (once: an instrument name registers once per meter, with its callback)."""
-    if id(meter) in _REGISTERED:
+    if any(registered is meter for registered in _REGISTERED):
         return
-    _REGISTERED.add(id(meter))
+    _REGISTERED.append(meter)
     meter.create_observable_gauge(
         "fleetflow_tls_certificate_expiry_timestamp_seconds",
         [_observe],
