@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
+from cryptography import x509
 
 from fleetflow.cli.main import main as fleetflow
 from fleetflow.local.edgesite import EdgePlatform
@@ -159,6 +160,8 @@ async def test_the_leaf_connection_runs_over_tls_verified_against_the_hubs_ca(tm
     fleet = resources.fleets[FLEET]
     try:
         assert centre.leafnode_url is not None and centre.leafnode_url.startswith("tls://127.0.0.1:")
+        expiry = x509.load_pem_x509_certificate((certificates / "tls.crt").read_bytes()).not_valid_after_utc
+        assert await _leafnode_expiry(f"{centre.sites_url}/metrics", FLEET) == expiry.timestamp()
         site = EdgePlatform(site_resources(resources, FLEET, SITE), tmp_path / "site", fleet.spec.sites[0],
                             centre.leafnode_url, site_password(centre), hub_ca=certificates / "ca.crt")  # fmt: skip
         await site.start()
@@ -184,6 +187,17 @@ async def test_the_leaf_connection_runs_over_tls_verified_against_the_hubs_ca(tm
             await stranger.stop(drain_timeout=30)
     finally:
         await centre.stop(drain_timeout=30)
+
+
+async def _leafnode_expiry(metrics_url: str, fleet: str) -> float:
+    """The expiry the hub exports for the certificate its leaf-node listener serves a fleet's sites."""
+    async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith("fleetflow_tls_certificate_expiry_timestamp_seconds{") and f'fleet="{fleet}"' in line:
+            assert 'certificate="nats"' in line and 'component="hub"' in line, line
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no certificate expiry for fleet {fleet!r} in {metrics_url}:\n{text}")
 
 
 async def _listener_info(url: str) -> dict[str, object]:

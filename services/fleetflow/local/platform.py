@@ -286,7 +286,8 @@ class LocalPlatform:
 
     async def _serve_site_metrics(self) -> SiteMetrics:
         declared = [(fleet.name, site.name) for fleet in self.resources.fleets.values() for site in fleet.spec.sites]
-        metrics = SiteMetrics(SiteStates(declared), self._sourcing_streams())
+        certificate = self.leafnode_tls[0] if self.leafnode_tls else None
+        metrics = SiteMetrics(SiteStates(declared), self._sourcing_streams(), certificate)
         self._site_ops, port = await ops.start_site(metrics.app(), LOOPBACK, self.ports.take())
         self.sites_url = f"http://{LOOPBACK}:{port}"
         return metrics

@@ -6,23 +6,24 @@ it alone reaches nats-server's monitoring port (/leafz, where the link and its b
 admin user that may read every sourcing stream. The services only see their own streams (docs/edge.md)."""
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from aiohttp import web
 from nats.aio.client import Client
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
 from fleetflow.local.sitelinks import LeafLink
 from fleetflow.local.sitestates import SiteLinkState, SiteStates, source_lags
-from fleetflow.runtime import ops, telemetry
+from fleetflow.runtime import certificates, ops, telemetry
 
 
 class SiteMetrics:
     """Gauges over the latest SiteStates round. Its own MeterProvider, not the global one: several platforms may
     run in one process (tests), each registering and, on close, unregistering its Prometheus collector."""
 
-    def __init__(self, states: SiteStates, streams: list[str]):
+    def __init__(self, states: SiteStates, streams: list[str], leafnode_certificate: Path | None = None):
         self.states, self.streams = states, streams
         self.reader = PrometheusMetricReader()
         self.provider = MeterProvider(resource=telemetry.resource("fleetflow-up"), metric_readers=[self.reader])
@@ -39,6 +40,20 @@ class SiteMetrics:
                                         unit="By", description="Bytes the hub received from the site")  # fmt: skip
         meter.create_observable_counter("fleetflow_site_link_sent_bytes", [self._each(lambda s: s.sent_bytes)],
                                         unit="By", description="Bytes the hub sent to the site")  # fmt: skip
+        if leafnode_certificate is not None:
+            self._leafnode_expiry(meter, leafnode_certificate)
+
+    def _leafnode_expiry(self, meter: Meter, certificate: Path) -> None:
+        """The certificate nats-server serves the sites' leaf connections with (it reads it at start, as this does),
+        per fleet with sites: the series FleetflowCertificateExpiresSoon watches, as a service's would be."""
+        expiry = certificates.not_after(certificate.read_bytes(), str(certificate))
+        fleets = sorted({fleet for fleet, _ in self.states.sites})
+        meter.create_observable_gauge(
+            "fleetflow_tls_certificate_expiry_timestamp_seconds",
+            [lambda _: [Observation(expiry, {"fleet": f, "component": "hub", "certificate": "nats"}) for f in fleets]],
+            unit="s",
+            description="When the hub's leaf-node certificate expires (Unix time)",
+        )
 
     def _each(self, value: Callable[[SiteLinkState], float]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(_: CallbackOptions) -> Iterable[Observation]:
