@@ -8,12 +8,12 @@ protocol into these calls and the answers back. Adding a protocol means one adap
     intake.admit(protocol, fleet, device, authorization)      # who is it?  Rejection 401/404/400
     accepted = await intake.ingest(protocol, device, body)   # validate, rate-limit, publish; Rejection 4xx/503
 
-(or `receive` and `publish` separately, when the adapter merges several messages into one batch as MQTT does),
-inside `with intake.server_span(protocol, name, peer, device, ...)`, where `peer` (a Peer) says which connection the
-request came over: every protocol's SERVER span then carries the same OpenTelemetry attributes (server.*,
-client.*, network.*, fleetflow.protocol, fleetflow.device) and the same error marking. Then add
-its registration in connectivity.py (and its name in PROTOCOLS below, so its metrics exist from the start), its
-docs section in docs/devices.md and its tests. An adapter that holds a session open and pushes commands (ws.py,
+(or `receive` and `publish` separately, when the adapter merges several messages into one batch as MQTT does)
+inside `with intake.server_span(protocol, name, peer, device, ...)`, where `peer` (a Peer) is the connection the
+request came over, so every protocol's SERVER span carries the same OpenTelemetry attributes (network.*,
+server.*, client.*, fleetflow.protocol, fleetflow.device) and marks a refusal the same way; its registration in
+connectivity.py (and its name in PROTOCOLS below, so its metrics exist from the start), its docs section in
+docs/devices.md and its tests. An adapter that holds a session open and pushes commands (ws.py,
 coap.py) also opens the device's session in sessions.py (one per device, across those protocols) and takes its
 commands from command_push.py.
 
