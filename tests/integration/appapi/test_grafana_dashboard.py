@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.integration.appapi.conftest import DEVICES, FLEET, PIPELINE, RunningApi
+from tests.integration.appapi.conftest import DEVICES, FLEET, PIPELINE, STEP, RunningApi
 from tests.packaging.chart import CHART
 from tests.support import infinity
 
@@ -85,8 +85,8 @@ async def test_every_panel_of_the_device_data_dashboard_gets_its_columns_from_th
     assert [row["device"] for row in shown["Devices and their latest values/A"]] == DEVICES
     readings = shown["Readings of ${device}/A"]  # the first device: one reading, temp 20.0
     assert [json.loads(row["metrics"]) for row in readings] == [{"temp": 20.0, "rh": 40.0}]
-    assert {(row["step"], row["metric"]) for row in shown["Window aggregates of ${device}/A"]} == {("per-minute",
-                                                                                                   "temp")}
+    windows = shown["Window aggregates of ${device}/A"]
+    assert {(row["step"], row["metric"]) for row in windows} == {(STEP, "temp")}
     assert [row["device"] for row in shown["Alerts firing now/A"]] == ["d-001"]
     assert len(shown["Alert history/A"]) == 3
 
