@@ -4,7 +4,9 @@ sent to a fleet's devices, newest first, as a table or as JSON lines.
 Readings, aggregates, alerts and a device's commands come from the pipeline's store as the last `fleetflow up`
 on the data dir ran it (pipelines.json), so they can be read after the platform stopped; the writer logs every
 command's state changes there. The commands of a whole fleet come from the running platform's command state on
-NATS, the same records `fleetflow command list` shows (the store's command log is kept per device)."""
+NATS, the same records `fleetflow command list` shows (the store's command log is kept per device).
+
+With `--api URL` the same things come through the fleet's application API instead (query_api.py)."""
 
 import argparse
 import asyncio
@@ -16,12 +18,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
 from fleetflow.api import Pipeline
-from fleetflow.cli import arguments, datadir, device_commands, tables
+from fleetflow.cli import arguments, datadir, device_commands, paging, tables
 from fleetflow.cli.errors import UsageError
 from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.gateway import command_admin
@@ -37,7 +39,6 @@ from fleetflow.writer.stores import (
 )
 from fleetflow.writer.stores import open_store as open_sink_store
 
-T = TypeVar("T")
 KINDS = ("readings", "aggregates", "alerts", "commands")
 PAGE = 500
 _RELATIVE = re.compile(r"^([0-9]+)(s|m|h|d)$")
@@ -91,18 +92,6 @@ def pipeline_store(data_dir: Path, fleet: str, name: str | None) -> tuple[Pipeli
     return pipeline, open_sink_store(pipeline, Path(entry["sqlitePath"]))
 
 
-async def newest(fetch: Callable[[str | None], Awaitable[Page[T]]], key: Callable[[T], int], limit: int) -> list[T]:
-    """The `limit` items with the largest `key` over every page, newest first."""
-    items: list[T] = []
-    token: str | None = None
-    while True:
-        page = await fetch(token)
-        items = heapq.nlargest(limit, [*items, *page.items], key=key)
-        token = page.next_page_token
-        if token is None:
-            return items
-
-
 async def stored_items(args: argparse.Namespace, what: str, since: int, until: int) -> tuple[str, list[Any]]:
     """The pipeline's name and the newest `--limit` stored items of kind `what`."""
     pipeline, store = pipeline_store(args.data_dir, args.fleet, args.pipeline)
@@ -121,12 +110,12 @@ async def stored_items(args: argparse.Namespace, what: str, since: int, until: i
             def windows(token: str | None) -> Awaitable[Page[WindowAggregate]]:
                 return store.aggregate_page(AggregateQuery(fleet, name, group, since, until, PAGE, token))
 
-            return name, await newest(windows, lambda a: a.window_start_ms, limit)
+            return name, await paging.newest(windows, lambda a: a.window_start_ms, limit)
 
         def transitions(token: str | None) -> Awaitable[Page[AlertEvent]]:
             return store.alert_page(AlertQuery(fleet, name, device, since, until, PAGE, token))
 
-        return name, await newest(transitions, lambda a: a.ts_ms, limit)
+        return name, await paging.newest(transitions, lambda a: a.ts_ms, limit)
     finally:
         await store.close()
 
@@ -174,6 +163,12 @@ def as_json(what: str, item: Any) -> dict[str, Any]:
 
 async def fetch(args: argparse.Namespace, what: str, since: int, until: int) -> tuple[str, list[Any]]:
     """Where the items come from (for the "none found" line) and the items."""
+    if args.api is not None:
+        from fleetflow.cli.query_api import api_items  # only --api needs an HTTP client
+
+        return await api_items(args, what, since, until)
+    if args.key is not None:
+        raise UsageError("--key is the API key of --api URL; without --api the data dir's store is read")
     if what == "commands" and args.device is None:
         return "the running platform's command state", await command_records(args, since, until)
     pipeline, items = await stored_items(args, what, since, until)
