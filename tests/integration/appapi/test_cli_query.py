@@ -90,6 +90,25 @@ async def test_query_through_the_api_prints_what_the_local_store_prints(
     assert [c["id"] for c in logged] == [f"cmd-{i}" for i in reversed(range(COMMANDS))]
 
 
+async def test_a_fleets_commands_come_from_its_command_state_newest_first(
+    api: RunningApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sent = []
+    for i in range(4):
+        status, record = await api.post(f"/v1/fleets/{FLEET}/devices/d-00{i}/commands", {"name": "ping", "id": f"p{i}"})
+        assert status == 202, record
+        sent.append(record)
+
+    printed_json = await printed(capsys, "--commands", "--json", "--limit", "3", "--api", api.url,
+                                 "--key", api.keys["read"])  # fmt: skip
+
+    shown = [json.loads(line) for line in printed_json.splitlines()]
+    newest = sorted(sent, key=lambda r: (r["createdMs"], r["id"]), reverse=True)[:3]
+    assert {c["id"] for c in shown} == {c["id"] for c in newest}
+    assert [c["createdMs"] for c in shown] == sorted((c["createdMs"] for c in shown), reverse=True)
+    assert all(c["source"].startswith("api-key/") and c["state"] == "queued" for c in shown)
+
+
 async def test_query_through_the_api_as_a_user_runs_it(api: RunningApi, tmp_path: Path) -> None:
     """The real command line, with the key from --key and from the environment."""
     data_dir = data_dir_of(tmp_path)
