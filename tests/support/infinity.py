@@ -79,8 +79,8 @@ def select(document: Any, selector: str) -> Any:
 
 def _cell(value: Any, column: Mapping[str, Any]) -> Any:
     kind = column["type"]
-    if kind == "string":  # Infinity shows an object or a list as its JSON text
-        return json.dumps(value) if isinstance(value, dict | list) else str(value)
+    if kind == "string":  # Infinity shows any other JSON value (object, list, true, 1.5) as its JSON text
+        return value if isinstance(value, str) else json.dumps(value)
     if kind == "timestamp_epoch" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "number" and (value is None or (isinstance(value, int | float) and not isinstance(value, bool))):
