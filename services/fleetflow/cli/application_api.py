@@ -72,6 +72,18 @@ class ApplicationApi:
         body = await self.get(f"/v1/fleets/{segment(fleet)}", {})
         return [str(name) for name in body["pipelines"]]
 
+    async def devices(self, fleet: str, pipeline: str | None, limit: int,
+                      cursor: str | None) -> tuple[str, Page[StoredReading]]:  # fmt: skip
+        """A page of the device registry, each device as its latest reading (stored_ms: when it was last heard
+        from), and the pipeline whose store answered."""
+        body = await self.get(f"/v1/fleets/{segment(fleet)}/devices",
+                              {"pipeline": pipeline, "limit": limit, "cursor": cursor})  # fmt: skip
+        return str(body["pipeline"]), Page([_latest(body["fleet"], d) for d in body["devices"]], body["nextCursor"])
+
+    async def device(self, fleet: str, device: str, pipeline: str | None) -> tuple[str, list[StoredReading]]:
+        body = await self.get(f"/v1/fleets/{segment(fleet)}/devices/{segment(device)}", {"pipeline": pipeline})
+        return str(body["pipeline"]), [_latest(body["fleet"], body)]
+
     async def readings(self, fleet: str, device: str, pipeline: str | None, since: int, until: int, limit: int,
                        cursor: str | None) -> tuple[str, Page[StoredReading]]:  # fmt: skip
         """The readings page and the pipeline whose store answered."""
@@ -135,6 +147,12 @@ def _refusal(where: str, status: int, body: dict[str, Any] | None, text: str) ->
     if 400 <= status < 500:
         return UsageError(f"the application API refused GET {where}: {said}")
     return Unavailable(f"the application API could not answer GET {where}: {said}")
+
+
+def _latest(fleet: str, d: dict[str, Any]) -> StoredReading:
+    latest = d["latest"]
+    return StoredReading(fleet=fleet, device=d["device"], seq=latest["seq"], ts=latest["ts"],
+                         metrics=latest["metrics"], stored_ms=d["lastSeenMs"])  # fmt: skip
 
 
 def _aggregate(fleet: str, a: dict[str, Any]) -> WindowAggregate:

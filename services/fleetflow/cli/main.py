@@ -133,7 +133,7 @@ def _token(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    text = "print stored readings, aggregates or alerts, or the commands sent, newest first"
+    text = "print stored readings, aggregates or alerts, the commands sent, or the devices, newest first"
     query = sub.add_parser("query", help=text, parents=[common], epilog=EPILOG, description=(
         f"{text}. Readings, aggregates, alerts and a device's commands come from the pipeline's store (also after "
         "the platform stopped); a fleet's commands come from the running platform's command state, as `fleetflow "
@@ -151,6 +151,9 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         help="commands and their state histories instead: a "
         "device's from the store's command log, a whole fleet's from the running platform",
     )
+    kind.add_argument("--devices", action="store_true",
+                      help="the devices last heard from (in --since/--until), each with its latest reading, from "
+                           "the store's last-value table; with DEVICE that device")  # fmt: skip
     _data_dir(query)
     query.add_argument(
         "--pipeline",

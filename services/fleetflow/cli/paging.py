@@ -22,6 +22,16 @@ async def newest(fetch: Fetch[T], key: Callable[[T], int], limit: int) -> list[T
             return items
 
 
+async def newest_in_range(fetch: Fetch[T], key: Callable[[T], int], since: int, until: int, limit: int) -> list[T]:
+    """Like newest(), of the items whose `key` lies in [since, until): for sources that cannot filter by it."""
+
+    async def in_range(token: str | None) -> Page[T]:
+        page = await fetch(token)
+        return Page([item for item in page.items if since <= key(item) < until], page.next_page_token)
+
+    return await newest(in_range, key, limit)
+
+
 async def first(fetch: Fetch[T], limit: int) -> list[T]:
     """The first `limit` items of a source already in the order wanted, following pages until there are enough."""
     items: list[T] = []

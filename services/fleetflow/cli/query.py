@@ -32,6 +32,7 @@ from fleetflow.writer.stores import (
     AggregateQuery,
     AlertQuery,
     CommandQuery,
+    DeviceQuery,
     Page,
     ReadingQuery,
     StoredReading,
@@ -39,7 +40,7 @@ from fleetflow.writer.stores import (
 )
 from fleetflow.writer.stores import open_store as open_sink_store
 
-KINDS = ("readings", "aggregates", "alerts", "commands")
+KINDS = ("readings", "aggregates", "alerts", "commands", "devices")
 PAGE = 500
 _RELATIVE = re.compile(r"^([0-9]+)(s|m|h|d)$")
 
@@ -72,7 +73,9 @@ def time_range(args: argparse.Namespace) -> tuple[int, int]:
 def kind(args: argparse.Namespace) -> str:
     chosen = next((k for k in KINDS[1:] if getattr(args, k)), "readings")
     if chosen == "readings" and args.device is None:
-        raise UsageError("readings are stored per device: give FLEET DEVICE, or --aggregates, --alerts or --commands")
+        raise UsageError(
+            "readings are stored per device: give FLEET DEVICE, or --aggregates, --alerts, --commands or --devices"
+        )
     return chosen
 
 
@@ -104,6 +107,8 @@ async def stored_items(args: argparse.Namespace, what: str, since: int, until: i
         if what == "commands":  # newest first already, like readings
             logged = await store.command_page(CommandQuery(fleet, device, since, until, limit))
             return name, list(logged.items)
+        if what == "devices":
+            return name, await stored_devices(store, fleet, device, since, until, limit)
         if what == "aggregates":
             group = None if device is None else f"device={device}"
 
@@ -120,6 +125,20 @@ async def stored_items(args: argparse.Namespace, what: str, since: int, until: i
         await store.close()
 
 
+async def stored_devices(store: TelemetryStore, fleet: str, device: str | None, since: int, until: int,
+                         limit: int) -> list[StoredReading]:  # fmt: skip
+    """`device`'s latest reading, or the `limit` devices last heard from in the range, latest first (the store's
+    last-value table, one row per device)."""
+    if device is not None:
+        latest = await store.latest(fleet, device)
+        return [] if latest is None else [latest]
+
+    def registry(token: str | None) -> Awaitable[Page[StoredReading]]:
+        return store.latest_page(DeviceQuery(fleet, PAGE, token))
+
+    return await paging.newest_in_range(registry, lambda d: d.stored_ms, since, until, limit)
+
+
 async def command_records(args: argparse.Namespace, since: int, until: int) -> list[Any]:
     url = device_commands.fleet_nats(args.data_dir, args.fleet)
     async with admin_connection(url, args.data_dir) as nc:
@@ -131,6 +150,10 @@ async def command_records(args: argparse.Namespace, since: int, until: int) -> l
 def reading_row(item: StoredReading) -> tuple[str, ...]:
     metrics = "  ".join(f"{k}={tables.number(v)}" for k, v in sorted(item.metrics.items()))
     return (tables.utc(item.ts), str(item.seq), metrics)
+
+
+def device_row(item: StoredReading) -> tuple[str, ...]:
+    return (item.device, tables.utc(item.stored_ms), *reading_row(item))
 
 
 def aggregate_row(a: WindowAggregate) -> tuple[str, ...]:
@@ -150,12 +173,16 @@ VIEWS: dict[str, tuple[Sequence[str], Callable[[Any], Sequence[object]]]] = {
                    aggregate_row),
     "alerts": (("TIME", "DEVICE", "RULE", "STATE", "SEVERITY", "MESSAGE"), alert_row),
     "commands": (device_commands.HEADER, device_commands.row),
+    "devices": (("DEVICE", "LAST SEEN", "LATEST READING", "SEQ", "METRICS"), device_row),
 }  # fmt: skip
 
 
 def as_json(what: str, item: Any) -> dict[str, Any]:
     if what == "readings":
         return {"device": item.device, "seq": item.seq, "ts": item.ts, "metrics": item.metrics}
+    if what == "devices":
+        return {"device": item.device, "lastSeenMs": item.stored_ms, "seq": item.seq, "ts": item.ts,
+                "metrics": item.metrics}  # fmt: skip
     if what == "commands":
         return dict(item.to_json())
     return dict(msgspec.to_builtins(item))

@@ -1,4 +1,5 @@
-"""`fleetflow query --api URL`: the readings, aggregates, alerts and commands `fleetflow query` shows, read through
+"""`fleetflow query --api URL`: the readings, aggregates, alerts, commands and devices `fleetflow query` shows, read
+through
 a fleet's application API (docs/api.md) instead of the data dir's store: the same newest `--limit` rows, following
 the API's cursors page by page, so the output is the same as from the store the API serves."""
 
@@ -29,6 +30,8 @@ async def api_items(args: argparse.Namespace, what: str, since: int, until: int,
             )
         if what in ("readings", "commands"):
             pipeline, items = await device_log(api, args, what, since, until, page)
+        elif what == "devices":
+            pipeline, items = await devices(api, args, since, until, page or MAX_PAGE)
         else:
             pipeline = args.pipeline or await default_pipeline(api, args.fleet)
             items = await pipeline_events(api, args, what, pipeline, since, until, page or MAX_PAGE)
@@ -71,12 +74,24 @@ async def pipeline_events(api: ApplicationApi, args: argparse.Namespace, what: s
 async def fleet_commands(api: ApplicationApi, args: argparse.Namespace, since: int, until: int,
                          page: int) -> list[Any]:  # fmt: skip
     """The newest `--limit` commands of the fleet created in the range, from its command state on NATS."""
+    return await paging.newest_in_range(lambda token: api.commands(args.fleet, page, token),
+                                        lambda r: r.command.created_ms, since, until, args.limit)  # fmt: skip
 
-    async def created_in_range(token: str | None) -> Page[Any]:
-        found = await api.commands(args.fleet, page, token)
-        return Page([r for r in found.items if since <= r.command.created_ms < until], found.next_page_token)
 
-    return await paging.newest(created_in_range, lambda r: r.command.created_ms, args.limit)
+async def devices(api: ApplicationApi, args: argparse.Namespace, since: int, until: int,
+                  page: int) -> tuple[str, list[Any]]:  # fmt: skip
+    """The device given, or the `--limit` devices last heard from in the range, latest first; and whose store."""
+    if args.device is not None:
+        return await api.device(args.fleet, args.device, args.pipeline)
+    answered_by: list[str] = []
+
+    async def fetch(token: str | None) -> Page[Any]:
+        name, found = await api.devices(args.fleet, args.pipeline, page, token)
+        answered_by.append(name)
+        return found
+
+    items = await paging.newest_in_range(fetch, lambda d: d.stored_ms, since, until, args.limit)
+    return answered_by[0], items
 
 
 async def default_pipeline(api: ApplicationApi, fleet: str) -> str:

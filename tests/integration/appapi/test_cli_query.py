@@ -17,7 +17,17 @@ from fleetflow.cli.query_api import api_items
 from fleetflow.runtime.codec import Command
 from fleetflow.runtime.commands import CommandRecord, Transition
 from fleetflow.writer.stores.sqlite import SqliteStore
-from tests.integration.appapi.conftest import BUSY, FLEET, NOW, PIPELINE, READINGS, RunningApi, pipeline
+from tests.integration.appapi.conftest import (
+    BUSY,
+    DEVICES,
+    FLEET,
+    NOW,
+    PIPELINE,
+    READINGS,
+    STALE,
+    RunningApi,
+    pipeline,
+)
 from tests.support.cli import fleetflow, one_line_error
 
 COMMANDS = 3  # logged for BUSY, a minute apart
@@ -74,6 +84,9 @@ async def test_query_through_the_api_prints_what_the_local_store_prints(
         ("--alerts",),
         (BUSY, "--commands"),
         (BUSY, "--since", "1h", "--limit", "5"),
+        ("--devices", "--limit", "30"),
+        ("--devices", "--since", "5m"),  # all but the stale device
+        (BUSY, "--devices"),
     ]
     for case in cases:
         for output in ("--json", None):
@@ -88,6 +101,9 @@ async def test_query_through_the_api_prints_what_the_local_store_prints(
     logged = [json.loads(line) for line in (await printed(capsys, BUSY, "--commands", "--json", "--api",
                                                           api.url)).splitlines()]  # fmt: skip
     assert [c["id"] for c in logged] == [f"cmd-{i}" for i in reversed(range(COMMANDS))]
+    registry = await printed(capsys, "--devices", "--since", "5m", "--json", "--limit", "100", "--api", api.url)
+    heard_from = [json.loads(line)["device"] for line in registry.splitlines()]
+    assert sorted(heard_from) == [d for d in DEVICES if d != STALE]
 
 
 async def test_a_fleets_commands_come_from_its_command_state_newest_first(
@@ -136,6 +152,10 @@ async def test_query_through_the_api_follows_cursors_page_by_page(api: RunningAp
     _, paged = await api_items(query_args(api, None, 10), "aggregates", 0, 2**62, page=3)  # oldest first: all read
     assert paged == one_page and len(paged) == 10
     assert [a.window_start_ms for a in paged] == sorted((a.window_start_ms for a in paged), reverse=True)
+
+    _, registry = await api_items(query_args(api, None, 100), "devices", 0, 2**62)
+    _, registry_paged = await api_items(query_args(api, None, 100), "devices", 0, 2**62, page=4)
+    assert registry_paged == registry and sorted(d.device for d in registry) == DEVICES
 
 
 async def refusal(*argv: str) -> CliError:
