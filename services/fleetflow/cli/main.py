@@ -158,7 +158,7 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     query.add_argument(
         "--pipeline",
         metavar="NAME",
-        help="which pipeline's store (default: the fleet's first pipeline in pipelines.json)",
+        help="which pipeline's store (default: the fleet's first pipeline in pipelines.json; with --api, by name)",
     )
     query.add_argument("--since", metavar="T",
                        help="RFC 3339 time, epoch ms, or a duration back from now such as 15m or 2h "
@@ -169,7 +169,7 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     query.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     query.add_argument("--api", metavar="URL",
                        help="read through the fleet's application API at URL (fleets.FLEET.api in endpoints.json, "
-                            "or a cluster's API) instead of the data dir's store")  # fmt: skip
+                            "or a cluster's API) (default: the data dir's store)")  # fmt: skip
     query.add_argument("--key", metavar="KEY",
                        help="the API key for --api, scope read (default: $FLEETFLOW_API_KEY, which keeps it out of "
                             "shell history)")  # fmt: skip
