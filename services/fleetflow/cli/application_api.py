@@ -66,7 +66,7 @@ class ApplicationApi:
         body = _json_object(text)
         if status == 200 and body is not None:
             return body
-        raise _refusal(self.url + path, status, body, text)
+        raise refusal(self.url + path, status, body, text)
 
     async def fleet_pipelines(self, fleet: str) -> list[str]:
         body = await self.get(f"/v1/fleets/{segment(fleet)}", {})
@@ -138,7 +138,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _refusal(where: str, status: int, body: dict[str, Any] | None, text: str) -> Exception:
+def refusal(where: str, status: int, body: dict[str, Any] | None, text: str) -> Exception:
     """UsageError for what the request got wrong (4xx), Unavailable for what the API cannot do now."""
     if body is not None and "error" in body:
         said = f"{status} {body['error']}: {body.get('detail', '')}"

@@ -53,6 +53,8 @@ async def resolve_variables(session: aiohttp.ClientSession, api: RunningApi, das
         elif kind == "query":
             query = variable["query"]
             assert query["queryType"] == "infinity", f"variable {name}: {query}"
+            # Infinity takes one column as both text and value (two would be text, value): this check reads one.
+            assert len(query["infinityQuery"]["columns"]) == 1, f"variable {name}: {query}"
             table = await answer(session, api, query["infinityQuery"], values, f"variable {name}")
             options[name] = sorted(str(next(iter(row.values()))) for row in table)  # sort 1: alphabetical
             values[name] = options[name][0]
