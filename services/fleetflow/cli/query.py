@@ -1,5 +1,5 @@
-"""`fleetflow query`: what a pipeline stored (readings, window aggregates, alert transitions) and the commands
-sent to a fleet's devices, newest first, as a table or as JSON lines.
+"""`fleetflow query`: what a pipeline stored (readings, window aggregates, alert transitions, each device's latest
+reading) and the commands sent to a fleet's devices, newest first, as a table or as JSON lines.
 
 Readings, aggregates, alerts and a device's commands come from the pipeline's store as the last `fleetflow up`
 on the data dir ran it (pipelines.json), so they can be read after the platform stopped; the writer logs every
