@@ -138,10 +138,12 @@ def test_extra_env_volumes_and_scheduling_values_reach_the_pod() -> None:
 
 
 def test_dashboards_ship_as_configmaps_grafana_picks_up() -> None:
-    files = sorted((chart.CHART / "dashboards").glob("*.json"))
-    maps = [o for o in chart.objects(FULL) if o["kind"] == "ConfigMap"]
-    assert len(maps) == len(files) >= 1
-    for path, cm in zip(files, sorted(maps, key=lambda m: m["metadata"]["name"]), strict=True):
+    # The metrics dashboards, and the device-data ones of dashboards/api/, which full-values.yaml enables.
+    files = {p.stem: p for folder in ("dashboards", "dashboards/api") for p in (chart.CHART / folder).glob("*.json")}
+    maps = {o["metadata"]["name"]: o for o in chart.objects(FULL) if o["kind"] == "ConfigMap"}
+    assert set(maps) == {f"plant-telemetry-dashboard-{name}" for name in files}
+    for name, path in files.items():
+        cm = maps[f"plant-telemetry-dashboard-{name}"]
         assert cm["metadata"]["namespace"] == "monitoring"
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert cm["metadata"]["annotations"] == {"grafana_folder": "IoT"}

@@ -133,11 +133,11 @@ def _token(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    text = "print stored readings, aggregates or alerts, or the commands sent, newest first"
+    text = "print stored readings, aggregates or alerts, the commands sent, or the devices, newest first"
     query = sub.add_parser("query", help=text, parents=[common], epilog=EPILOG, description=(
-        f"{text}. Readings, aggregates and alerts come from the pipeline's store (also after the platform "
-        "stopped); commands come from the running platform's command state, as `fleetflow command list` shows "
-        "them (the store's command log is not written yet)."))  # fmt: skip
+        f"{text}. Readings, aggregates, alerts and a device's commands come from the pipeline's store (also after "
+        "the platform stopped); a fleet's commands come from the running platform's command state, as `fleetflow "
+        "command list` shows them. With --api the same come through the fleet's application API."))  # fmt: skip
     query.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")
     query.add_argument("device", nargs="?", metavar="DEVICE",
                        help="the device id; needed for readings, narrows the other kinds (aggregates: its "
@@ -151,11 +151,14 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         help="commands and their state histories instead: a "
         "device's from the store's command log, a whole fleet's from the running platform",
     )
+    kind.add_argument("--devices", action="store_true",
+                      help="the devices last heard from (in --since/--until), each with its latest reading, from "
+                           "the store's last-value table; with DEVICE that device")  # fmt: skip
     _data_dir(query)
     query.add_argument(
         "--pipeline",
         metavar="NAME",
-        help="which pipeline's store (default: the fleet's first pipeline in pipelines.json)",
+        help="which pipeline's store (default: the fleet's first pipeline in pipelines.json; with --api, by name)",
     )
     query.add_argument("--since", metavar="T",
                        help="RFC 3339 time, epoch ms, or a duration back from now such as 15m or 2h "
@@ -164,6 +167,12 @@ def _query(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     query.add_argument("--limit", type=positive_int, default=20, metavar="N",
                        help="at most this many rows, the newest (default: %(default)s)")  # fmt: skip
     query.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    query.add_argument("--api", metavar="URL",
+                       help="read through the fleet's application API at URL (fleets.FLEET.api in endpoints.json, "
+                            "or a cluster's API) (default: the data dir's store)")  # fmt: skip
+    query.add_argument("--key", metavar="KEY",
+                       help="the API key for --api, scope read (default: $FLEETFLOW_API_KEY, which keeps it out of "
+                            "shell history)")  # fmt: skip
     query.add_argument("--wait", type=seconds, default=0.0, metavar="SECONDS",
                        help="wait up to this long for at least one row, e.g. right after sending "
                             "(default: %(default)s)")  # fmt: skip

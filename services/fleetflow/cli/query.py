@@ -1,10 +1,12 @@
-"""`fleetflow query`: what a pipeline stored (readings, window aggregates, alert transitions) and the commands
-sent to a fleet's devices, newest first, as a table or as JSON lines.
+"""`fleetflow query`: what a pipeline stored (readings, window aggregates, alert transitions, each device's latest
+reading) and the commands sent to a fleet's devices, newest first, as a table or as JSON lines.
 
 Readings, aggregates, alerts and a device's commands come from the pipeline's store as the last `fleetflow up`
 on the data dir ran it (pipelines.json), so they can be read after the platform stopped; the writer logs every
 command's state changes there. The commands of a whole fleet come from the running platform's command state on
-NATS, the same records `fleetflow command list` shows (the store's command log is kept per device)."""
+NATS, the same records `fleetflow command list` shows (the store's command log is kept per device).
+
+With `--api URL` the same things come through the fleet's application API instead (query_api.py)."""
 
 import argparse
 import asyncio
@@ -16,12 +18,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
 from fleetflow.api import Pipeline
-from fleetflow.cli import arguments, datadir, device_commands, tables
+from fleetflow.cli import arguments, datadir, device_commands, paging, tables
 from fleetflow.cli.errors import UsageError
 from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.gateway import command_admin
@@ -30,6 +32,7 @@ from fleetflow.writer.stores import (
     AggregateQuery,
     AlertQuery,
     CommandQuery,
+    DeviceQuery,
     Page,
     ReadingQuery,
     StoredReading,
@@ -37,8 +40,7 @@ from fleetflow.writer.stores import (
 )
 from fleetflow.writer.stores import open_store as open_sink_store
 
-T = TypeVar("T")
-KINDS = ("readings", "aggregates", "alerts", "commands")
+KINDS = ("readings", "aggregates", "alerts", "commands", "devices")
 PAGE = 500
 _RELATIVE = re.compile(r"^([0-9]+)(s|m|h|d)$")
 
@@ -71,7 +73,9 @@ def time_range(args: argparse.Namespace) -> tuple[int, int]:
 def kind(args: argparse.Namespace) -> str:
     chosen = next((k for k in KINDS[1:] if getattr(args, k)), "readings")
     if chosen == "readings" and args.device is None:
-        raise UsageError("readings are stored per device: give FLEET DEVICE, or --aggregates, --alerts or --commands")
+        raise UsageError(
+            "readings are stored per device: give FLEET DEVICE, or --aggregates, --alerts, --commands or --devices"
+        )
     return chosen
 
 
@@ -91,18 +95,6 @@ def pipeline_store(data_dir: Path, fleet: str, name: str | None) -> tuple[Pipeli
     return pipeline, open_sink_store(pipeline, Path(entry["sqlitePath"]))
 
 
-async def newest(fetch: Callable[[str | None], Awaitable[Page[T]]], key: Callable[[T], int], limit: int) -> list[T]:
-    """The `limit` items with the largest `key` over every page, newest first."""
-    items: list[T] = []
-    token: str | None = None
-    while True:
-        page = await fetch(token)
-        items = heapq.nlargest(limit, [*items, *page.items], key=key)
-        token = page.next_page_token
-        if token is None:
-            return items
-
-
 async def stored_items(args: argparse.Namespace, what: str, since: int, until: int) -> tuple[str, list[Any]]:
     """The pipeline's name and the newest `--limit` stored items of kind `what`."""
     pipeline, store = pipeline_store(args.data_dir, args.fleet, args.pipeline)
@@ -115,20 +107,36 @@ async def stored_items(args: argparse.Namespace, what: str, since: int, until: i
         if what == "commands":  # newest first already, like readings
             logged = await store.command_page(CommandQuery(fleet, device, since, until, limit))
             return name, list(logged.items)
+        if what == "devices":
+            return name, await stored_devices(store, fleet, device, since, until, limit)
         if what == "aggregates":
             group = None if device is None else f"device={device}"
 
             def windows(token: str | None) -> Awaitable[Page[WindowAggregate]]:
                 return store.aggregate_page(AggregateQuery(fleet, name, group, since, until, PAGE, token))
 
-            return name, await newest(windows, lambda a: a.window_start_ms, limit)
+            return name, await paging.newest(windows, lambda a: a.window_start_ms, limit)
 
         def transitions(token: str | None) -> Awaitable[Page[AlertEvent]]:
             return store.alert_page(AlertQuery(fleet, name, device, since, until, PAGE, token))
 
-        return name, await newest(transitions, lambda a: a.ts_ms, limit)
+        return name, await paging.newest(transitions, lambda a: a.ts_ms, limit)
     finally:
         await store.close()
+
+
+async def stored_devices(store: TelemetryStore, fleet: str, device: str | None, since: int, until: int,
+                         limit: int) -> list[StoredReading]:  # fmt: skip
+    """`device`'s latest reading, or the `limit` devices last heard from in the range, latest first (the store's
+    last-value table, one row per device)."""
+    if device is not None:
+        latest = await store.latest(fleet, device)
+        return [] if latest is None else [latest]
+
+    def registry(token: str | None) -> Awaitable[Page[StoredReading]]:
+        return store.latest_page(DeviceQuery(fleet, PAGE, token))
+
+    return await paging.newest_in_range(registry, lambda d: d.stored_ms, since, until, limit)
 
 
 async def command_records(args: argparse.Namespace, since: int, until: int) -> list[Any]:
@@ -142,6 +150,10 @@ async def command_records(args: argparse.Namespace, since: int, until: int) -> l
 def reading_row(item: StoredReading) -> tuple[str, ...]:
     metrics = "  ".join(f"{k}={tables.number(v)}" for k, v in sorted(item.metrics.items()))
     return (tables.utc(item.ts), str(item.seq), metrics)
+
+
+def device_row(item: StoredReading) -> tuple[str, ...]:
+    return (item.device, tables.utc(item.stored_ms), *reading_row(item))
 
 
 def aggregate_row(a: WindowAggregate) -> tuple[str, ...]:
@@ -161,12 +173,16 @@ VIEWS: dict[str, tuple[Sequence[str], Callable[[Any], Sequence[object]]]] = {
                    aggregate_row),
     "alerts": (("TIME", "DEVICE", "RULE", "STATE", "SEVERITY", "MESSAGE"), alert_row),
     "commands": (device_commands.HEADER, device_commands.row),
+    "devices": (("DEVICE", "LAST SEEN", "LATEST READING", "SEQ", "METRICS"), device_row),
 }  # fmt: skip
 
 
 def as_json(what: str, item: Any) -> dict[str, Any]:
     if what == "readings":
         return {"device": item.device, "seq": item.seq, "ts": item.ts, "metrics": item.metrics}
+    if what == "devices":
+        return {"device": item.device, "lastSeenMs": item.stored_ms, "seq": item.seq, "ts": item.ts,
+                "metrics": item.metrics}  # fmt: skip
     if what == "commands":
         return dict(item.to_json())
     return dict(msgspec.to_builtins(item))
@@ -174,6 +190,12 @@ def as_json(what: str, item: Any) -> dict[str, Any]:
 
 async def fetch(args: argparse.Namespace, what: str, since: int, until: int) -> tuple[str, list[Any]]:
     """Where the items come from (for the "none found" line) and the items."""
+    if args.api is not None:
+        from fleetflow.cli.query_api import api_items  # only --api needs an HTTP client
+
+        return await api_items(args, what, since, until)
+    if args.key is not None:
+        raise UsageError("--key is the API key of --api URL; without --api the data dir's store is read")
     if what == "commands" and args.device is None:
         return "the running platform's command state", await command_records(args, since, until)
     pipeline, items = await stored_items(args, what, since, until)
