@@ -31,6 +31,15 @@ async def connected(
 ) -> AsyncIterator[JetStreamContext]:
     """One short connection per reconcile: the operator holds no NATS state between reconciles. A managed NATS
     has no default user: the operator logs in as the services do; over TLS it verifies the server with `tls`."""
+    async with connection(url, timeout, login, tls) as nc:
+        yield nc.jetstream(timeout=timeout)
+
+
+@asynccontextmanager
+async def connection(
+    url: str, timeout: float, login: NatsLogin | None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Client]:
+    """A short connection to the fleet's NATS, closed without waiting long (see `connected`)."""
     user, password = (login.user, login.password) if login else (None, None)
     try:
         nc = await asyncio.wait_for(
@@ -48,7 +57,7 @@ async def connected(
     except Exception as exc:  # nats-py raises many unrelated types for an unreachable server
         raise StreamError(f"cannot connect to NATS at {url}: {exc!r}") from exc
     try:
-        yield nc.jetstream(timeout=timeout)
+        yield nc
     finally:
         await _close(nc, timeout)
 

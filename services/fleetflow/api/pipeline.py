@@ -112,10 +112,18 @@ class PipelineSpec(Model):
         return self
 
 
+class EdgePlacement(Model):
+    """Where an edge pipeline (listed in a site's pipelines) runs, and what of it the centre runs."""
+
+    sites: list[str] = Field(default_factory=list, description="The fleet's sites that run its processors.")
+    central: str = Field(default="", description="What runs in the centre, and why.")
+
+
 class PipelineStatus(Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     components: list[ComponentStatus] = Field(default_factory=list)
+    edge: EdgePlacement | None = None
 
 
 class Pipeline(Model):
