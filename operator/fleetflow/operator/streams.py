@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.runtime import jetstream, subjects
+from fleetflow.runtime import edgelink, jetstream, subjects
 from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
@@ -126,9 +126,30 @@ async def provision_pipeline(
         raise StreamError(f"provisioning pipeline {pipeline.name!r} at {url} failed: {exc!r}") from exc
 
 
+async def remove_processors(
+    url: str,
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    timeout: float,
+    login: NatsLogin | None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """An edge pipeline that runs at its sites only: processor consumers it had in the centre go (they would hold
+    the telemetry stream's messages for no one)."""
+    try:
+        async with connected(url, timeout, login, tls) as js:
+            await _remove_surplus_processors(js, fleet, pipeline)
+    except StreamError:
+        raise
+    except Exception as exc:
+        raise StreamError(f"removing the processors of pipeline {pipeline.name!r} at {url} failed: {exc!r}") from exc
+
+
 async def _remove_surplus_processors(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> None:
+    """Consumers of replicas that no longer exist; all of them for an edge pipeline (its processors run at sites)."""
     stream = subjects.telemetry_stream(fleet.name)
-    wanted = {subjects.processor_consumer(pipeline.name, r) for r in range(pipeline.spec.processor.replicas)}
+    replicas = 0 if pipeline.name in edgelink.edge_pipelines(fleet) else pipeline.spec.processor.replicas
+    wanted = {subjects.processor_consumer(pipeline.name, r) for r in range(replicas)}
     prefix = subjects.processor_consumer(pipeline.name, 0).rsplit("-", 1)[0] + "-"
     for info in await js.consumers_info(stream):
         name = info.name

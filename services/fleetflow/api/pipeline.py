@@ -112,18 +112,15 @@ class PipelineSpec(Model):
         return self
 
 
-class EdgePlacement(Model):
-    """Where an edge pipeline (listed in a site's pipelines) runs, and what of it the centre runs."""
-
-    sites: list[str] = Field(default_factory=list, description="The fleet's sites that run its processors.")
-    central: str = Field(default="", description="What runs in the centre, and why.")
-
-
 class PipelineStatus(Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     components: list[ComponentStatus] = Field(default_factory=list)
-    edge: EdgePlacement | None = None
+    edge_sites: list[str] = Field(
+        default_factory=list,
+        description="The fleet's edge sites that run this pipeline's processors instead of the centre (its "
+        "components say what runs here); empty: it runs in the centre.",
+    )
 
 
 class Pipeline(Model):
