@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from fleetflow.api import DeviceFleet
 from fleetflow.operator.builders import sites
@@ -113,8 +113,9 @@ class SiteMetrics:
     fleet, site). The backlog's age counts from the last look that found the site connected and caught up. Only the
     acting replica reconciles, so only it exports them."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic, provider: MeterProvider | None = None):
+        """`provider`: where the series go; the process's (the operator's /metrics) unless a test gives one."""
+        self.clock, self.provider = clock, provider
         self.links: dict[tuple[str, str], list[SiteLink]] = {}  # (namespace, fleet) -> its sites
         self._caught_up_at: dict[tuple[str, str, str], float] = {}
         self._registered = False
@@ -140,7 +141,7 @@ class SiteMetrics:
         if self._registered:
             return
         self._registered = True
-        meter = metrics.get_meter("fleetflow.operator.sites")
+        meter = metrics.get_meter("fleetflow.operator.sites", meter_provider=self.provider)
         meter.create_observable_gauge("fleetflow_site_link_up", [self._each(lambda _, s: int(s.connected))], unit="1",
                                       description="1 while the site's leaf connection to the hub stands")  # fmt: skip
         meter.create_observable_gauge("fleetflow_site_backlog_messages", [self._each(lambda _, s: s.backlog_messages)],
