@@ -139,6 +139,8 @@ async def remove_processors(
     try:
         async with connected(url, timeout, login, tls) as js:
             await _remove_surplus_processors(js, fleet, pipeline)
+    except NotFoundError:
+        return  # no telemetry stream (yet): no consumer on it either
     except StreamError:
         raise
     except Exception as exc:
