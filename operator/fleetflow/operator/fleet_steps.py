@@ -367,26 +367,21 @@ async def provision_streams(ctx: Context) -> None:
 
 async def observe_sites(ctx: Context) -> None:
     """Each edge site's link, in status.sites and the Sites column. A site that is cut off is not a fault of the
-    fleet (sites are built to run alone), so it never makes the fleet not Ready; NATS that cannot be asked keeps the
-    last status seen."""
+    fleet (sites are built to run alone), so it never makes the fleet not Ready; while NATS cannot be asked, the
+    status keeps what was last seen."""
     fleet = fleet_of(ctx)
     if not sites.served(fleet):
         sitelinks.SITE_METRICS.record(ctx.namespace, fleet.name, None)
         return
-    previous = ctx.body.get("status") or {}
+    links = sitelinks.last_seen(fleet, (ctx.body.get("status") or {}).get("sites") or [])
     login = ctx.nats_login
-    if not nats_reachable(ctx) or login is None:
-        ctx.status.update({k: previous[k] for k in ("sites", "sitesConnected") if k in previous})
-        return
-    try:
-        links = await sitelinks.observe(
-            nats.nats_url(fleet), fleet, ctx.options.nats_timeout_seconds, login, ctx.nats_tls
-        )
-    except streams.StreamError as exc:
-        log.warning("cannot read the edge sites' links", fleet=fleet.name, error=str(exc))
-        ctx.status.update({k: previous[k] for k in ("sites", "sitesConnected") if k in previous})
-        return
-    sitelinks.SITE_METRICS.record(ctx.namespace, fleet.name, links)
+    if nats_reachable(ctx) and login is not None:
+        try:
+            url, timeout = nats.nats_url(fleet), ctx.options.nats_timeout_seconds
+            links = await sitelinks.observe(url, fleet, timeout, login, ctx.nats_tls)
+            sitelinks.SITE_METRICS.record(ctx.namespace, fleet.name, links)
+        except streams.StreamError as exc:
+            log.warning("cannot read the edge sites' links", fleet=fleet.name, error=str(exc))
     ctx.status["sites"] = [link.as_status() for link in links]
     ctx.status["sitesConnected"] = sitelinks.connected_of(links)
 

@@ -103,6 +103,18 @@ async def observe(
     return site_links(fleet, leafs, lags)
 
 
+def last_seen(fleet: DeviceFleet, previous: list[dict[str, Any]]) -> list[SiteLink]:
+    """The declared sites as last recorded in the status, while NATS cannot be asked; a site never seen yet is
+    not connected (the hub's NATS is not up for it)."""
+    recorded = {entry.get("name"): entry for entry in previous}
+    found = []
+    for site in fleet.spec.sites:
+        entry = recorded.get(site.name) or {}
+        found.append(SiteLink(site.name, bool(entry.get("connected")), int(entry.get("receivedBytes") or 0),
+                              int(entry.get("sentBytes") or 0), int(entry.get("backlogMessages") or 0)))  # fmt: skip
+    return found
+
+
 def connected_of(links: list[SiteLink]) -> str:
     """What the `Sites` column shows: connected/declared."""
     return f"{sum(link.connected for link in links)}/{len(links)}"
