@@ -5,7 +5,7 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from fleetflow.operator.sitelinks import SiteLink, SiteMetrics, connected_of, site_links
+from fleetflow.operator.sitelinks import SiteLink, SiteMetrics, connected_of, reconnected, site_links
 from fleetflow.runtime import edgelink
 from tests.operator.variants import fleet, fleet_doc
 
@@ -59,3 +59,15 @@ def test_link_up_backlog_its_age_and_bytes_are_exported_per_site_and_forgotten_w
     assert found[("fleetflow_site_link_sent_bytes", "depot-a")] == 40
     metrics.record("ns1", "cold", None)
     assert not series(reader), "a fleet without sites exports no site series"
+
+
+def test_a_site_counts_as_reconnected_when_it_was_down_unseen_or_its_link_restarted_from_zero() -> None:
+    before = [SiteLink("depot-a", False, 0, 0, 0), SiteLink("depot-b", True, 500, 50, 0)]
+    assert reconnected(before, [SiteLink("depot-a", True, 9, 9, 0), SiteLink("depot-b", True, 600, 60, 0)]) == [
+        "depot-a"
+    ]
+    assert reconnected(before, [SiteLink("depot-a", False, 0, 0, 0), SiteLink("depot-b", True, 20, 5, 0)]) == [
+        "depot-b"
+    ], "fewer bytes than before: a new connection"
+    assert reconnected([], [SiteLink("depot-a", True, 1, 1, 0)]) == ["depot-a"], "never seen: re-armed once"
+    assert reconnected(before, [SiteLink("depot-a", False, 0, 0, 0), SiteLink("depot-b", False, 0, 0, 0)]) == []

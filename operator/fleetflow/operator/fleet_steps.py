@@ -373,15 +373,18 @@ async def observe_sites(ctx: Context) -> None:
     if not sites.served(fleet):
         sitelinks.SITE_METRICS.record(ctx.namespace, fleet.name, None)
         return
-    links = sitelinks.last_seen(fleet, (ctx.body.get("status") or {}).get("sites") or [])
+    links = before = sitelinks.last_seen(fleet, (ctx.body.get("status") or {}).get("sites") or [])
     login = ctx.nats_login
     if nats_reachable(ctx) and login is not None:
+        url, timeout = nats.nats_url(fleet), ctx.options.nats_timeout_seconds
         try:
-            url, timeout = nats.nats_url(fleet), ctx.options.nats_timeout_seconds
             links = await sitelinks.observe(url, fleet, timeout, login, ctx.nats_tls)
             sitelinks.SITE_METRICS.record(ctx.namespace, fleet.name, links)
+            if back := sitelinks.reconnected(before, links):
+                rearmed = await sitelinks.rearm(url, fleet, timeout, login, ctx.nats_tls)
+                ctx.changes.append(f"site(s) {', '.join(back)} connected: re-armed the sources of {', '.join(rearmed)}")
         except streams.StreamError as exc:
-            log.warning("cannot read the edge sites' links", fleet=fleet.name, error=str(exc))
+            log.warning("cannot read the edge sites' links or re-arm their sources", fleet=fleet.name, error=str(exc))
     ctx.status["sites"] = [link.as_status() for link in links]
     ctx.status["sitesConnected"] = sitelinks.connected_of(links)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
@@ -113,6 +114,52 @@ def last_seen(fleet: DeviceFleet, previous: list[dict[str, Any]]) -> list[SiteLi
         found.append(SiteLink(site.name, bool(entry.get("connected")), int(entry.get("receivedBytes") or 0),
                               int(entry.get("sentBytes") or 0), int(entry.get("backlogMessages") or 0)))  # fmt: skip
     return found
+
+
+def reconnected(before: list[SiteLink], now: list[SiteLink]) -> list[str]:
+    """Sites whose link came up since the last look: not connected then, or with fewer bytes received than then (a
+    new connection counts from zero)."""
+    seen = {link.name: link for link in before}
+    return [
+        link.name
+        for link in now
+        if link.connected
+        and (
+            link.name not in seen
+            or not seen[link.name].connected
+            or link.received_bytes < seen[link.name].received_bytes
+        )
+    ]
+
+
+def rearmed_streams(fleet: DeviceFleet) -> list[str]:
+    """Every centre stream that sources from the fleet's sites: telemetry, and the forwarded edge pipelines'."""
+    streams = sourcing_streams(fleet)
+    return streams + [
+        subjects.pipeline_stream(fleet.name, name) for name in sorted(edgelink.forwarded_pipelines(fleet))
+    ]
+
+
+async def rearm(
+    url: str, fleet: DeviceFleet, timeout: float, login: NatsLogin, tls: ssl.SSLContext | None
+) -> list[str]:
+    """Re-arm the sourcing streams, so that a site's backlog flows now rather than after nats-server's retry back-off
+    (up to two minutes), as the centre's `fleetflow up` does on each new leaf connection. Returns the streams."""
+    done = []
+    try:
+        async with connection(url, timeout, login, tls) as nc:
+            js = nc.jetstream(timeout=timeout)
+            for stream in rearmed_streams(fleet):
+                try:
+                    await edgelink.rearm_sources(js, stream)
+                except NotFoundError:
+                    continue  # an edge pipeline not provisioned yet
+                done.append(stream)
+    except StreamError:
+        raise
+    except Exception as exc:
+        raise StreamError(f"re-arming the sourcing streams of fleet {fleet.name!r} at {url} failed: {exc!r}") from exc
+    return done
 
 
 def connected_of(links: list[SiteLink]) -> str:

@@ -12,6 +12,7 @@ import json
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, ExternalStream, StreamConfig, StreamSource, SubjectTransform
 
 from fleetflow.api import DeviceFleet
@@ -203,3 +204,12 @@ async def source_lags(nc: Client, streams: list[str]) -> dict[str, int]:
             domain = api.removeprefix("$JS.").removesuffix(".API")
             lags[domain] = lags.get(domain, 0) + int(source.get("lag") or 0)
     return lags
+
+
+async def rearm_sources(js: JetStreamContext, stream: str) -> None:
+    """Remove the stream's sources and add them again: each restarts at once after its last stored origin sequence."""
+    config = (await js.stream_info(stream)).config
+    if not config.sources:
+        return
+    await js.update_stream(dataclasses.replace(config, sources=[]))
+    await js.update_stream(config)

@@ -2,13 +2,16 @@
 servers, run by the real nats-server with the environment the kubelet would give them, tests/support/managed_nats.py)
 and a site's real nats-server dialling it as a leaf node with the password of its Secret. The operator's link watch
 (fleetflow.operator.sitelinks) sees the site connected through whichever server it landed on; a site with a wrong
-password is refused and shows as not connected; the operator's links user may ask for nothing but /leafz."""
+password is refused and shows as not connected; the operator's links user may ask for nothing but /leafz; and the
+centre's telemetry stream sources what the site stored through the per-site account the operator rendered, at once
+when the operator re-arms its sources."""
 
 import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from fleetflow.local.natsserver import free_port, nats_server_binary
 from fleetflow.operator import nats_credentials, sitelinks
 from fleetflow.operator.builders import sites
 from fleetflow.operator.streams import StreamError
-from fleetflow.runtime import edgelink, natsauth
+from fleetflow.runtime import edgelink, jetstream, natsauth, subjects
 from fleetflow.runtime.natsauth import NatsLogin
 from tests.operator.variants import fleet, fleet_doc
 from tests.support.managed_nats import Pod, managed_nats, secret_value
@@ -32,13 +35,20 @@ FLEET = fleet(
     )
 )
 TIMEOUT = 2.0
+SITE_LOGIN = NatsLogin("site", "sitepassword1")  # the site's own services, in its own NATS
+
+
+@dataclass
+class Site:
+    url: str
+    log: Path
 
 
 @contextmanager
-def site_server(folder: Path, site: str, hub: Pod, password: str) -> Iterator[Path]:
-    """A site's NATS as `fleetflow edge up` runs it: a JetStream domain of its own, a leaf node of the hub.
-    Yields its log."""
+def site_server(folder: Path, site: str, hub: Pod, password: str) -> Iterator[Site]:
+    """A site's NATS as `fleetflow edge up` runs it: a JetStream domain of its own, a leaf node of the hub."""
     folder.mkdir(parents=True)
+    port = free_port()
     domain = edgelink.site_domain(FLEET.name, site)
     remote = edgelink.leaf_remote_config(
         f"nats://127.0.0.1:{hub.leafnode_port}", domain, password, natsauth.SERVICE_ACCOUNT
@@ -47,10 +57,11 @@ def site_server(folder: Path, site: str, hub: Pod, password: str) -> Iterator[Pa
     conf.write_text(
         "\n".join(
             [
-                f"listen: 127.0.0.1:{free_port()}",
+                f"listen: 127.0.0.1:{port}",
                 f"server_name: site-{domain}",
                 f'jetstream {{ store_dir: "{folder / "js"}", domain: {domain} }}',
-                f"accounts {{ {natsauth.SERVICE_ACCOUNT} {{ jetstream: enabled }} }}",
+                f"accounts {{ {natsauth.SERVICE_ACCOUNT} {{ jetstream: enabled, users: [ {{ user: site, password: "
+                f"{SITE_LOGIN.password} }} ] }} }}",
                 remote,
             ]
         )
@@ -59,7 +70,7 @@ def site_server(folder: Path, site: str, hub: Pod, password: str) -> Iterator[Pa
     with log.open("wb") as out:
         process = subprocess.Popen([str(nats_server_binary()), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        yield log
+        yield Site(f"nats://127.0.0.1:{port}", log)
     finally:
         process.terminate()
         process.wait(timeout=15)
@@ -104,7 +115,7 @@ async def test_the_operator_sees_which_sites_are_connected_through_any_server(
     # depot-a lands on the third server; the operator asks the first: every server answers the one request.
     with (
         site_server(tmp_path / "depot-a", "depot-a", pods[2], passwords["depot-a"]),
-        site_server(tmp_path / "depot-b", "depot-b", pods[1], "wrong" + passwords["depot-b"]) as refused_log,
+        site_server(tmp_path / "depot-b", "depot-b", pods[1], "wrong" + passwords["depot-b"]) as refused,
     ):
         links = await links_until(pods[0], secret, {"depot-a": True, "depot-b": False})
         assert sitelinks.connected_of(links) == "1/2"
@@ -122,7 +133,7 @@ async def test_the_operator_sees_which_sites_are_connected_through_any_server(
             assert time.monotonic() < deadline, f"no bytes counted on the link: {depot_a}"
             await asyncio.sleep(0.2)
         deadline = time.monotonic() + 20
-        while "authorization violation" not in refused_log.read_text().lower():
+        while "authorization violation" not in refused.log.read_text().lower():
             assert time.monotonic() < deadline, "the site with a wrong password was not refused"
             await asyncio.sleep(0.2)
     await links_until(pods[0], secret, {"depot-a": False, "depot-b": False})
@@ -151,3 +162,36 @@ async def test_the_operators_links_user_may_ask_for_leafz_and_nothing_else(
         assert all("permissions violation" in str(exc).lower() for exc in errors), errors
     finally:
         await nc.close()
+
+
+async def test_the_centre_sources_what_the_site_stored_once_the_operator_re_arms_its_sources(
+    tmp_path: Path, hub: tuple[list[Pod], dict[str, Any], dict[str, str]]
+) -> None:
+    pods, secret, passwords = hub
+    login = services_login(secret)
+    telemetry = subjects.telemetry_stream(FLEET.name)
+    centre = await jetstream.connect(pods[0].url, "centre-test", login=login)
+    try:
+        js = centre.jetstream()
+        before = await links_until(pods[0], secret, {"depot-a": False, "depot-b": False})  # JetStream has its leader
+        await jetstream.provision_fleet(js, FLEET)  # as the operator's provision-streams step does
+        with site_server(tmp_path / "depot-a", "depot-a", pods[1], passwords["depot-a"]) as depot_a:
+            site = await jetstream.connect(depot_a.url, "site-test", login=SITE_LOGIN)
+            try:
+                site_js = site.jetstream()
+                await jetstream.provision_fleet(site_js, FLEET, "depot-a")
+                for seq in range(3):
+                    await site_js.publish(subjects.telemetry_subject(FLEET.name, "box-1"), f"reading {seq}".encode())
+            finally:
+                await site.close()
+            now = await links_until(pods[0], secret, {"depot-a": True, "depot-b": False})
+            assert sitelinks.reconnected(before, now) == ["depot-a"]
+            assert await sitelinks.rearm(pods[0].url, FLEET, TIMEOUT, login, None) == [telemetry]
+            deadline = time.monotonic() + 15
+            while (await js.stream_info(telemetry)).state.messages < 3:
+                assert time.monotonic() < deadline, "the site's readings did not reach the centre's stream"
+                await asyncio.sleep(0.2)
+            sources = (await js.stream_info(telemetry)).config.sources or []
+            assert len(sources) == 2, "re-armed: both sites' sources are back"
+    finally:
+        await centre.close()
