@@ -146,10 +146,11 @@ async def ensure_site_secrets(ctx: Context) -> None:
     site). A site no longer in spec.sites loses its Secret, and with it its user: that is how a site is revoked. A
     Secret deleted by hand is made anew with a new password, and the NATS pods roll to it: that rotates it."""
     fleet = fleet_of(ctx)
-    wanted = {sites.secret_name(fleet, site.name) for site in fleet.spec.sites} if sites.served(fleet) else set()
+    declared = [site.name for site in fleet.spec.sites] if sites.served(fleet) else []
+    wanted = {sites.secret_name(fleet, site) for site in declared}
     stored = []
-    for name in sorted(wanted):
-        site = name.removeprefix(f"{fleet.name}-site-")
+    for site in declared:
+        name = sites.secret_name(fleet, site)
         secret = await ctx.apply_owned(sites.site_secret(fleet, site, natsauth.new_password()), create_only=True)
         password = base64.b64decode((secret.get("data") or {}).get(sites.PASSWORD_KEY, "")).decode(errors="replace")
         if not nats_credentials.PASSWORD.match(password):
