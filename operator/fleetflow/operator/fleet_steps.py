@@ -164,7 +164,7 @@ async def ensure_site_secrets(ctx: Context) -> None:
     for secret in await ctx.api.list("v1", "Secret", ctx.namespace):
         labels = secret.get("metadata", {}).get("labels") or {}
         name = secret["metadata"]["name"]
-        if sites.SITE_LABEL in labels and name.startswith(f"{fleet.name}-site-") and name not in wanted:
+        if sites.SITE_LABEL in labels and labels.get(network.FLEET_LABEL) == fleet.name and name not in wanted:
             await ctx.remove_owned("v1", "Secret", name)
 
 
