@@ -14,9 +14,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 
 from fleetflow.local.sitelinks import LeafLink
-from fleetflow.local.sitestates import SiteLinkState, SiteStates
+from fleetflow.local.sitestates import SiteLinkState, SiteStates, source_lags
 from fleetflow.runtime import ops, telemetry
-from fleetflow.runtime.edgelink import source_lags
 
 
 class SiteMetrics:

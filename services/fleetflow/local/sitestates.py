@@ -14,6 +14,7 @@ from typing import Any
 
 from fleetflow.local.sitelinks import LeafLink
 from fleetflow.runtime import edgelink
+from fleetflow.runtime.edgelink import source_lags as source_lags  # for sitemetrics.py; the operator shares it
 
 
 @dataclass(frozen=True)
