@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
 # Kubernetes documents its own types; the reference names the field that holds one, not each of its fields.
 KUBERNETES_TYPE = "Kubernetes "
 # Overrides shared by every component are documented once, as `pod.<field>` and `service.<field>`.
-SHARED = {"pod": "pod", "service": "service", "mqttService": "service"}
+SHARED = {"pod": "pod", "service": "service", "mqttService": "service", "leafnodeService": "service"}
 
 
 def leaves(node: dict[str, Any], path: str) -> list[str]:

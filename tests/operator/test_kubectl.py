@@ -74,7 +74,8 @@ async def test_kubectl_applies_the_examples_shows_printer_columns_and_scales_the
 
         table = await kubectl("get", "devicefleets,pipelines")
         lines = [line.split() for line in table.splitlines() if line.strip()]
-        assert lines[0] == ["NAME", "READY", "GATEWAYS", "AVAILABLE", "REASON", "AGE"], table
+        # SITES is empty for a fleet without edge sites (tests/operator/test_edge_reconcile.py shows it with them).
+        assert lines[0] == ["NAME", "READY", "GATEWAYS", "AVAILABLE", "SITES", "REASON", "AGE"], table
         assert lines[1][:5] == [f"devicefleet.fleetflow.io/{fleet_name}", "False", "1", "0", "ComponentsNotReady"]
         assert lines[2] == ["NAME", "FLEET", "READY", "SINK", "PROCESSORS", "REASON", "AGE"], table
         assert lines[3][:3] == [f"pipeline.fleetflow.io/{pipeline_name}", fleet_name, "False"]

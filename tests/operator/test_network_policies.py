@@ -148,7 +148,8 @@ def test_without_a_known_operator_namespace_any_namespace_may_reach_the_client_p
 
 
 def test_the_default_deny_comes_last_so_enabling_never_cuts_the_data_path_first() -> None:
-    names = [p["metadata"]["name"] for p in policies(networkPolicy={"enabled": True, "metricsNamespace": "m"})]
+    every = policies(networkPolicy={"enabled": True, "metricsNamespace": "m"}, sites=[{"name": "depot-a"}])
+    names = [p["metadata"]["name"] for p in every]
     assert names[-1] == "cold-default-deny"
     assert sorted(names) == sorted(network.all_names(fleet(fleet_doc())))
 
@@ -169,3 +170,14 @@ def test_every_policy_validates(version: str) -> None:
 def test_bad_policy_settings_are_refused_naming_them(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         fleet(fleet_doc(networkPolicy=spec))
+
+
+def test_edge_sites_reach_the_leafnode_port_from_their_ranges_only_and_nothing_else_of_nats() -> None:
+    sites = [{"name": "depot-a"}]
+    found = policies(networkPolicy={"enabled": True, "sites": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}, sites=sites)
+    assert allowed(found, pod_of("nats"), "leafnodes", INTERNET)
+    assert not allowed(found, pod_of("nats"), "leafnodes", DEVICE_NET)
+    assert not allowed(found, pod_of("nats"), "client", INTERNET), "a site dials the leaf-node port only"
+    anywhere = policies(networkPolicy={"enabled": True}, sites=sites)
+    assert allowed(anywhere, pod_of("nats"), "leafnodes", DEVICE_NET), "unset: anywhere (each site logs in)"
+    assert not allowed(policies(networkPolicy={"enabled": True}), pod_of("nats"), "leafnodes", INTERNET)

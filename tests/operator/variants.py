@@ -78,6 +78,27 @@ SHAPED_FLEET_SPEC: dict[str, Any] = {
 SHAPED_PIPELINE_SPEC: dict[str, Any] = {"processor": {"pod": POD_OVERRIDES}, "writer": {"pod": POD_OVERRIDES}}
 
 
+# A hub of two edge sites (docs/edge.md): three servers over TLS, the leaf-node Service published.
+EDGE_FLEET_SPEC: dict[str, Any] = {
+    "nats": {
+        "managed": {
+            "replicas": 3,
+            "tls": {"secretName": "cold-nats-tls"},
+            "leafnodeService": {
+                "type": "LoadBalancer",
+                "annotations": {"lb.example/internal": "false"},
+                "loadBalancerSourceRanges": ["203.0.113.0/24"],
+            },
+        }
+    },
+    "networkPolicy": {"enabled": True, "sites": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]},
+    "sites": [
+        {"name": "depot-a", "pipelines": ["cold-edge"], "forward": {"readings": True, "records": ["alerts"]}},
+        {"name": "depot-b", "pipelines": ["cold-edge"], "forward": {"readings": False}},
+    ],
+}
+
+
 def fleet(doc: dict[str, Any]) -> DeviceFleet:
     resource = parse_resource(doc)
     assert isinstance(resource, DeviceFleet)
@@ -105,4 +126,5 @@ def variants() -> dict[str, tuple[DeviceFleet, Pipeline]]:
             fleet(fleet_doc(streams={"partitions": 2})),
             pipeline(pipeline_doc(processor={"replicas": 2})),
         ),
+        "edge-sites": (fleet(fleet_doc(**EDGE_FLEET_SPEC)), pipeline(pipeline_doc(name="cold-edge"))),
     }

@@ -12,7 +12,7 @@ import re
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +20,10 @@ from typing import Any
 
 from fleetflow.api import DeviceFleet
 from fleetflow.local.natsserver import free_port, nats_server_binary
-from fleetflow.operator.builders import nats
+from fleetflow.operator.builders import nats, sites
 from fleetflow.operator.builders.common import namespace_of
 
-CONTAINER_PORTS = (nats.CLIENT_PORT, nats.MONITOR_PORT, nats.MQTT_PORT, nats.CLUSTER_PORT)
+CONTAINER_PORTS = (nats.CLIENT_PORT, nats.MONITOR_PORT, nats.MQTT_PORT, nats.CLUSTER_PORT, sites.LEAFNODE_PORT)
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Pod:
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.ports[nats.CLIENT_PORT]}"
+
+    @property
+    def leafnode_port(self) -> int:
+        return self.ports[sites.LEAFNODE_PORT]
 
     @property
     def mqtt_port(self) -> int:
@@ -64,8 +68,11 @@ def local_config(fleet: DeviceFleet, pod: Pod, folder: Path, tls_dir: Path | Non
     return conf.replace(nats.STORE_DIR, str(folder / "jetstream")).replace(nats.PID_FILE, str(folder / "nats.pid"))
 
 
-def pod_environment(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod]) -> dict[str, str]:
-    """What the kubelet gives the NATS container of `pod`."""
+def pod_environment(
+    fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod], site_secrets: Sequence[dict[str, Any]] = ()
+) -> dict[str, str]:
+    """What the kubelet gives the NATS container of `pod`; `site_secrets`: the edge sites' Secrets."""
+    by_name = {s["metadata"]["name"]: s for s in (secret, *site_secrets)}
     statefulset = nats.nats_statefulset(fleet, "nats", "IfNotPresent", {})
     container = statefulset["spec"]["template"]["spec"]["containers"][0]  # nats-server; [1] is its exporter
     env: dict[str, str] = {}
@@ -74,8 +81,8 @@ def pod_environment(fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: 
             env[item["name"]] = re.sub(r"\$\(([A-Za-z_]+)\)", lambda m: env[m.group(1)], item["value"])
         elif "secretKeyRef" in item["valueFrom"]:
             ref = item["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == secret["metadata"]["name"]
-            env[item["name"]] = secret_value(secret, ref["key"])
+            assert ref["name"] in by_name, f"the pod needs Secret {ref['name']!r}"
+            env[item["name"]] = secret_value(by_name[ref["name"]], ref["key"])
         else:
             assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             env[item["name"]] = pod.name
@@ -98,14 +105,20 @@ def wait_ready(pod: Pod, timeout: float = 30) -> None:
 
 @contextmanager
 def running_pod(
-    fleet: DeviceFleet, secret: dict[str, Any], pod: Pod, pods: list[Pod], folder: Path, tls_dir: Path | None = None
+    fleet: DeviceFleet,
+    secret: dict[str, Any],
+    pod: Pod,
+    pods: list[Pod],
+    folder: Path,
+    tls_dir: Path | None = None,
+    site_secrets: Sequence[dict[str, Any]] = (),
 ) -> Iterator[Pod]:
     folder.mkdir(parents=True)
     conf = folder / "nats.conf"
     conf.write_text(local_config(fleet, pod, folder, tls_dir))
     with (folder / "nats.log").open("wb") as log:
         pod.process = subprocess.Popen([str(nats_server_binary()), "-c", str(conf)], stdout=log,
-                                       stderr=subprocess.STDOUT, env=pod_environment(fleet, secret, pod, pods))  # fmt: skip
+                                       stderr=subprocess.STDOUT, env=pod_environment(fleet, secret, pod, pods, site_secrets))  # fmt: skip
     try:
         yield pod
     finally:
@@ -115,7 +128,11 @@ def running_pod(
 
 @contextmanager
 def managed_nats(
-    fleet: DeviceFleet, secret: dict[str, Any], folder: Path, tls_dir: Path | None = None
+    fleet: DeviceFleet,
+    secret: dict[str, Any],
+    folder: Path,
+    tls_dir: Path | None = None,
+    site_secrets: Sequence[dict[str, Any]] = (),
 ) -> Iterator[list[Pod]]:
     """Every pod of the fleet's NATS StatefulSet, started together (its podManagementPolicy is Parallel)."""
     replicas = fleet.spec.nats.managed_or_default.replicas
@@ -125,7 +142,7 @@ def managed_nats(
     ]
     with ExitStack() as stack:
         for pod in pods:
-            stack.enter_context(running_pod(fleet, secret, pod, pods, folder / pod.name, tls_dir))
+            stack.enter_context(running_pod(fleet, secret, pod, pods, folder / pod.name, tls_dir, site_secrets))
         for pod in pods:
             wait_ready(pod)
         yield pods

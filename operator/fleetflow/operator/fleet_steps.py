@@ -1,14 +1,21 @@
 """The DeviceFleet reconcile, as an ordered list of small named idempotent steps."""
 
+import base64
+
+import structlog
+
 from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import device_secret, nats_credentials, nats_storage, streams, tls_secrets
-from fleetflow.operator.builders import appapi, exposure, gateway, nats, network
+from fleetflow.operator import device_secret, nats_credentials, nats_storage, sitelinks, streams, tls_secrets
+from fleetflow.operator.builders import appapi, exposure, gateway, nats, network, sites
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import JsonObject, Ref
 from fleetflow.operator.readiness import Readiness, workload
 from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec, resource_document
+from fleetflow.runtime import natsauth
+
+log = structlog.get_logger(__name__)
 
 
 def fleet_of(ctx: Context) -> DeviceFleet:
@@ -134,6 +141,43 @@ async def ensure_nats_credentials(ctx: Context) -> None:
         raise Stop(Problem(exc.reason, str(exc))) from None
 
 
+async def ensure_site_secrets(ctx: Context) -> None:
+    """Each edge site's leaf-node password, in a Secret created once and never rewritten (the admin copied it to the
+    site). A site no longer in spec.sites loses its Secret, and with it its user: that is how a site is revoked. A
+    Secret deleted by hand is made anew with a new password, and the NATS pods roll to it: that rotates it."""
+    fleet = fleet_of(ctx)
+    declared = [site.name for site in fleet.spec.sites] if sites.served(fleet) else []
+    wanted = {sites.secret_name(fleet, site) for site in declared}
+    stored = []
+    for site in declared:
+        name = sites.secret_name(fleet, site)
+        secret = await ctx.apply_owned(sites.site_secret(fleet, site, natsauth.new_password()), create_only=True)
+        password = base64.b64decode((secret.get("data") or {}).get(sites.PASSWORD_KEY, "")).decode(errors="replace")
+        if not nats_credentials.PASSWORD.match(password):
+            message = (
+                f"Secret {name!r}, key {sites.PASSWORD_KEY!r}: it must hold site {site!r}'s leaf-node password, 16 or "
+                "more letters and digits, a letter first (delete the Secret and the operator makes one)"
+            )
+            raise Stop(Problem("SiteSecretInvalid", message))
+        stored.append(secret)
+    ctx.site_secrets_digest = sites.secrets_digest(stored) if stored else None
+    for secret in await ctx.api.list("v1", "Secret", ctx.namespace):
+        labels = secret.get("metadata", {}).get("labels") or {}
+        name = secret["metadata"]["name"]
+        if sites.SITE_LABEL in labels and labels.get(network.FLEET_LABEL) == fleet.name and name not in wanted:
+            await ctx.remove_owned("v1", "Secret", name)
+
+
+def _site_stamped(ctx: Context, obj: JsonObject) -> JsonObject:
+    """The NATS servers roll when a site's password changes: they read it from their environment at start."""
+    if ctx.site_secrets_digest is None or obj["kind"] != "StatefulSet":
+        return obj
+    template = obj["spec"]["template"]
+    annotations = {**template["metadata"].get("annotations", {}), sites.HASH_ANNOTATION: ctx.site_secrets_digest}
+    template = {**template, "metadata": {**template["metadata"], "annotations": annotations}}
+    return {**obj, "spec": {**obj["spec"], "template": template}}
+
+
 async def read_tls_secrets(ctx: Context) -> None:
     """The certificates and the external NATS's login the spec names must exist before pods mount them."""
     try:
@@ -182,7 +226,9 @@ async def apply_nats(ctx: Context) -> None:
             if plan.statefulset_going:
                 continue  # being re-created with new volumes: created again once it is gone
             obj = nats_storage.carried_over(obj, plan)
-        await ctx.apply_owned(_stamped(ctx, obj))
+        await ctx.apply_owned(_site_stamped(ctx, _stamped(ctx, obj)))
+    if not sites.served(fleet):
+        await ctx.remove_owned("v1", "Service", sites.service_name(fleet))
     if not desired or fleet.spec.nats.managed_or_default.mqtt_service is None:
         await ctx.remove_owned("v1", "Service", nats.mqtt_service_name(fleet))
     if not desired:  # switched to an external NATS: the managed one goes (its PVCs stay, as StatefulSets do)
@@ -320,6 +366,30 @@ async def provision_streams(ctx: Context) -> None:
     ctx.wait_for(Readiness("streams", ready == len(states), f"{ready}/{len(states)} streams ready"))
 
 
+async def observe_sites(ctx: Context) -> None:
+    """Each edge site's link, in status.sites and the Sites column. A site that is cut off is not a fault of the
+    fleet (sites are built to run alone), so it never makes the fleet not Ready; while NATS cannot be asked, the
+    status keeps what was last seen."""
+    fleet = fleet_of(ctx)
+    if not sites.served(fleet):
+        sitelinks.SITE_METRICS.record(ctx.namespace, fleet.name, None)
+        return
+    links = before = sitelinks.last_seen(fleet, (ctx.body.get("status") or {}).get("sites") or [])
+    login = ctx.nats_login
+    if nats_reachable(ctx) and login is not None:
+        url, timeout = nats.nats_url(fleet), ctx.options.nats_timeout_seconds
+        try:
+            links = await sitelinks.observe(url, fleet, timeout, login, ctx.nats_tls)
+            sitelinks.SITE_METRICS.record(ctx.namespace, fleet.name, links)
+            if back := sitelinks.reconnected(before, links):
+                rearmed = await sitelinks.rearm(url, fleet, timeout, login, ctx.nats_tls)
+                ctx.changes.append(f"site(s) {', '.join(back)} connected: re-armed the sources of {', '.join(rearmed)}")
+        except streams.StreamError as exc:
+            log.warning("cannot read the edge sites' links or re-arm their sources", fleet=fleet.name, error=str(exc))
+    ctx.status["sites"] = [link.as_status() for link in links]
+    ctx.status["sitesConnected"] = sitelinks.connected_of(links)
+
+
 async def observe_gateway(ctx: Context) -> None:
     fleet = fleet_of(ctx)
     current = await ctx.api.get_or_none(Ref("apps/v1", "StatefulSet", ctx.namespace, gateway.name(fleet)))
@@ -341,6 +411,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("ensure-device-secret", ensure_device_secret),
     ("ensure-nats-credentials", ensure_nats_credentials),
+    ("ensure-site-secrets", ensure_site_secrets),
     ("read-tls-secrets", read_tls_secrets),
     ("plan-nats-storage", plan_nats_storage),
     ("apply-nats", apply_nats),
@@ -349,6 +420,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("apply-exposure", apply_exposure),
     ("observe-nats", observe_nats),
     ("provision-streams", provision_streams),
+    ("observe-sites", observe_sites),
     ("observe-gateway", observe_gateway),
     ("observe-exposure", observe_exposure),
     ("apply-appapi", apply_appapi),

@@ -13,7 +13,7 @@ import structlog
 from kubernetes import client as k8s_client
 
 from fleetflow.api import GROUP, VERSION, DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import children, conditions, device_secret, nats_credentials, streams, tls_secrets
+from fleetflow.operator import children, conditions, device_secret, nats_credentials, sitelinks, streams, tls_secrets
 from fleetflow.operator.builders import nats
 from fleetflow.operator.fleet_steps import FLEET_STEPS
 from fleetflow.operator.kube import ApiError, JsonObject, KubeApi, Ref, authorization
@@ -117,8 +117,10 @@ class Operator:
             raise kopf.TemporaryError("; ".join(p.message for p in ctx.outcome.problems), delay=self.retry_delay)
 
     def _report_ready(self, kind: str, body: JsonObject, ready: bool | None) -> None:
+        meta = body["metadata"]
+        if ready is None and kind == "DeviceFleet":  # gone: so are its sites' series
+            sitelinks.SITE_METRICS.record(meta.get("namespace", ""), meta.get("name", ""), None)
         if self.metrics is not None:
-            meta = body["metadata"]
             self.metrics.resource_ready(kind, meta.get("namespace", ""), meta.get("name", ""), ready)
 
     async def follow_fleet(self, fleet: Mapping[str, Any]) -> None:

@@ -9,6 +9,9 @@ from fleetflow.operator.conditions import Problem
 from fleetflow.operator.kube import Ref
 from fleetflow.operator.readiness import Readiness, workload
 from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec, parse_problem, resource_document
+from fleetflow.runtime import edgelink
+
+COMPONENT_LABEL = "app.kubernetes.io/name"
 
 
 def pipeline_of(ctx: Context) -> Pipeline:
@@ -53,6 +56,33 @@ async def read_fleet(ctx: Context) -> None:
     ctx.fleet = fleet
 
 
+def central_components(ctx: Context) -> tuple[str, ...]:
+    """What of the pipeline runs in the centre, as `fleetflow up` decides (fleetflow.local.resources): an edge
+    pipeline's processors run at its sites only, and its writer runs here only if a site forwards its records."""
+    fleet, name = fleet_of(ctx), pipeline_of(ctx).name
+    if name not in edgelink.edge_pipelines(fleet):
+        return ("processor", "writer")
+    return ("writer",) if name in edgelink.forwarded_pipelines(fleet) else ()
+
+
+def edge_sites(ctx: Context) -> list[str]:
+    return [site.name for site in fleet_of(ctx).spec.sites if pipeline_of(ctx).name in site.pipelines]
+
+
+async def place_edge(ctx: Context) -> None:
+    """Status says where an edge pipeline runs: `edgeSites`, and a component for what the centre does not run."""
+    placed = edge_sites(ctx)
+    ctx.status["edgeSites"] = placed
+    if not placed:
+        return
+    fleet, central = fleet_of(ctx), central_components(ctx)
+    where = f"edge pipeline of DeviceFleet {fleet.name!r}: runs at site(s) {', '.join(placed)} (spec.sites[].pipelines)"
+    ctx.components.append(Readiness("processor", True, f"{where}; no processor in the centre"))
+    if "writer" not in central:
+        no_writer = f"{where}; no site forwards its records (spec.sites[].forward.records), so no writer in the centre"
+        ctx.components.append(Readiness("writer", True, no_writer))
+
+
 async def read_nats_credentials(ctx: Context) -> None:
     """The processor and the writer log in to a managed NATS with the password in the fleet's Secret."""
     fleet = fleet_of(ctx)
@@ -87,7 +117,11 @@ async def apply_workloads(ctx: Context) -> None:
         )
     except PatchError as exc:
         raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
+    central = central_components(ctx)
     for obj in objects:
+        if obj["metadata"]["labels"][COMPONENT_LABEL].removeprefix("fleetflow-") not in central:
+            await ctx.remove_owned(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+            continue
         stamped = nats_credentials.stamped(obj, ctx.nats_credentials)
         await ctx.apply_owned(tls_secrets.stamped(stamped, ctx.fleet_secrets))
 
@@ -100,15 +134,13 @@ async def provision_consumers(ctx: Context) -> None:
         if not nats_ready.ready:
             ctx.wait_for(Readiness("consumers", False, f"waiting for the fleet's NATS ({nats_ready.message})"))
             return
+    args = (nats.nats_url(fleet), fleet, pipeline_of(ctx), ctx.options.nats_timeout_seconds, ctx.nats_login)
     try:
-        outcome = await streams.provision_pipeline(
-            nats.nats_url(fleet),
-            fleet,
-            pipeline_of(ctx),
-            ctx.options.nats_timeout_seconds,
-            ctx.nats_login,
-            ctx.nats_tls,
-        )
+        if not central_components(ctx):  # nothing of it runs here: `fleetflow up` provisions nothing for it either
+            await streams.remove_processors(*args, ctx.nats_tls)
+            ctx.wait_for(Readiness("consumers", True, "none in the centre: the pipeline runs at its edge sites"))
+            return
+        outcome = await streams.provision_pipeline(*args, ctx.nats_tls)
     except streams.StreamError as exc:
         ctx.outcome.problems.append(Problem("StreamProvisioningFailed", str(exc)))
         ctx.outcome.retry = True
@@ -118,11 +150,13 @@ async def provision_consumers(ctx: Context) -> None:
 
 
 async def observe_workloads(ctx: Context) -> None:
-    pl = pipeline_of(ctx)
-    processor = await ctx.api.get_or_none(Ref("apps/v1", "StatefulSet", ctx.namespace, pipeline.processor_name(pl)))
-    writer = await ctx.api.get_or_none(Ref("apps/v1", "Deployment", ctx.namespace, pipeline.writer_name(pl)))
-    ctx.wait_for(workload("processor", processor))
-    ctx.wait_for(workload("writer", writer))
+    pl, central = pipeline_of(ctx), central_components(ctx)
+    if "processor" in central:
+        ref = Ref("apps/v1", "StatefulSet", ctx.namespace, pipeline.processor_name(pl))
+        ctx.wait_for(workload("processor", await ctx.api.get_or_none(ref)))
+    if "writer" in central:
+        ref = Ref("apps/v1", "Deployment", ctx.namespace, pipeline.writer_name(pl))
+        ctx.wait_for(workload("writer", await ctx.api.get_or_none(ref)))
 
 
 PIPELINE_STEPS: list[tuple[str, Step]] = [
@@ -131,6 +165,7 @@ PIPELINE_STEPS: list[tuple[str, Step]] = [
     ("read-nats-credentials", read_nats_credentials),
     ("read-tls-secrets", read_tls_secrets),
     ("compile-steps", compile_steps),
+    ("place-edge", place_edge),
     ("apply-workloads", apply_workloads),
     ("provision-consumers", provision_consumers),
     ("observe-workloads", observe_workloads),

@@ -54,6 +54,7 @@ class Context:
     fleet_secrets: FleetSecrets | None = None  # the fleet's TLS and external-NATS login, once read
     device_secret_digest: str | None = None  # of the device Secret's keys; the gateway pods roll when it changes
     nats_storage: StoragePlan | None = None  # the volumes a managed NATS has, and what changes them
+    site_secrets_digest: str | None = None  # of the edge sites' passwords; the NATS pods roll when it changes
     changes: list[str] = field(default_factory=list)  # what this reconcile changed, for one Event
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.runtime import jetstream, subjects
+from fleetflow.runtime import edgelink, jetstream, subjects
 from fleetflow.runtime.natsauth import NatsLogin
 
 log = structlog.get_logger(__name__)
@@ -31,6 +31,15 @@ async def connected(
 ) -> AsyncIterator[JetStreamContext]:
     """One short connection per reconcile: the operator holds no NATS state between reconciles. A managed NATS
     has no default user: the operator logs in as the services do; over TLS it verifies the server with `tls`."""
+    async with connection(url, timeout, login, tls) as nc:
+        yield nc.jetstream(timeout=timeout)
+
+
+@asynccontextmanager
+async def connection(
+    url: str, timeout: float, login: NatsLogin | None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Client]:
+    """A short connection to the fleet's NATS, closed without waiting long (see `connected`)."""
     user, password = (login.user, login.password) if login else (None, None)
     try:
         nc = await asyncio.wait_for(
@@ -48,7 +57,7 @@ async def connected(
     except Exception as exc:  # nats-py raises many unrelated types for an unreachable server
         raise StreamError(f"cannot connect to NATS at {url}: {exc!r}") from exc
     try:
-        yield nc.jetstream(timeout=timeout)
+        yield nc
     finally:
         await _close(nc, timeout)
 
@@ -117,9 +126,32 @@ async def provision_pipeline(
         raise StreamError(f"provisioning pipeline {pipeline.name!r} at {url} failed: {exc!r}") from exc
 
 
+async def remove_processors(
+    url: str,
+    fleet: DeviceFleet,
+    pipeline: Pipeline,
+    timeout: float,
+    login: NatsLogin | None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """An edge pipeline that runs at its sites only: processor consumers it had in the centre go (they would hold
+    the telemetry stream's messages for no one)."""
+    try:
+        async with connected(url, timeout, login, tls) as js:
+            await _remove_surplus_processors(js, fleet, pipeline)
+    except NotFoundError:
+        return  # no telemetry stream (yet): no consumer on it either
+    except StreamError:
+        raise
+    except Exception as exc:
+        raise StreamError(f"removing the processors of pipeline {pipeline.name!r} at {url} failed: {exc!r}") from exc
+
+
 async def _remove_surplus_processors(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> None:
+    """Consumers of replicas that no longer exist; all of them for an edge pipeline (its processors run at sites)."""
     stream = subjects.telemetry_stream(fleet.name)
-    wanted = {subjects.processor_consumer(pipeline.name, r) for r in range(pipeline.spec.processor.replicas)}
+    replicas = 0 if pipeline.name in edgelink.edge_pipelines(fleet) else pipeline.spec.processor.replicas
+    wanted = {subjects.processor_consumer(pipeline.name, r) for r in range(replicas)}
     prefix = subjects.processor_consumer(pipeline.name, 0).rsplit("-", 1)[0] + "-"
     for info in await js.consumers_info(stream):
         name = info.name

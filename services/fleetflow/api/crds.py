@@ -136,6 +136,7 @@ def device_fleet_crd() -> dict[str, Any]:
         _ready_column(),
         {"name": "Gateways", "type": "integer", "jsonPath": ".spec.gateway.replicas"},
         {"name": "Available", "type": "integer", "jsonPath": ".status.gateway.readyReplicas"},
+        {"name": "Sites", "type": "string", "jsonPath": ".status.sitesConnected"},  # connected/declared edge sites
         {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
         _AGE,
     ]

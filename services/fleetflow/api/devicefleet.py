@@ -190,6 +190,11 @@ class ManagedNats(Model):
         description="Publish the MQTT listener alone, as Service <fleet>-mqtt (NodePort or LoadBalancer); the "
         "client port stays inside the cluster.",
     )
+    leafnode_service: ServiceOverrides | None = Field(
+        default=None,
+        description="How Service <fleet>-leafnodes, the leaf-node listener edge sites (spec.sites) dial, is "
+        "published (NodePort or LoadBalancer for sites outside the cluster); unset: ClusterIP.",
+    )
     tls: TlsSecret | None = Field(
         default=None,
         description="Client, MQTT and route connections over TLS only, with this Secret's certificate; the "
@@ -321,6 +326,11 @@ class NetworkPolicySpec(Model):
         description="The namespace whose pods (Prometheus) may scrape the services' ops port and the NATS "
         "exporter; unset: none.",
     )
+    sites: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        description="Where edge sites (spec.sites, or the load balancer in front of them) dial the leaf-node "
+        "listener from; unset: anywhere.",
+    )
 
 
 class DeviceFleetSpec(Model):
@@ -430,6 +440,18 @@ class DeviceSecretStatus(Model):
     )
 
 
+class SiteStatus(Model):
+    """One edge site's link to the fleet's NATS, as the operator last saw it (docs/edge.md)."""
+
+    name: str
+    connected: bool = False
+    received_bytes: int = Field(default=0, description="Bytes the hub received from the site over its current link.")
+    sent_bytes: int = Field(default=0, description="Bytes the hub sent to the site over its current link.")
+    backlog_messages: int = Field(
+        default=0, description="Messages the site holds that the centre has not stored yet, as of the last contact."
+    )
+
+
 class DeviceFleetStatus(Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -437,6 +459,8 @@ class DeviceFleetStatus(Model):
     streams: list[StreamStatus] = Field(default_factory=list)
     components: list[ComponentStatus] = Field(default_factory=list)
     device_secret: DeviceSecretStatus | None = None
+    sites: list[SiteStatus] = Field(default_factory=list)
+    sites_connected: str | None = Field(default=None, description="Edge sites connected of those declared: 1/2.")
 
 
 class DeviceFleet(Model):

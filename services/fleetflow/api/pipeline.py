@@ -116,6 +116,11 @@ class PipelineStatus(Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     components: list[ComponentStatus] = Field(default_factory=list)
+    edge_sites: list[str] = Field(
+        default_factory=list,
+        description="The fleet's edge sites that run this pipeline's processors instead of the centre (its "
+        "components say what runs here); empty: it runs in the centre.",
+    )
 
 
 class Pipeline(Model):

@@ -8,7 +8,6 @@ and nothing arrives twice (docs/edge.md)."""
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,8 @@ import aiohttp
 import nats.errors
 import structlog
 from nats.aio.client import Client
-from nats.js import JetStreamContext
+
+from fleetflow.runtime.edgelink import rearm_sources
 
 log = structlog.get_logger(__name__)
 
@@ -46,15 +46,6 @@ async def leaf_links(monitor_url: str) -> list[LeafLink]:
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.get(f"{monitor_url}/leafz") as got:
         return [LeafLink.from_leafz(entry) for entry in (await got.json()).get("leafs") or []]
-
-
-async def rearm_sources(js: JetStreamContext, stream: str) -> None:
-    """Remove the stream's sources and add them again: each restarts at once after its last stored origin sequence."""
-    config = (await js.stream_info(stream)).config
-    if not config.sources:
-        return
-    await js.update_stream(dataclasses.replace(config, sources=[]))
-    await js.update_stream(config)
 
 
 class SiteLinks:

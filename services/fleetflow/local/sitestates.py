@@ -7,16 +7,14 @@ the site's stream holds that the centre has not stored yet, as of the last conta
 centre cannot know what the site received since, so the backlog's age is measured from the last moment the centre
 was caught up: an upper bound of how old the oldest reading the centre has not received can be."""
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nats.aio.client import Client
-
 from fleetflow.local.sitelinks import LeafLink
 from fleetflow.runtime import edgelink
+from fleetflow.runtime.edgelink import source_lags as source_lags  # for sitemetrics.py; the operator shares it
 
 
 @dataclass(frozen=True)
@@ -33,19 +31,6 @@ class SiteLinkState:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-async def source_lags(nc: Client, streams: list[str]) -> dict[str, int]:
-    """Backlog per site domain: the `lag` of every source of `streams`, found by the site's JetStream API prefix.
-    Read from the raw stream info, because nats.py's model of a source drops its `external` part."""
-    lags: dict[str, int] = {}
-    for stream in streams:
-        reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)
-        for source in json.loads(reply.data).get("sources") or []:
-            api = (source.get("external") or {}).get("api", "")
-            domain = api.removeprefix("$JS.").removesuffix(".API")
-            lags[domain] = lags.get(domain, 0) + int(source.get("lag") or 0)
-    return lags
 
 
 class SiteStates:

@@ -8,8 +8,11 @@ A sourced message keeps its Nats-Msg-Id and carries its origin sequence, from wh
 outage: every batch the site stored arrives once, in the site's order (docs/edge.md)."""
 
 import dataclasses
+import json
 from urllib.parse import urlsplit
 
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, ExternalStream, StreamConfig, StreamSource, SubjectTransform
 
 from fleetflow.api import DeviceFleet
@@ -188,3 +191,25 @@ def hub_leafnodes_config(host: str, port: int, tls: tuple[str, str] | None = Non
             "",
         ]
     )
+
+
+async def source_lags(nc: Client, streams: list[str]) -> dict[str, int]:
+    """Backlog per site domain: the `lag` of every source of `streams`, found by the site's JetStream API prefix.
+    Read from the raw stream info, because nats.py's model of a source drops its `external` part."""
+    lags: dict[str, int] = {}
+    for stream in streams:
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2)
+        for source in json.loads(reply.data).get("sources") or []:
+            api = (source.get("external") or {}).get("api", "")
+            domain = api.removeprefix("$JS.").removesuffix(".API")
+            lags[domain] = lags.get(domain, 0) + int(source.get("lag") or 0)
+    return lags
+
+
+async def rearm_sources(js: JetStreamContext, stream: str) -> None:
+    """Remove the stream's sources and add them again: each restarts at once after its last stored origin sequence."""
+    config = (await js.stream_info(stream)).config
+    if not config.sources:
+        return
+    await js.update_stream(dataclasses.replace(config, sources=[]))
+    await js.update_stream(config)

@@ -110,6 +110,9 @@ class LinkedAccounts:
     accounts: tuple[str, ...] = ()
     imports: tuple[str, ...] = ()
     users: tuple[str, ...] = ()  # their users, whom nats-server admits itself (not the callout)
+    # Users of the system account (rendered entries, their names in `users`): on a cluster, the operator's
+    # read-only view of the leaf connections (fleetflow.operator.builders.sites).
+    system_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ def server_config(auth: ServerAuth) -> str:
     callout_account = (
         [] if auth.callout_user is None else [f"  {CALLOUT_ACCOUNT} {{ users: [ {auth.callout_user.entry()} ] }}"]
     )
+    system_users = f" users: [ {', '.join(auth.linked.system_users)} ]" if auth.linked.system_users else ""
     return "\n".join(
         [
             "mqtt {",
@@ -192,7 +196,7 @@ def server_config(auth: ServerAuth) -> str:
             "  }",
             *callout_account,
             *(f"  {account}" for account in auth.linked.accounts),
-            f"  {SYSTEM_ACCOUNT} {{ }}",
+            f"  {SYSTEM_ACCOUNT} {{{system_users} }}",
             "}",
             f"system_account: {SYSTEM_ACCOUNT}",
             "authorization {",

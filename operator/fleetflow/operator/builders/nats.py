@@ -15,7 +15,7 @@ from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.api.quantities import parse_bytes
 from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, TlsSecret
 from fleetflow.operator import nats_credentials
-from fleetflow.operator.builders import shaping
+from fleetflow.operator.builders import shaping, sites
 from fleetflow.operator.builders.common import (
     JsonObject,
     config_hash,
@@ -29,7 +29,7 @@ from fleetflow.operator.builders.common import (
     pod_security_context,
     selector_labels,
 )
-from fleetflow.runtime import natsauth
+from fleetflow.runtime import edgelink, natsauth
 
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
@@ -179,6 +179,8 @@ def server_config(fleet: DeviceFleet) -> str:
         "jetstream {",
         f'  store_dir: "{STORE_DIR}"',
         f"  max_file_store: {store_bytes}",
+        # The hub of edge sites: each site's NATS has a domain of its own, so the centre's needs one too.
+        *([f"  domain: {edgelink.HUB_DOMAIN}"] if sites.served(fleet) else []),
         "}",
     ]
     if managed_spec.replicas > 1:
@@ -186,6 +188,11 @@ def server_config(fleet: DeviceFleet) -> str:
     auth = SERVER_AUTH
     if certificate:
         auth = dataclasses.replace(auth, mqtt_tls=(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}"))
+    if sites.served(fleet):
+        linked = sites.linked_accounts(fleet, natsauth.from_environment(SERVICES_PASSWORD_ENV))
+        auth = dataclasses.replace(auth, linked=linked)
+        tls_files = (f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}") if certificate else None
+        lines.append(sites.leafnodes_config(tls_files).rstrip("\n"))
     return "\n".join(lines) + "\n" + natsauth.server_config(auth)
 
 
@@ -235,7 +242,7 @@ def _env(fleet: DeviceFleet) -> list[JsonObject]:
     ]
     if fleet.spec.nats.managed_or_default.replicas > 1:
         env += [from_secret(ROUTES_PASSWORD_ENV, nats_credentials.ROUTES_PASSWORD_KEY), _routes_env(fleet)]
-    return env
+    return env + (sites.env(fleet) if sites.served(fleet) else [])
 
 
 def nats_config_map(fleet: DeviceFleet) -> JsonObject:
@@ -244,11 +251,12 @@ def nats_config_map(fleet: DeviceFleet) -> JsonObject:
     )
 
 
-def _ports() -> list[JsonObject]:
+def _ports(fleet: DeviceFleet) -> list[JsonObject]:
     return [
         {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
         {"name": "cluster", "containerPort": CLUSTER_PORT, "protocol": "TCP"},
         {"name": "mqtt", "containerPort": MQTT_PORT, "protocol": "TCP"},
+        *sites.container_ports(fleet),
     ]
 
 
@@ -296,7 +304,7 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
         "imagePullPolicy": pull_policy,
         "args": ["--config", "/etc/nats-config/nats.conf"],
         "env": _env(fleet),
-        "ports": _ports(),
+        "ports": _ports(fleet),
         "startupProbe": monitor_probe("/healthz", period=5, failures=60),
         # Ready only once JetStream is up: a server still catching up with its peers takes no clients.
         "readinessProbe": monitor_probe("/healthz?js-enabled-only=true", period=10, failures=3),
@@ -472,12 +480,13 @@ def nats_objects(
     never patched); empty when the fleet uses an external NATS."""
     if not managed(fleet):
         return []
-    mqtt = nats_mqtt_service(fleet)
+    mqtt, leafnodes = nats_mqtt_service(fleet), sites.leafnode_service(fleet)
     return [
         nats_config_map(fleet),
         nats_headless_service(fleet),
         nats_client_service(fleet),
         *([mqtt] if mqtt else []),
+        *([leafnodes] if leafnodes else []),
         nats_statefulset(fleet, image, pull_policy, resources, pull_secrets, exporter_image),
         nats_pdb(fleet),
     ]

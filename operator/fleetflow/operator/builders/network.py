@@ -2,7 +2,7 @@
 denied, then allowed where the data path needs it. Policies add up, so each allowance is its own object."""
 
 from fleetflow.api import DeviceFleet
-from fleetflow.operator.builders import nats
+from fleetflow.operator.builders import nats, sites
 from fleetflow.operator.builders.common import JsonObject, fleet_labels, metadata, namespace_of, selector_labels
 
 API_VERSION = "networking.k8s.io/v1"
@@ -30,9 +30,14 @@ def metrics_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-metrics"
 
 
+def sites_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-edge-sites"
+
+
 def all_names(fleet: DeviceFleet) -> list[str]:
     """Every policy the fleet may have, for removal when the spec no longer asks for one."""
-    return [default_deny_name(fleet), devices_name(fleet), mqtt_name(fleet), nats_name(fleet), metrics_name(fleet)]
+    return [default_deny_name(fleet), devices_name(fleet), mqtt_name(fleet), nats_name(fleet), metrics_name(fleet),
+            sites_name(fleet)]  # fmt: skip
 
 
 def _policy(fleet: DeviceFleet, name: str, pods: dict[str, str], ingress: list[JsonObject]) -> JsonObject:
@@ -86,6 +91,16 @@ def nats_policies(fleet: DeviceFleet, operator_namespace: str | None) -> list[Js
     ]
 
 
+def edge_sites(fleet: DeviceFleet) -> JsonObject | None:
+    """Edge sites reach the leaf-node listener, from `networkPolicy.sites` (unset: anywhere; each site logs in with
+    its own password); None for a fleet without sites or with an external NATS."""
+    if not sites.served(fleet):
+        return None
+    peers = fleet.spec.network_policy.sites
+    rule = {"ports": _ports(sites.PORT_NAME), **({"from": [p.to_k8s() for p in peers]} if peers is not None else {})}
+    return _policy(fleet, sites_name(fleet), selector_labels(fleet.name, "nats"), [rule])
+
+
 def metrics(fleet: DeviceFleet) -> JsonObject | None:
     """Prometheus in `metricsNamespace` scrapes the services' `ops` port and the NATS exporter's port."""
     namespace = fleet.spec.network_policy.metrics_namespace
@@ -100,10 +115,11 @@ def network_policies(fleet: DeviceFleet, operator_namespace: str | None) -> list
     on never cuts a connection the data path needs); empty unless `spec.networkPolicy.enabled`."""
     if not fleet.spec.network_policy.enabled:
         return []
-    scrapes = metrics(fleet)
+    scrapes, leafnodes = metrics(fleet), edge_sites(fleet)
     return [
         devices_to_gateway(fleet),
         *nats_policies(fleet, operator_namespace),
+        *([leafnodes] if leafnodes else []),
         *([scrapes] if scrapes else []),
         default_deny(fleet),
     ]
