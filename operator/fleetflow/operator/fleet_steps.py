@@ -1,7 +1,9 @@
 """The DeviceFleet reconcile, as an ordered list of small named idempotent steps."""
 
+import datetime
+
 from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import device_secret, nats_credentials, nats_storage, streams, tls_secrets
+from fleetflow.operator import device_secret, fleet_ca, nats_credentials, nats_storage, streams, tls_secrets
 from fleetflow.operator.builders import appapi, exposure, gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
@@ -134,6 +136,47 @@ async def ensure_nats_credentials(ctx: Context) -> None:
         raise Stop(Problem(exc.reason, str(exc))) from None
 
 
+async def fleet_authority(ctx: Context) -> fleet_ca.Authority:
+    """The fleet's CA: made once, never rewritten. If it is lost, a new one is made and every certificate it
+    issued is issued anew (the old key is gone: nothing else could be signed by it), which the Event says."""
+    fleet = fleet_of(ctx)
+    ref = Ref("v1", "Secret", ctx.namespace, fleet_ca.ca_secret_name(fleet))
+    stored = await ctx.api.get_or_none(ref)
+    if stored is None:
+        fresh = fleet_ca.ca_secret(fleet, fleet_ca.new_authority(fleet, datetime.datetime.now(datetime.UTC)))
+        stored = await ctx.apply_owned(fresh, create_only=True)
+        ctx.changes.append(f"devices verifying the fleet's TLS need the CA in Secret {ref.name} (key ca.crt)")
+    try:
+        return fleet_ca.load_authority(stored)
+    except fleet_ca.CertificateError as exc:
+        raise Stop(Problem(exc.reason, str(exc))) from None
+
+
+async def issue_certificates(ctx: Context) -> None:
+    """For each `tls: {generate: true}`, a certificate from the fleet's CA, issued anew at two thirds of its
+    lifetime or when the names it must hold change; read_tls_secrets then rolls the pods that mount it."""
+    fleet = fleet_of(ctx)
+    wanted = fleet_ca.wanted(fleet)
+    if not wanted:
+        return
+    authority = await fleet_authority(ctx)
+    now = datetime.datetime.now(datetime.UTC)
+    for want in wanted:
+        current = await ctx.api.get_or_none(Ref("v1", "Secret", ctx.namespace, want.secret_name))
+        if current is not None and not ctx.owns(current):
+            message = (
+                f"{want.field}: Secret {want.secret_name!r} exists and is not this fleet's; the operator "
+                "writes its certificate there: delete it, or name it in secretName instead of generate: true"
+            )
+            raise Stop(Problem(fleet_ca.CertificateError.reason, message))  # fmt: skip
+        reason = fleet_ca.renewal_reason(current, authority, want.dns_names, now)
+        if reason is not None:
+            await ctx.apply_owned(
+                fleet_ca.certificate_secret(fleet, want, fleet_ca.issue(authority, want.dns_names, now))
+            )
+            ctx.changes.append(f"issued the certificate in Secret {want.secret_name} ({reason})")
+
+
 async def read_tls_secrets(ctx: Context) -> None:
     """The certificates and the external NATS's login the spec names must exist before pods mount them."""
     try:
@@ -228,7 +271,7 @@ async def apply_network_policies(ctx: Context) -> None:
 
 
 async def apply_exposure(ctx: Context) -> None:
-    """The gateway's Ingresses the spec asks for; one it no longer asks for goes."""
+    """The gateway's Ingresses and Gateway API routes the spec asks for; one it no longer asks for goes."""
     fleet = fleet_of(ctx)
     for protocol in exposure.PROTOCOLS:
         ingress = exposure.gateway_ingress(fleet, protocol)
@@ -236,6 +279,12 @@ async def apply_exposure(ctx: Context) -> None:
             await ctx.apply_owned(ingress)
         else:
             await ctx.remove_owned(exposure.API_VERSION, "Ingress", exposure.ingress_name(fleet, protocol))
+        route = exposure.gateway_route(fleet, protocol)
+        if route is not None:
+            await ctx.apply_owned(route)
+        else:
+            kind = exposure.ROUTE_KINDS[protocol]
+            await ctx.remove_owned(exposure.ROUTES_API_VERSION, kind, exposure.route_name(fleet, protocol))
 
 
 async def observe_exposure(ctx: Context) -> None:
@@ -245,8 +294,13 @@ async def observe_exposure(ctx: Context) -> None:
     mqtt = None
     if nats.managed(fleet) and fleet.spec.nats.managed_or_default.mqtt_service is not None:
         mqtt = await ctx.api.get_or_none(Ref("v1", "Service", ctx.namespace, nats.mqtt_service_name(fleet)))
+    gateways = {
+        (namespace, name): await ctx.api.get_or_none(Ref(exposure.ROUTES_API_VERSION, "Gateway", namespace, name))
+        for namespace, name in exposure.parent_gateways(fleet)
+    }
     status = ctx.status.setdefault("gateway", {})
-    status["endpoints"] = {**status.get("endpoints", {}), **exposure.external_endpoints(fleet, service, mqtt)}
+    found = exposure.external_endpoints(fleet, service, mqtt, gateways)
+    status["endpoints"] = {**status.get("endpoints", {}), **found}
 
 
 async def fleet_pipelines(ctx: Context) -> list[Pipeline]:
@@ -341,6 +395,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("parse-spec", parse_spec),
     ("ensure-device-secret", ensure_device_secret),
     ("ensure-nats-credentials", ensure_nats_credentials),
+    ("issue-certificates", issue_certificates),
     ("read-tls-secrets", read_tls_secrets),
     ("plan-nats-storage", plan_nats_storage),
     ("apply-nats", apply_nats),

@@ -7,8 +7,8 @@ import ssl
 from dataclasses import dataclass
 
 from fleetflow.api import DeviceFleet
-from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY
-from fleetflow.operator.builders import nats
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, TlsSecret
+from fleetflow.operator.builders import gateway, nats
 from fleetflow.operator.builders.common import JsonObject, config_hash, namespace_of
 from fleetflow.operator.kube import KubeApi, Ref
 from fleetflow.runtime.natsauth import NatsLogin
@@ -61,18 +61,23 @@ def _context(field: str, name: str, key: str, pem: bytes) -> ssl.SSLContext:
         raise TlsSecretError(f"{field} = {name!r}: key {key!r} is not a PEM CA certificate ({exc})") from None
 
 
+def _field(path: str, certificate: TlsSecret | None) -> str:
+    """The spec field a missing or unusable Secret comes from, for messages."""
+    return f"{path}.generate" if certificate is not None and certificate.generate else f"{path}.secretName"
+
+
 def _digest(values: dict[str, bytes]) -> str:
     return config_hash(*(f"{key}={base64.b64encode(value).decode()}" for key, value in sorted(values.items())))
 
 
 async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> FleetSecrets:
     """The fleet's TLS and login Secrets; TlsSecretError when one the spec names is missing or unusable."""
-    certificate, external = nats.tls(fleet), fleet.spec.nats.external
+    certificate, external = nats.tls_secret_name(fleet), fleet.spec.nats.external
     tls, server_digest, client = None, "", {}
     if certificate is not None:
-        field = "spec.nats.managed.tls.secretName"
-        values = await _keys(api, fleet, field, certificate.secret_name, [CERT_KEY, KEY_KEY, CA_KEY])
-        tls, server_digest = _context(field, certificate.secret_name, CA_KEY, values[CA_KEY]), _digest(values)
+        field = _field("spec.nats.managed.tls", nats.tls(fleet))
+        values = await _keys(api, fleet, field, certificate, [CERT_KEY, KEY_KEY, CA_KEY])
+        tls, server_digest = _context(field, certificate, CA_KEY, values[CA_KEY]), _digest(values)
         client[CA_KEY] = values[CA_KEY]
     if external is not None and external.ca_secret_ref is not None:
         ca, field = external.ca_secret_ref, "spec.nats.external.caSecretRef.name"
@@ -84,8 +89,9 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
         client["password"] = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
         login = NatsLogin(external.user, client["password"].decode(errors="replace").strip())
     gateway_digest = ""
-    if with_gateway and fleet.spec.gateway.tls is not None:
-        field, name = "spec.gateway.tls.secretName", fleet.spec.gateway.tls.secret_name
+    name = gateway.tls_secret_name(fleet)
+    if with_gateway and name is not None:
+        field = _field("spec.gateway.tls", fleet.spec.gateway.tls)
         gateway_digest = _digest(await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY]))
     client_digest = _digest(client) if client else ""
     return FleetSecrets(tls, login, server_digest, client_digest, gateway_digest)

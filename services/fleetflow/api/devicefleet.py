@@ -9,7 +9,7 @@ from pydantic.config import JsonDict
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
 from fleetflow.api.core import NetworkPolicyPeer
-from fleetflow.api.overrides import IngressSpec, PodOverrides, ServiceOverrides
+from fleetflow.api.overrides import GatewayRoutesSpec, IngressSpec, PodOverrides, ServiceOverrides
 from fleetflow.api.sites import EdgeSite, check_unique_sites
 from fleetflow.api.tls import CaSecretRef, TlsSecret
 
@@ -126,9 +126,14 @@ class GatewaySpec(Model):
     ingress: IngressSpec | None = Field(
         default=None, description="Publish the gateway's HTTP and gRPC through an Ingress controller (cluster only)."
     )
+    routes: GatewayRoutesSpec | None = Field(
+        default=None,
+        description="Publish the gateway's HTTP and gRPC as Gateway API routes on a Gateway you run (cluster only).",
+    )
     tls: TlsSecret | None = Field(
         default=None,
-        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate (cluster only).",
+        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate or one the operator "
+        "issues (cluster only).",
     )
 
     @property
