@@ -141,6 +141,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
             ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
             ("networking.k8s.io", "v1", "ingresses", "Ingress"),
+            # The Gateway API's standard channel, as a cluster that installed its CRDs serves it.
+            ("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
+            ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
+            ("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute"),
             ("events.k8s.io", "v1", "events", "Event"),
             ("coordination.k8s.io", "v1", "leases", "Lease"),
             ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),

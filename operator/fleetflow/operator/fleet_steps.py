@@ -8,7 +8,7 @@ from fleetflow.operator.builders import appapi, exposure, gateway, nats, network
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
-from fleetflow.operator.kube import JsonObject, Ref
+from fleetflow.operator.kube import ApiError, JsonObject, Ref
 from fleetflow.operator.readiness import Readiness, workload
 from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec, resource_document
 
@@ -294,13 +294,21 @@ async def observe_exposure(ctx: Context) -> None:
     mqtt = None
     if nats.managed(fleet) and fleet.spec.nats.managed_or_default.mqtt_service is not None:
         mqtt = await ctx.api.get_or_none(Ref("v1", "Service", ctx.namespace, nats.mqtt_service_name(fleet)))
-    gateways = {
-        (namespace, name): await ctx.api.get_or_none(Ref(exposure.ROUTES_API_VERSION, "Gateway", namespace, name))
-        for namespace, name in exposure.parent_gateways(fleet)
-    }
+    gateways = {where: await parent_gateway(ctx, *where) for where in exposure.parent_gateways(fleet)}
     status = ctx.status.setdefault("gateway", {})
     found = exposure.external_endpoints(fleet, service, mqtt, gateways)
     status["endpoints"] = {**status.get("endpoints", {}), **found}
+
+
+async def parent_gateway(ctx: Context, namespace: str, name: str) -> JsonObject | None:
+    """A Gateway the routes attach to, for its listeners; None when it is not there or, in another namespace
+    than the operator may read (the chart's per-namespace Roles), not readable: its endpoints stay unreported."""
+    try:
+        return await ctx.api.get_or_none(Ref(exposure.ROUTES_API_VERSION, "Gateway", namespace, name))
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return None
 
 
 async def fleet_pipelines(ctx: Context) -> list[Pipeline]:
