@@ -45,7 +45,8 @@ async def test_pull_secrets_and_overrides_reach_every_workload_and_mqtt_follows_
         for api_version, plural, name in [("apps/v1", "statefulsets", "cold-gateway"),
                                           ("apps/v1", "statefulsets", "cold-nats"),
                                           ("apps/v1", "statefulsets", "store-processor"),
-                                          ("apps/v1", "deployments", "store-writer")]:  # fmt: skip
+                                          ("apps/v1", "deployments", "store-writer"),
+                                          ("apps/v1", "deployments", "cold-api")]:  # fmt: skip
             workload = await wait_until(lambda v=api_version, p=plural, n=name: emulator.get(v, p, "ns1", n), what=name)
             assert pull_secrets(workload) == ["regcred"], name
         gateway = emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway")
@@ -57,7 +58,7 @@ async def test_pull_secrets_and_overrides_reach_every_workload_and_mqtt_follows_
         assert (emulator.get("v1", "services", "ns1", "cold-gateway") or {})["spec"]["type"] == "LoadBalancer"
         mqtt = await wait_until(lambda: emulator.get("v1", "services", "ns1", "cold-mqtt"), what="the MQTT Service")
         assert mqtt["spec"]["type"] == "NodePort"
-        for name in ("cold-nats", "store-processor", "store-writer"):
+        for name in ("cold-nats", "store-processor", "store-writer", "cold-api"):
             await wait_until(
                 lambda n=name: emulator.get("policy/v1", "poddisruptionbudgets", "ns1", n), what=f"PDB {name}"
             )

@@ -43,7 +43,7 @@ def test_generate_asks_for_one_certificate_per_component_in_its_own_secret() -> 
 
 @pytest.mark.parametrize("tls", [{}, {"secretName": "mine", "generate": True}])
 def test_tls_takes_a_secret_name_or_generate_not_both_nor_neither(tls: dict[str, Any]) -> None:
-    with pytest.raises(SpecError, match="set either secretName .* or generate: true"):
+    with pytest.raises(SpecError, match=r"set either secretName .* or generate: true"):
         fleet(fleet_doc(gateway={"tls": tls}))
 
 
@@ -81,8 +81,10 @@ def test_a_ca_secret_without_a_matching_key_is_refused_naming_it_never_its_conte
     authority, other = fleet_ca.new_authority(GENERATED, NOW), fleet_ca.new_authority(GENERATED, NOW)
     mixed = fleet_ca.ca_secret(GENERATED, authority)
     mixed["data"][KEY_KEY] = fleet_ca.ca_secret(GENERATED, other)["data"][KEY_KEY]
-    with pytest.raises(fleet_ca.CertificateError, match="'cold-ca': 'tls.key' is not the key of the certificate") as e:
+    with pytest.raises(
+        fleet_ca.CertificateError, match=r"'cold-ca': 'tls\.key' is not the key of the certificate"
+    ) as e:
         fleet_ca.load_authority(mixed)
     assert "PRIVATE KEY" not in str(e.value) and mixed["data"][KEY_KEY] not in str(e.value)
-    with pytest.raises(fleet_ca.CertificateError, match="'cold-ca' lacks key 'tls.key'"):
+    with pytest.raises(fleet_ca.CertificateError, match=r"'cold-ca' lacks key 'tls\.key'"):
         fleet_ca.load_authority({"metadata": {"name": "cold-ca"}, "data": {CERT_KEY: mixed["data"][CERT_KEY]}})

@@ -332,7 +332,11 @@ async def apply_appapi(ctx: Context) -> None:
     chosen = opts.resources.get(appapi.COMPONENT, appapi.DEFAULT_RESOURCES)
     resources = {kind: dict(values) for kind, values in chosen.items()}
     pipelines = await fleet_pipelines(ctx)
-    objects = appapi.appapi_objects(fleet, pipelines, opts.image, opts.image_pull_policy, resources, opts.service_env())
+    try:
+        objects = appapi.appapi_objects(fleet, pipelines, opts.image, opts.image_pull_policy, resources,
+                                        opts.service_env(), opts.image_pull_secrets)  # fmt: skip
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in objects:
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
 

@@ -311,8 +311,9 @@ NAMESPACE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 class NetworkPolicySpec(Model):
     """NetworkPolicies for the fleet's pods (its pipelines' included): every ingress is denied but devices to the
-    gateway's HTTP and gRPC and to MQTT, the fleet's services and the operator to NATS, NATS servers to each
-    other, and metrics scrapes from `metricsNamespace`. Egress is not restricted."""
+    gateway's HTTP and gRPC and to MQTT, applications to the application API, the fleet's services and the
+    operator to NATS, NATS servers to each other, and metrics scrapes from `metricsNamespace`. Egress is not
+    restricted."""
 
     enabled: bool = False
     devices: list[NetworkPolicyPeer] | None = Field(
@@ -320,12 +321,23 @@ class NetworkPolicySpec(Model):
         description="Where devices (or the Ingress controller or load balancer in front of them) connect from; "
         "unset: anywhere.",
     )
+    applications: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        description="Where applications reach the application API's port from; unset: anywhere.",
+    )
     metrics_namespace: str | None = Field(
         default=None,
         pattern=NAMESPACE_NAME_PATTERN,
         description="The namespace whose pods (Prometheus) may scrape the services' ops port and the NATS "
         "exporter; unset: none.",
     )
+
+
+class AppApiSpec(Model):
+    """The application API's pods (cluster only): how many, and shaped like the other components'."""
+
+    replicas: int = Field(default=1, ge=1, le=10, description="Stateless: any replica serves any request.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the application API pods.")
 
 
 class DeviceFleetSpec(Model):
@@ -356,6 +368,7 @@ class DeviceFleetSpec(Model):
     nats: NatsSpec = Field(default_factory=NatsSpec)
     streams: StreamSpec = Field(default_factory=StreamSpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    api: AppApiSpec = Field(default_factory=AppApiSpec, description="The application API (cluster only).")
     sites: list[EdgeSite] = Field(
         default_factory=list,
         description="Edge sites: leaf nodes of this fleet's NATS that run on their own (docs/edge.md).",

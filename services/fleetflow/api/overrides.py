@@ -160,6 +160,7 @@ CLUSTER_ONLY_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("nats", "managed", "pod"),
         ("nats", "managed", "mqttService"),
         ("networkPolicy",),
+        ("api",),
     ),
     "Pipeline": (("processor", "pod"), ("writer", "pod")),
 }
