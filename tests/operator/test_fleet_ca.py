@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from fleetflow.api import SpecError
 from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY
@@ -88,3 +91,24 @@ def test_a_ca_secret_without_a_matching_key_is_refused_naming_it_never_its_conte
     assert "PRIVATE KEY" not in str(e.value) and mixed["data"][KEY_KEY] not in str(e.value)
     with pytest.raises(fleet_ca.CertificateError, match=r"'cold-ca' lacks key 'tls\.key'"):
         fleet_ca.load_authority({"metadata": {"name": "cold-ca"}, "data": {CERT_KEY: mixed["data"][CERT_KEY]}})
+
+
+def test_an_admins_rsa_ca_put_there_first_signs_the_certificates() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example corp devices CA")])
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(NOW).not_valid_after(NOW + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    authority = fleet_ca.load_authority(
+        {"metadata": {"name": "cold-ca"}, **as_secret({CERT_KEY: pem, KEY_KEY: pem_key})}
+    )
+    (want, _) = fleet_ca.wanted(GENERATED)
+    issued = fleet_ca.issue(authority, want.dns_names, NOW)
+    x509.load_pem_x509_certificate(issued[CERT_KEY]).verify_directly_issued_by(certificate)
+    assert issued[CA_KEY] == pem
+    assert fleet_ca.renewal_reason(as_secret(issued), authority, want.dns_names, NOW) is None

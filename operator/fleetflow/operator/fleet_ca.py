@@ -1,11 +1,12 @@
 """The fleet's own CA and the server certificates it issues, for `tls: {generate: true}`.
 
 The CA lives in Secret `<fleet>-ca`, owned by the DeviceFleet: created once, never rewritten (every device trusts
-it). Each generated certificate lives in a kubernetes.io/tls Secret (`tls.crt`, `tls.key`, `ca.crt`, as
-cert-manager writes one) that the operator reissues when it reaches two thirds of its lifetime, when the names
-it must hold change, or when it was not signed by the fleet's CA; the pods that mount it roll with it
-(tls_secrets.stamped). Private keys never leave the Secrets: no message or log names more than a Secret and a key.
-Every function that looks at validity takes `now`, so tests need no clock of their own."""
+it); one an admin created there first (`tls.crt`, `tls.key`; EC or RSA) is used as it is. Each generated
+certificate lives in a kubernetes.io/tls Secret (`tls.crt`, `tls.key`, `ca.crt`, as cert-manager writes one) that
+the operator reissues when it reaches two thirds of its lifetime, when the names it must hold change, or when it
+was not signed by the fleet's CA; the pods that mount it roll with it (tls_secrets.stamped). Private keys never
+leave the Secrets: no message or log names more than a Secret and a key. Every function that looks at validity
+takes `now`, so tests need no clock of their own."""
 
 import base64
 import datetime
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetflow.api import DeviceFleet
@@ -41,7 +42,7 @@ class CertificateError(ValueError):
 
 @dataclass(frozen=True)
 class Authority:
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey  # the operator makes EC keys; an admin's CA may be RSA
     certificate: x509.Certificate
 
     @property
@@ -100,7 +101,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())  # fmt: skip
 
@@ -142,7 +143,9 @@ def load_authority(secret: JsonObject) -> Authority:
     except (KeyError, ValueError) as exc:
         missing = f"lacks key {exc}" if isinstance(exc, KeyError) else "holds no PEM certificate and key"
         raise CertificateError(f"fleet CA Secret {name!r} {missing} (keys {CERT_KEY!r} and {KEY_KEY!r})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != certificate.public_key():
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CertificateError(f"fleet CA Secret {name!r}: {KEY_KEY!r} is a {type(key).__name__}; use an EC or RSA key")
+    if key.public_key() != certificate.public_key():
         raise CertificateError(
             f"fleet CA Secret {name!r}: {KEY_KEY!r} is not the key of the certificate in {CERT_KEY!r}"
         )

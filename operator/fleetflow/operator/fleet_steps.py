@@ -137,8 +137,8 @@ async def ensure_nats_credentials(ctx: Context) -> None:
 
 
 async def fleet_authority(ctx: Context) -> fleet_ca.Authority:
-    """The fleet's CA: made once, never rewritten. If it is lost, a new one is made and every certificate it
-    issued is issued anew (the old key is gone: nothing else could be signed by it), which the Event says."""
+    """The fleet's CA: made once, never rewritten (one an admin put there first is used as it is). If it is lost,
+    a new one is made and every certificate it issued is issued anew (the old key is gone), which the Event says."""
     fleet = fleet_of(ctx)
     ref = Ref("v1", "Secret", ctx.namespace, fleet_ca.ca_secret_name(fleet))
     stored = await ctx.api.get_or_none(ref)
@@ -168,7 +168,7 @@ async def issue_certificates(ctx: Context) -> None:
                 f"{want.field}: Secret {want.secret_name!r} exists and is not this fleet's; the operator "
                 "writes its certificate there: delete it, or name it in secretName instead of generate: true"
             )
-            raise Stop(Problem(fleet_ca.CertificateError.reason, message))  # fmt: skip
+            raise Stop(Problem(fleet_ca.CertificateError.reason, message))
         reason = fleet_ca.renewal_reason(current, authority, want.dns_names, now)
         if reason is not None:
             await ctx.apply_owned(
