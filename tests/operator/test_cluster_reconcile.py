@@ -321,3 +321,23 @@ async def test_gateway_api_routes_follow_the_spec_and_their_gateways_listener_re
                          certificate_names(), what="the certificate reissued for the new hostname")  # fmt: skip
         await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"routes": None}}})
         await wait_until(lambda: route("httproutes") is None and route("grpcroutes") is None, what="the routes gone")
+
+
+async def test_routes_on_a_cluster_without_the_gateway_api_are_a_condition_and_the_rest_is_reconciled(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    emulator.absent_groups.add("gateway.networking.k8s.io")
+    routes = {"parentRefs": [{"name": "public"}], "http": {"hostnames": ["telemetry.example.com"]}}
+    async with start_operator():
+        await create(emulator, fleet_doc(gateway={"routes": routes}))
+
+        def missing() -> Any:
+            found = has_condition(emulator, "devicefleets", "cold", "Ready", "False")
+            return found if found and found["reason"] == "GatewayApiMissing" else None
+
+        problem = await wait_until(missing, what="Ready False, reason GatewayApiMissing")
+        assert "does not serve gateway.networking.k8s.io/v1 HTTPRoute" in problem["message"]
+        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-api"), what="the steps after it")
+        await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"routes": None}}})
+        await wait_until(lambda: not missing(), what="the condition gone with the routes")

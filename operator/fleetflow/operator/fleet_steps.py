@@ -281,10 +281,26 @@ async def apply_exposure(ctx: Context) -> None:
             await ctx.remove_owned(exposure.API_VERSION, "Ingress", exposure.ingress_name(fleet, protocol))
         route = exposure.gateway_route(fleet, protocol)
         if route is not None:
-            await ctx.apply_owned(route)
+            await apply_route(ctx, route)
         else:
             kind = exposure.ROUTE_KINDS[protocol]
             await ctx.remove_owned(exposure.ROUTES_API_VERSION, kind, exposure.route_name(fleet, protocol))
+
+
+async def apply_route(ctx: Context, route: JsonObject) -> None:
+    """A cluster without the Gateway API's CRDs answers 404: that is a condition naming what to install, and the
+    rest of the fleet is reconciled all the same."""
+    try:
+        await ctx.apply_owned(route)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        message = (
+            f"spec.gateway.routes: the cluster does not serve {route['apiVersion']} {route['kind']}; install the "
+            "Gateway API's standard CRDs (v1.1 or later, for GRPCRoute) and an implementation, or publish the "
+            "gateway with spec.gateway.ingress or spec.gateway.service"
+        )
+        ctx.outcome.problems.append(Problem("GatewayApiMissing", message))
 
 
 async def observe_exposure(ctx: Context) -> None:
