@@ -99,6 +99,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     revision: int = 1
     # (HTTP method, plural) -> how many of the next such requests fail with 503, as a busy server's would.
     failures: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    # API groups this cluster does not serve (their CRDs are not installed): every request to one is a 404.
+    absent_groups: set[str] = attrs.field(factory=set)
     failed: list[tuple[str, str]] = attrs.field(factory=list)
     state_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
     cluster_scoped: set[tuple[str, str, str]] = attrs.field(factory=set)
@@ -141,6 +143,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
             ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
             ("networking.k8s.io", "v1", "ingresses", "Ingress"),
+            # The Gateway API's standard channel, as a cluster that installed its CRDs serves it.
+            ("gateway.networking.k8s.io", "v1", "gateways", "Gateway"),
+            ("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
+            ("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute"),
             ("events.k8s.io", "v1", "events", "Event"),
             ("coordination.k8s.io", "v1", "leases", "Lease"),
             ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
@@ -191,6 +197,10 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         res = request.resource
+        if res is not None and res.group in self.absent_groups:
+            status = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 404, "reason": "NotFound",
+                      "message": "the server could not find the requested resource", "metadata": {}}  # fmt: skip
+            return aiohttp.web.json_response(status, status=404)
         if res is None or not res.plural or (res.group, res.version, res.plural) not in self.kinds:
             return await super()._handle(request)
         assert res.group is not None and res.version is not None

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from fleetflow.appapi import keys
-from fleetflow.operator.builders import appapi, common
+from fleetflow.operator.builders import appapi, common, shaping
 from fleetflow.runtime.settings import AppApiSettings
-from tests.operator.variants import fleet, fleet_doc, pipeline_doc, variants
+from tests.operator.variants import POD_OVERRIDES, fleet, fleet_doc, pipeline_doc, variants
 from tests.operator.variants import pipeline as pipeline_of
 
 KUBERNETES_VERSION = "1.30.0"
@@ -30,8 +30,9 @@ def settings_of(config_map: dict[str, Any], monkeypatch: pytest.MonkeyPatch, dep
 @pytest.mark.parametrize("variant", list(variants()))
 def test_every_api_object_validates_against_the_kubernetes_openapi_schema(variant: str) -> None:
     f, p = variants()[variant]
-    objects = [*appapi.appapi_objects(f, [p], IMAGE, "IfNotPresent", appapi.DEFAULT_RESOURCES), appapi.keys_secret(f)]
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Service", "Deployment", "Secret"]
+    objects = [*appapi.appapi_objects(f, [p], IMAGE, "IfNotPresent", appapi.DEFAULT_RESOURCES, (), ("regcred",)),
+               appapi.keys_secret(f)]  # fmt: skip
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "Secret"]
     for obj in objects:
         try:
             kubernetes_validate.validate(common.owned(obj, OWNER), KUBERNETES_VERSION, strict=True)
@@ -80,3 +81,30 @@ def test_the_url_is_the_services_and_a_changed_pipeline_rolls_the_pods() -> None
     annotation = common.CONFIG_HASH_ANNOTATION
     assert before["spec"]["template"]["metadata"]["annotations"][annotation] != \
         after["spec"]["template"]["metadata"]["annotations"][annotation]  # fmt: skip
+
+
+def test_the_api_pods_are_shaped_spread_and_budgeted_like_the_other_components() -> None:
+    f, p = variants()["shaped"]
+    deployment = appapi.appapi_deployment(f, [p], IMAGE, "Always", appapi.DEFAULT_RESOURCES, (), ("regcred",))
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["priorityClassName"] == "iot-critical" and pod["nodeSelector"]
+    assert [s["name"] for s in pod["imagePullSecrets"]] == ["regcred", "component-registry"]
+    assert pod["containers"][0]["resources"] == POD_OVERRIDES["resources"]
+    assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "iot"
+    plain = appapi.appapi_deployment(fleet(fleet_doc()), [p], IMAGE, "Always", {})
+    spread = plain["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert plain["spec"]["replicas"] == 1
+    budget = appapi.appapi_pdb(f)
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": common.selector_labels("cold", "appapi")},
+    }
+
+
+def test_a_patch_of_the_api_pods_that_does_not_apply_names_its_field() -> None:
+    bad = [{"op": "replace", "path": "/spec/template/spec/nothingHere", "value": 1}]
+    f = fleet(fleet_doc(api={"pod": {"patches": bad}}))
+    with pytest.raises(shaping.PatchError, match=r"spec\.api\.pod\.patches"):
+        appapi.appapi_deployment(f, [], IMAGE, "Always", {})

@@ -12,6 +12,7 @@ from typing import Any
 import nats
 import nats.js.errors
 import yaml
+from cryptography import x509
 
 from fleetflow.operator.options import OperatorOptions
 from tests.operator.conftest import OperatorStarter, wait_until
@@ -44,7 +45,8 @@ async def test_pull_secrets_and_overrides_reach_every_workload_and_mqtt_follows_
         for api_version, plural, name in [("apps/v1", "statefulsets", "cold-gateway"),
                                           ("apps/v1", "statefulsets", "cold-nats"),
                                           ("apps/v1", "statefulsets", "store-processor"),
-                                          ("apps/v1", "deployments", "store-writer")]:  # fmt: skip
+                                          ("apps/v1", "deployments", "store-writer"),
+                                          ("apps/v1", "deployments", "cold-api")]:  # fmt: skip
             workload = await wait_until(lambda v=api_version, p=plural, n=name: emulator.get(v, p, "ns1", n), what=name)
             assert pull_secrets(workload) == ["regcred"], name
         gateway = emulator.get("apps/v1", "statefulsets", "ns1", "cold-gateway")
@@ -56,7 +58,7 @@ async def test_pull_secrets_and_overrides_reach_every_workload_and_mqtt_follows_
         assert (emulator.get("v1", "services", "ns1", "cold-gateway") or {})["spec"]["type"] == "LoadBalancer"
         mqtt = await wait_until(lambda: emulator.get("v1", "services", "ns1", "cold-mqtt"), what="the MQTT Service")
         assert mqtt["spec"]["type"] == "NodePort"
-        for name in ("cold-nats", "store-processor", "store-writer"):
+        for name in ("cold-nats", "store-processor", "store-writer", "cold-api"):
             await wait_until(
                 lambda n=name: emulator.get("policy/v1", "poddisruptionbudgets", "ns1", n), what=f"PDB {name}"
             )
@@ -267,3 +269,75 @@ async def test_a_renewed_certificate_rolls_the_pods_that_read_it_and_only_those(
         await put(new_authority("a new CA").tls_secret("cold-nats-tls", "ns1", names))
         await wait_until(lambda: rolled("store-processor", renewed), what="the processors to roll for the new CA")
         await wait_until(lambda: rolled("cold-gateway", renewed), what="the gateways to roll for the new CA")
+
+
+async def test_gateway_api_routes_follow_the_spec_and_their_gateways_listener_reaches_the_status(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    routes = {"parentRefs": [{"name": "public", "namespace": "ns2", "sectionName": "https"}],
+              "http": {"hostnames": ["telemetry.example.com"]}, "grpc": {"hostnames": ["grpc.example.com"]}}  # fmt: skip
+    public = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+              "metadata": {"name": "public", "namespace": "ns2"},
+              "spec": {"gatewayClassName": "eg", "listeners": [{"name": "https", "protocol": "HTTPS", "port": 443}]}}  # fmt: skip
+
+    def route(plural: str) -> Any:
+        return emulator.get("gateway.networking.k8s.io/v1", plural, "ns1", f"cold-gateway-{plural[:-6]}")
+
+    def endpoints() -> dict[str, str]:
+        status = cr(emulator, "devicefleets", "cold").get("status") or {}
+        return dict((status.get("gateway") or {}).get("endpoints") or {})
+
+    def certificate_names() -> set[str]:
+        stored = emulator.get("v1", "secrets", "ns1", "cold-gateway-tls") or {"data": {}}
+        if "tls.crt" not in stored["data"]:
+            return set()
+        certificate = x509.load_pem_x509_certificate(base64.b64decode(stored["data"]["tls.crt"]))
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return set(names.get_values_for_type(x509.DNSName))
+
+    async with start_operator():
+        await create(emulator, fleet_doc(gateway={"routes": routes, "tls": {"generate": True}}))
+        http = await wait_until(lambda: route("httproutes"), what="the HTTPRoute")
+        grpc = await wait_until(lambda: route("grpcroutes"), what="the GRPCRoute")
+        assert http["spec"]["hostnames"] == ["telemetry.example.com"] and grpc["spec"]["hostnames"] == [
+            "grpc.example.com"
+        ]
+        assert http["spec"]["parentRefs"][0]["namespace"] == "ns2"
+        await wait_until(lambda: {"telemetry.example.com", "grpc.example.com"} <= certificate_names(),
+                         what="the generated certificate to hold the routes' hostnames")  # fmt: skip
+        assert "httpExternal" not in endpoints(), "no Gateway yet: nothing to say where devices connect"
+
+        async with emulator.post("/apis/gateway.networking.k8s.io/v1/namespaces/ns2/gateways", json=public) as response:
+            assert response.status == 201, await response.text()
+        await wait_until(
+            lambda: endpoints().get("httpExternal") == "https://telemetry.example.com", what="httpExternal"
+        )
+        assert endpoints()["grpcExternal"] == "grpc.example.com:443"
+
+        moved = {**routes, "grpc": {"hostnames": ["devices.example.com"]}}
+        await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"routes": moved}}})
+        await wait_until(lambda: "devices.example.com" in certificate_names() and "grpc.example.com" not in
+                         certificate_names(), what="the certificate reissued for the new hostname")  # fmt: skip
+        await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"routes": None}}})
+        await wait_until(lambda: route("httproutes") is None and route("grpcroutes") is None, what="the routes gone")
+
+
+async def test_routes_on_a_cluster_without_the_gateway_api_are_a_condition_and_the_rest_is_reconciled(
+    apiserver: Api, start_operator: OperatorStarter
+) -> None:
+    emulator, _ = apiserver
+    emulator.absent_groups.add("gateway.networking.k8s.io")
+    routes = {"parentRefs": [{"name": "public"}], "http": {"hostnames": ["telemetry.example.com"]}}
+    async with start_operator():
+        await create(emulator, fleet_doc(gateway={"routes": routes}))
+
+        def missing() -> Any:
+            found = has_condition(emulator, "devicefleets", "cold", "Ready", "False")
+            return found if found and found["reason"] == "GatewayApiMissing" else None
+
+        problem = await wait_until(missing, what="Ready False, reason GatewayApiMissing")
+        assert "does not serve gateway.networking.k8s.io/v1 HTTPRoute" in problem["message"]
+        await wait_until(lambda: emulator.get("apps/v1", "deployments", "ns1", "cold-api"), what="the steps after it")
+        await patch(emulator, "devicefleets", "cold", {"spec": {"gateway": {"routes": None}}})
+        await wait_until(lambda: not missing(), what="the condition gone with the routes")

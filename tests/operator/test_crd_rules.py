@@ -75,3 +75,20 @@ def test_nats_external_and_managed_exclude_each_other() -> None:
     (rule,) = [r["rule"] for where, r in all_rules() if where == "DeviceFleet.spec.nats"]
     assert cel.evaluate(rule, {"self": {"external": {"url": "nats://x"}}}) is True
     assert cel.evaluate(rule, {"self": {"external": {"url": "nats://x"}, "managed": {}}}) is False
+
+
+@pytest.mark.parametrize(
+    ("tls", "accepted"),
+    [
+        ({"secretName": "cold-tls"}, True),
+        ({"generate": True}, True),
+        ({"secretName": "cold-tls", "generate": False}, True),
+        ({}, False),
+        ({"generate": False}, False),
+        ({"secretName": "cold-tls", "generate": True}, False),
+    ],
+)
+def test_tls_takes_a_secret_or_generate_at_apply_time(tls: dict[str, Any], accepted: bool) -> None:
+    for where in ("DeviceFleet.spec.gateway.tls", "DeviceFleet.spec.nats.managed.tls"):
+        (rule,) = [r["rule"] for w, r in all_rules() if w == where]
+        assert cel.evaluate(rule, {"self": tls}) is accepted, where

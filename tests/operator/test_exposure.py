@@ -1,8 +1,10 @@
 """Devices' endpoints published outside the cluster: the gateway's Ingresses and what the status reports."""
 
+import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -155,3 +157,87 @@ def test_published_endpoints_say_when_they_speak_tls() -> None:
     assert found["coapExternal"] == "coap://203.0.113.10:5683"  # no DTLS: see docs/devices.md
     assert found["mqttExternal"] == "mqtts://203.0.113.10:1883"
     assert nats.nats_url(f).startswith("tls://") and nats.mqtt_endpoint(f).startswith("mqtts://")
+
+
+# --- Gateway API routes ----------------------------------------------------------------------------------
+
+# The HTTPRoute and GRPCRoute v1 schemas of the Gateway API's standard-install CRDs (kubernetes-validate has no
+# Gateway API): see "source" in the file for where they come from.
+GATEWAY_API = json.loads((Path(__file__).parent / "schemas" / "gateway-api-v1.6.1-routes.json").read_text())
+ROUTES = {
+    "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}],
+    "http": {"hostnames": ["telemetry.example.com"]},
+    "grpc": {"hostnames": ["grpc.example.com", "*.grpc.example.com"]},
+}
+LISTENERS = {"spec": {"listeners": [{"name": "http", "protocol": "HTTP", "port": 80},
+                                    {"name": "https", "protocol": "HTTPS", "port": 443}]}}  # fmt: skip
+
+
+def route_errors(route: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(GATEWAY_API["schemas"][route["kind"]])
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(route)]
+
+
+def test_an_httproute_and_a_grpcroute_to_the_gateway_service_on_the_named_gateway() -> None:
+    f = fleet(fleet_doc(gateway={"routes": ROUTES}))
+    http, grpc = exposure.gateway_routes(f)
+    assert (http["kind"], grpc["kind"]) == ("HTTPRoute", "GRPCRoute")
+    assert http["apiVersion"] == grpc["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert http["metadata"]["name"] == "cold-gateway-http" and grpc["metadata"]["name"] == "cold-gateway-grpc"
+    parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public",
+              "namespace": "gateway-system", "sectionName": "https"}  # fmt: skip
+    for route, hosts, port in ((http, ["telemetry.example.com"], gateway.HTTP_PORT),
+                               (grpc, ["grpc.example.com", "*.grpc.example.com"], gateway.GRPC_PORT)):  # fmt: skip
+        assert route["spec"]["parentRefs"] == [parent] and route["spec"]["hostnames"] == hosts
+        (rule,) = route["spec"]["rules"]
+        assert rule["backendRefs"] == [{"group": "", "kind": "Service", "name": "cold-gateway", "port": port}]
+    assert http["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    only_grpc = fleet(fleet_doc(gateway={"routes": {"parentRefs": [{"name": "public"}], "grpc": ROUTES["grpc"]}}))
+    assert [r["kind"] for r in exposure.gateway_routes(only_grpc)] == ["GRPCRoute"]
+    assert exposure.gateway_routes(fleet(fleet_doc())) == []
+
+
+def test_routes_validate_against_the_gateway_api_crds() -> None:
+    f = fleet(fleet_doc(gateway={"routes": ROUTES}))
+    for route in exposure.gateway_routes(f):
+        assert route_errors(route) == [], route["kind"]
+    minimal = fleet(
+        fleet_doc(gateway={"routes": {"parentRefs": [{"name": "public", "port": 443}], "http": ROUTES["http"]}})
+    )
+    assert [route_errors(r) for r in exposure.gateway_routes(minimal)] == [[]]
+    # The schema is strict enough to catch a wrong route: a port out of range, a hostname in capitals.
+    (http, _) = exposure.gateway_routes(f)
+    broken = {**http, "spec": {**http["spec"], "hostnames": ["Telemetry.Example.com"],
+                               "rules": [{"backendRefs": [{"name": "cold-gateway", "port": 70000}]}]}}  # fmt: skip
+    assert len(route_errors(broken)) == 2
+
+
+def test_status_reports_a_routes_first_hostname_on_its_gateways_listener() -> None:
+    f = fleet(fleet_doc(gateway={"routes": ROUTES}))
+    assert exposure.parent_gateways(f) == [("gateway-system", "public")]
+    assert exposure.external_endpoints(f, None, None, {("gateway-system", "public"): None}) == {}
+    assert exposure.external_endpoints(f, None, None, {("gateway-system", "public"): LISTENERS}) == {
+        "httpExternal": "https://telemetry.example.com",
+        "wsExternal": "wss://telemetry.example.com",
+        "grpcExternal": "grpc.example.com:443",
+    }
+    plain = fleet(fleet_doc(gateway={"routes": {**ROUTES, "parentRefs": [{"name": "public", "sectionName": "http"}]}}))
+    found = exposure.external_endpoints(plain, None, None, {("ns1", "public"): LISTENERS})
+    assert found["httpExternal"] == "http://telemetry.example.com" and found["grpcExternal"] == "grpc.example.com:80"
+    # An Ingress host wins over a route's.
+    both = fleet(fleet_doc(gateway={"routes": ROUTES, "ingress": INGRESS}))
+    found = exposure.external_endpoints(both, None, None, {("gateway-system", "public"): LISTENERS})
+    assert found["grpcExternal"] == "grpc.telemetry.example.com:443"
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ({"parentRefs": [], "http": {"hostnames": ["t.example.com"]}}, r"parentRefs"),
+        ({"parentRefs": [{"name": "public"}], "grpc": {"hostnames": ["Grpc.Example.com"]}}, r"'Grpc\.Example\.com'"),
+        ({"parentRefs": [{"name": "public", "port": 0}], "grpc": {"hostnames": ["g.example.com"]}}, r"port = 0"),
+    ],
+)
+def test_bad_route_settings_are_refused_naming_them(routes: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        fleet(fleet_doc(gateway={"routes": routes}))

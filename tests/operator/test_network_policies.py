@@ -14,6 +14,7 @@ from tests.operator.variants import fleet, fleet_doc, pipeline_doc
 from tests.operator.variants import pipeline as pipeline_of
 
 NS, OPERATOR_NS, MONITORING = "ns1", "fleetflow-system", "monitoring"
+NAMESPACE = "kubernetes.io/metadata.name"
 DEVICES = [{"ipBlock": {"cidr": "198.51.100.0/24"}}, {"namespaceSelector": {"matchLabels": {"ingress": "yes"}}}]
 
 
@@ -110,6 +111,18 @@ def test_devices_can_be_limited_to_networks_and_namespaces() -> None:
     for source in (INTERNET, STRANGER):
         assert not allowed(found, pod_of("gateway"), "http", source)
         assert not allowed(found, pod_of("nats"), "mqtt", source)
+
+
+def test_applications_reach_the_api_port_from_where_the_spec_says_and_nothing_else_of_it() -> None:
+    found = policies(networkPolicy={"enabled": True})
+    assert allowed(found, pod_of("appapi"), "http", STRANGER)
+    assert not allowed(found, pod_of("appapi"), "ops", STRANGER)
+    apps = in_namespace({"app": "dashboard"}, "apps")
+    limited = policies(networkPolicy={"enabled": True, "metricsNamespace": MONITORING,
+                                      "applications": [{"namespaceSelector": {"matchLabels": {NAMESPACE: "apps"}}}]})  # fmt: skip
+    assert allowed(limited, pod_of("appapi"), "http", apps)
+    assert not allowed(limited, pod_of("appapi"), "http", STRANGER)
+    assert allowed(limited, pod_of("appapi"), "ops", PROMETHEUS) and not allowed(limited, pod_of("appapi"), "ops", apps)
 
 
 def test_the_fleets_services_and_the_operator_reach_nats_and_the_servers_each_other() -> None:

@@ -30,7 +30,7 @@ async def test_reconciles_are_counted_by_kind_and_outcome_and_timed(
     apiserver: Api, start_operator: OperatorStarter, nats_server: NatsServer
 ) -> None:
     emulator, _ = apiserver
-    before = sample("fleetflow_operator_reconciles_total", kind="Pipeline")
+    before = sample("fleetflow_operator_reconciles_total", kind="Pipeline", outcome="invalid")  # earlier tests' too
     errors_before = sample("fleetflow_operator_reconcile_errors_total", kind="Pipeline")  # earlier tests' too
     async with start_operator(compile_pipeline=compile_pipeline):
         await create(emulator, fleet_doc(nats={"external": {"url": nats_server.url}}))

@@ -74,6 +74,7 @@ PUBLISHED = {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal
 SHAPED_FLEET_SPEC: dict[str, Any] = {
     "gateway": {"pod": POD_OVERRIDES, "service": PUBLISHED},
     "nats": {"managed": {"pod": POD_OVERRIDES, "mqttService": {"type": "NodePort"}}},
+    "api": {"replicas": 2, "pod": POD_OVERRIDES},
 }
 SHAPED_PIPELINE_SPEC: dict[str, Any] = {"processor": {"pod": POD_OVERRIDES}, "writer": {"pod": POD_OVERRIDES}}
 

@@ -22,6 +22,8 @@ NAMESPACED = {
     ("apps", "deployments"), ("apps", "statefulsets"),
     ("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers"),
     ("networking.k8s.io", "networkpolicies"), ("networking.k8s.io", "ingresses"),
+    ("gateway.networking.k8s.io", "httproutes"), ("gateway.networking.k8s.io", "grpcroutes"),
+    ("gateway.networking.k8s.io", "gateways"),
     ("coordination.k8s.io", "leases"), ("", "persistentvolumeclaims"),
 }  # fmt: skip
 LEADER_ELECTION_ROLE = "ff-fleetflow-operator-leader-election"

@@ -1,16 +1,25 @@
 """The DeviceFleet reconcile, as an ordered list of small named idempotent steps."""
 
 import base64
+import datetime
 
 import structlog
 
 from fleetflow.api import DeviceFleet, Pipeline, SpecError, parse_resource
-from fleetflow.operator import device_secret, nats_credentials, nats_storage, sitelinks, streams, tls_secrets
+from fleetflow.operator import (
+    device_secret,
+    fleet_ca,
+    nats_credentials,
+    nats_storage,
+    sitelinks,
+    streams,
+    tls_secrets,
+)
 from fleetflow.operator.builders import appapi, exposure, gateway, nats, network, sites
 from fleetflow.operator.builders.resources import resources_of
 from fleetflow.operator.builders.shaping import PatchError
 from fleetflow.operator.conditions import Problem
-from fleetflow.operator.kube import JsonObject, Ref
+from fleetflow.operator.kube import ApiError, JsonObject, Ref
 from fleetflow.operator.readiness import Readiness, workload
 from fleetflow.operator.reconcile import Context, Step, Stop, parse_own_spec, resource_document
 from fleetflow.runtime import natsauth
@@ -178,6 +187,47 @@ def _site_stamped(ctx: Context, obj: JsonObject) -> JsonObject:
     return {**obj, "spec": {**obj["spec"], "template": template}}
 
 
+async def fleet_authority(ctx: Context) -> fleet_ca.Authority:
+    """The fleet's CA: made once, never rewritten (one an admin put there first is used as it is). If it is lost,
+    a new one is made and every certificate it issued is issued anew (the old key is gone), which the Event says."""
+    fleet = fleet_of(ctx)
+    ref = Ref("v1", "Secret", ctx.namespace, fleet_ca.ca_secret_name(fleet))
+    stored = await ctx.api.get_or_none(ref)
+    if stored is None:
+        fresh = fleet_ca.ca_secret(fleet, fleet_ca.new_authority(fleet, datetime.datetime.now(datetime.UTC)))
+        stored = await ctx.apply_owned(fresh, create_only=True)
+        ctx.changes.append(f"devices verifying the fleet's TLS need the CA in Secret {ref.name} (key ca.crt)")
+    try:
+        return fleet_ca.load_authority(stored)
+    except fleet_ca.CertificateError as exc:
+        raise Stop(Problem(exc.reason, str(exc))) from None
+
+
+async def issue_certificates(ctx: Context) -> None:
+    """For each `tls: {generate: true}`, a certificate from the fleet's CA, issued anew at two thirds of its
+    lifetime or when the names it must hold change; read_tls_secrets then rolls the pods that mount it."""
+    fleet = fleet_of(ctx)
+    wanted = fleet_ca.wanted(fleet)
+    if not wanted:
+        return
+    authority = await fleet_authority(ctx)
+    now = datetime.datetime.now(datetime.UTC)
+    for want in wanted:
+        current = await ctx.api.get_or_none(Ref("v1", "Secret", ctx.namespace, want.secret_name))
+        if current is not None and not ctx.owns(current):
+            message = (
+                f"{want.field}: Secret {want.secret_name!r} exists and is not this fleet's; the operator "
+                "writes its certificate there: delete it, or name it in secretName instead of generate: true"
+            )
+            raise Stop(Problem(fleet_ca.CertificateError.reason, message))
+        reason = fleet_ca.renewal_reason(current, authority, want.dns_names, now)
+        if reason is not None:
+            await ctx.apply_owned(
+                fleet_ca.certificate_secret(fleet, want, fleet_ca.issue(authority, want.dns_names, now))
+            )
+            ctx.changes.append(f"issued the certificate in Secret {want.secret_name} ({reason})")
+
+
 async def read_tls_secrets(ctx: Context) -> None:
     """The certificates and the external NATS's login the spec names must exist before pods mount them."""
     try:
@@ -274,7 +324,7 @@ async def apply_network_policies(ctx: Context) -> None:
 
 
 async def apply_exposure(ctx: Context) -> None:
-    """The gateway's Ingresses the spec asks for; one it no longer asks for goes."""
+    """The gateway's Ingresses and Gateway API routes the spec asks for; one it no longer asks for goes."""
     fleet = fleet_of(ctx)
     for protocol in exposure.PROTOCOLS:
         ingress = exposure.gateway_ingress(fleet, protocol)
@@ -282,6 +332,28 @@ async def apply_exposure(ctx: Context) -> None:
             await ctx.apply_owned(ingress)
         else:
             await ctx.remove_owned(exposure.API_VERSION, "Ingress", exposure.ingress_name(fleet, protocol))
+        route = exposure.gateway_route(fleet, protocol)
+        if route is not None:
+            await apply_route(ctx, route)
+        else:
+            kind = exposure.ROUTE_KINDS[protocol]
+            await ctx.remove_owned(exposure.ROUTES_API_VERSION, kind, exposure.route_name(fleet, protocol))
+
+
+async def apply_route(ctx: Context, route: JsonObject) -> None:
+    """A cluster without the Gateway API's CRDs answers 404: that is a condition naming what to install, and the
+    rest of the fleet is reconciled all the same."""
+    try:
+        await ctx.apply_owned(route)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        message = (
+            f"spec.gateway.routes: the cluster does not serve {route['apiVersion']} {route['kind']}; install the "
+            "Gateway API's standard CRDs (v1.1 or later, for GRPCRoute) and an implementation, or publish the "
+            "gateway with spec.gateway.ingress or spec.gateway.service"
+        )
+        ctx.outcome.problems.append(Problem("GatewayApiMissing", message))
 
 
 async def observe_exposure(ctx: Context) -> None:
@@ -291,8 +363,21 @@ async def observe_exposure(ctx: Context) -> None:
     mqtt = None
     if nats.managed(fleet) and fleet.spec.nats.managed_or_default.mqtt_service is not None:
         mqtt = await ctx.api.get_or_none(Ref("v1", "Service", ctx.namespace, nats.mqtt_service_name(fleet)))
+    gateways = {where: await parent_gateway(ctx, *where) for where in exposure.parent_gateways(fleet)}
     status = ctx.status.setdefault("gateway", {})
-    status["endpoints"] = {**status.get("endpoints", {}), **exposure.external_endpoints(fleet, service, mqtt)}
+    found = exposure.external_endpoints(fleet, service, mqtt, gateways)
+    status["endpoints"] = {**status.get("endpoints", {}), **found}
+
+
+async def parent_gateway(ctx: Context, namespace: str, name: str) -> JsonObject | None:
+    """A Gateway the routes attach to, for its listeners; None when it is not there or, in another namespace
+    than the operator may read (the chart's per-namespace Roles), not readable: its endpoints stay unreported."""
+    try:
+        return await ctx.api.get_or_none(Ref(exposure.ROUTES_API_VERSION, "Gateway", namespace, name))
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return None
 
 
 async def fleet_pipelines(ctx: Context) -> list[Pipeline]:
@@ -316,7 +401,11 @@ async def apply_appapi(ctx: Context) -> None:
     chosen = opts.resources.get(appapi.COMPONENT, appapi.DEFAULT_RESOURCES)
     resources = {kind: dict(values) for kind, values in chosen.items()}
     pipelines = await fleet_pipelines(ctx)
-    objects = appapi.appapi_objects(fleet, pipelines, opts.image, opts.image_pull_policy, resources, opts.service_env())
+    try:
+        objects = appapi.appapi_objects(fleet, pipelines, opts.image, opts.image_pull_policy, resources,
+                                        opts.service_env(), opts.image_pull_secrets)  # fmt: skip
+    except PatchError as exc:
+        raise Stop(Problem("PatchFailed", str(exc)), invalid=True) from None
     for obj in objects:
         await ctx.apply_owned(nats_credentials.stamped(obj, ctx.nats_credentials))
 
@@ -412,6 +501,7 @@ FLEET_STEPS: list[tuple[str, Step]] = [
     ("ensure-device-secret", ensure_device_secret),
     ("ensure-nats-credentials", ensure_nats_credentials),
     ("ensure-site-secrets", ensure_site_secrets),
+    ("issue-certificates", issue_certificates),
     ("read-tls-secrets", read_tls_secrets),
     ("plan-nats-storage", plan_nats_storage),
     ("apply-nats", apply_nats),

@@ -87,14 +87,17 @@ class Context:
             self.changes.append(f"{outcome} {desired['kind']} {desired['metadata']['name']}")
         return stored
 
+    def owns(self, child: JsonObject) -> bool:
+        owners = child.get("metadata", {}).get("ownerReferences") or []
+        return any(o.get("uid") == self.body["metadata"].get("uid") for o in owners)
+
     async def remove_owned(self, api_version: str, kind: str, name: str) -> None:
         """Delete a child the spec no longer asks for, but only one this resource owns."""
         ref = Ref(api_version, kind, self.namespace, name)
         current = await with_retries(lambda: self.api.get_or_none(ref), f"get {ref}")
         if current is None:
             return
-        owners = current.get("metadata", {}).get("ownerReferences") or []
-        if any(o.get("uid") == self.body["metadata"].get("uid") for o in owners):
+        if self.owns(current):
             await remove(self.api, ref)
             self.changes.append(f"deleted {kind} {name}")
             log.info("child no longer in the spec deleted", object=str(ref))

@@ -7,8 +7,8 @@ import ssl
 from dataclasses import dataclass
 
 from fleetflow.api import DeviceFleet
-from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY
-from fleetflow.operator.builders import nats
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, TlsSecret
+from fleetflow.operator.builders import gateway, nats
 from fleetflow.operator.builders.common import JsonObject, config_hash, namespace_of
 from fleetflow.operator.kube import KubeApi, Ref
 from fleetflow.runtime import certificates
@@ -71,20 +71,25 @@ def _expiry(fleet: DeviceFleet, certificate: str, field: str, name: str, key: st
         raise TlsSecretError(str(exc)) from None
 
 
+def _field(path: str, certificate: TlsSecret | None) -> str:
+    """The spec field a missing or unusable Secret comes from, for messages."""
+    return f"{path}.generate" if certificate is not None and certificate.generate else f"{path}.secretName"
+
+
 def _digest(values: dict[str, bytes]) -> str:
     return config_hash(*(f"{key}={base64.b64encode(value).decode()}" for key, value in sorted(values.items())))
 
 
 async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> FleetSecrets:
     """The fleet's TLS and login Secrets; TlsSecretError when one the spec names is missing or unusable."""
-    certificate, external = nats.tls(fleet), fleet.spec.nats.external
+    certificate, external = nats.tls_secret_name(fleet), fleet.spec.nats.external
     tls, server_digest, client = None, "", {}
     if certificate is not None:
-        field = "spec.nats.managed.tls.secretName"
-        values = await _keys(api, fleet, field, certificate.secret_name, [CERT_KEY, KEY_KEY, CA_KEY])
-        tls, server_digest = _context(field, certificate.secret_name, CA_KEY, values[CA_KEY]), _digest(values)
-        _expiry(fleet, "nats", field, certificate.secret_name, CERT_KEY, values[CERT_KEY])
-        _expiry(fleet, "ca", field, certificate.secret_name, CA_KEY, values[CA_KEY])
+        field = _field("spec.nats.managed.tls", nats.tls(fleet))
+        values = await _keys(api, fleet, field, certificate, [CERT_KEY, KEY_KEY, CA_KEY])
+        tls, server_digest = _context(field, certificate, CA_KEY, values[CA_KEY]), _digest(values)
+        _expiry(fleet, "nats", field, certificate, CERT_KEY, values[CERT_KEY])
+        _expiry(fleet, "ca", field, certificate, CA_KEY, values[CA_KEY])
         client[CA_KEY] = values[CA_KEY]
     if external is not None and external.ca_secret_ref is not None:
         ca, field = external.ca_secret_ref, "spec.nats.external.caSecretRef.name"
@@ -97,11 +102,12 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
         client["password"] = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
         login = NatsLogin(external.user, client["password"].decode(errors="replace").strip())
     gateway_digest = ""
-    if with_gateway and fleet.spec.gateway.tls is not None:
-        field, name = "spec.gateway.tls.secretName", fleet.spec.gateway.tls.secret_name
-        gateway = await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY])
-        gateway_digest = _digest(gateway)
-        _expiry(fleet, "gateway", field, name, CERT_KEY, gateway[CERT_KEY])
+    name = gateway.tls_secret_name(fleet)
+    if with_gateway and name is not None:
+        field = _field("spec.gateway.tls", fleet.spec.gateway.tls)
+        served = await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY])
+        gateway_digest = _digest(served)
+        _expiry(fleet, "gateway", field, name, CERT_KEY, served[CERT_KEY])
     _forget_dropped(fleet, with_gateway, nats=certificate is not None, ca=CA_KEY in client)
     client_digest = _digest(client) if client else ""
     return FleetSecrets(tls, login, server_digest, client_digest, gateway_digest)

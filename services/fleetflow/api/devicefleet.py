@@ -9,7 +9,7 @@ from pydantic.config import JsonDict
 from fleetflow.api import identifiers, quantities
 from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKeyRef, Size
 from fleetflow.api.core import NetworkPolicyPeer
-from fleetflow.api.overrides import IngressSpec, PodOverrides, ServiceOverrides
+from fleetflow.api.overrides import GatewayRoutesSpec, IngressSpec, PodOverrides, ServiceOverrides
 from fleetflow.api.sites import EdgeSite, check_unique_sites
 from fleetflow.api.tls import CaSecretRef, TlsSecret
 
@@ -126,9 +126,14 @@ class GatewaySpec(Model):
     ingress: IngressSpec | None = Field(
         default=None, description="Publish the gateway's HTTP and gRPC through an Ingress controller (cluster only)."
     )
+    routes: GatewayRoutesSpec | None = Field(
+        default=None,
+        description="Publish the gateway's HTTP and gRPC as Gateway API routes on a Gateway you run (cluster only).",
+    )
     tls: TlsSecret | None = Field(
         default=None,
-        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate (cluster only).",
+        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate or one the operator "
+        "issues (cluster only).",
     )
 
     @property
@@ -311,14 +316,19 @@ NAMESPACE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 class NetworkPolicySpec(Model):
     """NetworkPolicies for the fleet's pods (its pipelines' included): every ingress is denied but devices to the
-    gateway's HTTP and gRPC and to MQTT, the fleet's services and the operator to NATS, NATS servers to each
-    other, and metrics scrapes from `metricsNamespace`. Egress is not restricted."""
+    gateway's HTTP and gRPC and to MQTT, applications to the application API, the fleet's services and the
+    operator to NATS, NATS servers to each other, and metrics scrapes from `metricsNamespace`. Egress is not
+    restricted."""
 
     enabled: bool = False
     devices: list[NetworkPolicyPeer] | None = Field(
         default=None,
         description="Where devices (or the Ingress controller or load balancer in front of them) connect from; "
         "unset: anywhere.",
+    )
+    applications: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        description="Where applications reach the application API's port from; unset: anywhere.",
     )
     metrics_namespace: str | None = Field(
         default=None,
@@ -331,6 +341,13 @@ class NetworkPolicySpec(Model):
         description="Where edge sites (spec.sites, or the load balancer in front of them) dial the leaf-node "
         "listener from; unset: anywhere.",
     )
+
+
+class AppApiSpec(Model):
+    """The application API's pods (cluster only): how many, and shaped like the other components'."""
+
+    replicas: int = Field(default=1, ge=1, le=10, description="Stateless: any replica serves any request.")
+    pod: PodOverrides = Field(default_factory=PodOverrides, description="Shape the application API pods.")
 
 
 class DeviceFleetSpec(Model):
@@ -361,6 +378,7 @@ class DeviceFleetSpec(Model):
     nats: NatsSpec = Field(default_factory=NatsSpec)
     streams: StreamSpec = Field(default_factory=StreamSpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    api: AppApiSpec = Field(default_factory=AppApiSpec, description="The application API (cluster only).")
     sites: list[EdgeSite] = Field(
         default_factory=list,
         description="Edge sites: leaf nodes of this fleet's NATS that run on their own (docs/edge.md).",

@@ -155,10 +155,12 @@ CLUSTER_ONLY_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("gateway", "pod"),
         ("gateway", "service"),
         ("gateway", "ingress"),
+        ("gateway", "routes"),
         ("gateway", "tls"),
         ("nats", "managed", "pod"),
         ("nats", "managed", "mqttService"),
         ("networkPolicy",),
+        ("api",),
     ),
     "Pipeline": (("processor", "pod"), ("writer", "pod")),
 }
@@ -205,3 +207,37 @@ class IngressSpec(Model):
     )
     http: IngressRoute | None = None
     grpc: IngressRoute | None = None
+
+
+SECTION_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class GatewayParentRef(Model):
+    """A Gateway (gateway.networking.k8s.io/v1) the routes attach to; its listeners decide ports and TLS."""
+
+    name: str = Field(min_length=1, max_length=253, description="The Gateway's name.")
+    namespace: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="The Gateway's namespace; unset: the fleet's. Its listeners must allow routes from the fleet's.",
+    )
+    section_name: str | None = Field(
+        default=None, pattern=SECTION_NAME_PATTERN, max_length=253, description="One listener of the Gateway, by name."
+    )
+    port: int | None = Field(default=None, ge=1, le=65535, description="The listeners on this port only.")
+
+
+class RouteHosts(Model):
+    hostnames: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] = Field(
+        min_length=1, max_length=16, description="e.g. telemetry.example.com"
+    )
+
+
+class GatewayRoutesSpec(Model):
+    """Publishes the gateway's HTTP (WebSocket sessions included) as an HTTPRoute and its gRPC as a GRPCRoute,
+    attached to a Gateway an admin runs (Gateway API v1)."""
+
+    parent_refs: list[GatewayParentRef] = Field(min_length=1, max_length=32)
+    http: RouteHosts | None = None
+    grpc: RouteHosts | None = None

@@ -1,6 +1,9 @@
-"""TLS settings of a DeviceFleet: certificates from Secrets an admin feeds (from cert-manager, for example)."""
+"""TLS settings of a DeviceFleet: certificates from Secrets an admin feeds (from cert-manager, for example), or
+ones the operator issues from a fleet CA it generates."""
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import ConfigDict, Field, model_validator
 
 from fleetflow.api.common import Model, ResourceName, SecretKeyRef
 
@@ -12,9 +15,38 @@ CA_KEY = "ca.crt"
 
 class TlsSecret(Model):
     """A Secret of type kubernetes.io/tls as cert-manager writes it: `tls.crt` (the certificate, chain included),
-    `tls.key` and `ca.crt`, the CA every client verifies the server with."""
+    `tls.key` and `ca.crt`, the CA every client verifies the server with. Either `secretName` names one an admin
+    feeds, or with `generate: true` the operator writes it (Secret `<fleet>-<component>-tls`) from the fleet's own
+    CA (Secret `<fleet>-ca`) and renews it before it expires."""
 
-    secret_name: str = Field(pattern=SECRET_NAME_PATTERN, max_length=253)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretName) != (has(self.generate) && self.generate)",
+                    "message": "tls: set either secretName (a Secret you feed) or generate: true (the operator's CA)",
+                }
+            ]
+        }
+    )
+
+    secret_name: str | None = Field(default=None, pattern=SECRET_NAME_PATTERN, max_length=253)
+    generate: bool = Field(
+        default=False,
+        description="The operator issues the certificate from the fleet's CA (Secret <fleet>-ca, generated once) "
+        "into Secret <fleet>-<component>-tls and renews it at two thirds of its lifetime.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.secret_name is not None) == self.generate:
+            given = f"secretName {self.secret_name!r} and generate: true" if self.generate else "neither"
+            raise ValueError(f"tls: {given} given; set either secretName (a Secret you feed) or generate: true")
+        return self
+
+    def name_or(self, generated: str) -> str:
+        """The Secret the pods mount: the admin's, or `generated` (the operator's) with `generate: true`."""
+        return self.secret_name if self.secret_name is not None else generated
 
 
 class CaSecretRef(SecretKeyRef):

@@ -1,4 +1,5 @@
-"""A fleet's application API: ConfigMap, API keys Secret, Deployment and Service.
+"""A fleet's application API: ConfigMap, API keys Secret, Deployment (shaped by `spec.api.pod`), Service and
+PodDisruptionBudget.
 
 The API reads the stores of the fleet's pipelines whose sink is Cassandra: a SQLite sink on a cluster is a file in
 its writer pod's own volume, which no other pod can open. Its keys come from the Secret `<fleet>-api-keys` (key
@@ -12,7 +13,7 @@ from typing import Any
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.operator import nats_credentials
-from fleetflow.operator.builders import nats
+from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
     CONFIG_KEY,
     JsonObject,
@@ -21,6 +22,7 @@ from fleetflow.operator.builders.common import (
     fleet_labels,
     metadata,
     namespace_of,
+    pdb,
     pod_template,
     render_config,
     selector_labels,
@@ -126,7 +128,8 @@ def _volumes(fleet: DeviceFleet, pipelines: Sequence[Pipeline]) -> tuple[list[Js
 
 
 def appapi_deployment(fleet: DeviceFleet, pipelines: Sequence[Pipeline], image: str, pull_policy: str,
-                      resources: JsonObject, env: Sequence[JsonObject] = ()) -> JsonObject:  # fmt: skip
+                      resources: JsonObject, env: Sequence[JsonObject] = (),
+                      pull_secrets: Sequence[str] = ()) -> JsonObject:  # fmt: skip
     container = service_container(
         COMPONENT,
         image,
@@ -139,7 +142,7 @@ def appapi_deployment(fleet: DeviceFleet, pipelines: Sequence[Pipeline], image: 
     container["volumeMounts"] += mounts
     digest = component_hash(appapi_service_config(fleet, pipelines), APPAPI_UNREAD)
     spec: dict[str, Any] = {
-        "replicas": 1,
+        "replicas": fleet.spec.api.replicas,
         "selector": {"matchLabels": selector_labels(fleet.name, COMPONENT)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         # Open event streams end at SIGTERM; the clients resume from their last event id on the new pod.
@@ -151,12 +154,15 @@ def appapi_deployment(fleet: DeviceFleet, pipelines: Sequence[Pipeline], image: 
             terminationGracePeriodSeconds=30,
         ),
     }
-    return {
+    deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(name(fleet), namespace_of(fleet), fleet_labels(fleet, COMPONENT)),
         "spec": spec,
     }
+    return shaping.shaped(
+        deployment, COMPONENT, fleet.spec.api.pod, selector_labels(fleet.name, COMPONENT), pull_secrets
+    )
 
 
 def appapi_service(fleet: DeviceFleet) -> JsonObject:
@@ -172,11 +178,18 @@ def appapi_service(fleet: DeviceFleet) -> JsonObject:
     }
 
 
+def appapi_pdb(fleet: DeviceFleet) -> JsonObject:
+    """A drain evicts one API pod at a time; clients of the one evicted resume their event streams elsewhere."""
+    return pdb(name(fleet), namespace_of(fleet), fleet_labels(fleet, COMPONENT), selector_labels(fleet.name, COMPONENT))
+
+
 def appapi_objects(fleet: DeviceFleet, pipelines: Sequence[Pipeline], image: str, pull_policy: str,
-                   resources: JsonObject, env: Sequence[JsonObject] = ()) -> list[JsonObject]:  # fmt: skip
+                   resources: JsonObject, env: Sequence[JsonObject] = (),
+                   pull_secrets: Sequence[str] = ()) -> list[JsonObject]:  # fmt: skip
     """The API's objects in apply order (the keys Secret is handled apart: it is created, never patched)."""
     return [
         appapi_config_map(fleet, pipelines),
         appapi_service(fleet),
-        appapi_deployment(fleet, pipelines, image, pull_policy, resources, env),
+        appapi_deployment(fleet, pipelines, image, pull_policy, resources, env, pull_secrets),
+        appapi_pdb(fleet),
     ]

@@ -43,6 +43,13 @@ def name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-gateway"
 
 
+def tls_secret_name(fleet: DeviceFleet) -> str | None:
+    """The Secret holding the certificate devices' HTTP and gRPC are served with: the admin's, or the one the
+    operator generates."""
+    certificate = fleet.spec.gateway.tls
+    return certificate.name_or(f"{name(fleet)}-tls") if certificate else None
+
+
 def config_map_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-gateway-config"
 
@@ -161,9 +168,10 @@ def gateway_statefulset(
     client_volumes, client_mounts = nats.client_volumes(fleet)
     volumes += client_volumes
     container["volumeMounts"] += client_mounts
-    if fleet.spec.gateway.tls is not None:
+    certificate = tls_secret_name(fleet)
+    if certificate is not None:
         # Readable by the gateway's group (the pod's fsGroup) only: it holds the private key.
-        secret = {"secretName": fleet.spec.gateway.tls.secret_name, "defaultMode": 0o440}
+        secret = {"secretName": certificate, "defaultMode": 0o440}
         volumes.append({"name": "gateway-tls", "secret": secret})
         container["volumeMounts"].append({"name": "gateway-tls", "mountPath": TLS_DIR, "readOnly": True})
     spec: JsonObject = {

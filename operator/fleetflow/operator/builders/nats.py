@@ -97,6 +97,12 @@ def tls(fleet: DeviceFleet) -> TlsSecret | None:
     return fleet.spec.nats.managed.tls if managed(fleet) and fleet.spec.nats.managed else None
 
 
+def tls_secret_name(fleet: DeviceFleet) -> str | None:
+    """The Secret holding the managed NATS's certificate: the admin's, or the one the operator generates."""
+    certificate = tls(fleet)
+    return certificate.name_or(f"{fleet.name}-nats-tls") if certificate else None
+
+
 def nats_url(fleet: DeviceFleet) -> str:
     """Where the services reach the fleet's NATS: the external URL, or the managed cluster's client Service
     (`tls://` with a certificate, so that no client ever falls back to plaintext)."""
@@ -133,8 +139,8 @@ def client_settings(fleet: DeviceFleet) -> dict[str, Any]:
 def client_volumes(fleet: DeviceFleet) -> tuple[list[JsonObject], list[JsonObject]]:
     """(volumes, mounts) of a service pod for `client_settings`: the CA's key alone, never a private key."""
     volumes, mounts = [], []
-    certificate, external = tls(fleet), fleet.spec.nats.external
-    ca = (certificate.secret_name, CA_KEY) if certificate else None
+    certificate, external = tls_secret_name(fleet), fleet.spec.nats.external
+    ca = (certificate, CA_KEY) if certificate else None
     if external and external.ca_secret_ref:
         ca = (external.ca_secret_ref.name, external.ca_secret_ref.key)
     if ca:
@@ -323,11 +329,11 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
 
 
 def _tls_volumes(fleet: DeviceFleet) -> list[JsonObject]:
-    certificate = tls(fleet)
+    certificate = tls_secret_name(fleet)
     if certificate is None:
         return []
     # Readable by nats-server's group (the pod's fsGroup) only: it holds the private key.
-    return [{"name": TLS_VOLUME, "secret": {"secretName": certificate.secret_name, "defaultMode": 0o440}}]
+    return [{"name": TLS_VOLUME, "secret": {"secretName": certificate, "defaultMode": 0o440}}]
 
 
 def nats_statefulset(

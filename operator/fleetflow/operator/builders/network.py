@@ -2,7 +2,8 @@
 denied, then allowed where the data path needs it. Policies add up, so each allowance is its own object."""
 
 from fleetflow.api import DeviceFleet
-from fleetflow.operator.builders import nats, sites
+from fleetflow.api.core import NetworkPolicyPeer
+from fleetflow.operator.builders import appapi, nats, sites
 from fleetflow.operator.builders.common import JsonObject, fleet_labels, metadata, namespace_of, selector_labels
 
 API_VERSION = "networking.k8s.io/v1"
@@ -22,6 +23,10 @@ def mqtt_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-mqtt-devices"
 
 
+def applications_name(fleet: DeviceFleet) -> str:
+    return f"{fleet.name}-api-clients"
+
+
 def nats_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-nats-clients"
 
@@ -36,8 +41,8 @@ def sites_name(fleet: DeviceFleet) -> str:
 
 def all_names(fleet: DeviceFleet) -> list[str]:
     """Every policy the fleet may have, for removal when the spec no longer asks for one."""
-    return [default_deny_name(fleet), devices_name(fleet), mqtt_name(fleet), nats_name(fleet), metrics_name(fleet),
-            sites_name(fleet)]  # fmt: skip
+    return [default_deny_name(fleet), devices_name(fleet), mqtt_name(fleet), applications_name(fleet),
+            nats_name(fleet), metrics_name(fleet), sites_name(fleet)]  # fmt: skip
 
 
 def _policy(fleet: DeviceFleet, name: str, pods: dict[str, str], ingress: list[JsonObject]) -> JsonObject:
@@ -53,9 +58,13 @@ def _ports(*names: str, protocol: str = "TCP") -> list[JsonObject]:
     return [{"port": name, "protocol": protocol} for name in names]
 
 
-def _from_devices(fleet: DeviceFleet, ports: list[JsonObject]) -> list[JsonObject]:
-    peers = fleet.spec.network_policy.devices
+def _from_peers(peers: list[NetworkPolicyPeer] | None, ports: list[JsonObject]) -> list[JsonObject]:
+    """One rule: from `peers`, or from anywhere when the spec names none."""
     return [{"ports": ports, **({"from": [peer.to_k8s() for peer in peers]} if peers is not None else {})}]
+
+
+def _from_devices(fleet: DeviceFleet, ports: list[JsonObject]) -> list[JsonObject]:
+    return _from_peers(fleet.spec.network_policy.devices, ports)
 
 
 def _namespace(name: str) -> JsonObject:
@@ -70,6 +79,13 @@ def default_deny(fleet: DeviceFleet) -> JsonObject:
 def devices_to_gateway(fleet: DeviceFleet) -> JsonObject:
     return _policy(fleet, devices_name(fleet), selector_labels(fleet.name, "gateway"),
                    _from_devices(fleet, _ports("http", "grpc") + _ports("coap", protocol="UDP")))  # fmt: skip
+
+
+def applications_to_api(fleet: DeviceFleet) -> JsonObject:
+    """Applications reach the application API's port (its ops port is the metrics policy's)."""
+    peers = fleet.spec.network_policy.applications
+    return _policy(fleet, applications_name(fleet), selector_labels(fleet.name, appapi.COMPONENT),
+                   _from_peers(peers, _ports("http")))  # fmt: skip
 
 
 def nats_policies(fleet: DeviceFleet, operator_namespace: str | None) -> list[JsonObject]:
@@ -118,6 +134,7 @@ def network_policies(fleet: DeviceFleet, operator_namespace: str | None) -> list
     scrapes, leafnodes = metrics(fleet), edge_sites(fleet)
     return [
         devices_to_gateway(fleet),
+        applications_to_api(fleet),
         *nats_policies(fleet, operator_namespace),
         *([leafnodes] if leafnodes else []),
         *([scrapes] if scrapes else []),

@@ -18,6 +18,7 @@ FIELDS = {
     "nats": "spec.nats.managed.pod",
     "processor": "spec.processor.pod",
     "writer": "spec.writer.pod",
+    "appapi": "spec.api.pod",
 }
 
 
