@@ -8,7 +8,8 @@ Transitions are compare-and-set on the entry's revision, so several gateway repl
 reconnects over another protocol) can never deliver the same command twice.
 
     queued ──▶ delivered ──▶ succeeded | failed | rejected
-       └──────▶ expired (the TTL passed before a device took it)
+       │└─────▶ expired (the TTL passed before a device took it)
+       └──▶ forwarded (to the edge site the device is at; the site's states follow: docs/edge.md)
 
 (An MQTT delivery that provably reached no subscriber goes back from delivered to queued; see mqtt_bridge.)
 """
@@ -29,9 +30,9 @@ from nats.js.kv import KeyValue
 from fleetflow.runtime import subjects
 from fleetflow.runtime.codec import Command
 
-QUEUED, DELIVERED, EXPIRED = "queued", "delivered", "expired"
+QUEUED, FORWARDED, DELIVERED, EXPIRED = "queued", "forwarded", "delivered", "expired"
 RESULTS = ("succeeded", "failed", "rejected")
-STATES = (QUEUED, DELIVERED, *RESULTS, EXPIRED)
+STATES = (QUEUED, FORWARDED, DELIVERED, *RESULTS, EXPIRED)
 TERMINAL = frozenset((*RESULTS, EXPIRED))
 
 COMMAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
