@@ -1,5 +1,6 @@
 """Everything the gateway offers devices besides HTTP telemetry: commands, their expiry and (in the centre of edge
-sites) their forwarding to the sites, and the other protocols (gRPC, MQTT, WebSocket, CoAP). `serve()` in main.py starts it once and closes it on shutdown."""
+sites) their forwarding to the sites, and the other protocols (gRPC, MQTT, WebSocket, CoAP). `serve()` in main.py
+starts it once and closes it on shutdown."""
 
 import asyncio
 import contextlib
