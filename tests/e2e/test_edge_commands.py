@@ -129,6 +129,7 @@ async def test_centrally_queued_commands_reach_the_site_device_link_or_no_link(t
                 status, answer = await device.readings.send(DEVICE, 0)
                 assert status == 202, answer
                 await poll("the device's reading in the centre", lambda: _reading_of(centre, DEVICE))
+                assert await _origin(centre, resources) == SITE, "the centre reads the reading's site from its header"
 
                 # Link up: delivered at the site, reported succeeded, and the centre shows it.
                 linked = await queue(centre, "cool", ttl_seconds=600)
@@ -173,6 +174,15 @@ async def test_centrally_queued_commands_reach_the_site_device_link_or_no_link(t
 
 async def _reading_of(centre: LocalPlatform, device: str) -> bool:
     return any(d == device for d, _ in await telemetry_in_stream(centre))
+
+
+async def _origin(centre: LocalPlatform, resources: ResourceSet) -> str | None:
+    nc = await centre._connect()
+    try:
+        latest = await nc.jetstream().get_last_msg(subjects.telemetry_stream(FLEET), f"ff.{FLEET}.tm.*.{DEVICE}")
+    finally:
+        await nc.close()
+    return edgelink.origin_site(resources.fleets[FLEET], (latest.headers or {}).get(edgelink.STREAM_SOURCE_HEADER))
 
 
 async def _down(site: EdgePlatform) -> bool:
@@ -228,6 +238,7 @@ async def test_a_site_never_receives_another_sites_device_commands(tmp_path: Pat
                         command = await queue(centre, "cool", ttl_seconds=600)
                         await poll("the command at the north site's device", lambda: device.take(command))
                         await poll("succeeded in the centre", lambda: in_state(centre, command, "succeeded"))
+                    await rogue.flush()
                     seen = []
                     while everything.pending_msgs:
                         message = await everything.next_msg(timeout=1)
