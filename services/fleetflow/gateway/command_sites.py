@@ -18,6 +18,8 @@ centre has not heard yet stays `forwarded` (or `delivered`): the centre does not
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -95,12 +97,43 @@ def mirrored(centre: CommandRecord, at_site: CommandRecord, site: str) -> Comman
     return CommandRecord(command=centre.command, state=state, history=history)
 
 
+class DeviceSites:
+    """Which site each device is at, by its latest reading in the centre; each answer is kept `keep_s` seconds, so a
+    fleet with many waiting commands asks once per device, and a device that moved is followed within that time."""
+
+    def __init__(self, js: JetStreamContext, fleet: DeviceFleet, keep_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+        self.js, self.fleet, self.keep_s, self.clock = js, fleet, keep_s, clock
+        self._known: dict[str, tuple[float, str | None]] = {}
+
+    async def site_of(self, device: str) -> str | None:
+        """The site the device's latest reading in the centre came from; None: the centre's, or no reading yet."""
+        now = self.clock()
+        known = self._known.get(device)
+        if known is not None and now - known[0] < self.keep_s:
+            return known[1]
+        site = await self._latest_origin(device)
+        self._known[device] = (now, site)
+        return site
+
+    async def _latest_origin(self, device: str) -> str | None:
+        stream = subjects.telemetry_stream(self.fleet.name)
+        try:
+            latest = await self.js.get_last_msg(stream, f"ff.{self.fleet.name}.{subjects.TELEMETRY}.*.{device}")
+        except NotFoundError:
+            return None
+        return edgelink.origin_site(self.fleet, (latest.headers or {}).get(edgelink.STREAM_SOURCE_HEADER))
+
+
 class SiteCommandForwarder:
     """Follows the centre's command stream and moves each command of a site's device along the steps above."""
 
     def __init__(self, nc: Client, store: CommandStore, fleet: DeviceFleet):
         self.nc, self.js, self.store, self.fleet = nc, nc.jetstream(), store, fleet
+        self.sites = DeviceSites(self.js, fleet)
         self._open: dict[tuple[str, str], Command] = {}  # commands the centre has not seen finish yet
+        self._read: set[tuple[str, str]] = set()  # open commands whose record was read once: queued or forwarded
+        self._forwarded: set[tuple[str, str]] = set()  # open commands forwarded to a site
         self._site_stores: dict[str, CommandStore] = {}  # each site's state bucket, read over its JetStream API
 
     async def run(self, stop: asyncio.Event, tick: float = 0.5) -> None:
@@ -126,51 +159,46 @@ class SiteCommandForwarder:
 
     async def round(self) -> None:
         """Move every open command one step if it can; drop those the centre has no more to do for."""
-        sites: dict[str, str | None] = {}  # each device's site, looked up once a round
         for key, command in list(self._open.items()):
             try:
-                finished = await self._advance(command, sites)
+                finished = await self._advance(key, command)
             except (nats.errors.Error, TimeoutError) as exc:  # the centre's NATS away: next round
                 log.warning("cannot move a site's command on yet", command=command.id, error=str(exc) or repr(exc))
                 continue
             if finished:
                 self._open.pop(key, None)
+                self._read.discard(key)
+                self._forwarded.discard(key)
 
-    async def _advance(self, command: Command, sites: dict[str, str | None]) -> bool:
+    async def _advance(self, key: tuple[str, str], command: Command) -> bool:
         """One step for one command; True once nothing is left for the centre to do."""
+        site = await self.sites.site_of(command.device)
+        if site is None and key in self._read and key not in self._forwarded:
+            # Still the centre's device: its gateway delivers or expires the command, nothing to read here.
+            return now_ms() >= command.created_ms + command.ttl_ms
         record = await self.store.get(command.device, command.id)
         if record is None:  # the gateway's expiry records it as queued first
             return False
+        self._read.add(key)
         if record.state == QUEUED:
             if now_ms() >= record.expires_ms:
                 return True  # the centre's expiry moves it to expired
-            if command.device not in sites:
-                sites[command.device] = await self.site_of(command.device)
-            site = sites[command.device]
             if site is None:
-                return False  # the centre's device, for now: its gateway delivers it
+                return False  # the centre's device, for now
             try:
                 record = await self.store.transition(command.device, command.id, FORWARDED, frozenset({QUEUED}),
                                                      forwarded_detail(site))  # fmt: skip
             except CommandError:
                 return False  # a gateway took it meanwhile: look again next round
             log.info("command forwarded to its device's site", command=command.id, device=command.device, site=site)
-        site = forwarded_site(record)
-        if record.state not in FOLLOWED or site is None:
+        forwarded_to = forwarded_site(record)
+        if record.state not in FOLLOWED or forwarded_to is None:
             return True
-        if stored_at(record, site) is None:
-            return await self._push(record, site)
-        await self._follow(record, site)
+        self._forwarded.add(key)
+        if stored_at(record, forwarded_to) is None:
+            return await self._push(record, forwarded_to)
+        await self._follow(record, forwarded_to)
         return False
-
-    async def site_of(self, device: str) -> str | None:
-        """The site the device's latest reading in the centre came from; None: the centre's, or no reading yet."""
-        stream = subjects.telemetry_stream(self.fleet.name)
-        try:
-            latest = await self.js.get_last_msg(stream, f"ff.{self.fleet.name}.{subjects.TELEMETRY}.*.{device}")
-        except NotFoundError:
-            return None
-        return edgelink.origin_site(self.fleet, (latest.headers or {}).get(edgelink.STREAM_SOURCE_HEADER))
 
     async def _push(self, record: CommandRecord, site: str) -> bool:
         """Push the command to its site until the site's stream stores it; True if its TTL passed first."""
