@@ -155,7 +155,9 @@ async def test_centrally_queued_commands_reach_the_site_device_link_or_no_link(t
                 await poll("the site noticing the second cut", lambda: _down(site))
                 short = await queue(centre, "cool", ttl_seconds=2)
                 expired = await poll("expired in the centre", lambda: in_state(centre, short, "expired"), timeout=30)
-                assert expired.history[-1].detail == f"ttl passed before site {SITE} stored it"
+                # Expired by the forwarder (claimed for the site, never stored) or, on a machine too busy for it to claim
+                # the command within its TTL, by the centre's expiry: either way the site never stored it.
+                assert f"stored at site {SITE}" not in [t.detail for t in expired.history], expired.history
                 proxy.restore()
                 after = await queue(
                     centre, "cool", ttl_seconds=600
