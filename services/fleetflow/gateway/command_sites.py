@@ -28,7 +28,7 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet
 from fleetflow.runtime import edgelink, subjects
@@ -42,9 +42,7 @@ from fleetflow.runtime.commands import (
     CommandRecord,
     CommandStore,
     Transition,
-    encode_record,
     now_ms,
-    record_key,
 )
 
 log = structlog.get_logger(__name__)
@@ -135,6 +133,7 @@ class SiteCommandForwarder:
         self._read: set[tuple[str, str]] = set()  # open commands whose record was read once: queued or forwarded
         self._forwarded: set[tuple[str, str]] = set()  # open commands forwarded to a site
         self._site_stores: dict[str, CommandStore] = {}  # each site's state bucket, read over its JetStream API
+        self._unreachable: set[str] = set()  # sites that did not answer this round: not asked again until the next
 
     async def run(self, stop: asyncio.Event, tick: float = 0.5) -> None:
         sub = await self.js.subscribe(
@@ -159,11 +158,14 @@ class SiteCommandForwarder:
 
     async def round(self) -> None:
         """Move every open command one step if it can; drop those the centre has no more to do for."""
+        self._unreachable.clear()
         for key, command in list(self._open.items()):
             try:
                 finished = await self._advance(key, command)
             except (nats.errors.Error, TimeoutError) as exc:  # the centre's NATS away: next round
                 log.warning("cannot move a site's command on yet", command=command.id, error=str(exc) or repr(exc))
+                continue
+            except CommandError:  # its record moved meanwhile (or went): look again next round
                 continue
             if finished:
                 self._open.pop(key, None)
@@ -197,7 +199,8 @@ class SiteCommandForwarder:
         self._forwarded.add(key)
         if stored_at(record, forwarded_to) is None:
             return await self._push(record, forwarded_to)
-        await self._follow(record, forwarded_to)
+        if forwarded_to not in self._unreachable:
+            await self._follow(record, forwarded_to)
         return False
 
     async def _push(self, record: CommandRecord, site: str) -> bool:
@@ -207,12 +210,15 @@ class SiteCommandForwarder:
             expired = await self._expire_unstored(record, site)
             log.info("command expired before its site stored it", command=command.id, site=site, moved=expired)
             return True
+        if site in self._unreachable:
+            return False
         domain = edgelink.site_domain(self.fleet.name, site)
         try:
             await self.js.publish(edgelink.site_command_subject(domain, command.device), msgspec.json.encode(command),
                                   headers={"Nats-Msg-Id": command.id}, timeout=PUSH_TIMEOUT_S)  # fmt: skip
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
-            return False  # the link is down (or slow): push again next round
+            self._unreachable.add(site)  # the link is down (or slow): push again next round
+            return False
         await self.store.transition(command.device, command.id, FORWARDED, frozenset({FORWARDED}),
                                     stored_detail(site))  # fmt: skip
         log.info("command stored at its device's site", command=command.id, site=site)
@@ -234,12 +240,11 @@ class SiteCommandForwarder:
             at_site = await (await self._site_store(site)).get(command.device, command.id)
         except (nats.errors.Error, TimeoutError):
             self._site_stores.pop(site, None)  # the link is down: open it again next round
+            self._unreachable.add(site)
             return
         if at_site is None or (merged := mirrored(record, at_site, site)) is None:
             return
-        try:
-            await self.store.kv.update(record_key(command.device, command.id), encode_record(merged), record.revision)
-        except KeyWrongLastSequenceError:
+        if not await self.store.replace(record, merged):
             return  # it moved meanwhile: look again next round
         log.info("command state at its site", command=command.id, site=site, state=merged.state)
 

@@ -269,6 +269,15 @@ class CommandStore:
             except KeyWrongLastSequenceError:
                 continue  # someone else moved it meanwhile: look again
 
+    async def replace(self, current: CommandRecord, new: CommandRecord) -> bool:
+        """Write `new` in place of `current` if nobody changed the record since `current` was read (compare-and-set
+        on its revision); False if someone did. For a record that copies another's steps (an edge site's)."""
+        try:
+            await self.kv.update(record_key(new.command.device, new.command.id), encode_record(new), current.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
     async def claim(self, command: Command, protocol: str) -> CommandRecord | None:
         """Take a queued command for delivery: returns it as `delivered`, or None if it is not deliverable
         (already delivered or finished, or expired — which this records).
