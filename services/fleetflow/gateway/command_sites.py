@@ -126,9 +126,9 @@ class DeviceSites:
 class SiteCommandForwarder:
     """Follows the centre's command stream and moves each command of a site's device along the steps above."""
 
-    def __init__(self, nc: Client, store: CommandStore, fleet: DeviceFleet):
+    def __init__(self, nc: Client, store: CommandStore, fleet: DeviceFleet, sites: DeviceSites | None = None):
         self.nc, self.js, self.store, self.fleet = nc, nc.jetstream(), store, fleet
-        self.sites = DeviceSites(self.js, fleet)
+        self.sites = sites or DeviceSites(self.js, fleet)
         self._open: dict[tuple[str, str], Command] = {}  # commands the centre has not seen finish yet
         self._read: set[tuple[str, str]] = set()  # open commands whose record was read once: queued or forwarded
         self._forwarded: set[tuple[str, str]] = set()  # open commands forwarded to a site
