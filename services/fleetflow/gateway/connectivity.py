@@ -1,5 +1,6 @@
-"""Everything the gateway offers devices besides HTTP telemetry: commands, their expiry, and the other
-protocols (gRPC, MQTT, WebSocket, CoAP). `serve()` in main.py starts it once and closes it on shutdown."""
+"""Everything the gateway offers devices besides HTTP telemetry: commands, their expiry and (in the centre of edge
+sites) their forwarding to the sites, and the other protocols (gRPC, MQTT, WebSocket, CoAP). `serve()` in main.py
+starts it once and closes it on shutdown."""
 
 import asyncio
 import contextlib
@@ -17,6 +18,7 @@ from fleetflow.gateway.coap import start_server as start_coap_server
 from fleetflow.gateway.command_api import CommandApi
 from fleetflow.gateway.command_expiry import CommandExpirer
 from fleetflow.gateway.command_sessions import CommandSessions
+from fleetflow.gateway.command_sites import SiteCommandForwarder
 from fleetflow.gateway.grpc_api import DeviceGatewayService, start_server, tls_credentials
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
@@ -65,6 +67,8 @@ class Connectivity:
         if isinstance(publisher, BufferedPublisher):
             links._tasks.append(asyncio.create_task(publisher.run(links._stop)))
         links._tasks.append(asyncio.create_task(CommandExpirer(js, store).run(links._stop)))
+        if settings.site is None and fleet.spec.sites:  # the centre of edge sites: their devices' commands go there
+            links._tasks.append(asyncio.create_task(SiteCommandForwarder(nc, store, fleet).run(links._stop)))
         if settings.mqtt_issuer_seed_file is not None:
             seed = settings.mqtt_issuer_seed_file.read_bytes().strip()
             callout = await links._callout_connection(settings, nc)

@@ -8,7 +8,8 @@ Transitions are compare-and-set on the entry's revision, so several gateway repl
 reconnects over another protocol) can never deliver the same command twice.
 
     queued ──▶ delivered ──▶ succeeded | failed | rejected
-       └──────▶ expired (the TTL passed before a device took it)
+       │└─────▶ expired (the TTL passed before a device took it)
+       └──▶ forwarded (to the edge site the device is at; the site's states follow: docs/edge.md)
 
 (An MQTT delivery that provably reached no subscriber goes back from delivered to queued; see mqtt_bridge.)
 """
@@ -29,9 +30,9 @@ from nats.js.kv import KeyValue
 from fleetflow.runtime import subjects
 from fleetflow.runtime.codec import Command
 
-QUEUED, DELIVERED, EXPIRED = "queued", "delivered", "expired"
+QUEUED, FORWARDED, DELIVERED, EXPIRED = "queued", "forwarded", "delivered", "expired"
 RESULTS = ("succeeded", "failed", "rejected")
-STATES = (QUEUED, DELIVERED, *RESULTS, EXPIRED)
+STATES = (QUEUED, FORWARDED, DELIVERED, *RESULTS, EXPIRED)
 TERMINAL = frozenset((*RESULTS, EXPIRED))
 
 COMMAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -267,6 +268,15 @@ class CommandStore:
                 return moved
             except KeyWrongLastSequenceError:
                 continue  # someone else moved it meanwhile: look again
+
+    async def replace(self, current: CommandRecord, new: CommandRecord) -> bool:
+        """Write `new` in place of `current` if nobody changed the record since `current` was read (compare-and-set
+        on its revision); False if someone did. For a record that copies another's steps (an edge site's)."""
+        try:
+            await self.kv.update(record_key(new.command.device, new.command.id), encode_record(new), current.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def claim(self, command: Command, protocol: str) -> CommandRecord | None:
         """Take a queued command for delivery: returns it as `delivered`, or None if it is not deliverable

@@ -8,6 +8,7 @@ A sourced message keeps its Nats-Msg-Id and carries its origin sequence, from wh
 outage: every batch the site stored arrives once, in the site's order (docs/edge.md)."""
 
 import dataclasses
+import hashlib
 import json
 from urllib.parse import urlsplit
 
@@ -50,6 +51,52 @@ def deliver_prefix(domain: str) -> str:
     """Where a site's stream delivers what the hub sources from it: a prefix of the site's own, so the fleets'
     account imports the site's deliveries and nothing else the site publishes."""
     return f"fleetflow-site.{domain}.deliver"
+
+
+def site_commands_prefix(domain: str) -> str:
+    """Where the centre pushes the commands of a site's devices: a service of the site's account that the fleets'
+    account imports, so only that site receives them and its stream's acknowledgement comes back (docs/edge.md)."""
+    return f"fleetflow-site.{domain}.commands"
+
+
+def site_command_subject(domain: str, device: str) -> str:
+    return f"{site_commands_prefix(domain)}.{device}"
+
+
+def site_command_transform(fleet: str, domain: str) -> SubjectTransform:
+    """The site's command stream stores a pushed command under the fleet's command subject of its device, where
+    the site's gateway delivers it like any command of the site's own pipelines."""
+    return SubjectTransform(src=f"{site_commands_prefix(domain)}.*", dest=f"ff.{fleet}.cmd.{{{{wildcard(1)}}}}")
+
+
+# nats-server's name hash (getHash): base-62 digits of the first 8 bytes of a SHA-256.
+_HASH_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+STREAM_SOURCE_HEADER = "Nats-Stream-Source"
+
+
+def source_index_name(stream: str, api: str) -> str:
+    """How nats-server names a source from another domain in the `Nats-Stream-Source` header of what it sourced:
+    `<stream>:<hash of the API prefix>`."""
+    digest = hashlib.sha256(api.encode()).digest()
+    return f"{stream}:{''.join(_HASH_DIGITS[byte % len(_HASH_DIGITS)] for byte in digest[:8])}"
+
+
+def telemetry_origins(fleet: DeviceFleet) -> dict[str, str]:
+    """The site each sourced telemetry message came from, by the source name in its `Nats-Stream-Source` header."""
+    stream = subjects.telemetry_stream(fleet.name)
+    return {
+        source_index_name(stream, site_api(fleet.name, site.name)): site.name
+        for site in fleet.spec.sites
+        if site.forward.readings
+    }
+
+
+def origin_site(fleet: DeviceFleet, stream_source: str | None) -> str | None:
+    """The site a telemetry message of the centre was sourced from (its `Nats-Stream-Source` header); None for one
+    a gateway of the centre stored, or one from a source this fleet does not declare."""
+    if not stream_source:
+        return None
+    return telemetry_origins(fleet).get(stream_source.split(" ", 1)[0])
 
 
 def site_source(fleet: str, site: str) -> ExternalStream:
@@ -107,6 +154,14 @@ def site_telemetry(stream: StreamConfig, site: EdgeSite) -> StreamConfig:
     )
 
 
+def site_commands(stream: StreamConfig, fleet: str, site: str) -> StreamConfig:
+    """The site's command stream: the centre's, also storing what the centre pushes to the site's devices (under
+    their command subjects). A pushed command keeps its id as Nats-Msg-Id, so a push repeated is a duplicate."""
+    domain = site_domain(fleet, site)
+    return dataclasses.replace(stream, subjects=[*(stream.subjects or []), f"{site_commands_prefix(domain)}.*"],
+                               subject_transform=site_command_transform(fleet, domain))  # fmt: skip
+
+
 def find_site(fleet: DeviceFleet, name: str | None) -> EdgeSite:
     """The site `name` of the fleet; without a name, its only site. ValueError names what is declared."""
     declared = [site.name for site in fleet.spec.sites]
@@ -158,14 +213,17 @@ def leaf_remote_config(hub_url: str, user: str, password: str, account: str, hub
 
 def hub_site_accounts(sites: dict[str, str]) -> natsauth.LinkedAccounts:
     """The hub's account per site, its leaf-node user, and what the fleets' account imports from it: the JetStream
-    API of the site's domain (to create the sourcing consumers), the site's deliveries, and the flow-control replies
-    of its consumers. Nothing else a site publishes reaches the fleets' account: a compromised site cannot write into
+    API of the site's domain (to create the sourcing consumers and read its command states), the site's deliveries,
+    the flow-control replies of its consumers, and the site's command intake (where the centre pushes the commands
+    of the site's devices: a service, so only this site receives them and its acknowledgement comes back). Nothing
+    else a site publishes reaches the fleets' account: a compromised site cannot write into
     `ff.>` there. `sites` maps each site's user (its domain) to its nats.conf password value. The users live in
     accounts, not in the leafnodes block, because nats-server reloads those (SIGHUP): a revocation needs no restart."""
     accounts, imports = [], []
     for domain, password in sites.items():
         exported = [f'{{ service: "{site_api_subjects(domain)}" }}', f'{{ stream: "{deliver_prefix(domain)}.>" }}',
-                    f'{{ service: "{FLOW_CONTROL}" }}']  # fmt: skip
+                    f'{{ service: "{FLOW_CONTROL}" }}',
+                    f'{{ service: "{site_commands_prefix(domain)}.>" }}']  # fmt: skip
         user = f"{{ user: {domain}, password: {password}, allowed_connection_types: [LEAFNODE] }}"
         accounts.append(f"{site_account(domain)} {{ users: [ {user} ], exports: [ {', '.join(exported)} ] }}")
         source = f"account: {site_account(domain)}"
@@ -173,6 +231,7 @@ def hub_site_accounts(sites: dict[str, str]) -> natsauth.LinkedAccounts:
             f'{{ service: {{ {source}, subject: "{site_api_subjects(domain)}" }} }}',
             f'{{ stream: {{ {source}, subject: "{deliver_prefix(domain)}.>" }} }}',
             f'{{ service: {{ {source}, subject: "{FLOW_CONTROL}" }} }}',
+            f'{{ service: {{ {source}, subject: "{site_commands_prefix(domain)}.>" }} }}',
         ]
     return natsauth.LinkedAccounts(tuple(accounts), tuple(imports), tuple(sites))
 

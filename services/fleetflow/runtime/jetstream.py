@@ -90,7 +90,8 @@ async def _maybe_await(value: Awaitable[None] | None) -> None:
 
 def fleet_streams(fleet: DeviceFleet, site: str | None = None) -> list[StreamConfig]:
     """The fleet's streams: telemetry (partitioned by device), commands, alerts and dead letters. In the centre
-    (`site` None) the telemetry stream sources the fleet's edge sites; at a site it keeps to the site's budget."""
+    (`site` None) the telemetry stream sources the fleet's edge sites; at a site it keeps to the site's budget, and
+    the command stream also takes the commands the centre pushes to the site's devices."""
     name, spec = fleet.name, fleet.spec.streams
     common: dict[str, Any] = {
         "retention": RetentionPolicy.LIMITS,
@@ -115,17 +116,19 @@ def fleet_streams(fleet: DeviceFleet, site: str | None = None) -> list[StreamCon
         sources=edgelink.telemetry_sources(fleet) or None,  # the fleet's edge sites (docs/edge.md)
         **common,
     )
+    commands = StreamConfig(
+        name=subjects.commands_stream(name),
+        description=f"Commands to devices of fleet {name}",
+        subjects=[f"ff.{name}.cmd.>"],
+        allow_direct=True,  # a connecting device's backlog is read by direct get, without a consumer each
+        **common,
+    )
     if site is not None:
         telemetry = edgelink.site_telemetry(telemetry, edgelink.find_site(fleet, site))
+        commands = edgelink.site_commands(commands, fleet.name, site)
     return [
         telemetry,
-        StreamConfig(
-            name=subjects.commands_stream(name),
-            description=f"Commands to devices of fleet {name}",
-            subjects=[f"ff.{name}.cmd.>"],
-            allow_direct=True,  # a connecting device's backlog is read by direct get, without a consumer each
-            **common,
-        ),
+        commands,
         StreamConfig(
             name=subjects.alerts_stream(name),
             description=f"Alert events of fleet {name}",

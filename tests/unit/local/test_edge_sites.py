@@ -81,10 +81,38 @@ def test_each_site_logs_in_to_an_account_of_its_own_whose_deliveries_alone_reach
         '{ service: { account: site-depot-a, subject: "$JS.depot-a.API.>" } }',
         '{ stream: { account: site-depot-a, subject: "fleetflow-site.depot-a.deliver.>" } }',
         '{ service: { account: site-depot-a, subject: "$JS.FC.>" } }',
+        '{ service: { account: site-depot-a, subject: "fleetflow-site.depot-a.commands.>" } }',
     ]
     depot = fleet({"name": "a"})
     (source,) = edgelink.telemetry_sources(depot)
     assert source.external is not None and source.external.deliver == "fleetflow-site.depot-a.deliver"
+
+
+def test_a_site_stores_the_commands_the_centre_pushes_under_its_devices_command_subjects() -> None:
+    depot = fleet({"name": "a"})
+    at_site = next(s for s in jetstream.fleet_streams(depot, site="a") if s.name == subjects.commands_stream("depot"))
+    assert at_site.subjects == ["ff.depot.cmd.>", "fleetflow-site.depot-a.commands.*"]
+    assert at_site.subject_transform is not None
+    assert (at_site.subject_transform.src, at_site.subject_transform.dest) == (
+        "fleetflow-site.depot-a.commands.*", "ff.depot.cmd.{{wildcard(1)}}")  # fmt: skip
+    assert edgelink.site_command_subject("depot-a", "box-1") == "fleetflow-site.depot-a.commands.box-1"
+    centre = next(s for s in jetstream.fleet_streams(depot) if s.name == subjects.commands_stream("depot"))
+    assert centre.subjects == ["ff.depot.cmd.>"] and centre.subject_transform is None
+
+
+def test_the_site_a_sourced_reading_came_from_is_read_from_its_stream_source_header() -> None:
+    depot = fleet({"name": "a"}, {"name": "b"}, {"name": "c", "forward": {"readings": False}})
+    # nats-server names a source from another domain `<stream>:<getHash(api prefix)>` in the header; the end-to-end
+    # test (test_edge_commands.py) checks this against a real server's header.
+    name = edgelink.source_index_name("ff-depot-telemetry", "$JS.depot-a.API")
+    assert name == "ff-depot-telemetry:e65DEuoM"
+    assert edgelink.origin_site(depot, f"{name} 17 > >") == "a"
+    assert (
+        edgelink.origin_site(depot, f"{edgelink.source_index_name('ff-depot-telemetry', '$JS.depot-b.API')} 3") == "b"
+    )
+    assert edgelink.origin_site(depot, None) is None  # stored by a gateway of the centre
+    assert edgelink.origin_site(depot, "ff-depot-telemetry:Unknown1 4 > >") is None
+    assert set(edgelink.telemetry_origins(depot).values()) == {"a", "b"}  # c forwards no readings
 
 
 def test_over_tls_the_hub_serves_its_certificate_and_the_site_trusts_the_given_ca() -> None:
