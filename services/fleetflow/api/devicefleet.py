@@ -11,7 +11,7 @@ from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKey
 from fleetflow.api.core import NetworkPolicyPeer
 from fleetflow.api.overrides import IngressSpec, PodOverrides, ServiceOverrides
 from fleetflow.api.sites import EdgeSite, check_unique_sites
-from fleetflow.api.tls import CaSecretRef, TlsSecret
+from fleetflow.api.tls import CaSecretRef, GatewayTls, TlsSecret
 
 
 def _regex(text: str) -> str:
@@ -126,9 +126,10 @@ class GatewaySpec(Model):
     ingress: IngressSpec | None = Field(
         default=None, description="Publish the gateway's HTTP and gRPC through an Ingress controller (cluster only)."
     )
-    tls: TlsSecret | None = Field(
+    tls: GatewayTls | None = Field(
         default=None,
-        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate (cluster only).",
+        description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate (cluster only); "
+        "with clientAuth, devices may identify themselves with X.509 certificates.",
     )
 
     @property

@@ -97,7 +97,8 @@ class Connectivity:
         return callout
 
     async def _start_grpc(self, settings: GatewaySettings, sessions: CommandSessions, store: CommandStore) -> None:
-        tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file)
+        tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file,
+                              settings.device_certificates_required)  # fmt: skip
         service = DeviceGatewayService(self.intake, sessions, store)
         server, port = await start_server(service, settings.listen_host, settings.grpc_port or 0, tls,
                                           settings.fleet.spec.gateway.max_body_bytes)  # fmt: skip

@@ -4,6 +4,7 @@ import msgspec
 from aiohttp import web
 from opentelemetry import trace
 
+from fleetflow.gateway.auth import certified_device
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.runtime import httpserver, telemetry
@@ -31,7 +32,8 @@ class TelemetryApi:
         with tracer.start_as_current_span(f"POST {ROUTE}", context=telemetry.extract(request.headers),
                                           kind=trace.SpanKind.SERVER, attributes=attributes) as span:  # fmt: skip
             try:
-                self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"))
+                self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"),
+                                  certified_device(httpserver.peer_certificate(request)))  # fmt: skip
                 with self.intake.counted(PROTOCOL, device):
                     body = await self._body(request)
                 accepted = await self.intake.ingest(PROTOCOL, device, body)

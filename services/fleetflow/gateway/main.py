@@ -55,7 +55,12 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         app,
         settings.listen_host,
         settings.listen_port,
-        httpserver.tls_context(settings.tls_cert_file, settings.tls_key_file),
+        httpserver.tls_context(
+            settings.tls_cert_file,
+            settings.tls_key_file,
+            settings.tls_client_ca_file,
+            settings.device_certificates_required,
+        ),
     )
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)

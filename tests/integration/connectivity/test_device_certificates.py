@@ -1,0 +1,171 @@
+"""Mutual TLS for devices (spec.gateway.tls.clientAuth), with a real gateway, real certificates and real clients:
+aiohttp over HTTPS and WebSocket, grpcio with a client key pair. A device certificate the fleet's device CA signed
+is the device's identity (its subject CN), so it needs no token; it only speaks for its own device; another CA's
+certificate fails the handshake; `Required` refuses a handshake without a certificate; `Optional` keeps tokens."""
+
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
+from tests.integration.connectivity.conftest import FLEET, Gateway, start_gateway, stop_gateway
+from tests.support.certificates import Authority, new_authority
+from tests.support.natsserver import NatsServer
+
+GATEWAY_NAMES = ["demo-gateway.ns1.svc"]
+
+
+def body(seq: int) -> dict[str, object]:
+    return {"readings": [{"seq": seq, "ts": int(time.time() * 1000), "metrics": {"temperature": 4.2}}]}
+
+
+@dataclass
+class MutualTls:
+    gateway: Gateway
+    server_ca: Authority
+    device_ca: Authority
+    folder: Path
+
+    def client_context(self, device: str | None, authority: Authority | None = None) -> ssl.SSLContext:
+        """What a device dials with: the server's CA, and its own certificate for `device` (None: none) from
+        `authority` (default: the fleet's device CA)."""
+        context = ssl.create_default_context(cadata=self.server_ca.pem.decode())
+        if device is not None:
+            certificate, key = (authority or self.device_ca).client_files(self.folder / "clients", device)
+            context.load_cert_chain(certificate, key)
+        return context
+
+    def telemetry_url(self, device: str) -> str:
+        return f"https://127.0.0.1:{self.gateway.status['http_port']}/v1/fleets/{FLEET}/devices/{device}/telemetry"
+
+    def grpc_device(self, device: str, certificate_of: str | None, token: str | None = None) -> GrpcDevice:
+        pair = self.device_ca.issue_client(certificate_of) if certificate_of else None
+        target = f"127.0.0.1:{self.gateway.status['grpc_port']}"
+        return GrpcDevice(target, FLEET, device, token, root_certificates=self.server_ca.pem, client_certificate=pair)
+
+
+@pytest.fixture(scope="module")
+def server_ca() -> Authority:
+    return new_authority("gateway CA")
+
+
+@pytest.fixture(scope="module")
+def device_ca() -> Authority:
+    return new_authority("demo device CA")
+
+
+async def mutual_tls(tmp_path: Path, nats_url: str, server_ca: Authority, device_ca: Authority, mode: str) -> MutualTls:
+    files = server_ca.tls_secret_files(tmp_path / "gateway-tls", GATEWAY_NAMES)
+    (tmp_path / "device-ca.crt").write_bytes(device_ca.pem)
+    gw = await start_gateway(tmp_path, nats_url, grpc_port=0, tls_cert_file=files / "tls.crt",
+                             tls_key_file=files / "tls.key", tls_client_ca_file=tmp_path / "device-ca.crt",
+                             tls_client_auth=mode)  # fmt: skip
+    return MutualTls(gw, server_ca, device_ca, tmp_path)
+
+
+@pytest.fixture
+async def required(
+    tmp_path: Path, nats_server: NatsServer, server_ca: Authority, device_ca: Authority
+) -> AsyncIterator[MutualTls]:
+    setup = await mutual_tls(tmp_path, nats_server.url, server_ca, device_ca, "Required")
+    try:
+        yield setup
+    finally:
+        await stop_gateway(setup.gateway)
+
+
+@pytest.fixture
+async def optional(
+    tmp_path: Path, nats_server: NatsServer, server_ca: Authority, device_ca: Authority
+) -> AsyncIterator[MutualTls]:
+    setup = await mutual_tls(tmp_path, nats_server.url, server_ca, device_ca, "Optional")
+    try:
+        yield setup
+    finally:
+        await stop_gateway(setup.gateway)
+
+
+async def post(mtls: MutualTls, device: str, context: ssl.SSLContext, seq: int,
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        async with session.post(mtls.telemetry_url(device), json=body(seq), ssl=context, headers=headers) as response:
+            return response.status, await response.json()
+
+
+async def test_a_device_certificate_stands_in_for_the_token_over_https(required: MutualTls) -> None:
+    status, answer = await post(required, "meter-7", required.client_context("meter-7"), 1)
+    assert (status, answer["accepted"]) == (202, 1)
+    assert await required.gateway.stored_readings("meter-7") == [1]
+
+
+async def test_a_certificate_speaks_only_for_its_own_device(required: MutualTls) -> None:
+    token = {"Authorization": f"Bearer {required.gateway.token('meter-8')}"}  # a token does not override it
+    status, answer = await post(required, "meter-8", required.client_context("meter-7"), 1, token)
+    assert status == 403 and answer["error"] == "certificate_mismatch"
+    assert "'meter-7'" in str(answer["detail"]) and "'meter-8'" in str(answer["detail"])
+    assert await required.gateway.stored_readings("meter-8") == []
+
+
+async def test_required_refuses_a_handshake_without_a_certificate_or_with_another_cas(required: MutualTls) -> None:
+    token = {"Authorization": f"Bearer {required.gateway.token('meter-7')}"}
+    impostor = required.client_context("meter-7", new_authority("another CA"))
+    for context in (required.client_context(None), impostor):
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            await post(required, "meter-7", context, 1, token)
+    assert await required.gateway.stored_readings("meter-7") == []
+
+
+async def test_device_commands_take_the_certificate_too(required: MutualTls) -> None:
+    base = f"https://127.0.0.1:{required.gateway.status['http_port']}/v1/fleets/{FLEET}/devices"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/meter-7/commands", ssl=required.client_context("meter-7")) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"commands": []}
+        async with session.get(f"{base}/meter-8/commands", ssl=required.client_context("meter-7")) as response:
+            assert response.status == 403 and (await response.json())["error"] == "certificate_mismatch"
+
+
+async def test_a_websocket_session_is_admitted_by_its_certificate(required: MutualTls) -> None:
+    url = f"wss://127.0.0.1:{required.gateway.status['http_port']}/v1/fleets/{FLEET}/devices/meter-7/ws"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, ssl=required.client_context("meter-7"), protocols=("fleetflow.v1",)) as ws:
+            await ws.send_json({"type": "telemetry", "id": "1", **body(3)})
+            answer = await ws.receive_json(timeout=10)
+    assert answer["type"] == "ack" and answer["accepted"] == 1, answer
+
+
+async def test_grpc_with_a_client_key_pair_and_no_token(required: MutualTls) -> None:
+    async with required.grpc_device("meter-7", certificate_of="meter-7") as dev:
+        assert (await dev.send(body(5)["readings"]))["accepted"] == 1  # type: ignore[arg-type]
+    async with required.grpc_device("meter-8", certificate_of="meter-7") as other:
+        with pytest.raises((StreamClosed, grpc.aio.AioRpcError)):
+            await other.send(body(5)["readings"], timeout=5)  # type: ignore[arg-type]
+        assert "PERMISSION_DENIED" in other.closed_because and "'meter-7'" in other.closed_because
+    token = required.gateway.token("meter-7")
+    async with required.grpc_device("meter-7", certificate_of=None, token=token) as without:
+        with pytest.raises((StreamClosed, grpc.aio.AioRpcError, TimeoutError)):
+            await without.send(body(6)["readings"], timeout=5)  # type: ignore[arg-type]
+    assert await required.gateway.stored_readings("meter-7") == [5]
+
+
+async def test_optional_takes_certificates_and_tokens(optional: MutualTls) -> None:
+    status, _ = await post(optional, "meter-7", optional.client_context("meter-7"), 1)
+    assert status == 202
+    token = {"Authorization": f"Bearer {optional.gateway.token('meter-9')}"}
+    status, _ = await post(optional, "meter-9", optional.client_context(None), 1, token)
+    assert status == 202
+    status, answer = await post(optional, "meter-9", optional.client_context(None), 2)
+    assert status == 401 and answer["error"] == "missing_token"
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await post(optional, "meter-7", optional.client_context("meter-7", new_authority("another CA")), 2)
+    # grpcio cannot ask for a certificate without requiring one (grpc_api.tls_credentials): tokens over gRPC.
+    async with optional.grpc_device("meter-9", certificate_of=None, token=optional.gateway.token("meter-9")) as dev:
+        assert (await dev.send(body(3)["readings"]))["accepted"] == 1  # type: ignore[arg-type]
+    assert await optional.gateway.stored_readings("meter-7") == [1]
+    assert await optional.gateway.stored_readings("meter-9") == [1, 3]
