@@ -93,9 +93,11 @@ async def optional(
 
 async def post(mtls: MutualTls, device: str, context: ssl.SSLContext, seq: int,
                headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:  # fmt: skip
-    async with aiohttp.ClientSession() as session:
-        async with session.post(mtls.telemetry_url(device), json=body(seq), ssl=context, headers=headers) as response:
-            return response.status, await response.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(mtls.telemetry_url(device), json=body(seq), ssl=context, headers=headers) as response,
+    ):
+        return response.status, await response.json()
 
 
 async def test_a_device_certificate_stands_in_for_the_token_over_https(required: MutualTls) -> None:
@@ -133,10 +135,12 @@ async def test_device_commands_take_the_certificate_too(required: MutualTls) -> 
 
 async def test_a_websocket_session_is_admitted_by_its_certificate(required: MutualTls) -> None:
     url = f"wss://127.0.0.1:{required.gateway.status['http_port']}/v1/fleets/{FLEET}/devices/meter-7/ws"
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, ssl=required.client_context("meter-7"), protocols=("fleetflow.v1",)) as ws:
-            await ws.send_json({"type": "telemetry", "id": "1", **body(3)})
-            answer = await ws.receive_json(timeout=10)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, ssl=required.client_context("meter-7"), protocols=("fleetflow.v1",)) as ws,
+    ):
+        await ws.send_json({"type": "telemetry", "id": "1", **body(3)})
+        answer = await ws.receive_json(timeout=10)
     assert answer["type"] == "ack" and answer["accepted"] == 1, answer
 
 
