@@ -33,6 +33,12 @@ FULL_FLEET_SPEC: dict[str, Any] = {
                 "deleteOnRemoval": True},
 }  # fmt: skip
 
+# Mutual TLS for devices: a certificate for the gateway, and the CA of the devices' certificates.
+DEVICE_CERTIFICATES_GATEWAY: dict[str, Any] = {
+    "tls": {"secretName": "cold-gateway-tls",
+            "clientAuth": {"mode": "Required", "caSecretRef": {"name": "cold-device-ca"}}},
+}  # fmt: skip
+
 FULL_PIPELINE_SPEC: dict[str, Any] = {
     "sink": {
         "kind": "cassandra",
@@ -105,4 +111,5 @@ def variants() -> dict[str, tuple[DeviceFleet, Pipeline]]:
             fleet(fleet_doc(streams={"partitions": 2})),
             pipeline(pipeline_doc(processor={"replicas": 2})),
         ),
+        "device-certificates": (fleet(fleet_doc(gateway=DEVICE_CERTIFICATES_GATEWAY)), pipeline(pipeline_doc())),
     }

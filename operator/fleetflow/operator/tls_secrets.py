@@ -15,6 +15,7 @@ from fleetflow.runtime.natsauth import NatsLogin
 
 HASH_ANNOTATION = "fleetflow.io/tls-hash"
 WORKLOADS = ("Deployment", "StatefulSet")
+DEVICE_CA = "device-ca"  # the digest's name for the CA of devices' client certificates
 
 
 class TlsSecretError(ValueError):
@@ -83,12 +84,22 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
         ref, field = external.password_secret_ref, "spec.nats.external.passwordSecretRef.name"
         client["password"] = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
         login = NatsLogin(external.user, client["password"].decode(errors="replace").strip())
-    gateway_digest = ""
-    if with_gateway and fleet.spec.gateway.tls is not None:
-        field, name = "spec.gateway.tls.secretName", fleet.spec.gateway.tls.secret_name
-        gateway_digest = _digest(await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY]))
+    gateway_digest = _digest(await _gateway_values(api, fleet)) if with_gateway and fleet.spec.gateway.tls else ""
     client_digest = _digest(client) if client else ""
     return FleetSecrets(tls, login, server_digest, client_digest, gateway_digest)
+
+
+async def _gateway_values(api: KubeApi, fleet: DeviceFleet) -> dict[str, bytes]:
+    """The gateway's certificate and, with client auth, the CA of the devices' certificates (a new CA rolls the
+    gateways too: they read it at start)."""
+    tls = fleet.spec.gateway.tls
+    assert tls is not None
+    values = await _keys(api, fleet, "spec.gateway.tls.secretName", tls.secret_name, [CERT_KEY, KEY_KEY])
+    if tls.client_auth is not None:
+        ref, field = tls.client_auth.ca_secret_ref, "spec.gateway.tls.clientAuth.caSecretRef.name"
+        values[DEVICE_CA] = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
+        _context(field, ref.name, ref.key, values[DEVICE_CA])
+    return values
 
 
 def stamped(obj: JsonObject, secrets: FleetSecrets | None) -> JsonObject:

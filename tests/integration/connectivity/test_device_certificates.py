@@ -11,10 +11,17 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import pydantic
 import pytest
+import yaml
 
+from fleetflow.api.errors import SpecError
+from fleetflow.api.tls import CA_KEY
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
-from tests.integration.connectivity.conftest import FLEET, Gateway, start_gateway, stop_gateway
+from fleetflow.operator.builders import gateway
+from fleetflow.runtime.settings import GatewaySettings
+from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
+from tests.operator.variants import DEVICE_CERTIFICATES_GATEWAY, fleet, fleet_doc
 from tests.support.certificates import Authority, new_authority
 from tests.support.natsserver import NatsServer
 
@@ -173,3 +180,32 @@ async def test_optional_takes_certificates_and_tokens(optional: MutualTls) -> No
         assert (await dev.send(body(3)["readings"]))["accepted"] == 1  # type: ignore[arg-type]
     assert await optional.gateway.stored_readings("meter-7") == [1]
     assert await optional.gateway.stored_readings("meter-9") == [1, 3]
+
+
+# --- on a cluster -----------------------------------------------------------------------------------------
+
+
+def test_the_gateway_reads_the_device_ca_where_the_operator_mounts_it_and_only_that_key() -> None:
+    f = fleet(fleet_doc(gateway=DEVICE_CERTIFICATES_GATEWAY))
+    settings = GatewaySettings(**{**yaml.safe_load(gateway.rendered_config(f)), "secret_file": "/s"})
+    spec = gateway.gateway_statefulset(f, "fleetflow", "IfNotPresent", {})["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "cold-device-ca"]
+    assert volume["secret"]["items"] == [{"key": CA_KEY, "path": CA_KEY}], "never the CA Issuer's private key"
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert settings.tls_client_ca_file == Path(mount["mountPath"]) / CA_KEY
+    assert settings.device_certificates_required and settings.tls_cert_file is not None
+    optional = fleet(fleet_doc(gateway={"tls": {"secretName": "g", "clientAuth": {"caSecretRef": {"name": "ca"}}}}))
+    assert yaml.safe_load(gateway.rendered_config(optional))["tls_client_auth"] == "Optional"
+    assert "tls_client_ca_file" not in yaml.safe_load(gateway.rendered_config(fleet(fleet_doc())))
+
+
+def test_client_auth_without_a_ca_or_with_an_unknown_mode_is_refused_naming_the_field() -> None:
+    cases = (
+        ({}, "clientAuth.caSecretRef: required"),
+        ({"mode": "Sometimes", "caSecretRef": {"name": "ca"}}, "clientAuth.mode.*Sometimes.*Optional.*Required"),
+    )
+    for client_auth, expected in cases:
+        with pytest.raises(SpecError, match=expected):
+            fleet(fleet_doc(gateway={"tls": {"secretName": "g", "clientAuth": client_auth}}))
+    with pytest.raises(pydantic.ValidationError, match=r"tls_client_ca_file.*tls_cert_file"):
+        GatewaySettings(fleet=fleet_resource(), secret_file=Path("/s"), tls_client_ca_file=Path("/ca.crt"))
