@@ -45,11 +45,25 @@ class ConsumerState:
         return self.pending + self.ack_pending
 
 
+@dataclass(frozen=True)
+class DeviceTls:
+    """The gateways' certificate and key (devices' HTTP, WebSocket and gRPC over TLS only) and, optionally, the CA
+    of devices' client certificates (`fleetflow up --gateway-tls CERT KEY --device-ca CA`)."""
+
+    certificate_and_key: tuple[Path, Path]
+    device_ca: Path | None = None
+
+    @property
+    def device_ca_file(self) -> Path | None:
+        return self.device_ca.resolve() if self.device_ca else None  # the services run elsewhere than `up`
+
+
 class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
                  leafnode_listen: tuple[str, int | None] | None = None,
-                 leafnode_tls: tuple[Path, Path] | None = None):  # fmt: skip
+                 leafnode_tls: tuple[Path, Path] | None = None, device_tls: DeviceTls | None = None):  # fmt: skip
         self.leafnode_tls = leafnode_tls  # (certificate, key) of the hub's leaf-node listener: sites dial tls://
+        self.device_tls = device_tls
         self.site_name: str | None = None  # the edge site this platform is, if it is one (edgesite.py)
         self.resources = self._placed(resources)
         self.data_dir = data_dir.resolve()
@@ -194,7 +208,11 @@ class LocalPlatform:
                 **self._login(natslogins.GATEWAY),
                 nats_callout_password_file=self.nats.password_file(natsauth.CALLOUT_USER),
                 site=self.site_name,
+                device_ca_file=self.device_tls.device_ca_file if self.device_tls else None,
             )
+            if self.device_tls is not None:
+                certificate, key = self.device_tls.certificate_and_key
+                cfg.update(tls_cert_file=str(certificate.resolve()), tls_key_file=str(key.resolve()))
             # Device connectivity (docs/devices.md): gRPC, CoAP (UDP), MQTT through the embedded server, outage
             # buffer; WebSockets share the HTTP port.
             cfg.update(grpc_port=self.ports.take(),
@@ -242,7 +260,8 @@ class LocalPlatform:
         return next(s for s in self.services if s.name == name)
 
     def gateway_url(self, fleet: DeviceFleet) -> str:
-        return f"http://127.0.0.1:{self.service(f'gateway-{fleet.name}').status['http_port']}"
+        scheme = "https" if self.device_tls else "http"
+        return f"{scheme}://127.0.0.1:{self.service(f'gateway-{fleet.name}').status['http_port']}"
 
     def api_url(self, fleet: DeviceFleet) -> str:
         return f"http://127.0.0.1:{self.service(f'appapi-{fleet.name}').status['http_port']}"
