@@ -61,8 +61,8 @@ def _match_certificate(device: str, certified: str) -> None:
         raise Rejection(403, "certificate_mismatch", "the client certificate has no subject CN; a device "
                         f"certificate's subject CN is its device id ({device!r} for this request)")  # fmt: skip
     if certified != device:
-        raise Rejection(403, "certificate_mismatch", f"the client certificate names device {certified!r} (its "
-                        f"subject CN), not {device!r}, the device of this request; a device acts only as itself")  # fmt: skip
+        raise Rejection(403, "certificate_mismatch", f"the client certificate names device {certified!r} (its subject "
+                        f"CN), not {device!r}, the device of this request; a device acts only as itself")  # fmt: skip
 
 
 def certified_device(peercert: Mapping[str, Any] | None) -> str | None:
