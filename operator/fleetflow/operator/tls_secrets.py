@@ -7,7 +7,7 @@ import ssl
 from dataclasses import dataclass
 
 from fleetflow.api import DeviceFleet
-from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, CaSecretRef
 from fleetflow.operator.builders import nats
 from fleetflow.operator.builders.common import JsonObject, config_hash, namespace_of
 from fleetflow.operator.kube import KubeApi, Ref
@@ -73,8 +73,11 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
     if certificate is not None:
         field = "spec.nats.managed.tls.secretName"
         values = await _keys(api, fleet, field, certificate.secret_name, [CERT_KEY, KEY_KEY, CA_KEY])
-        tls, server_digest = _context(field, certificate.secret_name, CA_KEY, values[CA_KEY]), _digest(values)
+        tls = _context(field, certificate.secret_name, CA_KEY, values[CA_KEY])
         client[CA_KEY] = values[CA_KEY]
+        if with_gateway and (device_ca := nats.mqtt_device_ca(fleet)) is not None:  # the MQTT listener reads it
+            values[DEVICE_CA] = await _device_ca(api, fleet, device_ca)
+        server_digest = _digest(values)
     if external is not None and external.ca_secret_ref is not None:
         ca, field = external.ca_secret_ref, "spec.nats.external.caSecretRef.name"
         client[CA_KEY] = (await _keys(api, fleet, field, ca.name, [ca.key]))[ca.key]
@@ -96,10 +99,15 @@ async def _gateway_values(api: KubeApi, fleet: DeviceFleet) -> dict[str, bytes]:
     assert tls is not None
     values = await _keys(api, fleet, "spec.gateway.tls.secretName", tls.secret_name, [CERT_KEY, KEY_KEY])
     if tls.client_auth is not None:
-        ref, field = tls.client_auth.ca_secret_ref, "spec.gateway.tls.clientAuth.caSecretRef.name"
-        values[DEVICE_CA] = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
-        _context(field, ref.name, ref.key, values[DEVICE_CA])
+        values[DEVICE_CA] = await _device_ca(api, fleet, tls.client_auth.ca_secret_ref)
     return values
+
+
+async def _device_ca(api: KubeApi, fleet: DeviceFleet, ref: CaSecretRef) -> bytes:
+    field = "spec.gateway.tls.clientAuth.caSecretRef.name"
+    pem = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
+    _context(field, ref.name, ref.key, pem)
+    return pem
 
 
 def stamped(obj: JsonObject, secrets: FleetSecrets | None) -> JsonObject:

@@ -70,8 +70,8 @@ def gateway_config(
 
 
 def device_certificate_mode(fleet: DeviceFleet) -> str:
-    tls = fleet.spec.gateway.tls
-    return tls.client_auth.mode if tls is not None and tls.client_auth is not None else "Optional"
+    client_auth = fleet.spec.gateway.client_auth
+    return client_auth.mode if client_auth is not None else "Optional"
 
 
 def processor_config(

@@ -3,26 +3,39 @@ aiohttp over HTTPS and WebSocket, grpcio with a client key pair. A device certif
 is the device's identity (its subject CN), so it needs no token; it only speaks for its own device; another CA's
 certificate fails the handshake; `Required` refuses a handshake without a certificate; `Optional` keeps tokens."""
 
+import asyncio
+import base64
+import secrets
 import ssl
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
+import paho.mqtt.client as mqtt
 import pydantic
 import pytest
 import yaml
+from opentelemetry import metrics
 
 from fleetflow.api.errors import SpecError
 from fleetflow.api.tls import CA_KEY
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
+from fleetflow.gateway.mqtt_auth import MqttAuthorizer
+from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import gateway
+from fleetflow.operator.builders import nats as nats_builder
+from fleetflow.runtime import credentials, jetstream
 from fleetflow.runtime.settings import GatewaySettings
 from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
+from tests.integration.connectivity.test_cluster_tls import TlsNats, mount_client_secrets, mounted
 from tests.operator.variants import DEVICE_CERTIFICATES_GATEWAY, fleet, fleet_doc
 from tests.support.certificates import Authority, new_authority
+from tests.support.managed_nats import Pod, managed_nats
 from tests.support.natsserver import NatsServer
 
 GATEWAY_NAMES = ["demo-gateway.ns1.svc"]
@@ -209,3 +222,85 @@ def test_client_auth_without_a_ca_or_with_an_unknown_mode_is_refused_naming_the_
             fleet(fleet_doc(gateway={"tls": {"secretName": "g", "clientAuth": client_auth}}))
     with pytest.raises(pydantic.ValidationError, match=r"tls_client_ca_file.*tls_cert_file"):
         GatewaySettings(fleet=fleet_resource(), secret_file=Path("/s"), tls_client_ca_file=Path("/ca.crt"))
+
+
+# --- MQTT: nats-server's listener verifies the certificate, the gateway's auth callout admits the device by it ---
+
+MQTT_FLEET = fleet(fleet_doc(streams={"partitions": 2, "maxBytes": "1Gi"}, gateway=DEVICE_CERTIFICATES_GATEWAY,
+                             nats={"managed": {"tls": {"secretName": "cold-nats-tls"}}}))  # fmt: skip
+
+
+def mqtt_connect(port: int, username: str, password: str | None, server_ca: Path,
+                 certificate: tuple[Path, Path] | None) -> str:  # fmt: skip
+    """How the MQTT listener answers a real paho client over TLS: "Success" if admitted, else why not."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv311)
+    client.username_pw_set(username, password)
+    client.tls_set(ca_certs=str(server_ca), certfile=str(certificate[0]) if certificate else None,
+                   keyfile=str(certificate[1]) if certificate else None)  # fmt: skip
+    answers: list[str] = []
+    answered = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        answers.append(str(reason))
+        answered.set()
+
+    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        answers.append(f"disconnected: {reason}")
+        answered.set()
+
+    client.on_connect, client.on_disconnect = on_connect, on_disconnect
+    try:
+        client.connect("127.0.0.1", port)
+    except (ssl.SSLError, OSError) as exc:
+        return f"refused: {exc}"
+    client.loop_start()
+    try:
+        answered.wait(20)
+        return answers[0] if answers else "no answer"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_listener(tmp_path: Path, server_ca: Authority, device_ca: Authority) -> Iterator[tuple[Pod, TlsNats]]:
+    """The fleet's managed NATS as the operator renders it (MQTT over TLS, verifying devices' certificates)."""
+    secret = nats_credentials.credentials_secret(MQTT_FLEET, nats_credentials.new_values())
+    server_files = server_ca.tls_secret_files(tmp_path / "nats-tls", nats_builder.tls_dns_names(MQTT_FLEET))
+    (server_files / "device-ca").mkdir()
+    (server_files / "device-ca" / CA_KEY).write_bytes(device_ca.pem)
+    mount_client_secrets(MQTT_FLEET, secret, server_ca, tmp_path / "mounts")
+    with managed_nats(MQTT_FLEET, secret, tmp_path / "nats", tls_dir=server_files) as pods:
+        yield pods[0], TlsNats(pods[0], secret, server_ca, tmp_path / "mounts")
+
+
+async def test_mqtt_devices_are_admitted_by_their_certificate(
+    tmp_path: Path, mqtt_listener: tuple[Pod, TlsNats], device_ca: Authority
+) -> None:
+    pod, tls_nats = mqtt_listener
+    assert "verify: true" in nats_builder.server_config(MQTT_FLEET).split("mqtt {")[1].split("accounts {")[0]
+    config = mounted(gateway.rendered_config(MQTT_FLEET), tls_nats.mounts, pod)
+    settings = GatewaySettings(**{**config, "secret_file": str(tmp_path / "device-secret")})
+    (tmp_path / "device-secret").write_bytes(base64.b64encode(secrets.token_bytes(32)))
+    assert settings.mqtt_issuer_seed_file is not None
+    nc = await jetstream.connect(settings.nats_url, "gateway", login=settings.nats_login(), tls=settings.nats_tls())
+    authorizer = MqttAuthorizer(MQTT_FLEET, credentials.read_secret(settings.secret_file),
+                                settings.mqtt_issuer_seed_file.read_bytes().strip(), metrics.get_meter(__name__))  # fmt: skip
+    subscription = await authorizer.subscribe(nc)
+    server_ca_file = tmp_path / "server-ca.crt"
+    server_ca_file.write_bytes(tls_nats.authority.pem)
+    pump_1 = device_ca.client_files(tmp_path / "clients", "pump-1")
+    token = credentials.device_token(credentials.read_secret(settings.secret_file), "cold", "pump-1")
+
+    def answer(username: str, password: str | None, certificate: tuple[Path, Path] | None) -> Any:
+        return asyncio.to_thread(mqtt_connect, pod.mqtt_port, username, password, server_ca_file, certificate)
+
+    try:
+        assert await answer("cold/pump-1", None, pump_1) == "Success", "the certificate stands in for the token"
+        assert await answer("cold/pump-2", None, pump_1) == "Not authorized", "it speaks only for its own device"
+        assert await answer("cold/pump-1", token, None) != "Success", "Required: no certificate, no handshake"
+        impostor = new_authority("another CA").client_files(tmp_path / "impostor", "pump-1")
+        assert await answer("cold/pump-1", token, impostor) != "Success"
+    finally:
+        await subscription.unsubscribe()
+        await nc.close()

@@ -98,8 +98,8 @@ def gateway_service_config(fleet: DeviceFleet) -> JsonObject:
 
 
 def device_ca_ref(fleet: DeviceFleet) -> CaSecretRef | None:
-    tls = fleet.spec.gateway.tls
-    return tls.client_auth.ca_secret_ref if tls is not None and tls.client_auth is not None else None
+    client_auth = fleet.spec.gateway.client_auth
+    return client_auth.ca_secret_ref if client_auth is not None else None
 
 
 def device_ca_file(fleet: DeviceFleet) -> Path | None:
