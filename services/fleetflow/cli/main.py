@@ -77,7 +77,8 @@ def _up(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     up.add_argument("--device-ca", type=Path, metavar="CA",
                     help="with --gateway-tls: devices may present certificates this CA (PEM) signed, whose subject CN "
                          "is the device id, instead of a token; required when the fleet says "
-                         "spec.gateway.tls.clientAuth.mode: Required (see docs/devices.md)")  # fmt: skip
+                         "spec.gateway.tls.clientAuth.mode: Required (default: devices present tokens; see "
+                         "docs/devices.md)")  # fmt: skip
     up.add_argument("--otlp-endpoint", metavar="URL",
                     help="send the services' traces and metrics over OTLP/gRPC, e.g. http://127.0.0.1:4317 "
                          "(default: not exported)")  # fmt: skip

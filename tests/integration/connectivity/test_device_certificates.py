@@ -5,6 +5,7 @@ certificate fails the handshake; `Required` refuses a handshake without a certif
 
 import asyncio
 import base64
+import re
 import secrets
 import ssl
 import threading
@@ -25,6 +26,7 @@ from opentelemetry import metrics
 from fleetflow.api.errors import SpecError
 from fleetflow.api.tls import CA_KEY
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
+from fleetflow.gateway.ingest import check_device_id
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import gateway
@@ -39,6 +41,7 @@ from tests.support.managed_nats import Pod, managed_nats
 from tests.support.natsserver import NatsServer
 
 GATEWAY_NAMES = ["demo-gateway.ns1.svc"]
+PRODUCTION = Path(__file__).resolve().parents[3] / "examples" / "cluster" / "production"
 
 
 def body(seq: int) -> dict[str, object]:
@@ -304,3 +307,19 @@ async def test_mqtt_devices_are_admitted_by_their_certificate(
     finally:
         await subscription.unsubscribe()
         await nc.close()
+
+
+def test_the_device_ca_example_issues_device_certificates_the_gateway_accepts() -> None:
+    documents = list(yaml.safe_load_all((PRODUCTION / "device-ca.yaml").read_text()))
+    issuers = {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "Issuer"}
+    certificates = {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "Certificate"}
+    assert all(c["issuerRef"]["name"] in issuers for c in certificates.values())
+    (ca,) = [c for c in certificates.values() if c.get("isCA")]
+    (ca_issuer,) = [name for name, spec in issuers.items() if spec.get("ca", {}).get("secretName") == ca["secretName"]]
+    devices = [c for c in certificates.values() if not c.get("isCA")]
+    assert devices and all(c["issuerRef"]["name"] == ca_issuer and c["usages"] == ["client auth"] for c in devices)
+    example = fleet(fleet_doc(gateway={"tls": {"secretName": "demo-gateway-tls",
+                                               "clientAuth": {"mode": "Required",
+                                                              "caSecretRef": {"name": ca["secretName"]}}}}))  # fmt: skip
+    for device in devices:
+        check_device_id(example, device["commonName"], re.compile(example.spec.devices.id_pattern))
