@@ -75,7 +75,10 @@ class Connectivity:
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, sessions, store)
-        if settings.coap_port is not None:
+        if settings.coap_port is not None and settings.device_certificates_required:
+            # CoAP has no DTLS here (coap.py): it could only take tokens, which this fleet does not accept.
+            log.info("CoAP is off: this fleet requires device certificates, which CoAP without DTLS cannot carry")
+        elif settings.coap_port is not None:
             coap = CoapDeviceApi(intake, pushed, sessions, store, commands.commands_delivered)
             await links._start_coap(settings, coap)
         return links

@@ -86,7 +86,7 @@ def device_ca() -> Authority:
 async def mutual_tls(tmp_path: Path, nats_url: str, server_ca: Authority, device_ca: Authority, mode: str) -> MutualTls:
     files = server_ca.tls_secret_files(tmp_path / "gateway-tls", GATEWAY_NAMES)
     (tmp_path / "device-ca.crt").write_bytes(device_ca.pem)
-    gw = await start_gateway(tmp_path, nats_url, grpc_port=0, tls_cert_file=files / "tls.crt",
+    gw = await start_gateway(tmp_path, nats_url, grpc_port=0, coap_port=0, tls_cert_file=files / "tls.crt",
                              tls_key_file=files / "tls.key", tls_client_ca_file=tmp_path / "device-ca.crt",
                              tls_client_auth=mode)  # fmt: skip
     return MutualTls(gw, server_ca, device_ca, tmp_path)
@@ -165,6 +165,17 @@ async def test_a_websocket_session_is_admitted_by_its_certificate(required: Mutu
         await ws.send_json({"type": "telemetry", "id": "1", **body(3)})
         answer = await ws.receive_json(timeout=10)
     assert answer["type"] == "ack" and answer["accepted"] == 1, answer
+
+
+async def test_required_turns_coap_off_which_has_no_dtls_to_carry_a_certificate(
+    required: MutualTls, tmp_path: Path, nats_server: NatsServer, server_ca: Authority, device_ca: Authority
+) -> None:
+    assert "coap_port" not in required.gateway.status
+    optional = await mutual_tls(tmp_path / "optional", nats_server.url, server_ca, device_ca, "Optional")
+    try:
+        assert optional.gateway.status["coap_port"] > 0
+    finally:
+        await stop_gateway(optional.gateway)
 
 
 async def test_grpc_with_a_client_key_pair_and_no_token(required: MutualTls) -> None:
