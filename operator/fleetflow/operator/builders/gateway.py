@@ -25,7 +25,7 @@ from fleetflow.operator.builders.common import (
     service_container,
     service_volumes,
 )
-from fleetflow.runtime.config import gateway_config
+from fleetflow.runtime.config import device_certificate_mode, gateway_config
 
 HTTP_PORT = 8080
 GRPC_PORT = 9090
@@ -304,6 +304,8 @@ def endpoints(fleet: DeviceFleet) -> dict[str, str]:
         "coap": f"coap://{host}:{COAP_PORT}",
         "nats": nats.nats_url(fleet),
     }
+    if device_certificate_mode(fleet) == "Required":  # the gateway turns CoAP off: no DTLS for a certificate
+        del found["coap"]
     if nats.managed(fleet):
         found["mqtt"] = nats.mqtt_endpoint(fleet)
     return found
