@@ -31,7 +31,7 @@ from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import gateway
 from fleetflow.operator.builders import nats as nats_builder
-from fleetflow.runtime import credentials, jetstream
+from fleetflow.runtime import credentials, httpserver, jetstream
 from fleetflow.runtime.settings import GatewaySettings
 from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
 from tests.integration.connectivity.test_cluster_tls import TlsNats, mount_client_secrets, mounted
@@ -334,3 +334,15 @@ def test_the_device_ca_example_issues_device_certificates_the_gateway_accepts() 
                                                               "caSecretRef": {"name": ca["secretName"]}}}}))  # fmt: skip
     for device in devices:
         check_device_id(example, device["commonName"], re.compile(example.spec.devices.id_pattern))
+
+
+def test_the_device_ca_is_the_only_ca_a_client_certificate_may_chain_to(tmp_path: Path, device_ca: Authority) -> None:
+    """No system CA: a certificate a public CA issued to anyone must never name a device."""
+    files = new_authority("gateway CA").tls_secret_files(tmp_path / "tls", GATEWAY_NAMES)
+    (tmp_path / "device-ca.crt").write_bytes(device_ca.pem)
+    context = httpserver.tls_context(files / "tls.crt", files / "tls.key", tmp_path / "device-ca.crt")
+    assert context is not None and context.verify_mode == ssl.CERT_OPTIONAL
+    assert [ca["subject"] for ca in context.get_ca_certs()] == [((("commonName", "demo device CA"),),)]
+    (tmp_path / "not-a-ca.crt").write_text("not PEM")
+    with pytest.raises(ValueError, match=r"tls_client_ca_file '.*not-a-ca.crt': not a readable PEM CA"):
+        httpserver.tls_context(files / "tls.crt", files / "tls.key", tmp_path / "not-a-ca.crt", True)
