@@ -1,7 +1,9 @@
 """Mutual TLS for devices (spec.gateway.tls.clientAuth), with a real gateway, real certificates and real clients:
-aiohttp over HTTPS and WebSocket, grpcio with a client key pair. A device certificate the fleet's device CA signed
-is the device's identity (its subject CN), so it needs no token; it only speaks for its own device; another CA's
-certificate fails the handshake; `Required` refuses a handshake without a certificate; `Optional` keeps tokens."""
+aiohttp over HTTPS and WebSocket, grpcio with a client key pair, paho over TLS to the operator-rendered nats-server
+whose MQTT listener verifies certificates for the gateway's auth callout. A device certificate the fleet's device
+CA signed is the device's identity (its subject CN), so it needs no token; it only speaks for its own device;
+another CA's certificate fails the handshake; `Required` refuses a handshake without a certificate; `Optional`
+keeps tokens."""
 
 import asyncio
 import base64
@@ -26,6 +28,8 @@ from opentelemetry import metrics
 from fleetflow.api.errors import SpecError
 from fleetflow.api.tls import CA_KEY
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
+from fleetflow.gateway.auth import DeviceAuthenticator, certified_device
+from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import check_device_id
 from fleetflow.gateway.mqtt_auth import MqttAuthorizer
 from fleetflow.operator import nats_credentials
@@ -346,3 +350,13 @@ def test_the_device_ca_is_the_only_ca_a_client_certificate_may_chain_to(tmp_path
     (tmp_path / "not-a-ca.crt").write_text("not PEM")
     with pytest.raises(ValueError, match=r"tls_client_ca_file '.*not-a-ca.crt': not a readable PEM CA"):
         httpserver.tls_context(files / "tls.crt", files / "tls.key", tmp_path / "not-a-ca.crt", True)
+
+
+def test_a_verified_certificate_without_a_cn_names_no_device() -> None:
+    authenticator = DeviceAuthenticator(FLEET, b"secret")
+    certified = certified_device({"subject": ((("organizationName", "Example"),),)})
+    assert certified == ""
+    with pytest.raises(Rejection, match="no subject CN") as refused:
+        authenticator.authenticate("meter-7", None, certified)
+    assert refused.value.status == 403 and refused.value.reason == "certificate_mismatch"
+    assert certified_device(None) is None and certified_device({}) is None  # no certificate: the token decides
