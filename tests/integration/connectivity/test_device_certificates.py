@@ -25,6 +25,7 @@ import pytest
 import yaml
 from opentelemetry import metrics
 
+from fleetflow.api import DeviceFleet
 from fleetflow.api.errors import SpecError
 from fleetflow.api.tls import CA_KEY
 from fleetflow.device.grpc_client import GrpcDevice, StreamClosed
@@ -227,6 +228,7 @@ def test_the_gateway_reads_the_device_ca_where_the_operator_mounts_it_and_only_t
     assert settings.device_certificates_required and settings.tls_cert_file is not None
     optional = fleet(fleet_doc(gateway={"tls": {"secretName": "g", "clientAuth": {"caSecretRef": {"name": "ca"}}}}))
     assert yaml.safe_load(gateway.rendered_config(optional))["tls_client_auth"] == "Optional"
+    assert "coap" not in gateway.endpoints(f) and "coap" in gateway.endpoints(optional)  # Required: no CoAP
     assert "tls_client_ca_file" not in yaml.safe_load(gateway.rendered_config(fleet(fleet_doc())))
 
 
@@ -246,6 +248,11 @@ def test_client_auth_without_a_ca_or_with_an_unknown_mode_is_refused_naming_the_
 
 MQTT_FLEET = fleet(fleet_doc(streams={"partitions": 2, "maxBytes": "1Gi"}, gateway=DEVICE_CERTIFICATES_GATEWAY,
                              nats={"managed": {"tls": {"secretName": "cold-nats-tls"}}}))  # fmt: skip
+
+
+def mqtt_block(fleet_: DeviceFleet) -> str:
+    """The mqtt {} block of the nats.conf the operator renders for `fleet_`."""
+    return nats_builder.server_config(fleet_).split("mqtt {")[1].split("accounts {")[0]
 
 
 def mqtt_connect(port: int, username: str, password: str | None, server_ca: Path,
@@ -296,7 +303,10 @@ async def test_mqtt_devices_are_admitted_by_their_certificate(
     tmp_path: Path, mqtt_listener: tuple[Pod, TlsNats], device_ca: Authority
 ) -> None:
     pod, tls_nats = mqtt_listener
-    assert "verify: true" in nats_builder.server_config(MQTT_FLEET).split("mqtt {")[1].split("accounts {")[0]
+    assert "verify: true" in mqtt_block(MQTT_FLEET)
+    optional = fleet(fleet_doc(gateway={"tls": {"secretName": "g", "clientAuth": {"caSecretRef": {"name": "ca"}}}},
+                               nats={"managed": {"tls": {"secretName": "cold-nats-tls"}}}))  # fmt: skip
+    assert "verify" not in mqtt_block(optional), "nats-server cannot ask for a certificate without requiring one"
     config = mounted(gateway.rendered_config(MQTT_FLEET), tls_nats.mounts, pod)
     settings = GatewaySettings(**{**config, "secret_file": str(tmp_path / "device-secret")})
     (tmp_path / "device-secret").write_bytes(base64.b64encode(secrets.token_bytes(32)))
