@@ -75,9 +75,13 @@ def run_bash(script: str, cwd: Path, timeout: float = 180) -> subprocess.Complet
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
+# Blocks that start a platform of their own, each run alone by a test below.
+RUN_ALONE = {README: set(), DEVICES: {"Device certificates (mutual TLS)"}}
+
+
 @pytest.mark.parametrize("path", [README, DEVICES], ids=lambda p: p.name)
 def test_every_shell_block_is_run_here_or_says_why_not(path: Path) -> None:
-    assert set(sh_blocks(path)) == set(RUN[path]) | set(NOT_RUN[path])
+    assert set(sh_blocks(path)) == set(RUN[path]) | set(NOT_RUN[path]) | RUN_ALONE[path]
 
 
 def test_the_readme_blocks_run_pasted_whole(tmp_path: Path) -> None:
@@ -102,3 +106,13 @@ def test_the_device_doc_http_and_command_blocks_run_as_written(tmp_path: Path) -
     assert result.returncode == 0, result.stdout
     assert re.search(r'"accepted":\s*1', result.stdout), result.stdout
     assert '"state":"succeeded"' in result.stdout.replace(" ", ""), result.stdout
+
+
+def test_the_device_certificate_block_runs_as_written(tmp_path: Path) -> None:
+    """openssl makes a CA, the gateway's and pump-1's certificates; curl sends with pump-1's and no token."""
+    result = run_bash(sh_blocks(DEVICES)["Device certificates (mutual TLS)"], workdir(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stdout
+    accepted, mismatch = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert re.search(r'"accepted":\s*1', accepted), result.stdout
+    assert '"certificate_mismatch"' in mismatch and "'pump-1'" in mismatch and "'pump-2'" in mismatch, result.stdout
+    assert not (tmp_path / "mtls-data" / "endpoints.json").exists(), "the platform did not stop"

@@ -33,6 +33,12 @@ FULL_FLEET_SPEC: dict[str, Any] = {
                 "deleteOnRemoval": True},
 }  # fmt: skip
 
+# Mutual TLS for devices: a certificate for the gateway, and the CA of the devices' certificates.
+DEVICE_CERTIFICATES_GATEWAY: dict[str, Any] = {
+    "tls": {"secretName": "cold-gateway-tls",
+            "clientAuth": {"mode": "Required", "caSecretRef": {"name": "cold-device-ca"}}},
+}  # fmt: skip
+
 FULL_PIPELINE_SPEC: dict[str, Any] = {
     "sink": {
         "kind": "cassandra",
@@ -128,4 +134,5 @@ def variants() -> dict[str, tuple[DeviceFleet, Pipeline]]:
             pipeline(pipeline_doc(processor={"replicas": 2})),
         ),
         "edge-sites": (fleet(fleet_doc(**EDGE_FLEET_SPEC)), pipeline(pipeline_doc(name="cold-edge"))),
+        "device-certificates": (fleet(fleet_doc(gateway=DEVICE_CERTIFICATES_GATEWAY)), pipeline(pipeline_doc())),
     }

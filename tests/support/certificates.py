@@ -56,6 +56,32 @@ class Authority:
         )
         return certificate.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
+    def issue_client(self, common_name: str) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) for a client, a device for instance, whose subject CN is `common_name`."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+    def client_files(self, folder: Path, common_name: str) -> tuple[Path, Path]:
+        """The client certificate and key of `issue_client` as files in `folder`: (certificate, key)."""
+        certificate, key = self.issue_client(common_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{common_name}.crt").write_bytes(certificate)
+        (folder / f"{common_name}.key").write_bytes(key)
+        return folder / f"{common_name}.crt", folder / f"{common_name}.key"
+
     def tls_secret_files(self, folder: Path, dns_names: list[str]) -> Path:
         """`tls.crt`, `tls.key` and `ca.crt` in `folder`, as a mounted kubernetes.io/tls Secret."""
         certificate, key = self.issue(dns_names)

@@ -59,10 +59,11 @@ def secret_value(secret: dict[str, Any], key: str) -> str:
 
 
 def local_config(fleet: DeviceFleet, pod: Pod, folder: Path, tls_dir: Path | None = None) -> str:
-    """`tls_dir` holds the files of the fleet's TLS Secret (spec.nats.managed.tls), as the pod mounts them."""
+    """`tls_dir` holds the files of the fleet's TLS Secret (spec.nats.managed.tls), as the pod mounts them, and in
+    `device-ca/` the CA of devices' certificates (spec.gateway.tls.clientAuth), where MQTT requires them."""
     conf = nats.server_config(fleet)
     if tls_dir is not None:
-        conf = conf.replace(nats.TLS_DIR, str(tls_dir))
+        conf = conf.replace(nats.DEVICE_CA_DIR, str(tls_dir / "device-ca")).replace(nats.TLS_DIR, str(tls_dir))
     for port, local in pod.ports.items():  # monitoring already listens on the pod's loopback only
         conf = conf.replace(f"0.0.0.0:{port}", f"127.0.0.1:{local}").replace(f"127.0.0.1:{port}", f"127.0.0.1:{local}")
     return conf.replace(nats.STORE_DIR, str(folder / "jetstream")).replace(nats.PID_FILE, str(folder / "nats.pid"))

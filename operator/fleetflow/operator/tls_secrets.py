@@ -7,7 +7,7 @@ import ssl
 from dataclasses import dataclass
 
 from fleetflow.api import DeviceFleet
-from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, TlsSecret
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, CaSecretRef, TlsSecret
 from fleetflow.operator.builders import gateway, nats
 from fleetflow.operator.builders.common import JsonObject, config_hash, namespace_of
 from fleetflow.operator.kube import KubeApi, Ref
@@ -16,6 +16,7 @@ from fleetflow.runtime.natsauth import NatsLogin
 
 HASH_ANNOTATION = "fleetflow.io/tls-hash"
 WORKLOADS = ("Deployment", "StatefulSet")
+DEVICE_CA = "device-ca"  # the digest's name for the CA of devices' client certificates
 
 
 class TlsSecretError(ValueError):
@@ -87,10 +88,13 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
     if certificate is not None:
         field = _field("spec.nats.managed.tls", nats.tls(fleet))
         values = await _keys(api, fleet, field, certificate, [CERT_KEY, KEY_KEY, CA_KEY])
-        tls, server_digest = _context(field, certificate, CA_KEY, values[CA_KEY]), _digest(values)
+        tls = _context(field, certificate, CA_KEY, values[CA_KEY])
         _expiry(fleet, "nats", field, certificate, CERT_KEY, values[CERT_KEY])
         _expiry(fleet, "ca", field, certificate, CA_KEY, values[CA_KEY])
         client[CA_KEY] = values[CA_KEY]
+        if with_gateway and (device_ca := nats.mqtt_device_ca(fleet)) is not None:  # the MQTT listener reads it
+            values[DEVICE_CA] = await _device_ca(api, fleet, device_ca)
+        server_digest = _digest(values)
     if external is not None and external.ca_secret_ref is not None:
         ca, field = external.ca_secret_ref, "spec.nats.external.caSecretRef.name"
         client[CA_KEY] = (await _keys(api, fleet, field, ca.name, [ca.key]))[ca.key]
@@ -104,10 +108,9 @@ async def read(api: KubeApi, fleet: DeviceFleet, with_gateway: bool = True) -> F
     gateway_digest = ""
     name = gateway.tls_secret_name(fleet)
     if with_gateway and name is not None:
-        field = _field("spec.gateway.tls", fleet.spec.gateway.tls)
-        served = await _keys(api, fleet, field, name, [CERT_KEY, KEY_KEY])
+        served = await _gateway_values(api, fleet, name)
         gateway_digest = _digest(served)
-        _expiry(fleet, "gateway", field, name, CERT_KEY, served[CERT_KEY])
+        _expiry(fleet, "gateway", _field("spec.gateway.tls", fleet.spec.gateway.tls), name, CERT_KEY, served[CERT_KEY])
     _forget_dropped(fleet, with_gateway, nats=certificate is not None, ca=CA_KEY in client)
     client_digest = _digest(client) if client else ""
     return FleetSecrets(tls, login, server_digest, client_digest, gateway_digest)
@@ -119,6 +122,24 @@ def _forget_dropped(fleet: DeviceFleet, with_gateway: bool, nats: bool, ca: bool
     if with_gateway and fleet.spec.gateway.tls is None:
         dropped.append("gateway")
     certificates.forget(dropped, fleet=fleet.name, namespace=namespace_of(fleet))
+
+
+async def _gateway_values(api: KubeApi, fleet: DeviceFleet, name: str) -> dict[str, bytes]:
+    """The gateway's certificate (Secret `name`) and, with client auth, the CA of the devices' certificates (a new
+    CA rolls the gateways too: they read it at start)."""
+    tls = fleet.spec.gateway.tls
+    assert tls is not None
+    values = await _keys(api, fleet, _field("spec.gateway.tls", tls), name, [CERT_KEY, KEY_KEY])
+    if tls.client_auth is not None:
+        values[DEVICE_CA] = await _device_ca(api, fleet, tls.client_auth.ca_secret_ref)
+    return values
+
+
+async def _device_ca(api: KubeApi, fleet: DeviceFleet, ref: CaSecretRef) -> bytes:
+    field = "spec.gateway.tls.clientAuth.caSecretRef.name"
+    pem = (await _keys(api, fleet, field, ref.name, [ref.key]))[ref.key]
+    _context(field, ref.name, ref.key, pem)
+    return pem
 
 
 def stamped(obj: JsonObject, secrets: FleetSecrets | None) -> JsonObject:

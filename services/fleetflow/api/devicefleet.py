@@ -11,7 +11,7 @@ from fleetflow.api.common import Condition, Duration, Metadata, Model, SecretKey
 from fleetflow.api.core import NetworkPolicyPeer
 from fleetflow.api.overrides import GatewayRoutesSpec, IngressSpec, PodOverrides, ServiceOverrides
 from fleetflow.api.sites import EdgeSite, check_unique_sites
-from fleetflow.api.tls import CaSecretRef, TlsSecret
+from fleetflow.api.tls import CaSecretRef, ClientAuth, GatewayTls, TlsSecret
 
 
 def _regex(text: str) -> str:
@@ -130,11 +130,16 @@ class GatewaySpec(Model):
         default=None,
         description="Publish the gateway's HTTP and gRPC as Gateway API routes on a Gateway you run (cluster only).",
     )
-    tls: TlsSecret | None = Field(
+    tls: GatewayTls | None = Field(
         default=None,
         description="Serve devices' HTTP and gRPC over TLS only, with this Secret's certificate or one the operator "
-        "issues (cluster only).",
+        "issues (cluster only); with clientAuth, devices may identify themselves with X.509 certificates.",
     )
+
+    @property
+    def client_auth(self) -> ClientAuth | None:
+        """Devices' X.509 client certificates (`tls.clientAuth`), or None when the gateway asks for none."""
+        return self.tls.client_auth if self.tls is not None else None
 
     @property
     def largest_message_bytes(self) -> int:

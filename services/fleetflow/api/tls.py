@@ -1,7 +1,7 @@
 """TLS settings of a DeviceFleet: certificates from Secrets an admin feeds (from cert-manager, for example), or
 ones the operator issues from a fleet CA it generates."""
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -54,3 +54,28 @@ class CaSecretRef(SecretKeyRef):
 
     name: ResourceName
     key: str = Field(default=CA_KEY, min_length=1, max_length=253)
+
+
+class ClientAuth(Model):
+    """Mutual TLS for devices: the gateway asks each device for an X.509 certificate and verifies it against the
+    fleet's device CA. A verified certificate is the device's identity (its subject CN is the device id), so it
+    needs no token. `Required`: a device without one fails the TLS handshake. `Optional`: a device without one
+    authenticates with its token, as without client auth."""
+
+    mode: Literal["Optional", "Required"] = Field(
+        default="Optional",
+        description="Required: every device presents a certificate the CA signed. Optional: devices without one use "
+        "their token.",
+    )
+    ca_secret_ref: CaSecretRef = Field(
+        description="The CA (PEM) that signs the fleet's device certificates: a key of a Secret, `ca.crt` by default "
+        "(a cert-manager CA Issuer's Secret has it)."
+    )
+
+
+class GatewayTls(TlsSecret):
+    """The gateway's certificate for devices' HTTP and gRPC, and optionally client certificates from devices."""
+
+    client_auth: ClientAuth | None = Field(
+        default=None, description="Ask devices for X.509 client certificates and accept them as their identity."
+    )

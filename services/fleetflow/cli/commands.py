@@ -8,7 +8,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import yaml
@@ -20,6 +20,10 @@ from fleetflow.cli.errors import CliError, Unavailable, UsageError
 from fleetflow.cli.platform_nats import admin_connection
 from fleetflow.local import private
 from fleetflow.runtime import credentials
+from fleetflow.runtime.config import device_certificate_mode
+
+if TYPE_CHECKING:
+    from fleetflow.local.resources import ResourceSet
 
 
 def up(args: argparse.Namespace) -> int:
@@ -36,9 +40,29 @@ def up(args: argparse.Namespace) -> int:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
         os.environ.setdefault("OTEL_EXPORTER_OTLP_INSECURE", str(args.otlp_endpoint.startswith("http://")).lower())
     options = UpOptions(args.data_dir, args.simulate, args.duration, args.batch, args.interval, args.nats_port,
-                        args.leafnode_listen, tuple(args.leafnode_tls) if args.leafnode_tls else None)  # fmt: skip
+                        args.leafnode_listen, tuple(args.leafnode_tls) if args.leafnode_tls else None,
+                        *_gateway_tls(args, resources))  # fmt: skip
     os.umask(private.UMASK)  # nothing `fleetflow up` writes is for other users of the machine (local/private.py)
     return asyncio.run(run_up(resources, options))
+
+
+def _gateway_tls(args: argparse.Namespace, resources: "ResourceSet") -> tuple[tuple[Path, Path] | None, Path | None]:
+    """`--gateway-tls CERT KEY` and `--device-ca CA`, checked: UsageError names what is wrong."""
+    tls = tuple(args.gateway_tls) if args.gateway_tls else None
+    required = [name for name, fleet in resources.fleets.items() if device_certificate_mode(fleet) == "Required"]
+    if required and args.device_ca is None:
+        raise UsageError(f"fleet {required[0]!r} requires device certificates (spec.gateway.tls.clientAuth.mode "
+                         "Required): give --gateway-tls CERT KEY and --device-ca CA")  # fmt: skip
+    if args.device_ca is not None and tls is None:
+        raise UsageError(f"--device-ca {str(args.device_ca)!r}: devices present certificates over TLS only; give "
+                         "--gateway-tls CERT KEY too")  # fmt: skip
+    if tls is not None and args.simulate:
+        raise UsageError(f"--simulate {args.simulate} sends plain HTTP; it cannot run with --gateway-tls")
+    for flag, path in (("--gateway-tls", tls[0] if tls else None), ("--gateway-tls", tls[1] if tls else None),
+                       ("--device-ca", args.device_ca)):  # fmt: skip
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {str(path)!r}: no such file; give a PEM file")
+    return tls, args.device_ca
 
 
 def token(args: argparse.Namespace) -> int:

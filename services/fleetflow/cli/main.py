@@ -71,6 +71,14 @@ def _up(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     up.add_argument("--leafnode-listen", type=host_port, metavar="HOST:PORT",
                     help="where edge sites' leaf nodes dial in, for fleets with spec.sites (default: 127.0.0.1 and a "
                          "free port; see docs/edge.md)")  # fmt: skip
+    up.add_argument("--gateway-tls", nargs=2, type=Path, metavar=("CERT", "KEY"),
+                    help="serve devices' HTTP, WebSocket and gRPC over TLS only, with this certificate and key (PEM) "
+                         "(default: plain)")  # fmt: skip
+    up.add_argument("--device-ca", type=Path, metavar="CA",
+                    help="with --gateway-tls: devices may present certificates this CA (PEM) signed, whose subject CN "
+                         "is the device id, instead of a token; required when the fleet says "
+                         "spec.gateway.tls.clientAuth.mode: Required (default: devices present tokens; see "
+                         "docs/devices.md)")  # fmt: skip
     up.add_argument("--otlp-endpoint", metavar="URL",
                     help="send the services' traces and metrics over OTLP/gRPC, e.g. http://127.0.0.1:4317 "
                          "(default: not exported)")  # fmt: skip

@@ -13,7 +13,7 @@ from fleetflow.device.simulator import SimulationReport, simulate, simulated_dev
 from fleetflow.local import natslogins, progress
 from fleetflow.local.datadir import DataDirInUse
 from fleetflow.local.natsserver import PortBusy
-from fleetflow.local.platform import LocalPlatform
+from fleetflow.local.platform import DeviceTls, LocalPlatform
 from fleetflow.local.processes import ChildFailed
 from fleetflow.local.resources import ResourceSet
 from fleetflow.runtime import credentials
@@ -34,6 +34,8 @@ class UpOptions:
     nats_port: int | None = None
     leafnode_listen: tuple[str, int | None] | None = None  # where edge sites dial in (docs/edge.md)
     leafnode_tls: tuple[Path, Path] | None = None  # certificate and key: edge sites dial in over TLS
+    gateway_tls: tuple[Path, Path] | None = None  # certificate and key: devices' HTTP, WebSocket and gRPC over TLS
+    device_ca: Path | None = None  # devices may present certificates this CA signed (docs/devices.md)
 
 
 @dataclass
@@ -185,8 +187,9 @@ async def run_up(resources: ResourceSet, options: UpOptions) -> int:
     stop = asyncio.Event()
     handle_stop_signals(stop)
     platform = LocalPlatform(
-        resources, options.data_dir, options.nats_port, options.leafnode_listen, options.leafnode_tls
-    )
+        resources, options.data_dir, options.nats_port, options.leafnode_listen, options.leafnode_tls,
+        DeviceTls(options.gateway_tls, options.device_ca) if options.gateway_tls else None,
+    )  # fmt: skip
     try:
         endpoints = await platform.start()
     except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:

@@ -48,11 +48,17 @@ def ack_dict(ack: pb.TelemetryAck) -> dict[str, Any]:
 class GrpcDevice:
     """One device on one Connect stream. Pushed commands land in `commands` (an asyncio.Queue of dicts)."""
 
-    def __init__(self, target: str, fleet: str, device: str, token: str, root_certificates: bytes | None = None):
+    def __init__(self, target: str, fleet: str, device: str, token: str | None, root_certificates: bytes | None = None,
+                 client_certificate: tuple[bytes, bytes] | None = None):  # fmt: skip
+        """`token` None: the device authenticates with `client_certificate` alone, (certificate chain, private key)
+        in PEM, which a gateway with client auth accepts instead of a token (TLS only: `root_certificates`)."""
+        if client_certificate is not None and root_certificates is None:
+            raise ValueError("a client certificate needs TLS: give root_certificates (the gateway's CA) too")
         self.target = target
-        self.metadata = (("authorization", f"Bearer {token}"), ("fleetflow-fleet", fleet),
-                         ("fleetflow-device", device))  # fmt: skip
+        identity = (("fleetflow-fleet", fleet), ("fleetflow-device", device))
+        self.metadata = identity if token is None else (("authorization", f"Bearer {token}"), *identity)
         self.root_certificates = root_certificates
+        self.client_certificate = client_certificate
         self.commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._acks: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
         self._result_acks: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
@@ -72,7 +78,8 @@ class GrpcDevice:
     async def connect(self) -> None:
         """Open the channel and the Connect stream (commands queued while offline start arriving)."""
         if self.root_certificates is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            chain, key = self.client_certificate or (None, None)
+            creds = grpc.ssl_channel_credentials(self.root_certificates, private_key=key, certificate_chain=chain)
             self._channel = grpc.aio.secure_channel(self.target, creds)
         else:
             self._channel = grpc.aio.insecure_channel(self.target)

@@ -1,6 +1,12 @@
-"""Device authentication: a bearer token derived from the fleet secret and the device id."""
+"""Device authentication: an X.509 client certificate the TLS handshake verified against the fleet's device CA
+(spec.gateway.tls.clientAuth), or else a bearer token derived from the fleet secret and the device id.
 
+A certificate names its device by its subject CN. The TLS layer has already checked that the fleet's device CA
+signed it; here it is only matched against the device a request is for."""
+
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 from fleetflow.gateway.errors import Rejection
 from fleetflow.runtime import credentials
@@ -18,7 +24,11 @@ class DeviceAuthenticator:
             lambda device: tuple(credentials.device_token(secret, fleet, device) for secret in accepted)
         )
 
-    def authenticate(self, device: str, authorization: str | None) -> None:
+    def authenticate(self, device: str, authorization: str | None, certified: str | None = None) -> None:
+        """`certified`: the device id of the client certificate the TLS handshake verified (None: none was)."""
+        if certified is not None:
+            _match_certificate(device, certified)
+            return
         if not authorization:
             raise Rejection(
                 401,
@@ -44,3 +54,24 @@ class DeviceAuthenticator:
                 f"the bearer token is not valid for device {device!r} of fleet {self.fleet!r}",
                 {"WWW-Authenticate": 'Bearer realm="fleetflow", error="invalid_token"'},
             )
+
+
+def _match_certificate(device: str, certified: str) -> None:
+    if not certified:
+        raise Rejection(403, "certificate_mismatch", "the client certificate has no subject CN; a device "
+                        f"certificate's subject CN is its device id ({device!r} for this request)")  # fmt: skip
+    if certified != device:
+        raise Rejection(403, "certificate_mismatch", f"the client certificate names device {certified!r} (its subject "
+                        f"CN), not {device!r}, the device of this request; a device acts only as itself")  # fmt: skip
+
+
+def certified_device(peercert: Mapping[str, Any] | None) -> str | None:
+    """The device id (subject CN) of a verified peer certificate as Python's ssl module gives it (`getpeercert()`,
+    empty or None when the client sent none): None without a certificate, "" for one without a CN."""
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""  # a certificate, but one that names no device: refused by authenticate()

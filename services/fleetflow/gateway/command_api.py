@@ -20,11 +20,11 @@ from nats.js import JetStreamContext
 from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
-from fleetflow.gateway.auth import DeviceAuthenticator
+from fleetflow.gateway.auth import DeviceAuthenticator, certified_device
 from fleetflow.gateway.command_sessions import CommandSessions, SessionReplaced
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import check_device_id
-from fleetflow.runtime import credentials
+from fleetflow.runtime import credentials, httpserver
 from fleetflow.runtime.commands import (
     MAX_PARAMS_DEPTH,
     STATES,
@@ -103,7 +103,7 @@ class CommandApi:
 
     async def _poll(self, request: web.Request) -> dict[str, Any]:
         device = self._device(request)
-        self.devices.authenticate(device, request.headers.get("Authorization"))
+        self._authenticate_device(device, request)
         wait = _number(request.query.get("wait", "0"), "wait", 0, MAX_WAIT_S)
         try:
             async with self.sessions.open(device, "http") as session:
@@ -118,10 +118,14 @@ class CommandApi:
 
     async def _result(self, request: web.Request) -> dict[str, Any]:
         device = self._device(request)
-        self.devices.authenticate(device, request.headers.get("Authorization"))
+        self._authenticate_device(device, request)
         body = _decode(ResultRequest, await request.read())
         record = await self.store.report(device, request.match_info["id"], body.status, body.detail)
         return {"id": record.command.id, "state": record.state}
+
+    def _authenticate_device(self, device: str, request: web.Request) -> None:
+        certified = certified_device(httpserver.peer_certificate(request))
+        self.devices.authenticate(device, request.headers.get("Authorization"), certified)
 
     async def _list(self, request: web.Request) -> dict[str, Any]:
         self._fleet(request)

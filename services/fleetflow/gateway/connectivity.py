@@ -79,7 +79,10 @@ class Connectivity:
             links._tasks.append(asyncio.create_task(bridge.run(links._stop)))
         if settings.grpc_port is not None:
             await links._start_grpc(settings, sessions, store)
-        if settings.coap_port is not None:
+        if settings.coap_port is not None and settings.device_certificates_required:
+            # CoAP has no DTLS here (coap.py): it could only take tokens, which this fleet does not accept.
+            log.info("CoAP is off: this fleet requires device certificates, which CoAP without DTLS cannot carry")
+        elif settings.coap_port is not None:
             coap = CoapDeviceApi(intake, pushed, sessions, store, commands.commands_delivered)
             await links._start_coap(settings, coap)
         return links
@@ -101,7 +104,8 @@ class Connectivity:
         return callout
 
     async def _start_grpc(self, settings: GatewaySettings, sessions: CommandSessions, store: CommandStore) -> None:
-        tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file)
+        tls = tls_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file,
+                              settings.device_certificates_required)  # fmt: skip
         service = DeviceGatewayService(self.intake, sessions, store)
         server, port = await start_server(service, settings.listen_host, settings.grpc_port or 0, tls,
                                           settings.fleet.spec.gateway.max_body_bytes)  # fmt: skip

@@ -33,6 +33,7 @@ ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")  # a listener on every interface: no
 _STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.INVALID_ARGUMENT,
@@ -80,7 +81,8 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         """The authenticated device id of the call; Rejection(401/400/404) otherwise."""
         metadata = _metadata(context)
         device = metadata.get("fleetflow-device", "")
-        self.intake.admit(PROTOCOL, metadata.get("fleetflow-fleet", ""), device, metadata.get("authorization"))
+        self.intake.admit(PROTOCOL, metadata.get("fleetflow-fleet", ""), device, metadata.get("authorization"),
+                          certified_device(context))  # fmt: skip
         return device
 
     async def _ingest(self, device: str, batch: pb.TelemetryBatch, call: "_Call") -> pb.TelemetryAck:
@@ -204,13 +206,33 @@ SERVER_OPTIONS = [
 ]
 
 
-def tls_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.ServerCredentials | None:
-    """Server credentials from PEM files, or None for plaintext (both files or neither must be given)."""
+def tls_credentials(
+    cert_file: Path | None, key_file: Path | None, client_ca_file: Path | None = None, client_required: bool = False
+) -> grpc.ServerCredentials | None:
+    """Server credentials from PEM files, or None for plaintext (both files or neither must be given).
+
+    With `client_ca_file` and `client_required`, a client must present a certificate that CA signed, or its
+    handshake fails. grpcio offers no "ask, verify if given" mode (C-core's REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
+    is not exposed: `require_client_auth=False` does not ask at all), so with optional client auth gRPC devices
+    authenticate with their token."""
     if cert_file is None and key_file is None:
         return None
     if cert_file is None or key_file is None:
         raise ValueError(f"gRPC TLS needs both tls_cert_file and tls_key_file; got cert {cert_file} and key {key_file}")
-    return grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())])
+    pair = [(key_file.read_bytes(), cert_file.read_bytes())]
+    if client_ca_file is None or not client_required:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(pair, root_certificates=client_ca_file.read_bytes(), require_client_auth=True)
+
+
+def certified_device(context: grpc.aio.ServicerContext) -> str | None:
+    """The device id (subject CN) of the client certificate the handshake verified: None without a certificate,
+    "" for one without a CN (see auth.certified_device)."""
+    auth = context.auth_context() or {}
+    if not auth.get("x509_pem_cert"):
+        return None
+    names = auth.get("x509_common_name") or [b""]
+    return names[0].decode(errors="replace")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 import msgspec
 from aiohttp import web
 
+from fleetflow.gateway.auth import certified_device
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
 from fleetflow.runtime import httpserver, telemetry
@@ -28,7 +29,8 @@ class TelemetryApi:
         with self.intake.server_span(PROTOCOL, f"POST {ROUTE}", peer, device, telemetry.extract(request.headers),
                                      _http_attributes(request)) as span:  # fmt: skip
             try:
-                self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"))
+                self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"),
+                                  certified_device(httpserver.peer_certificate(request)))  # fmt: skip
                 with self.intake.counted(PROTOCOL, device):
                     body = await self._body(request)
                 accepted = await self.intake.ingest(PROTOCOL, device, body)

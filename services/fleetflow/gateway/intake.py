@@ -5,7 +5,7 @@ shared by every protocol), the dedupe identity, publishing with its outage buffe
 it live here; a protocol adapter (http.py, grpc_api.py, mqtt_bridge.py, ws.py, coap.py) only translates its
 protocol into these calls and the answers back. Adding a protocol means one adapter module that calls
 
-    intake.admit(protocol, fleet, device, authorization)      # who is it?  Rejection 401/404/400
+    intake.admit(protocol, fleet, device, authorization, certified)  # who is it?  Rejection 401/403/404/400
     accepted = await intake.ingest(protocol, device, body)   # validate, rate-limit, publish; Rejection 4xx/503
 
 (or `receive` and `publish` separately, when the adapter merges several messages into one batch as MQTT does)
@@ -47,8 +47,8 @@ PROTOCOLS = ("http", "grpc", "mqtt", "ws", "coap")
 REASONS = (
     "malformed_json", "malformed_body", "invalid_reading", "invalid_timestamp", "non_finite_number",
     "invalid_metric_name", "duplicate_key", "seq_not_increasing", "empty_batch", "invalid_device_id",
-    "missing_token", "invalid_token", "unknown_fleet", "batch_too_large", "body_too_large", "rate_limited",
-    "unavailable", "buffer_full", "request_timeout", "invalid_message", "unsupported_content_format",
+    "missing_token", "invalid_token", "certificate_mismatch", "unknown_fleet", "batch_too_large", "body_too_large",
+    "rate_limited", "unavailable", "buffer_full", "request_timeout", "invalid_message", "unsupported_content_format",
     "storage_full",
 )  # fmt: skip
 
@@ -145,14 +145,17 @@ class DeviceIntake:
             for reason in REASONS:
                 self.requests_rejected.add(0, {**labels, "reason": reason})
 
-    def admit(self, protocol: str, fleet: str, device: str, authorization: str | None) -> None:
-        """The caller is `device` of this fleet; Rejection (404, 400, 401) otherwise."""
+    def admit(
+        self, protocol: str, fleet: str, device: str, authorization: str | None, certified: str | None = None
+    ) -> None:
+        """The caller is `device` of this fleet; Rejection (404, 400, 401, 403) otherwise. `certified`: the device
+        id of the client certificate the TLS handshake verified, which stands in for a token (auth.py)."""
         with self.counted(protocol, device):
             if fleet != self.fleet.name:
                 raise Rejection(404, "unknown_fleet", f"fleet {fleet!r} is not served here; this is fleet "
                                 f"{self.fleet.name!r}")  # fmt: skip
             check_device_id(self.fleet, device, self.id_pattern)
-            self.auth.authenticate(device, authorization)
+            self.auth.authenticate(device, authorization, certified)
 
     def receive(self, protocol: str, device: str, body: bytes, received_bytes: int | None = None) -> ReadingBatch:
         """A body, checked against every limit and the device's rate. `received_bytes`: the size the device sent,

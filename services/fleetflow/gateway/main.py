@@ -20,7 +20,10 @@ BUFFER_STALL_S = 30.0
 async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     fleet = settings.fleet
     meter = telemetry.configure("gateway", fleet=fleet.name)
-    device_tls = httpserver.tls_context(settings.tls_cert_file, settings.tls_key_file)
+    device_tls = httpserver.tls_context(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file,
+        settings.device_certificates_required,
+    )  # fmt: skip
     if settings.tls_cert_file is not None:  # the HTTP and gRPC listeners serve the same certificate
         certificates.record_file("gateway", settings.tls_cert_file)
     watch = jetstream.ConnectionWatch()

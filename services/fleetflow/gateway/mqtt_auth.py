@@ -14,6 +14,10 @@ So a device cannot publish, subscribe or receive as another device: its token is
 the client id must match (no taking over another device's MQTT session), and the server enforces the
 permissions. Requests for another fleet's devices are left to that fleet's gateway (no answer here).
 
+Where the MQTT listener verifies client certificates against the fleet's device CA (`tls { verify: true }`, for
+spec.gateway.tls.clientAuth.mode Required), the request carries the verified chain (`client_tls`), and a
+certificate whose subject CN is the device id stands in for the token, as on the gateway's own listeners.
+
 The nats.conf side (accounts, the callout, the anonymous MQTT user) is `fleetflow.runtime.natsauth`."""
 
 import base64
@@ -25,13 +29,16 @@ from typing import Any
 
 import nkeys
 import structlog
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
-from fleetflow.runtime import credentials
+from fleetflow.gateway.auth import DeviceAuthenticator
+from fleetflow.gateway.errors import Rejection
 from fleetflow.runtime.natsauth import AUTH_SUBJECT, SERVICE_ACCOUNT
 
 log = structlog.get_logger(__name__)
@@ -65,7 +72,7 @@ class MqttAuthorizer:
                  previous_secret: bytes | None = None):  # fmt: skip
         self.fleet = fleet.name
         self.id_pattern = re.compile(fleet.spec.devices.id_pattern)
-        self.secrets = [fleet_secret] if previous_secret is None else [fleet_secret, previous_secret]
+        self.auth = DeviceAuthenticator(fleet.name, fleet_secret, previous_secret)
         self.keys = nkeys.from_seed(issuer_seed)
         self.issuer = self.keys.public_key.decode()
         self.decisions = meter.create_counter(
@@ -117,15 +124,24 @@ class MqttAuthorizer:
         username = f"{self.fleet}/{device}"
         if client.get("mqtt_id") != username:
             raise Refusal(f"MQTT client id {client.get('mqtt_id')!r} must equal the username {username!r}")
-        token = str(request.get("connect_opts", {}).get("pass", ""))
-        expected = [credentials.device_token(secret, self.fleet, device) for secret in self.secrets]
-        if not any([credentials.constant_time_equal(e, token) for e in expected]):  # each compared, no early exit
-            raise Refusal(f"the password is not the device token of {username!r}")
+        self._authenticate(request, device, username)
         prefix = subject_prefix(self.fleet, device)
         return {
             "pub": {"allow": [f"{prefix}.telemetry", f"{prefix}.results", f"{prefix}.status"]},
             "sub": {"allow": [f"{prefix}.commands"]},
         }
+
+    def _authenticate(self, request: dict[str, Any], device: str, username: str) -> None:
+        """The device's verified certificate or, without one, its token as the password: decided by the one
+        authenticator every protocol uses (auth.py)."""
+        token = str(request.get("connect_opts", {}).get("pass", "")).strip()
+        try:
+            self.auth.authenticate(device, f"Bearer {token}" if token else None,
+                                   certified_device(request.get("client_tls")))  # fmt: skip
+        except Rejection as rejection:
+            if rejection.reason == "certificate_mismatch":
+                raise Refusal(rejection.detail) from None
+            raise Refusal(f"the password is not the device token of {username!r}") from None
 
     def _response(self, request: dict[str, Any], user_jwt: str = "", error: str = "") -> str:
         body: dict[str, Any] = {"type": "authorization_response", "version": 2}
@@ -141,3 +157,15 @@ class MqttAuthorizer:
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = self.keys.sign(f"{header}.{payload}".encode())
         return f"{header}.{payload}.{_b64(signature)}"
+
+
+def certified_device(client_tls: dict[str, Any] | None) -> str | None:
+    """The subject CN of the client certificate nats-server verified (the leaf of `client_tls.verified_chains`), or
+    None without one. Unverified certificates (`client_tls.certs`, where the listener does not verify) are ignored:
+    anyone can make one."""
+    chains = (client_tls or {}).get("verified_chains") or []
+    if not chains or not chains[0]:
+        return None
+    leaf = x509.load_pem_x509_certificate(str(chains[0][0]).encode())
+    names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""

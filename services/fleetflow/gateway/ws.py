@@ -29,13 +29,14 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from opentelemetry.context import Context
 from opentelemetry.metrics import Counter
 
+from fleetflow.gateway.auth import certified_device
 from fleetflow.gateway.command_push import push_commands
 from fleetflow.gateway.command_sessions import CommandSessions
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.http import peer_of
 from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
 from fleetflow.gateway.sessions import DeviceSessions
-from fleetflow.runtime import telemetry
+from fleetflow.runtime import httpserver, telemetry
 from fleetflow.runtime.commands import CommandError, CommandStore
 
 log = structlog.get_logger(__name__)
@@ -84,7 +85,8 @@ class WebSocketApi:
     async def session(self, request: web.Request) -> web.StreamResponse:
         device = request.match_info["device"]
         try:
-            admit(self.intake, request.match_info["fleet"], device, request.headers)
+            certified = certified_device(httpserver.peer_certificate(request))
+            admit(self.intake, request.match_info["fleet"], device, request.headers, certified)
         except Rejection as rejection:
             return web.json_response(rejection.body(), status=rejection.status, headers=rejection.headers)
         # heartbeat: a ping every `heartbeat` s; a peer that answers none within half of it is closed.
@@ -157,10 +159,11 @@ class WebSocketApi:
         return {"type": "reported", "id": message.id, "state": record.state}
 
 
-def admit(intake: DeviceIntake, fleet: str, device: str, headers: Any) -> None:
-    """The intake's admission, with the token from the Authorization header or the `bearer.` subprotocol."""
+def admit(intake: DeviceIntake, fleet: str, device: str, headers: Any, certified: str | None = None) -> None:
+    """The intake's admission, with the token from the Authorization header or the `bearer.` subprotocol, or the
+    device's verified client certificate (`certified`: its device id)."""
     try:
-        intake.admit(PROTOCOL, fleet, device, authorization(headers))
+        intake.admit(PROTOCOL, fleet, device, authorization(headers), certified)
     except Rejection as rejection:
         if rejection.reason != "missing_token":
             raise

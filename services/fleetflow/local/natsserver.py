@@ -88,6 +88,10 @@ class EmbeddedNats:
         self.server_name = "fleetflow-local"
         self.leafnodes = ""
         self.linked_accounts = natsauth.LinkedAccounts()  # a hub's accounts of its sites
+        # MQTT over TLS only (certificate file, key file), and the CA devices' certificates must chain to, set
+        # before start (`fleetflow up --gateway-tls`, `--device-ca`).
+        self.mqtt_tls: tuple[str, str] | None = None
+        self.mqtt_device_ca: str | None = None
 
     @property
     def running(self) -> bool:
@@ -144,7 +148,10 @@ class EmbeddedNats:
         seed = natsauth.ensure_issuer_seed(self.mqtt_issuer_seed_file)
         self.passwords = natslogins.ensure_passwords(self.data_dir)
         auth = dataclasses.replace(
-            natslogins.server_auth(self.passwords, self.mqtt_port, seed), linked=self.linked_accounts
+            natslogins.server_auth(self.passwords, self.mqtt_port, seed),
+            linked=self.linked_accounts,
+            mqtt_tls=self.mqtt_tls,
+            mqtt_device_ca=self.mqtt_device_ca,
         )
         private.write_private(
             self.config_file,

@@ -45,17 +45,32 @@ class ConsumerState:
         return self.pending + self.ack_pending
 
 
+@dataclass(frozen=True)
+class DeviceTls:
+    """The gateways' certificate and key (devices' HTTP, WebSocket and gRPC over TLS only) and, optionally, the CA
+    of devices' client certificates (`fleetflow up --gateway-tls CERT KEY --device-ca CA`)."""
+
+    certificate_and_key: tuple[Path, Path]
+    device_ca: Path | None = None
+
+    @property
+    def device_ca_file(self) -> Path | None:
+        return self.device_ca.resolve() if self.device_ca else None  # the services run elsewhere than `up`
+
+
 class LocalPlatform:
     def __init__(self, resources: ResourceSet, data_dir: Path, nats_port: int | None = None,
                  leafnode_listen: tuple[str, int | None] | None = None,
-                 leafnode_tls: tuple[Path, Path] | None = None):  # fmt: skip
+                 leafnode_tls: tuple[Path, Path] | None = None, device_tls: DeviceTls | None = None):  # fmt: skip
         self.leafnode_tls = leafnode_tls  # (certificate, key) of the hub's leaf-node listener: sites dial tls://
+        self.device_tls = device_tls
         self.site_name: str | None = None  # the edge site this platform is, if it is one (edgesite.py)
         self.resources = self._placed(resources)
         self.data_dir = data_dir.resolve()
         self.ports = PortChoice()
         max_payload = max_payload_for(list(resources.fleets.values()), floor=LOCAL_MAX_PAYLOAD)
         self.nats = EmbeddedNats(self.data_dir, nats_port, self.ports, max_payload)
+        self._secure_mqtt()
         self.leafnode_url: str | None = None
         self._serve_sites(leafnode_listen)
         self.lock = DataDirLock(self.data_dir)
@@ -68,6 +83,18 @@ class LocalPlatform:
         self.site_metrics: SiteMetrics | None = None  # a hub's: /metrics and /sites of its edge sites
         self.sites_url: str | None = None
         self._site_ops: web.AppRunner | None = None
+
+    def _secure_mqtt(self) -> None:
+        """With --gateway-tls, MQTT devices connect over TLS too, with the gateway's certificate. One MQTT listener
+        serves every fleet here, and nats-server cannot ask for a certificate without requiring one: it requires
+        device certificates when a fleet does (spec.gateway.tls.clientAuth.mode Required)."""
+        if self.device_tls is None:
+            return
+        certificate, key = self.device_tls.certificate_and_key
+        self.nats.mqtt_tls = (str(certificate.resolve()), str(key.resolve()))
+        fleets = self.resources.fleets.values()
+        if self.device_tls.device_ca_file and any(config.device_certificate_mode(f) == "Required" for f in fleets):
+            self.nats.mqtt_device_ca = str(self.device_tls.device_ca_file)
 
     def _placed(self, resources: ResourceSet) -> ResourceSet:
         """What runs here: the centre's share (an edge site's platform runs its site's share)."""
@@ -194,7 +221,11 @@ class LocalPlatform:
                 **self._login(natslogins.GATEWAY),
                 nats_callout_password_file=self.nats.password_file(natsauth.CALLOUT_USER),
                 site=self.site_name,
+                device_ca_file=self.device_tls.device_ca_file if self.device_tls else None,
             )
+            if self.device_tls is not None:
+                certificate, key = self.device_tls.certificate_and_key
+                cfg.update(tls_cert_file=str(certificate.resolve()), tls_key_file=str(key.resolve()))
             # Device connectivity (docs/devices.md): gRPC, CoAP (UDP), MQTT through the embedded server, outage
             # buffer; WebSockets share the HTTP port.
             cfg.update(grpc_port=self.ports.take(),
@@ -242,10 +273,25 @@ class LocalPlatform:
         return next(s for s in self.services if s.name == name)
 
     def gateway_url(self, fleet: DeviceFleet) -> str:
-        return f"http://127.0.0.1:{self.service(f'gateway-{fleet.name}').status['http_port']}"
+        scheme = "https" if self.device_tls else "http"
+        return f"{scheme}://127.0.0.1:{self.service(f'gateway-{fleet.name}').status['http_port']}"
 
     def api_url(self, fleet: DeviceFleet) -> str:
         return f"http://127.0.0.1:{self.service(f'appapi-{fleet.name}').status['http_port']}"
+
+    def _fleet_endpoints(self, fleet: DeviceFleet) -> dict[str, str]:
+        gateway = self.service(f"gateway-{fleet.name}").status
+        found = {
+            "http": self.gateway_url(fleet),
+            "grpc": f"127.0.0.1:{gateway['grpc_port']}",
+            "mqtt": f"{'mqtts' if self.nats.mqtt_tls else 'mqtt'}://127.0.0.1:{self.nats.mqtt_port}",
+            "ws": "ws" + self.gateway_url(fleet).removeprefix("http"),
+            "secretFile": str(credentials.local_secret_path(self.data_dir, fleet.name)),
+            "api": self.api_url(fleet),
+        }
+        if "coap_port" in gateway:  # not where the fleet requires device certificates (no DTLS)
+            found["coap"] = f"coap://127.0.0.1:{gateway['coap_port']}"
+        return found
 
     def endpoints(self) -> dict[str, Any]:
         return {
@@ -255,18 +301,7 @@ class LocalPlatform:
                 "user": natslogins.ADMIN,
                 "passwordFile": str(self.nats.password_file(natslogins.ADMIN)),
             },
-            "fleets": {
-                name: {
-                    "http": self.gateway_url(fleet),
-                    "grpc": f"127.0.0.1:{self.service(f'gateway-{name}').status['grpc_port']}",
-                    "mqtt": f"mqtt://127.0.0.1:{self.nats.mqtt_port}",
-                    "ws": "ws" + self.gateway_url(fleet).removeprefix("http"),
-                    "coap": f"coap://127.0.0.1:{self.service(f'gateway-{name}').status['coap_port']}",
-                    "secretFile": str(credentials.local_secret_path(self.data_dir, name)),
-                    "api": self.api_url(fleet),
-                }
-                for name, fleet in self.resources.fleets.items()
-            },
+            "fleets": {name: self._fleet_endpoints(fleet) for name, fleet in self.resources.fleets.items()},
             "services": {
                 s.name: {
                     "kind": s.kind,

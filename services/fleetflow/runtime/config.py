@@ -45,12 +45,14 @@ def gateway_config(
     nats_user: str = SERVICE_USER,
     nats_callout_password_file: Path | None = None,
     site: str | None = None,
+    device_ca_file: Path | None = None,
 ) -> dict[str, Any]:
     """`sole_consumer`: this gateway is the only reader of the fleet's MQTT intake. Not so on a cluster, where
     the replicas (a number the HPA may change) share it; locally one gateway runs per fleet.
     `nats_callout_password_file` set: the gateway answers the MQTT auth callout as the user of the callout's
     own account (local mode), on a second connection. `coap_port`: the UDP port of the CoAP listener (None: no
-    CoAP)."""
+    CoAP). `device_ca_file`: the CA (PEM) of the devices' client certificates, which the gateway then asks for,
+    as spec.gateway.tls.clientAuth.mode says (Optional when the fleet does not say)."""
     config = {
         **_common(nats_url, ops_port, nats_password_file, nats_user, site),
         "fleet": _resource(fleet),
@@ -62,7 +64,14 @@ def gateway_config(
         config["coap_port"] = coap_port
     if nats_callout_password_file is not None:
         config.update(nats_callout_user=CALLOUT_USER, nats_callout_password_file=str(nats_callout_password_file))
+    if device_ca_file is not None:
+        config.update(tls_client_ca_file=str(device_ca_file), tls_client_auth=device_certificate_mode(fleet))
     return config
+
+
+def device_certificate_mode(fleet: DeviceFleet) -> str:
+    client_auth = fleet.spec.gateway.client_auth
+    return client_auth.mode if client_auth is not None else "Optional"
 
 
 def processor_config(

@@ -139,8 +139,13 @@ def device_app(client_max_size: int) -> web.Application:
     return web.Application(client_max_size=client_max_size, middlewares=[json_errors])
 
 
-def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
-    """A server TLS context from PEM files, or None for plain HTTP (both files or neither must be given)."""
+def tls_context(
+    cert_file: Path | None, key_file: Path | None, client_ca_file: Path | None = None, client_required: bool = False
+) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or None for plain HTTP (both files or neither must be given).
+
+    With `client_ca_file` the server asks every client for a certificate and fails the handshake of one whose
+    certificate that CA did not sign; a client without one fails it only when `client_required`."""
     if cert_file is None and key_file is None:
         return None
     if cert_file is None or key_file is None:
@@ -150,7 +155,19 @@ def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext
         context.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"tls_cert_file {str(cert_file)!r} and tls_key_file {str(key_file)!r}: {exc}") from None
+    if client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"tls_client_ca_file {str(client_ca_file)!r}: not a readable PEM CA ({exc})") from None
+        context.verify_mode = ssl.CERT_REQUIRED if client_required else ssl.CERT_OPTIONAL
     return context
+
+
+def peer_certificate(request: web.BaseRequest) -> dict[str, Any] | None:
+    """The client certificate the TLS handshake verified (as `ssl.SSLSocket.getpeercert()` gives it), or None."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport is not None else None
+    return ssl_object.getpeercert() if ssl_object is not None else None
 
 
 async def start_device_site(

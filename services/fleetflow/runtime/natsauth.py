@@ -129,6 +129,8 @@ class ServerAuth:
     # streams' account, by a services' user (the operator's, which every service shares).
     callout_user: ServiceUser | None = None
     mqtt_tls: tuple[str, str] | None = None  # (certificate file, key file): MQTT devices connect over TLS only
+    # With mqtt_tls: MQTT devices must present a certificate this CA (PEM file) signed; the callout gets it.
+    mqtt_device_ca: str | None = None
     linked: LinkedAccounts = LinkedAccounts()
 
     @classmethod
@@ -161,7 +163,8 @@ class ServerAuth:
 
 
 def tls_block(cert_file: str, key_file: str, ca_file: str | None = None, indent: str = "") -> list[str]:
-    """A nats.conf `tls {}` block; with `ca_file` the server also verifies its peers (cluster routes)."""
+    """A nats.conf `tls {}` block; with `ca_file` the server also verifies its peers (cluster routes, MQTT devices
+    with certificates): a peer without a certificate that CA signed fails the handshake."""
     lines = [f"{indent}tls {{", f'{indent}  cert_file: "{cert_file}"', f'{indent}  key_file: "{key_file}"']
     if ca_file:
         lines += [f'{indent}  ca_file: "{ca_file}"', f"{indent}  verify: true"]
@@ -184,7 +187,7 @@ def server_config(auth: ServerAuth) -> str:
             f"  listen: {auth.mqtt_listen}",
             # An MQTT client without credentials is this user, whom the callout refuses.
             f"  no_auth_user: {ANONYMOUS_USER}",
-            *(tls_block(*auth.mqtt_tls, indent="  ") if auth.mqtt_tls else []),
+            *(tls_block(*auth.mqtt_tls, auth.mqtt_device_ca, indent="  ") if auth.mqtt_tls else []),
             "}",
             "accounts {",
             f"  {SERVICE_ACCOUNT} {{",

@@ -122,6 +122,11 @@ class GatewaySettings(ServiceSettings):
     ws_heartbeat: float = pydantic.Field(default=20.0, ge=0.1, le=3600)
     tls_cert_file: Path | None = None  # with tls_key_file: HTTP and gRPC over TLS only
     tls_key_file: Path | None = None
+    # Set (with the files above): devices may identify themselves with an X.509 certificate this CA (PEM) signed,
+    # its subject CN being the device id (spec.gateway.tls.clientAuth). "Required": HTTP, WebSocket and gRPC
+    # refuse a TLS handshake without one; "Optional": devices without one present their token.
+    tls_client_ca_file: Path | None = None
+    tls_client_auth: Literal["Optional", "Required"] = "Optional"
     buffer_dir: Path | None = None  # store-and-forward while NATS is unreachable
     buffer_max_bytes: int = pydantic.Field(default=256 * 1024 * 1024, ge=4096)
     mqtt_issuer_seed_file: Path | None = None  # set: serve MQTT devices (auth callout + intake + commands)
@@ -142,6 +147,17 @@ class GatewaySettings(ServiceSettings):
     def nats_callout_login(self) -> NatsLogin | None:
         """The login of the connection that answers the MQTT auth callout, or None to answer on the main one."""
         return _login(self.nats_callout_user, self.nats_callout_password_file)
+
+    @pydantic.model_validator(mode="after")
+    def _client_auth_needs_tls(self) -> Self:
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(f"tls_client_ca_file = {str(self.tls_client_ca_file)!r} asks devices for certificates, "
+                             "which needs TLS: set tls_cert_file and tls_key_file too")  # fmt: skip
+        return self
+
+    @property
+    def device_certificates_required(self) -> bool:
+        return self.tls_client_ca_file is not None and self.tls_client_auth == "Required"
 
 
 class ProcessorSettings(ServiceSettings):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.common import SecretKeyRef
-from fleetflow.api.tls import CERT_KEY, KEY_KEY
+from fleetflow.api.tls import CERT_KEY, KEY_KEY, CaSecretRef
 from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import nats, shaping
 from fleetflow.operator.builders.common import (
@@ -25,13 +25,14 @@ from fleetflow.operator.builders.common import (
     service_container,
     service_volumes,
 )
-from fleetflow.runtime.config import gateway_config
+from fleetflow.runtime.config import device_certificate_mode, gateway_config
 
 HTTP_PORT = 8080
 GRPC_PORT = 9090
 COAP_PORT = 5683  # UDP, the port RFC 7252 assigns to coap://
 SECRET_DIR = "/var/run/fleetflow/device-secret"
 TLS_DIR = "/var/run/fleetflow/gateway-tls"  # spec.gateway.tls: the certificate devices' HTTP and gRPC use
+DEVICE_CA_DIR = "/var/run/fleetflow/device-ca"  # spec.gateway.tls.clientAuth: the CA of devices' certificates
 BUFFER_DIR = "/var/lib/fleetflow/buffer"
 # Each replica's outage buffer is a volume of its own; the gateway caps what it buffers at 256 MiB by default
 # (FLEETFLOW_BUFFER_MAX_BYTES), the rest is room for the file system.
@@ -93,6 +94,7 @@ def gateway_service_config(fleet: DeviceFleet) -> JsonObject:
         listen_port=HTTP_PORT,
         coap_port=COAP_PORT,
         nats_password_file=nats.services_password_file(fleet),
+        device_ca_file=device_ca_file(fleet),
     )
     if nats.managed(fleet):  # its MQTT listener admits devices through this gateway's auth callout
         config["mqtt_issuer_seed_file"] = str(nats_credentials.file(nats_credentials.ISSUER_SEED_KEY))
@@ -100,6 +102,24 @@ def gateway_service_config(fleet: DeviceFleet) -> JsonObject:
     if fleet.spec.gateway.tls is not None:
         config.update(tls_cert_file=f"{TLS_DIR}/{CERT_KEY}", tls_key_file=f"{TLS_DIR}/{KEY_KEY}")
     return config
+
+
+def device_ca_ref(fleet: DeviceFleet) -> CaSecretRef | None:
+    client_auth = fleet.spec.gateway.client_auth
+    return client_auth.ca_secret_ref if client_auth is not None else None
+
+
+def device_ca_file(fleet: DeviceFleet) -> Path | None:
+    """Where the gateway reads the CA of devices' client certificates (None: it asks devices for none)."""
+    ref = device_ca_ref(fleet)
+    return None if ref is None else Path(DEVICE_CA_DIR) / ref.key
+
+
+def device_ca_volume(ref: CaSecretRef) -> tuple[JsonObject, JsonObject]:
+    """The volume and mount of the device CA: the one key of its Secret (a CA Issuer's Secret holds its private
+    key beside it, which the gateway must not get)."""
+    volume = {"name": "device-ca", "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]}}
+    return volume, {"name": "device-ca", "mountPath": DEVICE_CA_DIR, "readOnly": True}
 
 
 def rendered_config(fleet: DeviceFleet) -> str:
@@ -174,6 +194,10 @@ def gateway_statefulset(
         secret = {"secretName": certificate, "defaultMode": 0o440}
         volumes.append({"name": "gateway-tls", "secret": secret})
         container["volumeMounts"].append({"name": "gateway-tls", "mountPath": TLS_DIR, "readOnly": True})
+    if (ca_ref := device_ca_ref(fleet)) is not None:
+        ca_volume, ca_mount = device_ca_volume(ca_ref)
+        volumes.append(ca_volume)
+        container["volumeMounts"].append(ca_mount)
     spec: JsonObject = {
         "serviceName": pods_service_name(fleet),
         "selector": {"matchLabels": selector_labels(fleet.name, "gateway")},
@@ -288,6 +312,8 @@ def endpoints(fleet: DeviceFleet) -> dict[str, str]:
         "coap": f"coap://{host}:{COAP_PORT}",
         "nats": nats.nats_url(fleet),
     }
+    if device_certificate_mode(fleet) == "Required":  # the gateway turns CoAP off: no DTLS for a certificate
+        del found["coap"]
     if nats.managed(fleet):
         found["mqtt"] = nats.mqtt_endpoint(fleet)
     return found

@@ -13,7 +13,7 @@ from typing import Any
 from fleetflow.api import DeviceFleet
 from fleetflow.api.devicefleet import max_payload_for
 from fleetflow.api.quantities import parse_bytes
-from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, TlsSecret
+from fleetflow.api.tls import CA_KEY, CERT_KEY, KEY_KEY, CaSecretRef, TlsSecret
 from fleetflow.operator import nats_credentials
 from fleetflow.operator.builders import shaping, sites
 from fleetflow.operator.builders.common import (
@@ -70,6 +70,9 @@ TLS_DIR = "/etc/nats-tls"
 TLS_VOLUME = "nats-tls"
 CLIENT_TLS_DIR = "/var/run/fleetflow/nats-tls"
 CLIENT_TLS_VOLUME = "nats-tls-ca"
+# The CA of devices' client certificates, where the MQTT listener requires them (spec.gateway.tls.clientAuth).
+DEVICE_CA_DIR = "/etc/nats-device-ca"
+DEVICE_CA_VOLUME = "device-ca"
 # An external NATS's password (spec.nats.external.passwordSecretRef) in service pods.
 CLIENT_LOGIN_DIR = "/var/run/fleetflow/nats-login"
 CLIENT_LOGIN_VOLUME = "nats-login"
@@ -90,6 +93,16 @@ def headless_service_name(fleet: DeviceFleet) -> str:
 
 def config_map_name(fleet: DeviceFleet) -> str:
     return f"{fleet.name}-nats-config"
+
+
+def mqtt_device_ca(fleet: DeviceFleet) -> CaSecretRef | None:
+    """The CA the MQTT listener verifies devices' certificates with: a fleet that requires device certificates
+    (spec.gateway.tls.clientAuth.mode Required) on a managed NATS with TLS. nats-server cannot ask for a
+    certificate without requiring one, so with Optional its MQTT devices present tokens."""
+    client_auth = fleet.spec.gateway.client_auth
+    if tls(fleet) is None or client_auth is None or client_auth.mode != "Required":
+        return None
+    return client_auth.ca_secret_ref
 
 
 def tls(fleet: DeviceFleet) -> TlsSecret | None:
@@ -194,6 +207,8 @@ def server_config(fleet: DeviceFleet) -> str:
     auth = SERVER_AUTH
     if certificate:
         auth = dataclasses.replace(auth, mqtt_tls=(f"{TLS_DIR}/{CERT_KEY}", f"{TLS_DIR}/{KEY_KEY}"))
+    if (device_ca := mqtt_device_ca(fleet)) is not None:
+        auth = dataclasses.replace(auth, mqtt_device_ca=f"{DEVICE_CA_DIR}/{device_ca.key}")
     if sites.served(fleet):
         linked = sites.linked_accounts(fleet, natsauth.from_environment(SERVICES_PASSWORD_ENV))
         auth = dataclasses.replace(auth, linked=linked)
@@ -324,6 +339,11 @@ def _container(fleet: DeviceFleet, image: str, pull_policy: str, resources: Json
             {"name": "pid", "mountPath": "/var/run/nats"},
             {"name": "data", "mountPath": "/data"},
             *([{"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}] if tls(fleet) else []),
+            *(
+                [{"name": DEVICE_CA_VOLUME, "mountPath": DEVICE_CA_DIR, "readOnly": True}]
+                if mqtt_device_ca(fleet)
+                else []
+            ),
         ],
     }
 
@@ -333,7 +353,11 @@ def _tls_volumes(fleet: DeviceFleet) -> list[JsonObject]:
     if certificate is None:
         return []
     # Readable by nats-server's group (the pod's fsGroup) only: it holds the private key.
-    return [{"name": TLS_VOLUME, "secret": {"secretName": certificate, "defaultMode": 0o440}}]
+    volumes = [{"name": TLS_VOLUME, "secret": {"secretName": certificate, "defaultMode": 0o440}}]
+    if (device_ca := mqtt_device_ca(fleet)) is not None:  # its one key: a CA Issuer's Secret holds its private key too
+        items = [{"key": device_ca.key, "path": device_ca.key}]
+        volumes.append({"name": DEVICE_CA_VOLUME, "secret": {"secretName": device_ca.name, "items": items}})
+    return volumes
 
 
 def nats_statefulset(
