@@ -57,6 +57,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         settings.listen_port,
         httpserver.tls_context(settings.tls_cert_file, settings.tls_key_file),
     )
+    service.freeze_startup_heap()
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)
     await stop.wait()
