@@ -10,6 +10,7 @@ from fleetflow.runtime import httpserver, telemetry
 
 PROTOCOL = "http"
 ROUTE = "/v1/fleets/{fleet}/devices/{device}/telemetry"
+SPAN_NAME = f"POST {ROUTE}"
 tracer = telemetry.tracer("gateway")
 _json = msgspec.json.Encoder().encode
 
@@ -27,9 +28,10 @@ class TelemetryApi:
 
     async def post_telemetry(self, request: web.Request) -> web.Response:
         device = request.match_info["device"]
-        attributes = {**_server_attributes(request), "fleetflow.device": device}
-        with tracer.start_as_current_span(f"POST {ROUTE}", context=telemetry.extract(request.headers),
-                                          kind=trace.SpanKind.SERVER, attributes=attributes) as span:  # fmt: skip
+        with tracer.start_as_current_span(SPAN_NAME, context=telemetry.extract(request.headers),
+                                          kind=trace.SpanKind.SERVER) as span:  # fmt: skip
+            if span.is_recording():  # most requests' spans are not (sampling): their attributes would be thrown away
+                span.set_attributes({**_server_attributes(request), "fleetflow.device": device})
             try:
                 self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"))
                 with self.intake.counted(PROTOCOL, device):

@@ -17,11 +17,11 @@ commands from command_push.py.
 A Rejection's status says whether a retry can help: 503 and 429 are passing conditions, every other status is
 permanent and must never be retried or buffered."""
 
-import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 import structlog
 from opentelemetry import trace
@@ -85,14 +85,15 @@ class DeviceIntake:
         self._instruments(meter)
 
     def _instruments(self, meter: Meter) -> None:
-        self.readings_received = meter.create_counter(
-            "fleetflow_gateway_readings_received", unit="1", description="Readings in requests that parsed"
+        # Added on every request: summed here and read when the metrics are collected (telemetry.SummedCounter).
+        self.readings_received = telemetry.SummedCounter(
+            meter, "fleetflow_gateway_readings_received", unit="1", description="Readings in requests that parsed"
         )
-        self.readings_accepted = meter.create_counter(
-            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
+        self.readings_accepted = telemetry.SummedCounter(
+            meter, "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
         )
-        self.readings_duplicate = meter.create_counter(
-            "fleetflow_gateway_readings_duplicate", unit="1", description="Readings in retried batches"
+        self.readings_duplicate = telemetry.SummedCounter(
+            meter, "fleetflow_gateway_readings_duplicate", unit="1", description="Readings in retried batches"
         )
         self.requests_rejected = meter.create_counter(
             "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by protocol and reason"
@@ -101,11 +102,10 @@ class DeviceIntake:
             "fleetflow_gateway_request_duration_seconds", unit="s", description="Time to answer a device"
         )
         for protocol in PROTOCOLS:
-            labels = {"protocol": protocol}
             for counter in (self.readings_received, self.readings_accepted, self.readings_duplicate):
-                counter.add(0, labels)
+                counter.add(0, _summed_labels(protocol))
             for reason in REASONS:
-                self.requests_rejected.add(0, {**labels, "reason": reason})
+                self.requests_rejected.add(0, {**_labels(protocol), "reason": reason})
 
     def admit(self, protocol: str, fleet: str, device: str, authorization: str | None) -> None:
         """The caller is `device` of this fleet; Rejection (404, 400, 401) otherwise."""
@@ -125,8 +125,7 @@ class DeviceIntake:
                 raise Rejection(413, "body_too_large", f"the message is {size} bytes; at most {self.max_body} "
                                 "bytes (spec.gateway.maxBodyBytes) are accepted: split the batch")  # fmt: skip
             batch = self.validator.validate(device, body, int(self._wall_clock() * 1000))
-            labels = {"protocol": protocol}
-            self.readings_received.add(len(batch.readings), labels)
+            self.readings_received.add(len(batch.readings), _summed_labels(protocol))
             self.limiter.admit(device, len(batch.readings))
             return batch
 
@@ -146,7 +145,7 @@ class DeviceIntake:
         with self.counted(protocol, batch.device):
             duplicate = await self.publisher.publish(batch)
         count = len(batch.readings)
-        (self.readings_duplicate if duplicate else self.readings_accepted).add(count, {"protocol": protocol})
+        (self.readings_duplicate if duplicate else self.readings_accepted).add(count, _summed_labels(protocol))
         return Accepted(count, duplicate, batch.readings[0].seq, batch.readings[-1].seq)
 
     async def ingest(self, protocol: str, device: str, body: bytes, received_bytes: int | None = None) -> Accepted:
@@ -154,21 +153,45 @@ class DeviceIntake:
         try:
             return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
         finally:
-            self.request_duration.record(time.perf_counter() - started, {"protocol": protocol})
+            self.request_duration.record(time.perf_counter() - started, _labels(protocol))
 
-    @contextlib.contextmanager
-    def counted(self, protocol: str, device: str) -> Iterator[None]:
+    def counted(self, protocol: str, device: str) -> "_Counted":
         """Counts a Rejection raised inside, by protocol and reason, and lets it go on to the adapter."""
-        try:
-            yield
-        except Rejection as rejection:
-            self.refused(protocol, rejection, device)
-            raise
+        return _Counted(self, protocol, device)
 
     def refused(self, protocol: str, rejection: Rejection, device: str) -> None:
         self.requests_rejected.add(1, {"protocol": protocol, "reason": rejection.reason})
         log.info("telemetry refused", protocol=protocol, reason=rejection.reason, detail=rejection.detail,
                  device=device)  # fmt: skip
+
+
+class _Counted:
+    """DeviceIntake.counted: a class rather than a generator, as it wraps several steps of every request."""
+
+    __slots__ = ("device", "intake", "protocol")
+
+    def __init__(self, intake: DeviceIntake, protocol: str, device: str):
+        self.intake, self.protocol, self.device = intake, protocol, device
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None) -> None:
+        if isinstance(error, Rejection):
+            self.intake.refused(self.protocol, error, self.device)
+
+
+# The attributes of every request's measurements, built once per protocol rather than per request.
+_LABELS = {protocol: {"protocol": protocol} for protocol in PROTOCOLS}
+_SUMMED_LABELS = {protocol: (("protocol", protocol),) for protocol in PROTOCOLS}
+
+
+def _labels(protocol: str) -> dict[str, str]:
+    return _LABELS.get(protocol) or {"protocol": protocol}
+
+
+def _summed_labels(protocol: str) -> tuple[tuple[str, str], ...]:
+    return _SUMMED_LABELS.get(protocol) or (("protocol", protocol),)
 
 
 def _intake_attributes(protocol: str, batch: ReadingBatch) -> dict[str, str | int]:
