@@ -165,7 +165,8 @@ class SummedCounter:
 
     The SDK's `Counter.add` builds a measurement, checks and hashes its attributes and takes a lock, about as
     much CPU as validating a small batch of readings; this costs a dict update. Attributes are passed as a
-    tuple of (name, value) pairs, built once by the caller, never per call."""
+    tuple of (name, value) pairs, built once by the caller, never per call. Add from one thread (the event
+    loop's); the readers may collect from another."""
 
     def __init__(self, meter: metrics.Meter, name: str, unit: str, description: str):
         self._sums: dict[tuple[tuple[str, str], ...], int | float] = {}
