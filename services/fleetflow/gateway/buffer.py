@@ -27,6 +27,7 @@ from fleetflow.runtime.jetstream import ConnectionWatch
 log = structlog.get_logger(__name__)
 SUFFIX = ".batch"
 REPLAY_WINDOW = 128  # batches published at once while replaying; sequential replay could not outpace intake
+CONNECTION_DROPPED = "the NATS connection dropped before JetStream acknowledged the batch"
 
 
 class DiskBuffer:
@@ -158,19 +159,31 @@ class BufferedPublisher(TelemetryPublisher):
 
     async def _publish_unless_lost(self, batch: ReadingBatch, payload: bytes) -> bool:
         """Publish, but give up as soon as the connection drops: JetStream's answer would never come, and the
-        device would wait out the whole publish timeout before its batch reached the buffer."""
-        attempt = asyncio.ensure_future(self.publish_encoded(batch, payload))
-        lost = asyncio.ensure_future(self.watch.lost.wait())
+        device would wait out the whole publish timeout before its batch reached the buffer.
+
+        The drop cancels this task's wait (and only that cancellation becomes a 503): racing the publish in a
+        task of its own against the drop cost every request two tasks and a wait."""
+        if self.watch.lost.is_set():
+            raise unavailable(CONNECTION_DROPPED)
+        task = asyncio.current_task()
+        assert task is not None  # called from a coroutine
+        dropped = False
+
+        def give_up() -> None:
+            nonlocal dropped
+            if not dropped:  # a second drop before this task ran again must not count as a second cancel
+                dropped = True
+                task.cancel()
+
+        stop_watching = self.watch.call_when_lost(give_up)
         try:
-            await asyncio.wait({attempt, lost}, return_when=asyncio.FIRST_COMPLETED)
+            return await self.publish_encoded(batch, payload)
+        except asyncio.CancelledError:
+            if dropped and task.uncancel() == 0:  # nobody else cancelled the request
+                raise unavailable(CONNECTION_DROPPED) from None
+            raise
         finally:
-            lost.cancel()
-            gave_up = not attempt.done()
-            if gave_up:
-                attempt.cancel()
-        if gave_up:
-            raise unavailable("the NATS connection dropped before JetStream acknowledged the batch")
-        return attempt.result()
+            stop_watching()
 
     async def _store(self, data: bytes) -> None:
         async with self._write_lock:

@@ -89,8 +89,11 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
         """Validate, rate-limit and publish one batch; a refusal is an ack carrying the error."""
         first = batch.readings[0].seq if batch.readings else 0
         last = batch.readings[-1].seq if batch.readings else 0
-        attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": call.method,
-                                            "fleetflow.readings": len(batch.readings)}  # fmt: skip
+
+        def attributes() -> dict[str, str | int]:
+            return {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": call.method,
+                    "fleetflow.readings": len(batch.readings)}  # fmt: skip
+
         with self.intake.server_span(PROTOCOL, f"{SERVICE}/{call.method}", call.peer, device, call.trace_context,
                                      attributes) as span:  # fmt: skip
             try:

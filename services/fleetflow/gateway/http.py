@@ -10,6 +10,7 @@ from fleetflow.runtime import httpserver, telemetry
 
 PROTOCOL = "http"
 ROUTE = "/v1/fleets/{fleet}/devices/{device}/telemetry"
+SPAN_NAME = f"POST {ROUTE}"
 _json = msgspec.json.Encoder().encode
 
 
@@ -26,8 +27,8 @@ class TelemetryApi:
 
     async def post_telemetry(self, request: web.Request) -> web.Response:
         device, peer = request.match_info["device"], peer_of(request, "http")
-        with self.intake.server_span(PROTOCOL, f"POST {ROUTE}", peer, device, telemetry.extract(request.headers),
-                                     _http_attributes(request)) as span:  # fmt: skip
+        with self.intake.server_span(PROTOCOL, SPAN_NAME, peer, device, telemetry.extract(request.headers),
+                                     lambda: _http_attributes(request)) as span:  # fmt: skip
             try:
                 self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"),
                                   certified_device(httpserver.peer_certificate(request)))  # fmt: skip

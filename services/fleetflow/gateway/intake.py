@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 
 import structlog
 from opentelemetry import trace
@@ -123,14 +124,15 @@ class DeviceIntake:
         self._instruments(meter)
 
     def _instruments(self, meter: Meter) -> None:
-        self.readings_received = meter.create_counter(
-            "fleetflow_gateway_readings_received", unit="1", description="Readings in requests that parsed"
+        # Added on every request: summed here and read when the metrics are collected (telemetry.SummedCounter).
+        self.readings_received = telemetry.SummedCounter(
+            meter, "fleetflow_gateway_readings_received", unit="1", description="Readings in requests that parsed"
         )
-        self.readings_accepted = meter.create_counter(
-            "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
+        self.readings_accepted = telemetry.SummedCounter(
+            meter, "fleetflow_gateway_readings_accepted", unit="1", description="Readings acknowledged by JetStream"
         )
-        self.readings_duplicate = meter.create_counter(
-            "fleetflow_gateway_readings_duplicate", unit="1", description="Readings in retried batches"
+        self.readings_duplicate = telemetry.SummedCounter(
+            meter, "fleetflow_gateway_readings_duplicate", unit="1", description="Readings in retried batches"
         )
         self.requests_rejected = meter.create_counter(
             "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by protocol and reason"
@@ -139,11 +141,10 @@ class DeviceIntake:
             "fleetflow_gateway_request_duration_seconds", unit="s", description="Time to answer a device"
         )
         for protocol in PROTOCOLS:
-            labels = {"protocol": protocol}
             for counter in (self.readings_received, self.readings_accepted, self.readings_duplicate):
-                counter.add(0, labels)
+                counter.add(0, _summed_labels(protocol))
             for reason in REASONS:
-                self.requests_rejected.add(0, {**labels, "reason": reason})
+                self.requests_rejected.add(0, {**_labels(protocol), "reason": reason})
 
     def admit(
         self, protocol: str, fleet: str, device: str, authorization: str | None, certified: str | None = None
@@ -166,8 +167,7 @@ class DeviceIntake:
                 raise Rejection(413, "body_too_large", f"the message is {size} bytes; at most {self.max_body} "
                                 "bytes (spec.gateway.maxBodyBytes) are accepted: split the batch")  # fmt: skip
             batch = self.validator.validate(device, body, int(self._wall_clock() * 1000))
-            labels = {"protocol": protocol}
-            self.readings_received.add(len(batch.readings), labels)
+            self.readings_received.add(len(batch.readings), _summed_labels(protocol))
             self.limiter.admit(device, len(batch.readings))
             return batch
 
@@ -179,14 +179,16 @@ class DeviceIntake:
         peer: Peer,
         device: str,
         trace_context: Context | None = None,
-        attributes: Mapping[str, str | int] | None = None,
+        attributes: Callable[[], Mapping[str, str | int]] | None = None,
     ) -> Iterator[trace.Span]:
         """The SERVER span of one device request, continuing the device's trace (`trace_context`) if it sent one;
-        `attributes`: the protocol's own (http.*, rpc.*). A Rejection raised inside is marked (mark_refused) and
-        goes on to the adapter."""
-        found = {**peer.attributes(), "fleetflow.protocol": protocol, "fleetflow.device": device, **(attributes or {})}
-        with _tracer.start_as_current_span(name, context=trace_context, kind=trace.SpanKind.SERVER, attributes=found,
+        `attributes`: gives the protocol's own (http.*, rpc.*). A Rejection raised inside is marked (mark_refused)
+        and goes on to the adapter."""
+        with _tracer.start_as_current_span(name, context=trace_context, kind=trace.SpanKind.SERVER,
                                            record_exception=False, set_status_on_exception=False) as span:  # fmt: skip
+            if span.is_recording():  # most requests' spans are not (sampling): their attributes would be thrown away
+                span.set_attributes({**peer.attributes(), "fleetflow.protocol": protocol, "fleetflow.device": device,
+                                     **(attributes() if attributes else {})})  # fmt: skip
             try:
                 yield span
             except Rejection as rejection:
@@ -209,7 +211,7 @@ class DeviceIntake:
         with self.counted(protocol, batch.device):
             duplicate = await self.publisher.publish(batch)
         count = len(batch.readings)
-        (self.readings_duplicate if duplicate else self.readings_accepted).add(count, {"protocol": protocol})
+        (self.readings_duplicate if duplicate else self.readings_accepted).add(count, _summed_labels(protocol))
         return Accepted(count, duplicate, batch.readings[0].seq, batch.readings[-1].seq)
 
     async def ingest(self, protocol: str, device: str, body: bytes, received_bytes: int | None = None) -> Accepted:
@@ -217,21 +219,45 @@ class DeviceIntake:
         try:
             return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
         finally:
-            self.request_duration.record(time.perf_counter() - started, {"protocol": protocol})
+            self.request_duration.record(time.perf_counter() - started, _labels(protocol))
 
-    @contextlib.contextmanager
-    def counted(self, protocol: str, device: str) -> Iterator[None]:
+    def counted(self, protocol: str, device: str) -> "_Counted":
         """Counts a Rejection raised inside, by protocol and reason, and lets it go on to the adapter."""
-        try:
-            yield
-        except Rejection as rejection:
-            self.refused(protocol, rejection, device)
-            raise
+        return _Counted(self, protocol, device)
 
     def refused(self, protocol: str, rejection: Rejection, device: str) -> None:
         self.requests_rejected.add(1, {"protocol": protocol, "reason": rejection.reason})
         log.info("telemetry refused", protocol=protocol, reason=rejection.reason, detail=rejection.detail,
                  device=device)  # fmt: skip
+
+
+class _Counted:
+    """DeviceIntake.counted: a class rather than a generator, as it wraps several steps of every request."""
+
+    __slots__ = ("device", "intake", "protocol")
+
+    def __init__(self, intake: DeviceIntake, protocol: str, device: str):
+        self.intake, self.protocol, self.device = intake, protocol, device
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None) -> None:
+        if isinstance(error, Rejection):
+            self.intake.refused(self.protocol, error, self.device)
+
+
+# The attributes of every request's measurements, built once per protocol rather than per request.
+_LABELS = {protocol: {"protocol": protocol} for protocol in PROTOCOLS}
+_SUMMED_LABELS = {protocol: (("protocol", protocol),) for protocol in PROTOCOLS}
+
+
+def _labels(protocol: str) -> dict[str, str]:
+    return _LABELS.get(protocol) or {"protocol": protocol}
+
+
+def _summed_labels(protocol: str) -> tuple[tuple[str, str], ...]:
+    return _SUMMED_LABELS.get(protocol) or (("protocol", protocol),)
 
 
 def _intake_attributes(protocol: str, batch: ReadingBatch) -> dict[str, str | int]:

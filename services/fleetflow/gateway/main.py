@@ -63,6 +63,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         settings.listen_port,
         device_tls,
     )
+    service.freeze_startup_heap()
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)
     await stop.wait()

@@ -78,9 +78,10 @@ class TelemetryPublisher:
     async def publish_encoded(self, batch: ReadingBatch, payload: bytes) -> bool:
         message_id = subjects.batch_id(batch.fleet, batch.device, batch.readings)
         subject = subjects.telemetry_subject(batch.fleet, batch.device)
-        attributes = {**telemetry.producer_attributes(subject, message_id), "fleetflow.readings": len(batch.readings)}
-        with tracer.start_as_current_span(f"send ff.{batch.fleet}.tm", kind=trace.SpanKind.PRODUCER,
-                                          attributes=attributes):  # fmt: skip
+        with tracer.start_as_current_span(f"send ff.{batch.fleet}.tm", kind=trace.SpanKind.PRODUCER) as span:
+            if span.is_recording():  # a sampled request's span; the attributes of the others would be discarded
+                span.set_attributes({**telemetry.producer_attributes(subject, message_id),
+                                     "fleetflow.readings": len(batch.readings)})  # fmt: skip
             headers = telemetry.inject({"Nats-Msg-Id": message_id})
             return await self._publish(subject, payload, headers)
 

@@ -34,7 +34,10 @@ EpochMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]
 Metrics = Annotated[dict[str, float], msgspec.Meta(min_length=1)]
 
 
-class ReadingIn(msgspec.Struct, forbid_unknown_fields=True):
+# The reading structs are gc=False: a 100-reading request makes 200 of them (decoded, then validated), and
+# tracked by the garbage collector they made it collect every few requests. They hold only numbers, strings
+# and a dict of floats, so they can be in no reference cycle.
+class ReadingIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One reading as a device sends it: `ts` in epoch milliseconds or RFC 3339."""
 
     seq: Seq
@@ -42,11 +45,11 @@ class ReadingIn(msgspec.Struct, forbid_unknown_fields=True):
     metrics: Metrics
 
 
-class TelemetryRequest(msgspec.Struct, forbid_unknown_fields=True):
+class TelemetryRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     readings: list[ReadingIn]
 
 
-class Reading(msgspec.Struct, array_like=True):
+class Reading(msgspec.Struct, array_like=True, gc=False):
     """A validated reading: `ts` in epoch milliseconds. Encoded as [seq, ts, metrics] to keep messages small."""
 
     seq: int
@@ -96,6 +99,11 @@ _KEY = re.compile(rb'"\s*:')
 def _check_no_duplicate_keys(body: bytes, request: TelemetryRequest) -> None:
     """msgspec keeps the last of two equal keys; a device's {"t": 1, "t": 2} must be refused, not guessed."""
     keys = 1 + sum(3 + len(r.metrics) for r in request.readings)
+    # Every key in the body is followed by exactly one ':' outside strings, and a duplicate is a key the decoded
+    # request lacks; so as many colons as decoded keys proves there is none. It is a byte count, where the
+    # pattern below allocates a match per key: the common body (epoch ms, no colon in a string) stops here.
+    if body.count(b":") == keys:
+        return
     if len(_KEY.findall(body)) == keys:
         return
     try:  # the exact, slower check, only for the rare body where the count alone cannot tell

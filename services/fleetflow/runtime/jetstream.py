@@ -71,16 +71,25 @@ async def connect(
 
 class ConnectionWatch:
     """Knows when the NATS connection drops. nats-py keeps waiting for an answer to a request sent on a
-    connection that has since dropped until the request times out; `lost` lets a waiter give up at once."""
+    connection that has since dropped until the request times out; `lost` lets a waiter give up at once, and
+    `call_when_lost` lets a request give up without a task of its own racing the event."""
 
     def __init__(self) -> None:
         self.lost = asyncio.Event()
+        self._on_lost: set[Callable[[], None]] = set()
 
     def update(self, connected: bool) -> None:
         if connected:
             self.lost = asyncio.Event()  # the last outage's waiters already woke; new ones wait for the next
         else:
             self.lost.set()
+            for callback in list(self._on_lost):
+                callback()
+
+    def call_when_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` whenever the connection drops, until the returned function is called."""
+        self._on_lost.add(callback)
+        return lambda: self._on_lost.discard(callback)
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:

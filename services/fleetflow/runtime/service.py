@@ -2,6 +2,7 @@
 
 import asyncio
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -38,6 +39,17 @@ async def _with_signals(main: Callable[[asyncio.Event], Awaitable[None]]) -> int
     stop_with_supervisor()
     await main(stop)
     return 0
+
+
+def freeze_startup_heap() -> None:
+    """Exempt what the service built while starting (modules, models, clients: tens of thousands of objects)
+    from garbage collection, once it is ready to serve.
+
+    A full collection traverses every tracked object; a busy service allocates fast enough to run one every
+    second or so, and in the gateway those traversals of long-lived objects were a fifth of its CPU. Frozen
+    objects are never freed, so collect first: only what is alive now stays."""
+    gc.collect()
+    gc.freeze()
 
 
 def stop_with_supervisor() -> None:
