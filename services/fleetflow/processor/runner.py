@@ -335,7 +335,7 @@ class Runner:
         for m in messages:
             try:
                 acks.append(await self.js.publish_async(m.subject, m.data, headers=headers(m)))
-            except nats.errors.Error as exc:  # not sent (disconnected, too many in flight): retried with the rest
+            except Exception as exc:  # not sent (disconnected, draining, ...): retried with the rest, as any failure
                 acks.append(exc)
         waiting = [ack for ack in acks if isinstance(ack, asyncio.Future)]
         try:

@@ -83,3 +83,26 @@ async def test_a_stream_that_never_takes_the_outputs_fails_the_fetch_naming_the_
         await processor.handle(msgs, ack=True)
 
     assert await unacked_inputs(js, processor.stream, processor.durable) == 1  # redelivered, never lost
+
+
+async def test_outputs_without_an_ack_time_out_are_sent_again_and_give_their_places_back(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "PUBLISH_ATTEMPTS", 2)
+    monkeypatch.setattr(runner_module, "PUBLISH_TIMEOUT", 0.3)
+    js = nc.jetstream()
+    fleet, pipeline = resources("pubsilent")
+    await provision(js, fleet, pipeline)
+    await js.delete_stream(subjects.pipeline_stream(fleet.name, pipeline.name))
+    silent = await nc.subscribe(f"ff.{fleet.name}.pl.>")  # takes the outputs and never answers
+    processor = runner(js, fleet, pipeline)
+    await publish(js, inputs(fleet.name, DEVICES)[:1])
+    sub = await js.pull_subscribe_bind(processor.durable, processor.stream)
+    msgs = await sub.fetch(1, timeout=5)
+
+    with pytest.raises(PublishFailed, match=r"1 outputs, e\.g\. to ff\.pubsilent\.pl\.chain\.readings\.box-1"):
+        await processor.handle(msgs, ack=True)
+
+    assert silent.pending_msgs == 2  # the readings, sent once per attempt
+    assert js.publish_async_pending() == 0  # the acks that never came hold no place among those in flight
+    assert await unacked_inputs(js, processor.stream, processor.durable) == 1
