@@ -50,7 +50,12 @@ class TelemetryRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class Reading(msgspec.Struct, array_like=True, gc=False):
-    """A validated reading: `ts` in epoch milliseconds. Encoded as [seq, ts, metrics] to keep messages small."""
+    """A validated reading: `ts` in epoch milliseconds. Encoded as [seq, ts, metrics] to keep messages small.
+
+    Not tracked by Python's cyclic garbage collector (gc=False): it holds two ints and a dict of floats, so it
+    can never be part of a reference cycle, and a fetch decodes tens of thousands of them at once; tracked,
+    they survived into the older generations and set off full collections that cost a writer about a quarter
+    of its CPU (docs/performance.md, "The writer's cost")."""
 
     seq: int
     ts: int
