@@ -1,21 +1,15 @@
 """The gateway's command expiry: queued commands become `expired` when their TTL passes."""
 
 import asyncio
-import contextlib
-from typing import Any
 
-import msgspec
 import nats.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
-from fleetflow.runtime import subjects
 from fleetflow.runtime.codec import Command
-from fleetflow.runtime.commands import QUEUED, CommandStore, now_ms
+from fleetflow.runtime.commands import QUEUED, CommandStore, follow_commands, now_ms
 
 log = structlog.get_logger(__name__)
-_command_decoder = msgspec.json.Decoder(Command)
 
 
 class CommandExpirer:
@@ -30,24 +24,9 @@ class CommandExpirer:
         self._deadlines: dict[tuple[str, str], Command] = {}
 
     async def run(self, stop: asyncio.Event, tick: float = 0.25) -> None:
-        sub = await self.js.subscribe(
-            f"ff.{self.store.fleet}.cmd.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-            cb=self._on_message, stream=subjects.commands_stream(self.store.fleet),
-        )  # fmt: skip
-        try:
-            while not stop.is_set():
-                await self._expire_due()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), tick)
-        finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await sub.unsubscribe()
+        await follow_commands(self.js, self.store.fleet, self._on_command, self._expire_due, stop, tick)
 
-    async def _on_message(self, msg: Any) -> None:
-        try:
-            command = _command_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            return
+    async def _on_command(self, command: Command) -> None:
         try:
             record = await self.store.ensure_queued(command)
         except (nats.errors.Error, TimeoutError) as exc:

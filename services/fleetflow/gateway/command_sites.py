@@ -17,17 +17,14 @@ While the link is down each step waits and is tried again every round. A command
 centre has not heard yet stays `forwarded` (or `delivered`): the centre does not guess."""
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from fleetflow.api import DeviceFleet
@@ -42,11 +39,11 @@ from fleetflow.runtime.commands import (
     CommandRecord,
     CommandStore,
     Transition,
+    follow_commands,
     now_ms,
 )
 
 log = structlog.get_logger(__name__)
-_command_decoder = msgspec.json.Decoder(Command)
 PUSH_TIMEOUT_S = 2.0  # a push unanswered this long is tried again next round (a link that is down answers at once)
 FOLLOWED = frozenset({FORWARDED, DELIVERED})  # states in which the site still decides
 
@@ -136,24 +133,9 @@ class SiteCommandForwarder:
         self._unreachable: set[str] = set()  # sites that did not answer this round: not asked again until the next
 
     async def run(self, stop: asyncio.Event, tick: float = 0.5) -> None:
-        sub = await self.js.subscribe(
-            f"ff.{self.fleet.name}.cmd.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-            cb=self._on_message, stream=subjects.commands_stream(self.fleet.name),
-        )  # fmt: skip
-        try:
-            while not stop.is_set():
-                await self.round()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), tick)
-        finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await sub.unsubscribe()
+        await follow_commands(self.js, self.fleet.name, self._on_command, self.round, stop, tick)
 
-    async def _on_message(self, msg: Any) -> None:
-        try:
-            command = _command_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            return
+    async def _on_command(self, command: Command) -> None:
         self._open[(command.device, command.id)] = command
 
     async def round(self) -> None:

@@ -14,16 +14,19 @@ reconnects over another protocol) can never deliver the same command twice.
 (An MQTT delivery that provably reached no subscriber goes back from delivered to queued; see mqtt_bridge.)
 """
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -114,6 +117,38 @@ def device_view(command: Command) -> dict[str, Any]:
 _record_encoder = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(CommandRecord)
 _command_decoder = msgspec.json.Decoder(Command)
+
+
+async def follow_commands(
+    js: JetStreamContext,
+    fleet: str,
+    on_command: Callable[[Command], Awaitable[None]],
+    every_tick: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    tick: float,
+) -> None:
+    """Hand every command of the fleet's command stream, from its first, to `on_command` (one that does not
+    decode is skipped), and run `every_tick` every `tick` seconds, until `stop` is set."""
+
+    async def received(msg: Any) -> None:
+        try:
+            command = _command_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        await on_command(command)
+
+    sub = await js.subscribe(
+        f"ff.{fleet}.cmd.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=received,
+        stream=subjects.commands_stream(fleet),
+    )  # fmt: skip
+    try:
+        while not stop.is_set():
+            await every_tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick)
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await sub.unsubscribe()
 
 
 def state_bucket(fleet: str) -> str:

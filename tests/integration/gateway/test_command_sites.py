@@ -13,8 +13,8 @@ from nats.js.api import StreamConfig
 
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway.command_sites import DeviceSites, SiteCommandForwarder
-from fleetflow.runtime import edgelink, jetstream, subjects
-from fleetflow.runtime.commands import CommandRecord, CommandStore, new_command, send_command
+from fleetflow.runtime import edgelink, jetstream
+from fleetflow.runtime.commands import CommandRecord, CommandStore, follow_commands, new_command, send_command
 from tests.support.natsserver import NatsServer
 
 FLEET, SITE = "yard", "north"
@@ -58,12 +58,17 @@ async def test_a_site_device_command_is_pushed_until_the_site_acknowledges_and_o
     forwarder = SiteCommandForwarder(nc, store, YARD, ByName(js, YARD))
     at_site = await send_command(js, store, new_command(FLEET, "crane-1", "cool", ttl_ms=60_000))
     in_centre = await send_command(js, store, new_command(FLEET, "crane-2", "cool", ttl_ms=60_000))
-    sub = await js.subscribe(f"ff.{FLEET}.cmd.>", stream=subjects.commands_stream(FLEET), cb=forwarder._on_message,
-                             ordered_consumer=True)  # fmt: skip
+    stop = asyncio.Event()
+
+    async def no_rounds() -> None:  # the test moves the forwarder itself (rounds_until)
+        return None
+
+    following = asyncio.create_task(follow_commands(js, FLEET, forwarder._on_command, no_rounds, stop, 0.1))
     try:
         stored = await rounds_until(forwarder, lambda: _stored(store, at_site))
     finally:
-        await sub.unsubscribe()
+        stop.set()
+        await following
     assert [(t.state, t.detail) for t in stored.history] == [
         ("queued", ""), ("forwarded", f"to site {SITE}"), ("forwarded", f"stored at site {SITE}")]  # fmt: skip
     pushed = await js.get_last_msg("north-intake", f"{intake[:-1]}crane-1")
