@@ -10,7 +10,6 @@ import base64
 import json
 import secrets
 import subprocess
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from fleetflow.runtime.settings import GatewaySettings, ProcessorSettings
 from tests.operator.variants import fleet, fleet_doc, pipeline_doc
 from tests.operator.variants import pipeline as pipeline_of
 from tests.support.managed_nats import Pod, managed_nats, secret_value
+from tests.support.mqtt_answer import connect_and_wait
 
 # The telemetry stream's maxBytes must fit the store (90% of storageSize): JetStream reserves it up front.
 STREAMS = {"partitions": 2, "maxBytes": "1Gi"}
@@ -115,22 +115,9 @@ def mqtt_connect(port: int, username: str | None, password: str, client_id: str)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
     if username is not None:
         client.username_pw_set(username, password)
-    answers: list[str] = []
-    answered = threading.Event()
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        answers.append(str(reason))
-        answered.set()
-
-    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        answers.append(f"disconnected: {reason}")
-        answered.set()
-
-    client.on_connect, client.on_disconnect = on_connect, on_disconnect
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    assert answered.wait(20), "the MQTT listener neither answered nor closed the connection"
-    return client, answers[0]
+    answer = connect_and_wait(client, port)
+    assert answer != "no answer", "the MQTT listener neither answered nor closed the connection"
+    return client, answer
 
 
 def closed(client: mqtt.Client) -> None:

@@ -10,7 +10,6 @@ import re
 import secrets
 import socket
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from tests.operator.variants import fleet, fleet_doc, pipeline_doc
 from tests.operator.variants import pipeline as pipeline_of
 from tests.support.certificates import Authority, new_authority
 from tests.support.managed_nats import Pod, managed_nats, secret_value
+from tests.support.mqtt_answer import connect_and_wait
 from tests.support.natsserver import NatsServer
 
 STREAMS = {"partitions": 2, "maxBytes": "1Gi"}
@@ -177,26 +177,8 @@ def mqtt_answer(port: int, username: str, password: str, ca: bytes | None, folde
     if ca is not None:
         (folder / "mqtt-ca.crt").write_bytes(ca)
         client.tls_set(ca_certs=str(folder / "mqtt-ca.crt"))
-    answers: list[str] = []
-    answered = threading.Event()
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        answers.append(str(reason))
-        answered.set()
-
-    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        answers.append(f"disconnected: {reason}")
-        answered.set()
-
-    client.on_connect, client.on_disconnect = on_connect, on_disconnect
     try:
-        client.connect("127.0.0.1", port)
-    except (ssl.SSLError, OSError) as exc:
-        return f"refused: {exc}"
-    client.loop_start()
-    try:
-        answered.wait(20)
-        return answers[0] if answers else "no answer"
+        return connect_and_wait(client, port)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -10,7 +10,6 @@ import base64
 import re
 import secrets
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from tests.integration.connectivity.test_cluster_tls import TlsNats, mount_clien
 from tests.operator.variants import DEVICE_CERTIFICATES_GATEWAY, fleet, fleet_doc
 from tests.support.certificates import Authority, new_authority
 from tests.support.managed_nats import Pod, managed_nats
+from tests.support.mqtt_answer import connect_and_wait
 from tests.support.natsserver import NatsServer
 
 GATEWAY_NAMES = ["demo-gateway.ns1.svc"]
@@ -262,26 +262,8 @@ def mqtt_connect(port: int, username: str, password: str | None, server_ca: Path
     client.username_pw_set(username, password)
     client.tls_set(ca_certs=str(server_ca), certfile=str(certificate[0]) if certificate else None,
                    keyfile=str(certificate[1]) if certificate else None)  # fmt: skip
-    answers: list[str] = []
-    answered = threading.Event()
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        answers.append(str(reason))
-        answered.set()
-
-    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        answers.append(f"disconnected: {reason}")
-        answered.set()
-
-    client.on_connect, client.on_disconnect = on_connect, on_disconnect
     try:
-        client.connect("127.0.0.1", port)
-    except (ssl.SSLError, OSError) as exc:
-        return f"refused: {exc}"
-    client.loop_start()
-    try:
-        answered.wait(20)
-        return answers[0] if answers else "no answer"
+        return connect_and_wait(client, port)
     finally:
         client.disconnect()
         client.loop_stop()
