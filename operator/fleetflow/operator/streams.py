@@ -1,9 +1,9 @@
 """The fleet's JetStream streams and a pipeline's durable consumers, provisioned through the NATS API."""
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import nats
@@ -25,7 +25,7 @@ class StreamError(Exception):
     """NATS could not be reached or refused a stream or consumer; the message names the URL or the stream."""
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def connected(
     url: str, timeout: float, login: NatsLogin | None, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[JetStreamContext]:
@@ -35,7 +35,7 @@ async def connected(
         yield nc.jetstream(timeout=timeout)
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def connection(
     url: str, timeout: float, login: NatsLogin | None, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[Client]:
@@ -73,6 +73,17 @@ async def _close(nc: Client, timeout: float) -> None:
         log.warning("NATS connection did not close in time; leaving it behind", timeout=timeout)
 
 
+@contextlib.contextmanager
+def _failure(what: str) -> Iterator[None]:
+    """Any failure of `what` (what it did, where) as a StreamError that says so."""
+    try:
+        yield
+    except StreamError:
+        raise
+    except Exception as exc:
+        raise StreamError(f"{what} failed: {exc!r}") from exc
+
+
 async def _states(js: JetStreamContext, names: list[str]) -> list[dict[str, Any]]:
     states = []
     for name in names:
@@ -90,7 +101,7 @@ async def provision_fleet(
 ) -> list[dict[str, Any]]:
     """Create, update or re-create the fleet's streams; returns each stream's state for the status, with
     `created` telling whether this call created it."""
-    try:
+    with _failure(f"provisioning the streams of fleet {fleet.name!r} at {url}"):
         async with connected(url, timeout, login, tls) as js:
             outcome = await jetstream.provision_fleet(js, fleet)
             recreated = [name for name, result in outcome.items() if result == "created"]
@@ -98,10 +109,6 @@ async def provision_fleet(
                 log.info("streams created", fleet=fleet.name, streams=recreated)
             states = await _states(js, list(outcome))
             return [{**state, "created": outcome.get(state["name"]) == "created"} for state in states]
-    except StreamError:
-        raise
-    except Exception as exc:
-        raise StreamError(f"provisioning the streams of fleet {fleet.name!r} at {url} failed: {exc!r}") from exc
 
 
 async def provision_pipeline(
@@ -114,16 +121,12 @@ async def provision_pipeline(
 ) -> dict[str, str]:
     """The fleet's streams first (the consumers live on the telemetry stream), then the pipeline's stream
     and consumers; processor consumers of replicas that no longer exist are removed."""
-    try:
+    with _failure(f"provisioning pipeline {pipeline.name!r} at {url}"):
         async with connected(url, timeout, login, tls) as js:
             await jetstream.provision_fleet(js, fleet)
             outcome = await jetstream.provision_pipeline(js, fleet, pipeline)
             await _remove_surplus_processors(js, fleet, pipeline)
             return outcome
-    except StreamError:
-        raise
-    except Exception as exc:
-        raise StreamError(f"provisioning pipeline {pipeline.name!r} at {url} failed: {exc!r}") from exc
 
 
 async def remove_processors(
@@ -136,15 +139,10 @@ async def remove_processors(
 ) -> None:
     """An edge pipeline that runs at its sites only: processor consumers it had in the centre go (they would hold
     the telemetry stream's messages for no one)."""
-    try:
+    with _failure(f"removing the processors of pipeline {pipeline.name!r} at {url}"):
         async with connected(url, timeout, login, tls) as js:
-            await _remove_surplus_processors(js, fleet, pipeline)
-    except NotFoundError:
-        return  # no telemetry stream (yet): no consumer on it either
-    except StreamError:
-        raise
-    except Exception as exc:
-        raise StreamError(f"removing the processors of pipeline {pipeline.name!r} at {url} failed: {exc!r}") from exc
+            with contextlib.suppress(NotFoundError):  # no telemetry stream (yet): no consumer on it either
+                await _remove_surplus_processors(js, fleet, pipeline)
 
 
 async def _remove_surplus_processors(js: JetStreamContext, fleet: DeviceFleet, pipeline: Pipeline) -> None:
