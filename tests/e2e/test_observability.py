@@ -4,6 +4,7 @@ dashboards query really exported, and JSON logs with trace ids and without devic
 import asyncio
 import json
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from fleetflow.runtime import credentials
 from tests.e2e.localplatform import RunningPlatform, fleetflow_up
+from tests.support.certificates import new_authority
 from tests.support.otlp import ReceivedSpan, TraceReceiver, otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,24 +44,27 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> An
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-async def post(url: str, token: str, readings: list[dict[str, Any]]) -> int:
+async def post(url: str, token: str, readings: list[dict[str, Any]], ca: Path | None = None) -> int:
+    trust = ssl.create_default_context(cafile=ca) if ca else True
+    headers = {"Authorization": f"Bearer {token}"}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(url, json={"readings": readings}, headers={"Authorization": f"Bearer {token}"}) as response,
+        session.post(url, json={"readings": readings}, headers=headers, ssl=trust) as response,
     ):
         return response.status
 
 
-def send_traffic(platform: RunningPlatform) -> str:
-    """A batch, its retry, a reading the filter drops, and a request with a wrong token; returns the token."""
+def send_traffic(platform: RunningPlatform, ca: Path | None = None) -> str:
+    """A batch, its retry, a reading the filter drops, and a request with a wrong token; returns the token.
+    `ca`: the CA that signed the gateway's certificate, when it serves HTTPS."""
     secret = credentials.read_secret(Path(platform.endpoints["fleets"]["coldchain"]["secretFile"]))
     token = credentials.device_token(secret, "coldchain", "box-a1")
     url = f"{platform.gateway('coldchain')}/v1/fleets/coldchain/devices/box-a1/telemetry"
     now = int(time.time() * 1000)
     batch = [{"seq": s, "ts": now + s, "metrics": {"temp_c": 5.0, "battery_v": 3.9, "battery_a": 0.5}} for s in (1, 2)]
     dropped = [{"seq": 3, "ts": now + 3, "metrics": {"temp_c": -127.0, "battery_v": 3.9, "battery_a": 0.5}}]
-    statuses = [asyncio.run(post(url, token, batch)), asyncio.run(post(url, token, batch)),
-                asyncio.run(post(url, token, dropped)), asyncio.run(post(url, token[::-1], batch))]  # fmt: skip
+    statuses = [asyncio.run(post(url, token, batch, ca)), asyncio.run(post(url, token, batch, ca)),
+                asyncio.run(post(url, token, dropped, ca)), asyncio.run(post(url, token[::-1], batch, ca))]  # fmt: skip
     assert statuses == [202, 202, 202, 401]
     return token
 
@@ -105,13 +110,12 @@ def test_one_trace_runs_from_the_device_request_to_the_stored_row(tmp_path: Path
 
 
 def dashboard_metrics() -> set[str]:
-    """What the local dashboards query; but certificate expiries: `fleetflow up` serves no TLS (they are scraped in
-    tests/integration/connectivity/test_cluster_tls.py and tests/operator/test_operator_metrics.py)."""
+    """What the local dashboards query."""
     names = set()
     for path in DASHBOARDS:
         for target in re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', path.read_text()):
             names.update(re.findall(r"\bfleetflow_[a-z0-9_]+", target))
-    return names - {"fleetflow_tls_certificate_expiry_timestamp_seconds"}
+    return names
 
 
 async def scrape_all(platform: RunningPlatform) -> tuple[set[str], str]:
@@ -127,10 +131,13 @@ async def scrape_all(platform: RunningPlatform) -> tuple[set[str], str]:
 
 
 def test_every_metric_the_dashboards_query_is_exported_and_logs_are_clean(tmp_path: Path) -> None:
+    """With the gateway serving HTTPS (`--gateway-tls`), so that its certificate's expiry is exported too."""
     wanted = dashboard_metrics()
-    assert wanted, "no fleetflow_* metric found in the dashboards"
-    with fleetflow_up(tmp_path, COLD_CHAIN) as platform:
-        token = send_traffic(platform)
+    assert "fleetflow_tls_certificate_expiry_timestamp_seconds" in wanted
+    tls = new_authority().tls_secret_files(tmp_path / "tls", [])
+    gateway_tls = ("--gateway-tls", str(tls / "tls.crt"), str(tls / "tls.key"))
+    with fleetflow_up(tmp_path, COLD_CHAIN, extra=gateway_tls) as platform:
+        token = send_traffic(platform, tls / "ca.crt")
         missing: set[str] = set()
 
         def all_exported() -> bool:
