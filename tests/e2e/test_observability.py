@@ -23,6 +23,7 @@ from tests.support.otlp import ReceivedSpan, TraceReceiver, otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 COLD_CHAIN = ROOT / "examples" / "cold-chain"
+DOCS = ROOT / "docs" / "observability.md"
 # The operator's dashboard is held to the operator's metrics in tests/operator; these run locally.
 # Fed by the operator, the NATS exporter sidecar of a managed NATS and a hub with edge sites: not by `fleetflow up`.
 NOT_LOCAL = {"operator.json", "nats.json", "edge-sites.json"}
@@ -187,6 +188,18 @@ def assert_semantic_conventions(protocol: str, span: ReceivedSpan, endpoint: str
     assert isinstance(found["client.port"], int) and found["client.port"] not in (0, dialled.port), (protocol, found)
 
 
+def assert_the_docs_name_every_span_attribute(spans: list[ReceivedSpan]) -> None:
+    """docs/observability.md names every attribute of every span the services sent (in its table of spans or in
+    the text)."""
+    docs = DOCS.read_text()
+    undocumented: dict[str, set[str]] = {}
+    for span in spans:
+        for key in span.attributes:
+            if not re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", docs):
+                undocumented.setdefault(key, set()).add(f"{span.service}: {span.name}")
+    assert not undocumented, f"span attributes not in {DOCS.name}: {undocumented}"
+
+
 POISON_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 STORED = "upsert readings"
 
@@ -261,6 +274,7 @@ def test_each_protocol_has_one_trace_to_the_store_and_a_dead_letter_ends_its_tra
         headers = asyncio.run(dead_letter_headers(platform))
         endpoints = platform.endpoints["fleets"]["coldchain"]
         platform.stop()
+    assert_the_docs_name_every_span_attribute(receiver.snapshot())
     assert set(PROTOCOLS) == set(roots)
     for protocol, root in roots.items():
         assert_semantic_conventions(protocol, root, endpoints[protocol])
