@@ -74,11 +74,12 @@ async def tls_devices(platform: RunningPlatform, ca_file: Path, ca: bytes, secon
             for i in range(DEVICES)]  # fmt: skip
     mqtt = [MqttDevice(host, int(port), "coldchain", f"tls-mqtt-{i}", token(f"tls-mqtt-{i}"), tls_ca_file=str(ca_file))
             for i in range(DEVICES)]  # fmt: skip
-    await asyncio.gather(*(device.connect() for device in [*grpc, *mqtt]))
+    devices: list[GrpcDevice | MqttDevice] = [*grpc, *mqtt]
+    await asyncio.gather(*(device.connect() for device in devices))
     try:
-        sent = await asyncio.gather(*(send_for(device, seconds) for device in [*grpc, *mqtt]))
+        sent = await asyncio.gather(*(send_for(device, seconds) for device in devices))
     finally:
-        await asyncio.gather(*(device.close() for device in [*grpc, *mqtt]))
+        await asyncio.gather(*(device.close() for device in devices))
     return {"grpc": sum(sent[:DEVICES]), "mqtt": sum(sent[DEVICES:])}
 
 
