@@ -188,6 +188,32 @@ def assert_semantic_conventions(protocol: str, span: ReceivedSpan, endpoint: str
     assert isinstance(found["client.port"], int) and found["client.port"] not in (0, dialled.port), (protocol, found)
 
 
+KINDS = {"SERVER": SERVER, "CLIENT": CLIENT, "PRODUCER": PRODUCER, "CONSUMER": CONSUMER}
+SPAN_ROW = re.compile(r"^(?:gateway|processor|writer|any)?[ ]+(\S.*?)[ ]{2,}(SERVER|CLIENT|PRODUCER|CONSUMER)\b", re.M)
+
+
+def documented_spans() -> list[tuple[int, re.Pattern[str]]]:
+    """(kind, name pattern) of each span in the table of docs/observability.md's Traces section, where `<x>` stands
+    for a name's variable part and `A | B` for alternatives (`upsert readings | aggregates`: upsert aggregates)."""
+    table = DOCS.read_text().split("## Traces", 1)[1].split("```", 2)[1]
+    found = []
+    for names, kind in SPAN_ROW.findall(table):
+        first, *others = names.split(" | ")
+        verb = first.split(" ")[0]
+        for name in (first, *(other if " " in other else f"{verb} {other}" for other in others)):
+            found.append((KINDS[kind], re.compile(".+?".join(map(re.escape, re.split(r"<\w+>", name))))))
+    return found
+
+
+def assert_the_docs_name_every_span(spans: list[ReceivedSpan]) -> None:
+    """docs/observability.md's table of spans has every span the services sent, by name and kind."""
+    documented = documented_spans()
+    assert len(documented) >= 10, documented
+    undocumented = {(s.service, s.name, s.kind) for s in spans
+                    if not any(kind == s.kind and name.fullmatch(s.name) for kind, name in documented)}  # fmt: skip
+    assert not undocumented, f"spans not in {DOCS.name}'s table: {sorted(undocumented)}"
+
+
 def assert_the_docs_name_every_span_attribute(spans: list[ReceivedSpan]) -> None:
     """docs/observability.md names every attribute of every span the services sent (in its table of spans or in
     the text)."""
@@ -274,6 +300,7 @@ def test_each_protocol_has_one_trace_to_the_store_and_a_dead_letter_ends_its_tra
         headers = asyncio.run(dead_letter_headers(platform))
         endpoints = platform.endpoints["fleets"]["coldchain"]
         platform.stop()
+    assert_the_docs_name_every_span(receiver.snapshot())
     assert_the_docs_name_every_span_attribute(receiver.snapshot())
     assert set(PROTOCOLS) == set(roots)
     for protocol, root in roots.items():
