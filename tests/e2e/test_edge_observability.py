@@ -1,8 +1,11 @@
 """What the centre shows of an edge site (docs/edge.md, Observability), with a real hub and site and the link cut
 by a proxy: link state, backlog age and the bytes each link carried, on the hub's /sites and /metrics and in
-`fleetflow status`."""
+`fleetflow status`; and the hub's /metrics in the scrape configuration `fleetflow up` writes, so that a real
+Prometheus fills the edge-sites dashboard."""
 
 import asyncio
+import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -15,10 +18,12 @@ from fleetflow.local.edgesite import EdgePlatform
 from fleetflow.local.platform import LocalPlatform
 from fleetflow.local.resources import load_resources, site_resources
 from fleetflow.local.sitelogins import site_password_file
-from tests.e2e.test_edge_site import FLEET, SITE, Devices, poll, write_yaml
+from tests.e2e.test_edge_site import FLEET, SITE, Devices, poll, running_hub, write_yaml
 from tests.support.linkproxy import LinkProxy
+from tests.support.prometheus import PROMETHEUS, prometheus
 
 pytestmark = pytest.mark.e2e
+EDGE_SITES = Path(__file__).resolve().parents[2] / "charts" / "fleetflow" / "dashboards" / "edge-sites.json"
 
 
 def sample(metrics: str, name: str) -> float:
@@ -60,6 +65,8 @@ async def test_the_centre_shows_each_sites_link_backlog_age_and_bytes(tmp_path: 
                                 lambda: _where(state, lambda s: s["received_bytes"] > 2000 and
                                                s["backlog_messages"] == 0))  # fmt: skip
             assert linked["backlog_age_seconds"] < 2
+            assert f"http://{hub_target(centre.data_dir)}/metrics" == metrics_url, "the scrape config misses the hub"
+            assert sample(await fetch(metrics_url), "fleetflow_site_link_up") == 1
 
             status = await asyncio.create_subprocess_exec(sys.executable, "-m", "fleetflow.cli", "status", "--data-dir",
                                                           str(centre.data_dir), stdout=asyncio.subprocess.PIPE)  # fmt: skip
@@ -94,3 +101,41 @@ async def test_the_centre_shows_each_sites_link_backlog_age_and_bytes(tmp_path: 
 async def _where(read: Any, check: Any) -> dict[str, Any] | None:
     found = await read()
     return found if check(found) else None
+
+
+def hub_target(data_dir: Path) -> str:
+    """HOST:PORT of the one target labelled component="hub" in the scrape configuration `fleetflow up` wrote."""
+    targets = json.loads((data_dir / "prometheus" / "targets.json").read_text())
+    hubs = [t for t in targets if t["labels"]["component"] == "hub"]
+    assert len(hubs) == 1, f"not one hub target in targets.json: {targets}"
+    (hub,) = hubs
+    assert hub["labels"]["service"] == "hub" and "fleet" not in hub["labels"], "the series carry fleet themselves"
+    (address,) = hub["targets"]
+    return str(address)
+
+
+def edge_dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, expression) of the edge-sites dashboard, with "All" for its variables."""
+    panels = json.loads(EDGE_SITES.read_text())["panels"]
+    return [(panel["title"], target["expr"].replace("$__rate_interval", "30s").replace("$fleet", ".*")
+             .replace("$site", ".*")) for panel in panels for target in panel.get("targets", [])]  # fmt: skip
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed: make observability-tools")
+async def test_a_prometheus_with_the_scrape_config_of_a_hub_fills_the_edge_sites_dashboard(tmp_path: Path) -> None:
+    """The site never connects here: its link is down, which the dashboard must show as 0, not as no data."""
+    async with running_hub(tmp_path, {"readings": True}) as (centre, _):
+        assert hub_target(centre.data_dir) == centre.leafnodes_endpoint()["metrics"].split("/")[2]
+        with contextlib.ExitStack() as stack:
+            # Prometheus starts in a thread: the hub's /metrics is served by this event loop meanwhile.
+            api = await asyncio.to_thread(stack.enter_context, prometheus(centre.data_dir, tmp_path))
+            link = f'fleetflow_site_link_up{{fleet="{FLEET}", site="{SITE}", component="hub", service="hub"}} == 0'
+            await poll("Prometheus scraping the hub's site link", lambda: asyncio.to_thread(api.query, link))
+
+            queries, deadline = edge_dashboard_queries(), time.monotonic() + 30
+            while empty := [
+                f"{title}: {expr}" for title, expr in queries if not await asyncio.to_thread(api.query, expr)
+            ]:
+                assert time.monotonic() < deadline, "edge-sites panels without data:\n" + "\n".join(empty)
+                await asyncio.sleep(0.5)
+            await asyncio.to_thread(stack.close)

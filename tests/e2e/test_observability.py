@@ -4,6 +4,7 @@ dashboards query really exported, and JSON logs with trace ids and without devic
 import asyncio
 import json
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -17,10 +18,12 @@ import pytest
 
 from fleetflow.runtime import credentials
 from tests.e2e.localplatform import RunningPlatform, fleetflow_up
+from tests.support.certificates import new_authority
 from tests.support.otlp import ReceivedSpan, TraceReceiver, otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 COLD_CHAIN = ROOT / "examples" / "cold-chain"
+DOCS = ROOT / "docs" / "observability.md"
 # The operator's dashboard is held to the operator's metrics in tests/operator; these run locally.
 # Fed by the operator, the NATS exporter sidecar of a managed NATS and a hub with edge sites: not by `fleetflow up`.
 NOT_LOCAL = {"operator.json", "nats.json", "edge-sites.json"}
@@ -42,24 +45,27 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> An
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-async def post(url: str, token: str, readings: list[dict[str, Any]]) -> int:
+async def post(url: str, token: str, readings: list[dict[str, Any]], ca: Path | None = None) -> int:
+    trust = ssl.create_default_context(cafile=ca) if ca else True
+    headers = {"Authorization": f"Bearer {token}"}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(url, json={"readings": readings}, headers={"Authorization": f"Bearer {token}"}) as response,
+        session.post(url, json={"readings": readings}, headers=headers, ssl=trust) as response,
     ):
         return response.status
 
 
-def send_traffic(platform: RunningPlatform) -> str:
-    """A batch, its retry, a reading the filter drops, and a request with a wrong token; returns the token."""
+def send_traffic(platform: RunningPlatform, ca: Path | None = None) -> str:
+    """A batch, its retry, a reading the filter drops, and a request with a wrong token; returns the token.
+    `ca`: the CA that signed the gateway's certificate, when it serves HTTPS."""
     secret = credentials.read_secret(Path(platform.endpoints["fleets"]["coldchain"]["secretFile"]))
     token = credentials.device_token(secret, "coldchain", "box-a1")
     url = f"{platform.gateway('coldchain')}/v1/fleets/coldchain/devices/box-a1/telemetry"
     now = int(time.time() * 1000)
     batch = [{"seq": s, "ts": now + s, "metrics": {"temp_c": 5.0, "battery_v": 3.9, "battery_a": 0.5}} for s in (1, 2)]
     dropped = [{"seq": 3, "ts": now + 3, "metrics": {"temp_c": -127.0, "battery_v": 3.9, "battery_a": 0.5}}]
-    statuses = [asyncio.run(post(url, token, batch)), asyncio.run(post(url, token, batch)),
-                asyncio.run(post(url, token, dropped)), asyncio.run(post(url, token[::-1], batch))]  # fmt: skip
+    statuses = [asyncio.run(post(url, token, batch, ca)), asyncio.run(post(url, token, batch, ca)),
+                asyncio.run(post(url, token, dropped, ca)), asyncio.run(post(url, token[::-1], batch, ca))]  # fmt: skip
     assert statuses == [202, 202, 202, 401]
     return token
 
@@ -105,13 +111,12 @@ def test_one_trace_runs_from_the_device_request_to_the_stored_row(tmp_path: Path
 
 
 def dashboard_metrics() -> set[str]:
-    """What the local dashboards query; but certificate expiries: `fleetflow up` serves no TLS (they are scraped in
-    tests/integration/connectivity/test_cluster_tls.py and tests/operator/test_operator_metrics.py)."""
+    """What the local dashboards query."""
     names = set()
     for path in DASHBOARDS:
         for target in re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', path.read_text()):
             names.update(re.findall(r"\bfleetflow_[a-z0-9_]+", target))
-    return names - {"fleetflow_tls_certificate_expiry_timestamp_seconds"}
+    return names
 
 
 async def scrape_all(platform: RunningPlatform) -> tuple[set[str], str]:
@@ -127,10 +132,13 @@ async def scrape_all(platform: RunningPlatform) -> tuple[set[str], str]:
 
 
 def test_every_metric_the_dashboards_query_is_exported_and_logs_are_clean(tmp_path: Path) -> None:
+    """With the gateway serving HTTPS (`--gateway-tls`), so that its certificate's expiry is exported too."""
     wanted = dashboard_metrics()
-    assert wanted, "no fleetflow_* metric found in the dashboards"
-    with fleetflow_up(tmp_path, COLD_CHAIN) as platform:
-        token = send_traffic(platform)
+    assert "fleetflow_tls_certificate_expiry_timestamp_seconds" in wanted
+    tls = new_authority().tls_secret_files(tmp_path / "tls", [])
+    gateway_tls = ("--gateway-tls", str(tls / "tls.crt"), str(tls / "tls.key"))
+    with fleetflow_up(tmp_path, COLD_CHAIN, extra=gateway_tls) as platform:
+        token = send_traffic(platform, tls / "ca.crt")
         missing: set[str] = set()
 
         def all_exported() -> bool:
@@ -178,6 +186,44 @@ def assert_semantic_conventions(protocol: str, span: ReceivedSpan, endpoint: str
     assert (found["server.address"], found["server.port"]) == (dialled.hostname, dialled.port), (protocol, found)
     assert found["client.address"] == "127.0.0.1", (protocol, found)
     assert isinstance(found["client.port"], int) and found["client.port"] not in (0, dialled.port), (protocol, found)
+
+
+KINDS = {"SERVER": SERVER, "CLIENT": CLIENT, "PRODUCER": PRODUCER, "CONSUMER": CONSUMER}
+SPAN_ROW = re.compile(r"^(?:gateway|processor|writer|any)?[ ]+(\S.*?)[ ]{2,}(SERVER|CLIENT|PRODUCER|CONSUMER)\b", re.M)
+
+
+def documented_spans() -> list[tuple[int, re.Pattern[str]]]:
+    """(kind, name pattern) of each span in the table of docs/observability.md's Traces section, where `<x>` stands
+    for a name's variable part and `A | B` for alternatives (`upsert readings | aggregates`: upsert aggregates)."""
+    table = DOCS.read_text().split("## Traces", 1)[1].split("```", 2)[1]
+    found = []
+    for names, kind in SPAN_ROW.findall(table):
+        first, *others = names.split(" | ")
+        verb = first.split(" ")[0]
+        for name in (first, *(other if " " in other else f"{verb} {other}" for other in others)):
+            found.append((KINDS[kind], re.compile(".+?".join(map(re.escape, re.split(r"<\w+>", name))))))
+    return found
+
+
+def assert_the_docs_name_every_span(spans: list[ReceivedSpan]) -> None:
+    """docs/observability.md's table of spans has every span the services sent, by name and kind."""
+    documented = documented_spans()
+    assert len(documented) >= 10, documented
+    undocumented = {(s.service, s.name, s.kind) for s in spans
+                    if not any(kind == s.kind and name.fullmatch(s.name) for kind, name in documented)}  # fmt: skip
+    assert not undocumented, f"spans not in {DOCS.name}'s table: {sorted(undocumented)}"
+
+
+def assert_the_docs_name_every_span_attribute(spans: list[ReceivedSpan]) -> None:
+    """docs/observability.md names every attribute of every span the services sent (in its table of spans or in
+    the text)."""
+    docs = DOCS.read_text()
+    undocumented: dict[str, set[str]] = {}
+    for span in spans:
+        for key in span.attributes:
+            if not re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", docs):
+                undocumented.setdefault(key, set()).add(f"{span.service}: {span.name}")
+    assert not undocumented, f"span attributes not in {DOCS.name}: {undocumented}"
 
 
 POISON_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -254,6 +300,8 @@ def test_each_protocol_has_one_trace_to_the_store_and_a_dead_letter_ends_its_tra
         headers = asyncio.run(dead_letter_headers(platform))
         endpoints = platform.endpoints["fleets"]["coldchain"]
         platform.stop()
+    assert_the_docs_name_every_span(receiver.snapshot())
+    assert_the_docs_name_every_span_attribute(receiver.snapshot())
     assert set(PROTOCOLS) == set(roots)
     for protocol, root in roots.items():
         assert_semantic_conventions(protocol, root, endpoints[protocol])

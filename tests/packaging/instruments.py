@@ -9,6 +9,8 @@ SOURCES = (chart.REPO / "services" / "fleetflow", chart.REPO / "operator" / "fle
 INSTRUMENT = re.compile(
     r"create_(counter|up_down_counter|histogram|gauge|observable_gauge|observable_counter)\(\s*\"(fleetflow_\w+)\""
 )
+# telemetry.SummedCounter(meter, "fleetflow_...", ...): an observable counter made for the hot path.
+SUMMED_COUNTER = re.compile(r"SummedCounter\(\s*\w+,\s*\"(fleetflow_\w+)\"")
 METRIC = re.compile(r"\bfleetflow_\w+")
 
 
@@ -19,7 +21,9 @@ def exported_series() -> set[str]:
     the unit is already part of each name (`..._seconds`)."""
     series: set[str] = set()
     for path in (p for source in SOURCES for p in source.rglob("*.py")):
-        for kind, name in INSTRUMENT.findall(path.read_text()):
+        text = path.read_text()
+        series |= {f"{name}_total" for name in SUMMED_COUNTER.findall(text)}
+        for kind, name in INSTRUMENT.findall(text):
             if kind == "histogram":
                 series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
             elif kind in ("counter", "observable_counter"):

@@ -159,7 +159,7 @@ class LocalPlatform:
         endpoints = self.endpoints()
         private.write_private(self.endpoints_file, json.dumps(endpoints, indent=2) + "\n")
         private.write_private(self.pipelines_file, json.dumps(self.stores(), indent=2) + "\n")
-        scrape.write(self.data_dir, self.services)
+        scrape.write(self.data_dir, self.services, self.sites_url.removeprefix("http://") if self.sites_url else None)
         return endpoints
 
     def stores(self) -> dict[str, Any]:

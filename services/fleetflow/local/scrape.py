@@ -4,7 +4,11 @@
 format (rewritten on every start, since the ports change); `<data-dir>/prometheus/prometheus.yml` is a complete
 configuration that watches it, so that `prometheus --config.file=<data-dir>/prometheus/prometheus.yml` scrapes a
 running platform, and the chart's dashboards and rules work on it unchanged. The target labels are the ones each
-service puts on its series itself (telemetry.series_labels), so a scrape config of your own needs none."""
+service puts on its series itself (telemetry.series_labels), so a scrape config of your own needs none.
+
+A hub (`fleetflow up --leafnode-listen`) also serves its edge sites' series on an operations port of its own
+(sitemetrics.py); that endpoint is a target too, labelled `component="hub"`, so the edge-sites dashboard has data.
+Its series carry `fleet` and `site` themselves (one hub serves every fleet with sites)."""
 
 import json
 from collections.abc import Iterable
@@ -19,6 +23,7 @@ from fleetflow.runtime import telemetry
 
 SCRAPE_DIR = "prometheus"
 JOB = "fleetflow"
+HUB = "hub"  # the component and service label of a hub's edge-site metrics
 
 
 def service_labels(service: ServiceProcess) -> dict[str, str]:
@@ -28,12 +33,16 @@ def service_labels(service: ServiceProcess) -> dict[str, str]:
     return {**telemetry.series_labels(service.kind, fleet, pipeline), "service": service.name}
 
 
-def targets(services: Iterable[ServiceProcess]) -> list[dict[str, Any]]:
-    """One file_sd target group per service: its ops port on the loopback, labelled."""
-    return [
+def targets(services: Iterable[ServiceProcess], hub_address: str | None = None) -> list[dict[str, Any]]:
+    """One file_sd target group per service: its ops port on the loopback, labelled; and the hub's edge-site
+    metrics at `hub_address` (HOST:PORT) when this platform is a hub."""
+    groups = [
         {"targets": [f"127.0.0.1:{service.status['ops_port']}"], "labels": service_labels(service)}
         for service in services
     ]
+    if hub_address is not None:
+        groups.append({"targets": [hub_address], "labels": {"component": HUB, "service": HUB}})
+    return groups
 
 
 def prometheus_config(targets_file: Path, interval: str = "5s") -> dict[str, Any]:
@@ -60,10 +69,11 @@ def targets_path(data_dir: Path) -> Path:
     return data_dir / SCRAPE_DIR / "targets.json"
 
 
-def write(data_dir: Path, services: Iterable[ServiceProcess]) -> None:
-    """Write targets.json and prometheus.yml under `data_dir`."""
+def write(data_dir: Path, services: Iterable[ServiceProcess], hub_address: str | None = None) -> None:
+    """Write targets.json and prometheus.yml under `data_dir`; `hub_address`: where a hub serves its edge-site
+    metrics (HOST:PORT)."""
     private.make_dirs(data_dir / SCRAPE_DIR)
-    private.write_private(targets_path(data_dir), json.dumps(targets(services), indent=2) + "\n")
+    private.write_private(targets_path(data_dir), json.dumps(targets(services, hub_address), indent=2) + "\n")
     config = prometheus_config(targets_path(data_dir))
     private.write_private(config_path(data_dir), yaml.safe_dump(config, sort_keys=False))
 
