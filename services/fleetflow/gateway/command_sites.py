@@ -234,5 +234,5 @@ class SiteCommandForwarder:
         if site not in self._site_stores:
             js: JetStreamContext = self.nc.jetstream(domain=edgelink.site_domain(self.fleet.name, site), timeout=2)
             bucket = subjects.command_state_bucket(self.fleet.name)
-            self._site_stores[site] = CommandStore(await js.key_value(bucket), self.fleet.name)
+            self._site_stores[site] = CommandStore(await js.key_value(bucket), self.fleet.name, js)
         return self._site_stores[site]

@@ -236,9 +236,8 @@ def _depth(value: Any, level: int = 1) -> int:
 class CommandStore:
     """Commands' state records in the fleet's key-value bucket."""
 
-    def __init__(self, kv: KeyValue, fleet: str):
-        self.kv = kv
-        self.fleet = fleet
+    def __init__(self, kv: KeyValue, fleet: str, js: JetStreamContext):
+        self.kv, self.fleet, self.js = kv, fleet, js
 
     @classmethod
     async def open(cls, js: JetStreamContext, fleet: str) -> "CommandStore":
@@ -256,7 +255,7 @@ class CommandStore:
                                     direct=True,
                                     description=f"State of the commands to devices of fleet {fleet}")  # fmt: skip
             kv = await js.create_key_value(config)
-        return cls(kv, fleet)
+        return cls(kv, fleet, js)
 
     async def get(self, device: str, command_id: str) -> CommandRecord | None:
         try:
@@ -389,17 +388,20 @@ class CommandStore:
         return sorted(records, key=lambda r: (r.command.created_ms, r.command.id))
 
     async def find(self, command_id: str) -> CommandRecord | None:
-        """A command by id alone, whichever device it is for."""
+        """A command by id alone, whichever device it is for: the newest entry of `*.<id>` in the bucket's stream.
+        (Not a key watch: nats-py's watcher can signal "no entries" before one already on its way arrives, which
+        made a command just sent look unknown.)"""
         probe = record_key("x", command_id).split(".", 1)[1]
-        watcher = await self.kv.watch(f"*.{probe}", ignore_deletes=True)
+        bucket = state_bucket(self.fleet)
         try:
-            async for entry in watcher:
-                if entry is None or entry.value is None:
-                    return None
-                return _record_decoder.decode(entry.value)
-        finally:
-            await watcher.stop()
-        return None
+            msg = await self.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.*.{probe}")
+        except NotFoundError:
+            return None
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            return None
+        record = _record_decoder.decode(msg.data)
+        record.revision = msg.seq or 0
+        return record
 
 
 async def _allow_direct_get(js: JetStreamContext, bucket: str) -> None:

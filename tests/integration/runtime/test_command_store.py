@@ -1,0 +1,41 @@
+"""The command store's lookup by id alone, on a real nats-server: what `fleetflow command show`, the gateway's
+and the application API's GET /commands/<id> answer with."""
+
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from fleetflow.runtime.commands import CommandStore, new_command, record_key, send_command
+from tests.support.natsserver import NatsServer
+
+FLEET = "demo"
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+async def test_every_command_just_sent_is_found_at_once_by_its_id_alone(nc: Client) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name=f"ff-{FLEET}-commands", subjects=[f"ff.{FLEET}.cmd.>"])
+    store = await CommandStore.open(js, FLEET)
+    for i in range(50):  # a lookup that could miss an entry still on its way missed some of these
+        sent = await send_command(js, store, new_command(FLEET, f"pump-{i % 5}", "stop", None, 60_000, source="cli"))
+        found = await store.find(sent.command.id)
+        assert found is not None, f"command {i} not found right after it was sent"
+        assert (found.command.device, found.state, found.revision) == (f"pump-{i % 5}", "queued", sent.revision)
+
+
+async def test_an_unknown_or_deleted_command_is_not_found(nc: Client) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name=f"ff-{FLEET}-commands", subjects=[f"ff.{FLEET}.cmd.>"])
+    store = await CommandStore.open(js, FLEET)
+    assert await store.find("no-such-command") is None
+    sent = await send_command(js, store, new_command(FLEET, "pump-1", "stop", None, 60_000, source="cli"))
+    await store.kv.delete(record_key("pump-1", sent.command.id))
+    assert await store.find(sent.command.id) is None
