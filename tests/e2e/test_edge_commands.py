@@ -166,6 +166,7 @@ async def test_centrally_queued_commands_reach_the_site_device_link_or_no_link(t
                 assert short not in device.received
                 assert not await at_the_site(site, short), "an expired command reached the site"
                 assert device.received == [linked, waiting, after], "each command delivered once, in order"
+                await poll("the later command succeeded in the centre", lambda: in_state(centre, after, "succeeded"))
             listed = await fleetflow("command", "list", FLEET, "--device", DEVICE, "--data-dir", str(centre.data_dir))
             assert {c["id"]: c["state"] for c in listed} == {linked: "succeeded", waiting: "succeeded",
                                                              short: "expired", after: "succeeded"}  # fmt: skip
