@@ -1,7 +1,6 @@
 """`fleetflow query --api URL`: the readings, aggregates, alerts, commands and devices `fleetflow query` shows, read
-through
-a fleet's application API (docs/api.md) instead of the data dir's store: the same newest `--limit` rows, following
-the API's cursors page by page, so the output is the same as from the store the API serves."""
+through a fleet's application API (docs/api.md) instead of the data dir's store: the same newest `--limit` rows,
+following the API's cursors page by page, so the output is the same as from the store the API serves."""
 
 import argparse
 from typing import Any
