@@ -111,8 +111,14 @@ def _check_no_duplicate_keys(body: bytes, request: TelemetryRequest) -> None:
         return
     if len(_KEY.findall(body)) == keys:
         return
-    try:  # the exact, slower check, only for the rare body where the count alone cannot tell
-        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    refuse_duplicate_keys(body)  # the exact, slower check, only for the rare body where the count alone cannot tell
+
+
+def refuse_duplicate_keys(document: bytes) -> None:
+    """CodecError("duplicate_key") naming the key if any object of the JSON `document` (already decoded once, so
+    valid) holds a key twice. Exact but slow: callers count first where they can, as decode_request does."""
+    try:
+        json.loads(document, object_pairs_hook=_refuse_duplicates)
     except _DuplicateKey as exc:
         raise CodecError("duplicate_key", f"key {exc.key!r} appears twice in one object; send each key once") from None
 
