@@ -106,7 +106,7 @@ async def test_a_key_twice_in_a_message_is_refused_not_half_stored(
         assert (twice["status"], twice["error"]) == (400, "duplicate_key") and "'readings'" in twice["detail"]
         id_twice = await answer(f'{{"type": "telemetry", "id": "a", "id": "b", "readings": {second}}}')
         assert id_twice["error"] == "duplicate_key" and "'id'" in id_twice["detail"]
-        type_twice = await answer(f'{{"type": "telemetry", "type": "telemetry", "id": "a:\\u003a", "readings": []}}')
+        type_twice = await answer('{"type": "telemetry", "type": "telemetry", "id": "a:\\u003a", "readings": []}')
         assert type_twice["error"] == "duplicate_key" and "'type'" in type_twice["detail"]
         result_twice = await answer('{"type": "result", "id": "c1", "status": "failed", "status": "succeeded"}')
         assert result_twice["error"] == "duplicate_key" and "'status'" in result_twice["detail"]
