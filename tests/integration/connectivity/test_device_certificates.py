@@ -151,6 +151,35 @@ async def test_required_refuses_a_handshake_without_a_certificate_or_with_anothe
     assert await required.gateway.stored_readings("meter-7") == []
 
 
+async def test_a_client_that_never_finishes_the_tls_handshake_is_closed_as_a_silent_one_is(
+    tmp_path: Path, nats_server: NatsServer, server_ca: Authority, device_ca: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that sends no ClientHello was held 60 s on HTTPS (asyncio's default) and 120 s on gRPC
+    (grpc's), where one that sends no request headers is closed after HEADER_TIMEOUT_S (here shortened)."""
+    monkeypatch.setattr(httpserver, "HEADER_TIMEOUT_S", 1.0)
+    setup = await mutual_tls(tmp_path, nats_server.url, server_ca, device_ca, "Required")
+    loop = asyncio.get_running_loop()
+
+    async def closed_after(port: int) -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # and nothing sent
+        started = loop.time()
+        try:
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+            return loop.time() - started
+        finally:
+            writer.close()
+
+    try:
+        waited = await asyncio.gather(
+            *(closed_after(setup.gateway.status[port]) for port in ("http_port", "grpc_port"))
+        )
+        assert max(waited) < 5, waited
+        status, _ = await post(setup, "meter-7", setup.client_context("meter-7"), 1)  # a device that speaks gets in
+        assert status == 202
+    finally:
+        await stop_gateway(setup.gateway)
+
+
 async def test_device_commands_take_the_certificate_too(required: MutualTls) -> None:
     base = f"https://127.0.0.1:{required.gateway.status['http_port']}/v1/fleets/{FLEET}/devices"
     async with aiohttp.ClientSession() as session:
