@@ -236,8 +236,8 @@ def _command(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", parents=[common], epilog=EPILOG, help="commands of a fleet, oldest first")
     listing.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")
     listing.add_argument("--device", help="only this device's commands (default: every device's)")
-    listing.add_argument("--state", help="only commands in this state: queued, delivered, succeeded, failed, "
-                         "rejected or expired (default: any)")  # fmt: skip
+    listing.add_argument("--state", help="only commands in this state: queued, forwarded (edge sites), delivered, "
+                         "succeeded, failed, rejected or expired (default: any)")  # fmt: skip
     show = actions.add_parser("show", parents=[common], epilog=EPILOG,
                               help="one command with every state it went through")  # fmt: skip
     show.add_argument("fleet", metavar="FLEET", help="the DeviceFleet's name")

@@ -32,6 +32,7 @@ nothing protects the readings from being read or altered on the way (see docs/de
 
 import asyncio
 import contextlib
+import math
 import socket
 from typing import Any
 
@@ -98,10 +99,36 @@ def json_body(payload: bytes, content_format: int | None, max_body: int) -> byte
         raise Rejection(415, "unsupported_content_format", f"content-format {content_format} is not accepted; send "
                         "JSON (50) or CBOR (60)")  # fmt: skip
     try:
-        value = cbor2.loads(payload)
-        return _json(value)
+        value = _cbor_value(payload)
+        body = _json(value)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise Rejection(400, "malformed_body", f"the CBOR payload does not decode to the JSON body: {exc}") from None
+    # JSON has no NaN or infinity: the encoder writes them as null, which the intake would call a wrong type.
+    if b"null" in body and _non_finite(value):
+        raise Rejection(400, "non_finite_number", "the CBOR payload holds NaN or an infinity; metric values must be "
+                        "finite numbers")  # fmt: skip
+    return body
+
+
+def _cbor_value(payload: bytes) -> Any:
+    """The decoded payload; a map with a key twice is refused as JSON's are (cbor2 would keep the last value, so a
+    second "readings" would stand in for the first, acknowledged and never stored)."""
+    try:
+        return cbor2.loads(payload, allow_duplicate_keys=False)
+    except cbor2.CBORDecodeError as exc:
+        cbor2.loads(payload)  # raises again if the payload is malformed for another reason than a key twice
+        raise Rejection(400, "duplicate_key", f"a map of the CBOR payload holds a key twice ({exc}); send each "
+                        "key once") from None  # fmt: skip
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(item) for item in value)
+    return False
 
 
 def _token(request: Message) -> str | None:

@@ -22,7 +22,7 @@ from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
 from fleetflow.gateway.command_sessions import CommandSession, CommandSessions, SessionReplaced
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
-from fleetflow.runtime import telemetry
+from fleetflow.runtime import httpserver, telemetry
 from fleetflow.runtime.commands import CommandError, CommandRecord, CommandStore
 
 log = structlog.get_logger(__name__)
@@ -266,7 +266,12 @@ async def start_server(service: DeviceGatewayService, host: str, port: int, tls:
 
     A message up to twice maxBodyBytes is read, so the intake can refuse it with its reason while the stream
     goes on; gRPC itself refuses anything larger (RESOURCE_EXHAUSTED), so no device can make it buffer more."""
-    server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", 2 * max_body_bytes)])
+    # A connection must finish its handshake (TLS and HTTP/2's) as soon as an HTTP device must send its headers,
+    # not in grpc's default 120 s: else a client that sends nothing holds it that long.
+    handshake = ("grpc.server_handshake_timeout_ms", int(httpserver.HEADER_TIMEOUT_S * 1000))
+    server = grpc.aio.server(
+        options=[*SERVER_OPTIONS, handshake, ("grpc.max_receive_message_length", 2 * max_body_bytes)]
+    )
     pb_grpc.add_DeviceGatewayServicer_to_server(service, server)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)

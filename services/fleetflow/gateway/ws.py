@@ -36,7 +36,7 @@ from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.http import peer_of
 from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
 from fleetflow.gateway.sessions import DeviceSessions
-from fleetflow.runtime import httpserver, telemetry
+from fleetflow.runtime import codec, httpserver, telemetry
 from fleetflow.runtime.commands import CommandError, CommandStore
 
 log = structlog.get_logger(__name__)
@@ -182,12 +182,36 @@ def authorization(headers: Any) -> str | None:
 
 def decode_message(data: bytes) -> TelemetryMessage | ResultMessage:
     try:
-        return _decode(data)
+        message = _decode(data)
     except msgspec.ValidationError as exc:
         raise Rejection(400, "invalid_message", f"{exc}; a message is {{\"type\": \"telemetry\", \"readings\": "
                         "[...]} or {\"type\": \"result\", \"id\": ..., \"status\": ...}") from None  # fmt: skip
     except msgspec.DecodeError as exc:
         raise Rejection(400, "malformed_json", f"the message is not valid JSON: {exc}") from None
+    if not _no_key_twice_in_envelope(data, message):
+        try:
+            codec.refuse_duplicate_keys(data)
+        except codec.CodecError as exc:
+            raise Rejection(400, exc.reason, exc.detail) from None
+    return message
+
+
+def _no_key_twice_in_envelope(data: bytes, message: TelemetryMessage | ResultMessage) -> bool:
+    """True when counting proves the envelope holds no key twice; False when only the exact check can tell.
+
+    msgspec keeps the last of two equal keys, so {"readings": [A], "readings": [B]} would have B stored and the
+    message acknowledged as if A were in it. Every key is followed by one ':', so an envelope with its 2 keys
+    (3 with an id) has that many colons besides those in its readings, and a key twice would add at least one. The
+    count is exact only when the id's colons are known: none, as in a number or a string without ':'."""
+    if not isinstance(message, TelemetryMessage):
+        return False  # a result is a few bytes: the exact check costs nothing
+    if message.id is None:
+        envelope = 2
+    elif isinstance(message.id, int | float) or (isinstance(message.id, str) and ":" not in message.id):
+        envelope = 3
+    else:
+        return False
+    return data.count(b":") == envelope + bytes(message.readings).count(b":")
 
 
 def error_frame(rejection: Rejection) -> dict[str, Any]:

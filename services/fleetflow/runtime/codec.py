@@ -91,9 +91,20 @@ def decode_request(body: bytes) -> TelemetryRequest:
     except msgspec.ValidationError as exc:
         raise _explain(str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise CodecError("malformed_json", f"body is not valid JSON: {exc}") from None
+        raise CodecError("malformed_json", f"body is not valid JSON: {exc}{_non_finite_hint(str(exc), body)}") from None
     _check_no_duplicate_keys(body, request)
     return request
+
+
+_AT_BYTE = re.compile(r"\(byte (\d+)\)$")
+_NON_FINITE_WORD = re.compile(rb"NaN|Infinity")
+
+
+def _non_finite_hint(message: str, body: bytes) -> str:
+    """What a device that wrote NaN or Infinity (as Python's json.dumps does for such floats) should know."""
+    at = _AT_BYTE.search(message)
+    word = _NON_FINITE_WORD.match(body, int(at.group(1))) if at else None
+    return f"; {word.group().decode()} is not a JSON number; metric values must be finite numbers" if word else ""
 
 
 # A key is a string followed by ':'. Counting that pattern counts every key, plus any string value that happens
@@ -111,8 +122,14 @@ def _check_no_duplicate_keys(body: bytes, request: TelemetryRequest) -> None:
         return
     if len(_KEY.findall(body)) == keys:
         return
-    try:  # the exact, slower check, only for the rare body where the count alone cannot tell
-        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    refuse_duplicate_keys(body)  # the exact, slower check, only for the rare body where the count alone cannot tell
+
+
+def refuse_duplicate_keys(document: bytes) -> None:
+    """CodecError("duplicate_key") naming the key if any object of the JSON `document` (already decoded once, so
+    valid) holds a key twice. Exact but slow: callers count first where they can, as decode_request does."""
+    try:
+        json.loads(document, object_pairs_hook=_refuse_duplicates)
     except _DuplicateKey as exc:
         raise CodecError("duplicate_key", f"key {exc.key!r} appears twice in one object; send each key once") from None
 

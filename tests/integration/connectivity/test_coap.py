@@ -101,6 +101,40 @@ async def test_refusals_carry_the_coap_code_and_the_http_payload(coap_gateway: G
     assert await coap_gateway.stored_readings("meter-3") == [1, 2]
 
 
+async def test_a_cbor_key_twice_or_a_nan_is_refused_as_over_http(coap_gateway: Gateway) -> None:
+    """cbor2 keeps the last of two equal keys: two `readings` had the first acknowledged and never stored."""
+    first, second = readings(1, 2), readings(3, 1)
+
+    def cbor_map(*pairs: tuple[str, object]) -> bytes:  # a map as a device may write it, keys repeated
+        return bytes([0xA0 + len(pairs)]) + b"".join(cbor2.dumps(key) + cbor2.dumps(value) for key, value in pairs)
+
+    reading = second[0]
+    seq_twice = [cbor_map(("seq", 7), ("seq", 8), ("ts", reading["ts"]), ("metrics", reading["metrics"]))]
+    nan = [{**reading, "metrics": {"temperature": float("nan")}}]
+    bodies = {
+        "readings twice": cbor_map(("readings", first), ("readings", second)),
+        "seq twice": bytes([0xA1]) + cbor2.dumps("readings") + bytes([0x81]) + seq_twice[0],
+        "nan": cbor2.dumps({"readings": nan}),
+    }
+    context = await Context.create_client_context()
+    try:
+        uri = f"{url(coap_gateway)}/v1/fleets/{FLEET}/devices/meter-8/telemetry?token={coap_gateway.token('meter-8')}"
+        answers = {}
+        for name, payload in bodies.items():
+            response = await context.request(Message(code=POST, uri=uri, payload=payload, content_format=60)).response
+            answers[name] = (response.code, json.loads(response.payload))
+    finally:
+        await context.shutdown()
+    for name in ("readings twice", "seq twice"):
+        code, body = answers[name]
+        assert (code, body["error"]) == (Code.BAD_REQUEST, "duplicate_key"), (name, body)
+        assert repr(name.split()[0]) in body["detail"]
+    assert (answers["nan"][0], answers["nan"][1]["error"]) == (Code.BAD_REQUEST, "non_finite_number"), answers["nan"]
+    async with device(coap_gateway, "meter-8", cbor=True) as dev:
+        assert (await dev.send(second))["accepted"] == 1
+    assert await coap_gateway.stored_readings("meter-8") == [3]
+
+
 async def test_the_rate_limit_is_shared_with_http(coap_gateway: Gateway) -> None:
     headers = {"Authorization": f"Bearer {coap_gateway.token('meter-5')}"}
     async with aiohttp.ClientSession() as http:

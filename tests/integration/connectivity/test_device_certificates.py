@@ -39,6 +39,7 @@ from fleetflow.runtime import credentials, httpserver, jetstream
 from fleetflow.runtime.settings import GatewaySettings
 from tests.integration.connectivity.conftest import FLEET, Gateway, fleet_resource, start_gateway, stop_gateway
 from tests.integration.connectivity.test_cluster_tls import TlsNats, mount_client_secrets, mounted
+from tests.integration.connectivity.test_grpc import readings
 from tests.operator.variants import DEVICE_CERTIFICATES_GATEWAY, fleet, fleet_doc
 from tests.support.certificates import Authority, new_authority
 from tests.support.managed_nats import Pod, managed_nats
@@ -88,10 +89,11 @@ def device_ca() -> Authority:
     return new_authority("demo device CA")
 
 
-async def mutual_tls(tmp_path: Path, nats_url: str, server_ca: Authority, device_ca: Authority, mode: str) -> MutualTls:
+async def mutual_tls(tmp_path: Path, nats_url: str, server_ca: Authority, device_ca: Authority, mode: str,
+                     fleet: DeviceFleet | None = None) -> MutualTls:  # fmt: skip
     files = server_ca.tls_secret_files(tmp_path / "gateway-tls", GATEWAY_NAMES)
     (tmp_path / "device-ca.crt").write_bytes(device_ca.pem)
-    gw = await start_gateway(tmp_path, nats_url, grpc_port=0, coap_port=0, tls_cert_file=files / "tls.crt",
+    gw = await start_gateway(tmp_path, nats_url, fleet, grpc_port=0, coap_port=0, tls_cert_file=files / "tls.crt",
                              tls_key_file=files / "tls.key", tls_client_ca_file=tmp_path / "device-ca.crt",
                              tls_client_auth=mode)  # fmt: skip
     return MutualTls(gw, server_ca, device_ca, tmp_path)
@@ -149,6 +151,35 @@ async def test_required_refuses_a_handshake_without_a_certificate_or_with_anothe
         with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
             await post(required, "meter-7", context, 1, token)
     assert await required.gateway.stored_readings("meter-7") == []
+
+
+async def test_a_client_that_never_finishes_the_tls_handshake_is_closed_as_a_silent_one_is(
+    tmp_path: Path, nats_server: NatsServer, server_ca: Authority, device_ca: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that sends no ClientHello was held 60 s on HTTPS (asyncio's default) and 120 s on gRPC
+    (grpc's), where one that sends no request headers is closed after HEADER_TIMEOUT_S (here shortened)."""
+    monkeypatch.setattr(httpserver, "HEADER_TIMEOUT_S", 1.0)
+    setup = await mutual_tls(tmp_path, nats_server.url, server_ca, device_ca, "Required")
+    loop = asyncio.get_running_loop()
+
+    async def closed_after(port: int) -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # and nothing sent
+        started = loop.time()
+        try:
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+            return loop.time() - started
+        finally:
+            writer.close()
+
+    try:
+        waited = await asyncio.gather(
+            *(closed_after(setup.gateway.status[port]) for port in ("http_port", "grpc_port"))
+        )
+        assert max(waited) < 5, waited
+        status, _ = await post(setup, "meter-7", setup.client_context("meter-7"), 1)  # a device that speaks gets in
+        assert status == 202
+    finally:
+        await stop_gateway(setup.gateway)
 
 
 async def test_device_commands_take_the_certificate_too(required: MutualTls) -> None:
@@ -212,6 +243,42 @@ async def test_optional_takes_certificates_and_tokens(optional: MutualTls) -> No
         assert (await dev.send(body(3)["readings"]))["accepted"] == 1  # type: ignore[arg-type]
     assert await optional.gateway.stored_readings("meter-7") == [1]
     assert await optional.gateway.stored_readings("meter-9") == [1, 3]
+
+
+async def test_a_certificate_gets_the_limits_a_token_gets_in_one_rate_bucket(
+    tmp_path: Path, nats_server: NatsServer, server_ca: Authority, device_ca: Authority
+) -> None:
+    limits = {"maxBodyBytes": 4096, "maxBatchReadings": 10, "rateLimit": {"readingsPerSecond": 0.1, "burst": 30}}
+    setup = await mutual_tls(tmp_path, nats_server.url, server_ca, device_ca, "Optional", fleet_resource(limits))
+    certificate = setup.client_context("meter-7")
+
+    async def send(batch: list[dict[str, Any]], context: ssl.SSLContext, **headers: str) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                setup.telemetry_url("meter-7"), json={"readings": batch}, ssl=context, headers=headers
+            ) as response,  # fmt: skip
+        ):
+            return {"status": response.status, **await response.json()}
+
+    try:
+        first = readings(1, 10)
+        assert (await send(first, certificate))["duplicate"] is False
+        assert (await send(first, certificate))["duplicate"] is True  # a retry: stored once
+        assert (await send(readings(11, 100), certificate))["error"] == "body_too_large"
+        assert (await send(readings(11, 11), certificate))["error"] == "batch_too_large"
+        token = f"Bearer {setup.gateway.token('meter-7')}"
+        assert (await send(readings(11, 10), setup.client_context(None), Authorization=token))["status"] == 202
+        # The burst of 30 is spent (the retry counted too), by certificate and by token: the bucket is the
+        # device's, whatever proved who it is and whichever protocol it speaks.
+        url = f"wss://127.0.0.1:{setup.gateway.status['http_port']}/v1/fleets/{FLEET}/devices/meter-7/ws"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, ssl=certificate) as ws:
+            await ws.send_json({"type": "telemetry", "readings": readings(21, 1)})
+            limited = await ws.receive_json(timeout=10)
+        assert (limited["status"], limited["error"]) == (429, "rate_limited"), limited
+        assert await setup.gateway.stored_readings("meter-7") == list(range(1, 21))
+    finally:
+        await stop_gateway(setup.gateway)
 
 
 # --- on a cluster -----------------------------------------------------------------------------------------

@@ -90,6 +90,31 @@ async def test_bad_messages_get_the_http_refusals_and_the_session_goes_on(
     assert await ws_gateway.stored_readings("meter-2") == [5]
 
 
+async def test_a_key_twice_in_a_message_is_refused_not_half_stored(
+    ws_gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """As over HTTP, a key twice is refused: read last-wins, the first `readings` would be acknowledged unstored."""
+    headers = {"Authorization": f"Bearer {ws_gateway.token('meter-5')}"}
+    async with http.ws_connect(session_url(ws_gateway.url, FLEET, "meter-5"), headers=headers) as ws:
+
+        async def answer(frame: str) -> dict[str, Any]:
+            await ws.send_str(frame)
+            return dict(await ws.receive_json(timeout=5))
+
+        first, second = json.dumps(readings(1, 2)), json.dumps(readings(3, 1))
+        twice = await answer(f'{{"type": "telemetry", "readings": {first}, "readings": {second}}}')
+        assert (twice["status"], twice["error"]) == (400, "duplicate_key") and "'readings'" in twice["detail"]
+        id_twice = await answer(f'{{"type": "telemetry", "id": "a", "id": "b", "readings": {second}}}')
+        assert id_twice["error"] == "duplicate_key" and "'id'" in id_twice["detail"]
+        type_twice = await answer('{"type": "telemetry", "type": "telemetry", "id": "a:\\u003a", "readings": []}')
+        assert type_twice["error"] == "duplicate_key" and "'type'" in type_twice["detail"]
+        result_twice = await answer('{"type": "result", "id": "c1", "status": "failed", "status": "succeeded"}')
+        assert result_twice["error"] == "duplicate_key" and "'status'" in result_twice["detail"]
+        assert (await answer(f'{{"type": "telemetry", "id": "x:y", "readings": {second}}}'))["accepted"] == 1
+        assert (await answer(f'{{"type": "telemetry", "id": null, "readings": {first}}}'))["accepted"] == 2
+    assert await ws_gateway.stored_readings("meter-5") == [3, 1, 2]
+
+
 async def test_the_token_is_checked_before_the_upgrade(ws_gateway: Gateway, http: aiohttp.ClientSession) -> None:
     with pytest.raises(SessionClosed, match="401"):
         await device(ws_gateway, http, "pump-1", token_of="pump-2").connect()

@@ -23,6 +23,11 @@ def test_request_decodes_numbers_and_both_timestamp_forms() -> None:
     [
         (b"{", "malformed_json", "body is not valid JSON"),
         (b'{"readings": [{"seq": 1, "ts": 1763900000000, "metrics": {"t": NaN}}]}', "malformed_json", "invalid"),
+        # Python's json.dumps writes these for float("nan") and the infinities: say so, and what is accepted.
+        (b'{"readings": [{"seq": 1, "ts": 1763900000000, "metrics": {"t": NaN}}]}', "malformed_json",
+         "NaN is not a JSON number; metric values must be finite numbers"),
+        (b'{"readings": [{"seq": 1, "ts": 1763900000000, "metrics": {"t": -Infinity}}]}', "malformed_json",
+         "Infinity is not a JSON number; metric values must be finite numbers"),
         (b'{"readings": [{"seq": 1, "ts": 1763900000000, "metrics": {"t": 1e400}}]}', "non_finite_number",
          "must be finite"),
         (b'{"readings": [{"seq": 1, "ts": 17639000000000, "metrics": {"t": 1}}]}', "invalid_timestamp",
