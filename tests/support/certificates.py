@@ -15,8 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 LOOPBACK = "127.0.0.1"
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _name(*common_names: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name) for name in common_names])
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -56,13 +56,14 @@ class Authority:
         )
         return certificate.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
-    def issue_client(self, common_name: str) -> tuple[bytes, bytes]:
-        """(certificate PEM, key PEM) for a client, a device for instance, whose subject CN is `common_name`."""
+    def issue_client(self, common_name: str, *more_names: str) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) for a client, a device for instance, whose subject CN is `common_name` (and,
+        for a certificate that should be refused, further CNs `more_names`)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
-            .subject_name(_name(common_name))
+            .subject_name(_name(common_name, *more_names))
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

@@ -4,7 +4,7 @@
 A certificate names its device by its subject CN. The TLS layer has already checked that the fleet's device CA
 signed it; here it is only matched against the device a request is for."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -58,8 +58,8 @@ class DeviceAuthenticator:
 
 def _match_certificate(device: str, certified: str) -> None:
     if not certified:
-        raise Rejection(403, "certificate_mismatch", "the client certificate has no subject CN; a device "
-                        f"certificate's subject CN is its device id ({device!r} for this request)")  # fmt: skip
+        raise Rejection(403, "certificate_mismatch", "the client certificate does not have exactly one subject CN; a "
+                        f"device certificate's one subject CN is its device id ({device!r} for this request)")  # fmt: skip
     if certified != device:
         raise Rejection(403, "certificate_mismatch", f"the client certificate names device {certified!r} (its subject "
                         f"CN), not {device!r}, the device of this request; a device acts only as itself")  # fmt: skip
@@ -67,11 +67,15 @@ def _match_certificate(device: str, certified: str) -> None:
 
 def certified_device(peercert: Mapping[str, Any] | None) -> str | None:
     """The device id (subject CN) of a verified peer certificate as Python's ssl module gives it (`getpeercert()`,
-    empty or None when the client sent none): None without a certificate, "" for one without a CN."""
+    empty or None when the client sent none): None without a certificate (see `device_named`)."""
     if not peercert:
         return None
-    for rdn in peercert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return ""  # a certificate, but one that names no device: refused by authenticate()
+    return device_named(
+        [str(value) for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    )
+
+
+def device_named(common_names: Sequence[str]) -> str:
+    """The device a certificate's subject CNs name: its one CN, or "" (refused by authenticate()) for a certificate
+    with none or with several, which would speak for whichever CN a reader takes first."""
+    return common_names[0] if len(common_names) == 1 else ""

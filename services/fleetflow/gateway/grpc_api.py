@@ -14,11 +14,14 @@ import grpc
 import msgspec
 import nats.errors
 import structlog
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from google.protobuf import json_format, struct_pb2
 from opentelemetry.context import Context
 
 from fleetflow.api.protocol import device_pb2 as pb
 from fleetflow.api.protocol import device_pb2_grpc as pb_grpc
+from fleetflow.gateway.auth import device_named
 from fleetflow.gateway.command_sessions import CommandSession, CommandSessions, SessionReplaced
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
@@ -229,13 +232,13 @@ def tls_credentials(
 
 
 def certified_device(context: grpc.aio.ServicerContext) -> str | None:
-    """The device id (subject CN) of the client certificate the handshake verified: None without a certificate,
-    "" for one without a CN (see auth.certified_device)."""
-    auth = context.auth_context() or {}
-    if not auth.get("x509_pem_cert"):
+    """The device id (subject CN) of the client certificate the handshake verified: None without a certificate
+    (see auth.device_named). Read from the certificate itself: gRPC's `x509_common_name` holds one CN at most."""
+    pem = (context.auth_context() or {}).get("x509_pem_cert")
+    if not pem:
         return None
-    names = auth.get("x509_common_name") or [b""]
-    return names[0].decode(errors="replace")
+    subject = x509.load_pem_x509_certificate(pem[0]).subject
+    return device_named([str(name.value) for name in subject.get_attributes_for_oid(NameOID.COMMON_NAME)])
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from opentelemetry.metrics import Meter
 
 from fleetflow.api import DeviceFleet
 from fleetflow.api.identifiers import DEVICE_ID
-from fleetflow.gateway.auth import DeviceAuthenticator
+from fleetflow.gateway.auth import DeviceAuthenticator, device_named
 from fleetflow.gateway.errors import Rejection
 from fleetflow.runtime.natsauth import AUTH_SUBJECT, SERVICE_ACCOUNT
 
@@ -167,5 +167,4 @@ def certified_device(client_tls: dict[str, Any] | None) -> str | None:
     if not chains or not chains[0]:
         return None
     leaf = x509.load_pem_x509_certificate(str(chains[0][0]).encode())
-    names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
+    return device_named([str(name.value) for name in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)])

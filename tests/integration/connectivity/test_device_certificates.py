@@ -144,6 +144,28 @@ async def test_a_certificate_speaks_only_for_its_own_device(required: MutualTls)
     assert await required.gateway.stored_readings("meter-8") == []
 
 
+async def test_a_certificate_with_two_cns_speaks_for_no_device(required: MutualTls) -> None:
+    """Readers disagree on which of several CNs a certificate names; the gateway takes none of them."""
+    certificate, key = required.device_ca.issue_client("meter-8", "meter-7")
+    (required.folder / "two-cns.crt").write_bytes(certificate)
+    (required.folder / "two-cns.key").write_bytes(key)
+    context = required.client_context(None)
+    context.load_cert_chain(required.folder / "two-cns.crt", required.folder / "two-cns.key")
+    for device in ("meter-8", "meter-7"):
+        status, answer = await post(required, device, context, 1)
+        assert (status, answer["error"]) == (403, "certificate_mismatch"), answer
+        assert "exactly one subject CN" in str(answer["detail"])
+    target = f"127.0.0.1:{required.gateway.status['grpc_port']}"
+    grpc_device = GrpcDevice(target, FLEET, "meter-7", None, root_certificates=required.server_ca.pem,
+                             client_certificate=(certificate, key))  # fmt: skip
+    async with grpc_device as dev:
+        with pytest.raises((StreamClosed, grpc.aio.AioRpcError)):
+            await dev.send(body(5)["readings"], timeout=5)  # type: ignore[arg-type]
+        assert "PERMISSION_DENIED" in dev.closed_because
+    assert await required.gateway.stored_readings("meter-7") == []
+    assert await required.gateway.stored_readings("meter-8") == []
+
+
 async def test_required_refuses_a_handshake_without_a_certificate_or_with_another_cas(required: MutualTls) -> None:
     token = {"Authorization": f"Bearer {required.gateway.token('meter-7')}"}
     impostor = required.client_context("meter-7", new_authority("another CA"))
@@ -415,7 +437,7 @@ def test_a_verified_certificate_without_a_cn_names_no_device() -> None:
     authenticator = DeviceAuthenticator(FLEET, b"secret")
     certified = certified_device({"subject": ((("organizationName", "Example"),),)})
     assert certified == ""
-    with pytest.raises(Rejection, match="no subject CN") as refused:
+    with pytest.raises(Rejection, match="exactly one subject CN") as refused:
         authenticator.authenticate("meter-7", None, certified)
     assert refused.value.status == 403 and refused.value.reason == "certificate_mismatch"
     assert certified_device(None) is None and certified_device({}) is None  # no certificate: the token decides
