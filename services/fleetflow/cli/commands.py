@@ -149,6 +149,7 @@ async def print_streams(nc: Client) -> None:
 def bench(args: argparse.Namespace) -> int:
     from fleetflow.bench.report import healthy, summary, table
     from fleetflow.bench.run import BenchOptions, BenchSetupError, run_bench
+    from fleetflow.runtime.service import use_uvloop
 
     if args.commands:
         return bench_commands(args)
@@ -163,6 +164,7 @@ def bench(args: argparse.Namespace) -> int:
                            args.processors, args.baseline_seconds, args.data_dir, args.cassandra, args.pipeline,
                            args.durability)  # fmt: skip
     os.umask(private.UMASK)  # as `fleetflow up`
+    use_uvloop()  # the devices share the two cores with the platform: their CPU counts
     try:
         report = summary(asyncio.run(run_bench(options)))
     except BenchSetupError as exc:

@@ -1,5 +1,7 @@
 """The device HTTP API: POST /v1/fleets/{fleet}/devices/{device}/telemetry — an adapter onto the intake."""
 
+import functools
+
 import msgspec
 from aiohttp import web
 
@@ -26,7 +28,7 @@ class TelemetryApi:
         return app
 
     async def post_telemetry(self, request: web.Request) -> web.Response:
-        device, peer = request.match_info["device"], peer_of(request, "http")
+        device, peer = request.match_info["device"], functools.partial(peer_of, request, "http")
         with self.intake.server_span(PROTOCOL, SPAN_NAME, peer, device, telemetry.extract(request.headers),
                                      lambda: _http_attributes(request)) as span:  # fmt: skip
             try:

@@ -176,19 +176,20 @@ class DeviceIntake:
         self,
         protocol: str,
         name: str,
-        peer: Peer,
+        peer: Peer | Callable[[], Peer],
         device: str,
         trace_context: Context | None = None,
         attributes: Callable[[], Mapping[str, str | int]] | None = None,
     ) -> Iterator[trace.Span]:
         """The SERVER span of one device request, continuing the device's trace (`trace_context`) if it sent one;
-        `attributes`: gives the protocol's own (http.*, rpc.*). A Rejection raised inside is marked (mark_refused)
-        and goes on to the adapter."""
+        `attributes`: gives the protocol's own (http.*, rpc.*). `peer` may be a function that finds it, called only
+        for a recorded span. A Rejection raised inside is marked (mark_refused) and goes on to the adapter."""
         with _tracer.start_as_current_span(name, context=trace_context, kind=trace.SpanKind.SERVER,
                                            record_exception=False, set_status_on_exception=False) as span:  # fmt: skip
             if span.is_recording():  # most requests' spans are not (sampling): their attributes would be thrown away
-                span.set_attributes({**peer.attributes(), "fleetflow.protocol": protocol, "fleetflow.device": device,
-                                     **(attributes() if attributes else {})})  # fmt: skip
+                connection = peer() if callable(peer) else peer
+                span.set_attributes({**connection.attributes(), "fleetflow.protocol": protocol,
+                                     "fleetflow.device": device, **(attributes() if attributes else {})})  # fmt: skip
             try:
                 yield span
             except Rejection as rejection:

@@ -230,54 +230,86 @@ class WindowRunner(StepRunner):
         behind = spec.watermark_delay_ms + spec.allowed_lateness_ms
         next_end = min(windows.open) + size if windows.open else None  # the end of the first window to close
         late = 0
+        joined: dict[int, list[int]] = {}  # window start -> the readings that joined it, not yet accumulated
         for i in alive:
-            reading, metrics = batch.readings[i], batch.metrics[i]
-            ts, seq = reading.ts, reading.seq
+            reading = batch.readings[i]
+            ts = reading.ts
             missed = 0
             for start in (ts - ts % hop,) if size == hop else window_starts(ts, size, hop):
                 if start + size <= windows.closed_until:
                     missed += 1
                     continue
-                accumulators = windows.open.get(start)
-                if accumulators is None:
-                    accumulators = windows.open[start] = {}
-                    if next_end is None or start + size < next_end:
-                        next_end = start + size
-                for name in wanted or list(metrics):
-                    if name in metrics:
-                        _accumulate(accumulators, name, metrics[name], ts, seq)
+                readings = joined.get(start)
+                if readings is None:
+                    joined[start] = [i]
+                    if start not in windows.open:
+                        windows.open[start] = {}
+                        if next_end is None or start + size < next_end:
+                            next_end = start + size
+                else:
+                    readings.append(i)
             if ts > windows.newest_ts:
                 windows.newest_ts = ts
             if missed:
                 late += 1
-                batch.out.late.setdefault(self.name, []).append(Reading(seq, ts, dict(metrics)))
+                batch.out.late.setdefault(self.name, []).append(Reading(reading.seq, ts, dict(batch.metrics[i])))
             # WindowOperator.close_passed: nothing can close unless the first open window ended
             closed_until = windows.newest_ts - behind
             if closed_until > windows.closed_until:
                 windows.closed_until = closed_until
             if next_end is not None and next_end <= windows.closed_until:
+                _accumulate_joined(windows, joined, wanted, batch)  # what closes now must hold its readings
+                joined = {}
                 for aggregate in operator.close_passed(key):
                     batch.emitted.append((i, self.step.index, "aggregates", aggregate))
                 next_end = min(windows.open) + size if windows.open else None
+        _accumulate_joined(windows, joined, wanted, batch)
         batch.count(self.name, "late", late)
         batch.count(self.name, "windowed", len(alive) - late)
         return alive
 
 
-def _accumulate(accumulators: dict[str, Accumulator], name: str, value: float, ts: int, seq: int) -> None:
-    """Accumulator.add, inline."""
+def _accumulate_joined(windows: KeyWindows, joined: dict[int, list[int]], wanted: list[str], batch: Batch) -> None:
+    """Add the readings that joined each window (`joined`: start -> batch positions, in order) to its
+    accumulators, a metric at a time: what Accumulator.add does per reading and metric, with each accumulator's
+    fields in local variables for the whole run of its readings. Every accumulator sees its values in the
+    same order as one reading at a time would add them, so sums, minima, maxima and `last` are identical."""
+    for start, positions in joined.items():
+        accumulators = windows.open[start]
+        for name in wanted or dict.fromkeys(name for i in positions for name in batch.metrics[i]):
+            _accumulate(accumulators, name, positions, batch)
+
+
+def _accumulate(accumulators: dict[str, Accumulator], name: str, positions: list[int], batch: Batch) -> None:
+    """Add metric `name` of the readings at `positions` to its accumulator (created when the first of them
+    carries it, as Accumulator.add would be called)."""
     acc = accumulators.get(name)
     if acc is None:
+        if not any(name in batch.metrics[i] for i in positions):
+            return
         acc = accumulators[name] = Accumulator()
-    acc.count += 1
-    if value < acc.min:
-        acc.min = value
-    if value > acc.max:
-        acc.max = value
-    acc.sum += value
-    acc.values.append(value)
-    if ts > acc.last_ts or (ts == acc.last_ts and seq >= acc.last_seq):
-        acc.last, acc.last_ts, acc.last_seq = value, ts, seq
+    count, low, high, total = acc.count, acc.min, acc.max, acc.sum
+    last, last_ts, last_seq = acc.last, acc.last_ts, acc.last_seq
+    values = acc.values
+    readings, metrics = batch.readings, batch.metrics
+    for i in positions:
+        reading_metrics = metrics[i]
+        if name not in reading_metrics:
+            continue
+        value = reading_metrics[name]
+        count += 1
+        if value < low:
+            low = value
+        if value > high:
+            high = value
+        total += value
+        values.append(value)
+        reading = readings[i]
+        ts = reading.ts
+        if ts > last_ts or (ts == last_ts and reading.seq >= last_seq):
+            last, last_ts, last_seq = value, ts, reading.seq
+    acc.count, acc.min, acc.max, acc.sum = count, low, high, total
+    acc.last, acc.last_ts, acc.last_seq = last, last_ts, last_seq
 
 
 @runs("alert")

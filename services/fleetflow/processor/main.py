@@ -36,6 +36,7 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     ops_runner, ops_port = await ops.start_site(ops.ops_app(ready), settings.ops_host, settings.ops_port)
     try:
         await runner.start()
+        service.freeze_startup_heap()
         service.write_status(settings.status_file, {"ops_port": ops_port})
         log.info("processor ready", replica=settings.replica, ops_port=ops_port, steps=len(compiled.steps))
         lag = ConsumerLag(js, meter, [(runner.stream, runner.durable)])

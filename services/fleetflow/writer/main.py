@@ -80,6 +80,7 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
     lag = ConsumerLag(js, meter, [(consumer.stream, consumer.durable), (commands.stream, commands.durable)])
     tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(commands.run(stop)),
              asyncio.create_task(expire_periodically(store, stop)), asyncio.create_task(lag.poll(stop))]  # fmt: skip
+    service.freeze_startup_heap()
     log.info("writer ready", ops_port=ops_port, sink=pipeline.spec.sink.kind)
     await asyncio.gather(*tasks)
     await nc.drain()

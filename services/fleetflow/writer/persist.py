@@ -188,11 +188,16 @@ class RecordWriter:
         return outcomes
 
     def _receive(self, msg: Msg, decoded: Decoded, index: int, links: dict[int, trace.Link]) -> Failure | None:
-        """Decode one message inside a span that continues its trace; the write that stores it links to it."""
+        """Decode one message inside a span that continues its trace; the write that stores it links to it.
+
+        A fetch holds hundreds of messages, so the span costs what it must and no more: it is not made the
+        current span (decoding logs nothing and starts no span), and its attributes are built only when it is
+        recorded (most are not: sampling)."""
         name = f"process {msg.subject.rsplit('.', 2)[0]}"
-        context = telemetry.extract(msg.headers)
-        attributes = telemetry.consumer_attributes(msg, self.consumer_group)
-        with tracer.start_as_current_span(name, context, trace.SpanKind.CONSUMER, attributes) as span:
+        span = tracer.start_span(name, telemetry.extract(msg.headers), trace.SpanKind.CONSUMER)
+        with span:  # ends it, recording an exception that escapes
+            if span.is_recording():
+                span.set_attributes(telemetry.consumer_attributes(msg, self.consumer_group))
             links[index] = trace.Link(span.get_span_context())
             failure = decode(msg, decoded, index)
             if failure is not None:
