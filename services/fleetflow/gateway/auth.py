@@ -58,8 +58,9 @@ class DeviceAuthenticator:
 
 def _match_certificate(device: str, certified: str) -> None:
     if not certified:
-        raise Rejection(403, "certificate_mismatch", "the client certificate does not have exactly one subject CN; a "
-                        f"device certificate's one subject CN is its device id ({device!r} for this request)")  # fmt: skip
+        raise Rejection(403, "certificate_mismatch", "the client certificate does not have exactly one subject "
+                        "CN; a device certificate's one subject CN is its device id "
+                        f"({device!r} for this request)")  # fmt: skip
     if certified != device:
         raise Rejection(403, "certificate_mismatch", f"the client certificate names device {certified!r} (its subject "
                         f"CN), not {device!r}, the device of this request; a device acts only as itself")  # fmt: skip
