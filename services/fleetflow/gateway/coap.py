@@ -52,6 +52,7 @@ from fleetflow.gateway.command_sessions import CommandSessions
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake, Peer
 from fleetflow.gateway.sessions import DeviceSessions
+from fleetflow.runtime import cancellation
 from fleetflow.runtime.commands import CommandError, CommandStore
 
 log = structlog.get_logger(__name__)
@@ -202,9 +203,7 @@ class _Observation:
     async def stop(self) -> None:
         self.stopped.set()
         if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            await cancellation.cancel_and_wait(self.task)
 
     async def replaced(self) -> None:
         await self.stop()

@@ -3,7 +3,6 @@ sites) their forwarding to the sites, and the other protocols (gRPC, MQTT, WebSo
 starts it once and closes it on shutdown."""
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +25,15 @@ from fleetflow.gateway.mqtt_bridge import MqttBridge
 from fleetflow.gateway.publisher import TelemetryPublisher
 from fleetflow.gateway.sessions import DeviceSessions
 from fleetflow.gateway.ws import WebSocketApi
-from fleetflow.runtime import credentials, jetstream
+from fleetflow.runtime import cancellation, credentials, jetstream
 from fleetflow.runtime.commands import CommandStore
 from fleetflow.runtime.jetstream import ConnectionWatch
 from fleetflow.runtime.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
+# How long a background task (MQTT bridge, command expiry, ...) has to end by itself on shutdown before it is
+# cancelled.
+TASK_STOP_S = 5.0
 
 
 @dataclass
@@ -139,6 +141,8 @@ class Connectivity:
                 log.warning("closing a device listener failed", exc_info=True)
         self._stop.set()
         for task in self._tasks:
-            # A task that does not finish in time (NATS away mid-call) is cancelled by wait_for.
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 5)
+            ended, _ = await asyncio.wait({task}, timeout=TASK_STOP_S)
+            if not ended:  # e.g. NATS away mid-call
+                await cancellation.cancel_and_wait(task)
+            elif not task.cancelled():
+                task.result()  # a task that failed fails the gateway's stop

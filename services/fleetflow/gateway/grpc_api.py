@@ -3,7 +3,6 @@ PublishTelemetry. An adapter onto the intake (intake.py): telemetry gets the sam
 and publisher as every other protocol; a refusal is an ack carrying the error, and the stream goes on."""
 
 import asyncio
-import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from fleetflow.gateway.auth import device_named
 from fleetflow.gateway.command_sessions import CommandSession, CommandSessions, SessionReplaced
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
-from fleetflow.runtime import httpserver, telemetry
+from fleetflow.runtime import cancellation, httpserver, telemetry
 from fleetflow.runtime.commands import CommandError, CommandRecord, CommandStore
 
 log = structlog.get_logger(__name__)
@@ -151,9 +150,7 @@ class DeviceGatewayService(pb_grpc.DeviceGatewayServicer):
                         yield message
                 finally:
                     for task in (pusher, reader):
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await task
+                        await cancellation.cancel_and_wait(task)
                 ending = pusher.result() if pusher.done() and not pusher.cancelled() else None
                 if ending is not None:
                     await context.abort(*ending)

@@ -27,7 +27,7 @@ from fleetflow.gateway.command_sessions import CommandSessions
 from fleetflow.gateway.intake import DeviceIntake
 from fleetflow.gateway.mqtt_auth import subject_prefix
 from fleetflow.gateway.mqtt_intake import TelemetryIntake
-from fleetflow.runtime import jetstream
+from fleetflow.runtime import cancellation, jetstream
 from fleetflow.runtime.codec import Command
 from fleetflow.runtime.commands import CommandError, CommandStore, device_view
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
@@ -181,7 +181,7 @@ class MqttBridge:
     async def _end_feed(self, device: str) -> None:
         task = self._feeds.pop(device, None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Runs in the status subscription's callback: a cancellation of that callback (unsubscribe, the
+            # connection closing) must get through, or nats-py's message loop outlives the subscription.
+            await cancellation.cancel_and_wait(task)
             log.info("device disconnected", device=device, protocol="mqtt")

@@ -18,7 +18,6 @@ one. Commands are pushed as they come due. Backpressure: the next message is rea
 was answered, so a device that outruns JetStream fills its TCP window instead of the gateway's memory."""
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.http import peer_of
 from fleetflow.gateway.intake import DeviceIntake, Peer, mark_refused
 from fleetflow.gateway.sessions import DeviceSessions
-from fleetflow.runtime import codec, httpserver, telemetry
+from fleetflow.runtime import cancellation, codec, httpserver, telemetry
 from fleetflow.runtime.commands import CommandError, CommandStore
 
 log = structlog.get_logger(__name__)
@@ -255,9 +254,7 @@ class _WsSession:
     async def stop_pushing(self) -> None:
         self.stopped.set()
         if self.pusher is not None:
-            self.pusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.pusher
+            await cancellation.cancel_and_wait(self.pusher)
 
     async def replaced(self) -> None:
         await self.stop_pushing()
