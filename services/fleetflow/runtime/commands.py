@@ -17,9 +17,10 @@ reconnects over another protocol) can never deliver the same command twice.
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -162,6 +163,16 @@ def record_key(device: str, command_id: str) -> str:
     return f"{device}.h{hashlib.sha256(command_id.encode()).hexdigest()[:40]}"
 
 
+_sequence = itertools.count()
+
+
+def _ordered_id(created_ms: int) -> str:
+    """32 hex digits that sort as the commands were created (as a UUIDv7 does): the creation time, a counter of
+    this process, then 64 random bits. Lists sort by (created_ms, id), so two commands sent within the same
+    millisecond keep their order."""
+    return f"{created_ms:012x}{next(_sequence) % 0x10000:04x}{secrets.randbits(64):016x}"
+
+
 def new_command(
     fleet: str,
     device: str,
@@ -181,13 +192,14 @@ def new_command(
                            "letters, digits, '_', '=' or '-'")  # fmt: skip
     values = params or {}
     check_params(values)
+    created_ms = now_ms()
     return Command(
-        id=command_id or uuid.uuid4().hex,
+        id=command_id or _ordered_id(created_ms),
         fleet=fleet,
         device=device,
         name=name,
         params=values,
-        created_ms=now_ms(),
+        created_ms=created_ms,
         ttl_ms=ttl_ms,
         source=source,
     )
