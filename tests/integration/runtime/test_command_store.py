@@ -39,3 +39,15 @@ async def test_an_unknown_or_deleted_command_is_not_found(nc: Client) -> None:
     sent = await send_command(js, store, new_command(FLEET, "pump-1", "stop", None, 60_000, source="cli"))
     await store.kv.delete(record_key("pump-1", sent.command.id))
     assert await store.find(sent.command.id) is None
+
+
+async def test_a_device_s_only_command_is_listed_right_after_it_was_sent(nc: Client) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name=f"ff-{FLEET}-commands", subjects=[f"ff.{FLEET}.cmd.>"])
+    store = await CommandStore.open(js, FLEET)
+    for i in range(50):  # each device's first command: the list a watch could end before the entry arrived
+        sent = await send_command(js, store, new_command(FLEET, f"valve-{i}", "open", None, 60_000, source="cli"))
+        assert [r.command.id for r in await store.list(f"valve-{i}")] == [sent.command.id], f"valve-{i}"
+    assert await store.list("valve-none") == []
+    await store.kv.delete(record_key("valve-0", (await store.list("valve-0"))[0].command.id))
+    assert await store.list("valve-0") == []
