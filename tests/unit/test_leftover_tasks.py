@@ -28,7 +28,7 @@ async def test_a_task_that_swallows_its_cancellation_is_named_with_where_it_wait
 
     assert stuck == [stuck_one] and ending.cancelled()
     report = described(stuck)
-    assert "status-callback" in report and "in message_loop" in report and "in get" in report, report
+    assert "status-callback" in report and "<locals>.message_loop\n" in report and "in Queue.get\n" in report, report
     assert stuck_one not in asyncio.all_tasks()  # the loop's close does not wait for it
     messages.put_nowait(None)  # (this test's own clean-up: the task ends)
     await stuck_one
