@@ -7,9 +7,8 @@ the site; another site never receives it."""
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,7 @@ import yaml
 from fleetflow.device.commands import HttpCommands
 from fleetflow.gateway.command_admin import list_records, send
 from fleetflow.local.edgesite import EdgePlatform
-from fleetflow.local.natsserver import nats_server_binary
 from fleetflow.local.platform import LocalPlatform
-from fleetflow.local.ports import free_port
 from fleetflow.local.resources import ResourceSet, load_resources
 from fleetflow.local.sitelinks import leaf_links
 from fleetflow.local.sitelogins import site_password_file
@@ -31,7 +28,7 @@ from fleetflow.runtime import credentials, edgelink, subjects
 from fleetflow.runtime.commands import CommandRecord
 from tests.e2e.test_edge_site import FLEET, SITE, Devices, poll, start_site, telemetry_in_stream, write_yaml
 from tests.support.linkproxy import LinkProxy
-from tests.support.natsserver import wait_for_port
+from tests.support.natsserver import rogue_leaf
 
 pytestmark = pytest.mark.e2e
 DEVICE = "crane-1"
@@ -199,23 +196,6 @@ def two_site_yaml(folder: Path) -> Path:
     documents[0]["spec"]["sites"].append({"name": OTHER_SITE})
     path.write_text(yaml.safe_dump_all(documents))
     return folder
-
-
-@contextlib.contextmanager
-def rogue_leaf(tmp_path: Path, hub_port: int, domain: str, password: str) -> Iterator[str]:
-    """A nats-server logged in to the hub as site `domain`, without the site's denies; yields its client URL."""
-    port = free_port()
-    config = tmp_path / "rogue.conf"
-    config.write_text(f"listen: 127.0.0.1:{port}\n"
-                      f'leafnodes {{ remotes: [ {{ url: "nats://{domain}:{password}@127.0.0.1:{hub_port}" }} ] }}\n')  # fmt: skip
-    process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_port(port)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 async def test_a_site_never_receives_another_sites_device_commands(tmp_path: Path) -> None:

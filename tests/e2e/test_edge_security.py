@@ -5,10 +5,8 @@ revoked site's next connection is refused, and the leaf connection runs over TLS
 
 import asyncio
 import json
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,9 +16,7 @@ from cryptography import x509
 
 from fleetflow.cli.main import main as fleetflow
 from fleetflow.local.edgesite import EdgePlatform
-from fleetflow.local.natsserver import nats_server_binary
 from fleetflow.local.platform import LocalPlatform
-from fleetflow.local.ports import free_port
 from fleetflow.local.resources import ResourceSet, load_resources, site_resources
 from fleetflow.local.sitelinks import leaf_links
 from fleetflow.local.sitelogins import revoked_file, site_password_file
@@ -28,7 +24,7 @@ from fleetflow.runtime import edgelink, subjects
 from tests.e2e.test_edge_site import FLEET, SITE, Devices, poll, write_yaml
 from tests.support.certificates import new_authority
 from tests.support.linkproxy import LinkProxy
-from tests.support.natsserver import wait_for_port
+from tests.support.natsserver import rogue_leaf
 
 pytestmark = pytest.mark.e2e
 DOMAIN = edgelink.site_domain(FLEET, SITE)
@@ -50,33 +46,13 @@ def site_password(centre: LocalPlatform) -> str:
     return site_password_file(centre.data_dir, FLEET, SITE).read_text().strip()
 
 
-@contextmanager
-def rogue_leaf(tmp_path: Path, hub_port: int, password: str) -> Iterator[str]:
-    """A nats-server that logs in to the hub as the site, without the site's denies: what a compromised site
-    could run. Yields the URL its clients publish on."""
-    port = free_port()
-    config = tmp_path / "rogue.conf"
-    config.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f'leafnodes {{ remotes: [ {{ url: "nats://{DOMAIN}:{password}@127.0.0.1:{hub_port}" }} ] }}\n'
-    )
-    process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_port(port)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 async def test_a_site_cannot_publish_into_the_fleets_subjects_at_the_hub(
     tmp_path: Path, hub: tuple[LocalPlatform, ResourceSet]
 ) -> None:
     centre, _ = hub
     assert centre.leafnode_url is not None
     hub_port = int(centre.leafnode_url.rsplit(":", 1)[1])
-    with rogue_leaf(tmp_path, hub_port, site_password(centre)) as rogue_url:
+    with rogue_leaf(tmp_path, hub_port, DOMAIN, site_password(centre)) as rogue_url:
         await poll("the rogue leaf connected", lambda: leaf_links(centre.nats.monitor_url))
         watcher, rogue = await centre._connect(), await nats.connect(rogue_url)
         try:

@@ -45,3 +45,21 @@ def running_nats(store_dir: Path, port: int | None = None, args: Sequence[str] =
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def rogue_leaf(folder: Path, hub_port: int, user: str, password: str) -> Iterator[str]:
+    """A nats-server that logs in to the hub's leaf-node port as `user` (a site), without the denies a real site's
+    config has: what a compromised site could run. Yields the URL its clients publish on."""
+    port = free_port()
+    config = folder / "rogue.conf"
+    config.write_text(f"listen: 127.0.0.1:{port}\n"
+                      f'leafnodes {{ remotes: [ {{ url: "nats://{user}:{password}@127.0.0.1:{hub_port}" }} ] }}\n')  # fmt: skip
+    process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_port(port)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
