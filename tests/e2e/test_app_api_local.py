@@ -16,6 +16,7 @@ import pytest
 
 from fleetflow.runtime import credentials
 from tests.e2e.localplatform import fleetflow_up
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -51,16 +52,6 @@ def send(gateway: str, secret: bytes, device: str, seqs: range) -> None:
         assert response.status == 202
 
 
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout} s")
-
-
 def test_readings_sent_to_the_gateway_come_back_from_the_api_which_heals_on_its_url(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with fleetflow_up(data_dir, QUICKSTART) as platform:
@@ -72,8 +63,8 @@ def test_readings_sent_to_the_gateway_come_back_from_the_api_which_heals_on_its_
         key = fleetflow("api-key", "create", "demo", "--scope", "read", "--data-dir", str(data_dir))
 
         readings = f"{api}/v1/fleets/demo/devices/dev-a/readings?from=-1h&limit=1000"
-        body = wait_for(lambda: (r := get(readings, key))[0] == 200 and len(r[1]["readings"]) == 50 and r[1], 30,
-                        "all 50 readings of dev-a served")  # fmt: skip
+        body = wait_for(lambda: (r := get(readings, key))[0] == 200 and len(r[1]["readings"]) == 50 and r[1],
+                        "all 50 readings of dev-a served", 30)  # fmt: skip
         assert [r["seq"] for r in body["readings"]] == list(range(50, 0, -1))
         assert body["readings"][0]["metrics"] == {"temp": 5.0}
         status, devices = get(f"{api}/v1/fleets/demo/devices", key)
@@ -85,7 +76,7 @@ def test_readings_sent_to_the_gateway_come_back_from_the_api_which_heals_on_its_
         old_pid = json.loads(status_file.read_text())["pid"]
         os.kill(old_pid, signal.SIGKILL)  # a child of the `fleetflow up` this test started
         wait_for(lambda: get(f"{api}/v1/fleets/demo", key)[0] == 200 and status_file.exists()
-                 and json.loads(status_file.read_text())["pid"] != old_pid, 20, "the API back on its URL")  # fmt: skip
+                 and json.loads(status_file.read_text())["pid"] != old_pid, "the API back on its URL", 20)  # fmt: skip
 
         key_id = key.split("_")[1]
         assert key_id in fleetflow("api-key", "list", "demo", "--data-dir", str(data_dir))

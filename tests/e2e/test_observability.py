@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from fleetflow.runtime import credentials
 from tests.e2e.localplatform import RunningPlatform, fleetflow_up
 from tests.support.certificates import new_authority
 from tests.support.otlp import ReceivedSpan, TraceReceiver, otlp_receiver
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COLD_CHAIN = ROOT / "examples" / "cold-chain"
@@ -33,16 +33,6 @@ pytestmark = pytest.mark.e2e
 
 # Export quickly so the test waits on data, not on the SDK's default 5 s / 60 s intervals.
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 async def post(url: str, token: str, readings: list[dict[str, Any]], ca: Path | None = None) -> int:

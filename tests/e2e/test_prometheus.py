@@ -26,7 +26,8 @@ from fleetflow.runtime import credentials
 from tests.e2e.localplatform import RunningPlatform, fleetflow_up
 from tests.e2e.test_observability import send_traffic
 from tests.support.certificates import new_authority
-from tests.support.prometheus import PROMETHEUS, PrometheusApi, prometheus, wait_for
+from tests.support.prometheus import PROMETHEUS, PrometheusApi, prometheus
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COLD_CHAIN = ROOT / "examples" / "cold-chain"

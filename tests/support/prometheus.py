@@ -6,10 +6,9 @@ Tests that use it mark themselves skipped when `PROMETHEUS` is None, never passe
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,9 @@ from typing import Any
 import yaml
 
 from fleetflow.local.ports import free_port
+from tests.support.waiting import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    """The first truthy value of `condition()`, polled; AssertionError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 class PrometheusApi:
