@@ -96,12 +96,35 @@ def test_engine_only_needs_a_directory_with_one_pipeline(tmp_path: Path) -> None
     result = subprocess.run([sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only"],
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 2
-    assert "--engine-only needs --pipeline DIR" in result.stderr
+    assert "--engine-only needs --pipeline PATH..." in result.stderr
     (tmp_path / "fleet.yaml").write_text((COLD_CHAIN / "fleet.yaml").read_text())
     result = subprocess.run([sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only", "--pipeline", str(tmp_path)],
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 2
-    assert f"--pipeline {tmp_path}: found pipelines none; give a directory with exactly one" in result.stderr
+    assert f"--pipeline {tmp_path}: found pipelines none; give files or a directory with exactly one" in result.stderr
+
+
+def test_engine_only_takes_one_pipeline_of_several_by_its_name() -> None:
+    edge_depot = COLD_CHAIN.parent / "edge-depot"
+    result = subprocess.run([sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only", "--pipeline",
+                             str(edge_depot)], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert "found pipelines depot-central, depot-edge; give files or a directory with exactly one" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only", "--pipeline",
+                             str(edge_depot), "--pipeline-name", "depot"], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        "--pipeline-name 'depot': no such pipeline in" in result.stderr
+        and "found depot-central, depot-edge" in result.stderr
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetflow.cli", "bench", "--engine-only", "--pipeline", str(edge_depot / "fleet.yaml"),
+         *map(str, edge_depot.glob("pipeline-*.yaml")), "--pipeline-name", "depot-edge", "--devices", "10", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["pipeline"] == "depot-edge" and report["outputs_identical"] is True
 
 
 def test_a_small_api_bench_run_gets_every_answer_whole() -> None:

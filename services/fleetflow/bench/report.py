@@ -25,7 +25,7 @@ def summary(result: BenchResult) -> dict[str, Any]:
             "rate": result.options.rate or "max",
             "processors": result.options.processors,
             "store": "cassandra" if result.options.cassandra else "sqlite",
-            "pipeline": str(result.options.pipeline_dir) if result.options.pipeline_dir else "no steps",
+            "pipeline": " ".join(map(str, result.options.pipeline_paths)) or "no steps",
             "durability": result.options.durability,
         },
         "durability": DURABILITY[result.options.durability],

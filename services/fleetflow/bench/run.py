@@ -5,6 +5,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ class BenchOptions:
     baseline_seconds: float = 5.0
     data_dir: Path | None = None
     cassandra: str | None = None  # host:port of an external Cassandra
-    pipeline_dir: Path | None = None  # a user's or example's fleet and pipeline; None: no steps
+    pipeline_paths: tuple[Path, ...] = ()  # files or dirs of a user's or example's fleet and pipeline; () no steps
+    pipeline_name: str | None = None  # which pipeline of pipeline_paths, when they hold several
     durability: str = "default"  # a key of DURABILITY
 
 
@@ -51,17 +53,27 @@ class BenchSetupError(ValueError):
     """The bench cannot run what it was given; the message says what and what it accepts."""
 
 
-def user_pipeline(directory: Path) -> tuple[DeviceFleet, Pipeline]:
-    """The one pipeline in `directory` and its fleet; BenchSetupError if there is not exactly one, with its fleet."""
-    resources = load_resources([directory])
-    if len(resources.pipelines) != 1:
-        found = ", ".join(sorted(resources.pipelines)) or "none"
-        raise BenchSetupError(f"--pipeline {directory}: found pipelines {found}; give a directory with exactly one")
-    [pipeline] = resources.pipelines.values()
+def user_pipeline(paths: Sequence[Path], name: str | None = None) -> tuple[DeviceFleet, Pipeline]:
+    """The pipeline in `paths` (files or directories), the one there or the one called `name`, and its fleet;
+    BenchSetupError if that does not single one out, or its fleet is not there."""
+    given = " ".join(str(path) for path in paths)
+    resources = load_resources(list(paths))
+    found = ", ".join(sorted(resources.pipelines)) or "none"
+    if name is not None:
+        if name not in resources.pipelines:
+            raise BenchSetupError(f"--pipeline-name {name!r}: no such pipeline in {given}; found {found}")
+        pipeline = resources.pipelines[name]
+    elif len(resources.pipelines) == 1:
+        [pipeline] = resources.pipelines.values()
+    else:
+        raise BenchSetupError(
+            f"--pipeline {given}: found pipelines {found}; give files or a directory with exactly one, "
+            "or pick one with --pipeline-name"
+        )
     if pipeline.fleet not in resources.fleets:
         raise BenchSetupError(
-            f"--pipeline {directory}: pipeline {pipeline.name} belongs to fleet {pipeline.fleet!r}, which is not "
-            "in that directory; put its DeviceFleet beside it"
+            f"--pipeline {given}: pipeline {pipeline.name} belongs to fleet {pipeline.fleet!r}, which is not "
+            "among them; give its DeviceFleet too"
         )
     return resources.fleets[pipeline.fleet], pipeline
 
@@ -69,9 +81,10 @@ def user_pipeline(directory: Path) -> tuple[DeviceFleet, Pipeline]:
 def bench_resources(options: BenchOptions) -> ResourceSet:
     fleet_spec: dict[str, Any] = {}
     pipeline_spec: dict[str, Any] = {}
-    if options.pipeline_dir is not None:  # renamed to the bench's fleet; its devices, labels and steps as they are
-        user_fleet, user = user_pipeline(options.pipeline_dir)
+    if options.pipeline_paths:  # renamed to the bench's fleet; its devices, labels and steps as they are
+        user_fleet, user = user_pipeline(options.pipeline_paths, options.pipeline_name)
         fleet_spec, pipeline_spec = user_fleet.to_k8s()["spec"], user.to_k8s()["spec"]
+        fleet_spec.pop("sites", None)  # the bench runs the centre alone: no edge site, none of their pipelines
     fleet = DeviceFleet.model_validate(
         {
             "metadata": {"name": FLEET},
@@ -216,7 +229,7 @@ async def _measure(platform: LocalPlatform, options: BenchOptions) -> BenchResul
 
 def _devices(platform: LocalPlatform, options: BenchOptions) -> tuple[list[str], BodyMaker]:
     """The devices' ids and readings: for a user pipeline, ids and metrics its rules and expressions expect."""
-    if options.pipeline_dir is None:
+    if not options.pipeline_paths:
         return [f"d{i:05d}" for i in range(options.devices)], plain_body
     fleet = platform.resources.fleets[FLEET]
     generated = {d.device: d for d in generated_devices(fleet, options.devices, int(time.time() * 1000))}

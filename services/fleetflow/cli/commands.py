@@ -151,6 +151,8 @@ def bench(args: argparse.Namespace) -> int:
     from fleetflow.bench.run import BenchOptions, BenchSetupError, run_bench
     from fleetflow.runtime.service import use_uvloop
 
+    if args.pipeline_name is not None and not args.pipeline:
+        raise UsageError(f"--pipeline-name {args.pipeline_name!r} needs --pipeline PATH..., the files that hold it")
     if args.commands:
         return bench_commands(args)
     if args.engine_only:
@@ -160,9 +162,10 @@ def bench(args: argparse.Namespace) -> int:
     rate = None if args.rate == "max" else _rate(args.rate)
     if args.cassandra and not re.fullmatch(r"[^:\s]+(:[0-9]{1,5})?", args.cassandra):
         raise UsageError(f"--cassandra {args.cassandra!r}: use HOST or HOST:PORT")
+    paths = tuple(args.pipeline or ())
     options = BenchOptions(args.devices, args.batch, args.protocol, args.duration, args.warmup, rate,
-                           args.processors, args.baseline_seconds, args.data_dir, args.cassandra, args.pipeline,
-                           args.durability)  # fmt: skip
+                           args.processors, args.baseline_seconds, args.data_dir, args.cassandra, paths,
+                           args.pipeline_name, args.durability)  # fmt: skip
     os.umask(private.UMASK)  # as `fleetflow up`
     use_uvloop()  # the devices share the two cores with the platform: their CPU counts
     try:
@@ -187,9 +190,9 @@ def _bench_engine(args: argparse.Namespace) -> int:
     from fleetflow.bench.run import BenchSetupError, user_pipeline
 
     if args.pipeline is None:
-        raise UsageError("--engine-only needs --pipeline DIR, the pipeline whose steps to measure")
+        raise UsageError("--engine-only needs --pipeline PATH..., the pipeline whose steps to measure")
     try:
-        fleet, pipeline = user_pipeline(args.pipeline)
+        fleet, pipeline = user_pipeline(args.pipeline, args.pipeline_name)
     except BenchSetupError as exc:
         raise UsageError(str(exc)) from None
     result = measure_engine(fleet, pipeline, EngineOptions(devices=args.devices, batch=args.batch))

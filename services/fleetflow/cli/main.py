@@ -301,9 +301,11 @@ def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     bench.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     bench.add_argument("--commands", action="store_true",
                        help="instead: hold --devices gRPC devices on one gateway and send each a command")  # fmt: skip
-    bench.add_argument("--pipeline", type=Path, metavar="DIR",
-                       help="run the pipeline (and its fleet) in DIR, e.g. examples/cold-chain "
-                       "(default: no steps)")  # fmt: skip
+    bench.add_argument("--pipeline", type=Path, nargs="+", metavar="PATH",
+                       help="run the one pipeline (and its fleet) in these files or directories, e.g. "
+                       "examples/cold-chain (default: no steps)")  # fmt: skip
+    bench.add_argument("--pipeline-name", metavar="NAME",
+                       help="with --pipeline: which pipeline, when the paths hold several")  # fmt: skip
     bench.add_argument("--engine-only", action="store_true",
                        help="with --pipeline: measure only its step engine, in this process: readings/s per core, "
                        "per step")  # fmt: skip
