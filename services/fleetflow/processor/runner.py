@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from opentelemetry.metrics import Meter
-from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context, use_span
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
@@ -225,15 +225,9 @@ class Runner:
                 await self.dead_letters.send(msg, f"not a telemetry batch: {exc}")
                 self.engine.state.applied_seq = seq
                 continue
-            attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
-                          "fleetflow.readings": len(batch.readings)}  # fmt: skip
-            with self.tracer.start_as_current_span(
-                f"process {self.pipeline}", telemetry.extract(msg.headers), SpanKind.CONSUMER, attributes
-            ):
-                out = self.engine.process(batch, now_ms)
-                trace = telemetry.inject({})
+            out, trace = self._process(msg, batch, now_ms)
             tally.add(batch, out)
-            outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out, trace)
+            outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out, trace, (batch, msg.data))
             self.engine.state.applied_seq = seq
         self._count(tally)
         await self.publish(outgoing)
@@ -243,6 +237,20 @@ class Runner:
                     await msg.ack()
                 except nats.errors.Error as exc:  # redelivered later, then skipped as already applied
                     log.warning("could not ack input", error=str(exc), subject=msg.subject)
+
+    def _process(self, msg: Msg, batch: codec.ReadingBatch, now_ms: int) -> tuple[Outputs, dict[str, str]]:
+        """Run `batch` through the engine in a CONSUMER span; its outputs and the trace headers they carry."""
+        attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
+                      "fleetflow.readings": len(batch.readings)}  # fmt: skip
+        span = self.tracer.start_span(
+            f"process {self.pipeline}", telemetry.extract(msg.headers), SpanKind.CONSUMER, attributes
+        )
+        if span.is_recording():
+            with use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+                return self.engine.process(batch, now_ms), telemetry.inject({})
+        # Not sampled: nothing will see the span, but its trace goes on with the outputs. Making it current
+        # and injecting from there cost more than the rest of the span's work together.
+        return self.engine.process(batch, now_ms), telemetry.headers_of(span.get_span_context())
 
     async def tick(self) -> None:
         """Close idle windows and checkpoint, each on its own interval."""
@@ -283,27 +291,38 @@ class Runner:
         # One PRODUCER span per output of a traced input, a child of the span that produced it, open until
         # JetStream acks it; the message carries the PRODUCER span's context, so the writer continues from there.
         # (Windows closed by the clock have no input, so no trace to continue.)
-        spans = {id(m): self._send_span(m) for m in messages if m.trace}
+        spans: dict[int, Span] = {}
+        headers = {id(m): self._headers(m, spans) for m in messages}
         try:
-            await self._publish_attempts(messages, spans)
+            await self._publish_attempts(messages, spans, headers)
         finally:
             for span in spans.values():
                 span.end()
+
+    def _headers(self, message: records.Message, spans: dict[int, Span]) -> dict[str, str]:
+        """The headers `message` is sent with, every attempt; its PRODUCER span goes into `spans`.
+
+        An output of an unsampled span would get an unsampled PRODUCER span (see telemetry.unsampled), which
+        records nothing: it gets the headers that span would inject, without the span."""
+        headers = message.headers
+        if not message.trace:
+            return headers
+        if telemetry.unsampled(headers):
+            return telemetry.unsampled_child(headers)
+        span = spans[id(message)] = self._send_span(message)
+        return telemetry.inject(headers, set_span_in_context(span))
 
     def _send_span(self, message: records.Message) -> Span:
         attributes = telemetry.producer_attributes(message.subject, message.msg_id)
         name = f"send {message.subject.rsplit('.', 1)[0]}"
         return self.tracer.start_span(name, telemetry.extract(dict(message.trace)), SpanKind.PRODUCER, attributes)
 
-    async def _publish_attempts(self, messages: list[records.Message], spans: dict[int, Span]) -> None:
+    async def _publish_attempts(
+        self, messages: list[records.Message], spans: dict[int, Span], headers: dict[int, dict[str, str]]
+    ) -> None:
         remaining = messages
-
-        def headers(m: records.Message) -> dict[str, str]:
-            span = spans.get(id(m))
-            return telemetry.inject(m.headers, set_span_in_context(span)) if span else m.headers
-
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            results = await self._publish_all(remaining, headers)
+            results = await self._publish_all(remaining, lambda m: headers[id(m)])
             failed = []
             published: Counter[tuple[str, bool]] = Counter()
             for message, result in zip(remaining, results, strict=True):
