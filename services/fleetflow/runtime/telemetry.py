@@ -214,9 +214,10 @@ _SAMPLED_BIT_CLEAR = "02468ace"  # the flags' last hex digit when bit 0 (sampled
 
 
 def unsampled(headers: Mapping[str, str]) -> bool:
-    """True if `headers` carry a version 00 traceparent whose sampled flag is clear. A span whose parent is not
-    sampled is dropped by the parent-based sampler fleetflow configures and by every sampler OTEL_TRACES_SAMPLER
-    can name (always_on would have sampled the parent; traceidratio decides the same for the same trace id)."""
+    """True if `headers` carry a version 00 traceparent whose sampled flag is clear. A child of that span is not
+    recorded with the sampler fleetflow configures nor with any the SDK offers by name in OTEL_TRACES_SAMPLER:
+    the parent-based ones follow the parent, always_on would have sampled the parent too, and traceidratio
+    decides the same for the same trace id."""
     found = headers.get("traceparent", "")
     return len(found) == _TRACEPARENT_LENGTH and found.startswith("00-") and found[-1] in _SAMPLED_BIT_CLEAR
 
