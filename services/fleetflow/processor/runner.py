@@ -32,7 +32,7 @@ from fleetflow.processor.engine import Outputs, error_reasons, step_outcomes
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.acks import Ack, AckedPublisher
-from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
+from fleetflow.runtime.consumer import DeadLetters, redelivery_delay, stream_sequence
 
 log = structlog.get_logger(__name__)
 
@@ -62,10 +62,12 @@ class FetchTally:
     def add(self, batch: codec.ReadingBatch, out: Outputs) -> None:
         self.processed += 1
         self.removed += len(batch.readings) - sum(len(kept.readings) for kept in out.readings)
-        self.outputs.counts.update(out.counts)
-        self.outputs.errors.update(out.errors)
-        for key, example in out.error_examples.items():
-            self.outputs.error_examples.setdefault(key, example)
+        if out.counts:  # none without steps; an empty update still costs a Counter.update call
+            self.outputs.counts.update(out.counts)
+        if out.errors:
+            self.outputs.errors.update(out.errors)
+            for key, example in out.error_examples.items():
+                self.outputs.error_examples.setdefault(key, example)
 
 
 class PublishFailed(Exception):
@@ -210,7 +212,7 @@ class Runner:
         now_ms = self._now_ms()
         tally = FetchTally()  # metrics are added once per fetch: an OpenTelemetry add costs microseconds
         for msg in msgs:
-            seq = msg.metadata.sequence.stream if msg.metadata else 0
+            seq = stream_sequence(msg)
             if seq <= self.engine.state.applied_seq:
                 self.batches.add(1, {"outcome": "already_applied"})
                 continue
