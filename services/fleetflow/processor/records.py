@@ -37,38 +37,41 @@ def subject_token(group: str) -> str:
 
 
 def messages(
-    fleet: str, pipeline: str, input_id: str | None, out: Outputs, trace: dict[str, str] | None = None
+    fleet: str,
+    pipeline: str,
+    input_id: str | None,
+    out: Outputs,
+    trace: dict[str, str] | None = None,
+    received: tuple[codec.ReadingBatch, bytes] | None = None,
 ) -> list[Message]:
     """The messages of one input's outputs (input_id None for outputs of the idle timer), each carrying the
-    `trace` headers, so one trace follows a batch from the device to the stored rows."""
-    found = _messages(fleet, pipeline, input_id, out)
-    if not trace:
-        return found
-    carried = tuple(trace.items())
-    return [Message(m.subject, m.data, m.msg_id, m.record, carried) for m in found]
+    `trace` headers, so one trace follows a batch from the device to the stored rows.
 
-
-def _messages(fleet: str, pipeline: str, input_id: str | None, out: Outputs) -> list[Message]:
+    `received` is the input batch and the bytes it was decoded from. A readings output that is that very
+    object (a pipeline without steps forwards its input) is sent as those bytes instead of being encoded
+    again: they decode to the same batch, which is all the writer (or a hub's writer) does with them, and for
+    what the gateway sends they are the same bytes (codec.encode is canonical)."""
+    carried = tuple(trace.items()) if trace else ()
     found: list[Message] = []
     for batch in out.readings:
-        found.append(Message(subjects.pipeline_subject(fleet, pipeline, "readings", batch.device),
-                             codec.encode(batch), f"{pipeline}/readings/{input_id}", "readings"))  # fmt: skip
+        data = received[1] if received is not None and batch is received[0] else codec.encode(batch)
+        found.append(Message(subjects.pipeline_subject(fleet, pipeline, "readings", batch.device), data,
+                             f"{pipeline}/readings/{input_id}", "readings", carried))  # fmt: skip
     for step, readings in out.late.items():
         late = codec.ReadingBatch(fleet=fleet, device=out.device, readings=readings, received_ms=out.received_ms)
         subject = subjects.pipeline_subject(fleet, pipeline, "late", out.device)
-        found.append(Message(subject, codec.encode(late), f"{pipeline}/late/{step}/{input_id}", "late"))
+        found.append(Message(subject, codec.encode(late), f"{pipeline}/late/{step}/{input_id}", "late", carried))
     for agg in out.aggregates:
         msg_id = f"{pipeline}/aggregates/{agg.step}/{agg.group}/{agg.metric}/{agg.window_start_ms}"
         subject = subjects.pipeline_subject(fleet, pipeline, "aggregates", subject_token(agg.group))
-        found.append(Message(subject, codec.encode(agg), msg_id, "aggregates"))
+        found.append(Message(subject, codec.encode(agg), msg_id, "aggregates", carried))
     for event in out.alerts:
         msg_id = f"{pipeline}/alerts/{event.rule}/{event.device}/{event.ts_ms}/{event.state}"
         body = codec.encode(event)
-        found.append(
-            Message(subjects.pipeline_subject(fleet, pipeline, "alerts", event.device), body, msg_id, "alerts")
-        )
-        found.append(Message(subjects.alert_subject(fleet, event.device), body, msg_id, "alert-events"))
+        found.append(Message(subjects.pipeline_subject(fleet, pipeline, "alerts", event.device), body, msg_id,
+                             "alerts", carried))  # fmt: skip
+        found.append(Message(subjects.alert_subject(fleet, event.device), body, msg_id, "alert-events", carried))
     for command in out.commands:
         found.append(Message(subjects.command_subject(fleet, command.device), codec.encode(command), command.id,
-                             "commands"))  # fmt: skip
+                             "commands", carried))  # fmt: skip
     return found

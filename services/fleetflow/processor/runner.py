@@ -19,9 +19,9 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.metrics import Meter
-from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context, use_span
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor import records
@@ -31,12 +31,13 @@ from fleetflow.processor.compiler import CompiledPipeline
 from fleetflow.processor.engine import Outputs, error_reasons, step_outcomes
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
-from fleetflow.runtime.consumer import DeadLetters, redelivery_delay
+from fleetflow.runtime.acks import Ack, AckedPublisher
+from fleetflow.runtime.consumer import DeadLetters, redelivery_delay, stream_sequence
 
 log = structlog.get_logger(__name__)
 
 PUBLISH_ATTEMPTS = 8
-PUBLISH_CHUNK = 512  # below publish_async's 4,000 pending acks, so a chunk never waits for room
+PUBLISH_CHUNK = 512  # outputs in flight at once: bounds what one wait for acks holds, and retries
 PUBLISH_TIMEOUT = 10.0
 ADVANCE_INTERVAL = 1.0
 # A checkpoint encodes the whole state and blocks the loop while it does; with a big state (long dedupe
@@ -61,20 +62,16 @@ class FetchTally:
     def add(self, batch: codec.ReadingBatch, out: Outputs) -> None:
         self.processed += 1
         self.removed += len(batch.readings) - sum(len(kept.readings) for kept in out.readings)
-        self.outputs.counts.update(out.counts)
-        self.outputs.errors.update(out.errors)
-        for key, example in out.error_examples.items():
-            self.outputs.error_examples.setdefault(key, example)
+        if out.counts:  # none without steps; an empty update still costs a Counter.update call
+            self.outputs.counts.update(out.counts)
+        if out.errors:
+            self.outputs.errors.update(out.errors)
+            for key, example in out.error_examples.items():
+                self.outputs.error_examples.setdefault(key, example)
 
 
 class PublishFailed(Exception):
     """Outputs could not be published after retries; the process must restart from its checkpoint."""
-
-
-def _ack_or_error(future: asyncio.Future[PubAck]) -> PubAck | BaseException:
-    if future.cancelled():
-        return TimeoutError(f"no ack from JetStream within {PUBLISH_TIMEOUT} s")
-    return future.exception() or future.result()
 
 
 def input_id(msg: Msg) -> str:
@@ -99,6 +96,7 @@ class Runner:
         clock: Callable[[], float] = time.time,
     ):
         self.js, self.compiled, self.replica = js, compiled, replica
+        self.acks = AckedPublisher(js._nc)  # the context's connection: outputs are published on it
         self.fleet, self.pipeline = fleet.name, pipeline.name
         self.stream = subjects.telemetry_stream(fleet.name)
         self.durable = subjects.processor_consumer(pipeline.name, replica)
@@ -214,7 +212,7 @@ class Runner:
         now_ms = self._now_ms()
         tally = FetchTally()  # metrics are added once per fetch: an OpenTelemetry add costs microseconds
         for msg in msgs:
-            seq = msg.metadata.sequence.stream if msg.metadata else 0
+            seq = stream_sequence(msg)
             if seq <= self.engine.state.applied_seq:
                 self.batches.add(1, {"outcome": "already_applied"})
                 continue
@@ -225,15 +223,9 @@ class Runner:
                 await self.dead_letters.send(msg, f"not a telemetry batch: {exc}")
                 self.engine.state.applied_seq = seq
                 continue
-            attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
-                          "fleetflow.readings": len(batch.readings)}  # fmt: skip
-            with self.tracer.start_as_current_span(
-                f"process {self.pipeline}", telemetry.extract(msg.headers), SpanKind.CONSUMER, attributes
-            ):
-                out = self.engine.process(batch, now_ms)
-                trace = telemetry.inject({})
+            out, trace = self._process(msg, batch, now_ms)
             tally.add(batch, out)
-            outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out, trace)
+            outgoing += records.messages(self.fleet, self.pipeline, input_id(msg), out, trace, (batch, msg.data))
             self.engine.state.applied_seq = seq
         self._count(tally)
         await self.publish(outgoing)
@@ -243,6 +235,20 @@ class Runner:
                     await msg.ack()
                 except nats.errors.Error as exc:  # redelivered later, then skipped as already applied
                     log.warning("could not ack input", error=str(exc), subject=msg.subject)
+
+    def _process(self, msg: Msg, batch: codec.ReadingBatch, now_ms: int) -> tuple[Outputs, dict[str, str]]:
+        """Run `batch` through the engine in a CONSUMER span; its outputs and the trace headers they carry."""
+        attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
+                      "fleetflow.readings": len(batch.readings)}  # fmt: skip
+        span = self.tracer.start_span(
+            f"process {self.pipeline}", telemetry.extract(msg.headers), SpanKind.CONSUMER, attributes
+        )
+        if span.is_recording():
+            with use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+                return self.engine.process(batch, now_ms), telemetry.inject({})
+        # Not sampled: nothing will see the span, but its trace goes on with the outputs. Making it current
+        # and injecting from there cost more than the rest of the span's work together.
+        return self.engine.process(batch, now_ms), telemetry.headers_of(span.get_span_context())
 
     async def tick(self) -> None:
         """Close idle windows and checkpoint, each on its own interval."""
@@ -283,27 +289,38 @@ class Runner:
         # One PRODUCER span per output of a traced input, a child of the span that produced it, open until
         # JetStream acks it; the message carries the PRODUCER span's context, so the writer continues from there.
         # (Windows closed by the clock have no input, so no trace to continue.)
-        spans = {id(m): self._send_span(m) for m in messages if m.trace}
+        spans: dict[int, Span] = {}
+        headers = {id(m): self._headers(m, spans) for m in messages}
         try:
-            await self._publish_attempts(messages, spans)
+            await self._publish_attempts(messages, spans, headers)
         finally:
             for span in spans.values():
                 span.end()
+
+    def _headers(self, message: records.Message, spans: dict[int, Span]) -> dict[str, str]:
+        """The headers `message` is sent with, every attempt; its PRODUCER span goes into `spans`.
+
+        An output of an unsampled span would get an unsampled PRODUCER span (see telemetry.unsampled), which
+        records nothing: it gets the headers that span would inject, without the span."""
+        headers = message.headers
+        if not message.trace:
+            return headers
+        if telemetry.unsampled(headers):
+            return telemetry.unsampled_child(headers)
+        span = spans[id(message)] = self._send_span(message)
+        return telemetry.inject(headers, set_span_in_context(span))
 
     def _send_span(self, message: records.Message) -> Span:
         attributes = telemetry.producer_attributes(message.subject, message.msg_id)
         name = f"send {message.subject.rsplit('.', 1)[0]}"
         return self.tracer.start_span(name, telemetry.extract(dict(message.trace)), SpanKind.PRODUCER, attributes)
 
-    async def _publish_attempts(self, messages: list[records.Message], spans: dict[int, Span]) -> None:
+    async def _publish_attempts(
+        self, messages: list[records.Message], spans: dict[int, Span], headers: dict[int, dict[str, str]]
+    ) -> None:
         remaining = messages
-
-        def headers(m: records.Message) -> dict[str, str]:
-            span = spans.get(id(m))
-            return telemetry.inject(m.headers, set_span_in_context(span)) if span else m.headers
-
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            results = await self._publish_all(remaining, headers)
+            results = await self._publish_all(remaining, lambda m: headers[id(m)])
             failed = []
             published: Counter[tuple[str, bool]] = Counter()
             for message, result in zip(remaining, results, strict=True):
@@ -326,25 +343,13 @@ class Runner:
 
     async def _publish_all(
         self, messages: list[records.Message], headers: Callable[[records.Message], dict[str, str]]
-    ) -> list[PubAck | BaseException]:
+    ) -> list[Ack | BaseException]:
         """Send every message, then wait for their acks together: each one's ack, or why it has none.
 
-        publish_async sends without a task per message and resolves each ack from one reply subscription;
-        a task per request/reply publish cost the processor about 40 % more CPU per message."""
-        acks: list[asyncio.Future[PubAck] | BaseException] = []
-        for m in messages:
-            try:
-                acks.append(await self.js.publish_async(m.subject, m.data, headers=headers(m)))
-            except Exception as exc:  # not sent (disconnected, draining, ...): retried with the rest, as any failure
-                acks.append(exc)
-        waiting = [ack for ack in acks if isinstance(ack, asyncio.Future)]
-        try:
-            if waiting:
-                await asyncio.wait(waiting, timeout=PUBLISH_TIMEOUT)
-        finally:
-            for future in waiting:
-                future.cancel()  # those still without an ack (a timeout, or we are cancelled) free their place
-        return [ack if isinstance(ack, BaseException) else _ack_or_error(ack) for ack in acks]
+        One reply subscription resolves every ack, without a task per message; nats-py's publish_async, which
+        did the same before, also paid a NUID, os.urandom, asyncio.wait_for and a JSON decode per message."""
+        sent = await self.acks.publish_all(((m.subject, m.data, headers(m)) for m in messages), PUBLISH_TIMEOUT)
+        return [TimeoutError(f"no ack from JetStream within {PUBLISH_TIMEOUT} s") if s is None else s for s in sent]
 
     def _count(self, tally: FetchTally) -> None:
         if tally.processed:

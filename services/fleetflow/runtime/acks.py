@@ -1,4 +1,4 @@
-"""JetStream publishes that wait for their ack, for a service that sends one message per request (the gateway).
+"""JetStream publishes that wait for their ack: one message per request (the gateway) or many at once (the processor).
 
 nats-py's `js.publish` is a request/reply: per message a NUID and two bytes from `os.urandom` for the reply
 subject, `asyncio.wait_for`, the standard library's JSON decoder and a PubAck built field by field. Here the
@@ -9,6 +9,7 @@ JetStream refuses the message, and whatever `Client.publish` raises (MaxPayloadE
 
 import asyncio
 import itertools
+from collections.abc import Iterable
 
 import msgspec
 import nats.errors
@@ -63,10 +64,52 @@ class AckedPublisher:
                 self._inbox = inbox
         return self._inbox
 
+    async def publish_all(
+        self, messages: Iterable[tuple[str, bytes, dict[str, str]]], timeout: float
+    ) -> list[Ack | Exception | None]:
+        """Publish every (subject, payload, headers), then wait up to `timeout` seconds for all their acks
+        together, for a service that sends many at once (the processor). For each message its Ack, the error
+        `publish` would raise for it, or None if no answer came in time. Every answer a message was waiting for
+        is forgotten when this returns, answered or not."""
+        inbox = self._inbox or await self._subscribe()
+        loop = asyncio.get_running_loop()
+        tokens: list[str] = []
+        sent: list[asyncio.Future[Msg] | Exception] = []
+        try:
+            for subject, payload, headers in messages:
+                token = str(next(self._tokens))
+                tokens.append(token)
+                answer: asyncio.Future[Msg] = loop.create_future()
+                self._waiting[token] = answer
+                try:
+                    await self.nc.publish(subject, payload, reply=inbox + token, headers=headers)
+                except Exception as exc:  # not sent (disconnected, draining, too large): the caller decides
+                    sent.append(exc)
+                else:
+                    sent.append(answer)
+            waiting = [answer for answer in sent if isinstance(answer, asyncio.Future)]
+            if waiting:
+                await asyncio.wait(waiting, timeout=timeout)
+        finally:
+            for token in tokens:
+                del self._waiting[token]
+        return [_outcome(answer) for answer in sent]
+
     async def _answered(self, msg: Msg) -> None:
         answer = self._waiting.get(msg.subject[len(self._inbox) :])
         if answer is not None and not answer.done():  # else its publish timed out or was cancelled
             answer.set_result(msg)
+
+
+def _outcome(answer: "asyncio.Future[Msg] | Exception") -> Ack | Exception | None:
+    if isinstance(answer, Exception):
+        return answer
+    if not answer.done():
+        return None
+    try:
+        return _ack_of(answer.result())
+    except Exception as exc:  # JetStream refused it, or no stream takes its subject
+        return exc
 
 
 def _ack_of(msg: Msg) -> Ack:

@@ -38,6 +38,25 @@ class Failure:
 
 Handler = Callable[[Sequence[Msg]], Awaitable[Sequence[Failure | None]]]
 
+# A delivered message's reply subject, as nats-server writes it (JetStream's ADR-15) and nats-py reads it:
+# v1 $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>, 9 tokens;
+# v2 $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>..., 11 tokens or more.
+_V1_TOKENS, _V1_STREAM_SEQ = 9, 5
+_V2_MIN_TOKENS, _V2_STREAM_SEQ = 11, 7
+
+
+def stream_sequence(msg: Msg) -> int:
+    """`msg.metadata.sequence.stream`, read from the one token of the reply subject that holds it: nats-py's
+    metadata parses every field, a datetime and two dataclasses, per message. A reply subject that is not a
+    JetStream ack subject gets nats-py's answer (its error)."""
+    tokens = (msg.reply or "").split(".")
+    if tokens[0] == "$JS" and len(tokens) > 1 and tokens[1] == "ACK":
+        if len(tokens) == _V1_TOKENS:
+            return int(tokens[_V1_STREAM_SEQ])
+        if len(tokens) >= _V2_MIN_TOKENS:
+            return int(tokens[_V2_STREAM_SEQ])
+    return msg.metadata.sequence.stream
+
 
 def redelivery_delay(attempt: int) -> float:
     """Capped exponential backoff: 0.5 s, 1 s, 2 s ... 30 s."""

@@ -2,6 +2,7 @@
 W3C context rides in NATS headers, and the resource that says which service, fleet, pipeline and pod."""
 
 import os
+import random
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 
@@ -193,6 +194,45 @@ def inject(headers: dict[str, str], context: Context | None = None) -> dict[str,
     return headers
 
 
+def headers_of(span_context: trace.SpanContext) -> dict[str, str]:
+    """What inject() writes for a span with `span_context`, without making the span current first (the
+    processor's hot path, where an unrecorded span is never made current)."""
+    if span_context == trace.INVALID_SPAN_CONTEXT:
+        return {}
+    headers = {
+        "traceparent": f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    }
+    if span_context.trace_state:
+        headers["tracestate"] = span_context.trace_state.to_header()
+    return headers
+
+
+# A W3C traceparent of version 00: "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>".
+_TRACEPARENT_LENGTH = 55
+_SPAN_ID = slice(36, 52)
+_SAMPLED_BIT_CLEAR = "02468ace"  # the flags' last hex digit when bit 0 (sampled) is 0
+
+
+def unsampled(headers: Mapping[str, str]) -> bool:
+    """True if `headers` carry a version 00 traceparent whose sampled flag is clear. A child of that span is not
+    recorded with the sampler fleetflow configures nor with any the SDK offers by name in OTEL_TRACES_SAMPLER:
+    the parent-based ones follow the parent, always_on would have sampled the parent too, and traceidratio
+    decides the same for the same trace id."""
+    found = headers.get("traceparent", "")
+    return len(found) == _TRACEPARENT_LENGTH and found.startswith("00-") and found[-1] in _SAMPLED_BIT_CLEAR
+
+
+def unsampled_child(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` (with an unsampled traceparent, see unsampled()) now naming a new span of the same trace: what
+    inject() would write for a child span the sampler dropped, without building that span."""
+    span_id = 0
+    while not span_id:  # as the SDK's RandomIdGenerator: a random 64-bit id, never the invalid 0
+        span_id = random.getrandbits(64)
+    parent = headers["traceparent"]
+    headers["traceparent"] = f"{parent[: _SPAN_ID.start]}{span_id:016x}{parent[_SPAN_ID.stop :]}"
+    return headers
+
+
 def extract(headers: Mapping[str, str] | None) -> Context:
     """The trace context a message or request carries; an empty context when it carries none."""
     return _PROPAGATOR.extract(dict(headers or {}))
@@ -238,6 +278,7 @@ __all__ = [
     "configure",
     "consumer_attributes",
     "extract",
+    "headers_of",
     "inject",
     "link_to",
     "producer_attributes",
@@ -246,5 +287,7 @@ __all__ = [
     "series_labels",
     "shutdown",
     "tracer",
+    "unsampled",
+    "unsampled_child",
     "version",
 ]

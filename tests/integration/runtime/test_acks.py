@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
-from fleetflow.runtime.acks import AckedPublisher
+from fleetflow.runtime.acks import Ack, AckedPublisher
 from tests.support.natsserver import NatsServer
 
 
@@ -52,3 +52,25 @@ async def test_no_answer_is_a_timeout_and_a_later_answer_goes_nowhere(nc: Client
     late = await silent.next_msg(timeout=1)
     await nc.publish(late.reply, b'{"stream":"T","seq":1}')  # answers the abandoned publish: ignored
     assert (await acks.publish("t.a", b"x", {}, 5.0)).seq == 1
+
+
+async def test_publishing_many_at_once_gives_each_its_ack_or_the_error_publish_would_raise(nc: Client) -> None:
+    silent = await nc.subscribe("q.silent")
+    acks = AckedPublisher(nc)
+    messages = [("t.a", b"x", {"Nats-Msg-Id": "m1"}), ("elsewhere.a", b"x", {}), ("t.a", b"x" * 2000, {}),
+                ("q.silent", b"x", {}), ("t.a", b"y", {"Nats-Msg-Id": "m1"}), ("t.b", b"z", {})]  # fmt: skip
+    first, nowhere, too_large, unanswered, duplicate, last = await acks.publish_all(messages, 0.5)
+    assert isinstance(first, Ack) and isinstance(duplicate, Ack) and isinstance(last, Ack)
+    assert (first.seq, first.duplicate, duplicate.seq, duplicate.duplicate, last.seq) == (1, False, 1, True, 2)
+    assert isinstance(nowhere, NoStreamResponseError)
+    assert isinstance(too_large, APIError) and too_large.err_code == 10054
+    assert unanswered is None
+    late = await silent.next_msg(timeout=1)
+    await nc.publish(late.reply, b'{"stream":"T","seq":1}')  # answers the abandoned publish: ignored
+    assert (await acks.publish_all([("t.c", b"x", {})], 5.0))[0] == Ack("T", 3)
+
+
+async def test_a_message_that_cannot_be_sent_is_its_error_and_the_others_go(nc: Client) -> None:
+    too_large = b"x" * (nc.max_payload + 1)  # refused by the client before it is sent
+    sent = await AckedPublisher(nc).publish_all([("t.a", too_large, {}), ("t.a", b"x", {})], 5.0)
+    assert isinstance(sent[0], nats.errors.MaxPayloadError) and sent[1] == Ack("T", 1)
