@@ -4,6 +4,7 @@ store time, and of two readings with one key the later one, within a batch or ac
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 from fleetflow.api.pipeline import Tables
 from fleetflow.runtime.codec import Reading, ReadingBatch
-from fleetflow.writer.stores.sqlite import migrations
+from fleetflow.writer.stores import RecordRefused
+from fleetflow.writer.stores.sqlite import SqliteStore, migrations
 from fleetflow.writer.stores.sqlite_readings import SHARED_MAX, SHARED_STEP, ReadingUpserts, reading_rows
 
 T0 = 1_796_000_000_000
@@ -90,3 +92,20 @@ def test_a_large_batch_takes_few_statements_of_few_kinds() -> None:
     assert shared == [3 + 3 * n for n in (96, 256, 256, 256, 232, 256)]
     assert rows == [4 + 3, 7, 1]
     assert len({sql for sql, _, _ in statements}) == 4  # of 96, 256 and 232 rows, and of one row
+
+
+async def test_a_value_sqlite_refuses_in_a_large_batch_is_named_and_the_write_stores_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite3", TABLES, ttl_seconds=86_400)
+    await store.open()
+    try:
+        good = batch("d1", 40, 0, 1, 0, 1.0)
+        readings = list(good.readings)
+        readings[17] = Reading(seq=2**63, ts=T0 + 17, metrics={"temp": 1.0})  # inside a shared statement
+        with pytest.raises(RecordRefused, match=f"seq {2**63} is outside SQLite's INTEGER range"):
+            await store.write_readings([batch("d2", 3, 0, 1, 0, 1.0), ReadingBatch(
+                fleet="f1", device="d1", readings=readings, received_ms=T0)])  # fmt: skip
+        assert await store.count_readings("f1") == 0
+        await store.write_readings([good])
+        assert await store.count_readings("f1") == 40
+    finally:
+        await store.close()
