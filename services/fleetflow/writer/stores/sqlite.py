@@ -50,7 +50,7 @@ REFUSALS: tuple[type[Exception], ...] = (
 AGGREGATE_COLUMNS = ("fleet", "pipeline", "step", "grp", "metric", "window_start_ms", "window_end_ms", "record")
 ALERT_COLUMNS = ("fleet", "pipeline", "rule", "device", "ts_ms", "state", "record")
 COMMAND_COLUMNS = ("fleet", "device", "created_ms", "id", "record")
-CACHE_KIB = 32 * 1024  # SQLite's page cache of the writer's connection, at most
+CACHE_KIB = 32 * 1024  # SQLite's page cache of a store's connection (the writer's, the application API's), at most
 _metrics_decoder = msgspec.json.Decoder(dict[str, float])
 
 
