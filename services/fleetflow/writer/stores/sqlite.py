@@ -6,7 +6,7 @@ is what makes it safe to put them into SQL text. Values always travel as paramet
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +15,7 @@ import msgspec
 
 from fleetflow.api.identifiers import check_table_name
 from fleetflow.api.pipeline import Tables
-from fleetflow.runtime.codec import AlertEvent, Reading, ReadingBatch, WindowAggregate
+from fleetflow.runtime.codec import AlertEvent, ReadingBatch, WindowAggregate
 from fleetflow.runtime.commands import CommandRecord, encode_record
 from fleetflow.writer.stores.base import (
     AggregateQuery,
@@ -30,6 +30,8 @@ from fleetflow.writer.stores.base import (
     TelemetryStore,
 )
 from fleetflow.writer.stores.paging import decode_token, encode_token
+from fleetflow.writer.stores.sqlite_readings import COLUMNS as READING_COLUMNS
+from fleetflow.writer.stores.sqlite_readings import ReadingUpserts, latest_rows, reading_rows
 
 T = TypeVar("T")
 INTEGER_MIN, INTEGER_MAX = -(2**63), 2**63 - 1
@@ -45,13 +47,11 @@ REFUSALS: tuple[type[Exception], ...] = (
     ValueError,
     TypeError,
 )
-READING_COLUMNS = ("fleet", "device", "seq", "ts", "metrics", "stored_ms")
 AGGREGATE_COLUMNS = ("fleet", "pipeline", "step", "grp", "metric", "window_start_ms", "window_end_ms", "record")
 ALERT_COLUMNS = ("fleet", "pipeline", "rule", "device", "ts_ms", "state", "record")
 COMMAND_COLUMNS = ("fleet", "device", "created_ms", "id", "record")
+CACHE_KIB = 32 * 1024  # SQLite's page cache of a store's connection (the writer's, the application API's), at most
 _metrics_decoder = msgspec.json.Decoder(dict[str, float])
-_metrics_encoder = msgspec.json.Encoder()
-Row = tuple[Any, ...]
 
 
 def migrations(tables: Tables) -> list[list[str]]:
@@ -112,10 +112,8 @@ class SqliteStore(TelemetryStore):
         # One thread owns the connection: SQLite connections are not to be shared across threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
-        r, latest = tables.readings, tables.latest
-        self._upsert_reading = f"""INSERT INTO {r} (fleet, device, seq, ts, metrics, stored_ms)
-            VALUES (?, ?, ?, ?, CAST(? AS TEXT), ?) ON CONFLICT (fleet, device, ts, seq) DO UPDATE SET
-            metrics = excluded.metrics, stored_ms = excluded.stored_ms"""
+        self._readings = ReadingUpserts(tables.readings)
+        latest = tables.latest
         self._upsert_latest = f"""INSERT INTO {latest} (fleet, device, seq, ts, metrics, stored_ms)
             VALUES (?, ?, ?, ?, CAST(? AS TEXT), ?) ON CONFLICT (fleet, device) DO UPDATE SET
             seq = excluded.seq, ts = excluded.ts, metrics = excluded.metrics, stored_ms = excluded.stored_ms
@@ -138,7 +136,7 @@ class SqliteStore(TelemetryStore):
         self,
         what: str,
         columns: Sequence[str],
-        rows: list[tuple[Any, ...]],
+        rows: Iterable[tuple[Any, ...]],
         work: Callable[[sqlite3.Connection], object],
     ) -> None:
         """Run `work` in one transaction; RecordRefused naming the value if SQLite will not take some row."""
@@ -154,6 +152,9 @@ class SqliteStore(TelemetryStore):
             _enable_wal(db, self.path)
             # FULL: a batch acknowledged to JetStream must survive a power cut, not only a crash.
             db.execute("PRAGMA synchronous=FULL")
+            # The pages a fetch's upserts touch (a leaf per device, and the interior pages above them) outgrow
+            # SQLite's default 2 MiB cache once the table holds millions of readings; each miss is a read.
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._migrate(db)
             self._db = db
 
@@ -185,13 +186,19 @@ class SqliteStore(TelemetryStore):
         self._executor.shutdown(wait=True)
 
     async def write_readings(self, batches: Sequence[ReadingBatch]) -> None:
-        rows, newest = reading_rows(batches, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        statements = self._readings.statements(batches, now_ms)
+        newest = latest_rows(batches, now_ms)
 
         def write(db: sqlite3.Connection) -> None:
-            db.executemany(self._upsert_reading, rows)
+            for sql, parameters, many in statements:
+                if many:
+                    db.executemany(sql, parameters)
+                else:
+                    db.execute(sql, parameters)
             db.executemany(self._upsert_latest, newest)
 
-        await self._write("readings", READING_COLUMNS, rows, write)
+        await self._write("readings", READING_COLUMNS, reading_rows(batches, now_ms), write)
 
     async def write_aggregates(self, aggregates: Sequence[WindowAggregate]) -> None:
         rows = [(a.fleet, a.pipeline, a.step, a.group, a.metric, a.window_start_ms, a.window_end_ms,
@@ -295,35 +302,6 @@ class SqliteStore(TelemetryStore):
         return await self._run(delete)
 
 
-def reading_rows(batches: Sequence[ReadingBatch], now_ms: int) -> tuple[list[Row], list[Row]]:
-    """The rows of every reading, and of each device's newest reading (for the latest table).
-
-    Metrics stay the bytes msgspec encodes (the statements CAST them to TEXT): a str per reading, and the
-    per-reading Python of a loop with appends, were a sixth of the writer's CPU at full load."""
-    rows: list[Row] = []
-    newest: dict[tuple[str, str], Row] = {}
-    encode = _metrics_encoder.encode
-    for batch in batches:
-        if not batch.readings:
-            continue  # nothing to store, and no newest reading to keep
-        fleet, device = batch.fleet, batch.device
-        rows += [(fleet, device, r.seq, r.ts, encode(r.metrics), now_ms) for r in batch.readings]
-        last = newest_reading(batch.readings)
-        known = newest.get((fleet, device))
-        if known is None or (last.ts, last.seq) > (known[3], known[2]):
-            newest[(fleet, device)] = (fleet, device, last.seq, last.ts, encode(last.metrics), now_ms)
-    return rows, list(newest.values())
-
-
-def newest_reading(readings: Sequence[Reading]) -> Reading:
-    """The reading with the greatest (ts, seq); a plain loop, since a key function costs a tuple per reading."""
-    best = readings[0]
-    for r in readings:
-        if r.ts > best.ts or (r.ts == best.ts and r.seq > best.seq):
-            best = r
-    return best
-
-
 def _enable_wal(db: sqlite3.Connection, path: Path, timeout: float = 30.0) -> None:
     """Switch to WAL. SQLite does not wait on its busy handler for this, so when another writer is opening
     the same file at that moment ("database is locked"), try again until `timeout`."""
@@ -348,7 +326,7 @@ def _in_transaction(db: sqlite3.Connection, work: Callable[[], object]) -> None:
         raise
 
 
-def _explain(exc: Exception, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> str:
+def _explain(exc: Exception, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> str:
     """The error, with the first value SQLite cannot bind named: sqlite3's own messages do not say which."""
     error = f"{type(exc).__name__}: {exc}"
     for row in rows:
