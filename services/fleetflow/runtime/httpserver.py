@@ -78,9 +78,10 @@ def _detail(request: web.Request, exc: web.HTTPException) -> str:
     return exc.text or HTTPStatus(exc.status).phrase
 
 
-async def read_body(request: web.Request, timeout: float = BODY_TIMEOUT_S) -> bytes:
-    """The request body within `timeout`; a JSON 408 for a client that sends it too slowly, a 400 for a body
-    whose Content-Encoding does not decode."""
+async def read_body(request: web.Request, timeout: float | None = None) -> bytes:
+    """The request body within `timeout` (default BODY_TIMEOUT_S); a JSON 408 for a client that sends it too
+    slowly, a 400 for a body whose Content-Encoding does not decode."""
+    timeout = BODY_TIMEOUT_S if timeout is None else timeout
     try:
         if request.content.is_eof():  # the whole body has arrived (the common case): reading it cannot wait
             return await request.read()

@@ -244,3 +244,54 @@ async def test_a_client_that_never_finishes_its_headers_is_disconnected(gateway:
     assert await asyncio.wait_for(reader.read(), httpserver.HEADER_TIMEOUT_S + 10) == b""  # closed by the server
     assert asyncio.get_running_loop().time() - started < httpserver.HEADER_TIMEOUT_S + 5
     writer.close()
+
+
+async def test_a_body_that_arrives_too_slowly_is_refused_and_one_that_arrived_is_not_held(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetflow.runtime import httpserver
+
+    monkeypatch.setattr(httpserver, "BODY_TIMEOUT_S", 0.5)
+    body = json.dumps(readings(1)).encode()
+    head = (b"POST /v1/fleets/demo/devices/dev-1/telemetry HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + gateway.token("dev-1").encode() + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")  # fmt: skip
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + body[:10])  # and the rest never comes
+        async with asyncio.timeout(10):  # the answer, not the close: aiohttp lingers for the unread body a while
+            status_line, _, _ = (await reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            answer = json.loads(await reader.readuntil(b"}"))
+    finally:
+        writer.close()
+    assert (int(status_line.split()[1]), answer["error"]) == (408, "request_timeout")
+    assert answer["detail"] == "the request body did not arrive within 0.5 s"
+    assert (await _raw_exchange(gateway.url, head + body))[0] == 202
+    assert await gateway.stored_messages() == 1
+
+
+@pytest.mark.parametrize("sent", [f"00-{'4bf92f3577b34da6a3ce929d0e0e4736'}-00f067aa0ba902b7-00", None],
+                         ids=["device's unsampled trace", "no trace context"])  # fmt: skip
+async def test_the_stored_batch_carries_the_requests_trace_context(gateway: Gateway, sent: str | None) -> None:
+    """Nothing is sampled here (no exporter): the request's trace still reaches the processor through the message."""
+    headers = {"Authorization": f"Bearer {gateway.token('dev-1')}", "Content-Type": "application/json"}
+    if sent is not None:
+        headers["traceparent"] = sent
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gateway.url}/v1/fleets/demo/devices/dev-1/telemetry", json=readings(1), headers=headers) as r,
+    ):
+        assert r.status == 202
+    nc = await nats.connect(gateway.nats_url)
+    try:
+        stored = await nc.jetstream().get_msg(subjects.telemetry_stream("demo"), 1)
+    finally:
+        await nc.close()
+    assert stored.headers is not None
+    version, trace_id, span_id, flags = stored.headers["traceparent"].split("-")
+    assert (version, len(trace_id), len(span_id)) == ("00", 32, 16)
+    assert not int(flags, 16) & 1, "not sampled"
+    assert int(trace_id, 16) and int(span_id, 16)
+    if sent is not None:
+        assert trace_id == sent.split("-")[1] and span_id != sent.split("-")[2]  # the gateway's span, same trace
