@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
+import yarl
 
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway.main import serve
@@ -295,3 +296,58 @@ async def test_the_stored_batch_carries_the_requests_trace_context(gateway: Gate
     assert int(trace_id, 16) and int(span_id, 16)
     if sent is not None:
         assert trace_id == sent.split("-")[1] and span_id != sent.split("-")[2]  # the gateway's span, same trace
+
+
+@pytest.mark.parametrize(
+    ("path", "expect100", "status"),
+    [
+        ("/v1/fleets/demo/devices/dev-1/telemetry", False, 202),
+        ("/v1/fleets/demo/devices/dev%2D1/telemetry", False, 202),  # the router decodes it; the hot route leaves it
+        ("/v1/fleets/demo/devices/dev-1/telemetry?source=probe", False, 202),
+        ("/v1/fleets/demo/devices/dev-1/telemetry", True, 202),  # Expect: 100-continue, answered by the router
+        ("/v1/fleets/demo/devices/dev-1/telemetry/", False, 404),
+        ("/v1/fleets/demo/devices/dev-1/telemetry/extra", False, 404),
+        ("/v1/fleets/demo/devices//telemetry", False, 404),
+        ("//v1/fleets/demo/devices/dev-1/telemetry", False, 404),
+    ],
+    ids=["plain", "percent-encoded", "query", "expect 100-continue", "trailing slash", "longer", "empty device",
+         "double slash"],
+)  # fmt: skip
+async def test_the_telemetry_route_answers_as_the_router_does(
+    gateway: Gateway, path: str, expect100: bool, status: int
+) -> None:
+    """The telemetry route is served ahead of the application's router (httpserver.HotRoute); what it does not take
+    plainly goes through the router, and either way the device gets the router's answer."""
+    headers = {"Authorization": f"Bearer {gateway.token('dev-1')}", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            yarl.URL(gateway.url + path, encoded=True),
+            data=json.dumps(readings(1)).encode(),
+            headers=headers,
+            expect100=expect100,
+        ) as response,  # fmt: skip
+    ):
+        answer = await response.json()
+    assert response.status == status, answer
+    if status == 202:
+        assert answer == {"accepted": 1, "duplicate": False, "firstSeq": 1, "lastSeq": 1}
+    else:
+        assert answer["error"] == "not_found"
+    assert await gateway.stored_messages() == (1 if status == 202 else 0)
+
+
+async def test_a_crash_in_the_telemetry_route_is_a_json_500_and_the_gateway_serves_on(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetflow.gateway.ingest import BatchValidator
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(BatchValidator, "validate", crash)
+    status, body, _ = await gateway.post("dev-1", readings(1))
+    assert (status, body) == (500, {"error": "internal", "detail": "the server failed to handle this request; it "
+                                    "was logged"})  # fmt: skip
+    monkeypatch.undo()
+    assert (await gateway.post("dev-1", readings(1)))[0] == 202
