@@ -66,6 +66,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         hot_route=telemetry_api.hot_route(),
     )
     service.freeze_startup_heap()
+    service.collect_young_less_often()
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)
     await stop.wait()
