@@ -3,9 +3,10 @@
 nats-py's `js.publish` is a request/reply: per message a NUID and two bytes from `os.urandom` for the reply
 subject, `asyncio.wait_for`, the standard library's JSON decoder and a PubAck built field by field. Here the
 reply subjects are one inbox per connection and a counter, the wait is a timer that fails the answer, and the ack
-is decoded by msgspec into the two fields a caller reads. The errors are nats-py's: `nats.errors.TimeoutError` without an
-answer, `NoStreamResponseError` when no stream takes the subject, `APIError` (by code, as nats-py raises it) when
-JetStream refuses the message, and whatever `Client.publish` raises (MaxPayloadError, a closed connection)."""
+is decoded by msgspec into the two fields a caller reads. The errors are nats-py's: `nats.errors.TimeoutError`
+without an answer, `NoStreamResponseError` when no stream takes the subject, `APIError` (by code, as nats-py raises
+it) when JetStream refuses the message, and whatever `Client.publish` raises (MaxPayloadError, a closed
+connection)."""
 
 import asyncio
 import itertools
