@@ -351,3 +351,18 @@ async def test_a_crash_in_the_telemetry_route_is_a_json_500_and_the_gateway_serv
                                     "was logged"})  # fmt: skip
     monkeypatch.undo()
     assert (await gateway.post("dev-1", readings(1)))[0] == 202
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "reason"),
+    [("/v1/fleets/demo/devices/./telemetry", 400, "invalid_device_id"),
+     ("/v1/fleets/demo/devices/dev-1#x/telemetry", 404, "not_found")],  # the router's URL cuts the fragment off
+)  # fmt: skip
+async def test_unusual_segments_get_the_routers_answer(gateway: Gateway, path: str, status: int, reason: str) -> None:
+    """Segments the hot route does not take plainly (httpserver.HotRoute) are answered as the router answers them."""
+    body = json.dumps(readings(1)).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+               f"Authorization: Bearer {gateway.token('dev-1')}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    got_status, answer = await _raw_exchange(gateway.url, request)
+    assert (got_status, answer["error"]) == (status, reason)
+    assert await gateway.stored_messages() == 0

@@ -1,5 +1,5 @@
-"""Which requests the hot route takes ahead of the application's router: only those whose path the router would
-match to the same segments without decoding anything."""
+"""Which requests the hot route takes ahead of the application's router: only those whose segments are plain ASCII
+identifiers, which the router would match to the same segments without decoding, normalising or cutting anything."""
 
 import pytest
 from aiohttp import web
@@ -19,7 +19,12 @@ ROUTE = HotRoute("POST", "/v1/fleets/{fleet}/devices/{device}/telemetry", _answe
     ("method", "path", "headers", "segments"),
     [
         ("POST", "/v1/fleets/demo/devices/dev-1/telemetry", {}, ("demo", "dev-1")),
-        ("POST", "/v1/fleets/demo/devices/dev.1_x~y/telemetry", {}, ("demo", "dev.1_x~y")),
+        ("POST", "/v1/fleets/demo/devices/Dev_1-x/telemetry", {}, ("demo", "Dev_1-x")),
+        ("POST", "/v1/fleets/demo/devices/./telemetry", {}, None),  # anything unusual is left to the router
+        ("POST", "/v1/fleets/demo/devices/../telemetry", {}, None),
+        ("POST", "/v1/fleets/demo/devices/dev#1/telemetry", {}, None),  # which cuts a fragment off
+        ("POST", "/v1/fleets/demo/devices/dev.1/telemetry", {}, None),
+        ("POST", "/v1/fleets/demo/devices/dév-1/telemetry", {}, None),
         ("GET", "/v1/fleets/demo/devices/dev-1/telemetry", {}, None),
         ("POST", "/v1/fleets/demo/devices/dev-1/telemetry", {"Expect": "100-continue"}, None),
         ("POST", "/v1/fleets/demo/devices/dev%2D1/telemetry", {}, None),
