@@ -27,12 +27,19 @@ class TelemetryApi:
         app.router.add_post(ROUTE, self.post_telemetry)
         return app
 
+    def hot_route(self) -> httpserver.HotRoute:
+        """The telemetry route, served ahead of the application's router (httpserver.HotRoute)."""
+        return httpserver.HotRoute("POST", ROUTE, self.receive)
+
     async def post_telemetry(self, request: web.Request) -> web.Response:
-        device, peer = request.match_info["device"], functools.partial(peer_of, request, "http")
+        return await self.receive(request, request.match_info["fleet"], request.match_info["device"])
+
+    async def receive(self, request: web.BaseRequest, fleet: str, device: str) -> web.Response:
+        peer = functools.partial(peer_of, request, "http")
         with self.intake.server_span(PROTOCOL, SPAN_NAME, peer, device, telemetry.extract(request.headers),
                                      lambda: _http_attributes(request)) as span:  # fmt: skip
             try:
-                self.intake.admit(PROTOCOL, request.match_info["fleet"], device, request.headers.get("Authorization"),
+                self.intake.admit(PROTOCOL, fleet, device, request.headers.get("Authorization"),
                                   certified_device(httpserver.peer_certificate(request)))  # fmt: skip
                 with self.intake.counted(PROTOCOL, device):
                     body = await self._body(request)
@@ -44,7 +51,7 @@ class TelemetryApi:
             span.set_attribute("http.response.status_code", 202)
             return web.Response(body=_json(accepted.to_json()), status=202, content_type="application/json")
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _body(self, request: web.BaseRequest) -> bytes:
         too_large = Rejection(413, "body_too_large", f"request body exceeds {self.max_body} bytes "
                               "(spec.gateway.maxBodyBytes); split the batch")  # fmt: skip
         if request.content_length is not None and request.content_length > self.max_body:
@@ -57,7 +64,7 @@ class TelemetryApi:
             raise Rejection(refusal.status, refusal.reason, refusal.detail) from None
 
 
-def peer_of(request: web.Request, protocol: str) -> Peer:
+def peer_of(request: web.BaseRequest, protocol: str) -> Peer:
     """The connection of an HTTP request (or of a WebSocket's upgrade request): the host and port the device
     dialled (its Host header, else our socket's), and its own address and port."""
     host, _, port = (request.host or "").rpartition(":")
@@ -78,7 +85,7 @@ def peer_of(request: web.Request, protocol: str) -> Peer:
     )
 
 
-def _http_attributes(request: web.Request) -> dict[str, str | int]:
+def _http_attributes(request: web.BaseRequest) -> dict[str, str | int]:
     """The HTTP server span's own attributes, beside the connection's (peer_of)."""
     attributes: dict[str, str | int] = {
         "http.request.method": request.method,

@@ -20,14 +20,15 @@ commands from command_push.py.
 A Rejection's status says whether a retry can help: 503 and 429 are passing conditions, every other status is
 permanent and must never be retried or buffered."""
 
-import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
@@ -171,7 +172,6 @@ class DeviceIntake:
             self.limiter.admit(device, len(batch.readings))
             return batch
 
-    @contextlib.contextmanager
     def server_span(
         self,
         protocol: str,
@@ -180,21 +180,18 @@ class DeviceIntake:
         device: str,
         trace_context: Context | None = None,
         attributes: Callable[[], Mapping[str, str | int]] | None = None,
-    ) -> Iterator[trace.Span]:
-        """The SERVER span of one device request, continuing the device's trace (`trace_context`) if it sent one;
-        `attributes`: gives the protocol's own (http.*, rpc.*). `peer` may be a function that finds it, called only
-        for a recorded span. A Rejection raised inside is marked (mark_refused) and goes on to the adapter."""
-        with _tracer.start_as_current_span(name, context=trace_context, kind=trace.SpanKind.SERVER,
-                                           record_exception=False, set_status_on_exception=False) as span:  # fmt: skip
-            if span.is_recording():  # most requests' spans are not (sampling): their attributes would be thrown away
-                connection = peer() if callable(peer) else peer
-                span.set_attributes({**connection.attributes(), "fleetflow.protocol": protocol,
-                                     "fleetflow.device": device, **(attributes() if attributes else {})})  # fmt: skip
-            try:
-                yield span
-            except Rejection as rejection:
-                mark_refused(span, rejection)
-                raise
+    ) -> "_ServerSpan":
+        """The SERVER span of one device request (current inside the `with`), continuing the device's trace
+        (`trace_context`) if it sent one; `attributes`: gives the protocol's own (http.*, rpc.*). `peer` may be a
+        function that finds it, called only for a recorded span. A Rejection raised inside is marked
+        (mark_refused) and goes on to the adapter."""
+        span = _tracer.start_span(name, context=trace_context, kind=trace.SpanKind.SERVER, record_exception=False,
+                                  set_status_on_exception=False)  # fmt: skip
+        if span.is_recording():  # most requests' spans are not (sampling): their attributes would be thrown away
+            connection = peer() if callable(peer) else peer
+            span.set_attributes({**connection.attributes(), "fleetflow.protocol": protocol,
+                                 "fleetflow.device": device, **(attributes() if attributes else {})})  # fmt: skip
+        return _ServerSpan(span)
 
     async def publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
         """Publish a received batch; answered once JetStream (or, in an outage, the disk buffer) has it.
@@ -246,6 +243,30 @@ class _Counted:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None) -> None:
         if isinstance(error, Rejection):
             self.intake.refused(self.protocol, error, self.device)
+
+
+class _ServerSpan:
+    """DeviceIntake.server_span: what start_as_current_span does (the span current inside, ended on the way out),
+    as a class rather than two generator context managers, since it wraps every request."""
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, span: trace.Span):
+        self.span = span
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None) -> None:
+        try:
+            if isinstance(error, Rejection):
+                mark_refused(self.span, error)
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)
+            self.span.end()
 
 
 # The attributes of every request's measurements, built once per protocol rather than per request.

@@ -36,7 +36,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
     )
     await jetstream.provision_fleet(nc.jetstream(), fleet, settings.site)
     links = await Connectivity.start(settings, nc, watch, meter)  # intake, commands, gRPC, MQTT, buffer
-    app = TelemetryApi(links.intake).app()
+    telemetry_api = TelemetryApi(links.intake)
+    app = telemetry_api.app()
     links.add_routes(app)
 
     def ready() -> tuple[bool, str]:
@@ -62,8 +63,10 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event) -> None:
         settings.listen_host,
         settings.listen_port,
         device_tls,
+        hot_route=telemetry_api.hot_route(),
     )
     service.freeze_startup_heap()
+    service.collect_young_less_often()
     service.write_status(settings.status_file, {"http_port": api_port, "ops_port": ops_port, **links.ports})
     log.info("gateway ready", http_port=api_port, ops_port=ops_port)
     await stop.wait()

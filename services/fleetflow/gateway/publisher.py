@@ -80,6 +80,12 @@ class TelemetryPublisher:
     async def publish_encoded(self, batch: ReadingBatch, payload: bytes) -> bool:
         message_id = subjects.batch_id(batch.fleet, batch.device, batch.readings)
         subject = subjects.telemetry_subject(batch.fleet, batch.device)
+        request = trace.get_current_span()
+        if request.get_span_context().is_valid and not request.is_recording():
+            # A request's span that is not recorded has a PRODUCER child that no sampler records either (a parent
+            # based one follows it, a trace id ratio decides as it did for the same trace id): the message carries
+            # the request's trace context instead, and no span is made that nothing would ever see.
+            return await self._publish(subject, payload, telemetry.inject({"Nats-Msg-Id": message_id}))
         with tracer.start_as_current_span(f"send ff.{batch.fleet}.tm", kind=trace.SpanKind.PRODUCER) as span:
             if span.is_recording():  # a sampled request's span; the attributes of the others would be discarded
                 span.set_attributes({**telemetry.producer_attributes(subject, message_id),

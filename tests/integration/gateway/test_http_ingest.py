@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
+import yarl
 
 from fleetflow.api import DeviceFleet
 from fleetflow.gateway.main import serve
@@ -244,3 +245,124 @@ async def test_a_client_that_never_finishes_its_headers_is_disconnected(gateway:
     assert await asyncio.wait_for(reader.read(), httpserver.HEADER_TIMEOUT_S + 10) == b""  # closed by the server
     assert asyncio.get_running_loop().time() - started < httpserver.HEADER_TIMEOUT_S + 5
     writer.close()
+
+
+async def test_a_body_that_arrives_too_slowly_is_refused_and_one_that_arrived_is_not_held(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetflow.runtime import httpserver
+
+    monkeypatch.setattr(httpserver, "BODY_TIMEOUT_S", 0.5)
+    body = json.dumps(readings(1)).encode()
+    head = (b"POST /v1/fleets/demo/devices/dev-1/telemetry HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + gateway.token("dev-1").encode() + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")  # fmt: skip
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + body[:10])  # and the rest never comes
+        async with asyncio.timeout(10):  # the answer, not the close: aiohttp lingers for the unread body a while
+            status_line, _, _ = (await reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            answer = json.loads(await reader.readuntil(b"}"))
+    finally:
+        writer.close()
+    assert (int(status_line.split()[1]), answer["error"]) == (408, "request_timeout")
+    assert answer["detail"] == "the request body did not arrive within 0.5 s"
+    assert (await _raw_exchange(gateway.url, head + body))[0] == 202
+    assert await gateway.stored_messages() == 1
+
+
+@pytest.mark.parametrize("sent", [f"00-{'4bf92f3577b34da6a3ce929d0e0e4736'}-00f067aa0ba902b7-00", None],
+                         ids=["device's unsampled trace", "no trace context"])  # fmt: skip
+async def test_the_stored_batch_carries_the_requests_trace_context(gateway: Gateway, sent: str | None) -> None:
+    """Nothing is sampled here (no exporter): the request's trace still reaches the processor through the message."""
+    headers = {"Authorization": f"Bearer {gateway.token('dev-1')}", "Content-Type": "application/json"}
+    if sent is not None:
+        headers["traceparent"] = sent
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gateway.url}/v1/fleets/demo/devices/dev-1/telemetry", json=readings(1), headers=headers) as r,
+    ):
+        assert r.status == 202
+    nc = await nats.connect(gateway.nats_url)
+    try:
+        stored = await nc.jetstream().get_msg(subjects.telemetry_stream("demo"), 1)
+    finally:
+        await nc.close()
+    assert stored.headers is not None
+    version, trace_id, span_id, flags = stored.headers["traceparent"].split("-")
+    assert (version, len(trace_id), len(span_id)) == ("00", 32, 16)
+    assert not int(flags, 16) & 1, "not sampled"
+    assert int(trace_id, 16) and int(span_id, 16)
+    if sent is not None:
+        assert trace_id == sent.split("-")[1] and span_id != sent.split("-")[2]  # the gateway's span, same trace
+
+
+@pytest.mark.parametrize(
+    ("path", "expect100", "status"),
+    [
+        ("/v1/fleets/demo/devices/dev-1/telemetry", False, 202),
+        ("/v1/fleets/demo/devices/dev%2D1/telemetry", False, 202),  # the router decodes it; the hot route leaves it
+        ("/v1/fleets/demo/devices/dev-1/telemetry?source=probe", False, 202),
+        ("/v1/fleets/demo/devices/dev-1/telemetry", True, 202),  # Expect: 100-continue, answered by the router
+        ("/v1/fleets/demo/devices/dev-1/telemetry/", False, 404),
+        ("/v1/fleets/demo/devices/dev-1/telemetry/extra", False, 404),
+        ("/v1/fleets/demo/devices//telemetry", False, 404),
+        ("//v1/fleets/demo/devices/dev-1/telemetry", False, 404),
+    ],
+    ids=["plain", "percent-encoded", "query", "expect 100-continue", "trailing slash", "longer", "empty device",
+         "double slash"],
+)  # fmt: skip
+async def test_the_telemetry_route_answers_as_the_router_does(
+    gateway: Gateway, path: str, expect100: bool, status: int
+) -> None:
+    """The telemetry route is served ahead of the application's router (httpserver.HotRoute); what it does not take
+    plainly goes through the router, and either way the device gets the router's answer."""
+    headers = {"Authorization": f"Bearer {gateway.token('dev-1')}", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            yarl.URL(gateway.url + path, encoded=True),
+            data=json.dumps(readings(1)).encode(),
+            headers=headers,
+            expect100=expect100,
+        ) as response,  # fmt: skip
+    ):
+        answer = await response.json()
+    assert response.status == status, answer
+    if status == 202:
+        assert answer == {"accepted": 1, "duplicate": False, "firstSeq": 1, "lastSeq": 1}
+    else:
+        assert answer["error"] == "not_found"
+    assert await gateway.stored_messages() == (1 if status == 202 else 0)
+
+
+async def test_a_crash_in_the_telemetry_route_is_a_json_500_and_the_gateway_serves_on(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetflow.gateway.ingest import BatchValidator
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(BatchValidator, "validate", crash)
+    status, body, _ = await gateway.post("dev-1", readings(1))
+    assert (status, body) == (500, {"error": "internal", "detail": "the server failed to handle this request; it "
+                                    "was logged"})  # fmt: skip
+    monkeypatch.undo()
+    assert (await gateway.post("dev-1", readings(1)))[0] == 202
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "reason"),
+    [("/v1/fleets/demo/devices/./telemetry", 400, "invalid_device_id"),
+     ("/v1/fleets/demo/devices/dev-1#x/telemetry", 404, "not_found")],  # the router's URL cuts the fragment off
+)  # fmt: skip
+async def test_unusual_segments_get_the_routers_answer(gateway: Gateway, path: str, status: int, reason: str) -> None:
+    """Segments the hot route does not take plainly (httpserver.HotRoute) are answered as the router answers them."""
+    body = json.dumps(readings(1)).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+               f"Authorization: Bearer {gateway.token('dev-1')}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    got_status, answer = await _raw_exchange(gateway.url, request)
+    assert (got_status, answer["error"]) == (status, reason)
+    assert await gateway.stored_messages() == 0
