@@ -305,7 +305,8 @@ def _bench(sub: Subparsers, common: argparse.ArgumentParser) -> None:
                        help="run the one pipeline (and its fleet) in these files or directories, e.g. "
                        "examples/cold-chain (default: no steps)")  # fmt: skip
     bench.add_argument("--pipeline-name", metavar="NAME",
-                       help="with --pipeline: which pipeline, when the paths hold several")  # fmt: skip
+                       help="with --pipeline: which pipeline, when the paths hold several "
+                       "(default: the only one)")  # fmt: skip
     bench.add_argument("--engine-only", action="store_true",
                        help="with --pipeline: measure only its step engine, in this process: readings/s per core, "
                        "per step")  # fmt: skip
