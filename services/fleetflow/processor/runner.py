@@ -32,7 +32,7 @@ from fleetflow.processor.engine import Outputs, error_reasons, step_outcomes
 from fleetflow.processor.errorlog import EvaluationErrorLog
 from fleetflow.runtime import codec, jetstream, subjects, telemetry
 from fleetflow.runtime.acks import Ack, AckedPublisher
-from fleetflow.runtime.consumer import DeadLetters, redelivery_delay, stream_sequence
+from fleetflow.runtime.consumer import DeadLetters, Prefetch, redelivery_delay, stream_sequence
 
 log = structlog.get_logger(__name__)
 
@@ -183,25 +183,31 @@ class Runner:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop`; the batch in hand is finished and a last checkpoint written."""
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
-        deliveries_lost = False
-        while not stop.is_set():
-            if deliveries_lost:
-                if not await self._replay_lost_deliveries():
+        fetches = Prefetch(lambda: sub.fetch(self.fetch_batch, timeout=0.5))
+        try:
+            deliveries_lost = False
+            while not stop.is_set():
+                if deliveries_lost:
+                    if not await self._replay_lost_deliveries():
+                        await asyncio.sleep(0.5)
+                        continue
+                    deliveries_lost = False
+                try:
+                    msgs = await fetches.next()
+                except (TimeoutError, nats.errors.TimeoutError):
+                    msgs = []
+                except nats.errors.Error as exc:
+                    log.warning("fetch failed; retrying", error=str(exc), consumer=self.durable)
+                    deliveries_lost = True
                     await asyncio.sleep(0.5)
                     continue
-                deliveries_lost = False
-            try:
-                msgs = await sub.fetch(self.fetch_batch, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
-            except nats.errors.Error as exc:
-                log.warning("fetch failed; retrying", error=str(exc), consumer=self.durable)
-                deliveries_lost = True
-                await asyncio.sleep(0.5)
-                continue
-            if msgs:
+                if msgs:
+                    await self.handle(msgs, ack=True)
+                await self.tick()
+            if msgs := await fetches.rest():
                 await self.handle(msgs, ack=True)
-            await self.tick()
+        finally:
+            await fetches.close()
         await self.checkpoint()
         self.error_log.flush(self.clock(), final=True)
         await sub.unsubscribe()
