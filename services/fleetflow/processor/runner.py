@@ -30,7 +30,7 @@ from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
 from fleetflow.processor.engine import Outputs, error_reasons, step_outcomes
 from fleetflow.processor.errorlog import EvaluationErrorLog
-from fleetflow.runtime import codec, jetstream, subjects, telemetry
+from fleetflow.runtime import codec, jetstream, pull, subjects, telemetry
 from fleetflow.runtime.acks import Ack, AckedPublisher
 from fleetflow.runtime.consumer import DeadLetters, redelivery_delay, stream_sequence
 
@@ -191,7 +191,7 @@ class Runner:
                     continue
                 deliveries_lost = False
             try:
-                msgs = await sub.fetch(self.fetch_batch, timeout=0.5)
+                msgs = await pull.fetch(sub, self.fetch_batch, timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
                 msgs = []
             except nats.errors.Error as exc:
@@ -410,7 +410,7 @@ class Runner:
         try:
             while ((await sub.consumer_info()).num_pending or 0) > 0:
                 try:
-                    msgs = await sub.fetch(self.fetch_batch, timeout=1.0)
+                    msgs = await pull.fetch(sub, self.fetch_batch, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 for msg in msgs:

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import metrics, trace
 
-from fleetflow.runtime import jetstream, subjects, telemetry
+from fleetflow.runtime import jetstream, pull, subjects, telemetry
 
 log = structlog.get_logger(__name__)
 _tracer = telemetry.tracer("runtime")
@@ -126,7 +126,7 @@ class BatchConsumer:
         self.subscribed = True
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self.batch, timeout=self.wait)
+                msgs = await pull.fetch(sub, self.batch, timeout=self.wait)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.Error as exc:
