@@ -37,7 +37,6 @@ async def serve(settings: ProcessorSettings, stop: asyncio.Event) -> None:
     try:
         await runner.start()
         service.freeze_startup_heap()
-        service.collect_young_less_often()
         service.write_status(settings.status_file, {"ops_port": ops_port})
         log.info("processor ready", replica=settings.replica, ops_port=ops_port, steps=len(compiled.steps))
         lag = ConsumerLag(js, meter, [(runner.stream, runner.durable)])
