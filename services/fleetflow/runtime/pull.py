@@ -4,9 +4,11 @@ nats-py's `PullSubscription.fetch` takes every message of a batch through `Subsc
 creates a task, an `asyncio.wait_for` timer and a `uuid4` name per message, although nats-py's reader has
 usually queued dozens of them by the time the fetch looks. `fetch` here is the same algorithm (nats-py
 2.16's `_fetch_n`: what is already queued, then one `no_wait` pull request, then one lingering request if
-that found nothing), with the same requests, status handling (100 heartbeats skipped; 404, 408 and 409 end
-a request; any other status is nats-py's `APIError`) and errors; only a message already in the queue is
-taken at once, and `next_msg` is called only when the queue is empty and a message must be waited for."""
+that found nothing), with the same requests, status handling (100 heartbeats and 409 skipped; 404 and 408
+end a request; any other status is nats-py's `APIError`) and errors; only a message already in the queue is
+taken at once, and `next_msg` is called only when the queue is empty and a message must be waited for.
+It reads nats-py's private subscription fields: tests/integration/runtime/test_pull.py runs it beside
+nats-py's own fetch, so a nats-py release that changes them fails there first."""
 
 import asyncio
 import json
