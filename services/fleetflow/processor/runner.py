@@ -238,6 +238,9 @@ class Runner:
 
     def _process(self, msg: Msg, batch: codec.ReadingBatch, now_ms: int) -> tuple[Outputs, dict[str, str]]:
         """Run `batch` through the engine in a CONSUMER span; its outputs and the trace headers they carry."""
+        unrecorded = telemetry.unsampled_child_context(msg.headers, self.tracer)
+        if unrecorded is not None:  # the sampler would drop the span: its trace goes on without it being made
+            return self.engine.process(batch, now_ms), telemetry.headers_of(unrecorded)
         attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
                       "fleetflow.readings": len(batch.readings)}  # fmt: skip
         span = self.tracer.start_span(

@@ -19,8 +19,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client.metrics_core import Metric
@@ -241,27 +243,33 @@ _UNSAMPLED_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f][02468ace
 _ZERO_TRACE_ID, _ZERO_SPAN_ID = "0" * 32, "0" * 16
 
 
-def unsampled_child_context(
-    headers: Mapping[str, str] | None, provider: trace.TracerProvider | None = None
-) -> trace.SpanContext | None:
-    """The span context `start_span(name, extract(headers))` gives a child of the span `headers` name when the
-    child is certain not to be recorded, without extracting or starting it: `headers` carry a version 00
-    traceparent that extract() accepts, with the sampled flag clear and no `tracestate`, and the sampler of
-    `provider` (the global one by default) is parent-based with an always-off delegate for an unsampled remote
-    parent (fleetflow's and the SDK's default; see _sampler). None whenever the span must really be started."""
+def unsampled_child_context(headers: Mapping[str, str] | None, tracer: trace.Tracer) -> trace.SpanContext | None:
+    """The span context `tracer.start_span(name, extract(headers))` gives a child of the span `headers` name
+    when the child is certain not to be recorded, without extracting or starting it: `headers` carry a version
+    00 traceparent that extract() accepts, with the sampled flag clear and no `tracestate`, and the sampler of
+    `tracer` (an SDK tracer, or the global provider's behind a proxy) is parent-based with an always-off delegate
+    for an unsampled remote parent (fleetflow's and the SDK's default; see _sampler). None whenever the span
+    must really be started."""
     if not headers or "tracestate" in headers:
         return None
     match = _UNSAMPLED_00.fullmatch(headers.get("traceparent", ""))
     if match is None or match[1] == _ZERO_TRACE_ID or match[2] == _ZERO_SPAN_ID:
         return None
-    provider = provider or trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider) or not _drops_unsampled_remote_children(provider.sampler):
+    ids: IdGenerator
+    if isinstance(tracer, trace.ProxyTracer):  # what telemetry.tracer() gives before configure(): the global one's
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            return None
+        sampler, ids = provider.sampler, provider.id_generator
+    elif isinstance(tracer, SdkTracer):
+        sampler, ids = tracer.sampler, tracer.id_generator
+    else:
+        return None
+    if not _drops_unsampled_remote_children(sampler):
         return None
     # The SDK keeps the parent's random-trace-id flag (W3C level 2) and clears the sampled one.
     flags = trace.TraceFlags(int(match[3], 16) & trace.TraceFlags.RANDOM_TRACE_ID)
-    return trace.SpanContext(
-        int(match[1], 16), provider.id_generator.generate_span_id(), is_remote=False, trace_flags=flags
-    )
+    return trace.SpanContext(int(match[1], 16), ids.generate_span_id(), is_remote=False, trace_flags=flags)
 
 
 @functools.cache

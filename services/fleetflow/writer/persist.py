@@ -194,7 +194,7 @@ class RecordWriter:
         current span (decoding logs nothing and starts no span), and its attributes are built only when it is
         recorded (most are not: sampling). When its trace is certainly not sampled, not even the span is made:
         its context, all that the write's links and the logs use, is built from the message's traceparent."""
-        unrecorded = telemetry.unsampled_child_context(msg.headers)
+        unrecorded = telemetry.unsampled_child_context(msg.headers, tracer)
         if unrecorded is not None:
             links[index] = trace.Link(unrecorded)
             return decode(msg, decoded, index)

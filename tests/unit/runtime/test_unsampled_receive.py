@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import NoOpTracer, Span, SpanKind
 
 from fleetflow.runtime import telemetry
 
@@ -40,7 +40,7 @@ def test_an_unsampled_parent_gives_the_context_of_the_span_the_sdk_would_drop(sa
     headers = {**UNSAMPLED, "traceparent": f"00-{TRACE}-{SPAN}-{flags}"}
     span = _started(provider, headers)
     assert not span.is_recording()
-    built = telemetry.unsampled_child_context(headers, provider)
+    built = telemetry.unsampled_child_context(headers, provider.get_tracer("t"))
     assert built is not None
     expected = span.get_span_context()
     assert (built.trace_id, built.trace_flags, built.trace_state, built.is_remote) == (
@@ -66,7 +66,10 @@ def test_an_unsampled_parent_gives_the_context_of_the_span_the_sdk_would_drop(sa
     ],
 )
 def test_anything_but_a_plain_unsampled_traceparent_is_left_to_the_sdk(headers: dict[str, str] | None) -> None:
-    assert telemetry.unsampled_child_context(headers, TracerProvider(sampler=ParentBased(ALWAYS_OFF))) is None
+    assert (
+        telemetry.unsampled_child_context(headers, TracerProvider(sampler=ParentBased(ALWAYS_OFF)).get_tracer("t"))
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,10 +84,14 @@ def test_anything_but_a_plain_unsampled_traceparent_is_left_to_the_sdk(headers: 
 def test_a_sampler_that_may_record_the_child_of_an_unsampled_parent_is_asked(sampler: Sampler) -> None:
     provider = TracerProvider(sampler=sampler)
     assert _started(provider, UNSAMPLED).is_recording()  # why the span must really be started
-    assert telemetry.unsampled_child_context(UNSAMPLED, provider) is None
+    assert telemetry.unsampled_child_context(UNSAMPLED, provider.get_tracer("t")) is None
 
 
 def test_with_the_sdks_own_span_metrics_on_every_span_is_started(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")  # they count every started span
     fresh = TracerProvider(sampler=ParentBased(ALWAYS_OFF))  # a new sampler: its answer is not cached yet
-    assert telemetry.unsampled_child_context(UNSAMPLED, fresh) is None
+    assert telemetry.unsampled_child_context(UNSAMPLED, fresh.get_tracer("t")) is None
+
+
+def test_a_tracer_of_no_sdk_is_left_alone() -> None:
+    assert telemetry.unsampled_child_context(UNSAMPLED, NoOpTracer()) is None
