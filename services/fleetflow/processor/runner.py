@@ -30,7 +30,7 @@ from fleetflow.processor.checkpoint import CheckpointStore
 from fleetflow.processor.compiler import CompiledPipeline
 from fleetflow.processor.engine import Outputs, error_reasons, step_outcomes
 from fleetflow.processor.errorlog import EvaluationErrorLog
-from fleetflow.runtime import codec, jetstream, subjects, telemetry
+from fleetflow.runtime import codec, jetstream, pull, subjects, telemetry
 from fleetflow.runtime.acks import Ack, AckedPublisher
 from fleetflow.runtime.consumer import DeadLetters, Prefetch, redelivery_delay, stream_sequence
 
@@ -183,7 +183,7 @@ class Runner:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop`; the batch in hand is finished and a last checkpoint written."""
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
-        fetches = Prefetch(lambda: sub.fetch(self.fetch_batch, timeout=0.5))
+        fetches = Prefetch(lambda: pull.fetch(sub, self.fetch_batch, timeout=0.5))
         try:
             deliveries_lost = False
             while not stop.is_set():
@@ -244,6 +244,9 @@ class Runner:
 
     def _process(self, msg: Msg, batch: codec.ReadingBatch, now_ms: int) -> tuple[Outputs, dict[str, str]]:
         """Run `batch` through the engine in a CONSUMER span; its outputs and the trace headers they carry."""
+        unrecorded = telemetry.unsampled_child_context(msg.headers, self.tracer)
+        if unrecorded is not None:  # the sampler would drop the span: its trace goes on without it being made
+            return self.engine.process(batch, now_ms), telemetry.headers_of(unrecorded)
         attributes = {**telemetry.consumer_attributes(msg, self.durable), "fleetflow.device": batch.device,
                       "fleetflow.readings": len(batch.readings)}  # fmt: skip
         span = self.tracer.start_span(
@@ -416,7 +419,7 @@ class Runner:
         try:
             while ((await sub.consumer_info()).num_pending or 0) > 0:
                 try:
-                    msgs = await sub.fetch(self.fetch_batch, timeout=1.0)
+                    msgs = await pull.fetch(sub, self.fetch_batch, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 for msg in msgs:

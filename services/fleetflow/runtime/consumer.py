@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import metrics, trace
 
-from fleetflow.runtime import jetstream, subjects, telemetry
+from fleetflow.runtime import jetstream, pull, subjects, telemetry
 from fleetflow.runtime.cancellation import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -164,7 +164,7 @@ class BatchConsumer:
             await jetstream.resume_from_ack_floor(self.js, self.stream, self.durable)
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
         self.subscribed = True
-        fetches = Prefetch(lambda: sub.fetch(self.batch, timeout=self.wait))
+        fetches = Prefetch(lambda: pull.fetch(sub, self.batch, timeout=self.wait))
         try:
             while not stop.is_set():
                 try:

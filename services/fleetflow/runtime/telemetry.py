@@ -1,8 +1,10 @@
 """OpenTelemetry for every service: metrics (Prometheus on /metrics, OTLP when configured), traces whose
 W3C context rides in NATS headers, and the resource that says which service, fleet, pipeline and pod."""
 
+import functools
 import os
 import random
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 
@@ -12,12 +14,15 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client.metrics_core import Metric
@@ -231,6 +236,51 @@ def unsampled_child(headers: dict[str, str]) -> dict[str, str]:
     parent = headers["traceparent"]
     headers["traceparent"] = f"{parent[: _SPAN_ID.start]}{span_id:016x}{parent[_SPAN_ID.stop :]}"
     return headers
+
+
+# A version 00 traceparent the propagator accepts whose sampled flag (bit 0 of the flags) is clear.
+_UNSAMPLED_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f][02468ace])")
+_ZERO_TRACE_ID, _ZERO_SPAN_ID = "0" * 32, "0" * 16
+
+
+def unsampled_child_context(headers: Mapping[str, str] | None, tracer: trace.Tracer) -> trace.SpanContext | None:
+    """The span context `tracer.start_span(name, extract(headers))` gives a child of the span `headers` name
+    when the child is certain not to be recorded, without extracting or starting it: `headers` carry a version
+    00 traceparent that extract() accepts, with the sampled flag clear and no `tracestate`, and the sampler of
+    `tracer` (an SDK tracer, or the global provider's behind a proxy) is parent-based with an always-off delegate
+    for an unsampled remote parent (fleetflow's and the SDK's default; see _sampler). None whenever the span
+    must really be started."""
+    if not headers or "tracestate" in headers:
+        return None
+    match = _UNSAMPLED_00.fullmatch(headers.get("traceparent", ""))
+    if match is None or match[1] == _ZERO_TRACE_ID or match[2] == _ZERO_SPAN_ID:
+        return None
+    ids: IdGenerator
+    if isinstance(tracer, trace.ProxyTracer):  # what telemetry.tracer() gives before configure(): the global one's
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            return None
+        sampler, ids = provider.sampler, provider.id_generator
+    elif isinstance(tracer, SdkTracer):
+        sampler, ids = tracer.sampler, tracer.id_generator
+    else:
+        return None
+    if not _drops_unsampled_remote_children(sampler):
+        return None
+    # The SDK keeps the parent's random-trace-id flag (W3C level 2) and clears the sampled one.
+    flags = trace.TraceFlags(int(match[3], 16) & trace.TraceFlags.RANDOM_TRACE_ID)
+    return trace.SpanContext(int(match[1], 16), ids.generate_span_id(), is_remote=False, trace_flags=flags)
+
+
+@functools.cache
+def _drops_unsampled_remote_children(sampler: Sampler) -> bool:
+    # The description is the one public view of a ParentBased sampler's delegates. The SDK's own span metrics
+    # (off by default) count every started span, so with them on, the span is started.
+    if os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip().lower() == "true":
+        return False
+    return type(sampler).should_sample is ParentBased.should_sample and (
+        f"remoteParentNotSampled:{ALWAYS_OFF.get_description()}," in sampler.get_description()
+    )
 
 
 def extract(headers: Mapping[str, str] | None) -> Context:

@@ -81,6 +81,7 @@ async def serve(settings: WriterSettings, stop: asyncio.Event) -> None:
     tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(commands.run(stop)),
              asyncio.create_task(expire_periodically(store, stop)), asyncio.create_task(lag.poll(stop))]  # fmt: skip
     service.freeze_startup_heap()
+    service.collect_young_less_often()
     log.info("writer ready", ops_port=ops_port, sink=pipeline.spec.sink.kind)
     await asyncio.gather(*tasks)
     await nc.drain()

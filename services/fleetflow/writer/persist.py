@@ -192,7 +192,12 @@ class RecordWriter:
 
         A fetch holds hundreds of messages, so the span costs what it must and no more: it is not made the
         current span (decoding logs nothing and starts no span), and its attributes are built only when it is
-        recorded (most are not: sampling)."""
+        recorded (most are not: sampling). When its trace is certainly not sampled, not even the span is made:
+        its context, all that the write's links and the logs use, is built from the message's traceparent."""
+        unrecorded = telemetry.unsampled_child_context(msg.headers, tracer)
+        if unrecorded is not None:
+            links[index] = trace.Link(unrecorded)
+            return decode(msg, decoded, index)
         name = f"process {msg.subject.rsplit('.', 2)[0]}"
         span = tracer.start_span(name, telemetry.extract(msg.headers), trace.SpanKind.CONSUMER)
         with span:  # ends it, recording an exception that escapes

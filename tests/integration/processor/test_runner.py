@@ -17,7 +17,7 @@ from opentelemetry.metrics import get_meter
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.processor.compiler import compile_pipeline
 from fleetflow.processor.runner import Runner
-from fleetflow.runtime import codec, jetstream, subjects
+from fleetflow.runtime import codec, jetstream, pull, subjects
 from fleetflow.runtime.codec import AlertEvent, Command, Reading, ReadingBatch, WindowAggregate
 from tests.support.natsserver import NatsServer
 
@@ -294,7 +294,7 @@ async def test_deliveries_a_failed_fetch_lost_are_applied_before_later_inputs(
     batches = [ReadingBatch(fleet="lossy", device="d-1", readings=[Reading(s, BASE + s, {"t": 1.0})], received_ms=BASE)
                for s in range(6)]  # fmt: skip
     await publish(js, batches[:3])
-    real_fetch = JetStreamContext.PullSubscription.fetch
+    real_fetch = pull.fetch
     failed = False
 
     async def fetch_failing_once(sub: JetStreamContext.PullSubscription, *args: Any, **kwargs: Any) -> list[Msg]:
@@ -306,7 +306,7 @@ async def test_deliveries_a_failed_fetch_lost_are_applied_before_later_inputs(
         await publish(js, batches[3:])  # ... later inputs arrive ...
         raise nats.js.errors.ServiceUnavailableError  # ... and the fetch fails, dropping what it had received
 
-    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", fetch_failing_once)
+    monkeypatch.setattr(pull, "fetch", fetch_failing_once)  # the fetch the runner uses
     runners = [runner(js, fleet, pipeline)]
     stop = asyncio.Event()
     await runners[0].start()

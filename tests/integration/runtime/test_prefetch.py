@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import nats
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, StreamConfig
 
 from fleetflow.runtime.consumer import BatchConsumer, DeadLetters, Failure
 from tests.support.natsserver import NatsServer
@@ -35,11 +35,19 @@ async def test_a_consumer_stopped_mid_stream_handles_in_order_and_leaves_nothing
 
     consumer = BatchConsumer(js, "S", "d", handle, DeadLetters(js, "f", "test"), 5, batch=10, wait=0.2)
     await asyncio.wait_for(consumer.run(stop), 10)
-    info = await js.consumer_info("S", "d")
-    await nc.close()
     assert second_fetch_asked.is_set()
     assert seen == list(range(1, 21))  # the batch in hand and the one fetched ahead, in order
-    assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == 20
+    # Acks are published without a reply; JetStream applies them shortly after run() returns.
+    info = await asyncio.wait_for(_when_acked(js, 20), 5)
+    await nc.close()
+    assert info.num_ack_pending == 0 and info.num_pending == 80
+
+
+async def _when_acked(js: nats.js.JetStreamContext, floor: int) -> ConsumerInfo:
+    """The consumer's info once its ack floor reached `floor` (and went no further: nothing else was handled)."""
+    while (info := await js.consumer_info("S", "d")).ack_floor.stream_seq < floor:
+        await asyncio.sleep(0.02)
+    return info
 
 
 async def _asked_for_more(js: nats.js.JetStreamContext, asked: asyncio.Event) -> None:
