@@ -43,8 +43,8 @@ Handler = Callable[[Sequence[Msg]], Awaitable[Sequence[Failure | None]]]
 class Prefetch:
     """A pull subscription's fetches, the next one asked for as soon as the last is taken, so that nats-server
     delivers it while the caller works on the last. Fetched one after the other, a busy processor spent a
-    quarter of its time waiting for its next fetch (docs/performance.md, Round 4). At most one fetch is ever in
-    flight, so messages come in the order they would without it.
+    quarter of its time waiting for its next fetch (docs/performance.md, "Round 4: fetching ahead"). At most one
+    fetch is ever in flight, so messages come in the order they would without it.
 
     A message fetched ahead is delivered and unacknowledged like one in hand: if the process dies, it comes back
     as any unacknowledged message does. `rest` hands over what the fetch in flight brought, so that a caller
