@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetflow.api import DeviceFleet
-from fleetflow.local.natsserver import free_port, nats_server_binary
+from fleetflow.local.natsserver import nats_server_binary
+from fleetflow.local.ports import PortChoice
 from fleetflow.operator.builders import nats, sites
 from fleetflow.operator.builders.common import namespace_of
 
@@ -137,8 +138,9 @@ def managed_nats(
 ) -> Iterator[list[Pod]]:
     """Every pod of the fleet's NATS StatefulSet, started together (its podManagementPolicy is Parallel)."""
     replicas = fleet.spec.nats.managed_or_default.replicas
+    choice = PortChoice()  # distinct: two free_port() calls can return the same port, and a pod then cannot start
     pods = [
-        Pod(f"{nats.statefulset_name(fleet)}-{i}", {port: free_port() for port in CONTAINER_PORTS})
+        Pod(f"{nats.statefulset_name(fleet)}-{i}", {port: choice.take() for port in CONTAINER_PORTS})
         for i in range(replicas)
     ]
     with ExitStack() as stack:
