@@ -51,10 +51,17 @@ def running_nats(store_dir: Path, port: int | None = None, args: Sequence[str] =
 def rogue_leaf(folder: Path, hub_port: int, user: str, password: str) -> Iterator[str]:
     """A nats-server that logs in to the hub's leaf-node port as `user` (a site), without the denies a real site's
     config has: what a compromised site could run. Yields the URL its clients publish on."""
+    remote = f'leafnodes {{ remotes: [ {{ url: "nats://{user}:{password}@127.0.0.1:{hub_port}" }} ] }}\n'
+    with configured_server(folder / "rogue.conf", remote) as url:
+        yield url
+
+
+@contextmanager
+def configured_server(config: Path, settings: str) -> Iterator[str]:
+    """A nats-server on a free loopback port with `settings` (nats-server config text) written to `config`;
+    yields its client URL once it listens, and stops it on the way out."""
     port = free_port()
-    config = folder / "rogue.conf"
-    config.write_text(f"listen: 127.0.0.1:{port}\n"
-                      f'leafnodes {{ remotes: [ {{ url: "nats://{user}:{password}@127.0.0.1:{hub_port}" }} ] }}\n')  # fmt: skip
+    config.write_text(f"listen: 127.0.0.1:{port}\n{settings}")
     process = subprocess.Popen([str(nats_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     try:

@@ -132,7 +132,7 @@ class _Fetch:
                 if _processable(status, msg):
                     self.msgs.append(msg)
         except TimeoutError:
-            pass  # what arrived is returned
+            return  # what arrived is returned
 
     async def linger(self) -> list[Msg]:
         """Nothing was ready: one request that waits on the server for the rest of the timeout."""

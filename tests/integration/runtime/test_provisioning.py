@@ -1,6 +1,5 @@
 """Provisioning on a real nats-server whose JetStream store is as small as a default managed NATS volume's."""
 
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,9 +8,8 @@ import pytest
 from nats.aio.client import Client
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.local.natsserver import free_port, nats_server_binary
 from fleetflow.runtime import jetstream
-from tests.support.natsserver import wait_for_port
+from tests.support.natsserver import configured_server
 
 # What the operator gives JetStream of a default fleet's 10Gi volume (builders.nats.STORE_SHARE = 0.9).
 DEFAULT_STORE_BYTES = int(10 * 2**30 * 0.9)
@@ -19,18 +17,9 @@ DEFAULT_STORE_BYTES = int(10 * 2**30 * 0.9)
 
 @pytest.fixture
 def small_store_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path}/js"\n'
-                    f"  max_file_store: {DEFAULT_STORE_BYTES} }}\n")  # fmt: skip
-    process = subprocess.Popen([str(nats_server_binary()), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for_port(port)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    store = f'jetstream {{ store_dir: "{tmp_path}/js"\n  max_file_store: {DEFAULT_STORE_BYTES} }}\n'
+    with configured_server(tmp_path / "nats.conf", store) as url:
+        yield url
 
 
 @pytest.fixture
