@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,14 @@ async def scrape_all(platform: RunningPlatform) -> tuple[set[str], str]:
                 body = await response.text()
             text += body
             names.update(re.findall(r"^(fleetflow_[a-z0-9_]+)", body, re.MULTILINE))
+            repeated = [series for series, n in Counter(series_of(body)).items() if n > 1]
+            assert not repeated, f"{service['metrics']} exports a series more than once: {repeated[:3]}"
     return names, text
+
+
+def series_of(body: str) -> list[str]:
+    """Each sample's name and labels (a histogram's bucket with its `le`) in a /metrics body."""
+    return [line.rpartition(" ")[0] for line in body.splitlines() if line and not line.startswith("#")]
 
 
 def test_every_metric_the_dashboards_query_is_exported_and_logs_are_clean(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ INSTRUMENT = re.compile(
 )
 # telemetry.SummedCounter(meter, "fleetflow_...", ...): an observable counter made for the hot path.
 SUMMED_COUNTER = re.compile(r"SummedCounter\(\s*\w+,\s*\"(fleetflow_\w+)\"")
+# telemetry.latency_histogram(meter, "fleetflow_..._seconds", ...): a histogram with the latency buckets.
+LATENCY_HISTOGRAM = re.compile(r"latency_histogram\(\s*\w+,\s*\"(fleetflow_\w+)\"")
 METRIC = re.compile(r"\bfleetflow_\w+")
 
 
@@ -23,6 +25,8 @@ def exported_series() -> set[str]:
     for path in (p for source in SOURCES for p in source.rglob("*.py")):
         text = path.read_text()
         series |= {f"{name}_total" for name in SUMMED_COUNTER.findall(text)}
+        for name in LATENCY_HISTOGRAM.findall(text):
+            series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
         for kind, name in INSTRUMENT.findall(text):
             if kind == "histogram":
                 series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}

@@ -40,8 +40,8 @@ class ReconcileMetrics:
         self.errors = meter.create_counter(
             "fleetflow_operator_reconcile_errors", unit="1", description="Reconciles that failed or must retry"
         )
-        self.duration = meter.create_histogram(
-            "fleetflow_operator_reconcile_duration_seconds", unit="s", description="One reconcile, by kind"
+        self.duration = telemetry.latency_histogram(
+            meter, "fleetflow_operator_reconcile_duration_seconds", "One reconcile, by kind"
         )
         for kind in ("DeviceFleet", "Pipeline"):  # export 0, not nothing, until the first error
             self.errors.add(0, {"kind": kind})

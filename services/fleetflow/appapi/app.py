@@ -11,6 +11,7 @@ from fleetflow.appapi.commands import FleetCommands
 from fleetflow.appapi.events import FleetEvents
 from fleetflow.appapi.keys import API_KEY, ApiKeys
 from fleetflow.appapi.resources import ROUTES, FleetResources, Handler, Route, json_response, router_path
+from fleetflow.runtime import telemetry
 from fleetflow.runtime.httpserver import HttpRefusal, device_app
 
 MAX_BODY = 256 * 1024  # command bodies are at most 64 KiB of params
@@ -24,8 +25,8 @@ class Instruments:
         self.refusals = meter.create_counter(
             "fleetflow_appapi_refusals", unit="1", description="Requests refused (4xx/5xx), by reason"
         )
-        self.duration = meter.create_histogram(
-            "fleetflow_appapi_request_duration_seconds", unit="s", description="Time to answer, by operation"
+        self.duration = telemetry.latency_histogram(
+            meter, "fleetflow_appapi_request_duration_seconds", "Time to answer, by operation"
         )
 
 

@@ -138,8 +138,8 @@ class DeviceIntake:
         self.requests_rejected = meter.create_counter(
             "fleetflow_gateway_requests_rejected", unit="1", description="Requests refused, by protocol and reason"
         )
-        self.request_duration = meter.create_histogram(
-            "fleetflow_gateway_request_duration_seconds", unit="s", description="Time to answer a device"
+        self.request_duration = telemetry.latency_histogram(
+            meter, "fleetflow_gateway_request_duration_seconds", "Time to answer a device"
         )
         for protocol in PROTOCOLS:
             for counter in (self.readings_received, self.readings_accepted, self.readings_duplicate):

@@ -56,8 +56,8 @@ class TelemetryPublisher:
         self.nc, self.budgeted = nc, budgeted
         self.acks = AckedPublisher(nc)  # a third less CPU per publish than nats-py's js.publish
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self.publish_duration = meter.create_histogram(
-            "fleetflow_gateway_publish_duration_seconds", unit="s", description="JetStream publish to ack"
+        self.publish_duration = telemetry.latency_histogram(
+            meter, "fleetflow_gateway_publish_duration_seconds", "JetStream publish to ack"
         )
 
     @property

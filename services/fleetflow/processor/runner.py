@@ -136,10 +136,13 @@ class Runner:
             description="Expressions that failed on a reading, by pipeline, step and reason (see docs/processor.md)",
         )
         self.checkpoint_bytes = meter.create_histogram(
-            "fleetflow_processor_checkpoint_bytes", unit="By", description="Size of each state checkpoint"
+            "fleetflow_processor_checkpoint_bytes",
+            unit="By",
+            description="Size of each state checkpoint",
+            explicit_bucket_boundaries_advisory=telemetry.CHECKPOINT_BYTES_BUCKETS,
         )
-        self.checkpoint_duration = meter.create_histogram(
-            "fleetflow_processor_checkpoint_duration_seconds", unit="s", description="Writing one checkpoint"
+        self.checkpoint_duration = telemetry.latency_histogram(
+            meter, "fleetflow_processor_checkpoint_duration_seconds", "Writing one checkpoint"
         )
         self.checkpoint_failures = meter.create_counter(
             "fleetflow_processor_checkpoint_failures", unit="1", description="Checkpoints JetStream did not take"

@@ -13,11 +13,10 @@ from nats.aio.msg import Msg
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider
@@ -37,8 +36,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 END_TO_END_BUCKETS = (*LATENCY_BUCKETS, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 # Bytes of a processor checkpoint: 1 KiB to 256 MiB in factors of 4 (the default buckets stop at 10000).
 CHECKPOINT_BYTES_BUCKETS = tuple(float(1024 * 4**i) for i in range(10))
-END_TO_END_HISTOGRAM = "fleetflow_end_to_end_latency_seconds"
-CHECKPOINT_BYTES_HISTOGRAM = "fleetflow_processor_checkpoint_bytes"
 
 # The downward API puts these into a pod's environment (the operator's builders do), so spans and
 # metrics name the pod they came from.
@@ -91,7 +88,7 @@ def configure(service: str, fleet: str | None = None, pipeline: str | None = Non
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        metrics.set_meter_provider(MeterProvider(resource=res, metric_readers=readers, views=_views()))
+        metrics.set_meter_provider(MeterProvider(resource=res, metric_readers=readers))
         tracer_provider = TracerProvider(resource=res, sampler=_sampler())
         if _otlp("TRACES"):
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -104,16 +101,14 @@ def configure(service: str, fleet: str | None = None, pipeline: str | None = Non
     return metrics.get_meter(f"fleetflow.{service}")
 
 
-def _views() -> list[View]:
-    # The first matching view wins per instrument name, so the specific ones come before the wildcard.
-    return [
-        View(instrument_name=END_TO_END_HISTOGRAM, aggregation=ExplicitBucketHistogramAggregation(END_TO_END_BUCKETS)),
-        View(
-            instrument_name=CHECKPOINT_BYTES_HISTOGRAM,
-            aggregation=ExplicitBucketHistogramAggregation(CHECKPOINT_BYTES_BUCKETS),
-        ),
-        View(instrument_name="*_seconds", aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS)),
-    ]
+def latency_histogram(meter: Meter, name: str, description: str) -> Histogram:
+    """A histogram of seconds with LATENCY_BUCKETS.
+
+    Buckets are given to each histogram where it is made, not by views: the SDK applies every view whose
+    selector matches, so a specific view beside a `*_seconds` one exported such a histogram twice."""
+    return meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=LATENCY_BUCKETS
+    )
 
 
 def series_labels(service: str, fleet: str | None = None, pipeline: str | None = None) -> dict[str, str]:

@@ -156,8 +156,8 @@ class RecordWriter:
             self.stored.add(0, {"record": record})
         self.rows.add(0)
         self.late.add(0)
-        self.write_duration = meter.create_histogram(
-            "fleetflow_writer_write_duration_seconds", unit="s", description="One batched store write, by record"
+        self.write_duration = telemetry.latency_histogram(
+            meter, "fleetflow_writer_write_duration_seconds", "One batched store write, by record"
         )
         self.batch_size = meter.create_histogram(
             "fleetflow_writer_batch_readings", unit="1", description="Readings per store write"
@@ -166,6 +166,7 @@ class RecordWriter:
             "fleetflow_end_to_end_latency_seconds",
             unit="s",
             description="Device timestamp of a batch's newest reading to its commit in the store (late excluded)",
+            explicit_bucket_boundaries_advisory=telemetry.END_TO_END_BUCKETS,
         )
 
     async def handle(self, msgs: Sequence[Msg]) -> list[Failure | None]:
