@@ -185,8 +185,10 @@ class DeviceIntake:
         (`trace_context`) if it sent one; `attributes`: gives the protocol's own (http.*, rpc.*). `peer` may be a
         function that finds it, called only for a recorded span. A Rejection raised inside is marked
         (mark_refused) and goes on to the adapter."""
-        span = _tracer.start_span(name, context=trace_context, kind=trace.SpanKind.SERVER, record_exception=False,
-                                  set_status_on_exception=False)  # fmt: skip
+        span = _unrecorded_root(trace_context) or _tracer.start_span(
+            name, context=trace_context, kind=trace.SpanKind.SERVER, record_exception=False,
+            set_status_on_exception=False,
+        )  # fmt: skip
         if span.is_recording():  # most requests' spans are not (sampling): their attributes would be thrown away
             connection = peer() if callable(peer) else peer
             span.set_attributes({**connection.attributes(), "fleetflow.protocol": protocol,
@@ -276,6 +278,16 @@ class _ServerSpan:
             if self._token is not None:
                 otel_context.detach(self._token)
             self.span.end()
+
+
+def _unrecorded_root(trace_context: Context | None) -> trace.Span | None:
+    """The span start_span would give a request that continues no trace, when it would certainly not be recorded
+    (telemetry.unsampled_root_context): the same ids, without asking the sampler. Most devices send no trace
+    context, and the sampler's answer is known for them. None for a request that continues a trace."""
+    if trace.get_current_span(trace_context).get_span_context().is_valid:
+        return None
+    span_context = telemetry.unsampled_root_context(_tracer)
+    return trace.NonRecordingSpan(span_context) if span_context is not None else None
 
 
 # The attributes of every request's measurements, built once per protocol rather than per request.
