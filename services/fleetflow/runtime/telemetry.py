@@ -212,6 +212,7 @@ def headers_of(span_context: trace.SpanContext) -> dict[str, str]:
     return headers
 
 
+_TRACEPARENT = "traceparent"
 # A W3C traceparent of version 00: "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>".
 _TRACEPARENT_LENGTH = 55
 _SPAN_ID = slice(36, 52)
@@ -313,7 +314,11 @@ def _parent_based(sampler: Sampler) -> bool:
 
 def extract(headers: Mapping[str, str] | None) -> Context:
     """The trace context a message or request carries; an empty context when it carries none."""
-    return _PROPAGATOR.extract(dict(headers or {}))
+    if not headers or _TRACEPARENT not in headers:
+        # What the propagator gives without a traceparent (it looks the key up as written; a case-insensitive
+        # mapping that has it in another case goes the long way), without copying every header first.
+        return Context()
+    return _PROPAGATOR.extract(dict(headers))
 
 
 def consumer_attributes(msg: Msg, consumer_group: str = "") -> dict[str, str | int]:
