@@ -19,9 +19,8 @@ from nats.aio.client import Client
 from opentelemetry.metrics import Meter, Observation
 
 from fleetflow.gateway.errors import Rejection
-from fleetflow.gateway.publisher import TelemetryPublisher, unavailable
+from fleetflow.gateway.publisher import TelemetryMessage, TelemetryPublisher, unavailable
 from fleetflow.runtime import codec
-from fleetflow.runtime.codec import ReadingBatch
 from fleetflow.runtime.jetstream import ConnectionWatch
 
 log = structlog.get_logger(__name__)
@@ -146,18 +145,19 @@ class BufferedPublisher(TelemetryPublisher):
             return 0.0
         return time.monotonic() - self._progress_at
 
-    async def publish(self, batch: ReadingBatch) -> bool:
-        payload = self.encode(batch)  # a batch NATS can never carry is refused here, never buffered
+    async def publish(self, message: TelemetryMessage) -> bool:
+        # A batch NATS can never carry was refused when its message was built (TelemetryPublisher.message), so it
+        # never reaches the buffer.
         if not len(self.buffer) and self.nc.is_connected:
             try:
-                return await self._publish_unless_lost(batch, payload)
+                return await self._publish_unless_lost(message)
             except Rejection as rejection:
                 if rejection.status != 503:
                     raise
-        await self._store(payload)
+        await self._store(message.payload)
         return False
 
-    async def _publish_unless_lost(self, batch: ReadingBatch, payload: bytes) -> bool:
+    async def _publish_unless_lost(self, message: TelemetryMessage) -> bool:
         """Publish, but give up as soon as the connection drops: JetStream's answer would never come, and the
         device would wait out the whole publish timeout before its batch reached the buffer.
 
@@ -177,7 +177,7 @@ class BufferedPublisher(TelemetryPublisher):
 
         stop_watching = self.watch.call_when_lost(give_up)
         try:
-            return await self.publish_encoded(batch, payload)
+            return await self.send(message)
         except asyncio.CancelledError:
             if dropped and task.uncancel() == 0:  # nobody else cancelled the request
                 raise unavailable(CONNECTION_DROPPED) from None
@@ -224,14 +224,14 @@ class BufferedPublisher(TelemetryPublisher):
         batches = []
         for path, data in window:
             try:
-                batches.append((path, codec.decode_batch(data), data))
+                batches.append((path, TelemetryMessage.of(codec.decode_batch(data), data)))
             except msgspec.DecodeError:
                 await self._set_aside(path, ".corrupt", "unreadable file in the outage buffer")
                 return True
-        outcomes = await asyncio.gather(*(self.publish_encoded(b, data) for _, b, data in batches),
+        outcomes = await asyncio.gather(*(self.send(message) for _, message in batches),
                                         return_exceptions=True)  # fmt: skip
         done, rejected = [], []
-        for (path, _, _), outcome in zip(batches, outcomes, strict=True):
+        for (path, _), outcome in zip(batches, outcomes, strict=True):
             if isinstance(outcome, Rejection) and outcome.status != 503:
                 rejected.append((path, outcome))
             elif isinstance(outcome, BaseException):

@@ -37,7 +37,7 @@ from fleetflow.api import DeviceFleet
 from fleetflow.gateway.auth import DeviceAuthenticator
 from fleetflow.gateway.errors import Rejection
 from fleetflow.gateway.ingest import BatchValidator, check_device_id
-from fleetflow.gateway.publisher import TelemetryPublisher
+from fleetflow.gateway.publisher import TelemetryMessage, TelemetryPublisher
 from fleetflow.gateway.ratelimit import DeviceRateLimiter
 from fleetflow.runtime import telemetry
 from fleetflow.runtime.codec import ReadingBatch
@@ -185,8 +185,10 @@ class DeviceIntake:
         (`trace_context`) if it sent one; `attributes`: gives the protocol's own (http.*, rpc.*). `peer` may be a
         function that finds it, called only for a recorded span. A Rejection raised inside is marked
         (mark_refused) and goes on to the adapter."""
-        span = _tracer.start_span(name, context=trace_context, kind=trace.SpanKind.SERVER, record_exception=False,
-                                  set_status_on_exception=False)  # fmt: skip
+        span = _unrecorded_root(trace_context) or _tracer.start_span(
+            name, context=trace_context, kind=trace.SpanKind.SERVER, record_exception=False,
+            set_status_on_exception=False,
+        )  # fmt: skip
         if span.is_recording():  # most requests' spans are not (sampling): their attributes would be thrown away
             connection = peer() if callable(peer) else peer
             span.set_attributes({**connection.attributes(), "fleetflow.protocol": protocol,
@@ -200,22 +202,31 @@ class DeviceIntake:
         trace), or, for an adapter that has none (MQTT's messages arrive through a stream), in a CONSUMER span of
         its own: every protocol's batch starts a trace here at the latest."""
         if trace.get_current_span().get_span_context().is_valid:
-            return await self._publish(protocol, batch)
+            return await self._publish(protocol, self._message(protocol, batch))
         with _tracer.start_as_current_span(f"receive {protocol} telemetry", kind=trace.SpanKind.CONSUMER,
                                            attributes=_intake_attributes(protocol, batch)):  # fmt: skip
-            return await self._publish(protocol, batch)
+            return await self._publish(protocol, self._message(protocol, batch))
 
-    async def _publish(self, protocol: str, batch: ReadingBatch) -> Accepted:
+    def _message(self, protocol: str, batch: ReadingBatch) -> TelemetryMessage:
         with self.counted(protocol, batch.device):
-            duplicate = await self.publisher.publish(batch)
-        count = len(batch.readings)
+            return self.publisher.message(batch)
+
+    async def _publish(self, protocol: str, message: TelemetryMessage) -> Accepted:
+        with self.counted(protocol, message.device):
+            duplicate = await self.publisher.publish(message)
+        count = message.readings
         (self.readings_duplicate if duplicate else self.readings_accepted).add(count, _summed_labels(protocol))
-        return Accepted(count, duplicate, batch.readings[0].seq, batch.readings[-1].seq)
+        return Accepted(count, duplicate, message.first_seq, message.last_seq)
 
     async def ingest(self, protocol: str, device: str, body: bytes, received_bytes: int | None = None) -> Accepted:
         started = time.perf_counter()
         try:
-            return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
+            if not trace.get_current_span().get_span_context().is_valid:  # an adapter without a span of its own
+                return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
+            # Not through publish(), whose frame would hold the batch during the ack wait: only its message waits,
+            # and the readings are freed at once (TelemetryMessage).
+            message = self._message(protocol, self.receive(protocol, device, body, received_bytes))
+            return await self._publish(protocol, message)
         finally:
             self.request_duration.record(time.perf_counter() - started, _labels(protocol))
 
@@ -267,6 +278,16 @@ class _ServerSpan:
             if self._token is not None:
                 otel_context.detach(self._token)
             self.span.end()
+
+
+def _unrecorded_root(trace_context: Context | None) -> trace.Span | None:
+    """The span start_span would give a request that continues no trace, when it would certainly not be recorded
+    (telemetry.unsampled_root_context): the same ids, without asking the sampler. Most devices send no trace
+    context, and the sampler's answer is known for them. None for a request that continues a trace."""
+    if trace.get_current_span(trace_context).get_span_context().is_valid:
+        return None
+    span_context = telemetry.unsampled_root_context(_tracer)
+    return trace.NonRecordingSpan(span_context) if span_context is not None else None
 
 
 # The attributes of every request's measurements, built once per protocol rather than per request.

@@ -207,6 +207,7 @@ def headers_of(span_context: trace.SpanContext) -> dict[str, str]:
     return headers
 
 
+_TRACEPARENT = "traceparent"
 # A W3C traceparent of version 00: "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>".
 _TRACEPARENT_LENGTH = 55
 _SPAN_ID = slice(36, 52)
@@ -250,37 +251,69 @@ def unsampled_child_context(headers: Mapping[str, str] | None, tracer: trace.Tra
     match = _UNSAMPLED_00.fullmatch(headers.get("traceparent", ""))
     if match is None or match[1] == _ZERO_TRACE_ID or match[2] == _ZERO_SPAN_ID:
         return None
-    ids: IdGenerator
-    if isinstance(tracer, trace.ProxyTracer):  # what telemetry.tracer() gives before configure(): the global one's
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):
-            return None
-        sampler, ids = provider.sampler, provider.id_generator
-    elif isinstance(tracer, SdkTracer):
-        sampler, ids = tracer.sampler, tracer.id_generator
-    else:
-        return None
-    if not _drops_unsampled_remote_children(sampler):
+    sampling = _sampling_of(tracer)
+    if sampling is None or not _drops_unsampled_remote_children(sampling[0]):
         return None
     # The SDK keeps the parent's random-trace-id flag (W3C level 2) and clears the sampled one.
     flags = trace.TraceFlags(int(match[3], 16) & trace.TraceFlags.RANDOM_TRACE_ID)
-    return trace.SpanContext(int(match[1], 16), ids.generate_span_id(), is_remote=False, trace_flags=flags)
+    return trace.SpanContext(int(match[1], 16), sampling[1].generate_span_id(), is_remote=False, trace_flags=flags)
+
+
+def unsampled_root_context(tracer: trace.Tracer) -> trace.SpanContext | None:
+    """The span context `tracer.start_span(name, context)` gives a span without a valid parent in `context` (a
+    device request that carries no trace context) when that span is certain not to be recorded: the sampler of
+    `tracer` is parent-based with an always-off root sampler (fleetflow's when nothing is exported; see _sampler).
+    A new trace id and span id from the tracer's id generator, not sampled. None whenever the span must really be
+    started (any other sampler, a tracer of no SDK, the SDK's own span metrics on)."""
+    sampling = _sampling_of(tracer)
+    if sampling is None or not _drops_roots(sampling[0]):
+        return None
+    ids = sampling[1]
+    # As the SDK: a root's trace id is the generator's, flagged random (W3C level 2) if the generator says so.
+    flags = trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else trace.TraceFlags.DEFAULT)
+    return trace.SpanContext(ids.generate_trace_id(), ids.generate_span_id(), is_remote=False, trace_flags=flags)
+
+
+def _sampling_of(tracer: trace.Tracer) -> tuple[Sampler, IdGenerator] | None:
+    """The sampler and id generator `tracer` starts spans with, if it is an SDK tracer (or the proxy of one)."""
+    if isinstance(tracer, trace.ProxyTracer):  # what telemetry.tracer() gives before configure(): the global one's
+        provider = trace.get_tracer_provider()
+        return (provider.sampler, provider.id_generator) if isinstance(provider, TracerProvider) else None
+    if isinstance(tracer, SdkTracer):
+        return tracer.sampler, tracer.id_generator
+    return None
 
 
 @functools.cache
 def _drops_unsampled_remote_children(sampler: Sampler) -> bool:
+    return _parent_based(sampler) and f"remoteParentNotSampled:{ALWAYS_OFF.get_description()}," in (
+        sampler.get_description()
+    )
+
+
+@functools.cache
+def _drops_roots(sampler: Sampler) -> bool:
+    # The root delegate is named first; a ParentBased nested as another delegate would be named later.
+    return _parent_based(sampler) and sampler.get_description().startswith(
+        f"ParentBased{{root:{ALWAYS_OFF.get_description()},"
+    )
+
+
+def _parent_based(sampler: Sampler) -> bool:
     # The description is the one public view of a ParentBased sampler's delegates. The SDK's own span metrics
     # (off by default) count every started span, so with them on, the span is started.
     if os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip().lower() == "true":
         return False
-    return type(sampler).should_sample is ParentBased.should_sample and (
-        f"remoteParentNotSampled:{ALWAYS_OFF.get_description()}," in sampler.get_description()
-    )
+    return type(sampler).should_sample is ParentBased.should_sample
 
 
 def extract(headers: Mapping[str, str] | None) -> Context:
     """The trace context a message or request carries; an empty context when it carries none."""
-    return _PROPAGATOR.extract(dict(headers or {}))
+    if not headers or _TRACEPARENT not in headers:
+        # What the propagator gives without a traceparent (it looks the key up as written; a case-insensitive
+        # mapping that has it in another case goes the long way), without copying every header first.
+        return Context()
+    return _PROPAGATOR.extract(dict(headers))
 
 
 def consumer_attributes(msg: Msg, consumer_group: str = "") -> dict[str, str | int]:
@@ -334,5 +367,7 @@ __all__ = [
     "tracer",
     "unsampled",
     "unsampled_child",
+    "unsampled_child_context",
+    "unsampled_root_context",
     "version",
 ]
