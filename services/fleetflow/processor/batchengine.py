@@ -237,7 +237,7 @@ class WindowRunner(StepRunner):
         size, hop, wanted = spec.size_ms, spec.hop_ms, spec.metrics
         behind = spec.watermark_delay_ms + spec.allowed_lateness_ms
         next_end = min(windows.open) + size if windows.open else None  # the end of the first window to close
-        late = 0
+        late, newest = 0, windows.newest_ts
         joined: dict[int, list[int]] = {}  # window start -> the readings that joined it, not yet accumulated
         for i in alive:
             reading = batch.readings[i]
@@ -256,13 +256,16 @@ class WindowRunner(StepRunner):
                             next_end = start + size
                 else:
                     readings.append(i)
-            if ts > windows.newest_ts:
-                windows.newest_ts = ts
             if missed:
                 late += 1
                 batch.out.late.setdefault(self.name, []).append(Reading(reading.seq, ts, dict(batch.metrics[i])))
-            # WindowOperator.close_passed: nothing can close unless the first open window ended
-            closed_until = windows.newest_ts - behind
+            # WindowOperator.close_passed. Only a newer event time moves the watermark: every window it had passed
+            # closed then, and a window opened since ends after it (else the reading missed it), so a reading no
+            # newer than the newest closes nothing.
+            if ts <= newest:
+                continue
+            newest = windows.newest_ts = ts
+            closed_until = ts - behind
             if closed_until > windows.closed_until:
                 windows.closed_until = closed_until
             if next_end is not None and next_end <= windows.closed_until:
