@@ -73,15 +73,6 @@ class CheckpointStore:
 
     async def save(self, state: EngineState) -> int:
         """Write the state; returns its size in bytes."""
-        data = self.encode(state)
-        await self.write(data)
-        return len(data)
-
-    def encode(self, state: EngineState) -> bytes:
-        """The checkpoint of `state` as it is now, in bytes that no later change of the state touches."""
-        return msgspec.msgpack.encode(Checkpoint(self.digest, int(time.time() * 1000), state))
-
-    async def write(self, data: bytes) -> None:
-        """Replace the saved checkpoint with `data` (from encode). The object store writes the new object's
-        chunks before its meta message, so until this returns a restart still finds the previous one whole."""
+        data = msgspec.msgpack.encode(Checkpoint(self.digest, int(time.time() * 1000), state))
         await (await self._bucket()).put(self.name, data)
+        return len(data)

@@ -40,8 +40,8 @@ PUBLISH_ATTEMPTS = 8
 PUBLISH_CHUNK = 512  # outputs in flight at once: bounds what one wait for acks holds, and retries
 PUBLISH_TIMEOUT = 10.0
 ADVANCE_INTERVAL = 1.0
-# A checkpoint encodes the whole state, blocking the loop while it does, then uploads it; with a big state (long
-# dedupe horizons, long windows of many devices) that cost would grow without bound, so at most 1/20 of the time.
+# A checkpoint encodes the whole state and blocks the loop while it does; with a big state (long dedupe
+# horizons, long windows of many devices) that cost would grow without bound, so at most 1/20 of the time.
 CHECKPOINT_TIME_SHARE = 0.05
 
 
@@ -110,10 +110,8 @@ class Runner:
         self.error_log = EvaluationErrorLog(pipeline.name)
         self.ready = False
         self._saved_seq = -1
-        self._timer_changes = 0  # state changes without a new input (idle windows closed by the clock)
         self._next_checkpoint = 0.0
         self._checkpoint_seconds = 0.0
-        self._writing: asyncio.Task[None] | None = None  # the checkpoint being uploaded
         self._next_advance = 0.0
         self._metrics(meter)
 
@@ -210,7 +208,6 @@ class Runner:
                 await self.handle(msgs, ack=True)
         finally:
             await fetches.close()
-            await self._checkpoint_written()  # whole on its own, so a crash test or a stop may let it finish
         await self.checkpoint()
         self.error_log.flush(self.clock(), final=True)
         await sub.unsubscribe()
@@ -271,61 +268,26 @@ class Runner:
             if out:
                 await self.publish(records.messages(self.fleet, self.pipeline, None, out))
                 self._saved_seq = -1  # the state changed without a new input
-                self._timer_changes += 1
-        if now >= self._next_checkpoint and self._upload_finished():
-            self._next_checkpoint = now + self.checkpoint_interval  # until this one is written
-            self._writing = self._start_checkpoint(now)
+        if now >= self._next_checkpoint:
+            self._next_checkpoint = now + self.checkpoint_interval
+            await self.checkpoint()
+            self._next_checkpoint = next_checkpoint_at(now, self.checkpoint_interval, self._checkpoint_seconds)
         self.error_log.flush(now)
 
     async def checkpoint(self) -> None:
-        """Write the state as it is now (after the checkpoint being uploaded, if any)."""
-        await self._checkpoint_written()
-        self._writing = self._start_checkpoint(self.clock())
-        await self._checkpoint_written()
-
-    async def _checkpoint_written(self) -> None:
-        while self._writing is not None:
-            await asyncio.wait([self._writing])
-            self._upload_finished()
-
-    def _upload_finished(self) -> bool:
-        """Whether no checkpoint is being uploaded. What a finished upload raised (besides the failures it
-        counts) is raised here, as it was when the loop waited for the checkpoint."""
-        task = self._writing
-        if task is None:
-            return True
-        if not task.done():
-            return False
-        self._writing = None
-        task.result()
-        return True
-
-    def _start_checkpoint(self, now: float) -> asyncio.Task[None] | None:
-        """Encode the state now, then upload it while the loop goes on applying inputs: the bytes hold the state
-        at this input, and until the upload is done a restart finds the previous checkpoint whole (either one
-        replays to the same state). None if nothing changed since the last one."""
         if self._saved_seq == self.engine.state.applied_seq:
-            return None
+            return
         started = time.perf_counter()
-        data = self.checkpoints.encode(self.engine.state)
-        return asyncio.create_task(self._upload(data, self.engine.state.applied_seq, self._timer_changes, started, now))
-
-    async def _upload(self, data: bytes, applied_seq: int, timer_changes: int, started: float, now: float) -> None:
         try:
-            await self.checkpoints.write(data)
+            size = await self.checkpoints.save(self.engine.state)
         except (nats.errors.Error, OSError) as exc:  # the next tick tries again; replay covers the gap
             self.checkpoint_failures.add(1)
             log.warning("checkpoint failed", error=str(exc))
-        else:
-            if timer_changes == self._timer_changes:  # else the clock changed the state after it was encoded
-                self._saved_seq = applied_seq
-            # The whole checkpoint, encoding and upload, counts towards its share of the time: the upload costs
-            # this process and nats-server CPU too, so checkpoints come no more often than when it blocked.
-            self._checkpoint_seconds = time.perf_counter() - started
-            self.checkpoint_bytes.record(len(data))
-            self.checkpoint_duration.record(self._checkpoint_seconds)
-        finally:
-            self._next_checkpoint = next_checkpoint_at(now, self.checkpoint_interval, self._checkpoint_seconds)
+            return
+        self._saved_seq = self.engine.state.applied_seq
+        self._checkpoint_seconds = time.perf_counter() - started
+        self.checkpoint_bytes.record(size)
+        self.checkpoint_duration.record(self._checkpoint_seconds)
 
     async def publish(self, messages: list[records.Message]) -> None:
         """Publish and wait for every ack, retrying failures; PublishFailed if JetStream keeps refusing."""

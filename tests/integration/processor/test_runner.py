@@ -15,7 +15,6 @@ from nats.js import JetStreamContext
 from opentelemetry.metrics import get_meter
 
 from fleetflow.api import DeviceFleet, Pipeline
-from fleetflow.processor.checkpoint import Checkpoint
 from fleetflow.processor.compiler import compile_pipeline
 from fleetflow.processor.runner import Runner
 from fleetflow.runtime import codec, jetstream, pull, subjects
@@ -318,47 +317,3 @@ async def test_deliveries_a_failed_fetch_lost_are_applied_before_later_inputs(
     out = await stored(js, subjects.pipeline_stream("lossy", "chain"), "ff.lossy.pl.chain.readings.>")
     assert [msgspec.json.decode(m[2], type=ReadingBatch).readings[0].seq for m in out] == list(range(6))
     assert failed
-
-
-async def test_inputs_are_applied_while_a_checkpoint_is_uploaded(nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A checkpoint is encoded in the loop and uploaded beside it: inputs go on being applied (and acked) while
-    the upload takes long, the store keeps the previous checkpoint until it is done, and then holds the state
-    as it was when encoded. A stop waits for it and writes the last state."""
-    js = nc.jetstream()
-    fleet, pipeline = resources("uploads")
-    await provision(js, fleet, pipeline)
-    processor = runner(js, fleet, pipeline)
-    await processor.start()
-    encoded: list[bytes] = []
-    release = asyncio.Event()
-    upload = processor.checkpoints.write
-
-    async def held_upload(data: bytes) -> None:
-        encoded.append(data)
-        await release.wait()
-        await upload(data)
-
-    monkeypatch.setattr(processor.checkpoints, "write", held_upload)
-    batches = inputs("uploads", ["box-1", "box-2"])
-    stop = asyncio.Event()
-    task = asyncio.create_task(processor.run(stop))
-    await wait_applied([processor], await publish(js, batches[:10]))  # the first tick starts a checkpoint
-    assert len(encoded) == 1
-    at_encoding = msgspec.msgpack.decode(encoded[0], type=Checkpoint).state.applied_seq
-
-    last = await publish(js, batches[10:])
-    await wait_applied([processor], last)  # while the upload is held
-    assert at_encoding < last
-    assert await processor.checkpoints.load() is None  # nothing whole was written yet
-
-    release.set()
-    deadline = time.monotonic() + 10
-    while (saved := await processor.checkpoints.load()) is None:
-        assert time.monotonic() < deadline, "the held checkpoint was not written"
-        await asyncio.sleep(0.02)
-    assert saved.applied_seq == at_encoding
-    stop.set()
-    await task
-    final = await processor.checkpoints.load()
-    assert final is not None and final.applied_seq == last
-    assert final == processor.engine.state
