@@ -290,7 +290,10 @@ def _accumulate_joined(windows: KeyWindows, joined: dict[int, list[int]], wanted
         rows = [batch.metrics[i] for i in positions]
         newest: tuple[int, int, int] | None = None  # the newest of `positions`, found once for every metric
         for name in wanted or dict.fromkeys(name for row in rows for name in row):
-            values = [row[name] for row in rows if name in row]
+            try:  # every reading carries it, as a rule: one lookup per value
+                values = [row[name] for row in rows]
+            except KeyError:
+                values = [row[name] for row in rows if name in row]
             if not values:  # no accumulator for a metric no reading carries (Accumulator.add was never called)
                 continue
             if len(values) == len(positions):
