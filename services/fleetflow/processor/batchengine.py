@@ -21,9 +21,10 @@ from typing import Any
 from fleetflow.api import identifiers
 from fleetflow.processor import alerts, commands, dedupe
 from fleetflow.processor.alerts import AlertState, Phase
-from fleetflow.processor.celnative import native_evaluator
+from fleetflow.processor.celnative import library_evaluator, native_evaluator
 from fleetflow.processor.compiler import CompiledPipeline, CompiledStep
 from fleetflow.processor.dedupe import SeenSeqs
+from fleetflow.processor.derivenative import FAILED, SlowPath, derive_function
 from fleetflow.processor.engine import Engine, EngineState, Outputs, as_bool, as_number, count_error, plain
 from fleetflow.processor.expressions import EvaluationError
 from fleetflow.processor.windows import NEVER, Accumulator, KeyWindows, group_key, window_starts
@@ -50,11 +51,15 @@ class Batch:
     def error(self, step: str, i: int, exc: EvaluationError) -> None:
         count_error(self.out, step, self.device, self.readings[i].seq, exc)
 
-    def processed(self, i: int) -> Reading:
-        """Reading i as it leaves the steps; the input object itself when no step changed it."""
-        reading = self.readings[i]
-        metrics = self.metrics[i]
-        return reading if metrics is reading.metrics else Reading(reading.seq, reading.ts, metrics)
+    def processed(self, alive: list[int]) -> list[Reading]:
+        """The readings at `alive` as they leave the steps; the input object itself where no step changed it."""
+        readings, metrics = self.readings, self.metrics
+        return [
+            reading
+            if (changed := metrics[i]) is (reading := readings[i]).metrics
+            else Reading(reading.seq, reading.ts, changed)
+            for i in alive
+        ]
 
 
 class StepRunner(abc.ABC):
@@ -185,33 +190,36 @@ class FilterRunner(StepRunner):
 
 @runs("derive")
 class DeriveRunner(StepRunner):
+    """The step as one generated function over the batch (derivenative.py); readings on which the translated
+    code does not give a finite double come back through `slow`, which is the per-reading evaluation."""
+
     def __init__(self, engine: "BatchEngine", step: CompiledStep):
         super().__init__(engine, step)
         spec = step.spec.derive
         assert spec is not None
-        self.derived = [(key, self.evaluators[f"metrics.{key}"], step.expr(f"metrics.{key}")) for key in spec.metrics]
-        self.rename, self.drop = list(spec.rename.items()), list(spec.drop)
+        expressions = [step.expr(f"metrics.{key}") for key in spec.metrics]
+        self.derived = [
+            (key, library_evaluator(expr), expr) for key, expr in zip(spec.metrics, expressions, strict=True)
+        ]
+        self.derive = derive_function(spec, expressions, f"spec.steps[{step.index}].derive")
 
     def run(self, batch: Batch, alive: list[int]) -> list[int]:
-        labels, device, readings = batch.labels, batch.device, batch.readings
-        for i in alive:
-            reading = readings[i]
-            metrics = dict(batch.metrics[i])  # a copy: an earlier snapshot (a late reading) may hold the old one
-            for name, evaluate, expr in self.derived:
-                try:
-                    value = evaluate(metrics, labels, device, reading.ts, reading.seq)
-                    metrics[name] = value if value.__class__ is float and value - value == 0 else as_number(expr, value)
-                except EvaluationError as exc:  # this metric stays unset (or as it was); the others still count
-                    batch.error(self.name, i, exc)
-            for old, new in self.rename:
-                value = metrics.pop(old, None)
-                if value is not None:
-                    metrics[new] = value
-            for name in self.drop:
-                metrics.pop(name, None)
-            batch.metrics[i] = metrics
+        self.derive(batch.metrics, alive, batch.labels, batch.device, batch.readings, self._slow_path(batch))
         batch.count(self.name, "derived", len(alive))
         return alive
+
+    def _slow_path(self, batch: Batch) -> SlowPath:
+        def slow(k: int, i: int, metrics: dict[str, float], value: Any) -> None:
+            name, evaluate, expr = self.derived[k]
+            try:
+                if value is FAILED:
+                    reading = batch.readings[i]
+                    value = evaluate(metrics, batch.labels, batch.device, reading.ts, reading.seq)
+                metrics[name] = as_number(expr, value)
+            except EvaluationError as exc:  # this metric stays unset (or as it was); the others still count
+                batch.error(self.name, i, exc)
+
+        return slow
 
 
 @runs("window")
@@ -229,7 +237,7 @@ class WindowRunner(StepRunner):
         size, hop, wanted = spec.size_ms, spec.hop_ms, spec.metrics
         behind = spec.watermark_delay_ms + spec.allowed_lateness_ms
         next_end = min(windows.open) + size if windows.open else None  # the end of the first window to close
-        late = 0
+        late, newest = 0, windows.newest_ts
         joined: dict[int, list[int]] = {}  # window start -> the readings that joined it, not yet accumulated
         for i in alive:
             reading = batch.readings[i]
@@ -248,13 +256,16 @@ class WindowRunner(StepRunner):
                             next_end = start + size
                 else:
                     readings.append(i)
-            if ts > windows.newest_ts:
-                windows.newest_ts = ts
             if missed:
                 late += 1
                 batch.out.late.setdefault(self.name, []).append(Reading(reading.seq, ts, dict(batch.metrics[i])))
-            # WindowOperator.close_passed: nothing can close unless the first open window ended
-            closed_until = windows.newest_ts - behind
+            # WindowOperator.close_passed. Only a newer event time moves the watermark: every window it had passed
+            # closed then, and a window opened since ends after it (else the reading missed it), so a reading no
+            # newer than the newest closes nothing.
+            if ts <= newest:
+                continue
+            newest = windows.newest_ts = ts
+            closed_until = ts - behind
             if closed_until > windows.closed_until:
                 windows.closed_until = closed_until
             if next_end is not None and next_end <= windows.closed_until:
@@ -271,45 +282,67 @@ class WindowRunner(StepRunner):
 
 def _accumulate_joined(windows: KeyWindows, joined: dict[int, list[int]], wanted: list[str], batch: Batch) -> None:
     """Add the readings that joined each window (`joined`: start -> batch positions, in order) to its
-    accumulators, a metric at a time: what Accumulator.add does per reading and metric, with each accumulator's
-    fields in local variables for the whole run of its readings. Every accumulator sees its values in the
-    same order as one reading at a time would add them, so sums, minima, maxima and `last` are identical."""
+    accumulators, a metric at a time: what Accumulator.add does per reading and metric, done over the column
+    of one metric's values. Every accumulator sees its values in the same order as one reading at a time would
+    add them, so sums, minima, maxima and `last` are identical."""
     for start, positions in joined.items():
         accumulators = windows.open[start]
-        for name in wanted or dict.fromkeys(name for i in positions for name in batch.metrics[i]):
-            _accumulate(accumulators, name, positions, batch)
+        rows = [batch.metrics[i] for i in positions]
+        newest: tuple[int, int, int] | None = None  # the newest of `positions`, found once for every metric
+        for name in wanted or dict.fromkeys(name for row in rows for name in row):
+            try:  # every reading carries it, as a rule: one lookup per value
+                values = [row[name] for row in rows]
+            except KeyError:
+                values = [row[name] for row in rows if name in row]
+            if not values:  # no accumulator for a metric no reading carries (Accumulator.add was never called)
+                continue
+            if len(values) == len(positions):
+                if newest is None:
+                    newest = _newest(batch.readings, positions)
+                _accumulate(accumulators, name, values, newest)
+            else:
+                carrying = [i for i, row in zip(positions, rows, strict=True) if name in row]
+                _accumulate(accumulators, name, values, _newest(batch.readings, carrying))
 
 
-def _accumulate(accumulators: dict[str, Accumulator], name: str, positions: list[int], batch: Batch) -> None:
-    """Add metric `name` of the readings at `positions` to its accumulator (created when the first of them
-    carries it, as Accumulator.add would be called)."""
-    acc = accumulators.get(name)
-    if acc is None:
-        if not any(name in batch.metrics[i] for i in positions):
-            return
-        acc = accumulators[name] = Accumulator()
-    count, low, high, total = acc.count, acc.min, acc.max, acc.sum
-    last, last_ts, last_seq = acc.last, acc.last_ts, acc.last_seq
-    values = acc.values
-    readings, metrics = batch.readings, batch.metrics
-    for i in positions:
-        reading_metrics = metrics[i]
-        if name not in reading_metrics:
-            continue
-        value = reading_metrics[name]
-        count += 1
-        if value < low:
-            low = value
-        if value > high:
-            high = value
-        total += value
-        values.append(value)
+def _newest(readings: list[Reading], positions: list[int]) -> tuple[int, int, int]:
+    """(ts, seq, index in `positions`) of the last of those readings whose (ts, seq) is the greatest: the one
+    whose value Accumulator.add, given them in order, would keep as `last` (a later equal key wins)."""
+    first = readings[positions[0]]
+    best_ts, best_seq, best = first.ts, first.seq, 0
+    for index, i in enumerate(positions):
         reading = readings[i]
         ts = reading.ts
-        if ts > last_ts or (ts == last_ts and reading.seq >= last_seq):
-            last, last_ts, last_seq = value, ts, reading.seq
-    acc.count, acc.min, acc.max, acc.sum = count, low, high, total
-    acc.last, acc.last_ts, acc.last_seq = last, last_ts, last_seq
+        if ts > best_ts or (ts == best_ts and reading.seq >= best_seq):
+            best_ts, best_seq, best = ts, reading.seq, index
+    return best_ts, best_seq, best
+
+
+def _accumulate(
+    accumulators: dict[str, Accumulator],
+    name: str,
+    values: list[float],
+    newest: tuple[int, int, int],
+) -> None:
+    """Add `values` (metric `name` of the readings that carry it, in order; `newest` among them as _newest
+    gives it) to the metric's accumulator, created on the first value as Accumulator.add would be.
+
+    min() and max() keep their first argument unless a later one is strictly less (greater), which is what
+    comparing each value in turn does, NaN included; the sum is added value by value, in order, as it was."""
+    acc = accumulators.get(name)
+    if acc is None:
+        acc = accumulators[name] = Accumulator()
+    acc.count += len(values)
+    acc.min = min(acc.min, *values)
+    acc.max = max(acc.max, *values)
+    total = acc.sum
+    for value in values:
+        total += value
+    acc.sum = total
+    acc.values.extend(values)
+    ts, seq, index = newest
+    if ts > acc.last_ts or (ts == acc.last_ts and seq >= acc.last_seq):
+        acc.last, acc.last_ts, acc.last_seq = values[index], ts, seq
 
 
 @runs("alert")
@@ -438,7 +471,7 @@ class BatchEngine(Engine):
 def _finished(work: Batch, batch: ReadingBatch, alive: list[int]) -> Outputs:
     out = work.out
     if alive:
-        readings = [work.processed(i) for i in alive]
+        readings = work.processed(alive)
         out.readings.append(
             ReadingBatch(fleet=batch.fleet, device=batch.device, readings=readings, received_ms=batch.received_ms)
         )

@@ -43,11 +43,13 @@ class Code:
 
 
 class _Translator:
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "_c") -> None:
+        self.prefix = prefix  # constants are named prefix0, prefix1, ...: one function can hold several expressions
         self.constants: dict[str, object] = {}
+        self.variables: set[str] = set()  # which of d, t, s the code reads
 
     def constant(self, value: object) -> str:
-        name = f"_c{len(self.constants)}"
+        name = f"{self.prefix}{len(self.constants)}"
         self.constants[name] = value
         return name
 
@@ -56,6 +58,7 @@ class _Translator:
             return self.literal(node)
         if isinstance(node, Ident) and node.name in _VARIABLES:
             kind, variable = _VARIABLES[node.name]
+            self.variables.add(variable)
             return Code(kind, variable)
         if isinstance(node, Select) and isinstance(node.operand, Ident):
             return self.field(node.operand.name, node.name)
@@ -143,6 +146,9 @@ def _not_a_double() -> float:
     raise _NotADouble
 
 
+NATIVE_NAMES: dict[str, object] = {"_float": float, "_not_a_double": _not_a_double}  # what translated code calls
+
+
 def library_evaluator(expr: Expression) -> Evaluator:
     """The library's evaluation of `expr` for one reading, as the reference engine does it."""
 
@@ -152,38 +158,44 @@ def library_evaluator(expr: Expression) -> Evaluator:
     return evaluate
 
 
-def _translated(expr: Expression) -> tuple[Code, dict[str, object]] | None:
-    """The Python code of `expr` and the constants it uses; None when the translation does not cover it."""
-    translator = _Translator()
+@dataclass(frozen=True)
+class Translation:
+    """An expression as Python: `text` over m, l, d, t, s and the `constants` it names; `variables` says which
+    of d, t, s it reads. Run it in a namespace holding the constants and NATIVE_NAMES."""
+
+    text: str
+    constants: dict[str, object]
+    variables: frozenset[str]
+
+
+def translation(expr: Expression, prefix: str = "_c") -> Translation | None:
+    """The Python code of `expr`, its constants named `prefix`0, `prefix`1, ...; None when the translation
+    does not cover it."""
+    translator = _Translator(prefix)
     try:
-        return translator.code(celsyntax.parse(expr.text)), translator.constants
+        code = translator.code(celsyntax.parse(expr.text))
     except (Unsupported, celsyntax.SyntaxProblem):
         return None
+    return Translation(code.text, translator.constants, frozenset(translator.variables))
 
 
 def translates(expr: Expression) -> bool:
     """Whether `expr` runs natively (else every reading goes through the library)."""
-    return _translated(expr) is not None
+    return translation(expr) is not None
 
 
 def native_evaluator(expr: Expression) -> Evaluator:
     """A Python function with the library's results for `expr`: native where the translation covers the
     expression and the reading, the library otherwise."""
     fallback = library_evaluator(expr)
-    translated = _translated(expr)
+    translated = translation(expr)
     if translated is None:
         return fallback
-    code, constants = translated
-    namespace: dict[str, Any] = {
-        **constants,
-        "_float": float,
-        "_not_a_double": _not_a_double,
-        "_fallback": fallback,
-    }
+    namespace: dict[str, Any] = {**translated.constants, **NATIVE_NAMES, "_fallback": fallback}
     source = (
         "def native(m, l, d, t, s):\n"
         "    try:\n"
-        f"        return {code.text}\n"
+        f"        return {translated.text}\n"
         "    except Exception:\n"
         "        return _fallback(m, l, d, t, s)\n"
     )

@@ -37,3 +37,35 @@ def test_windows_aggregate_what_one_reading_at_a_time_gives(window: str) -> None
         assert [(a.window_start_ms - T0, a.metric, a.count) for a in emitted] == [
             (0, "t", 2), (0, "v", 2), (10_000, "v", 2)]  # fmt: skip
     assert columns.snapshot() == reference.snapshot()
+
+
+def test_last_is_the_later_of_readings_with_the_same_time_and_seq() -> None:
+    """Without a dedupe step one (ts, seq) can arrive twice with other values; as Accumulator.add does, the later
+    one is `last`, within a batch (box-1) and across batches (box-2), and an older reading does not win."""
+    pipeline = compiled([WINDOWS["listed"]])
+    reference, columns = Engine(pipeline, now_ms=NOW), BatchEngine(pipeline, now_ms=NOW)
+    batches = [
+        batch(
+            "box-1",
+            (5, 2_000, {"t": 1.0}),
+            (3, 4_000, {"t": 2.0}),
+            (3, 4_000, {"t": 3.0}),
+            (1, 4_000, {"t": 8.5}),
+            (2, 1_000, {"t": 9.0}),
+        ),
+        batch("box-1", (1, 4_000, {"t": 8.0})),
+        batch("box-2", (7, 4_000, {"t": 5.0})),
+        batch("box-2", (7, 4_000, {"t": 6.0})),
+        batch("box-1", (9, 31_000, {"t": 7.0})),  # closes [0, 10 s)
+        batch("box-2", (9, 31_000, {"t": 7.0})),
+    ]
+    emitted = []
+    for readings in batches:
+        got, want = columns.process(readings, NOW), reference.process(readings, NOW)
+        assert [(a.group, a.count, a.last) for a in got.aggregates] == [
+            (a.group, a.count, a.last) for a in want.aggregates
+        ]
+        emitted += got.aggregates
+    assert [(a.group, a.metric, a.count, a.last) for a in emitted] == [
+        ("device=box-1", "t", 6, 3.0), ("device=box-2", "t", 2, 6.0)]  # fmt: skip
+    assert columns.snapshot() == reference.snapshot()
