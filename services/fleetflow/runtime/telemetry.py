@@ -219,7 +219,7 @@ def unsampled(headers: Mapping[str, str]) -> bool:
     recorded with the sampler fleetflow configures nor with any the SDK offers by name in OTEL_TRACES_SAMPLER:
     the parent-based ones follow the parent, always_on would have sampled the parent too, and traceidratio
     decides the same for the same trace id."""
-    found = headers.get("traceparent", "")
+    found = headers.get(_TRACEPARENT, "")
     return len(found) == _TRACEPARENT_LENGTH and found.startswith("00-") and found[-1] in _SAMPLED_BIT_CLEAR
 
 
@@ -229,8 +229,8 @@ def unsampled_child(headers: dict[str, str]) -> dict[str, str]:
     span_id = 0
     while not span_id:  # as the SDK's RandomIdGenerator: a random 64-bit id, never the invalid 0
         span_id = random.getrandbits(64)
-    parent = headers["traceparent"]
-    headers["traceparent"] = f"{parent[: _SPAN_ID.start]}{span_id:016x}{parent[_SPAN_ID.stop :]}"
+    parent = headers[_TRACEPARENT]
+    headers[_TRACEPARENT] = f"{parent[: _SPAN_ID.start]}{span_id:016x}{parent[_SPAN_ID.stop :]}"
     return headers
 
 
@@ -248,7 +248,7 @@ def unsampled_child_context(headers: Mapping[str, str] | None, tracer: trace.Tra
     must really be started."""
     if not headers or "tracestate" in headers:
         return None
-    match = _UNSAMPLED_00.fullmatch(headers.get("traceparent", ""))
+    match = _UNSAMPLED_00.fullmatch(headers.get(_TRACEPARENT, ""))
     if match is None or match[1] == _ZERO_TRACE_ID or match[2] == _ZERO_SPAN_ID:
         return None
     sampling = _sampling_of(tracer)
