@@ -20,6 +20,7 @@ commands from command_push.py.
 A Rejection's status says whether a retry can help: 503 and 429 are passing conditions, every other status is
 permanent and must never be retried or buffered."""
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -200,12 +201,18 @@ class DeviceIntake:
 
         Within the adapter's span (HTTP, gRPC, WebSocket and CoAP open a SERVER span that continues the device's
         trace), or, for an adapter that has none (MQTT's messages arrive through a stream), in a CONSUMER span of
-        its own: every protocol's batch starts a trace here at the latest."""
-        if trace.get_current_span().get_span_context().is_valid:
-            return await self._publish(protocol, self._message(protocol, batch))
-        with _tracer.start_as_current_span(f"receive {protocol} telemetry", kind=trace.SpanKind.CONSUMER,
-                                           attributes=_intake_attributes(protocol, batch)):  # fmt: skip
-            return await self._publish(protocol, self._message(protocol, batch))
+        its own: every protocol's batch starts a trace here at the latest.
+
+        Only the batch's message waits for the ack: the readings are freed as soon as it is built, while they are
+        still in the CPU's caches (TelemetryMessage), unless the caller holds them."""
+        span: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if not trace.get_current_span().get_span_context().is_valid:
+            span = _tracer.start_as_current_span(f"receive {protocol} telemetry", kind=trace.SpanKind.CONSUMER,
+                                                 attributes=_intake_attributes(protocol, batch))  # fmt: skip
+        with span:
+            message = self._message(protocol, batch)
+            del batch
+            return await self._publish(protocol, message)
 
     def _message(self, protocol: str, batch: ReadingBatch) -> TelemetryMessage:
         with self.counted(protocol, batch.device):
@@ -221,12 +228,7 @@ class DeviceIntake:
     async def ingest(self, protocol: str, device: str, body: bytes, received_bytes: int | None = None) -> Accepted:
         started = time.perf_counter()
         try:
-            if not trace.get_current_span().get_span_context().is_valid:  # an adapter without a span of its own
-                return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
-            # Not through publish(), whose frame would hold the batch during the ack wait: only its message waits,
-            # and the readings are freed at once (TelemetryMessage).
-            message = self._message(protocol, self.receive(protocol, device, body, received_bytes))
-            return await self._publish(protocol, message)
+            return await self.publish(protocol, self.receive(protocol, device, body, received_bytes))
         finally:
             self.request_duration.record(time.perf_counter() - started, _labels(protocol))
 

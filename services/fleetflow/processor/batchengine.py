@@ -21,7 +21,7 @@ from typing import Any
 from fleetflow.api import identifiers
 from fleetflow.processor import alerts, commands, dedupe
 from fleetflow.processor.alerts import AlertState, Phase
-from fleetflow.processor.celnative import library_evaluator, native_evaluator
+from fleetflow.processor.celnative import Evaluator, library_evaluator, native_evaluator
 from fleetflow.processor.compiler import CompiledPipeline, CompiledStep
 from fleetflow.processor.dedupe import SeenSeqs
 from fleetflow.processor.derivenative import FAILED, SlowPath, derive_function
@@ -68,7 +68,11 @@ class StepRunner(abc.ABC):
 
     def __init__(self, engine: "BatchEngine", step: CompiledStep):
         self.engine, self.step, self.name = engine, step, step.name
-        self.evaluators = {key: native_evaluator(expr) for key, expr in step.expressions.items()}
+        self.evaluators = self.compile(step)
+
+    def compile(self, step: CompiledStep) -> dict[str, Evaluator]:
+        """The step's expressions as native evaluators, by key (what value() calls)."""
+        return {key: native_evaluator(expr) for key, expr in step.expressions.items()}
 
     @abc.abstractmethod
     def run(self, batch: Batch, alive: list[int]) -> list[int]:
@@ -202,6 +206,11 @@ class DeriveRunner(StepRunner):
             (key, library_evaluator(expr), expr) for key, expr in zip(spec.metrics, expressions, strict=True)
         ]
         self.derive = derive_function(spec, expressions, f"spec.steps[{step.index}].derive")
+
+    def compile(self, step: CompiledStep) -> dict[str, Evaluator]:
+        """None: the derive function evaluates the step's expressions (derivenative.py), and the slow path
+        the library's evaluation of them."""
+        return {}
 
     def run(self, batch: Batch, alive: list[int]) -> list[int]:
         self.derive(batch.metrics, alive, batch.labels, batch.device, batch.readings, self._slow_path(batch))
