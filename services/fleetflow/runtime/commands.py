@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -43,6 +43,7 @@ COMMAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 COMMAND_NAME_RULE = "a letter, then up to 63 letters, digits, '_', '.' or '-'"
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_=-]{1,100}$")
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
+LIST_BATCH = 1000  # state records per fetch when listing
 DEFAULT_TTL_MS = 3600 * 1000
 # Every protocol must carry params: protobuf's Struct stops at 100 levels (a gRPC device would never get the
 # command), and the size keeps one command from filling a device's or the stream's buffers.
@@ -383,21 +384,31 @@ class CommandStore:
             raise
 
     async def list(self, device: str | None = None, state: str | None = None) -> list[CommandRecord]:
-        """Records of one device (or of the fleet), oldest first, optionally only those in `state`."""
-        watcher = await self.kv.watch(f"{device}.>" if device else ">", ignore_deletes=True)
-        records = []
+        """Records of one device (or of the fleet), oldest first, optionally only those in `state`.
+
+        Read through a throwaway pull consumer of each key's newest entry, as many entries as it counted when it
+        was made. (Not a key watch: nats-py's watcher can signal "no entries" before one already on its way
+        arrives, which left a device's only command, just sent, out of its list.)"""
+        bucket = state_bucket(self.fleet)
+        stream, consumer = f"KV_{bucket}", secrets.token_hex(8)
+        config = ConsumerConfig(name=consumer, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                                ack_policy=AckPolicy.NONE, mem_storage=True, inactive_threshold=60.0,
+                                filter_subject=f"$KV.{bucket}.{device}.>" if device else f"$KV.{bucket}.>")  # fmt: skip
+        info = await self.js.add_consumer(stream, config)
+        records: list[CommandRecord | None] = []
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    records.append(_record_decoder.decode(entry.value))
-                if entry.delta == 0:
-                    break
+            sub = await self.js.pull_subscribe_bind(consumer, stream)
+            left = info.num_pending or 0
+            while left > 0:
+                batch = await sub.fetch(min(left, LIST_BATCH), timeout=5)
+                left -= len(batch)
+                records.extend(_live_record(m.headers, m.data, m.metadata.sequence.stream) for m in batch)
+            await sub.unsubscribe()
         finally:
-            await watcher.stop()
-        records = [r for r in records if state is None or r.state == state]
-        return sorted(records, key=lambda r: (r.command.created_ms, r.command.id))
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(stream, consumer)
+        return sorted((r for r in records if r is not None and (state is None or r.state == state)),
+                      key=lambda r: (r.command.created_ms, r.command.id))  # fmt: skip
 
     async def find(self, command_id: str) -> CommandRecord | None:
         """A command by id alone, whichever device it is for: the newest entry of `*.<id>` in the bucket's stream.
@@ -409,11 +420,16 @@ class CommandStore:
             msg = await self.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.*.{probe}")
         except NotFoundError:
             return None
-        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
-            return None
-        record = _record_decoder.decode(msg.data)
-        record.revision = msg.seq or 0
-        return record
+        return _live_record(msg.headers, msg.data, msg.seq or 0)
+
+
+def _live_record(headers: dict[str, str] | None, data: bytes | None, revision: int) -> CommandRecord | None:
+    """The record a state bucket entry holds; None for a deletion marker."""
+    if (headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not data:
+        return None
+    record = _record_decoder.decode(data)
+    record.revision = revision
+    return record
 
 
 async def _allow_direct_get(js: JetStreamContext, bucket: str) -> None:
