@@ -12,7 +12,6 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
-from prometheus_client.samples import Sample
 
 from fleetflow.api import DeviceFleet, Pipeline
 from fleetflow.local.processes import ServiceProcess
@@ -67,7 +66,8 @@ async def processor(nats_server: NatsServer, nc: Client, tmp_path: Path) -> Asyn
 
 
 async def errors_on_metrics(service: ServiceProcess) -> dict[tuple[str, str], float]:
-    samples: list[Sample] = await scrape_samples(f"http://127.0.0.1:{service.status['ops_port']}/metrics")
+    samples = await scrape_samples(f"http://127.0.0.1:{service.status['ops_port']}/metrics")
+    assert samples is not None, "the processor's /metrics did not answer"
     return {
         (s.labels["step"], s.labels["reason"]): s.value
         for s in samples

@@ -23,7 +23,7 @@ def counted(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, ob
     assert data is not None
     return {tuple(sorted(point.attributes.items())): point.value  # type: ignore[union-attr]
             for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
-            if metric.name == name for point in metric.data.data_points}  # type: ignore[union-attr]  # fmt: skip
+            if metric.name == name for point in metric.data.data_points}  # fmt: skip
 
 
 async def test_inputs_go_on_as_their_bytes_and_what_is_no_batch_is_dead_lettered(nc: Client) -> None:
