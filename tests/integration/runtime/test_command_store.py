@@ -1,5 +1,6 @@
-"""The command store's lookup by id alone, on a real nats-server: what `fleetflow command show`, the gateway's
-and the application API's GET /commands/<id> answer with."""
+"""The command store's lookups on a real nats-server: by id alone (what `fleetflow command show`, the gateway's
+and the application API's GET /commands/<id> answer with) and by device or fleet (`fleetflow command list`,
+GET .../commands)."""
 
 from collections.abc import AsyncIterator
 
@@ -7,7 +8,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from fleetflow.runtime.commands import CommandStore, new_command, record_key, send_command
+from fleetflow.runtime.commands import LIST_BATCH, CommandStore, new_command, record_key, send_command, state_bucket
 from tests.support.natsserver import NatsServer
 
 FLEET = "demo"
@@ -51,3 +52,18 @@ async def test_a_device_s_only_command_is_listed_right_after_it_was_sent(nc: Cli
     assert await store.list("valve-none") == []
     await store.kv.delete(record_key("valve-0", (await store.list("valve-0"))[0].command.id))
     assert await store.list("valve-0") == []
+
+
+async def test_a_fleet_list_longer_than_one_fetch_is_whole_and_leaves_no_consumer_behind(nc: Client) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name=f"ff-{FLEET}-commands", subjects=[f"ff.{FLEET}.cmd.>"])
+    store = await CommandStore.open(js, FLEET)
+    sent = [await send_command(js, store, new_command(FLEET, f"pump-{i % 3}", "stop", None, 60_000, source="cli"))
+            for i in range(LIST_BATCH + 150)]  # fmt: skip
+    await store.claim(sent[1].command, "http")
+    await store.report("pump-1", sent[1].command.id, "succeeded")
+    listed = await store.list()
+    assert [r.command.id for r in listed] == [r.command.id for r in sent]
+    assert [r.command.id for r in await store.list("pump-1", "succeeded")] == [sent[1].command.id]
+    assert len(await store.list("pump-2")) == len(sent[2::3])
+    assert (await js.stream_info(f"KV_{state_bucket(FLEET)}")).state.consumer_count == 0
