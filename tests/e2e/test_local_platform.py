@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,10 +13,13 @@ import aiohttp
 import pytest
 
 from fleetflow.api import Pipeline
+from fleetflow.local.platform import LocalPlatform
+from fleetflow.local.resources import load_resources
 from fleetflow.runtime import credentials
 from fleetflow.writer.stores import ReadingQuery
 from fleetflow.writer.stores.sqlite import SqliteStore
 from tests.e2e.localplatform import fleetflow_up
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -159,3 +164,45 @@ def test_invalid_yaml_is_refused_naming_file_field_and_problem(tmp_path: Path, c
     assert expected in result.stderr
     if "Pipeline" not in content:
         assert str(bad) in result.stderr
+
+
+def test_a_run_after_a_killed_one_stores_what_that_left_first_and_counts_only_its_own(tmp_path: Path) -> None:
+    """A `fleetflow up` killed while its writer was behind leaves acknowledged readings in JetStream. The next run
+    stores them before its gateways accept anything, so its summary counts exactly what it acknowledged itself."""
+    data_dir = tmp_path / "data"
+    with fleetflow_up(data_dir, QUICKSTART, new_session=True) as platform:
+        secret = credentials.read_secret(Path(platform.endpoints["fleets"]["demo"]["secretFile"]))
+        writer = json.loads((data_dir / "run" / "writer-quickstart.status.json").read_text())["pid"]
+        os.kill(writer, signal.SIGSTOP)  # behind: what is acknowledged from now on waits in JetStream
+        sent = asyncio.run(send_fleet(platform.gateway("demo"), secret, first_seq=1))
+        os.kill(writer, signal.SIGKILL)
+        os.killpg(platform.process.pid, signal.SIGKILL)  # no drain, as a closed terminal or an OOM kill
+        platform.process.wait()
+        wait_for(lambda: not processes_started_from(data_dir), "the killed run's processes gone", 30)
+    assert asyncio.run(stored(data_dir)) == []
+
+    with fleetflow_up(data_dir, QUICKSTART) as platform:
+        # endpoints.json is written once the gateways accept: by then the leftovers are stored.
+        assert len(asyncio.run(stored(data_dir))) == sent
+        more = asyncio.run(send_fleet(platform.gateway("demo"), secret, first_seq=10_000))
+        output = platform.stop()
+    assert platform.process.returncode == 0, output
+    assert f"stored {more:,} readings in this run, {sent + more:,} in total" in output
+    assert "stored == acknowledged: yes" in output
+
+
+async def test_the_stores_are_counted_before_any_gateway_is_started(tmp_path: Path) -> None:
+    """What `fleetflow up` stores in a run is its count after minus its count before: a device that reads
+    the gateway's port early must not find the gateway up before that count is taken."""
+    platform = LocalPlatform(load_resources([QUICKSTART]), tmp_path / "data")
+    started_when_counted: list[list[str]] = []
+
+    async def before_intake() -> None:
+        started_when_counted.append([s.name for s in platform.services if s.process is not None])
+
+    try:
+        await platform.start(before_intake=before_intake)
+        assert all(s.process is not None for s in platform.services)
+    finally:
+        await platform.stop()
+    assert started_when_counted == [[]]

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from fleetflow.api import DeviceFleet
 from fleetflow.cli.errors import UsageError
-from fleetflow.cli.up import PROGRESS_INTERVAL, UpOptions, handle_stop_signals, run_started
+from fleetflow.cli.up import (
+    PROGRESS_INTERVAL,
+    RunCounts,
+    UpOptions,
+    count_stored_before,
+    handle_stop_signals,
+    run_started,
+)
 from fleetflow.local import private, sitelogins
 from fleetflow.local.datadir import DataDirInUse
 from fleetflow.local.edgesite import UNAVAILABLE, EdgePlatform
@@ -86,8 +93,9 @@ async def run_site(make: type[EdgePlatform], resources: ResourceSet, options: Up
     platform = make(
         resources, options.data_dir, edgelink.find_site(fleet, site), hub, password, options.nats_port, hub_ca
     )
+    counts = RunCounts()
     try:
-        endpoints = await platform.start()
+        endpoints = await platform.start(before_intake=count_stored_before(platform, counts))
     except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:
         await platform.stop(drain_timeout=5)
         print(f"fleetflow edge up: {exc}", file=sys.stderr, flush=True)
@@ -95,7 +103,7 @@ async def run_site(make: type[EdgePlatform], resources: ResourceSet, options: Up
     print(f"edge site {site} of fleet {fleet.name}: NATS domain {platform.domain}, leaf node of {hub}", flush=True)
     watcher = asyncio.create_task(show_site(platform, stop))
     try:
-        return await run_started(platform, endpoints, options, stop)
+        return await run_started(platform, endpoints, options, stop, counts)
     finally:
         stop.set()
         await watcher

@@ -4,6 +4,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from fleetflow.device.simulator import SimulationReport, simulate, simulated_dev
 from fleetflow.local import natslogins, progress
 from fleetflow.local.datadir import DataDirInUse
 from fleetflow.local.natsserver import PortBusy
-from fleetflow.local.platform import DeviceTls, LocalPlatform
+from fleetflow.local.platform import LEFTOVER_TIMEOUT_S, DeviceTls, LocalPlatform
 from fleetflow.local.processes import ChildFailed
 from fleetflow.local.resources import ResourceSet
 from fleetflow.runtime import credentials
@@ -190,21 +191,29 @@ async def run_up(resources: ResourceSet, options: UpOptions) -> int:
         resources, options.data_dir, options.nats_port, options.leafnode_listen, options.leafnode_tls,
         DeviceTls(options.gateway_tls, options.device_ca) if options.gateway_tls else None,
     )  # fmt: skip
+    counts = RunCounts()
     try:
-        endpoints = await platform.start()
+        endpoints = await platform.start(before_intake=count_stored_before(platform, counts))
     except (DataDirInUse, PortBusy, ChildFailed, TimeoutError) as exc:
         await platform.stop(drain_timeout=5)  # whatever did start; nothing was accepted yet
         print(f"fleetflow up: {exc}", file=sys.stderr, flush=True)
         return 2 if isinstance(exc, DataDirInUse | PortBusy) else 1
-    return await run_started(platform, endpoints, options, stop)
+    return await run_started(platform, endpoints, options, stop, counts)
+
+
+def count_stored_before(platform: LocalPlatform, counts: RunCounts) -> Callable[[], Awaitable[None]]:
+    """What LocalPlatform.start calls before its gateways accept: the stores' counts this run adds to."""
+
+    async def count() -> None:
+        counts.stored_before = await stored_counts(platform, counts)
+
+    return count
 
 
 async def run_started(platform: LocalPlatform, endpoints: dict[str, Any], options: UpOptions,
-                      stop: asyncio.Event) -> int:  # fmt: skip
-    counts = RunCounts()
+                      stop: asyncio.Event, counts: RunCounts) -> int:  # fmt: skip
     traffic_stop = asyncio.Event()
     try:
-        counts.stored_before = await stored_counts(platform, counts)
         print_started(platform, endpoints)
         simulation = start_simulation(platform, options, counts, traffic_stop)
         watcher = asyncio.create_task(show_progress(platform, counts, stop))
@@ -286,7 +295,12 @@ def print_summary(platform: LocalPlatform, counts: RunCounts) -> int:
             f"retries ({sim.duplicates:,} recognised as duplicates), {sim.rejected:,} refused"
         )
     # The simulated devices know exactly what was acknowledged; the gateways' counts may fall short after a crash.
-    exact = (sim is not None or not gateways_restarted) and not forwarded_by_sites(platform)
+    exact = (
+        (sim is not None or not gateways_restarted) and not forwarded_by_sites(platform) and not platform.carried_over
+    )
+    if platform.carried_over:
+        print(f"  (an earlier run's readings were still being stored {LEFTOVER_TIMEOUT_S:.0f} s after the start: "
+              "the stored counts include them)")  # fmt: skip
     if forwarded_by_sites(platform):
         print("  (edge sites forward readings here too: stored counts include theirs, which no gateway here saw)")
     ok = counts.drained

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from fleetflow.local.supervisor import Supervisor
 from fleetflow.runtime import config, credentials, edgelink, jetstream, natsauth, ops, subjects
 
 log = structlog.get_logger(__name__)
+# How long a start waits for what an earlier, killed run left unstored before its gateways accept anyway.
+LEFTOVER_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -78,6 +81,7 @@ class LocalPlatform:
         self._stop_supervising = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._drained: bool | None = None
+        self.carried_over = False  # an earlier run's readings were still being stored when the gateways opened
         self.site_links: SiteLinks | None = None
         self._site_watch: asyncio.Task[None] | None = None
         self.site_metrics: SiteMetrics | None = None  # a hub's: /metrics and /sites of its edge sites
@@ -136,19 +140,29 @@ class LocalPlatform:
         sink = pipeline.spec.sink
         return Path(sink.sqlite.path) if sink.sqlite and sink.sqlite.path else self.data_dir / "store.sqlite3"
 
-    async def start(self) -> dict[str, Any]:
+    async def start(self, before_intake: Callable[[], Awaitable[object]] | None = None) -> dict[str, Any]:
         """Start everything, wait until each service is ready, and write endpoints.json. Raises DataDirInUse
-        (before changing anything) if another `fleetflow up` runs on the data dir."""
+        (before changing anything) if another `fleetflow up` runs on the data dir.
+
+        `before_intake` is awaited once no gateway accepts yet and nothing acknowledged before this run is left
+        to store: where `fleetflow up` counts what its stores hold, so that what it stores from then on is what
+        this run's gateways acknowledge. Readings an earlier run that was killed left in JetStream are stored
+        first, for at most LEFTOVER_TIMEOUT_S (`carried_over` says when some were still left after it)."""
         self.lock.acquire()
         private.make_private(self.data_dir)
         self.endpoints_file.unlink(missing_ok=True)  # a killed run's; it names ports nothing listens on
         await self.nats.start()
         await self._provision()
-        self.services = self._gateways() + self._pipeline_services() + self._app_apis()
-        for service in self.services:
-            service.spawn()
-        for service in self.services:
-            await service.wait_ready()
+        gateways, pipelines = self._gateways(), self._pipeline_services() + self._app_apis()
+        self.services = gateways + pipelines
+        if not self._sourcing_streams() and not await self._all_consumed():
+            log.info("storing what an earlier run acknowledged before accepting new readings")
+            await _spawn_ready(pipelines)
+            self.carried_over = not await self.wait_drained(LEFTOVER_TIMEOUT_S)
+            pipelines = []
+        if before_intake:
+            await before_intake()
+        await _spawn_ready(gateways + pipelines)
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         if self.leafnode_url:
@@ -414,6 +428,14 @@ class LocalPlatform:
             scrape.clear(self.data_dir)
             self.lock.release()
         return drained
+
+
+async def _spawn_ready(services: list[ServiceProcess]) -> None:
+    """Start the services side by side and wait until each is ready."""
+    for service in services:
+        service.spawn()
+    for service in services:
+        await service.wait_ready()
 
 
 async def _state(js: Any, stream: str, durable: str) -> ConsumerState:
