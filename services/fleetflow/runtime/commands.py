@@ -400,7 +400,12 @@ class CommandStore:
             sub = await self.js.pull_subscribe_bind(consumer, stream)
             left = info.num_pending or 0
             while left > 0:
-                batch = await sub.fetch(min(left, LIST_BATCH), timeout=5)
+                try:
+                    batch = await sub.fetch(min(left, LIST_BATCH), timeout=5)
+                except nats.errors.TimeoutError:
+                    if (await sub.consumer_info()).num_pending:
+                        raise
+                    break  # the rest expired (the bucket's TTL) while this list was read
                 left -= len(batch)
                 records.extend(_live_record(m.headers, m.data, m.metadata.sequence.stream) for m in batch)
             await sub.unsubscribe()

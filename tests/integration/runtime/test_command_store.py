@@ -3,6 +3,7 @@ and the application API's GET /commands/<id> answer with) and by device or fleet
 GET .../commands)."""
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import pytest
@@ -67,3 +68,21 @@ async def test_a_fleet_list_longer_than_one_fetch_is_whole_and_leaves_no_consume
     assert [r.command.id for r in await store.list("pump-1", "succeeded")] == [sent[1].command.id]
     assert len(await store.list("pump-2")) == len(sent[2::3])
     assert (await js.stream_info(f"KV_{state_bucket(FLEET)}")).state.consumer_count == 0
+
+
+async def test_a_record_that_expires_while_a_list_is_read_is_left_out(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    js = nc.jetstream()
+    await js.add_stream(name=f"ff-{FLEET}-commands", subjects=[f"ff.{FLEET}.cmd.>"])
+    store = await CommandStore.open(js, FLEET)
+    sent = [await send_command(js, store, new_command(FLEET, "pump-1", "stop", None, 60_000, source="cli"))
+            for _ in range(3)]  # fmt: skip
+    bucket, bind = state_bucket(FLEET), js.pull_subscribe_bind
+
+    async def bind_after_an_expiry(*args: Any, **kwargs: Any) -> Any:  # the entries are counted: one goes
+        await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{record_key('pump-1', sent[0].command.id)}")
+        return await bind(*args, **kwargs)
+
+    monkeypatch.setattr(js, "pull_subscribe_bind", bind_after_an_expiry)
+    assert [r.command.id for r in await store.list("pump-1")] == [r.command.id for r in sent[1:]]
