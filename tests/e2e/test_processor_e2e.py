@@ -30,7 +30,7 @@ EXAMPLE = ROOT / "examples" / "cold-chain"
 FLEET, PIPELINE = "coldchain", "cold-chain"
 DEVICES = ["box-a1", "box-a2", "box-a3", "box-b1", "box-b2", "box-b3"]
 SECONDS, PER_REQUEST = 90, 5
-BASE = (int(time.time() * 1000) // 10_000) * 10_000 - 120_000  # in the past, well within the commands' TTL
+BASE = (int(time.time() * 1000) // 10_000) * 10_000 - 120_000  # in the past, well within the commands' TTL (6 h)
 pytestmark = pytest.mark.e2e
 
 
@@ -41,7 +41,9 @@ def resources(tmp_path: Path, replicas: int) -> tuple[Path, Path, DeviceFleet, P
     steps = {step["name"]: step for step in pipeline["spec"]["steps"]}
     steps["box-health"]["window"].update(size="10s", idleTimeout="3s")
     steps["over-temperature"]["alert"]["for"] = "10s"
-    steps["boost-cooling"]["command"].update(cooldown="20s", ttl="10m")
+    # A TTL of hours: event times are taken when the module is imported, and a command step sends nothing for a
+    # reading older than its TTL, so with 10 minutes the first commands went missing when the suite ran long.
+    steps["boost-cooling"]["command"].update(cooldown="20s", ttl="6h")
     pipeline["spec"]["processor"]["replicas"] = replicas
     fleet_file, pipeline_file = tmp_path / "fleet.yaml", tmp_path / "pipeline.yaml"
     fleet_file.write_text(yaml.safe_dump(fleet))
