@@ -395,24 +395,16 @@ class CommandStore:
                                 ack_policy=AckPolicy.NONE, mem_storage=True, inactive_threshold=60.0,
                                 filter_subject=f"$KV.{bucket}.{device}.>" if device else f"$KV.{bucket}.>")  # fmt: skip
         info = await self.js.add_consumer(stream, config)
-        records: list[CommandRecord | None] = []
         try:
             sub = await self.js.pull_subscribe_bind(consumer, stream)
-            left = info.num_pending or 0
-            while left > 0:
-                try:
-                    batch = await sub.fetch(min(left, LIST_BATCH), timeout=5)
-                except nats.errors.TimeoutError:
-                    if (await sub.consumer_info()).num_pending:
-                        raise
-                    break  # the rest expired (the bucket's TTL) while this list was read
-                left -= len(batch)
-                records.extend(_live_record(m.headers, m.data, m.metadata.sequence.stream) for m in batch)
-            await sub.unsubscribe()
+            try:
+                records = await _fetch_counted(sub, info.num_pending or 0)
+            finally:
+                await sub.unsubscribe()
         finally:
             with contextlib.suppress(NotFoundError):
                 await self.js.delete_consumer(stream, consumer)
-        return sorted((r for r in records if r is not None and (state is None or r.state == state)),
+        return sorted((r for r in records if state is None or r.state == state),
                       key=lambda r: (r.command.created_ms, r.command.id))  # fmt: skip
 
     async def find(self, command_id: str) -> CommandRecord | None:
@@ -426,6 +418,21 @@ class CommandStore:
         except NotFoundError:
             return None
         return _live_record(msg.headers, msg.data, msg.seq or 0)
+
+
+async def _fetch_counted(sub: JetStreamContext.PullSubscription, count: int) -> list[CommandRecord]:
+    """The records among the first `count` entries a list's consumer delivers; fewer if some expired meanwhile."""
+    records: list[CommandRecord] = []
+    while count > 0:
+        try:
+            batch = await sub.fetch(min(count, LIST_BATCH), timeout=5)
+        except nats.errors.TimeoutError:
+            if (await sub.consumer_info()).num_pending:
+                raise
+            break  # the rest expired (the bucket's TTL) while the list was read
+        count -= len(batch)
+        records.extend(r for m in batch if (r := _live_record(m.headers, m.data, m.metadata.sequence.stream)))
+    return records
 
 
 def _live_record(headers: dict[str, str] | None, data: bytes | None, revision: int) -> CommandRecord | None:
