@@ -426,7 +426,7 @@ async def _fetch_counted(sub: JetStreamContext.PullSubscription, count: int) -> 
     while count > 0:
         try:
             batch = await sub.fetch(min(count, LIST_BATCH), timeout=5)
-        except nats.errors.TimeoutError:
+        except (TimeoutError, nats.errors.TimeoutError):  # nats-py raises either
             if (await sub.consumer_info()).num_pending:
                 raise
             break  # the rest expired (the bucket's TTL) while the list was read

@@ -58,14 +58,15 @@ def _seqs(msgs: list[Msg]) -> list[int]:
 async def test_ready_messages_come_in_the_same_batches_as_nats_pys(nc: Client) -> None:
     await _publish(nc, 0, 700)
     theirs, ours = await _subscribe(nc, "theirs"), await _subscribe(nc, "ours")
+    # Timeouts long enough for a loaded machine; nats-py raises asyncio's TimeoutError or its own on timeout.
     for _ in range(4):  # 256, 256, 188, then nothing: the same cut each time
         try:
-            expected = _seqs(await theirs.fetch(256, timeout=0.3))
-        except nats.errors.TimeoutError:
+            expected = _seqs(await theirs.fetch(256, timeout=2.0))
+        except TimeoutError:
             expected = []
         try:
-            got = _seqs(await pull.fetch(ours, 256, timeout=0.3))
-        except nats.errors.TimeoutError:
+            got = _seqs(await pull.fetch(ours, 256, timeout=2.0))
+        except TimeoutError:
             got = []
         assert got == expected
 
@@ -73,12 +74,12 @@ async def test_ready_messages_come_in_the_same_batches_as_nats_pys(nc: Client) -
 async def test_what_is_unacknowledged_is_not_fetched_again_until_acked(nc: Client) -> None:
     await _publish(nc, 0, 30)
     theirs, ours = await _subscribe(nc, "theirs", max_ack_pending=10), await _subscribe(nc, "ours", max_ack_pending=10)
-    assert _seqs(await pull.fetch(ours, 256, timeout=0.5)) == _seqs(await theirs.fetch(256, timeout=0.5))
+    assert _seqs(await pull.fetch(ours, 256, timeout=2.0)) == _seqs(await theirs.fetch(256, timeout=2.0))
     outcomes: list[tuple[str, object]] = []
     for sub, fetch in ((theirs, _nats_py), (ours, _ours)):
         try:
             outcomes.append(("messages", len(await fetch(sub, 256, 0.3))))
-        except nats.errors.TimeoutError as exc:
+        except TimeoutError as exc:  # nats-py's own or asyncio's: the same name
             outcomes.append(("timeout", type(exc).__name__))
     assert outcomes[0] == outcomes[1]
 
@@ -87,21 +88,21 @@ async def test_what_is_unacknowledged_is_not_fetched_again_until_acked(nc: Clien
 async def test_nothing_to_fetch_is_a_timeout_after_the_timeout(nc: Client, fetch: Fetch) -> None:
     sub = await _subscribe(nc, "c")
     started = time.monotonic()
-    with pytest.raises(nats.errors.TimeoutError):
+    with pytest.raises(TimeoutError):  # nats-py's own, or asyncio's when the deadline passed before its 2nd request
         await fetch(sub, 256, 0.4)
-    assert 0.3 < time.monotonic() - started < 2.0
+    assert 0.3 < time.monotonic() - started < 5.0
 
 
 @BOTH
 async def test_a_waiting_fetch_returns_with_the_first_to_arrive(nc: Client, fetch: Fetch) -> None:
     sub = await _subscribe(nc, "c")
-    waiting = asyncio.create_task(fetch(sub, 256, 5.0))
+    waiting = asyncio.create_task(fetch(sub, 256, 15.0))
     await asyncio.sleep(0.2)  # let the fetch's lingering request reach the server
     started = time.monotonic()
     await _publish(nc, 0, 1)
     msgs = await waiting
     assert [m.data for m in msgs] == [b"0"]
-    assert time.monotonic() - started < 2.0  # not the 5 s timeout
+    assert time.monotonic() - started < 5.0  # not the 15 s timeout
 
 
 @BOTH
