@@ -75,13 +75,13 @@ async def test_what_is_unacknowledged_is_not_fetched_again_until_acked(nc: Clien
     await _publish(nc, 0, 30)
     theirs, ours = await _subscribe(nc, "theirs", max_ack_pending=10), await _subscribe(nc, "ours", max_ack_pending=10)
     assert _seqs(await pull.fetch(ours, 256, timeout=2.0)) == _seqs(await theirs.fetch(256, timeout=2.0))
-    outcomes: list[tuple[str, object]] = []
+    fetched_again: list[int] = []
     for sub, fetch in ((theirs, _nats_py), (ours, _ours)):
         try:
-            outcomes.append(("messages", len(await fetch(sub, 256, 0.3))))
-        except TimeoutError as exc:  # nats-py's own or asyncio's: the same name
-            outcomes.append(("timeout", type(exc).__name__))
-    assert outcomes[0] == outcomes[1]
+            fetched_again.append(len(await fetch(sub, 256, 0.3)))
+        except TimeoutError:  # or an empty batch: which one, nats-py's timing decides (seen on a loaded machine)
+            fetched_again.append(0)
+    assert fetched_again == [0, 0]
 
 
 @BOTH
