@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
-import nats
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -35,18 +34,12 @@ class DeadLetter:
 
 
 async def dead_letters(w: Writer) -> list[DeadLetter]:
-    sub = await w.js.subscribe(f"ff.{w.fleet.name}.dlq.>", ordered_consumer=True)
     found = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=0.3)
-            headers = msg.headers or {}
-            source, error = headers.get("Fleetflow-Source-Subject", ""), headers.get(ERROR_HEADER, "")
-            found.append(DeadLetter(source, error, headers.get("Nats-Msg-Id", ""), msg.data))
-    except nats.errors.TimeoutError:
-        return found
-    finally:
-        await sub.unsubscribe()
+    for msg in await w.dead_letter_messages():
+        headers = msg.headers or {}
+        source, error = headers.get("Fleetflow-Source-Subject", ""), headers.get(ERROR_HEADER, "")
+        found.append(DeadLetter(source, error, headers.get("Nats-Msg-Id", ""), msg.data))
+    return found
 
 
 async def settle(w: Writer, messages: int) -> None:
