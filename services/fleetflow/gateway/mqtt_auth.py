@@ -82,7 +82,12 @@ class MqttAuthorizer:
             self.decisions.add(0, {"outcome": outcome})
 
     async def subscribe(self, nc: Client) -> Any:
-        return await nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
+        """Answer the server's authorization requests on `nc`, from the moment this returns: the flush is the
+        server's word that it has the subscription. Without it an MQTT device connecting right after the gateway
+        said it was ready could find no one to ask, and was refused ("Not authorized")."""
+        subscription = await nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
+        await nc.flush()
+        return subscription
 
     async def _on_request(self, msg: Msg) -> None:
         try:
