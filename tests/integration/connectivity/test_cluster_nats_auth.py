@@ -138,6 +138,7 @@ async def test_a_device_is_admitted_with_its_token_and_may_publish_only_as_itsel
         seen.append(msg.subject)
 
     await gw.nc.subscribe("fleetflow.cold.>", cb=heard)
+    await gw.nc.flush()  # the server has the subscription before the device publishes
     client, answer = await asyncio.to_thread(mqtt_connect, gw.pod.mqtt_port, "cold/pump-1", gw.token("pump-1"),
                                              "cold/pump-1")  # fmt: skip
     try:
