@@ -153,16 +153,17 @@ class LocalPlatform:
         self.endpoints_file.unlink(missing_ok=True)  # a killed run's; it names ports nothing listens on
         await self.nats.start()
         await self._provision()
-        gateways, pipelines = self._gateways(), self._pipeline_services() + self._app_apis()
-        self.services = gateways + pipelines
+        gateways, others = self._gateways(), self._pipeline_services() + self._app_apis()
+        self.services = gateways + others
+        to_start = self.services
         if not self._sourcing_streams() and not await self._all_consumed():
             log.info("storing what an earlier run acknowledged before accepting new readings")
-            await _spawn_ready(pipelines)
+            await _spawn_ready(others)
             self.carried_over = not await self.wait_drained(LEFTOVER_TIMEOUT_S)
-            pipelines = []
+            to_start = gateways
         if before_intake:
             await before_intake()
-        await _spawn_ready(gateways + pipelines)
+        await _spawn_ready(to_start)
         supervisor = Supervisor([self.nats, *self.services])
         self._supervisor = asyncio.create_task(supervisor.run(self._stop_supervising))
         if self.leafnode_url:

@@ -431,7 +431,9 @@ async def _fetch_counted(sub: JetStreamContext.PullSubscription, count: int) -> 
                 raise
             break  # the rest expired (the bucket's TTL) while the list was read
         count -= len(batch)
-        records.extend(r for m in batch if (r := _live_record(m.headers, m.data, m.metadata.sequence.stream)))
+        records.extend(
+            r for m in batch if (r := _live_record(m.headers, m.data, m.metadata.sequence.stream)) is not None
+        )
     return records
 
 
